@@ -1,0 +1,22 @@
+//! The settlement ledger as a deterministic state machine (DESIGN.md §7).
+//!
+//! Accounts hold integer balances in base units; buyers lock escrows per lease; hosts'
+//! signed usage records pay hosts and the treasury out of them; the rest is refunded.
+//! Every change is a signed [`gpumesh_types::Tx`] with a per-account nonce, batched into
+//! hash-chained blocks that commit to a transaction root and a state root, so anyone can
+//! replay the chain from genesis and check it ([`replay()`]).
+//!
+//! This crate does no I/O and reads no clock: time is an argument, storage is the caller's.
+
+pub mod genesis;
+pub mod merkle;
+mod replay;
+mod state;
+
+pub use genesis::{
+    Allocation, DEFAULT_FEE_BPS, Genesis, GenesisError, TOTAL_SUPPLY, system_address,
+};
+pub use replay::{ReplayError, ReplayReport, replay};
+pub use state::{
+    Account, Applied, Escrow, Ledger, LedgerError, escrow_amount, fee_split, usage_cost,
+};

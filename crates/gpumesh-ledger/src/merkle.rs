@@ -1,0 +1,131 @@
+//! Merkle trees in the layout of OpenZeppelin's `StandardMerkleTree`.
+//!
+//! Leaves are sorted, laid out at the end of an array in reverse, and each inner node is
+//! keccak256 of its two children in ascending order ("commutative" hashing), so a proof
+//! is just the list of siblings and `MerkleProof.verify` in Solidity accepts it. The
+//! ledger uses the same tree for transaction, state and reward roots.
+
+use alloy_primitives::{B256, keccak256};
+
+/// keccak256 of the two nodes, smaller first.
+pub fn hash_pair(a: &B256, b: &B256) -> B256 {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut buf = [0u8; 64];
+    buf[..32].copy_from_slice(lo.as_slice());
+    buf[32..].copy_from_slice(hi.as_slice());
+    keccak256(buf)
+}
+
+/// A whole tree, kept for proofs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerkleTree {
+    /// Nodes in OpenZeppelin's array layout: root at 0, children of i at 2i+1 and 2i+2.
+    nodes: Vec<B256>,
+    leaves: usize,
+}
+
+impl MerkleTree {
+    /// Builds the tree over `leaves`, which it sorts first (as `StandardMerkleTree` does).
+    pub fn new(mut leaves: Vec<B256>) -> MerkleTree {
+        leaves.sort_unstable();
+        let n = leaves.len();
+        if n == 0 {
+            return MerkleTree {
+                nodes: Vec::new(),
+                leaves: 0,
+            };
+        }
+        let mut nodes = vec![B256::ZERO; 2 * n - 1];
+        let len = nodes.len();
+        for (i, leaf) in leaves.into_iter().enumerate() {
+            nodes[len - 1 - i] = leaf;
+        }
+        for i in (0..len - n).rev() {
+            nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+        }
+        MerkleTree { nodes, leaves: n }
+    }
+
+    /// The root; zero for an empty tree.
+    pub fn root(&self) -> B256 {
+        self.nodes.first().copied().unwrap_or(B256::ZERO)
+    }
+
+    pub fn len(&self) -> usize {
+        self.leaves
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaves == 0
+    }
+
+    /// The siblings from `leaf` up to the root, or `None` if it is not a leaf of this tree.
+    pub fn proof(&self, leaf: &B256) -> Option<Vec<B256>> {
+        let len = self.nodes.len();
+        let mut i = (len - self.leaves..len).find(|&i| self.nodes[i] == *leaf)?;
+        let mut proof = Vec::new();
+        while i > 0 {
+            let sibling = if i % 2 == 1 { i + 1 } else { i - 1 };
+            proof.push(self.nodes[sibling]);
+            i = (i - 1) / 2;
+        }
+        Some(proof)
+    }
+}
+
+/// The root of the tree over `leaves` without keeping the tree.
+pub fn root(leaves: Vec<B256>) -> B256 {
+    MerkleTree::new(leaves).root()
+}
+
+/// What `MerkleProof.processProof` computes: fold the proof into the leaf.
+pub fn process_proof(leaf: B256, proof: &[B256]) -> B256 {
+    proof
+        .iter()
+        .fold(leaf, |node, sibling| hash_pair(&node, sibling))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(i: u64) -> B256 {
+        keccak256(i.to_be_bytes())
+    }
+
+    #[test]
+    fn every_leaf_proves_against_the_root() {
+        for n in 1..40u64 {
+            let leaves: Vec<B256> = (0..n).map(leaf).collect();
+            let tree = MerkleTree::new(leaves.clone());
+            for l in &leaves {
+                let proof = tree.proof(l).unwrap();
+                assert_eq!(process_proof(*l, &proof), tree.root(), "n={n}");
+            }
+            assert!(tree.proof(&leaf(n + 1)).is_none());
+        }
+    }
+
+    #[test]
+    fn root_does_not_depend_on_leaf_order() {
+        let leaves: Vec<B256> = (0..9).map(leaf).collect();
+        let mut reversed = leaves.clone();
+        reversed.reverse();
+        assert_eq!(root(leaves), root(reversed));
+    }
+
+    #[test]
+    fn small_trees_have_the_expected_shape() {
+        let (a, b, c) = (leaf(1), leaf(2), leaf(3));
+        assert_eq!(root(vec![a]), a);
+        assert_eq!(root(vec![a, b]), hash_pair(&a, &b));
+        // Three sorted leaves s0 < s1 < s2 sit at nodes 4, 3 and 2, so node 1 = H(s1, s0)
+        // and the root = H(node 1, s2).
+        let mut s = [a, b, c];
+        s.sort();
+        assert_eq!(
+            root(vec![a, b, c]),
+            hash_pair(&hash_pair(&s[1], &s[0]), &s[2])
+        );
+    }
+}

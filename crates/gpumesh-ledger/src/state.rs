@@ -1,0 +1,533 @@
+//! The ledger's state and its transition function.
+//!
+//! [`Ledger::apply`] takes a signed transaction and the time it is applied, checks
+//! everything (chain, signature, nonce, funds, escrow rules) before it changes anything,
+//! and then applies it whole. Nothing here reads a clock or a disk.
+
+use std::collections::HashMap;
+
+use alloy_primitives::{Address, B256, keccak256};
+use gpumesh_types::{
+    Amount, BlockHeader, CloseReason, LeaseId, LedgerEntry, MS_PER_HOUR, SettlementView, SignedTx,
+    TxKind, UsageRecord,
+};
+
+use crate::genesis::{Genesis, GenesisError};
+use crate::merkle;
+
+/// A balance and the count of transactions the account has signed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    pub balance: Amount,
+    pub nonce: u64,
+}
+
+/// Funds a buyer locked for one lease, and what has been paid out of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escrow {
+    pub buyer: Address,
+    pub host: Address,
+    pub price_per_gpu_hour: Amount,
+    pub gpus: u16,
+    pub max_gpu_ms: u64,
+    pub amount: Amount,
+    pub gpu_ms: u64,
+    pub charged: Amount,
+    pub host_share: Amount,
+    pub treasury_share: Amount,
+    pub refund: Amount,
+    pub closed: bool,
+}
+
+impl Escrow {
+    /// Still locked in the escrow: what is neither paid out nor refunded.
+    pub fn held(&self) -> Amount {
+        Amount(self.amount.0 - self.charged.0 - self.refund.0)
+    }
+
+    pub fn view(&self) -> SettlementView {
+        SettlementView {
+            escrow: self.amount,
+            gpu_ms: self.gpu_ms,
+            charged: self.charged,
+            host_share: self.host_share,
+            treasury_share: self.treasury_share,
+            refund: self.refund,
+            closed: self.closed,
+        }
+    }
+}
+
+/// Why a transaction was rejected. Nothing of a rejected transaction is applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LedgerError {
+    #[error("transaction is for chain {got}, this ledger is chain {expected}")]
+    WrongChain { expected: u64, got: u64 },
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("wrong nonce for {account}: expected {expected}, got {got}")]
+    WrongNonce {
+        account: Address,
+        expected: u64,
+        got: u64,
+    },
+    #[error("insufficient funds in {account}: needs {needed} base units, has {available}")]
+    InsufficientFunds {
+        account: Address,
+        needed: Amount,
+        available: Amount,
+    },
+    #[error("amount must be more than zero")]
+    ZeroAmount,
+    #[error("arithmetic overflow: {0}")]
+    Overflow(&'static str),
+    #[error("escrow for lease {0} already exists")]
+    EscrowExists(LeaseId),
+    #[error("no escrow for lease {0}")]
+    UnknownEscrow(LeaseId),
+    #[error("escrow for lease {0} is already closed")]
+    EscrowClosed(LeaseId),
+    #[error("escrow amount {got} does not equal price × GPUs × maximum duration = {expected}")]
+    EscrowAmount { expected: Amount, got: Amount },
+    #[error("invalid escrow terms: {0}")]
+    EscrowTerms(&'static str),
+    #[error("{signer} is not the host of lease {lease}")]
+    NotEscrowHost { lease: LeaseId, signer: Address },
+    #[error("usage of lease {lease} went down from {settled} to {reported} GPU-ms")]
+    UsageDecreased {
+        lease: LeaseId,
+        settled: u64,
+        reported: u64,
+    },
+    #[error("usage of lease {lease} ({reported} GPU-ms) exceeds what its escrow covers ({max})")]
+    UsageExceedsEscrow {
+        lease: LeaseId,
+        reported: u64,
+        max: u64,
+    },
+    #[error("lease {0} appears twice in one usage batch")]
+    DuplicateUsage(LeaseId),
+    #[error("a usage batch must hold at least one record")]
+    EmptyUsage,
+    #[error("only the protocol key may sign this transaction")]
+    NotProtocol,
+    #[error("recorded transaction {got} is out of sequence; expected {expected}")]
+    OutOfSequence { expected: u64, got: u64 },
+}
+
+/// A transaction the ledger accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub entry: LedgerEntry,
+    pub hash: B256,
+}
+
+/// The ledger: accounts, escrows, the chain head and the transactions not yet sealed.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    genesis: Genesis,
+    accounts: HashMap<Address, Account>,
+    escrows: HashMap<LeaseId, Escrow>,
+    next_seq: u64,
+    head: BlockHeader,
+    unsealed: Vec<LedgerEntry>,
+}
+
+/// What escrow a lease needs: price × GPUs × maximum duration, rounded up to the base unit.
+pub fn escrow_amount(
+    price_per_gpu_hour: Amount,
+    gpus: u16,
+    max_duration_ms: u64,
+) -> Option<Amount> {
+    let gpu_ms = (gpus as u128).checked_mul(max_duration_ms as u128)?;
+    price_per_gpu_hour.mul_div_ceil(gpu_ms, MS_PER_HOUR as u128)
+}
+
+/// What `gpu_ms` of usage costs at `price_per_gpu_hour`, rounded down.
+pub fn usage_cost(price_per_gpu_hour: Amount, gpu_ms: u64) -> Option<Amount> {
+    price_per_gpu_hour.mul_div_floor(gpu_ms as u128, MS_PER_HOUR as u128)
+}
+
+/// Splits a payment into the host's and the treasury's parts; the host gets the remainder.
+pub fn fee_split(charged: Amount, fee_bps: u32) -> (Amount, Amount) {
+    let treasury = charged
+        .mul_div_floor(fee_bps as u128, 10_000)
+        .unwrap_or(Amount::ZERO);
+    (Amount(charged.0 - treasury.0), treasury)
+}
+
+impl Ledger {
+    /// The ledger right after genesis, with block 0 as its head.
+    pub fn new(genesis: Genesis) -> Result<Ledger, GenesisError> {
+        genesis.validate()?;
+        let mut accounts = HashMap::new();
+        for a in &genesis.allocations {
+            accounts.insert(
+                a.address,
+                Account {
+                    balance: a.amount,
+                    nonce: 0,
+                },
+            );
+        }
+        let mut ledger = Ledger {
+            head: BlockHeader {
+                height: 0,
+                prev_hash: genesis.hash(),
+                time_ms: genesis.time_ms,
+                first_seq: 0,
+                tx_count: 0,
+                tx_root: B256::ZERO,
+                state_root: B256::ZERO,
+                reward_root: B256::ZERO,
+            },
+            genesis,
+            accounts,
+            escrows: HashMap::new(),
+            next_seq: 0,
+            unsealed: Vec::new(),
+        };
+        ledger.head.state_root = ledger.state_root();
+        Ok(ledger)
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    pub fn head(&self) -> &BlockHeader {
+        &self.head
+    }
+
+    /// Transactions applied since the last sealed block.
+    pub fn unsealed(&self) -> &[LedgerEntry] {
+        &self.unsealed
+    }
+
+    pub fn account(&self, address: &Address) -> Account {
+        self.accounts.get(address).copied().unwrap_or_default()
+    }
+
+    pub fn balance(&self, address: &Address) -> Amount {
+        self.account(address).balance
+    }
+
+    pub fn escrow(&self, lease: LeaseId) -> Option<&Escrow> {
+        self.escrows.get(&lease)
+    }
+
+    pub fn transaction_count(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Checks and applies one transaction at `time_ms`.
+    pub fn apply(&mut self, stx: &SignedTx, time_ms: u64) -> Result<Applied, LedgerError> {
+        let tx = &stx.tx;
+        if tx.chain_id != self.genesis.chain_id {
+            return Err(LedgerError::WrongChain {
+                expected: self.genesis.chain_id,
+                got: tx.chain_id,
+            });
+        }
+        let hash = stx
+            .verify()
+            .map_err(|e| LedgerError::BadSignature(e.to_string()))?;
+        let signer = self.account(&tx.from);
+        if tx.nonce != signer.nonce {
+            return Err(LedgerError::WrongNonce {
+                account: tx.from,
+                expected: signer.nonce,
+                got: tx.nonce,
+            });
+        }
+        // Every arm validates completely, then mutates; none can fail after its first write.
+        match &tx.kind {
+            TxKind::Transfer { to, amount } => self.transfer(tx.from, *to, *amount)?,
+            TxKind::OpenEscrow {
+                lease,
+                host,
+                price_per_gpu_hour,
+                gpus,
+                max_duration_ms,
+                amount,
+            } => self.open_escrow(
+                tx.from,
+                *lease,
+                *host,
+                *price_per_gpu_hour,
+                *gpus,
+                *max_duration_ms,
+                *amount,
+            )?,
+            TxKind::SettleUsage { records } => self.settle_usage(tx.from, records)?,
+            TxKind::CloseEscrow { lease, reason } => self.close_escrow(tx.from, *lease, *reason)?,
+        }
+        self.accounts.entry(tx.from).or_default().nonce += 1;
+        let entry = LedgerEntry {
+            seq: self.next_seq,
+            time_ms,
+            tx: stx.clone(),
+        };
+        self.next_seq += 1;
+        self.unsealed.push(entry.clone());
+        Ok(Applied { entry, hash })
+    }
+
+    fn debit_check(&self, account: Address, needed: Amount) -> Result<(), LedgerError> {
+        let available = self.balance(&account);
+        if available < needed {
+            return Err(LedgerError::InsufficientFunds {
+                account,
+                needed,
+                available,
+            });
+        }
+        Ok(())
+    }
+
+    fn credit_check(&self, account: Address, amount: Amount) -> Result<(), LedgerError> {
+        self.balance(&account)
+            .checked_add(amount)
+            .map(|_| ())
+            .ok_or(LedgerError::Overflow("balance"))
+    }
+
+    fn move_funds(&mut self, from: Address, to: Address, amount: Amount) {
+        self.accounts.entry(from).or_default().balance.0 -= amount.0;
+        self.accounts.entry(to).or_default().balance.0 += amount.0;
+    }
+
+    fn transfer(&mut self, from: Address, to: Address, amount: Amount) -> Result<(), LedgerError> {
+        if amount == Amount::ZERO {
+            return Err(LedgerError::ZeroAmount);
+        }
+        self.debit_check(from, amount)?;
+        if from != to {
+            self.credit_check(to, amount)?;
+        }
+        self.move_funds(from, to, amount);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_escrow(
+        &mut self,
+        buyer: Address,
+        lease: LeaseId,
+        host: Address,
+        price: Amount,
+        gpus: u16,
+        max_duration_ms: u64,
+        amount: Amount,
+    ) -> Result<(), LedgerError> {
+        if self.escrows.contains_key(&lease) {
+            return Err(LedgerError::EscrowExists(lease));
+        }
+        if gpus == 0 || max_duration_ms == 0 || price == Amount::ZERO {
+            return Err(LedgerError::EscrowTerms(
+                "price, GPUs and duration must be more than zero",
+            ));
+        }
+        if host == buyer {
+            return Err(LedgerError::EscrowTerms("a buyer cannot lease from itself"));
+        }
+        let expected =
+            escrow_amount(price, gpus, max_duration_ms).ok_or(LedgerError::Overflow("escrow"))?;
+        if expected != amount {
+            return Err(LedgerError::EscrowAmount {
+                expected,
+                got: amount,
+            });
+        }
+        // The most usage can ever cost must be computable without overflow.
+        let max_gpu_ms = (gpus as u64)
+            .checked_mul(max_duration_ms)
+            .ok_or(LedgerError::Overflow("GPU-ms"))?;
+        usage_cost(price, max_gpu_ms).ok_or(LedgerError::Overflow("usage cost"))?;
+        self.debit_check(buyer, amount)?;
+        self.accounts.entry(buyer).or_default().balance.0 -= amount.0;
+        self.escrows.insert(
+            lease,
+            Escrow {
+                buyer,
+                host,
+                price_per_gpu_hour: price,
+                gpus,
+                max_gpu_ms,
+                amount,
+                gpu_ms: 0,
+                charged: Amount::ZERO,
+                host_share: Amount::ZERO,
+                treasury_share: Amount::ZERO,
+                refund: Amount::ZERO,
+                closed: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn settle_usage(&mut self, host: Address, records: &[UsageRecord]) -> Result<(), LedgerError> {
+        if records.is_empty() {
+            return Err(LedgerError::EmptyUsage);
+        }
+        let fee_bps = self.genesis.fee_bps;
+        let mut plans = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            if records[..i].iter().any(|o| o.lease == r.lease) {
+                return Err(LedgerError::DuplicateUsage(r.lease));
+            }
+            let escrow = self
+                .escrows
+                .get(&r.lease)
+                .ok_or(LedgerError::UnknownEscrow(r.lease))?;
+            if escrow.closed {
+                return Err(LedgerError::EscrowClosed(r.lease));
+            }
+            if escrow.host != host {
+                return Err(LedgerError::NotEscrowHost {
+                    lease: r.lease,
+                    signer: host,
+                });
+            }
+            if r.gpu_ms < escrow.gpu_ms {
+                return Err(LedgerError::UsageDecreased {
+                    lease: r.lease,
+                    settled: escrow.gpu_ms,
+                    reported: r.gpu_ms,
+                });
+            }
+            if r.gpu_ms > escrow.max_gpu_ms {
+                return Err(LedgerError::UsageExceedsEscrow {
+                    lease: r.lease,
+                    reported: r.gpu_ms,
+                    max: escrow.max_gpu_ms,
+                });
+            }
+            // Cumulative arithmetic: every settlement recomputes totals, so rounding never drifts.
+            let charged = usage_cost(escrow.price_per_gpu_hour, r.gpu_ms)
+                .ok_or(LedgerError::Overflow("usage cost"))?;
+            let (host_share, treasury_share) = fee_split(charged, fee_bps);
+            let refund = if r.is_final {
+                Amount(escrow.amount.0 - charged.0)
+            } else {
+                Amount::ZERO
+            };
+            plans.push((r, charged, host_share, treasury_share, refund));
+        }
+        let treasury = self.genesis.treasury;
+        for (r, charged, host_share, treasury_share, refund) in plans {
+            let escrow = self.escrows.get_mut(&r.lease).expect("checked above");
+            let host_delta = host_share.0 - escrow.host_share.0;
+            let treasury_delta = treasury_share.0 - escrow.treasury_share.0;
+            escrow.gpu_ms = r.gpu_ms;
+            escrow.charged = charged;
+            escrow.host_share = host_share;
+            escrow.treasury_share = treasury_share;
+            escrow.refund = refund;
+            escrow.closed = r.is_final;
+            let buyer = escrow.buyer;
+            self.accounts.entry(host).or_default().balance.0 += host_delta;
+            self.accounts.entry(treasury).or_default().balance.0 += treasury_delta;
+            self.accounts.entry(buyer).or_default().balance.0 += refund.0;
+        }
+        Ok(())
+    }
+
+    fn close_escrow(
+        &mut self,
+        signer: Address,
+        lease: LeaseId,
+        _reason: CloseReason,
+    ) -> Result<(), LedgerError> {
+        if signer != self.genesis.protocol {
+            return Err(LedgerError::NotProtocol);
+        }
+        let escrow = self
+            .escrows
+            .get_mut(&lease)
+            .ok_or(LedgerError::UnknownEscrow(lease))?;
+        if escrow.closed {
+            return Err(LedgerError::EscrowClosed(lease));
+        }
+        // No charge for usage that was never settled, and no protocol fee on the refund.
+        let refund = escrow.held();
+        escrow.refund = refund;
+        escrow.closed = true;
+        let buyer = escrow.buyer;
+        self.accounts.entry(buyer).or_default().balance.0 += refund.0;
+        Ok(())
+    }
+
+    /// All funds: balances plus what escrows still hold. Equals the total supply always.
+    pub fn supply_held(&self) -> u128 {
+        let balances: u128 = self.accounts.values().map(|a| a.balance.0).sum();
+        let escrowed: u128 = self.escrows.values().map(|e| e.held().0).sum();
+        balances + escrowed
+    }
+
+    pub fn supply_conserved(&self) -> bool {
+        self.supply_held() == self.genesis.total_supply.0
+    }
+
+    /// The Merkle root over every account and escrow.
+    pub fn state_root(&self) -> B256 {
+        let mut leaves = Vec::with_capacity(self.accounts.len() + self.escrows.len());
+        for (address, account) in &self.accounts {
+            let mut bytes = Vec::with_capacity(64);
+            bytes.extend_from_slice(b"acct");
+            bytes.extend_from_slice(address.as_slice());
+            bytes.extend_from_slice(&account.balance.0.to_be_bytes());
+            bytes.extend_from_slice(&account.nonce.to_be_bytes());
+            leaves.push(keccak256(bytes));
+        }
+        for (lease, e) in &self.escrows {
+            let mut bytes = Vec::with_capacity(256);
+            bytes.extend_from_slice(b"escrow");
+            bytes.extend_from_slice(&lease.0.to_be_bytes());
+            bytes.extend_from_slice(e.buyer.as_slice());
+            bytes.extend_from_slice(e.host.as_slice());
+            for v in [
+                e.price_per_gpu_hour,
+                e.amount,
+                e.charged,
+                e.host_share,
+                e.treasury_share,
+                e.refund,
+            ] {
+                bytes.extend_from_slice(&v.0.to_be_bytes());
+            }
+            bytes.extend_from_slice(&e.gpus.to_be_bytes());
+            bytes.extend_from_slice(&e.max_gpu_ms.to_be_bytes());
+            bytes.extend_from_slice(&e.gpu_ms.to_be_bytes());
+            bytes.push(e.closed as u8);
+            leaves.push(keccak256(bytes));
+        }
+        merkle::root(leaves)
+    }
+
+    /// Seals the unsealed transactions into the next block, or returns `None` when there are none.
+    pub fn seal(&mut self, time_ms: u64) -> Option<(BlockHeader, Vec<LedgerEntry>)> {
+        if self.unsealed.is_empty() {
+            return None;
+        }
+        let entries = std::mem::take(&mut self.unsealed);
+        let header = BlockHeader {
+            height: self.head.height + 1,
+            prev_hash: self.head.hash(),
+            time_ms: time_ms.max(self.head.time_ms),
+            first_seq: entries[0].seq,
+            tx_count: entries.len() as u32,
+            tx_root: merkle::root(entries.iter().map(LedgerEntry::leaf).collect()),
+            state_root: self.state_root(),
+            reward_root: self.head.reward_root,
+        };
+        self.head = header.clone();
+        Some((header, entries))
+    }
+
+    /// Restores a head read from the store after replaying up to it.
+    pub(crate) fn set_head(&mut self, header: BlockHeader) {
+        self.head = header;
+        self.unsealed.clear();
+    }
+}

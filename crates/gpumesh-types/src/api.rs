@@ -1,0 +1,348 @@
+//! Requests and responses of the indexer's HTTP API, and its error format.
+//!
+//! Every mutating request carries the signature headers of [`crate::auth`]. Times are Unix
+//! milliseconds; amounts are base-unit strings ([`Amount`]).
+
+use alloy_primitives::Address;
+use serde::{Deserialize, Serialize};
+
+use crate::{Amount, GeoPoint, GpuModel, Location, SignedTx};
+
+/// A lease's identifier, unique within one indexer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub u64);
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a host runs workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// OCI containers through the Docker Engine API: the default for real hosts.
+    Container,
+    /// Plain processes on the host: local development networks only.
+    Process,
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeKind::Container => "container",
+            RuntimeKind::Process => "process",
+        })
+    }
+}
+
+/// GPUs of one model that a host offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuOffer {
+    pub model: GpuModel,
+    pub count: u16,
+    /// Memory per GPU as discovered; defaults to the catalog's figure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mib: Option<u32>,
+    /// Declared for a local network rather than discovered on real hardware.
+    pub simulated: bool,
+}
+
+/// `POST /v1/hosts`: a host registers itself (its signer is its identity) and its GPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    pub name: String,
+    pub location: Location,
+    pub price_per_gpu_hour: Amount,
+    pub gpus: Vec<GpuOffer>,
+    pub runtime: RuntimeKind,
+    /// Container images already present on the host.
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRegistered {
+    pub host: Address,
+    pub containers: u32,
+    pub heartbeat_interval_ms: u64,
+    pub settle_interval_ms: u64,
+}
+
+/// `POST /v1/hosts/heartbeat`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The host's image cache, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
+}
+
+/// `POST /v1/hosts/work`: long-poll for leases to start or stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkPoll {
+    /// How long to wait for work before answering empty, at most 30 s.
+    pub wait_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostWork {
+    pub start: Vec<Assignment>,
+    pub stop: Vec<LeaseId>,
+}
+
+/// A funded lease the host must run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub lease: LeaseId,
+    pub buyer: Address,
+    pub gpu: GpuModel,
+    /// Indices of the host's GPUs reserved for this lease.
+    pub gpu_indices: Vec<u16>,
+    pub image: String,
+    pub command: Vec<String>,
+    pub max_duration_ms: u64,
+    pub price_per_gpu_hour: Amount,
+}
+
+/// `POST /v1/leases/{id}/started`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseStarted {}
+
+/// `POST /v1/leases/{id}/logs`: output the workload printed, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogAppend {
+    pub chunks: Vec<LogChunk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub stream: LogStream,
+    pub data: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Lines from the host agent about the workload (pulling, starting, killed).
+    System,
+}
+
+/// One stored piece of a lease's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub stream: LogStream,
+    pub data: String,
+}
+
+/// `POST /v1/leases/{id}/finish`: the workload ended; carries the final usage record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseFinish {
+    /// The workload's exit status, when it ran.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why the workload could not run or was stopped by the host.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// A `SettleUsage` transaction whose record for this lease is final.
+    pub usage: SignedTx,
+}
+
+/// `POST /v1/jobs`: a buyer asks for GPUs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub gpu: GpuModel,
+    pub gpu_count: u16,
+    pub near: GeoPoint,
+    pub max_price_per_gpu_hour: Amount,
+    pub max_duration_ms: u64,
+    pub image: String,
+    pub command: Vec<String>,
+}
+
+/// Where a lease stands (DESIGN.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    /// Capacity reserved, waiting for the buyer's escrow until `matched_until_ms`.
+    Matched,
+    /// Escrow funded; the host is starting the workload.
+    Starting,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl LeaseState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Completed | LeaseState::Failed | LeaseState::Cancelled
+        )
+    }
+}
+
+/// A lease as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub id: LeaseId,
+    pub state: LeaseState,
+    pub buyer: Address,
+    pub host: Address,
+    pub host_name: String,
+    pub host_location: Location,
+    pub distance_km: f64,
+    pub gpu: GpuModel,
+    pub gpu_count: u16,
+    pub simulated: bool,
+    pub runtime: RuntimeKind,
+    pub image: String,
+    pub price_per_gpu_hour: Amount,
+    pub max_duration_ms: u64,
+    /// What the buyer must lock: price × GPUs × maximum duration.
+    pub escrow: Amount,
+    pub created_ms: u64,
+    pub matched_until_ms: u64,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub failure: Option<String>,
+    pub cancel_requested: bool,
+    /// Present once the escrow is open.
+    pub settlement: Option<SettlementView>,
+}
+
+/// Money of one lease, all in base units; once closed, `host_share + treasury_share + refund == escrow`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementView {
+    pub escrow: Amount,
+    pub gpu_ms: u64,
+    pub charged: Amount,
+    pub host_share: Amount,
+    pub treasury_share: Amount,
+    pub refund: Amount,
+    pub closed: bool,
+}
+
+/// One line of `GET /v1/leases/{id}/logs?follow=true` (newline-delimited JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LogEvent {
+    Log(LogEntry),
+    /// The lease ended and its output is complete.
+    End {
+        lease: Box<LeaseView>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub address: Address,
+    pub balance: Amount,
+    pub nonce: u64,
+}
+
+/// `POST /v1/faucet` (local networks only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaucetRequest {
+    pub amount: Amount,
+}
+
+/// `GET /v1/info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub chain_id: u64,
+    /// A local network accepts simulated GPUs and has a faucet.
+    pub local: bool,
+    pub protocol: Address,
+    pub treasury: Address,
+    pub fee_bps: u32,
+    pub heartbeat_interval_ms: u64,
+    pub settle_interval_ms: u64,
+    pub hosts: u32,
+    pub containers: u32,
+    pub blocks: u64,
+}
+
+/// A container (one GPU on one host) as listed by `GET /v1/containers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub host: Address,
+    pub host_name: String,
+    pub index: u16,
+    pub gpu: GpuModel,
+    pub vram_mib: u32,
+    pub simulated: bool,
+    pub state: ContainerState,
+    pub location: Location,
+    pub price_per_gpu_hour: Amount,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    Standby,
+    Busy,
+    Offline,
+}
+
+/// Result of `POST /v1/ledger/txs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxAccepted {
+    pub hash: alloy_primitives::B256,
+    pub seq: u64,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable, machine-readable; see [`ErrorCode`].
+    pub code: ErrorCode,
+    /// For a person.
+    pub message: String,
+}
+
+/// Stable error codes. Adding one is fine; renaming one breaks clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidRequest,
+    UnknownGpuModel,
+    InvalidPrice,
+    InvalidLocation,
+    BodyTooLarge,
+    MissingSignature,
+    BadSignature,
+    SignatureExpired,
+    ReplayedRequest,
+    UnknownLease,
+    UnknownHost,
+    UnknownAccount,
+    NotYourLease,
+    InvalidLeaseState,
+    NoMatch,
+    InsufficientFunds,
+    WrongNonce,
+    InvalidTransaction,
+    NotLocalNetwork,
+    SimulatedNotAllowed,
+    Internal,
+    /// A code this client does not know yet.
+    #[serde(other)]
+    Unknown,
+}

@@ -1,0 +1,194 @@
+//! Ledger transactions as they cross the wire and sit in blocks.
+//!
+//! A [`Tx`] is what an account authorises; [`SignedTx`] adds its secp256k1 signature.
+//! The signature is an EIP-191 `personal_sign` over the 32-byte [`Tx::hash`], so an
+//! Ethereum wallet can sign a gpumesh transaction unchanged. The hash covers the chain id,
+//! so a transaction signed for one network is void on another.
+
+use alloy_primitives::{Address, B256, Signature, keccak256};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Amount, LeaseId};
+
+/// Domain separator hashed in front of every transaction.
+const TX_DOMAIN: &[u8] = b"gpumesh-tx-v1";
+
+/// A transaction before its signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tx {
+    pub chain_id: u64,
+    /// The account that signs and whose nonce advances.
+    pub from: Address,
+    /// Must equal the account's transaction count so far.
+    pub nonce: u64,
+    pub kind: TxKind,
+}
+
+/// What a transaction does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TxKind {
+    /// Moves tokens between accounts.
+    Transfer { to: Address, amount: Amount },
+    /// The buyer locks the most a lease can cost: price × GPUs × maximum duration.
+    OpenEscrow {
+        lease: LeaseId,
+        host: Address,
+        price_per_gpu_hour: Amount,
+        gpus: u16,
+        max_duration_ms: u64,
+        amount: Amount,
+    },
+    /// The host's metered usage, cumulative per lease, signed by the host.
+    SettleUsage { records: Vec<UsageRecord> },
+    /// The protocol ends an escrow without further charge (host lost, never started)
+    /// and refunds what is left to the buyer. Signed by the protocol key.
+    CloseEscrow { lease: LeaseId, reason: CloseReason },
+}
+
+/// Cumulative usage of one lease, as metered by its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub lease: LeaseId,
+    /// GPU-milliseconds delivered since the lease started (GPUs × wall milliseconds).
+    pub gpu_ms: u64,
+    /// The last record of the lease: the escrow closes and the rest is refunded.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+/// Why the protocol closed an escrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The host missed its heartbeats while the lease was live.
+    HostLost,
+    /// The lease was cancelled or expired before its workload started.
+    NotStarted,
+    /// The host failed to start the workload and reported so.
+    StartFailed,
+}
+
+impl Tx {
+    /// The hash the signature covers: keccak256 over a domain tag and the canonical JSON.
+    pub fn hash(&self) -> B256 {
+        let mut bytes = TX_DOMAIN.to_vec();
+        // Serialising a struct of plain fields cannot fail.
+        serde_json::to_writer(&mut bytes, self).expect("transactions serialise");
+        keccak256(bytes)
+    }
+}
+
+/// A transaction with its signer's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTx {
+    pub tx: Tx,
+    pub signature: Sig,
+}
+
+/// Why a signed transaction does not authenticate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureCheck {
+    #[error("signature does not recover to a public key: {0}")]
+    Unrecoverable(String),
+    #[error("signed by {recovered}, but the transaction is from {claimed}")]
+    WrongSigner {
+        claimed: Address,
+        recovered: Address,
+    },
+}
+
+impl SignedTx {
+    pub fn hash(&self) -> B256 {
+        self.tx.hash()
+    }
+
+    /// Recovers the signer and checks that it is `tx.from`.
+    pub fn verify(&self) -> Result<B256, SignatureCheck> {
+        let hash = self.tx.hash();
+        let recovered = self
+            .signature
+            .0
+            .recover_address_from_msg(hash)
+            .map_err(|e| SignatureCheck::Unrecoverable(e.to_string()))?;
+        if recovered != self.tx.from {
+            return Err(SignatureCheck::WrongSigner {
+                claimed: self.tx.from,
+                recovered,
+            });
+        }
+        Ok(hash)
+    }
+}
+
+/// A 65-byte secp256k1 signature (r ‖ s ‖ v), hex on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sig(pub Signature);
+
+impl Serialize for Sig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&alloy_primitives::hex::encode_prefixed(self.0.as_bytes()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Sig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Sig {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bytes = alloy_primitives::hex::decode(text).map_err(|_| "signature is not hex")?;
+        Signature::from_raw(&bytes)
+            .map(Sig)
+            .map_err(|e| format!("signature is not 65 bytes r‖s‖v: {e}"))
+    }
+}
+
+/// A transaction as the ledger recorded it: its place in the sequence and the time it was
+/// applied, which replay uses so that time-dependent rules give the same result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub tx: SignedTx,
+}
+
+impl LedgerEntry {
+    /// The leaf of the block's transaction tree: commits to order, time and content.
+    pub fn leaf(&self) -> B256 {
+        let mut bytes = [0u8; 48];
+        bytes[..8].copy_from_slice(&self.seq.to_be_bytes());
+        bytes[8..16].copy_from_slice(&self.time_ms.to_be_bytes());
+        bytes[16..].copy_from_slice(self.tx.hash().as_slice());
+        keccak256(bytes)
+    }
+}
+
+/// A sealed block's header. Block 0 is the genesis block; every later block chains to
+/// its parent by hash and commits to its transactions and to the state after them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHeader {
+    pub height: u64,
+    pub prev_hash: B256,
+    pub time_ms: u64,
+    /// Sequence number of the block's first transaction.
+    pub first_seq: u64,
+    pub tx_count: u32,
+    pub tx_root: B256,
+    pub state_root: B256,
+    /// Root of the cumulative rewards tree (zero until the first epoch closes).
+    pub reward_root: B256,
+}
+
+impl BlockHeader {
+    pub fn hash(&self) -> B256 {
+        let mut bytes = b"gpumesh-block-v1".to_vec();
+        serde_json::to_writer(&mut bytes, self).expect("block headers serialise");
+        keccak256(bytes)
+    }
+}
