@@ -193,6 +193,11 @@ impl LeaseState {
             LeaseState::Completed | LeaseState::Failed | LeaseState::Cancelled
         )
     }
+
+    /// Whether GPUs are reserved for the lease in this state.
+    pub fn holds_capacity(self) -> bool {
+        !self.is_terminal()
+    }
 }
 
 /// A lease as the API shows it.

@@ -1,0 +1,265 @@
+//! The lease lifecycle: funding, start, end, cancellation, and how a lease is shown.
+
+use gpumesh_types::{
+    Address, Amount, GeoPoint, GpuModel, LeaseId, LeaseState, LeaseView, SettlementView, TxKind,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Dirty, Registry, RegistryError};
+
+/// A lease as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub id: LeaseId,
+    pub buyer: Address,
+    pub host: Address,
+    pub gpu: GpuModel,
+    pub gpu_count: u16,
+    pub gpu_indices: Vec<u16>,
+    pub near: GeoPoint,
+    pub distance_km: f64,
+    pub image: String,
+    pub command: Vec<String>,
+    pub price_per_gpu_hour: Amount,
+    pub max_duration_ms: u64,
+    pub escrow: Amount,
+    pub state: LeaseState,
+    pub created_ms: u64,
+    pub matched_until_ms: u64,
+    pub started_ms: Option<u64>,
+    pub ended_ms: Option<u64>,
+    pub exit_code: Option<i64>,
+    pub failure: Option<String>,
+    pub cancel_requested: bool,
+    /// The buyer's escrow is open in the ledger.
+    pub funded: bool,
+}
+
+impl Registry {
+    fn lease_for(&self, id: LeaseId) -> Result<&LeaseRecord, RegistryError> {
+        self.leases.get(&id).ok_or(RegistryError::UnknownLease(id))
+    }
+
+    fn lease_of_host(&self, host: &Address, id: LeaseId) -> Result<&LeaseRecord, RegistryError> {
+        let lease = self.lease_for(id)?;
+        if lease.host != *host {
+            return Err(RegistryError::NotYours {
+                lease: id,
+                role: "host",
+            });
+        }
+        Ok(lease)
+    }
+
+    /// Checks that an `OpenEscrow` transaction funds this matched lease on its exact terms.
+    pub fn check_escrow(
+        &self,
+        tx_from: Address,
+        kind: &TxKind,
+        now_ms: u64,
+    ) -> Result<LeaseId, RegistryError> {
+        let TxKind::OpenEscrow {
+            lease,
+            host,
+            price_per_gpu_hour,
+            gpus,
+            max_duration_ms,
+            amount,
+        } = kind
+        else {
+            return Err(RegistryError::invalid(
+                gpumesh_types::ErrorCode::InvalidTransaction,
+                "not an OpenEscrow transaction",
+            ));
+        };
+        let record = self.lease_for(*lease)?;
+        if record.buyer != tx_from {
+            return Err(RegistryError::NotYours {
+                lease: *lease,
+                role: "buyer",
+            });
+        }
+        if record.state != LeaseState::Matched || now_ms > record.matched_until_ms {
+            let state = record.state;
+            return Err(RegistryError::InvalidState {
+                lease: *lease,
+                state,
+                action: "fund its escrow (the match is no longer held)",
+            });
+        }
+        let terms_match = record.host == *host
+            && record.price_per_gpu_hour == *price_per_gpu_hour
+            && record.gpu_count == *gpus
+            && record.max_duration_ms == *max_duration_ms
+            && record.escrow == *amount;
+        if !terms_match {
+            return Err(RegistryError::invalid(
+                gpumesh_types::ErrorCode::InvalidTransaction,
+                format!(
+                    "escrow terms differ from lease {lease}'s: host {}, price {}, {} GPUs, {} ms, escrow {}",
+                    record.host,
+                    record.price_per_gpu_hour,
+                    record.gpu_count,
+                    record.max_duration_ms,
+                    record.escrow
+                ),
+            ));
+        }
+        Ok(*lease)
+    }
+
+    /// The escrow is open: the host may start the workload.
+    pub fn escrow_opened(&mut self, id: LeaseId) -> Result<(), RegistryError> {
+        let lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        if lease.state != LeaseState::Matched {
+            return Err(RegistryError::InvalidState {
+                lease: id,
+                state: lease.state,
+                action: "fund its escrow",
+            });
+        }
+        lease.state = LeaseState::Starting;
+        lease.funded = true;
+        self.dirty.push(Dirty::Lease(id));
+        Ok(())
+    }
+
+    /// The host started the workload. Repeating it is harmless.
+    pub fn started(
+        &mut self,
+        host: &Address,
+        id: LeaseId,
+        now_ms: u64,
+    ) -> Result<(), RegistryError> {
+        let lease = self.lease_of_host(host, id)?;
+        match lease.state {
+            LeaseState::Running => Ok(()),
+            LeaseState::Starting => {
+                let lease = self.leases.get_mut(&id).expect("looked up above");
+                lease.state = LeaseState::Running;
+                lease.started_ms = Some(now_ms);
+                self.dirty.push(Dirty::Lease(id));
+                Ok(())
+            }
+            state => Err(RegistryError::InvalidState {
+                lease: id,
+                state,
+                action: "start",
+            }),
+        }
+    }
+
+    /// Checks that the host may report the end of this lease.
+    pub fn check_finish(&self, host: &Address, id: LeaseId) -> Result<(), RegistryError> {
+        let lease = self.lease_of_host(host, id)?;
+        match lease.state {
+            LeaseState::Starting | LeaseState::Running => Ok(()),
+            state => Err(RegistryError::InvalidState {
+                lease: id,
+                state,
+                action: "finish",
+            }),
+        }
+    }
+
+    /// The workload ended (or could not start). Frees its GPUs.
+    pub fn finished(
+        &mut self,
+        host: &Address,
+        id: LeaseId,
+        exit_code: Option<i64>,
+        error: Option<String>,
+        now_ms: u64,
+    ) -> Result<LeaseState, RegistryError> {
+        self.check_finish(host, id)?;
+        let lease = &self.leases[&id];
+        let state = if lease.cancel_requested {
+            LeaseState::Cancelled
+        } else if exit_code.is_none() {
+            LeaseState::Failed
+        } else {
+            LeaseState::Completed
+        };
+        let failure = match (&error, state) {
+            (Some(e), _) => Some(e.clone()),
+            (None, LeaseState::Failed) => Some("the host reported no exit status".into()),
+            _ => None,
+        };
+        self.end_lease(id, state, exit_code, failure, now_ms);
+        Ok(state)
+    }
+
+    /// The buyer cancels. An unfunded match ends at once; a funded lease asks its host to
+    /// stop, and ends when the host reports the final usage.
+    pub fn cancel(
+        &mut self,
+        buyer: &Address,
+        id: LeaseId,
+        now_ms: u64,
+    ) -> Result<LeaseState, RegistryError> {
+        let lease = self.lease_for(id)?;
+        if lease.buyer != *buyer {
+            return Err(RegistryError::NotYours {
+                lease: id,
+                role: "buyer",
+            });
+        }
+        match lease.state {
+            LeaseState::Matched => {
+                self.end_lease(
+                    id,
+                    LeaseState::Cancelled,
+                    None,
+                    Some("cancelled by the buyer".into()),
+                    now_ms,
+                );
+                Ok(LeaseState::Cancelled)
+            }
+            LeaseState::Starting | LeaseState::Running => {
+                let lease = self.leases.get_mut(&id).expect("looked up above");
+                lease.cancel_requested = true;
+                self.dirty.push(Dirty::Lease(id));
+                Ok(lease.state)
+            }
+            state => Err(RegistryError::InvalidState {
+                lease: id,
+                state,
+                action: "cancel",
+            }),
+        }
+    }
+
+    /// The lease as the API shows it, with its settlement when the escrow is open.
+    pub fn view(&self, id: LeaseId, settlement: Option<SettlementView>) -> Option<LeaseView> {
+        let l = self.leases.get(&id)?;
+        let host = self.host(&l.host)?;
+        Some(LeaseView {
+            id: l.id,
+            state: l.state,
+            buyer: l.buyer,
+            host: l.host,
+            host_name: host.name.clone(),
+            host_location: host.location,
+            distance_km: l.distance_km,
+            gpu: l.gpu,
+            gpu_count: l.gpu_count,
+            simulated: host.simulated(),
+            runtime: host.runtime,
+            image: l.image.clone(),
+            price_per_gpu_hour: l.price_per_gpu_hour,
+            max_duration_ms: l.max_duration_ms,
+            escrow: l.escrow,
+            created_ms: l.created_ms,
+            matched_until_ms: l.matched_until_ms,
+            started_ms: l.started_ms,
+            ended_ms: l.ended_ms,
+            exit_code: l.exit_code,
+            failure: l.failure.clone(),
+            cancel_requested: l.cancel_requested,
+            settlement,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Input checks for registrations and jobs, each failure with its stable error code.
+
+use gpumesh_types::{Amount, ErrorCode, GpuModel, JobRequest, ONE_TOKEN, RegisterHost};
+
+use crate::{GpuRecord, Params, RegistryError};
+
+/// The highest price per GPU-hour anyone may ask or offer, in whole tokens.
+pub const MAX_PRICE_TOKENS: u128 = 1_000_000;
+/// GPUs of one model on one host.
+pub const MAX_GPUS_PER_MODEL: u16 = 64;
+const MAX_NAME: usize = 64;
+const MAX_IMAGES: usize = 256;
+const MAX_IMAGE_NAME: usize = 256;
+const MAX_ARGS: usize = 256;
+const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+fn invalid(code: ErrorCode, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+fn price(what: &str, price: Amount) -> Result<(), RegistryError> {
+    if price == Amount::ZERO {
+        return Err(invalid(
+            ErrorCode::InvalidPrice,
+            format!("{what} must be more than zero"),
+        ));
+    }
+    if price.0 > MAX_PRICE_TOKENS * ONE_TOKEN {
+        return Err(invalid(
+            ErrorCode::InvalidPrice,
+            format!(
+                "{what} of {} tokens is over the limit of {MAX_PRICE_TOKENS} per GPU-hour",
+                price.tokens()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn image_name(image: &str) -> Result<(), RegistryError> {
+    if image.is_empty()
+        || image.len() > MAX_IMAGE_NAME
+        || image.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("image name {image:?} must be 1 to {MAX_IMAGE_NAME} characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn images(images: &[String]) -> Result<(), RegistryError> {
+    if images.len() > MAX_IMAGES {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("at most {MAX_IMAGES} images may be listed"),
+        ));
+    }
+    images.iter().try_for_each(|i| image_name(i))
+}
+
+/// Checks a registration and expands its offers into one record per GPU.
+pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>, RegistryError> {
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("host name must be 1 to {MAX_NAME} printable characters"),
+        ));
+    }
+    request
+        .location
+        .point
+        .validate()
+        .map_err(|e| invalid(ErrorCode::InvalidLocation, e.to_string()))?;
+    price("price per GPU-hour", request.price_per_gpu_hour)?;
+    images(&request.images)?;
+    if request.gpus.is_empty() {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "a host must offer at least one GPU",
+        ));
+    }
+    let mut gpus = Vec::new();
+    let mut seen: Vec<GpuModel> = Vec::new();
+    for offer in &request.gpus {
+        if seen.contains(&offer.model) {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!("{} is listed twice; give one count per model", offer.model),
+            ));
+        }
+        seen.push(offer.model);
+        if offer.count == 0 || offer.count > MAX_GPUS_PER_MODEL {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "count of {} must be 1 to {MAX_GPUS_PER_MODEL}, not {}",
+                    offer.model, offer.count
+                ),
+            ));
+        }
+        if offer.simulated && !local {
+            return Err(invalid(
+                ErrorCode::SimulatedNotAllowed,
+                "simulated GPUs are accepted only by a local network",
+            ));
+        }
+        let catalog_vram = offer.model.spec().vram_mib;
+        let vram_mib = offer.vram_mib.unwrap_or(catalog_vram);
+        if vram_mib == 0 || vram_mib > 4 * catalog_vram {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!("{vram_mib} MiB is not plausible memory for {}", offer.model),
+            ));
+        }
+        for _ in 0..offer.count {
+            gpus.push(GpuRecord {
+                model: offer.model,
+                vram_mib,
+                simulated: offer.simulated,
+            });
+        }
+    }
+    Ok(gpus)
+}
+
+pub(crate) fn job(job: &JobRequest, params: &Params) -> Result<(), RegistryError> {
+    job.near
+        .validate()
+        .map_err(|e| invalid(ErrorCode::InvalidLocation, e.to_string()))?;
+    if job.gpu_count == 0 || job.gpu_count > MAX_GPUS_PER_MODEL {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("GPU count must be 1 to {MAX_GPUS_PER_MODEL}"),
+        ));
+    }
+    price("maximum price per GPU-hour", job.max_price_per_gpu_hour)?;
+    if job.max_duration_ms < 1_000 || job.max_duration_ms > params.max_lease_duration_ms {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "maximum duration must be 1 s to {} s",
+                params.max_lease_duration_ms / 1_000
+            ),
+        ));
+    }
+    image_name(&job.image)?;
+    let bytes: usize = job.command.iter().map(String::len).sum();
+    if job.command.len() > MAX_ARGS
+        || bytes > MAX_COMMAND_BYTES
+        || job.command.iter().any(|a| a.contains('\0'))
+    {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!(
+                "command must be at most {MAX_ARGS} arguments and {MAX_COMMAND_BYTES} bytes, without NUL bytes"
+            ),
+        ));
+    }
+    Ok(())
+}

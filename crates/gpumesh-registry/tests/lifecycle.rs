@@ -1,0 +1,414 @@
+//! The registry driven through lease lifecycles, bad input and restarts.
+
+use std::collections::HashSet;
+
+use gpumesh_registry::{Dirty, Effect, Params, Registry, RegistryError};
+use gpumesh_types::{
+    Address, Amount, CloseReason, ErrorCode, GeoPoint, GpuModel, GpuOffer, Heartbeat, JobRequest,
+    LeaseId, LeaseState, Location, RegisterHost, RuntimeKind, TxKind,
+};
+use proptest::prelude::*;
+
+fn addr(n: u8) -> Address {
+    Address::with_last_byte(n)
+}
+
+fn tokens(t: &str) -> Amount {
+    Amount::parse_tokens(t).unwrap()
+}
+
+fn host_request(
+    name: &str,
+    lat: f64,
+    lon: f64,
+    model: GpuModel,
+    count: u16,
+    price: &str,
+) -> RegisterHost {
+    RegisterHost {
+        name: name.into(),
+        location: Location {
+            point: GeoPoint::new(lat, lon).unwrap(),
+            country: "DE".parse().unwrap(),
+        },
+        price_per_gpu_hour: tokens(price),
+        gpus: vec![GpuOffer {
+            model,
+            count,
+            vram_mib: None,
+            simulated: true,
+        }],
+        runtime: RuntimeKind::Process,
+        images: vec![],
+    }
+}
+
+fn job(model: GpuModel, count: u16, cap: &str) -> JobRequest {
+    JobRequest {
+        gpu: model,
+        gpu_count: count,
+        near: GeoPoint::new(48.86, 2.35).unwrap(),
+        max_price_per_gpu_hour: tokens(cap),
+        max_duration_ms: 60_000,
+        image: "busybox".into(),
+        command: vec!["echo".into(), "hi".into()],
+    }
+}
+
+fn escrow_tx(registry: &Registry, id: LeaseId) -> TxKind {
+    let l = registry.lease(id).unwrap();
+    TxKind::OpenEscrow {
+        lease: id,
+        host: l.host,
+        price_per_gpu_hour: l.price_per_gpu_hour,
+        gpus: l.gpu_count,
+        max_duration_ms: l.max_duration_ms,
+        amount: l.escrow,
+    }
+}
+
+fn network() -> Registry {
+    let mut r = Registry::new(Params::local());
+    r.register_host(
+        addr(1),
+        host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 8, "2.5"),
+        0,
+    )
+    .unwrap();
+    r.register_host(
+        addr(2),
+        host_request("virginia", 39.04, -77.49, GpuModel::H100, 2, "2.0"),
+        0,
+    )
+    .unwrap();
+    r.take_dirty();
+    r
+}
+
+#[test]
+fn a_lease_runs_from_match_to_completion() {
+    let mut r = network();
+    let buyer = addr(9);
+    let id = r
+        .submit_job(buyer, job(GpuModel::H100, 2, "3"), 1_000)
+        .unwrap()
+        .id;
+    assert_eq!(r.take_dirty(), vec![Dirty::Lease(id)]);
+    let lease = r.lease(id).unwrap();
+    assert_eq!((lease.host, lease.state), (addr(1), LeaseState::Matched));
+    // 2.5 × 2 GPUs × 1 minute = 0.0833… tokens, rounded up to the base unit.
+    assert_eq!(lease.escrow, Amount(83_333_333_333_333_334));
+
+    assert!(
+        r.work(&addr(1)).unwrap().start.is_empty(),
+        "nothing to start before funding"
+    );
+    let kind = escrow_tx(&r, id);
+    assert_eq!(r.check_escrow(buyer, &kind, 2_000), Ok(id));
+    assert!(matches!(
+        r.check_escrow(addr(8), &kind, 2_000),
+        Err(RegistryError::NotYours { .. })
+    ));
+    r.escrow_opened(id).unwrap();
+    let work = r.work(&addr(1)).unwrap();
+    assert_eq!(work.start.len(), 1);
+    assert_eq!(work.start[0].gpu_indices, vec![0, 1]);
+
+    assert!(matches!(
+        r.started(&addr(2), id, 3_000),
+        Err(RegistryError::NotYours { .. })
+    ));
+    r.started(&addr(1), id, 3_000).unwrap();
+    assert_eq!(
+        r.finished(&addr(1), id, Some(0), None, 9_000).unwrap(),
+        LeaseState::Completed
+    );
+    assert!(
+        r.finished(&addr(1), id, Some(0), None, 9_500).is_err(),
+        "a lease ends once"
+    );
+    let view = r.view(id, None).unwrap();
+    assert_eq!(
+        (view.started_ms, view.ended_ms, view.exit_code),
+        (Some(3_000), Some(9_000), Some(0))
+    );
+    // The GPUs are free again: all 8 can be booked.
+    assert!(
+        r.submit_job(buyer, job(GpuModel::H100, 8, "3"), 10_000)
+            .is_ok()
+    );
+}
+
+#[test]
+fn unmatched_jobs_say_why() {
+    let mut r = network();
+    let reasons: Vec<String> = [
+        job(GpuModel::Rtx4090, 1, "9"),
+        job(GpuModel::H100, 9, "9"),
+        job(GpuModel::H100, 1, "1"),
+    ]
+    .into_iter()
+    .map(|j| r.submit_job(addr(9), j, 0).unwrap_err().to_string())
+    .collect();
+    expect_test::expect![[r#"
+        [
+            "no match: no host offers RTX4090",
+            "no match: 2 online hosts offer H100, but none has 9 of them free",
+            "no match: 2 hosts have 1 × H100 free, but the cheapest asks 2 per GPU-hour, over your cap of 1",
+        ]
+    "#]]
+    .assert_debug_eq(&reasons);
+    assert!(r.take_dirty().is_empty(), "a refused job changes nothing");
+}
+
+#[test]
+fn bad_input_is_refused_with_its_code() {
+    let mut r = Registry::new(Params::network());
+    let mut bad_location = host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1");
+    bad_location.location.point.lat = 95.0;
+    let mut twice = host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1");
+    twice.gpus.push(twice.gpus[0].clone());
+    let mut real = host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1");
+    real.gpus[0].simulated = false;
+    let cases = [
+        (
+            host_request("x", 0.0, 0.0, GpuModel::A10, 1, "0"),
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1000001"),
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            host_request("x", 0.0, 0.0, GpuModel::A10, 0, "1"),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            host_request("", 0.0, 0.0, GpuModel::A10, 1, "1"),
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1"),
+            ErrorCode::SimulatedNotAllowed,
+        ),
+        (bad_location, ErrorCode::InvalidLocation),
+        (twice, ErrorCode::InvalidRequest),
+    ];
+    for (mut request, code) in cases {
+        if code != ErrorCode::SimulatedNotAllowed {
+            request.gpus.iter_mut().for_each(|g| g.simulated = false);
+        }
+        let err = r.register_host(addr(1), request.clone(), 0).unwrap_err();
+        assert_eq!(err.code(), code, "{request:?}: {err}");
+    }
+    assert_eq!(r.host_count(), 0);
+    r.register_host(addr(1), real, 0).unwrap();
+
+    let mut far = job(GpuModel::A10, 1, "2");
+    far.near.lon = 200.0;
+    let mut long = job(GpuModel::A10, 1, "2");
+    long.max_duration_ms = 30 * 24 * 3_600_000;
+    let mut blank = job(GpuModel::A10, 1, "2");
+    blank.image = "two words".into();
+    let cases = [
+        (job(GpuModel::A10, 0, "2"), ErrorCode::InvalidRequest),
+        (job(GpuModel::A10, 1, "0"), ErrorCode::InvalidPrice),
+        (far, ErrorCode::InvalidLocation),
+        (long, ErrorCode::InvalidRequest),
+        (blank, ErrorCode::InvalidRequest),
+    ];
+    for (request, code) in cases {
+        assert_eq!(
+            r.submit_job(addr(9), request.clone(), 0)
+                .unwrap_err()
+                .code(),
+            code,
+            "{request:?}"
+        );
+    }
+    assert_eq!(r.leases().count(), 0);
+    assert!(matches!(
+        r.heartbeat(addr(7), Heartbeat::default(), 0),
+        Err(RegistryError::UnknownHost(_))
+    ));
+    assert!(matches!(
+        r.cancel(&addr(9), LeaseId(42), 0),
+        Err(RegistryError::UnknownLease(_))
+    ));
+}
+
+#[test]
+fn a_lost_host_fails_its_leases_and_returns_to_standby_when_it_beats_again() {
+    let mut r = network();
+    let buyer = addr(9);
+    let running = r
+        .submit_job(buyer, job(GpuModel::H100, 1, "3"), 0)
+        .unwrap()
+        .id;
+    r.escrow_opened(running).unwrap();
+    r.started(&addr(1), running, 100).unwrap();
+    let unfunded = r
+        .submit_job(buyer, job(GpuModel::H100, 1, "3"), 0)
+        .unwrap()
+        .id;
+    r.heartbeat(addr(2), Heartbeat::default(), 3_000).unwrap();
+    // Host 1 last beat at 0; with 1 s heartbeats it is lost after 3 s.
+    assert!(r.tick(3_000).is_empty());
+    let effects = r.tick(3_001);
+    assert_eq!(
+        effects,
+        vec![Effect::CloseEscrow {
+            lease: running,
+            reason: CloseReason::HostLost
+        }]
+    );
+    assert_eq!(r.lease(running).unwrap().state, LeaseState::Failed);
+    assert_eq!(r.lease(unfunded).unwrap().state, LeaseState::Cancelled);
+    assert!(!r.host_online(&addr(1)));
+    // Jobs now go to the farther host, until the lost one beats again.
+    let next = r
+        .submit_job(buyer, job(GpuModel::H100, 1, "3"), 3_002)
+        .unwrap();
+    assert_eq!(next.host, addr(2));
+    r.heartbeat(addr(1), Heartbeat::default(), 3_003).unwrap();
+    assert_eq!(
+        r.submit_job(buyer, job(GpuModel::H100, 1, "3"), 3_004)
+            .unwrap()
+            .host,
+        addr(1)
+    );
+}
+
+#[test]
+fn matches_expire_and_cancels_reach_the_host() {
+    let mut r = network();
+    let buyer = addr(9);
+    let id = r
+        .submit_job(buyer, job(GpuModel::H100, 8, "3"), 0)
+        .unwrap()
+        .id;
+    r.heartbeat(addr(1), Heartbeat::default(), 30_001).unwrap();
+    r.heartbeat(addr(2), Heartbeat::default(), 30_001).unwrap();
+    r.tick(30_001);
+    assert_eq!(r.lease(id).unwrap().state, LeaseState::Cancelled);
+    let kind = escrow_tx(&r, id);
+    assert!(matches!(
+        r.check_escrow(buyer, &kind, 30_002),
+        Err(RegistryError::InvalidState { .. })
+    ));
+
+    let id = r
+        .submit_job(buyer, job(GpuModel::H100, 8, "3"), 30_002)
+        .unwrap()
+        .id;
+    r.escrow_opened(id).unwrap();
+    assert_eq!(r.cancel(&buyer, id, 30_003).unwrap(), LeaseState::Starting);
+    let work = r.work(&addr(1)).unwrap();
+    assert!(work.start.is_empty());
+    assert_eq!(work.stop, vec![id]);
+    assert_eq!(
+        r.finished(&addr(1), id, Some(137), None, 30_004).unwrap(),
+        LeaseState::Cancelled
+    );
+}
+
+#[test]
+fn restore_rebuilds_the_same_reservations() {
+    let mut r = network();
+    let a = r
+        .submit_job(addr(9), job(GpuModel::H100, 7, "3"), 0)
+        .unwrap()
+        .id;
+    let b = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap()
+        .id;
+    r.escrow_opened(a).unwrap();
+    r.cancel(&addr(9), b, 1).unwrap();
+    let hosts = [addr(1), addr(2)].map(|a| r.host(&a).unwrap().clone());
+    let leases: Vec<_> = r.leases().cloned().collect();
+    let mut restored = Registry::restore(Params::local(), hosts, leases, 5).unwrap();
+    // Host 1 has exactly one GPU free (7 held by lease a), so two go to Virginia.
+    assert_eq!(
+        restored
+            .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 6)
+            .unwrap()
+            .host,
+        addr(1)
+    );
+    assert_eq!(
+        restored
+            .submit_job(addr(9), job(GpuModel::H100, 2, "3"), 6)
+            .unwrap()
+            .host,
+        addr(2)
+    );
+    assert_eq!(restored.lease(a).unwrap().state, LeaseState::Starting);
+    assert!(
+        restored
+            .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 6)
+            .is_err()
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit { count: u16 },
+    Fund { pick: usize },
+    Finish { pick: usize },
+    Cancel { pick: usize },
+    Tick { advance_ms: u64, beat: bool },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u16..5).prop_map(|count| Op::Submit { count }),
+        any::<usize>().prop_map(|pick| Op::Fund { pick }),
+        any::<usize>().prop_map(|pick| Op::Finish { pick }),
+        any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+        (0u64..4_000, any::<bool>()).prop_map(|(advance_ms, beat)| Op::Tick { advance_ms, beat }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn no_gpu_is_ever_booked_twice(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut r = network();
+        let mut now = 0;
+        let mut ids: Vec<LeaseId> = Vec::new();
+        let pick = |ids: &[LeaseId], i: usize| ids.get(i % ids.len().max(1)).copied();
+        for op in ops {
+            match op {
+                Op::Submit { count } => {
+                    if let Ok(l) = r.submit_job(addr(9), job(GpuModel::H100, count, "3"), now) {
+                        ids.push(l.id);
+                    }
+                }
+                Op::Fund { pick: i } => if let Some(id) = pick(&ids, i) { let _ = r.escrow_opened(id); },
+                Op::Finish { pick: i } => if let Some(id) = pick(&ids, i) {
+                    let host = r.lease(id).unwrap().host;
+                    let _ = r.finished(&host, id, Some(0), None, now);
+                },
+                Op::Cancel { pick: i } => if let Some(id) = pick(&ids, i) { let _ = r.cancel(&addr(9), id, now); },
+                Op::Tick { advance_ms, beat } => {
+                    now += advance_ms;
+                    if beat {
+                        r.heartbeat(addr(1), Heartbeat::default(), now).unwrap();
+                    }
+                    r.heartbeat(addr(2), Heartbeat::default(), now).unwrap();
+                    r.tick(now);
+                }
+            }
+            let mut held = HashSet::new();
+            for l in r.leases().filter(|l| l.state.holds_capacity()) {
+                prop_assert_eq!(l.gpu_indices.len(), l.gpu_count as usize);
+                for &i in &l.gpu_indices {
+                    prop_assert!(held.insert((l.host, i)), "GPU {} of {} held twice", i, l.host);
+                }
+            }
+            let busy = r.containers().iter().filter(|c| c.state == gpumesh_types::ContainerState::Busy).count();
+            let offline_held = r.leases().filter(|l| l.state.holds_capacity() && !r.host_online(&l.host)).map(|l| l.gpu_count as usize).sum::<usize>();
+            prop_assert_eq!(busy + offline_held, held.len());
+        }
+    }
+}
