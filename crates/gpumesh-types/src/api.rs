@@ -338,6 +338,8 @@ pub enum ErrorCode {
     UnknownLease,
     UnknownHost,
     UnknownAccount,
+    NotFound,
+    MethodNotAllowed,
     NotYourLease,
     InvalidLeaseState,
     NoMatch,

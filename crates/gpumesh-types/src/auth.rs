@@ -5,6 +5,11 @@
 //! body, and sends the signer, nonce, expiry and signature in the headers below. The
 //! indexer recovers the signer, rejects an expired signature, and accepts each
 //! (signer, nonce) pair once.
+//!
+//! The nonce is the signing time in microseconds since the Unix epoch, made unique per
+//! signer by the client. That lets the indexer remember used nonces in memory only: it
+//! refuses nonces older than its own start or than the longest signature lifetime, so a
+//! request signed before a restart can never be replayed after it.
 
 use alloy_primitives::keccak256;
 
@@ -15,6 +20,8 @@ pub const HEADER_SIGNATURE: &str = "x-gpumesh-signature";
 
 /// The longest validity a request signature may claim, in milliseconds.
 pub const MAX_SIGNATURE_TTL_MS: u64 = 5 * 60 * 1000;
+/// How far a signer's clock may run ahead of the indexer's, in milliseconds.
+pub const MAX_CLOCK_SKEW_MS: u64 = 30 * 1000;
 
 /// The text a client signs for one request.
 pub fn request_message(

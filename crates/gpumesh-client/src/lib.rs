@@ -1,0 +1,460 @@
+//! A typed client of the indexer's HTTP API.
+//!
+//! Every call that changes state (and every read of a lease's output) is signed with the
+//! client's [`Wallet`] as [`gpumesh_types::auth`] describes. Ledger transactions are
+//! signed with the account's next nonce, which the client tracks and serialises so that
+//! several tasks can share one wallet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use gpumesh_identity::Wallet;
+use gpumesh_types::auth::{
+    HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, request_message,
+};
+use gpumesh_types::{
+    AccountView, Address, Amount, ApiError, ContainerView, ErrorCode, FaucetRequest, Heartbeat,
+    HostRegistered, HostWork, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LeaseView, LogAppend,
+    LogEvent, NetworkInfo, RegisterHost, Sig, SignedTx, Tx, TxAccepted, TxKind, WorkPoll,
+};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// How long a request signature stays valid.
+const SIGNATURE_TTL: Duration = Duration::from_secs(60);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The indexer answered with an error.
+    #[error("{message} ({code:?}, HTTP {status})", code = error.code, message = error.message)]
+    Api { status: u16, error: ApiError },
+    #[error("cannot reach the indexer at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+    #[error("this call needs a wallet (--key)")]
+    NoWallet,
+}
+
+impl ClientError {
+    /// The API's error code, when the indexer answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { error, .. } => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one indexer, optionally with a wallet to sign with.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    wallet: Option<Wallet>,
+    chain_id: tokio::sync::OnceCell<u64>,
+    last_nonce: AtomicU64,
+    /// The next ledger nonce of the wallet's account; the lock orders its transactions.
+    ledger_nonce: tokio::sync::Mutex<Option<u64>>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Client {
+    pub fn new(base_url: &str, wallet: Option<Wallet>) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("an HTTP client with default TLS-less settings builds"),
+            base: base_url.trim_end_matches('/').to_string(),
+            wallet,
+            chain_id: tokio::sync::OnceCell::new(),
+            last_nonce: AtomicU64::new(0),
+            ledger_nonce: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn wallet(&self) -> Option<&Wallet> {
+        self.wallet.as_ref()
+    }
+
+    pub fn address(&self) -> Result<Address, ClientError> {
+        self.wallet
+            .as_ref()
+            .map(Wallet::address)
+            .ok_or(ClientError::NoWallet)
+    }
+
+    async fn chain_id(&self) -> Result<u64, ClientError> {
+        let fetch = || async {
+            // Read directly rather than through `request`, which signs with the chain id.
+            let url = format!("{}/v1/info", self.base);
+            let unreachable = |source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            };
+            let response = self.http.get(&url).send().await.map_err(unreachable)?;
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            serde_json::from_slice::<NetworkInfo>(&bytes)
+                .map(|info| info.chain_id)
+                .map_err(|e| ClientError::Protocol {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })
+        };
+        self.chain_id.get_or_try_init(fetch).await.copied()
+    }
+
+    /// A fresh request nonce: the time in microseconds, strictly increasing per client.
+    fn next_nonce(&self) -> u64 {
+        let now = now_us();
+        let mut last = self.last_nonce.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last_nonce
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        sign: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut builder = self.http.request(method.clone(), &url);
+        let body = body.unwrap_or_default();
+        if sign {
+            let wallet = self.wallet.as_ref().ok_or(ClientError::NoWallet)?;
+            let chain_id = self.chain_id().await?;
+            let nonce = self.next_nonce();
+            let expires = now_us() / 1_000 + SIGNATURE_TTL.as_millis() as u64;
+            let message = request_message(chain_id, method.as_str(), path, nonce, expires, &body);
+            let signature = Sig(wallet.sign_message(message.as_bytes()));
+            builder = builder
+                .header(HEADER_SIGNER, wallet.address().to_string())
+                .header(HEADER_NONCE, nonce.to_string())
+                .header(HEADER_EXPIRES, expires.to_string())
+                .header(
+                    HEADER_SIGNATURE,
+                    serde_json::to_value(signature)
+                        .expect("signatures serialise")
+                        .as_str()
+                        .unwrap_or_default(),
+                );
+        }
+        if !body.is_empty() {
+            builder = builder
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let error = serde_json::from_str::<ApiError>(&text).unwrap_or(ApiError {
+            code: ErrorCode::Unknown,
+            message: format!("HTTP {status}: {text}"),
+        });
+        Err(ClientError::Api { status, error })
+    }
+
+    async fn call<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        sign: bool,
+    ) -> Result<R, ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("requests serialise"));
+        let url = format!("{}{path}", self.base);
+        let response = self.request(method, path, body, sign).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        self.call(Method::GET, path, None::<&()>, false).await
+    }
+
+    async fn post<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<R, ClientError> {
+        self.call(Method::POST, path, Some(body), true).await
+    }
+
+    pub async fn info(&self) -> Result<NetworkInfo, ClientError> {
+        self.get("/v1/info").await
+    }
+
+    pub async fn containers(&self) -> Result<Vec<ContainerView>, ClientError> {
+        self.get("/v1/containers").await
+    }
+
+    pub async fn account(&self, address: Address) -> Result<AccountView, ClientError> {
+        self.get(&format!("/v1/accounts/{address}")).await
+    }
+
+    pub async fn lease(&self, id: LeaseId) -> Result<LeaseView, ClientError> {
+        self.get(&format!("/v1/leases/{id}")).await
+    }
+
+    pub async fn leases_of_buyer(&self, buyer: Address) -> Result<Vec<LeaseView>, ClientError> {
+        self.get(&format!("/v1/leases?buyer={buyer}")).await
+    }
+
+    pub async fn register_host(
+        &self,
+        request: &RegisterHost,
+    ) -> Result<HostRegistered, ClientError> {
+        self.post("/v1/hosts", request).await
+    }
+
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), ClientError> {
+        self.post::<serde_json::Value>("/v1/hosts/heartbeat", beat)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn work(&self, wait: Duration) -> Result<HostWork, ClientError> {
+        self.post(
+            "/v1/hosts/work",
+            &WorkPoll {
+                wait_ms: wait.as_millis() as u64,
+            },
+        )
+        .await
+    }
+
+    pub async fn submit_job(&self, job: &JobRequest) -> Result<LeaseView, ClientError> {
+        self.post("/v1/jobs", job).await
+    }
+
+    pub async fn cancel(&self, id: LeaseId) -> Result<LeaseView, ClientError> {
+        self.post(&format!("/v1/leases/{id}/cancel"), &serde_json::json!({}))
+            .await
+    }
+
+    pub async fn started(&self, id: LeaseId) -> Result<LeaseView, ClientError> {
+        self.post(&format!("/v1/leases/{id}/started"), &LeaseStarted {})
+            .await
+    }
+
+    pub async fn append_logs(&self, id: LeaseId, append: &LogAppend) -> Result<(), ClientError> {
+        self.post::<serde_json::Value>(&format!("/v1/leases/{id}/logs"), append)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn finish(
+        &self,
+        id: LeaseId,
+        finish: &LeaseFinish,
+    ) -> Result<LeaseView, ClientError> {
+        self.post(&format!("/v1/leases/{id}/finish"), finish).await
+    }
+
+    pub async fn faucet(&self, amount: Amount) -> Result<TxAccepted, ClientError> {
+        self.post("/v1/faucet", &FaucetRequest { amount }).await
+    }
+
+    pub async fn submit_tx(&self, stx: &SignedTx) -> Result<TxAccepted, ClientError> {
+        self.post("/v1/ledger/txs", stx).await
+    }
+
+    /// Signs `kind` with the wallet's next ledger nonce and submits it. Transactions of one
+    /// client are sent one at a time, in order; a nonce that went stale is refreshed once.
+    pub async fn send_tx(&self, kind: TxKind) -> Result<TxAccepted, ClientError> {
+        self.send_tx_with(|_| kind.clone())
+            .await
+            .map(|(accepted, _)| accepted)
+    }
+
+    /// Like [`Client::send_tx`], building the transaction from the nonce it will carry,
+    /// and returning the signed transaction as well.
+    pub async fn send_tx_with(
+        &self,
+        build: impl Fn(u64) -> TxKind,
+    ) -> Result<(TxAccepted, SignedTx), ClientError> {
+        let wallet = self.wallet.as_ref().ok_or(ClientError::NoWallet)?;
+        let chain_id = self.chain_id().await?;
+        let mut next = self.ledger_nonce.lock().await;
+        for attempt in 0..2 {
+            let nonce = match *next {
+                Some(n) if attempt == 0 => n,
+                _ => self.account(wallet.address()).await?.nonce,
+            };
+            let stx = wallet.sign_tx(Tx {
+                chain_id,
+                from: wallet.address(),
+                nonce,
+                kind: build(nonce),
+            });
+            match self.submit_tx(&stx).await {
+                Ok(accepted) => {
+                    *next = Some(nonce + 1);
+                    return Ok((accepted, stx));
+                }
+                Err(e) if e.code() == Some(ErrorCode::WrongNonce) && attempt == 0 => *next = None,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Signs a transaction with the next ledger nonce without submitting it, reserving the
+    /// nonce; `submit` then sends it through another call (such as a lease's finish).
+    pub async fn sign_next_tx<R>(
+        &self,
+        kind: TxKind,
+        submit: impl AsyncFnOnce(SignedTx) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let wallet = self.wallet.as_ref().ok_or(ClientError::NoWallet)?;
+        let chain_id = self.chain_id().await?;
+        let mut next = self.ledger_nonce.lock().await;
+        let nonce = match *next {
+            Some(n) => n,
+            None => self.account(wallet.address()).await?.nonce,
+        };
+        let stx = wallet.sign_tx(Tx {
+            chain_id,
+            from: wallet.address(),
+            nonce,
+            kind,
+        });
+        match submit(stx).await {
+            Ok(r) => {
+                *next = Some(nonce + 1);
+                Ok(r)
+            }
+            Err(e) => {
+                *next = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Locks the escrow a matched lease asks for, on the lease's exact terms.
+    pub async fn fund(&self, lease: &LeaseView) -> Result<TxAccepted, ClientError> {
+        self.send_tx(TxKind::OpenEscrow {
+            lease: lease.id,
+            host: lease.host,
+            price_per_gpu_hour: lease.price_per_gpu_hour,
+            gpus: lease.gpu_count,
+            max_duration_ms: lease.max_duration_ms,
+            amount: lease.escrow,
+        })
+        .await
+    }
+
+    /// The lease's output from `from` on; with `follow`, until the lease ends.
+    pub async fn logs(
+        &self,
+        id: LeaseId,
+        from: u64,
+        follow: bool,
+    ) -> Result<impl Stream<Item = Result<LogEvent, ClientError>> + use<>, ClientError> {
+        let path = format!("/v1/leases/{id}/logs?from={from}&follow={follow}");
+        let url = format!("{}{path}", self.base);
+        let response = self.request(Method::GET, &path, None, true).await?;
+        let lines = Lines {
+            bytes: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+            url,
+            done: false,
+        };
+        Ok(futures_util::stream::unfold(
+            lines,
+            |mut lines| async move {
+                let item = lines.next_event().await?;
+                Some((item, lines))
+            },
+        ))
+    }
+}
+
+/// Splits a byte stream into newline-delimited JSON events.
+struct Lines {
+    bytes: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: Vec<u8>,
+    url: String,
+    done: bool,
+}
+
+impl Lines {
+    async fn next_event(&mut self) -> Option<Result<LogEvent, ClientError>> {
+        loop {
+            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue;
+                }
+                return Some(
+                    serde_json::from_slice(line).map_err(|e| ClientError::Protocol {
+                        url: self.url.clone(),
+                        reason: format!("bad log event: {e}"),
+                    }),
+                );
+            }
+            if self.done {
+                return None;
+            }
+            match self.bytes.next().await {
+                Some(Ok(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Some(Err(source)) => {
+                    self.done = true;
+                    return Some(Err(ClientError::Unreachable {
+                        url: self.url.clone(),
+                        source,
+                    }));
+                }
+                None => {
+                    self.done = true;
+                    if self.buffer.is_empty() {
+                        return None;
+                    }
+                    self.buffer.push(b'\n');
+                }
+            }
+        }
+    }
+}

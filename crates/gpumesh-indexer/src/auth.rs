@@ -1,0 +1,203 @@
+//! Authentication of requests: the [`Signed`] extractor.
+//!
+//! It reads the signature headers of [`gpumesh_types::auth`], reads the body (up to a
+//! limit), recovers the signer from the EIP-191 signature, checks the expiry and the
+//! nonce's freshness, refuses a nonce it has seen, and only then decodes the JSON body.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use alloy_primitives::Address;
+use axum::extract::{FromRequest, Request};
+use axum::http::HeaderMap;
+use gpumesh_types::auth::{
+    HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, MAX_CLOCK_SKEW_MS,
+    MAX_SIGNATURE_TTL_MS, request_message,
+};
+use gpumesh_types::{ErrorCode, Sig};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::{Failure, json_failure};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Nonces seen recently, per signer, with the time each may be forgotten.
+#[derive(Debug)]
+pub struct NonceBook {
+    started_ms: u64,
+    seen: Mutex<HashMap<(Address, u64), u64>>,
+}
+
+impl NonceBook {
+    pub fn new(started_ms: u64) -> NonceBook {
+        NonceBook {
+            started_ms,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Accepts a fresh nonce once.
+    fn admit(&self, signer: Address, nonce_us: u64, now_ms: u64) -> Result<(), Failure> {
+        let signed_ms = nonce_us / 1_000;
+        let oldest = self
+            .started_ms
+            .max(now_ms.saturating_sub(MAX_SIGNATURE_TTL_MS));
+        if signed_ms < oldest {
+            return Err(Failure::new(
+                ErrorCode::SignatureExpired,
+                "the request's nonce (its signing time in microseconds) is too old; sign it again",
+            ));
+        }
+        if signed_ms > now_ms + MAX_CLOCK_SKEW_MS {
+            return Err(Failure::new(
+                ErrorCode::SignatureExpired,
+                "the request's nonce lies in the future; check the signer's clock",
+            ));
+        }
+        let mut seen = self.seen.lock().expect("nonce book lock");
+        if seen.len() > 100_000 {
+            seen.retain(|_, forget_at| *forget_at >= now_ms);
+        }
+        if seen
+            .insert(
+                (signer, nonce_us),
+                signed_ms + MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS,
+            )
+            .is_some()
+        {
+            return Err(Failure::new(
+                ErrorCode::ReplayedRequest,
+                "this signed request was already used",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Forgets nonces too old to be accepted again anyway.
+    pub fn prune(&self, now_ms: u64) {
+        self.seen
+            .lock()
+            .expect("nonce book lock")
+            .retain(|_, forget_at| *forget_at >= now_ms);
+    }
+}
+
+/// A request whose signer was authenticated, with its decoded JSON body.
+#[derive(Debug)]
+pub struct Signed<T> {
+    pub signer: Address,
+    pub body: T,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, Failure> {
+    headers
+        .get(name)
+        .ok_or_else(|| {
+            Failure::new(
+                ErrorCode::MissingSignature,
+                format!("request is not signed: header {name} is missing"),
+            )
+        })?
+        .to_str()
+        .map_err(|_| {
+            Failure::new(
+                ErrorCode::BadSignature,
+                format!("header {name} is not text"),
+            )
+        })
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Result<u64, Failure> {
+    header(headers, name)?.parse().map_err(|_| {
+        Failure::new(
+            ErrorCode::BadSignature,
+            format!("header {name} is not a whole number"),
+        )
+    })
+}
+
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for Signed<T> {
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let headers = &parts.headers;
+        let signer: Address = header(headers, HEADER_SIGNER)?.parse().map_err(|_| {
+            Failure::new(
+                ErrorCode::BadSignature,
+                format!("header {HEADER_SIGNER} is not an address"),
+            )
+        })?;
+        let nonce = number(headers, HEADER_NONCE)?;
+        let expires_ms = number(headers, HEADER_EXPIRES)?;
+        let signature: Sig = header(headers, HEADER_SIGNATURE)?.parse().map_err(|e| {
+            Failure::new(
+                ErrorCode::BadSignature,
+                format!("header {HEADER_SIGNATURE}: {e}"),
+            )
+        })?;
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    ErrorCode::BodyTooLarge,
+                    format!("request body is over {MAX_BODY_BYTES} bytes"),
+                )
+            })?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let message = request_message(
+            state.chain_id,
+            parts.method.as_str(),
+            path,
+            nonce,
+            expires_ms,
+            &bytes,
+        );
+        let recovered = signature
+            .0
+            .recover_address_from_msg(message.as_bytes())
+            .map_err(|e| {
+                Failure::new(
+                    ErrorCode::BadSignature,
+                    format!("signature does not recover: {e}"),
+                )
+            })?;
+        if recovered != signer {
+            return Err(Failure::new(
+                ErrorCode::BadSignature,
+                format!(
+                    "signature is by {recovered}, not by the claimed signer {signer} (or the request was altered)"
+                ),
+            ));
+        }
+        let now = crate::now_ms();
+        if expires_ms < now {
+            return Err(Failure::new(
+                ErrorCode::SignatureExpired,
+                "the request's signature has expired",
+            ));
+        }
+        if expires_ms > now + MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS {
+            return Err(Failure::new(
+                ErrorCode::SignatureExpired,
+                format!(
+                    "a request signature may be valid for at most {} s",
+                    MAX_SIGNATURE_TTL_MS / 1000
+                ),
+            ));
+        }
+        state.nonces.admit(signer, nonce, now)?;
+        let body = if bytes.is_empty() {
+            serde_json::from_slice(b"null").or_else(|_| serde_json::from_slice(b"{}"))
+        } else {
+            serde_json::from_slice(&bytes)
+        }
+        .map_err(|e| json_failure(&e))?;
+        Ok(Signed { signer, body })
+    }
+}

@@ -1,0 +1,474 @@
+//! The indexer's state and what each API call does to it.
+//!
+//! [`Core`] ties the registry (hosts, leases) to the ledger (money) and the leases' output.
+//! Each operation takes the time as an argument and adds what it changed to a
+//! [`Batch`]; the service writes the batch durably before it answers. An operation that
+//! fails has changed nothing: each one checks everything that can fail before its first
+//! change, in the registry and the ledger alike.
+
+use std::collections::HashMap;
+
+use gpumesh_identity::Wallet;
+use gpumesh_ledger::{Applied, Ledger};
+use gpumesh_registry::{Dirty, Effect, Registry};
+use gpumesh_store::{Batch, Snapshot};
+use gpumesh_types::{
+    AccountView, Address, Amount, ErrorCode, Heartbeat, HostRegistered, HostWork, JobRequest,
+    LeaseFinish, LeaseId, LeaseState, LeaseView, LogAppend, LogEntry, LogStream, NetworkInfo,
+    RegisterHost, SignedTx, Tx, TxAccepted, TxKind,
+};
+
+use crate::error::Failure;
+
+/// Output kept per lease; beyond it the rest is dropped with a note.
+pub const MAX_LOG_BYTES_PER_LEASE: usize = 4 * 1024 * 1024;
+/// The most one faucet request may give, in whole tokens.
+pub const FAUCET_LIMIT_TOKENS: u64 = 100_000;
+
+#[derive(Debug, Default)]
+struct LeaseLog {
+    entries: Vec<LogEntry>,
+    bytes: usize,
+    truncated: bool,
+}
+
+/// Registry, ledger and logs of one indexer.
+#[derive(Debug)]
+pub struct Core {
+    registry: Registry,
+    ledger: Ledger,
+    logs: HashMap<LeaseId, LeaseLog>,
+    protocol: Wallet,
+    faucet: Option<Wallet>,
+}
+
+impl Core {
+    /// Rebuilds the state from the store: replays the ledger from genesis (checking every
+    /// block) and restores the registry and the logs.
+    pub fn restore(
+        snapshot: Snapshot,
+        protocol: Wallet,
+        faucet: Option<Wallet>,
+        now_ms: u64,
+    ) -> Result<Core, String> {
+        if protocol.address() != snapshot.genesis.protocol {
+            return Err(format!(
+                "the protocol key is {}, but this network's genesis names {}",
+                protocol.address(),
+                snapshot.genesis.protocol
+            ));
+        }
+        if let Some(f) = &faucet {
+            if snapshot.genesis.faucet != Some(f.address()) {
+                return Err(format!(
+                    "the faucet key {} is not this network's faucet",
+                    f.address()
+                ));
+            }
+        }
+        let (ledger, _) =
+            gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)
+                .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
+        let registry = Registry::restore(snapshot.params, snapshot.hosts, snapshot.leases, now_ms)?;
+        let mut logs: HashMap<LeaseId, LeaseLog> = HashMap::new();
+        for (lease, entry) in snapshot.logs {
+            let log = logs.entry(lease).or_default();
+            log.bytes += entry.data.len();
+            log.entries.push(entry);
+        }
+        Ok(Core {
+            registry,
+            ledger,
+            logs,
+            protocol,
+            faucet,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Moves the records the registry changed into the batch.
+    pub fn collect_dirty(&mut self, batch: &mut Batch) {
+        for dirty in self.registry.take_dirty() {
+            match dirty {
+                Dirty::Host(a) => batch.hosts.extend(self.registry.host(&a).cloned()),
+                Dirty::Lease(id) => batch.leases.extend(self.registry.lease(id).cloned()),
+            }
+        }
+    }
+
+    pub fn info(&self) -> NetworkInfo {
+        let genesis = self.ledger.genesis();
+        let params = self.registry.params();
+        NetworkInfo {
+            chain_id: genesis.chain_id,
+            local: genesis.local,
+            protocol: genesis.protocol,
+            treasury: genesis.treasury,
+            fee_bps: genesis.fee_bps,
+            heartbeat_interval_ms: params.heartbeat_interval_ms,
+            settle_interval_ms: params.settle_interval_ms,
+            hosts: self.registry.host_count() as u32,
+            containers: self.registry.container_count() as u32,
+            blocks: self.ledger.head().height,
+        }
+    }
+
+    pub fn chain_id(&self) -> u64 {
+        self.ledger.genesis().chain_id
+    }
+
+    pub fn lease_view(&self, id: LeaseId) -> Result<LeaseView, Failure> {
+        let settlement = self.ledger.escrow(id).map(|e| e.view());
+        self.registry.view(id, settlement).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownLease,
+                format!("lease {id} does not exist"),
+            )
+        })
+    }
+
+    pub fn leases_of(&self, buyer: Option<Address>, host: Option<Address>) -> Vec<LeaseView> {
+        self.registry
+            .leases()
+            .filter(|l| buyer.is_none_or(|b| l.buyer == b) && host.is_none_or(|h| l.host == h))
+            .filter_map(|l| self.lease_view(l.id).ok())
+            .collect()
+    }
+
+    pub fn account(&self, address: Address) -> AccountView {
+        let a = self.ledger.account(&address);
+        AccountView {
+            address,
+            balance: a.balance,
+            nonce: a.nonce,
+        }
+    }
+
+    /// Log entries of a lease from `from` on, and whether the lease has ended.
+    pub fn logs(&self, id: LeaseId, from: u64) -> (Vec<LogEntry>, bool) {
+        let entries = self
+            .logs
+            .get(&id)
+            .map(|log| log.entries.iter().skip(from as usize).cloned().collect())
+            .unwrap_or_default();
+        let ended = self
+            .registry
+            .lease(id)
+            .is_none_or(|l| l.state.is_terminal());
+        (entries, ended)
+    }
+
+    /// Checks that `signer` may read the lease's output: its buyer or its host.
+    pub fn may_read_logs(&self, signer: &Address, id: LeaseId) -> Result<(), Failure> {
+        let lease = self.registry.lease(id).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownLease,
+                format!("lease {id} does not exist"),
+            )
+        })?;
+        if lease.buyer != *signer && lease.host != *signer {
+            return Err(Failure::new(
+                ErrorCode::NotYourLease,
+                format!("lease {id} belongs to another buyer"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn register_host(
+        &mut self,
+        signer: Address,
+        request: RegisterHost,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<HostRegistered, Failure> {
+        // A host that comes back with leases still live lost their workloads when it went away.
+        let orphaned: Vec<LeaseId> = self
+            .registry
+            .leases()
+            .filter(|l| {
+                l.host == signer && matches!(l.state, LeaseState::Starting | LeaseState::Running)
+            })
+            .map(|l| l.id)
+            .collect();
+        let registered = self.registry.register_host(signer, request, now_ms)?;
+        let mut effects = Vec::new();
+        for lease in orphaned {
+            // The registration succeeded, so the host is known and these leases are live.
+            let why = "host restarted and lost the workload; undelivered time is refunded";
+            if self
+                .registry
+                .finished(&signer, lease, None, Some(why.into()), now_ms)
+                .is_ok()
+            {
+                effects.push(Effect::CloseEscrow {
+                    lease,
+                    reason: gpumesh_types::CloseReason::HostLost,
+                });
+            }
+        }
+        self.close_escrows(effects, now_ms, batch);
+        Ok(registered)
+    }
+
+    /// Leases to end whose escrows must be closed by the protocol; see [`Core::tick`].
+    fn close_escrows(&mut self, effects: Vec<Effect>, now_ms: u64, batch: &mut Batch) {
+        for effect in effects {
+            match effect {
+                Effect::CloseEscrow { lease, reason } => {
+                    if self.ledger.escrow(lease).is_some_and(|e| !e.closed) {
+                        if let Err(e) =
+                            self.protocol_tx(TxKind::CloseEscrow { lease, reason }, now_ms, batch)
+                        {
+                            tracing::error!(%lease, error = %e, "failed to close the escrow of a lost lease");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        signer: Address,
+        beat: Heartbeat,
+        now_ms: u64,
+    ) -> Result<(), Failure> {
+        Ok(self.registry.heartbeat(signer, beat, now_ms)?)
+    }
+
+    pub fn work(&self, host: &Address) -> Result<HostWork, Failure> {
+        Ok(self.registry.work(host)?)
+    }
+
+    pub fn submit_job(
+        &mut self,
+        buyer: Address,
+        job: JobRequest,
+        now_ms: u64,
+    ) -> Result<LeaseView, Failure> {
+        let id = self.registry.submit_job(buyer, job, now_ms)?.id;
+        self.lease_view(id)
+    }
+
+    pub fn cancel(
+        &mut self,
+        buyer: Address,
+        id: LeaseId,
+        now_ms: u64,
+    ) -> Result<LeaseView, Failure> {
+        self.registry.cancel(&buyer, id, now_ms)?;
+        self.lease_view(id)
+    }
+
+    pub fn started(
+        &mut self,
+        host: Address,
+        id: LeaseId,
+        now_ms: u64,
+    ) -> Result<LeaseView, Failure> {
+        self.registry.started(&host, id, now_ms)?;
+        self.lease_view(id)
+    }
+
+    pub fn append_logs(
+        &mut self,
+        host: Address,
+        id: LeaseId,
+        append: LogAppend,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<u64, Failure> {
+        let lease = self.registry.lease(id).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownLease,
+                format!("lease {id} does not exist"),
+            )
+        })?;
+        if lease.host != host {
+            return Err(Failure::new(
+                ErrorCode::NotYourLease,
+                format!("lease {id} is not held by {host}"),
+            ));
+        }
+        if !matches!(lease.state, LeaseState::Starting | LeaseState::Running) {
+            return Err(Failure::new(
+                ErrorCode::InvalidLeaseState,
+                format!("lease {id} is {:?}; its output is closed", lease.state),
+            ));
+        }
+        let log = self.logs.entry(id).or_default();
+        for chunk in append.chunks {
+            if log.truncated {
+                break;
+            }
+            let (stream, data) = if log.bytes + chunk.data.len() > MAX_LOG_BYTES_PER_LEASE {
+                log.truncated = true;
+                (
+                    LogStream::System,
+                    format!("[output truncated at {MAX_LOG_BYTES_PER_LEASE} bytes]\n"),
+                )
+            } else {
+                (chunk.stream, chunk.data)
+            };
+            log.bytes += data.len();
+            let entry = LogEntry {
+                seq: log.entries.len() as u64,
+                at_ms: now_ms,
+                stream,
+                data,
+            };
+            batch.logs.push((id, entry.clone()));
+            log.entries.push(entry);
+        }
+        Ok(log.entries.len() as u64)
+    }
+
+    /// The host reports the end of a lease with its final usage record.
+    pub fn finish(
+        &mut self,
+        host: Address,
+        id: LeaseId,
+        finish: LeaseFinish,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<LeaseView, Failure> {
+        self.registry.check_finish(&host, id)?;
+        let usage = &finish.usage;
+        let has_final = match &usage.tx.kind {
+            TxKind::SettleUsage { records } => records.iter().any(|r| r.lease == id && r.is_final),
+            _ => false,
+        };
+        if usage.tx.from != host || !has_final {
+            return Err(Failure::new(
+                ErrorCode::InvalidTransaction,
+                format!(
+                    "finishing lease {id} needs a SettleUsage transaction from its host with a final record for it"
+                ),
+            ));
+        }
+        self.apply_tx(usage, now_ms, batch)?;
+        self.registry
+            .finished(&host, id, finish.exit_code, finish.error, now_ms)
+            .expect("checked before the ledger changed");
+        self.lease_view(id)
+    }
+
+    /// A transaction submitted through the API.
+    pub fn submit_tx(
+        &mut self,
+        stx: SignedTx,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<TxAccepted, Failure> {
+        let lease = match &stx.tx.kind {
+            TxKind::OpenEscrow { .. } => Some(self.registry.check_escrow(
+                stx.tx.from,
+                &stx.tx.kind,
+                now_ms,
+            )?),
+            TxKind::CloseEscrow { .. } => {
+                return Err(Failure::new(
+                    ErrorCode::InvalidTransaction,
+                    "escrows are closed by the protocol, not through the API",
+                ));
+            }
+            TxKind::Transfer { .. } | TxKind::SettleUsage { .. } => None,
+        };
+        let applied = self.apply_tx(&stx, now_ms, batch)?;
+        if let Some(lease) = lease {
+            self.registry
+                .escrow_opened(lease)
+                .expect("checked before the ledger changed");
+        }
+        Ok(TxAccepted {
+            hash: applied.hash,
+            seq: applied.entry.seq,
+        })
+    }
+
+    /// Pays `amount` from the local network's faucet to `to`.
+    pub fn faucet(
+        &mut self,
+        to: Address,
+        amount: Amount,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<TxAccepted, Failure> {
+        let Some(faucet) = self.faucet.clone() else {
+            return Err(Failure::new(
+                ErrorCode::NotLocalNetwork,
+                "this network has no faucet; it is not a local network",
+            ));
+        };
+        if amount == Amount::ZERO || amount > Amount::from_tokens(FAUCET_LIMIT_TOKENS) {
+            return Err(Failure::new(
+                ErrorCode::InvalidPrice,
+                format!(
+                    "a faucet request must be more than 0 and at most {FAUCET_LIMIT_TOKENS} tokens"
+                ),
+            ));
+        }
+        let nonce = self.ledger.account(&faucet.address()).nonce;
+        let stx = faucet.sign_tx(Tx {
+            chain_id: self.chain_id(),
+            from: faucet.address(),
+            nonce,
+            kind: TxKind::Transfer { to, amount },
+        });
+        let applied = self.apply_tx(&stx, now_ms, batch)?;
+        Ok(TxAccepted {
+            hash: applied.hash,
+            seq: applied.entry.seq,
+        })
+    }
+
+    fn apply_tx(
+        &mut self,
+        stx: &SignedTx,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<Applied, Failure> {
+        let applied = self.ledger.apply(stx, now_ms)?;
+        batch.txs.push(applied.entry.clone());
+        Ok(applied)
+    }
+
+    fn protocol_tx(
+        &mut self,
+        kind: TxKind,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<Applied, Failure> {
+        let from = self.protocol.address();
+        let nonce = self.ledger.account(&from).nonce;
+        let stx = self.protocol.sign_tx(Tx {
+            chain_id: self.chain_id(),
+            from,
+            nonce,
+            kind,
+        });
+        self.apply_tx(&stx, now_ms, batch)
+    }
+
+    /// Time passes: lost hosts go offline and their leases fail with a refund; unfunded
+    /// matches expire.
+    pub fn tick(&mut self, now_ms: u64, batch: &mut Batch) {
+        let effects = self.registry.tick(now_ms);
+        self.close_escrows(effects, now_ms, batch);
+    }
+
+    /// Seals the transactions since the last block into a new block.
+    pub fn seal(&mut self, now_ms: u64, batch: &mut Batch) {
+        if let Some((header, _)) = self.ledger.seal(now_ms) {
+            batch.blocks.push(header);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! API errors: every failure leaves as a stable code, an HTTP status and a readable
+//! message. The mapping from code to status lives here and nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gpumesh_ledger::LedgerError;
+use gpumesh_registry::RegistryError;
+use gpumesh_types::{ApiError, ErrorCode};
+
+/// An error on its way to becoming a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Failure {
+        Failure::new(ErrorCode::Internal, message)
+    }
+}
+
+/// The one place where codes meet statuses.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode::*;
+    match code {
+        InvalidJson | InvalidRequest | UnknownGpuModel | InvalidPrice | InvalidLocation
+        | InvalidTransaction => StatusCode::BAD_REQUEST,
+        BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        MissingSignature | BadSignature | SignatureExpired | ReplayedRequest => {
+            StatusCode::UNAUTHORIZED
+        }
+        InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
+        NotYourLease | NotLocalNetwork | SimulatedNotAllowed => StatusCode::FORBIDDEN,
+        UnknownLease | UnknownHost | UnknownAccount | NotFound => StatusCode::NOT_FOUND,
+        MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        InvalidLeaseState | WrongNonce | NoMatch => StatusCode::CONFLICT,
+        Internal | Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        if self.code == ErrorCode::Internal {
+            tracing::error!(message = %self.message, "request failed");
+        }
+        let body = ApiError {
+            code: self.code,
+            message: self.message,
+        };
+        (status_of(body.code), axum::Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Failure {
+        Failure::new(e.code(), e.to_string())
+    }
+}
+
+impl From<LedgerError> for Failure {
+    fn from(e: LedgerError) -> Failure {
+        use LedgerError::*;
+        let code = match &e {
+            WrongChain { .. }
+            | ZeroAmount
+            | Overflow(_)
+            | EscrowExists(_)
+            | EscrowClosed(_)
+            | EscrowAmount { .. }
+            | EscrowTerms(_)
+            | UsageDecreased { .. }
+            | UsageExceedsEscrow { .. }
+            | DuplicateUsage(_)
+            | EmptyUsage
+            | NotProtocol
+            | OutOfSequence { .. } => ErrorCode::InvalidTransaction,
+            BadSignature(_) => ErrorCode::BadSignature,
+            WrongNonce { .. } => ErrorCode::WrongNonce,
+            InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+            UnknownEscrow(_) => ErrorCode::UnknownLease,
+            NotEscrowHost { .. } => ErrorCode::NotYourLease,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+/// Names the code of a JSON body that failed to decode, from the field type that refused it.
+pub fn json_failure(error: &serde_json::Error) -> Failure {
+    let message = error.to_string();
+    let code = if message.contains("unknown GPU model") {
+        ErrorCode::UnknownGpuModel
+    } else if message.starts_with("amount ") {
+        ErrorCode::InvalidPrice
+    } else if message.starts_with("country ") {
+        ErrorCode::InvalidLocation
+    } else {
+        ErrorCode::InvalidJson
+    };
+    Failure::new(code, format!("request body is not valid: {message}"))
+}

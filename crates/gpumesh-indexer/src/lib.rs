@@ -1,0 +1,298 @@
+//! The indexer: registry of hosts and containers, matching, the lease lifecycle, the
+//! settlement ledger, and the public HTTP/JSON API, over an embedded redb store.
+//!
+//! This crate is the shell around the pure crates: [`core::Core`] calls the registry and
+//! the ledger; the service here reads requests, runs one core operation at a time under a
+//! lock, writes what it changed to the store in one durable transaction, and only then
+//! answers. Background tasks mark lost hosts offline, expire unfunded matches and seal
+//! ledger blocks. `run(config, listener, shutdown)` takes a bound listener so tests can
+//! start an indexer on `127.0.0.1:0`.
+
+mod api;
+mod auth;
+pub mod core;
+mod error;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gpumesh_identity::Wallet;
+use gpumesh_ledger::Genesis;
+use gpumesh_registry::Params;
+use gpumesh_store::{Batch, Store};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::MAX_BODY_BYTES;
+pub use error::{Failure, status_of};
+
+use crate::auth::NonceBook;
+use crate::core::Core;
+
+/// The chain id of local networks (the same as Anvil's and Hardhat's).
+pub const LOCAL_CHAIN_ID: u64 = 31337;
+/// File names inside a data directory.
+pub const PROTOCOL_KEY_FILE: &str = "protocol.key";
+pub const FAUCET_KEY_FILE: &str = "faucet.key";
+
+/// Milliseconds since the Unix epoch, the indexer's one clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How to start an indexer.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// When the store is new: create a local network with these parameters. Without it a
+    /// new store is refused (a public network starts from a genesis file).
+    pub create_local: Option<Params>,
+    /// How often transactions are sealed into a block.
+    pub seal_interval: Duration,
+    /// How often lost hosts and expired matches are looked for.
+    pub tick_interval: Duration,
+}
+
+impl Config {
+    pub fn local(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            create_local: Some(Params::local()),
+            seal_interval: Duration::from_secs(1),
+            tick_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// State shared by every request handler.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub struct Shared {
+    core: Mutex<Core>,
+    store: Store,
+    nonces: NonceBook,
+    chain_id: u64,
+    /// Bumped after every committed change; long polls and log streams wait on it.
+    changed: watch::Sender<u64>,
+    /// Set when a store write failed: memory may be ahead of disk, so no more changes.
+    failed: AtomicBool,
+    shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock would leave it poisoned; the state itself is
+        // only ever changed by operations that check before they change, so go on.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Core) -> T) -> T {
+        f(&self.core())
+    }
+
+    /// Runs one operation on the state and makes its changes durable before returning.
+    pub(crate) async fn mutate<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
+    {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.mutate_now(f))
+            .await
+            .map_err(|e| Failure::internal(format!("operation panicked: {e}")))?
+    }
+
+    fn mutate_now<T>(
+        &self,
+        f: impl FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Failure::internal(
+                "the indexer stopped taking changes after a store failure; restart it",
+            ));
+        }
+        let mut core = self.core();
+        let now = now_ms();
+        let mut batch = Batch::default();
+        let result = f(&mut core, now, &mut batch);
+        core.collect_dirty(&mut batch);
+        if !batch.is_empty() {
+            if let Err(e) = self.store.write(batch) {
+                self.failed.store(true, Ordering::SeqCst);
+                return Err(Failure::internal(format!("failed to write the store: {e}")));
+            }
+            drop(core);
+            self.changed.send_modify(|v| *v += 1);
+        }
+        result
+    }
+}
+
+/// An opened indexer, ready to serve.
+#[derive(Debug)]
+pub struct Indexer {
+    state: AppState,
+    config: Config,
+}
+
+fn load_or_create_key(path: &Path, create: bool) -> anyhow::Result<Wallet> {
+    if path.exists() {
+        return Wallet::load(path)
+            .with_context(|| format!("failed to load key {}", path.display()));
+    }
+    if !create {
+        bail!("key file {} is missing", path.display());
+    }
+    let wallet = Wallet::generate();
+    wallet
+        .save(path)
+        .with_context(|| format!("failed to create key {}", path.display()))?;
+    Ok(wallet)
+}
+
+impl Indexer {
+    /// Opens (or, with `create_local`, creates) the store in the data directory and
+    /// rebuilds the state from it.
+    pub fn open(config: Config) -> anyhow::Result<Indexer> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        let store = Store::open(dir).context("failed to open the store")?;
+        let now = now_ms();
+        let (genesis, _) = match store.genesis().context("failed to read the genesis")? {
+            Some(found) => found,
+            None => {
+                let Some(params) = config.create_local.clone() else {
+                    bail!(
+                        "{} holds no network; start with --local to create a local network",
+                        dir.display()
+                    );
+                };
+                let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), true)?;
+                let faucet = load_or_create_key(&dir.join(FAUCET_KEY_FILE), true)?;
+                let genesis =
+                    Genesis::local(LOCAL_CHAIN_ID, now, protocol.address(), faucet.address());
+                store
+                    .init(&genesis, &params)
+                    .context("failed to record the genesis")?;
+                tracing::info!(chain_id = genesis.chain_id, "created a local network");
+                (genesis, params)
+            }
+        };
+        let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), false)?;
+        let faucet = match genesis.faucet {
+            Some(_) => Some(load_or_create_key(&dir.join(FAUCET_KEY_FILE), false)?),
+            None => None,
+        };
+        let snapshot = store.load().context("failed to read the store")?;
+        let core = Core::restore(snapshot, protocol, faucet, now)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("failed to rebuild the state from the store")?;
+        let state = AppState(Arc::new(Shared {
+            core: Mutex::new(core),
+            store,
+            nonces: NonceBook::new(now),
+            chain_id: genesis.chain_id,
+            changed: watch::channel(0).0,
+            failed: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+        }));
+        Ok(Indexer { state, config })
+    }
+
+    pub fn chain_id(&self) -> u64 {
+        self.state.chain_id
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, then seals the last block.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let token = state.shutdown.clone();
+        let tasks = [
+            spawn_every(
+                self.config.tick_interval,
+                state.clone(),
+                |core, now, batch| core.tick(now, batch),
+            ),
+            spawn_every(
+                self.config.seal_interval,
+                state.clone(),
+                |core, now, batch| core.seal(now, batch),
+            ),
+        ];
+        let pruner = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = state.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => state.nonces.prune(now_ms()),
+                    }
+                }
+            })
+        };
+        let router = api::router(state.clone());
+        let stop = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .await;
+        token.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        let _ = pruner.await;
+        state
+            .mutate(|core, now, batch| {
+                core.seal(now, batch);
+                Ok(())
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))
+            .context("failed to seal the last block")?;
+        served.context("the HTTP server failed")
+    }
+}
+
+fn spawn_every(
+    period: Duration,
+    state: AppState,
+    f: fn(&mut Core, u64, &mut Batch),
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => break,
+                _ = interval.tick() => {
+                    if let Err(e) = state.mutate(move |core, now, batch| { f(core, now, batch); Ok(()) }).await {
+                        tracing::error!(error = %e.message, "background step failed");
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,346 @@
+//! The indexer's durable state in one redb file.
+//!
+//! Everything an indexer acknowledges is in the store before the acknowledgement leaves:
+//! each API mutation becomes one [`Batch`] written in one durable redb transaction, so a
+//! crash either keeps the whole change or none of it. On start the indexer reads it all
+//! back ([`Store::load`]) and replays the ledger from genesis. Records are JSON, the same
+//! wire types the API speaks, so a store can be inspected with ordinary tools.
+
+use std::path::{Path, PathBuf};
+
+use gpumesh_ledger::Genesis;
+use gpumesh_registry::{HostRecord, LeaseRecord, Params};
+use gpumesh_types::{BlockHeader, LeaseId, LedgerEntry, LogEntry};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const HOSTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hosts");
+const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
+const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("logs");
+const TXS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_txs");
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+
+const GENESIS_KEY: &str = "genesis";
+const PARAMS_KEY: &str = "params";
+/// The file inside a data directory.
+pub const STORE_FILE: &str = "gpumesh.redb";
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Database {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
+    #[error("store {path} holds a record that does not decode ({what}): {reason}")]
+    Corrupt {
+        path: PathBuf,
+        what: String,
+        reason: String,
+    },
+    #[error("store {path} has no genesis; it was never initialised")]
+    NoGenesis { path: PathBuf },
+}
+
+/// Everything the store holds, read back at start.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub genesis: Genesis,
+    pub params: Params,
+    pub hosts: Vec<HostRecord>,
+    pub leases: Vec<LeaseRecord>,
+    pub logs: Vec<(LeaseId, LogEntry)>,
+    /// Sealed blocks in height order, each with its transactions.
+    pub blocks: Vec<(BlockHeader, Vec<LedgerEntry>)>,
+    /// Transactions after the last sealed block.
+    pub unsealed: Vec<LedgerEntry>,
+}
+
+/// One atomic change.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub hosts: Vec<HostRecord>,
+    pub leases: Vec<LeaseRecord>,
+    pub logs: Vec<(LeaseId, LogEntry)>,
+    pub txs: Vec<LedgerEntry>,
+    pub blocks: Vec<BlockHeader>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+            && self.leases.is_empty()
+            && self.logs.is_empty()
+            && self.txs.is_empty()
+            && self.blocks.is_empty()
+    }
+}
+
+/// The redb database of one indexer.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // The records are plain data; serialising them cannot fail.
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating the directory and the file if needed.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(STORE_FILE);
+        let db_err = |e: redb::Error| StoreError::Database {
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| db_err(redb::Error::Io(e)))?;
+        let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
+        let store = Store { db, path };
+        // Create every table so that readers never meet a missing one.
+        store.write(Batch::default())?;
+        Ok(store)
+    }
+
+    /// Opens an existing store without creating anything.
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join(STORE_FILE);
+        if !path.exists() {
+            return Err(StoreError::NoGenesis { path });
+        }
+        Store::open(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        what: impl FnOnce() -> String,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: what(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The genesis and parameters, if the store was initialised.
+    pub fn genesis(&self) -> Result<Option<(Genesis, Params)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
+        let genesis = meta.get(GENESIS_KEY).map_err(|e| self.db_err(e))?;
+        let params = meta.get(PARAMS_KEY).map_err(|e| self.db_err(e))?;
+        match (genesis, params) {
+            (Some(g), Some(p)) => Ok(Some((
+                self.decode(|| "genesis".into(), g.value())?,
+                self.decode(|| "params".into(), p.value())?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Records the genesis of a new network. Refuses to replace another.
+    pub fn init(&self, genesis: &Genesis, params: &Params) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
+            if let Some(existing) = meta.get(GENESIS_KEY).map_err(|e| self.db_err(e))? {
+                let existing: Genesis = self.decode(|| "genesis".into(), existing.value())?;
+                if existing != *genesis {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what: "genesis".into(),
+                        reason: "the store already belongs to another network".into(),
+                    });
+                }
+            }
+            meta.insert(GENESIS_KEY, encode(genesis).as_slice())
+                .map_err(|e| self.db_err(e))?;
+            meta.insert(PARAMS_KEY, encode(params).as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Writes a batch in one durable transaction.
+    pub fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let e = |e: redb::TableError| self.db_err(e);
+            let s = |e: redb::StorageError| self.db_err(e);
+            txn.open_table(META).map_err(e)?;
+            let mut hosts = txn.open_table(HOSTS).map_err(e)?;
+            for h in &batch.hosts {
+                hosts
+                    .insert(h.address.as_slice(), encode(h).as_slice())
+                    .map_err(s)?;
+            }
+            let mut leases = txn.open_table(LEASES).map_err(e)?;
+            for l in &batch.leases {
+                leases.insert(l.id.0, encode(l).as_slice()).map_err(s)?;
+            }
+            let mut logs = txn.open_table(LOGS).map_err(e)?;
+            for (lease, entry) in &batch.logs {
+                logs.insert((lease.0, entry.seq), encode(entry).as_slice())
+                    .map_err(s)?;
+            }
+            let mut txs = txn.open_table(TXS).map_err(e)?;
+            for entry in &batch.txs {
+                txs.insert(entry.seq, encode(entry).as_slice()).map_err(s)?;
+            }
+            let mut blocks = txn.open_table(BLOCKS).map_err(e)?;
+            for header in &batch.blocks {
+                blocks
+                    .insert(header.height, encode(header).as_slice())
+                    .map_err(s)?;
+            }
+        }
+        txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Reads everything back.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let (genesis, params) = self.genesis()?.ok_or_else(|| StoreError::NoGenesis {
+            path: self.path.clone(),
+        })?;
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let e = |e: redb::TableError| self.db_err(e);
+        let s = |e: redb::StorageError| self.db_err(e);
+
+        let mut hosts = Vec::new();
+        for row in txn.open_table(HOSTS).map_err(e)?.iter().map_err(s)? {
+            let (_, v) = row.map_err(s)?;
+            hosts.push(self.decode(|| "host".into(), v.value())?);
+        }
+        let mut leases = Vec::new();
+        for row in txn.open_table(LEASES).map_err(e)?.iter().map_err(s)? {
+            let (k, v) = row.map_err(s)?;
+            leases.push(self.decode(|| format!("lease {}", k.value()), v.value())?);
+        }
+        let mut logs = Vec::new();
+        for row in txn.open_table(LOGS).map_err(e)?.iter().map_err(s)? {
+            let (k, v) = row.map_err(s)?;
+            let (lease, seq) = k.value();
+            logs.push((
+                LeaseId(lease),
+                self.decode(|| format!("log {lease}/{seq}"), v.value())?,
+            ));
+        }
+        let mut entries: Vec<LedgerEntry> = Vec::new();
+        for row in txn.open_table(TXS).map_err(e)?.iter().map_err(s)? {
+            let (k, v) = row.map_err(s)?;
+            entries.push(self.decode(|| format!("transaction {}", k.value()), v.value())?);
+        }
+        let mut headers: Vec<BlockHeader> = Vec::new();
+        for row in txn.open_table(BLOCKS).map_err(e)?.iter().map_err(s)? {
+            let (k, v) = row.map_err(s)?;
+            headers.push(self.decode(|| format!("block {}", k.value()), v.value())?);
+        }
+        // Group the transactions under their blocks; the rest are unsealed.
+        let mut entries = entries.into_iter().peekable();
+        let mut blocks = Vec::with_capacity(headers.len());
+        for header in headers {
+            let end = header.first_seq + header.tx_count as u64;
+            let mut txs = Vec::with_capacity(header.tx_count as usize);
+            while let Some(entry) = entries.next_if(|e| e.seq < end) {
+                txs.push(entry);
+            }
+            blocks.push((header, txs));
+        }
+        let unsealed = entries.collect();
+        Ok(Snapshot {
+            genesis,
+            params,
+            hosts,
+            leases,
+            logs,
+            blocks,
+            unsealed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpumesh_identity::Wallet;
+    use gpumesh_ledger::Ledger;
+    use gpumesh_types::{Amount, LogStream, Tx, TxKind};
+
+    #[test]
+    fn what_was_written_is_read_back_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let protocol = Wallet::from_label("protocol");
+        let faucet = Wallet::from_label("faucet");
+        let genesis = Genesis::local(5, 0, protocol.address(), faucet.address());
+        let mut ledger = Ledger::new(genesis.clone()).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.init(&genesis, &Params::local()).unwrap();
+            let stx = faucet.sign_tx(Tx {
+                chain_id: 5,
+                from: faucet.address(),
+                nonce: 0,
+                kind: TxKind::Transfer {
+                    to: protocol.address(),
+                    amount: Amount(9),
+                },
+            });
+            let applied = ledger.apply(&stx, 10).unwrap();
+            let (header, _) = ledger.seal(11).unwrap();
+            let stx = faucet.sign_tx(Tx {
+                nonce: 1,
+                ..stx.tx.clone()
+            });
+            let unsealed = ledger.apply(&stx, 12).unwrap();
+            store
+                .write(Batch {
+                    txs: vec![applied.entry, unsealed.entry],
+                    blocks: vec![header],
+                    logs: vec![(
+                        LeaseId(3),
+                        LogEntry {
+                            seq: 0,
+                            at_ms: 1,
+                            stream: LogStream::Stdout,
+                            data: "hi\n".into(),
+                        },
+                    )],
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(snapshot.genesis, genesis);
+        assert_eq!(snapshot.blocks.len(), 1);
+        assert_eq!(snapshot.blocks[0].1.len(), 1);
+        assert_eq!(snapshot.unsealed.len(), 1);
+        assert_eq!(snapshot.logs[0].1.data, "hi\n");
+        let (replayed, report) =
+            gpumesh_ledger::replay(genesis.clone(), snapshot.blocks, snapshot.unsealed).unwrap();
+        assert_eq!(report.transactions, 2);
+        assert_eq!(replayed.state_root(), ledger.state_root());
+
+        let other = Genesis::local(6, 0, protocol.address(), faucet.address());
+        assert!(
+            store.init(&other, &Params::local()).is_err(),
+            "a store belongs to one network"
+        );
+    }
+}
