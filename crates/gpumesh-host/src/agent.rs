@@ -1,0 +1,485 @@
+//! The agent's loops: register, heartbeat, poll for work, run leases, settle usage.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use gpumesh_client::{Client, ClientError};
+use gpumesh_identity::Wallet;
+use gpumesh_types::{
+    Amount, Assignment, GpuOffer, Heartbeat, HostRegistered, LeaseFinish, LeaseId, Location,
+    LogAppend, LogChunk, LogStream, RegisterHost, TxKind, UsageRecord,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{Output, Runtime, WorkloadSpec};
+
+/// How long one work poll waits at the indexer.
+const POLL_WAIT: Duration = Duration::from_secs(25);
+/// Output posted in one request at most.
+const MAX_LOG_POST_BYTES: usize = 256 * 1024;
+
+/// What a host offers and how it runs work.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub indexer_url: String,
+    pub wallet: Wallet,
+    pub name: String,
+    pub location: Location,
+    pub price_per_gpu_hour: Amount,
+    pub gpus: Vec<GpuOffer>,
+    /// NVIDIA UUIDs of the GPUs in registration order (one per GPU), empty when simulated.
+    pub gpu_uuids: Vec<String>,
+    pub runtime: Arc<dyn Runtime>,
+    /// Memory limit per leased GPU, in bytes.
+    pub memory_per_gpu: Option<i64>,
+    /// CPU limit per leased GPU, in billionths of a CPU.
+    pub nano_cpus_per_gpu: Option<i64>,
+}
+
+#[derive(Debug)]
+struct Live {
+    gpus: u16,
+    max_gpu_ms: u64,
+    started: Option<Instant>,
+    /// Set when the workload ended: usage no longer grows.
+    frozen_gpu_ms: Option<u64>,
+    settled_gpu_ms: u64,
+    stop: CancellationToken,
+}
+
+impl Live {
+    fn gpu_ms(&self) -> u64 {
+        if let Some(frozen) = self.frozen_gpu_ms {
+            return frozen;
+        }
+        let elapsed = self.started.map_or(0, |s| s.elapsed().as_millis() as u64);
+        (elapsed.saturating_mul(self.gpus as u64)).min(self.max_gpu_ms)
+    }
+}
+
+struct Agent {
+    client: Client,
+    config: HostConfig,
+    leases: Mutex<HashMap<LeaseId, Live>>,
+}
+
+/// Runs the agent until `shutdown` is cancelled; then stops running leases and reports them.
+pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = Client::new(&config.indexer_url, Some(config.wallet.clone()));
+    let agent = Arc::new(Agent {
+        client,
+        config,
+        leases: Mutex::new(HashMap::new()),
+    });
+    let Some(registered) = agent.register(&shutdown).await? else {
+        return Ok(());
+    };
+    tracing::info!(
+        host = %registered.host,
+        containers = registered.containers,
+        runtime = %agent.config.runtime.describe(),
+        "registered with the indexer"
+    );
+    let heartbeat = tokio::spawn(
+        agent
+            .clone()
+            .heartbeat_loop(registered.clone(), shutdown.clone()),
+    );
+    let settle = tokio::spawn(agent.clone().settle_loop(
+        Duration::from_millis(registered.settle_interval_ms),
+        shutdown.clone(),
+    ));
+    let mut runners = tokio::task::JoinSet::new();
+    loop {
+        let work = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            work = agent.client.work(POLL_WAIT) => work,
+        };
+        match work {
+            Ok(work) => {
+                for assignment in work.start {
+                    if let Some(stop) = agent.admit(&assignment) {
+                        runners.spawn(agent.clone().run_lease(assignment, stop));
+                    }
+                }
+                for id in work.stop {
+                    if let Some(live) = agent.leases.lock().expect("lease table lock").get(&id) {
+                        live.stop.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "work poll failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        while runners.try_join_next().is_some() {}
+    }
+    for live in agent.leases.lock().expect("lease table lock").values() {
+        live.stop.cancel();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        while runners.join_next().await.is_some() {}
+    })
+    .await;
+    heartbeat.abort();
+    settle.abort();
+    Ok(())
+}
+
+impl Agent {
+    /// Registers, retrying while the indexer cannot be reached. `None` when shut down first.
+    async fn register(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<HostRegistered>> {
+        let images = match self.config.runtime.images().await {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list local images");
+                Vec::new()
+            }
+        };
+        let request = RegisterHost {
+            name: self.config.name.clone(),
+            location: self.config.location,
+            price_per_gpu_hour: self.config.price_per_gpu_hour,
+            gpus: self.config.gpus.clone(),
+            runtime: self.config.runtime.kind(),
+            images,
+        };
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.client.register_host(&request).await {
+                Ok(registered) => return Ok(Some(registered)),
+                Err(ClientError::Api { error, .. }) => {
+                    bail!("the indexer refused the registration: {}", error.message)
+                }
+                Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn heartbeat_loop(
+        self: Arc<Self>,
+        registered: HostRegistered,
+        shutdown: CancellationToken,
+    ) {
+        let mut interval =
+            tokio::time::interval(Duration::from_millis(registered.heartbeat_interval_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported: Option<Vec<String>> = None;
+        let mut last_image_check = Instant::now() - Duration::from_secs(3600);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let mut beat = Heartbeat::default();
+            if last_image_check.elapsed() > Duration::from_secs(30) {
+                last_image_check = Instant::now();
+                if let Ok(images) = self.config.runtime.images().await {
+                    if reported.as_ref() != Some(&images) {
+                        beat.images = Some(images.clone());
+                        reported = Some(images);
+                    }
+                }
+            }
+            match self.client.heartbeat(&beat).await {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(gpumesh_types::ErrorCode::UnknownHost) => {
+                    tracing::warn!("the indexer does not know this host; registering again");
+                    if let Err(e) = self.register(&shutdown).await {
+                        tracing::error!(error = %e, "registering again failed");
+                    }
+                }
+                Err(e) => {
+                    reported = None;
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+
+    /// Settles the usage of running leases, so that none goes unpaid for longer than the interval.
+    async fn settle_loop(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let records: Vec<UsageRecord> = {
+                let leases = self.leases.lock().expect("lease table lock");
+                leases
+                    .iter()
+                    .filter(|(_, l)| l.frozen_gpu_ms.is_none() && l.started.is_some())
+                    .map(|(id, l)| UsageRecord {
+                        lease: *id,
+                        gpu_ms: l.gpu_ms(),
+                        is_final: false,
+                    })
+                    .filter(|r| leases[&r.lease].settled_gpu_ms < r.gpu_ms)
+                    .collect()
+            };
+            if records.is_empty() {
+                continue;
+            }
+            match self
+                .client
+                .send_tx(TxKind::SettleUsage {
+                    records: records.clone(),
+                })
+                .await
+            {
+                Ok(_) => {
+                    let mut leases = self.leases.lock().expect("lease table lock");
+                    for r in records {
+                        if let Some(l) = leases.get_mut(&r.lease) {
+                            l.settled_gpu_ms = l.settled_gpu_ms.max(r.gpu_ms);
+                        }
+                    }
+                }
+                // A lease may have ended meanwhile; its final record settles it.
+                Err(e) => tracing::warn!(error = %e, "usage settlement failed"),
+            }
+        }
+    }
+
+    /// Takes an assignment on, unless it is already running. Returns its stop token.
+    fn admit(&self, a: &Assignment) -> Option<CancellationToken> {
+        let mut leases = self.leases.lock().expect("lease table lock");
+        if leases.contains_key(&a.lease) {
+            return None;
+        }
+        let stop = CancellationToken::new();
+        let gpus = a.gpu_indices.len() as u16;
+        leases.insert(
+            a.lease,
+            Live {
+                gpus,
+                max_gpu_ms: a.max_duration_ms.saturating_mul(gpus as u64),
+                started: None,
+                frozen_gpu_ms: None,
+                settled_gpu_ms: 0,
+                stop: stop.clone(),
+            },
+        );
+        Some(stop)
+    }
+
+    fn spec(&self, a: &Assignment) -> WorkloadSpec {
+        let gpu_uuids: Vec<String> = a
+            .gpu_indices
+            .iter()
+            .filter_map(|&i| self.config.gpu_uuids.get(i as usize).cloned())
+            .collect();
+        let simulated = self.config.gpus.iter().any(|g| g.simulated);
+        let n = a.gpu_indices.len() as i64;
+        let mut env = vec![
+            ("GPUMESH_LEASE_ID".to_string(), a.lease.to_string()),
+            ("GPUMESH_GPU_MODEL".to_string(), a.gpu.to_string()),
+            (
+                "GPUMESH_GPU_COUNT".to_string(),
+                a.gpu_indices.len().to_string(),
+            ),
+            (
+                "GPUMESH_GPU_INDICES".to_string(),
+                a.gpu_indices
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "GPUMESH_SIMULATED".to_string(),
+                if simulated { "1" } else { "0" }.to_string(),
+            ),
+        ];
+        if !gpu_uuids.is_empty() {
+            env.push(("NVIDIA_VISIBLE_DEVICES".to_string(), gpu_uuids.join(",")));
+        }
+        WorkloadSpec {
+            lease: a.lease,
+            image: a.image.clone(),
+            command: a.command.clone(),
+            env,
+            gpu_uuids,
+            memory_bytes: self.config.memory_per_gpu.map(|m| m * n),
+            nano_cpus: self.config.nano_cpus_per_gpu.map(|c| c * n),
+        }
+    }
+
+    async fn run_lease(self: Arc<Self>, a: Assignment, stop: CancellationToken) {
+        let id = a.lease;
+        let (output, outputs) = mpsc::channel::<Output>(1024);
+        let shipper = tokio::spawn(ship_logs(self.clone(), id, outputs));
+        let max = Duration::from_millis(a.max_duration_ms);
+        let started = self
+            .config
+            .runtime
+            .start(self.spec(&a), output.clone())
+            .await;
+        let (exit_code, error) = match started {
+            Err(e) => {
+                let _ = output
+                    .send((
+                        LogStream::System,
+                        format!("[gpumesh] the workload could not start: {e:#}\n"),
+                    ))
+                    .await;
+                (None, Some(format!("the workload could not start: {e:#}")))
+            }
+            Ok(mut workload) => {
+                let began = Instant::now();
+                if let Some(l) = self.leases.lock().expect("lease table lock").get_mut(&id) {
+                    l.started = Some(began);
+                }
+                if let Err(e) = self.client.started(id).await {
+                    tracing::warn!(lease = %id, error = %e, "failed to report the start");
+                }
+                let stopped = tokio::select! {
+                    code = workload.wait() => Some(code),
+                    _ = tokio::time::sleep(max) => None,
+                    _ = stop.cancelled() => None,
+                };
+                match stopped {
+                    Some(Ok(code)) => (Some(code), None),
+                    Some(Err(e)) => (None, Some(format!("lost track of the workload: {e:#}"))),
+                    None => {
+                        let why = if began.elapsed() >= max {
+                            format!(
+                                "[gpumesh] stopped at the lease's maximum duration of {} s\n",
+                                max.as_secs()
+                            )
+                        } else {
+                            "[gpumesh] stopped: the lease was cancelled\n".to_string()
+                        };
+                        let _ = output.send((LogStream::System, why)).await;
+                        if let Err(e) = workload.kill().await {
+                            tracing::warn!(lease = %id, error = %e, "kill failed");
+                        }
+                        match workload.wait().await {
+                            Ok(code) => (Some(code), None),
+                            Err(e) => (None, Some(format!("lost track of the workload: {e:#}"))),
+                        }
+                    }
+                }
+            }
+        };
+        let gpu_ms = {
+            let mut leases = self.leases.lock().expect("lease table lock");
+            let live = leases
+                .get_mut(&id)
+                .expect("admitted leases stay until they finish");
+            let gpu_ms = live.gpu_ms();
+            live.frozen_gpu_ms = Some(gpu_ms);
+            gpu_ms
+        };
+        drop(output);
+        let _ = shipper.await;
+        self.finish(id, gpu_ms, exit_code, error).await;
+        self.leases.lock().expect("lease table lock").remove(&id);
+    }
+
+    /// Reports the end with the final usage record, retrying while the indexer is away.
+    async fn finish(
+        &self,
+        id: LeaseId,
+        gpu_ms: u64,
+        exit_code: Option<i64>,
+        error: Option<String>,
+    ) {
+        let record = UsageRecord {
+            lease: id,
+            gpu_ms,
+            is_final: true,
+        };
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..20 {
+            let result = self
+                .client
+                .sign_next_tx(
+                    TxKind::SettleUsage {
+                        records: vec![record],
+                    },
+                    async |usage| {
+                        self.client
+                            .finish(
+                                id,
+                                &LeaseFinish {
+                                    exit_code,
+                                    error: error.clone(),
+                                    usage,
+                                },
+                            )
+                            .await
+                    },
+                )
+                .await;
+            match result {
+                Ok(lease) => {
+                    tracing::info!(lease = %id, state = ?lease.state, exit_code, gpu_ms, "lease finished");
+                    return;
+                }
+                Err(ClientError::Api { error, .. }) => {
+                    tracing::warn!(lease = %id, error = %error.message, "the indexer refused the lease's end");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %id, error = %e, "reporting the lease's end failed; retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        tracing::error!(lease = %id, "gave up reporting the lease's end");
+    }
+}
+
+/// Posts the workload's output in order, batching whatever piled up while a post was in flight.
+async fn ship_logs(agent: Arc<Agent>, id: LeaseId, mut outputs: mpsc::Receiver<Output>) {
+    while let Some((stream, data)) = outputs.recv().await {
+        let mut size = data.len();
+        let mut chunks = vec![LogChunk { stream, data }];
+        while size < MAX_LOG_POST_BYTES {
+            match outputs.try_recv() {
+                Ok((stream, data)) => {
+                    size += data.len();
+                    match chunks.last_mut() {
+                        Some(last) if last.stream == stream => last.data.push_str(&data),
+                        _ => chunks.push(LogChunk { stream, data }),
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let append = LogAppend { chunks };
+        for attempt in 0..5u32 {
+            match agent.client.append_logs(id, &append).await {
+                Ok(()) => break,
+                Err(ClientError::Api { error, .. }) => {
+                    tracing::warn!(lease = %id, error = %error.message, "output refused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %id, error = %e, "posting output failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The host agent (`gpumesh host`): runs on a GPU owner's machine.
+//!
+//! It discovers the GPUs ([`discovery`]), registers them with the indexer, heartbeats,
+//! long-polls for leases, runs each lease's workload through a [`runtime::Runtime`],
+//! streams the workload's output to the indexer, enforces the lease's maximum duration,
+//! meters GPU time and signs usage records for the ledger ([`agent`]).
+
+pub mod agent;
+pub mod demo_image;
+pub mod discovery;
+pub mod runtime;
+
+pub use agent::{HostConfig, run};

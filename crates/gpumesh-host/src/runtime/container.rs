@@ -1,0 +1,315 @@
+//! Workloads as OCI containers through the Docker Engine API, which Docker and Podman
+//! both serve.
+//!
+//! Each lease gets a fresh container: the buyer's image and command, a memory and CPU
+//! limit, no privileges (all capabilities dropped, no new privileges), no host network
+//! (Docker's bridge by default, or none), the lease's GPUs passed through by UUID on real
+//! hardware, and labels that name the lease. The container is removed when it ends.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListImagesOptions,
+    LogsOptions, RemoveContainerOptions, TagImageOptions,
+};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use gpumesh_types::{LogStream, RuntimeKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Output, Runtime, Workload, WorkloadSpec};
+
+/// Sockets tried, in order, when `DOCKER_HOST` is not set.
+const DEFAULT_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/podman/podman.sock"];
+
+/// Runs workloads as containers through a Docker Engine API socket.
+#[derive(Debug, Clone)]
+pub struct ContainerRuntime {
+    docker: Docker,
+    endpoint: String,
+    engine: String,
+    network: String,
+}
+
+/// The sockets to try: `DOCKER_HOST` (unix only), then the usual places.
+pub fn candidate_sockets() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        if let Some(path) = host.strip_prefix("unix://") {
+            out.push(path.to_string());
+        }
+        return out;
+    }
+    if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR") {
+        out.push(format!("{dir}/podman/podman.sock"));
+        out.push(format!("{dir}/docker.sock"));
+    }
+    out.extend(DEFAULT_SOCKETS.iter().map(|s| s.to_string()));
+    out
+}
+
+impl ContainerRuntime {
+    /// Connects to the first reachable engine; the error lists what was tried.
+    pub async fn connect(socket: Option<&str>, network: &str) -> anyhow::Result<ContainerRuntime> {
+        let candidates = match socket {
+            Some(s) => vec![s.trim_start_matches("unix://").to_string()],
+            None => candidate_sockets(),
+        };
+        let mut tried = Vec::new();
+        for path in candidates {
+            if !Path::new(&path).exists() {
+                tried.push(format!("{path} (absent)"));
+                continue;
+            }
+            let docker = match Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION) {
+                Ok(d) => d,
+                Err(e) => {
+                    tried.push(format!("{path} ({e})"));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(3), docker.version()).await {
+                Ok(Ok(version)) => {
+                    let engine = version
+                        .components
+                        .and_then(|c| c.into_iter().next())
+                        .map(|c| format!("{} {}", c.name, c.version))
+                        .or(version.version.map(|v| format!("Docker Engine {v}")))
+                        .unwrap_or_else(|| "unknown engine".into());
+                    return Ok(ContainerRuntime {
+                        docker,
+                        endpoint: path,
+                        engine,
+                        network: network.to_string(),
+                    });
+                }
+                Ok(Err(e)) => tried.push(format!("{path} ({e})")),
+                Err(_) => tried.push(format!("{path} (no answer in 3 s)")),
+            }
+        }
+        Err(anyhow!(
+            "no Docker Engine API is reachable; tried {}",
+            tried.join(", ")
+        ))
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub async fn has_image(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// Imports a root file system tarball as `name` (`repo:tag`), as `docker import` does.
+    pub async fn import_image(&self, name: &str, rootfs_tar: Vec<u8>) -> anyhow::Result<()> {
+        let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+        let options = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.into()),
+            tag: Some(tag.into()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(
+            Some(options),
+            Some(bollard::body_full(rootfs_tar.into())),
+            None,
+        );
+        let mut id = None;
+        while let Some(item) = stream.next().await {
+            let info = item.context("the engine refused the image import")?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(anyhow!("image import failed: {err}"));
+            }
+            if let Some(status) = info.status.filter(|s| s.starts_with("sha256:")) {
+                id = Some(status);
+            }
+        }
+        // Podman's import ignores the tag it was given; tag the new image explicitly.
+        if let Some(id) = id {
+            self.docker
+                .tag_image(
+                    &id,
+                    Some(TagImageOptions {
+                        repo: Some(repo.into()),
+                        tag: Some(tag.into()),
+                    }),
+                )
+                .await
+                .context("failed to tag the imported image")?;
+        }
+        if !self.has_image(name).await {
+            return Err(anyhow!(
+                "the engine imported the image but {name} is not there"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Runtime for ContainerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Container
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "container runtime ({} at unix://{}, network {})",
+            self.engine, self.endpoint, self.network
+        )
+    }
+
+    fn start(
+        &self,
+        spec: WorkloadSpec,
+        output: mpsc::Sender<Output>,
+    ) -> BoxFuture<'_, anyhow::Result<Box<dyn Workload>>> {
+        async move {
+            if !self.has_image(&spec.image).await {
+                return Err(anyhow!(
+                    "image {} is not on this host, and this host pulls no images; ask for an image the host advertises",
+                    spec.image
+                ));
+            }
+            let device_requests = (!spec.gpu_uuids.is_empty()).then(|| {
+                vec![DeviceRequest {
+                    driver: Some("nvidia".into()),
+                    device_ids: Some(spec.gpu_uuids.clone()),
+                    capabilities: Some(vec![vec!["gpu".into()]]),
+                    ..Default::default()
+                }]
+            });
+            let host_config = HostConfig {
+                memory: spec.memory_bytes,
+                memory_swap: spec.memory_bytes,
+                nano_cpus: spec.nano_cpus,
+                pids_limit: Some(1024),
+                network_mode: Some(self.network.clone()),
+                privileged: Some(false),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                device_requests,
+                ..Default::default()
+            };
+            let body = ContainerCreateBody {
+                image: Some(spec.image.clone()),
+                cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+                env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                labels: Some([("gpumesh.lease".to_string(), spec.lease.to_string())].into_iter().collect()),
+                host_config: Some(host_config),
+                ..Default::default()
+            };
+            // Unique per engine even across agents and test runs that share it.
+            static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("gpumesh-lease-{}-{}-{n}", spec.lease, std::process::id());
+            let created = self
+                .docker
+                .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
+                .await
+                .context("failed to create the container")?;
+            let id = created.id;
+            if let Err(e) = self.docker.start_container(&id, None).await {
+                let _ = self.docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+                return Err(anyhow!(e).context("failed to start the container"));
+            }
+            let logs = {
+                let docker = self.docker.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+                    let mut stream = docker.logs(&id, Some(options));
+                    while let Some(Ok(item)) = stream.next().await {
+                        let (stream_kind, bytes) = match item {
+                            LogOutput::StdOut { message } | LogOutput::Console { message } => (LogStream::Stdout, message),
+                            LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                            LogOutput::StdIn { .. } => continue,
+                        };
+                        let text = String::from_utf8_lossy(&bytes).into_owned();
+                        if output.send((stream_kind, text)).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            };
+            Ok(Box::new(ContainerWorkload { docker: self.docker.clone(), id, logs: Some(logs) }) as Box<dyn Workload>)
+        }
+        .boxed()
+    }
+
+    fn images(&self) -> BoxFuture<'_, anyhow::Result<Vec<String>>> {
+        async move {
+            let images = self
+                .docker
+                .list_images(Some(ListImagesOptions::default()))
+                .await
+                .context("failed to list images")?;
+            let mut tags: Vec<String> = images
+                .into_iter()
+                .flat_map(|i| i.repo_tags)
+                .filter(|t| t != "<none>:<none>")
+                .collect();
+            tags.sort();
+            tags.dedup();
+            tags.truncate(256);
+            Ok(tags)
+        }
+        .boxed()
+    }
+}
+
+struct ContainerWorkload {
+    docker: Docker,
+    id: String,
+    logs: Option<JoinHandle<()>>,
+}
+
+impl Workload for ContainerWorkload {
+    fn wait(&mut self) -> BoxFuture<'_, anyhow::Result<i64>> {
+        async move {
+            let mut waits = self.docker.wait_container(&self.id, None);
+            let code = match waits.next().await {
+                Some(Ok(response)) => response.status_code,
+                // bollard reports a non-zero exit as an error carrying the code.
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(anyhow!(e).context("failed to wait for the container")),
+                None => return Err(anyhow!("the engine ended the wait without a status")),
+            };
+            if let Some(logs) = self.logs.take() {
+                let _ = logs.await;
+            }
+            let _ = self
+                .docker
+                .remove_container(
+                    &self.id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            Ok(code)
+        }
+        .boxed()
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        async move {
+            self.docker
+                .kill_container(
+                    &self.id,
+                    Some(KillContainerOptions {
+                        signal: "KILL".into(),
+                    }),
+                )
+                .await
+                .context("failed to kill the container")
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,61 @@
+//! How workloads run: a [`Runtime`] starts a [`Workload`] from a [`WorkloadSpec`] and
+//! forwards everything it prints to a channel.
+//!
+//! Two implementations: [`container::ContainerRuntime`], OCI containers through the Docker
+//! Engine API (Docker or Podman), the default for every real host; and
+//! [`process::ProcessRuntime`], plain processes, which only a local development network
+//! may use (`--dev`).
+
+pub mod container;
+pub mod process;
+
+use futures_util::future::BoxFuture;
+use gpumesh_types::{LeaseId, LogStream, RuntimeKind};
+use tokio::sync::mpsc;
+
+/// What to run for one lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    pub lease: LeaseId,
+    pub image: String,
+    /// Empty: the image's own command.
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// NVIDIA device UUIDs to pass through (empty for simulated GPUs).
+    pub gpu_uuids: Vec<String>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<i64>,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+}
+
+/// A piece of output from a workload.
+pub type Output = (LogStream, String);
+
+/// Starts workloads.
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> RuntimeKind;
+
+    /// A line that says what this runtime is, for logs and banners.
+    fn describe(&self) -> String;
+
+    /// Starts the workload; its output goes to `output` until it ends.
+    fn start(
+        &self,
+        spec: WorkloadSpec,
+        output: mpsc::Sender<Output>,
+    ) -> BoxFuture<'_, anyhow::Result<Box<dyn Workload>>>;
+
+    /// Images present locally (for matching on pre-installed services).
+    fn images(&self) -> BoxFuture<'_, anyhow::Result<Vec<String>>>;
+}
+
+/// A started workload.
+pub trait Workload: Send {
+    /// Waits for it to end and returns its exit code, after all its output was forwarded.
+    /// Safe to call again after the future was dropped.
+    fn wait(&mut self) -> BoxFuture<'_, anyhow::Result<i64>>;
+
+    /// Stops it at once.
+    fn kill(&mut self) -> BoxFuture<'_, anyhow::Result<()>>;
+}

@@ -1,0 +1,142 @@
+//! Workloads as plain processes on the host: for local development networks only.
+//!
+//! There is no isolation and no image: the command runs as the agent's user. The process
+//! runs in its own process group, so a kill stops everything it started.
+
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use gpumesh_types::{LogStream, RuntimeKind};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Output, Runtime, Workload, WorkloadSpec};
+
+/// Runs each workload's command as a child process.
+#[derive(Debug, Default)]
+pub struct ProcessRuntime;
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    fn describe(&self) -> String {
+        "process runtime (local development only: no isolation, images are ignored)".into()
+    }
+
+    fn start(
+        &self,
+        spec: WorkloadSpec,
+        output: mpsc::Sender<Output>,
+    ) -> BoxFuture<'_, anyhow::Result<Box<dyn Workload>>> {
+        async move {
+            let Some((program, args)) = spec.command.split_first() else {
+                bail!(
+                    "the process runtime needs a command; image {} has no meaning here",
+                    spec.image
+                );
+            };
+            let mut command = Command::new(program);
+            command
+                .args(args)
+                .envs(spec.env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            let mut child = command
+                .spawn()
+                .with_context(|| format!("failed to start {program:?}"))?;
+            let stdout = child
+                .stdout
+                .take()
+                .map(|s| forward(s, LogStream::Stdout, output.clone()));
+            let stderr = child
+                .stderr
+                .take()
+                .map(|s| forward(s, LogStream::Stderr, output));
+            let readers = stdout.into_iter().chain(stderr).collect();
+            Ok(Box::new(ProcessWorkload { child, readers }) as Box<dyn Workload>)
+        }
+        .boxed()
+    }
+
+    fn images(&self) -> BoxFuture<'_, anyhow::Result<Vec<String>>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+}
+
+fn forward(
+    mut pipe: impl AsyncRead + Unpin + Send + 'static,
+    stream: LogStream,
+    output: mpsc::Sender<Output>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if output.send((stream, text)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+struct ProcessWorkload {
+    child: Child,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Workload for ProcessWorkload {
+    fn wait(&mut self) -> BoxFuture<'_, anyhow::Result<i64>> {
+        async move {
+            let status = self
+                .child
+                .wait()
+                .await
+                .context("failed to wait for the process")?;
+            for reader in self.readers.drain(..) {
+                let _ = reader.await;
+            }
+            // A process killed by a signal reports 128 + the signal, as shells do.
+            #[cfg(unix)]
+            if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+                return Ok(128 + signal as i64);
+            }
+            Ok(status.code().unwrap_or(-1) as i64)
+        }
+        .boxed()
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
+        async move {
+            // The whole process group (the child leads it), so that children of a shell
+            // stop too. Guard against a pid that would name some other group.
+            if let Some(pid) = self
+                .child
+                .id()
+                .and_then(|p| i32::try_from(p).ok())
+                .filter(|p| *p > 1)
+            {
+                if let Some(group) = rustix::process::Pid::from_raw(pid) {
+                    let _ =
+                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
+            }
+            let _ = self.child.start_kill();
+            Ok(())
+        }
+        .boxed()
+    }
+}
