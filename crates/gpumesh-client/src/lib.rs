@@ -5,6 +5,8 @@
 //! signed with the account's next nonce, which the client tracks and serialises so that
 //! several tasks can share one wallet.
 
+pub mod buyer;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

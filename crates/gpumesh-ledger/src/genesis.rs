@@ -55,13 +55,13 @@ pub enum GenesisError {
 }
 
 impl Genesis {
-    /// A local network: half the supply to the reward pool, a tenth to the treasury and the
-    /// rest to the faucet that funds test wallets.
+    /// A local network: half the supply to the reward pool (DESIGN.md §4) and the other half
+    /// to the faucet that funds test wallets. The treasury starts empty, so its balance is
+    /// exactly the fees it collected.
     pub fn local(chain_id: u64, time_ms: u64, protocol: Address, faucet: Address) -> Genesis {
         let total = TOTAL_SUPPLY;
         let reward = Amount(total.0 / 2);
-        let treasury_amount = Amount(total.0 / 10);
-        let faucet_amount = Amount(total.0 - reward.0 - treasury_amount.0);
+        let faucet_amount = Amount(total.0 - reward.0);
         let reward_pool = system_address("reward-pool");
         let treasury = system_address("treasury");
         Genesis {
@@ -79,11 +79,6 @@ impl Genesis {
                     address: reward_pool,
                     amount: reward,
                     label: "reward-pool".into(),
-                },
-                Allocation {
-                    address: treasury,
-                    amount: treasury_amount,
-                    label: "treasury".into(),
                 },
                 Allocation {
                     address: faucet,

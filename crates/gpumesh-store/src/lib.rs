@@ -275,6 +275,26 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Replays the stored chain from genesis, checking every signature, root and the
+    /// conservation of supply, as `gpumesh ledger verify` does.
+    pub fn verify(&self) -> Result<gpumesh_ledger::ReplayReport, VerifyError> {
+        let snapshot = self.load()?;
+        let (_, report) =
+            gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)?;
+        Ok(report)
+    }
+}
+
+/// Why a stored chain does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Replay(#[from] gpumesh_ledger::ReplayError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

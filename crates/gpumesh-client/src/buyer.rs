@@ -1,0 +1,108 @@
+//! A buyer's job from request to receipt: submit, fund the escrow, follow the output, and
+//! collect the final lease with its settlement. Shared by `gpumesh run`, devnet's demo and
+//! the integration tests.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use gpumesh_types::{ErrorCode, JobRequest, LeaseView, LogEntry, LogEvent, LogStream};
+
+use crate::{Client, ClientError};
+
+/// What happens as a job runs.
+#[derive(Debug)]
+pub enum JobEvent<'a> {
+    /// Capacity was reserved; the escrow is about to be funded.
+    Matched(&'a LeaseView),
+    /// The escrow is open.
+    Funded(&'a LeaseView),
+    /// Output from the workload (or a note from the host about it).
+    Output(&'a LogEntry),
+    /// The connection to the indexer dropped; following again from where it left off.
+    Reconnecting(&'a ClientError),
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum JobOutcome {
+    /// No host could take the job; the indexer's explanation.
+    Unmatched { reason: String },
+    /// The lease ended; `lease` is final, with its settlement.
+    Ended {
+        lease: Box<LeaseView>,
+        /// From sending the request to the workload's first own output.
+        first_output: Option<Duration>,
+        total: Duration,
+    },
+}
+
+/// Runs a job to its end.
+pub async fn run_job(
+    client: &Client,
+    job: &JobRequest,
+    mut on_event: impl FnMut(JobEvent<'_>),
+) -> Result<JobOutcome, ClientError> {
+    let began = Instant::now();
+    let lease = match client.submit_job(job).await {
+        Ok(lease) => lease,
+        Err(ClientError::Api { error, .. }) if error.code == ErrorCode::NoMatch => {
+            return Ok(JobOutcome::Unmatched {
+                reason: error.message,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    on_event(JobEvent::Matched(&lease));
+    client.fund(&lease).await?;
+    on_event(JobEvent::Funded(&lease));
+    let mut first_output = None;
+    let mut next_seq = 0;
+    let mut failures = 0;
+    loop {
+        let mut events = match client.logs(lease.id, next_seq, true).await {
+            Ok(events) => Box::pin(events),
+            Err(e @ ClientError::Unreachable { .. }) if failures < 60 => {
+                failures += 1;
+                on_event(JobEvent::Reconnecting(&e));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(LogEvent::Log(entry)) => {
+                    if first_output.is_none() && entry.stream != LogStream::System {
+                        first_output = Some(began.elapsed());
+                    }
+                    next_seq = entry.seq + 1;
+                    failures = 0;
+                    on_event(JobEvent::Output(&entry));
+                }
+                Ok(LogEvent::End { lease }) => {
+                    return Ok(JobOutcome::Ended {
+                        lease,
+                        first_output,
+                        total: began.elapsed(),
+                    });
+                }
+                Err(e) => {
+                    on_event(JobEvent::Reconnecting(&e));
+                    break;
+                }
+            }
+        }
+        // The stream ended without an end event: the indexer went away. Follow again.
+        failures += 1;
+        if failures > 60 {
+            return Err(ClientError::Protocol {
+                url: client.base_url().to_string(),
+                reason: format!(
+                    "lost the output of lease {} and could not follow it again",
+                    lease.id
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

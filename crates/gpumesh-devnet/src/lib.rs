@@ -1,0 +1,359 @@
+//! A whole gpumesh network in one process, on loopback (`gpumesh devnet`).
+//!
+//! An indexer on the embedded store, hosts with simulated GPUs in cities on five
+//! continents, and a buyer wallet funded from the local faucet. Workloads run as real
+//! containers when a Docker Engine API is reachable (the demo image is built locally if
+//! missing) and as processes otherwise; the network says which. [`demo`] runs a scripted
+//! scenario on it. The integration tests drive the same code.
+
+pub mod demo;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gpumesh_client::Client;
+use gpumesh_host::demo_image::ensure_demo_image;
+use gpumesh_host::runtime::Runtime;
+use gpumesh_host::runtime::container::ContainerRuntime;
+use gpumesh_host::runtime::process::ProcessRuntime;
+use gpumesh_identity::Wallet;
+use gpumesh_indexer::Indexer;
+use gpumesh_types::{Amount, GeoPoint, GpuModel, GpuOffer, Location, RuntimeKind};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Which runtime the hosts use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Containers when an engine is reachable, processes otherwise.
+    Auto,
+    Container,
+    Process,
+}
+
+/// One simulated host of the devnet world.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSpec {
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub country: String,
+    pub gpu: GpuModel,
+    pub count: u16,
+    /// Price per GPU-hour in tokens, as a person writes it.
+    pub price: String,
+}
+
+/// The default world: ten hosts in ten cities on five continents.
+pub fn world() -> Vec<HostSpec> {
+    let host = |name: &str, lat, lon, country: &str, gpu, count, price: &str| HostSpec {
+        name: name.into(),
+        lat,
+        lon,
+        country: country.into(),
+        gpu,
+        count,
+        price: price.into(),
+    };
+    use GpuModel::*;
+    vec![
+        host("frankfurt", 50.1109, 8.6821, "DE", H100, 8, "2.40"),
+        host("amsterdam", 52.3676, 4.9041, "NL", A100_80, 4, "1.50"),
+        host("ashburn", 39.0438, -77.4874, "US", H100, 8, "2.10"),
+        host("san-jose", 37.3382, -121.8863, "US", Rtx4090, 4, "0.45"),
+        host("sao-paulo", -23.5505, -46.6333, "BR", Rtx4090, 2, "0.50"),
+        host("mumbai", 19.0760, 72.8777, "IN", L40S, 4, "0.95"),
+        host("singapore", 1.3521, 103.8198, "SG", Rtx4090, 4, "0.55"),
+        host("tokyo", 35.6762, 139.6503, "JP", H200, 8, "3.20"),
+        host("sydney", -33.8688, 151.2093, "AU", A100_40, 2, "1.10"),
+        host("johannesburg", -26.2041, 28.0473, "ZA", Rtx3090, 2, "0.30"),
+    ]
+}
+
+/// How to start a devnet.
+#[derive(Clone, Debug)]
+pub struct DevnetConfig {
+    /// Keep state here (and reuse it on the next start); a fresh temporary directory if `None`.
+    pub data_dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub runtime: RuntimeChoice,
+    /// A Docker Engine API socket; the usual places when `None`.
+    pub docker_socket: Option<String>,
+    pub hosts: Vec<HostSpec>,
+    /// Tokens the buyer wallet is topped up to.
+    pub buyer_funds_tokens: u64,
+}
+
+impl Default for DevnetConfig {
+    fn default() -> Self {
+        DevnetConfig {
+            data_dir: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            runtime: RuntimeChoice::Auto,
+            docker_socket: None,
+            hosts: world(),
+            buyer_funds_tokens: 10_000,
+        }
+    }
+}
+
+struct Service {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("a devnet task panicked")?
+    }
+}
+
+/// A running devnet.
+pub struct Devnet {
+    pub api_url: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub runtime: Arc<dyn Runtime>,
+    /// A line on why this runtime was chosen.
+    pub runtime_note: String,
+    pub buyer: Wallet,
+    pub buyer_key: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    indexer: Option<Service>,
+    hosts: Vec<(String, Service)>,
+}
+
+impl std::fmt::Debug for Devnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Devnet")
+            .field("api_url", &self.api_url)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+fn key(path: &Path) -> anyhow::Result<Wallet> {
+    if path.exists() {
+        return Wallet::load(path).with_context(|| format!("failed to load {}", path.display()));
+    }
+    let wallet = Wallet::generate();
+    wallet
+        .save(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    Ok(wallet)
+}
+
+async fn choose_runtime(
+    choice: RuntimeChoice,
+    socket: Option<&str>,
+) -> anyhow::Result<(Arc<dyn Runtime>, String)> {
+    if choice == RuntimeChoice::Process {
+        return Ok((Arc::new(ProcessRuntime), "process runtime, as asked".into()));
+    }
+    let engine = match ContainerRuntime::connect(socket, "none").await {
+        Ok(engine) => engine,
+        Err(e) if choice == RuntimeChoice::Auto => {
+            return Ok((
+                Arc::new(ProcessRuntime),
+                format!("process runtime, because {e}"),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    match ensure_demo_image(&engine).await {
+        Ok(built) => {
+            let note = if built {
+                "built the demo image locally"
+            } else {
+                "the demo image was present"
+            };
+            Ok((Arc::new(engine), format!("container runtime; {note}")))
+        }
+        Err(e) if choice == RuntimeChoice::Auto => Ok((
+            Arc::new(ProcessRuntime),
+            format!("process runtime, because the demo image could not be built: {e:#}"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+async fn start_indexer(
+    data_dir: &Path,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<Service> {
+    let indexer = Indexer::open(gpumesh_indexer::Config::local(data_dir))?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(indexer.serve(listener, stop.clone().cancelled_owned()));
+    Ok(Service { stop, task })
+}
+
+impl Devnet {
+    /// Starts the indexer, the hosts and the buyer, and waits until every host registered.
+    pub async fn start(config: DevnetConfig) -> anyhow::Result<Devnet> {
+        let (data_dir, temp) = match &config.data_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("gpumesh-devnet-")
+                    .tempdir()
+                    .context("failed to create a temporary data directory")?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        std::fs::create_dir_all(data_dir.join("keys"))
+            .context("failed to create the key directory")?;
+        let (runtime, runtime_note) =
+            choose_runtime(config.runtime, config.docker_socket.as_deref()).await?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen))?;
+        let addr = listener
+            .local_addr()
+            .context("failed to read the bound address")?;
+        let api_url = format!("http://{addr}");
+        let indexer = start_indexer(&data_dir, listener).await?;
+
+        let mut hosts = Vec::new();
+        for spec in &config.hosts {
+            let wallet = key(&data_dir
+                .join("keys")
+                .join(format!("host-{}.key", spec.name)))?;
+            let host_config = gpumesh_host::HostConfig {
+                indexer_url: api_url.clone(),
+                wallet,
+                name: spec.name.clone(),
+                location: Location {
+                    point: GeoPoint::new(spec.lat, spec.lon)?,
+                    country: spec.country.parse()?,
+                },
+                price_per_gpu_hour: Amount::parse_tokens(&spec.price)?,
+                gpus: vec![GpuOffer {
+                    model: spec.gpu,
+                    count: spec.count,
+                    vram_mib: None,
+                    simulated: true,
+                }],
+                gpu_uuids: Vec::new(),
+                runtime: runtime.clone(),
+                memory_per_gpu: Some(512 * 1024 * 1024),
+                nano_cpus_per_gpu: Some(250_000_000),
+            };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(gpumesh_host::run(host_config, stop.clone()));
+            hosts.push((spec.name.clone(), Service { stop, task }));
+        }
+
+        let buyer_key = data_dir.join("keys").join("buyer.key");
+        let buyer = key(&buyer_key)?;
+        let devnet = Devnet {
+            api_url,
+            addr,
+            data_dir,
+            runtime,
+            runtime_note,
+            buyer,
+            buyer_key,
+            temp,
+            indexer: Some(indexer),
+            hosts,
+        };
+        devnet
+            .wait_for_hosts(config.hosts.len() as u32, Duration::from_secs(20))
+            .await?;
+        let client = devnet.buyer_client();
+        let want = Amount::from_tokens(config.buyer_funds_tokens);
+        let have = client.account(devnet.buyer.address()).await?.balance;
+        if have < want {
+            client
+                .faucet(Amount(want.0 - have.0))
+                .await
+                .context("failed to fund the buyer from the faucet")?;
+        }
+        Ok(devnet)
+    }
+
+    /// A client signing as the devnet's buyer.
+    pub fn buyer_client(&self) -> Client {
+        Client::new(&self.api_url, Some(self.buyer.clone()))
+    }
+
+    pub fn runtime_kind(&self) -> RuntimeKind {
+        self.runtime.kind()
+    }
+
+    /// Names of the hosts still running.
+    pub fn host_names(&self) -> Vec<String> {
+        self.hosts.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    async fn wait_for_hosts(&self, hosts: u32, limit: Duration) -> anyhow::Result<()> {
+        let client = Client::new(&self.api_url, None);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(info) = client.info().await {
+                if info.hosts >= hosts {
+                    return Ok(());
+                }
+            }
+            for (name, host) in &self.hosts {
+                if host.task.is_finished() {
+                    bail!("host {name} stopped before it registered (see its log above)");
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "not all {hosts} hosts registered within {} s",
+                    limit.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the indexer and starts it again on the same address and store, as a crash
+    /// and restart would. Hosts and buyers reconnect by themselves.
+    pub async fn restart_indexer(&mut self) -> anyhow::Result<()> {
+        if let Some(indexer) = self.indexer.take() {
+            indexer
+                .stop()
+                .await
+                .context("the indexer failed while stopping")?;
+        }
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .with_context(|| format!("failed to listen on {} again", self.addr))?;
+        self.indexer = Some(start_indexer(&self.data_dir, listener).await?);
+        Ok(())
+    }
+
+    /// Kills one host agent without warning its leases' buyers (as a lost machine would).
+    pub fn kill_host(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self
+            .hosts
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no host named {name}"))?;
+        let (_, host) = self.hosts.remove(i);
+        host.task.abort();
+        Ok(())
+    }
+
+    /// Stops hosts, then the indexer (which seals the last block). Returns the data
+    /// directory, which is deleted afterwards unless it was given.
+    pub async fn stop(mut self) -> anyhow::Result<Option<tempfile::TempDir>> {
+        for (name, host) in self.hosts.drain(..) {
+            if let Err(e) = host.stop().await {
+                tracing::warn!(host = %name, error = %e, "host stopped with an error");
+            }
+        }
+        if let Some(indexer) = self.indexer.take() {
+            indexer.stop().await?;
+        }
+        Ok(self.temp.take())
+    }
+}

@@ -1,0 +1,218 @@
+//! The command line, as clap sees it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// gpumesh: a decentralized GPU cloud. One binary, a subcommand per role.
+#[derive(Debug, Parser)]
+#[command(name = "gpumesh", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log more (or set GPUMESH_LOG, for example GPUMESH_LOG=debug).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole local network on loopback: an indexer, hosts with simulated GPUs in
+    /// ten cities, and a funded buyer wallet.
+    Devnet(DevnetArgs),
+    /// Run the indexer: registry, matching, leases, ledger and the HTTP API.
+    Indexer(IndexerArgs),
+    /// Run the host agent on a GPU owner's machine.
+    Host(HostArgs),
+    /// Rent GPUs and run a workload on them: match, pay into escrow, stream its output,
+    /// print the receipt.
+    Run(RunArgs),
+    /// List your leases.
+    Leases(AccountArgs),
+    /// Show your balance.
+    Balance(AccountArgs),
+    /// Cancel a lease of yours.
+    Cancel(CancelArgs),
+    /// Make and use keys.
+    #[command(subcommand)]
+    Wallet(WalletCommand),
+    /// Inspect and verify the settlement ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+/// Where the indexer is and who you are.
+#[derive(Debug, Args, Clone)]
+pub struct Connection {
+    /// The indexer's API address.
+    #[arg(long, env = "GPUMESH_INDEXER", default_value = "http://127.0.0.1:7700")]
+    pub indexer: String,
+    /// Your key file (made by `gpumesh wallet new`).
+    #[arg(long, env = "GPUMESH_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RuntimeArg {
+    /// Containers when a Docker Engine API is reachable; for hosts, processes only with --dev.
+    Auto,
+    /// OCI containers through the Docker Engine API (Docker or Podman).
+    Container,
+    /// Plain processes: local development only.
+    Process,
+}
+
+#[derive(Debug, Args)]
+pub struct DevnetArgs {
+    /// Keep the network's state in this directory (and reuse it next time). Without it a
+    /// fresh temporary directory is used and deleted at exit.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address for the indexer's API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: RuntimeArg,
+    /// A Docker Engine API socket (default: $DOCKER_HOST, then the usual places).
+    #[arg(long)]
+    pub docker_socket: Option<String>,
+    /// Run the scripted demo and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub demo: bool,
+    /// With --demo: print the summary as one JSON object on stdout.
+    #[arg(long, requires = "demo")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IndexerArgs {
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Data directory: the store, and the protocol key of a local network.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// If the data directory is new, create a local network in it (simulated GPUs allowed,
+    /// faucet on).
+    #[arg(long)]
+    pub local: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// A name for this host, shown to buyers.
+    #[arg(long)]
+    pub name: String,
+    /// Where the host is, as LAT,LON.
+    #[arg(long, allow_hyphen_values = true)]
+    pub location: String,
+    /// Two-letter country code, such as DE.
+    #[arg(long)]
+    pub country: String,
+    /// Price per GPU-hour in tokens, such as 2.10.
+    #[arg(long)]
+    pub price: String,
+    /// Declare simulated GPUs (MODEL:COUNT) instead of discovering real ones; only a
+    /// local network accepts them. Repeat for several models.
+    #[arg(long = "simulate-gpu", value_name = "MODEL:COUNT")]
+    pub simulate_gpu: Vec<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: RuntimeArg,
+    /// Allow the process runtime (local development networks only).
+    #[arg(long)]
+    pub dev: bool,
+    /// A Docker Engine API socket (default: $DOCKER_HOST, then the usual places).
+    #[arg(long)]
+    pub docker_socket: Option<String>,
+    /// Network for containers: bridge (isolated, with outbound access) or none.
+    #[arg(long, default_value = "bridge")]
+    pub container_network: String,
+    /// Memory limit per leased GPU, in MiB.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub memory_per_gpu_mib: i64,
+    /// CPU limit per leased GPU, in CPUs.
+    #[arg(long, default_value_t = 4)]
+    pub cpus_per_gpu: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// GPU model and count on one host, such as H100:4 or RTX4090.
+    #[arg(long, value_name = "MODEL[:COUNT]")]
+    pub gpu: String,
+    /// Where you are, as LAT,LON: the nearest suitable host is chosen.
+    #[arg(long, allow_hyphen_values = true)]
+    pub near: String,
+    /// The most you pay per GPU-hour, in tokens.
+    #[arg(long)]
+    pub max_price: String,
+    /// The longest the workload may run, such as 90s, 10m or 2h; the escrow covers it.
+    #[arg(long, default_value = "10m")]
+    pub max_duration: String,
+    /// The container image (present on the host).
+    #[arg(long, default_value = gpumesh_host::demo_image::DEMO_IMAGE)]
+    pub image: String,
+    /// Print the receipt as JSON on stdout (the workload's output goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// The command to run, after `--`.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Another account's address instead of your key's.
+    #[arg(long)]
+    pub address: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    pub lease: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Make a new key pair and print its address.
+    New {
+        /// Where to write the key (readable by you only); never overwrites.
+        #[arg(long, default_value = "gpumesh.key")]
+        out: PathBuf,
+    },
+    /// Print the address of a key file.
+    Address {
+        #[arg(long, env = "GPUMESH_KEY")]
+        key: PathBuf,
+    },
+    /// Get tokens from a local network's faucet.
+    Faucet {
+        #[command(flatten)]
+        connection: Connection,
+        /// Tokens to ask for.
+        #[arg(long, default_value = "1000")]
+        amount: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Replay the chain in a data directory from genesis and check every signature, root
+    /// and the conservation of supply. Exits non-zero at the first bad block.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,537 @@
+//! What each subcommand does: glue between the command line and the library crates.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use gpumesh_client::Client;
+use gpumesh_client::buyer::{JobEvent, JobOutcome, run_job};
+use gpumesh_devnet::{Devnet, DevnetConfig, RuntimeChoice, demo};
+use gpumesh_host::discovery;
+use gpumesh_host::runtime::Runtime;
+use gpumesh_host::runtime::container::ContainerRuntime;
+use gpumesh_host::runtime::process::ProcessRuntime;
+use gpumesh_identity::Wallet;
+use gpumesh_types::{Address, Amount, GeoPoint, JobRequest, LeaseId, Location, LogStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::*;
+use crate::format;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Devnet(args) => devnet(args).await,
+        Command::Indexer(args) => indexer(args).await,
+        Command::Host(args) => host(args).await,
+        Command::Run(args) => run_command(args).await,
+        Command::Leases(args) => leases(args).await,
+        Command::Balance(args) => balance(args).await,
+        Command::Cancel(args) => cancel(args).await,
+        Command::Wallet(command) => wallet(command).await,
+        Command::Ledger(command) => ledger(command).await,
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
+    let Some(path) = &connection.key else {
+        bail!(
+            "this command needs your key: pass --key FILE or set GPUMESH_KEY (make one with `gpumesh wallet new`)"
+        );
+    };
+    Ok(Wallet::load(path)?)
+}
+
+fn client(connection: &Connection, needs_key: bool) -> anyhow::Result<Client> {
+    let wallet = if needs_key {
+        Some(load_key(connection)?)
+    } else {
+        connection
+            .key
+            .as_ref()
+            .map(|_| load_key(connection))
+            .transpose()?
+    };
+    Ok(Client::new(&connection.indexer, wallet))
+}
+
+async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
+    let config = DevnetConfig {
+        data_dir: args.data.clone(),
+        listen: if args.demo && args.listen == SocketAddr::from(([127, 0, 0, 1], 7700)) {
+            // The demo exits by itself; any free port will do, so it never clashes with a running devnet.
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            args.listen
+        },
+        runtime: match args.runtime {
+            RuntimeArg::Auto => RuntimeChoice::Auto,
+            RuntimeArg::Container => RuntimeChoice::Container,
+            RuntimeArg::Process => RuntimeChoice::Process,
+        },
+        docker_socket: args.docker_socket.clone(),
+        ..DevnetConfig::default()
+    };
+    let hosts = config.hosts.clone();
+    let quiet = args.json;
+    if !quiet {
+        eprintln!("starting a local network with {} hosts…", hosts.len());
+    }
+    let net = Devnet::start(config).await?;
+    let data_dir = net.data_dir.clone();
+    if !args.demo {
+        println!("gpumesh devnet is up: a local network (simulated GPUs, faucet on)");
+        println!("  API          {}", net.api_url);
+        println!("  runtime      {}", net.runtime_note);
+        println!("               {}", net.runtime.describe());
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{} {}×{}", h.name, h.count, h.gpu))
+            .collect();
+        println!("  hosts        {}", list.join(", "));
+        println!(
+            "  buyer key    {} ({})",
+            net.buyer_key.display(),
+            net.buyer.address()
+        );
+        match &args.data {
+            Some(_) => println!("  data         {} (kept)", data_dir.display()),
+            None => println!(
+                "  data         {} (deleted at exit; --data DIR keeps it)",
+                data_dir.display()
+            ),
+        }
+        println!();
+        println!("Submit a job (from another terminal):");
+        println!(
+            "  gpumesh run --indexer {} --key {} --gpu RTX4090 --near 19.07,72.88 --max-price 1 --max-duration 60s -- /bin/sh -c 'echo hello from $GPUMESH_GPU_MODEL'",
+            net.api_url,
+            net.buyer_key.display()
+        );
+        println!("  (from a checkout: cargo run --release -- run …)");
+        println!("Ctrl-C stops the network.");
+        interrupted().await;
+        eprintln!("stopping…");
+        net.stop().await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let print = |line: String| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
+    if !quiet {
+        println!("runtime: {}", net.runtime_note);
+    }
+    let script = demo::script();
+    let result = demo::run(&net, &script, &print).await;
+    let temp = net.stop().await?;
+    let mut summary = result?;
+    demo::check_ledger(&mut summary, &data_dir);
+    drop(temp);
+    let matchable = summary.jobs_submitted - summary.unmatched;
+    let ok = summary.ledger_ok && summary.jobs_completed == matchable && summary.unmatched >= 1;
+    if quiet {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!();
+        println!(
+            "{} jobs submitted: {} completed, {} failed, {} unmatched",
+            summary.jobs_submitted, summary.jobs_completed, summary.jobs_failed, summary.unmatched
+        );
+        for r in &summary.receipts {
+            println!(
+                "  lease {:>3} {:<14} {:>2}×{:<10} on {:<12} first output {:>5} ms  cost {:<22} host {:<22} treasury {:<22} refund {}{}",
+                r.lease_id,
+                r.name,
+                r.gpu_count,
+                r.gpu.to_string(),
+                r.host_name,
+                r.first_output_ms.map_or("-".into(), |m| m.to_string()),
+                r.charged.tokens(),
+                r.host_share.tokens(),
+                r.treasury_share.tokens(),
+                r.refund.tokens(),
+                if r.balanced { "" } else { "  NOT BALANCED" }
+            );
+        }
+        println!(
+            "treasury balance: {} tokens",
+            summary.treasury_balance.tokens()
+        );
+        match &summary.ledger {
+            Some(l) if l.error.is_none() => println!(
+                "ledger: {} blocks, {} transactions replayed from genesis; supply conserved: {}",
+                l.blocks, l.transactions, l.supply_conserved
+            ),
+            Some(l) => println!(
+                "ledger: verification FAILED: {}",
+                l.error.clone().unwrap_or_default()
+            ),
+            None => {}
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
+    let mut config = gpumesh_indexer::Config::local(&args.data);
+    if !args.local {
+        config.create_local = None;
+    }
+    let indexer = gpumesh_indexer::Indexer::open(config)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    eprintln!(
+        "indexer serving http://{} (chain {}, data {})",
+        listener.local_addr()?,
+        indexer.chain_id(),
+        args.data.display()
+    );
+    indexer.serve(listener, interrupted()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
+    let wallet = load_key(&args.connection)?;
+    let point: GeoPoint = args.location.parse()?;
+    let location = Location {
+        point,
+        country: args.country.parse()?,
+    };
+    let price = Amount::parse_tokens(&args.price).context("--price")?;
+    let (gpus, gpu_uuids) = if args.simulate_gpu.is_empty() {
+        let found = discovery::discover_nvml().map_err(|reason| {
+            anyhow::anyhow!(
+                "{reason}; on a local network, declare GPUs with --simulate-gpu MODEL:COUNT"
+            )
+        })?;
+        let (offers, unknown) = discovery::offers_from(&found);
+        for gpu in unknown {
+            eprintln!(
+                "warning: GPU {} ({}) is not in the catalog; it is not offered",
+                gpu.index, gpu.name
+            );
+        }
+        if offers.is_empty() {
+            bail!("NVML found no GPU of a known model");
+        }
+        let uuids = found
+            .iter()
+            .filter(|g| g.model.is_some())
+            .map(|g| g.uuid.clone())
+            .collect();
+        eprintln!(
+            "discovered through NVML: {}",
+            found
+                .iter()
+                .map(|g| g.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        (offers, uuids)
+    } else {
+        let offers = args
+            .simulate_gpu
+            .iter()
+            .map(|s| discovery::parse_simulated(s).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        eprintln!(
+            "simulated GPUs (local networks only): {}",
+            args.simulate_gpu.join(", ")
+        );
+        (offers, Vec::new())
+    };
+    let runtime: Arc<dyn Runtime> = match args.runtime {
+        RuntimeArg::Process if !args.dev => bail!(
+            "the process runtime runs workloads without isolation; it needs --dev (local networks only)"
+        ),
+        RuntimeArg::Process => Arc::new(ProcessRuntime),
+        RuntimeArg::Container => Arc::new(
+            ContainerRuntime::connect(args.docker_socket.as_deref(), &args.container_network)
+                .await?,
+        ),
+        RuntimeArg::Auto => {
+            match ContainerRuntime::connect(args.docker_socket.as_deref(), &args.container_network)
+                .await
+            {
+                Ok(engine) => Arc::new(engine),
+                Err(e) if args.dev => {
+                    eprintln!("warning: {e}; using the process runtime (--dev)");
+                    Arc::new(ProcessRuntime)
+                }
+                Err(e) => bail!(
+                    "{e}; a host runs workloads in containers (start Docker or Podman), or pass --dev for the process runtime on a local network"
+                ),
+            }
+        }
+    };
+    eprintln!("runtime: {}", runtime.describe());
+    let config = gpumesh_host::HostConfig {
+        indexer_url: args.connection.indexer.clone(),
+        wallet,
+        name: args.name,
+        location,
+        price_per_gpu_hour: price,
+        gpus,
+        gpu_uuids,
+        runtime,
+        memory_per_gpu: Some(args.memory_per_gpu_mib.saturating_mul(1024 * 1024)),
+        nano_cpus_per_gpu: Some(args.cpus_per_gpu.saturating_mul(1_000_000_000)),
+    };
+    let stop = CancellationToken::new();
+    let agent = tokio::spawn(gpumesh_host::run(config, stop.clone()));
+    tokio::select! {
+        result = agent => { result??; }
+        _ = interrupted() => {
+            eprintln!("stopping: ending running leases…");
+            stop.cancel();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let client = client(&args.connection, true)?;
+    let (gpu, gpu_count) = format::parse_gpu(&args.gpu)?;
+    let job = JobRequest {
+        gpu,
+        gpu_count,
+        near: args.near.parse()?,
+        max_price_per_gpu_hour: Amount::parse_tokens(&args.max_price).context("--max-price")?,
+        max_duration_ms: format::parse_duration_ms(&args.max_duration)?,
+        image: args.image.clone(),
+        command: args.command.clone(),
+    };
+    let json = args.json;
+    let lease_id: std::sync::Mutex<Option<LeaseId>> = std::sync::Mutex::new(None);
+    let job_run = run_job(&client, &job, |event| match event {
+        JobEvent::Matched(lease) => {
+            *lease_id.lock().expect("lease id lock") = Some(lease.id);
+            eprintln!(
+                "matched lease {}: {} × {} on {} ({}, {:.0} km away{}) at {} per GPU-hour; escrow {} tokens",
+                lease.id,
+                lease.gpu_count,
+                lease.gpu,
+                lease.host_name,
+                lease.host_location.country,
+                lease.distance_km,
+                if lease.simulated {
+                    ", simulated GPUs"
+                } else {
+                    ""
+                },
+                lease.price_per_gpu_hour.tokens(),
+                lease.escrow.tokens()
+            );
+        }
+        JobEvent::Funded(_) => {}
+        JobEvent::Output(entry) => match entry.stream {
+            LogStream::Stdout if !json => {
+                print!("{}", entry.data);
+                let _ = std::io::stdout().flush();
+            }
+            _ => eprint!("{}", entry.data),
+        },
+        JobEvent::Reconnecting(e) => eprintln!("(reconnecting to the indexer: {e})"),
+    });
+    tokio::pin!(job_run);
+    let outcome = tokio::select! {
+        outcome = &mut job_run => outcome?,
+        _ = interrupted() => {
+            let id = *lease_id.lock().expect("lease id lock");
+            if let Some(id) = id {
+                eprintln!("cancelling lease {id}…");
+                client.cancel(id).await?;
+            }
+            job_run.await?
+        }
+    };
+    match outcome {
+        JobOutcome::Unmatched { reason } => {
+            eprintln!("no match: {reason}");
+            Ok(ExitCode::from(2))
+        }
+        JobOutcome::Ended {
+            lease,
+            first_output,
+            total,
+        } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lease)?);
+            }
+            eprintln!("{}", format::receipt(&lease));
+            if let Some(first) = first_output {
+                eprintln!(
+                    "first output {} ms after the request; {} ms in all",
+                    first.as_millis(),
+                    total.as_millis()
+                );
+            }
+            let ok =
+                lease.state == gpumesh_types::LeaseState::Completed && lease.exit_code == Some(0);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn account_of(args: &AccountArgs) -> anyhow::Result<Address> {
+    match &args.address {
+        Some(a) => a
+            .parse()
+            .with_context(|| format!("{a:?} is not a 0x address")),
+        None => Ok(load_key(&args.connection)?.address()),
+    }
+}
+
+async fn leases(args: AccountArgs) -> anyhow::Result<ExitCode> {
+    let address = account_of(&args)?;
+    let leases = client(&args.connection, false)?
+        .leases_of_buyer(address)
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&leases)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if leases.is_empty() {
+        println!("no leases for {address}");
+    }
+    for l in leases {
+        let cost = l
+            .settlement
+            .as_ref()
+            .map_or("-".to_string(), |s| s.charged.tokens());
+        println!(
+            "{:>5}  {:<10} {:>2}×{:<10} {:<14} {:>7.0} km  cost {}{}",
+            l.id,
+            format!("{:?}", l.state).to_lowercase(),
+            l.gpu_count,
+            l.gpu.to_string(),
+            l.host_name,
+            l.distance_km,
+            cost,
+            l.failure.map(|f| format!("  ({f})")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn balance(args: AccountArgs) -> anyhow::Result<ExitCode> {
+    let address = account_of(&args)?;
+    let account = client(&args.connection, false)?.account(address).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&account)?);
+    } else {
+        println!(
+            "{}: {} tokens ({} base units), {} transactions",
+            address,
+            account.balance.tokens(),
+            account.balance,
+            account.nonce
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let lease = client(&args.connection, true)?
+        .cancel(LeaseId(args.lease))
+        .await?;
+    println!(
+        "lease {}: {:?}{}",
+        lease.id,
+        lease.state,
+        if lease.cancel_requested {
+            " (the host is stopping it)"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        WalletCommand::New { out } => {
+            let wallet = Wallet::generate();
+            wallet.save(&out)?;
+            println!("{}", wallet.address());
+            eprintln!("key written to {} (readable by you only)", out.display());
+        }
+        WalletCommand::Address { key } => println!("{}", Wallet::load(&key)?.address()),
+        WalletCommand::Faucet { connection, amount } => {
+            let client = client(&connection, true)?;
+            let amount = Amount::parse_tokens(&amount).context("--amount")?;
+            client.faucet(amount).await?;
+            let account = client.account(client.address()?).await?;
+            println!("{}: {} tokens", account.address, account.balance.tokens());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LedgerCommand::Verify { data, json } => {
+            let result = gpumesh_store::Store::open_existing(&data)
+                .map_err(anyhow::Error::from)
+                .and_then(|store| store.verify().map_err(anyhow::Error::from));
+            let ok = matches!(&result, Ok(r) if r.supply_conserved);
+            if json {
+                let value = match &result {
+                    Ok(r) => serde_json::json!({
+                        "ok": ok,
+                        "blocks": r.blocks,
+                        "transactions": r.transactions,
+                        "supply_conserved": r.supply_conserved,
+                        "state_root": r.state_root.to_string(),
+                        "head_hash": r.head_hash.to_string(),
+                    }),
+                    Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
+                };
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                match &result {
+                    Ok(r) => println!(
+                        "verified {} blocks and {} transactions from genesis; supply conserved: {}; state root {}",
+                        r.blocks, r.transactions, r.supply_conserved, r.state_root
+                    ),
+                    Err(e) => eprintln!("verification failed: {e:#}"),
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `gpumesh`: parse the command line, set up logging, run the command, map the result to
+//! an exit code. Everything else lives in the library crates.
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod format;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let default_level = if cli.verbose {
+        "info,gpumesh=debug"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GPUMESH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
