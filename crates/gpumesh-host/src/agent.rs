@@ -83,15 +83,12 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         runtime = %agent.config.runtime.describe(),
         "registered with the indexer"
     );
-    let heartbeat = tokio::spawn(
-        agent
-            .clone()
-            .heartbeat_loop(registered.clone(), shutdown.clone()),
-    );
-    let settle = tokio::spawn(agent.clone().settle_loop(
-        Duration::from_millis(registered.settle_interval_ms),
-        shutdown.clone(),
-    ));
+    // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
+    // tests) ends them all, as the death of the process would.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(agent.clone().heartbeat_loop(registered.clone(), shutdown.clone()));
+    let settle_every = Duration::from_millis(registered.settle_interval_ms);
+    background.spawn(agent.clone().settle_loop(settle_every, shutdown.clone()));
     let mut runners = tokio::task::JoinSet::new();
     loop {
         let work = tokio::select! {
@@ -128,8 +125,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         while runners.join_next().await.is_some() {}
     })
     .await;
-    heartbeat.abort();
-    settle.abort();
+    background.abort_all();
     Ok(())
 }
 

@@ -99,6 +99,15 @@ pub struct NoMatch {
     pub max_price: Amount,
 }
 
+/// "1 host offers" or "2 hosts offer".
+fn hosts(n: u32, singular_verb: &str, plural_verb: &str) -> String {
+    if n == 1 {
+        format!("1 host {singular_verb}")
+    } else {
+        format!("{n} hosts {plural_verb}")
+    }
+}
+
 impl std::fmt::Display for NoMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (model, count) = (self.model, self.count);
@@ -106,24 +115,18 @@ impl std::fmt::Display for NoMatch {
             return write!(f, "no host offers {model}");
         }
         if self.online == 0 {
-            return write!(
-                f,
-                "{} hosts offer {model}, but none is online",
-                self.of_model
-            );
+            let offer = hosts(self.of_model, "offers", "offer");
+            return write!(f, "{offer} {model}, but none is online");
         }
         if self.with_capacity == 0 {
-            return write!(
-                f,
-                "{} online hosts offer {model}, but none has {count} of them free",
-                self.online
-            );
+            let offer = hosts(self.online, "offers", "offer").replacen("host", "online host", 1);
+            return write!(f, "{offer} {model}, but none has {count} of them free");
         }
         let cheapest = self.cheapest_price.map(Amount::tokens).unwrap_or_default();
         write!(
             f,
-            "{} hosts have {count} × {model} free, but the cheapest asks {cheapest} per GPU-hour, over your cap of {}",
-            self.with_capacity,
+            "{} {count} × {model} free, but the cheapest asks {cheapest} per GPU-hour, over your cap of {}",
+            hosts(self.with_capacity, "has", "have"),
             self.max_price.tokens()
         )
     }

@@ -138,7 +138,7 @@ pub enum RegistryError {
         state: LeaseState,
         action: &'static str,
     },
-    #[error("no match: {0}")]
+    #[error("{0}")]
     NoMatch(NoMatch),
 }
 

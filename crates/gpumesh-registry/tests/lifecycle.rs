@@ -152,9 +152,9 @@ fn unmatched_jobs_say_why() {
     .collect();
     expect_test::expect![[r#"
         [
-            "no match: no host offers RTX4090",
-            "no match: 2 online hosts offer H100, but none has 9 of them free",
-            "no match: 2 hosts have 1 × H100 free, but the cheapest asks 2 per GPU-hour, over your cap of 1",
+            "no host offers RTX4090",
+            "2 online hosts offer H100, but none has 9 of them free",
+            "2 hosts have 1 × H100 free, but the cheapest asks 2 per GPU-hour, over your cap of 1",
         ]
     "#]]
     .assert_debug_eq(&reasons);
