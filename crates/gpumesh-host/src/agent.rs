@@ -86,7 +86,11 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
     // tests) ends them all, as the death of the process would.
     let mut background = tokio::task::JoinSet::new();
-    background.spawn(agent.clone().heartbeat_loop(registered.clone(), shutdown.clone()));
+    background.spawn(
+        agent
+            .clone()
+            .heartbeat_loop(registered.clone(), shutdown.clone()),
+    );
     let settle_every = Duration::from_millis(registered.settle_interval_ms);
     background.spawn(agent.clone().settle_loop(settle_every, shutdown.clone()));
     let mut runners = tokio::task::JoinSet::new();

@@ -117,6 +117,7 @@ impl Core {
             hosts: self.registry.host_count() as u32,
             containers: self.registry.container_count() as u32,
             blocks: self.ledger.head().height,
+            transactions: self.ledger.transaction_count(),
         }
     }
 

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gpumesh_devnet::{Devnet, DevnetConfig, HostSpec, RuntimeChoice, world};
 use gpumesh_host::demo_image::DEMO_IMAGE;
 use gpumesh_identity::Wallet;
-use gpumesh_types::auth::{HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, request_message};
+use gpumesh_types::auth::{
+    HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, request_message,
+};
 use gpumesh_types::{Amount, GeoPoint, GpuModel, JobRequest, Sig};
 
 /// Whether CI said a container engine is there, making container tests required.
@@ -21,20 +23,32 @@ pub fn small_world(n: usize) -> Vec<HostSpec> {
 
 /// A devnet with a few hosts and the given runtime.
 pub async fn devnet(hosts: usize, runtime: RuntimeChoice) -> Devnet {
-    Devnet::start(DevnetConfig { hosts: small_world(hosts), runtime, ..DevnetConfig::default() })
-        .await
-        .expect("the devnet starts")
+    Devnet::start(DevnetConfig {
+        hosts: small_world(hosts),
+        runtime,
+        ..DevnetConfig::default()
+    })
+    .await
+    .expect("the devnet starts")
 }
 
 /// A devnet on containers, or `None` (with the reason printed) where no engine is
 /// reachable and CI did not require one.
 pub async fn container_devnet(hosts: usize) -> Option<Devnet> {
-    let config = DevnetConfig { hosts: small_world(hosts), runtime: RuntimeChoice::Container, ..DevnetConfig::default() };
+    let config = DevnetConfig {
+        hosts: small_world(hosts),
+        runtime: RuntimeChoice::Container,
+        ..DevnetConfig::default()
+    };
     match Devnet::start(config).await {
         Ok(net) => Some(net),
-        Err(e) if container_engine_required() => panic!("GPUMESH_REQUIRE_CONTAINER_ENGINE=1 but {e:#}"),
+        Err(e) if container_engine_required() => {
+            panic!("GPUMESH_REQUIRE_CONTAINER_ENGINE=1 but {e:#}")
+        }
         Err(e) => {
-            eprintln!("skipping: no container engine ({e:#}); GPUMESH_REQUIRE_CONTAINER_ENGINE=1 requires one");
+            eprintln!(
+                "skipping: no container engine ({e:#}); GPUMESH_REQUIRE_CONTAINER_ENGINE=1 requires one"
+            );
             None
         }
     }
@@ -45,7 +59,10 @@ pub fn job(gpu: GpuModel, count: u16, script: &str, max_duration: Duration) -> J
     JobRequest {
         gpu,
         gpu_count: count,
-        near: GeoPoint { lat: 48.8566, lon: 2.3522 },
+        near: GeoPoint {
+            lat: 48.8566,
+            lon: 2.3522,
+        },
         max_price_per_gpu_hour: Amount::from_tokens(5),
         max_duration_ms: max_duration.as_millis() as u64,
         image: DEMO_IMAGE.into(),
@@ -76,23 +93,48 @@ pub fn raw_request(
     signing: Signing,
     nonce: u64,
 ) -> reqwest::RequestBuilder {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64;
-    let expires = if signing == Signing::Expired { now_ms - 1_000 } else { now_ms + 60_000 };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    let expires = if signing == Signing::Expired {
+        now_ms - 1_000
+    } else {
+        now_ms + 60_000
+    };
     let message = request_message(chain_id, method.as_str(), path, nonce, expires, &body);
-    let signer = if signing == Signing::Forged { Wallet::from_label("forger") } else { wallet.clone() };
+    let signer = if signing == Signing::Forged {
+        Wallet::from_label("forger")
+    } else {
+        wallet.clone()
+    };
     let signature = Sig(signer.sign_message(message.as_bytes()));
-    let mut request = http.request(method, format!("{base}{path}")).body(body).header("content-type", "application/json");
+    let mut request = http
+        .request(method, format!("{base}{path}"))
+        .body(body)
+        .header("content-type", "application/json");
     if signing != Signing::None {
         request = request
             .header(HEADER_SIGNER, wallet.address().to_string())
             .header(HEADER_NONCE, nonce.to_string())
             .header(HEADER_EXPIRES, expires.to_string())
-            .header(HEADER_SIGNATURE, serde_json::to_value(signature).expect("signature serialises").as_str().expect("a string").to_string());
+            .header(
+                HEADER_SIGNATURE,
+                serde_json::to_value(signature)
+                    .expect("signature serialises")
+                    .as_str()
+                    .expect("a string")
+                    .to_string(),
+            );
     }
     request
 }
 
 /// A fresh request nonce (microseconds now, made unique by `bump`).
 pub fn nonce(bump: u64) -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_micros() as u64 + bump
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+        + bump
 }

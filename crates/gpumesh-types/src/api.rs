@@ -281,6 +281,7 @@ pub struct NetworkInfo {
     pub hosts: u32,
     pub containers: u32,
     pub blocks: u64,
+    pub transactions: u64,
 }
 
 /// A container (one GPU on one host) as listed by `GET /v1/containers`.

@@ -1,0 +1,437 @@
+//! Bad input at the API: every case gets its 4xx with a stable code and a readable
+//! message, and changes nothing.
+
+use std::time::Duration;
+
+use gpumesh_devnet::RuntimeChoice;
+use gpumesh_identity::Wallet;
+use gpumesh_tests::{Signing, devnet, job, nonce, raw_request};
+use gpumesh_types::{Amount, ApiError, ErrorCode, GpuModel, Tx, TxKind};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Everything a bad request could have changed.
+async fn digest(http: &reqwest::Client, base: &str) -> Value {
+    let info: Value = http
+        .get(format!("{base}/v1/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leases: Value = http
+        .get(format!("{base}/v1/leases"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    json!({ "hosts": info["hosts"], "containers": info["containers"], "transactions": info["transactions"], "leases": leases })
+}
+
+fn job_json(gpu: &str, count: u16, price: &str, lat: f64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "gpu": gpu, "gpu_count": count, "near": { "lat": lat, "lon": 2.35 },
+        "max_price_per_gpu_hour": price, "max_duration_ms": 60000,
+        "image": "localhost/gpumesh-demo:1", "command": ["true"],
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_stable_code_and_change_nothing() {
+    let net = devnet(2, RuntimeChoice::Process).await;
+    let base = net.api_url.clone();
+    let http = reqwest::Client::new();
+    let chain_id = net.buyer_client().info().await.unwrap().chain_id;
+    let buyer = net.buyer.clone();
+    let host = |name: &str| {
+        Wallet::load(&net.data_dir.join("keys").join(format!("host-{name}.key"))).unwrap()
+    };
+    let (frankfurt, amsterdam) = (host("frankfurt"), host("amsterdam"));
+    // A matched lease on Frankfurt, for the cases about leases.
+    let lease = net
+        .buyer_client()
+        .submit_job(&job(GpuModel::H100, 1, "true", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let id = lease.id;
+
+    let register = |price: &str, country: &str, model: &str| {
+        serde_json::to_vec(&json!({
+            "name": "x", "location": { "lat": 1.0, "lon": 2.0, "country": country },
+            "price_per_gpu_hour": price, "runtime": "process",
+            "gpus": [{ "model": model, "count": 1, "simulated": true }],
+        }))
+        .unwrap()
+    };
+    let stale_tx = buyer.sign_tx(Tx {
+        chain_id,
+        from: buyer.address(),
+        nonce: 99,
+        kind: TxKind::Transfer {
+            to: frankfurt.address(),
+            amount: Amount(1),
+        },
+    });
+    let stranger = Wallet::from_label("stranger with no money");
+    let broke_tx = stranger.sign_tx(Tx {
+        chain_id,
+        from: stranger.address(),
+        nonce: 0,
+        kind: TxKind::Transfer {
+            to: buyer.address(),
+            amount: Amount(1),
+        },
+    });
+
+    let cases: Vec<(
+        &str,
+        &Wallet,
+        Method,
+        String,
+        Vec<u8>,
+        Signing,
+        u16,
+        ErrorCode,
+    )> = vec![
+        (
+            "malformed JSON",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            b"{\"gpu\": \"H100\",".to_vec(),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidJson,
+        ),
+        (
+            "unknown GPU model",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("B300", 1, "1", 48.0),
+            Signing::Good,
+            400,
+            ErrorCode::UnknownGpuModel,
+        ),
+        (
+            "zero price",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "0", 48.0),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            "negative price",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "-1", 48.0),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            "overflowing price",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json(
+                "H100",
+                1,
+                "9999999999999999999999999999999999999999999",
+                48.0,
+            ),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            "price over the cap",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "1000000000000000000000001", 48.0),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            "latitude out of range",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "1", 91.0),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidLocation,
+        ),
+        (
+            "zero GPUs",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 0, "1", 48.0),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "oversized body",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            vec![b' '; 2 * 1024 * 1024],
+            Signing::Good,
+            413,
+            ErrorCode::BodyTooLarge,
+        ),
+        (
+            "zero host price",
+            &amsterdam,
+            Method::POST,
+            "/v1/hosts".into(),
+            register("0", "NL", "H100"),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidPrice,
+        ),
+        (
+            "bad country",
+            &amsterdam,
+            Method::POST,
+            "/v1/hosts".into(),
+            register("1", "NLD", "H100"),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidLocation,
+        ),
+        (
+            "host offers unknown model",
+            &amsterdam,
+            Method::POST,
+            "/v1/hosts".into(),
+            register("1", "NL", "Voodoo5"),
+            Signing::Good,
+            400,
+            ErrorCode::UnknownGpuModel,
+        ),
+        (
+            "unknown lease",
+            &buyer,
+            Method::GET,
+            "/v1/leases/999999".into(),
+            vec![],
+            Signing::None,
+            404,
+            ErrorCode::UnknownLease,
+        ),
+        (
+            "lease id not a number",
+            &buyer,
+            Method::GET,
+            "/v1/leases/abc".into(),
+            vec![],
+            Signing::None,
+            404,
+            ErrorCode::UnknownLease,
+        ),
+        (
+            "cancel of an unknown lease",
+            &buyer,
+            Method::POST,
+            "/v1/leases/999999/cancel".into(),
+            b"{}".to_vec(),
+            Signing::Good,
+            404,
+            ErrorCode::UnknownLease,
+        ),
+        (
+            "host reports on a lease it does not hold",
+            &amsterdam,
+            Method::POST,
+            format!("/v1/leases/{id}/started"),
+            b"{}".to_vec(),
+            Signing::Good,
+            403,
+            ErrorCode::NotYourLease,
+        ),
+        (
+            "buyer posts output",
+            &buyer,
+            Method::POST,
+            format!("/v1/leases/{id}/logs"),
+            br#"{"chunks":[{"stream":"stdout","data":"x"}]}"#.to_vec(),
+            Signing::Good,
+            403,
+            ErrorCode::NotYourLease,
+        ),
+        (
+            "stranger cancels",
+            &stranger,
+            Method::POST,
+            format!("/v1/leases/{id}/cancel"),
+            b"{}".to_vec(),
+            Signing::Good,
+            403,
+            ErrorCode::NotYourLease,
+        ),
+        (
+            "stranger reads output",
+            &stranger,
+            Method::GET,
+            format!("/v1/leases/{id}/logs"),
+            vec![],
+            Signing::Good,
+            403,
+            ErrorCode::NotYourLease,
+        ),
+        (
+            "unsigned",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "5", 48.0),
+            Signing::None,
+            401,
+            ErrorCode::MissingSignature,
+        ),
+        (
+            "forged signature",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "5", 48.0),
+            Signing::Forged,
+            401,
+            ErrorCode::BadSignature,
+        ),
+        (
+            "expired signature",
+            &buyer,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "5", 48.0),
+            Signing::Expired,
+            401,
+            ErrorCode::SignatureExpired,
+        ),
+        (
+            "wrong ledger nonce",
+            &buyer,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&stale_tx).unwrap(),
+            Signing::Good,
+            409,
+            ErrorCode::WrongNonce,
+        ),
+        (
+            "insufficient funds",
+            &stranger,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&broke_tx).unwrap(),
+            Signing::Good,
+            402,
+            ErrorCode::InsufficientFunds,
+        ),
+        (
+            "unknown route",
+            &buyer,
+            Method::GET,
+            "/v1/nothing".into(),
+            vec![],
+            Signing::None,
+            404,
+            ErrorCode::NotFound,
+        ),
+    ];
+    let _ = frankfurt;
+    for (i, (what, wallet, method, path, body, signing, status, code)) in
+        cases.into_iter().enumerate()
+    {
+        let before = digest(&http, &base).await;
+        let response = raw_request(
+            &http,
+            &base,
+            chain_id,
+            wallet,
+            method,
+            &path,
+            body,
+            signing,
+            nonce(i as u64),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let error: ApiError = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the error body is an ApiError: {e}"));
+        assert_eq!(error.code, code, "{what}: {}", error.message);
+        assert!(
+            error.message.len() > 10,
+            "{what}: a message a person can read: {:?}",
+            error.message
+        );
+        assert_eq!(
+            digest(&http, &base).await,
+            before,
+            "{what} changed something"
+        );
+    }
+
+    // The same signed request twice: the second is refused and changes nothing.
+    let body = job_json("H100", 1, "5000000000000000000", 48.0);
+    let n = nonce(1_000);
+    let first = raw_request(
+        &http,
+        &base,
+        chain_id,
+        &buyer,
+        Method::POST,
+        "/v1/jobs",
+        body.clone(),
+        Signing::Good,
+        n,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let before = digest(&http, &base).await;
+    let again = raw_request(
+        &http,
+        &base,
+        chain_id,
+        &buyer,
+        Method::POST,
+        "/v1/jobs",
+        body,
+        Signing::Good,
+        n,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(again.status().as_u16(), 401);
+    assert_eq!(
+        again.json::<ApiError>().await.unwrap().code,
+        ErrorCode::ReplayedRequest
+    );
+    assert_eq!(
+        digest(&http, &base).await,
+        before,
+        "a replay changed something"
+    );
+    let _ = net.stop().await;
+}
