@@ -295,10 +295,10 @@ impl Devnet {
         let client = Client::new(&self.api_url, None);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Ok(info) = client.info().await {
-                if info.hosts >= hosts {
-                    return Ok(());
-                }
+            if let Ok(info) = client.info().await
+                && info.hosts >= hosts
+            {
+                return Ok(());
             }
             for (name, host) in &self.hosts {
                 if host.task.is_finished() {

@@ -189,11 +189,11 @@ impl Agent {
             let mut beat = Heartbeat::default();
             if last_image_check.elapsed() > Duration::from_secs(30) {
                 last_image_check = Instant::now();
-                if let Ok(images) = self.config.runtime.images().await {
-                    if reported.as_ref() != Some(&images) {
-                        beat.images = Some(images.clone());
-                        reported = Some(images);
-                    }
+                if let Ok(images) = self.config.runtime.images().await
+                    && reported.as_ref() != Some(&images)
+                {
+                    beat.images = Some(images.clone());
+                    reported = Some(images);
                 }
             }
             match self.client.heartbeat(&beat).await {

@@ -73,10 +73,10 @@ fn is_static_elf(bytes: &[u8]) -> bool {
 pub fn find_static_busybox() -> anyhow::Result<PathBuf> {
     for path in BUSYBOX_PATHS {
         let path = Path::new(path);
-        if let Ok(bytes) = std::fs::read(path) {
-            if is_static_elf(&bytes) {
-                return Ok(path.to_path_buf());
-            }
+        if let Ok(bytes) = std::fs::read(path)
+            && is_static_elf(&bytes)
+        {
+            return Ok(path.to_path_buf());
         }
     }
     bail!(

@@ -262,18 +262,18 @@ async fn logs(
             }
             if ended || !follow {
                 cur.done = true;
-                if let Ok(lease) = cur.state.read(|c| c.lease_view(id)) {
-                    if ended {
-                        serde_json::to_writer(
-                            &mut out,
-                            &LogEvent::End {
-                                lease: Box::new(lease),
-                            },
-                        )
-                        .expect("log events serialise");
-                        out.push(b'\n');
-                        return Some((Ok(bytes::Bytes::from(out)), cur));
-                    }
+                if let Ok(lease) = cur.state.read(|c| c.lease_view(id))
+                    && ended
+                {
+                    serde_json::to_writer(
+                        &mut out,
+                        &LogEvent::End {
+                            lease: Box::new(lease),
+                        },
+                    )
+                    .expect("log events serialise");
+                    out.push(b'\n');
+                    return Some((Ok(bytes::Bytes::from(out)), cur));
                 }
                 return None;
             }
@@ -283,10 +283,10 @@ async fn logs(
             }
         }
     });
-    Ok(Response::builder()
+    Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))
-        .map_err(|e| Failure::internal(e.to_string()))?)
+        .map_err(|e| Failure::internal(e.to_string()))
 }
 
 async fn submit_tx(

@@ -58,13 +58,13 @@ impl Core {
                 snapshot.genesis.protocol
             ));
         }
-        if let Some(f) = &faucet {
-            if snapshot.genesis.faucet != Some(f.address()) {
-                return Err(format!(
-                    "the faucet key {} is not this network's faucet",
-                    f.address()
-                ));
-            }
+        if let Some(f) = &faucet
+            && snapshot.genesis.faucet != Some(f.address())
+        {
+            return Err(format!(
+                "the faucet key {} is not this network's faucet",
+                f.address()
+            ));
         }
         let (ledger, _) =
             gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)
@@ -224,12 +224,11 @@ impl Core {
         for effect in effects {
             match effect {
                 Effect::CloseEscrow { lease, reason } => {
-                    if self.ledger.escrow(lease).is_some_and(|e| !e.closed) {
-                        if let Err(e) =
+                    if self.ledger.escrow(lease).is_some_and(|e| !e.closed)
+                        && let Err(e) =
                             self.protocol_tx(TxKind::CloseEscrow { lease, reason }, now_ms, batch)
-                        {
-                            tracing::error!(%lease, error = %e, "failed to close the escrow of a lost lease");
-                        }
+                    {
+                        tracing::error!(%lease, error = %e, "failed to close the escrow of a lost lease");
                     }
                 }
             }

@@ -351,11 +351,10 @@ proptest! {
             prop_assert!(w.ledger.supply_conserved());
         }
         for lease in 0..6 {
-            if let Some(e) = w.ledger.escrow(LeaseId(lease)) {
-                if e.closed {
+            if let Some(e) = w.ledger.escrow(LeaseId(lease))
+                && e.closed {
                     prop_assert_eq!(e.host_share.0 + e.treasury_share.0 + e.refund.0, e.amount.0);
                 }
-            }
         }
         w.seal();
         let (_, report) = replay(w.ledger.genesis().clone(), w.sealed.clone(), vec![]).unwrap();

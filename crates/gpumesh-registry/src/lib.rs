@@ -508,14 +508,13 @@ impl Registry {
         lease.ended_ms = Some(now_ms);
         let (host, model, indices) = (lease.host, lease.gpu, lease.gpu_indices.clone());
         self.dirty.push(Dirty::Lease(id));
-        if held {
-            if let Some(h) = self.host_by_address(&host) {
-                if let Ok(group) = self.group_of(h, model) {
-                    // The lease held exactly these GPUs, so releasing them cannot fail.
-                    let released = self.matcher.release(group, &indices);
-                    debug_assert!(released.is_ok(), "{released:?}");
-                }
-            }
+        if held
+            && let Some(h) = self.host_by_address(&host)
+            && let Ok(group) = self.group_of(h, model)
+        {
+            // The lease held exactly these GPUs, so releasing them cannot fail.
+            let released = self.matcher.release(group, &indices);
+            debug_assert!(released.is_ok(), "{released:?}");
         }
     }
 

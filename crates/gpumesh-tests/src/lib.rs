@@ -81,53 +81,59 @@ pub enum Signing {
     Expired,
 }
 
-/// Builds a raw request to the API, signed as `signing` says, with an explicit nonce.
-pub fn raw_request(
-    http: &reqwest::Client,
-    base: &str,
-    chain_id: u64,
-    wallet: &Wallet,
-    method: reqwest::Method,
-    path: &str,
-    body: Vec<u8>,
-    signing: Signing,
-    nonce: u64,
-) -> reqwest::RequestBuilder {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64;
-    let expires = if signing == Signing::Expired {
-        now_ms - 1_000
-    } else {
-        now_ms + 60_000
-    };
-    let message = request_message(chain_id, method.as_str(), path, nonce, expires, &body);
-    let signer = if signing == Signing::Forged {
-        Wallet::from_label("forger")
-    } else {
-        wallet.clone()
-    };
-    let signature = Sig(signer.sign_message(message.as_bytes()));
-    let mut request = http
-        .request(method, format!("{base}{path}"))
-        .body(body)
-        .header("content-type", "application/json");
-    if signing != Signing::None {
-        request = request
-            .header(HEADER_SIGNER, wallet.address().to_string())
-            .header(HEADER_NONCE, nonce.to_string())
-            .header(HEADER_EXPIRES, expires.to_string())
-            .header(
-                HEADER_SIGNATURE,
-                serde_json::to_value(signature)
-                    .expect("signature serialises")
-                    .as_str()
-                    .expect("a string")
-                    .to_string(),
-            );
+/// Raw requests to one indexer, for probing the API with what a normal client never sends.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub chain_id: u64,
+}
+
+impl Probe {
+    /// A request signed by `wallet` as `signing` says, with an explicit nonce.
+    pub fn request(
+        &self,
+        wallet: &Wallet,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        signing: Signing,
+        nonce: u64,
+    ) -> reqwest::RequestBuilder {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let expires = if signing == Signing::Expired {
+            now_ms - 1_000
+        } else {
+            now_ms + 60_000
+        };
+        let message = request_message(self.chain_id, method.as_str(), path, nonce, expires, &body);
+        let signer = if signing == Signing::Forged {
+            Wallet::from_label("forger")
+        } else {
+            wallet.clone()
+        };
+        let signature = Sig(signer.sign_message(message.as_bytes()));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body)
+            .header("content-type", "application/json");
+        if signing != Signing::None {
+            let signature = serde_json::to_value(signature).expect("signature serialises");
+            request = request
+                .header(HEADER_SIGNER, wallet.address().to_string())
+                .header(HEADER_NONCE, nonce.to_string())
+                .header(HEADER_EXPIRES, expires.to_string())
+                .header(
+                    HEADER_SIGNATURE,
+                    signature.as_str().expect("a string").to_string(),
+                );
+        }
+        request
     }
-    request
 }
 
 /// A fresh request nonce (microseconds now, made unique by `bump`).

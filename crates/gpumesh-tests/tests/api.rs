@@ -5,10 +5,22 @@ use std::time::Duration;
 
 use gpumesh_devnet::RuntimeChoice;
 use gpumesh_identity::Wallet;
-use gpumesh_tests::{Signing, devnet, job, nonce, raw_request};
+use gpumesh_tests::{Probe, Signing, devnet, job, nonce};
 use gpumesh_types::{Amount, ApiError, ErrorCode, GpuModel, Tx, TxKind};
 use reqwest::Method;
 use serde_json::{Value, json};
+
+/// What was done, by whom, how, and the status and code expected.
+type Case<'a> = (
+    &'a str,
+    &'a Wallet,
+    Method,
+    String,
+    Vec<u8>,
+    Signing,
+    u16,
+    ErrorCode,
+);
 
 /// Everything a bad request could have changed.
 async fn digest(http: &reqwest::Client, base: &str) -> Value {
@@ -46,6 +58,11 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
     let base = net.api_url.clone();
     let http = reqwest::Client::new();
     let chain_id = net.buyer_client().info().await.unwrap().chain_id;
+    let probe = Probe {
+        http: http.clone(),
+        base: base.clone(),
+        chain_id,
+    };
     let buyer = net.buyer.clone();
     let host = |name: &str| {
         Wallet::load(&net.data_dir.join("keys").join(format!("host-{name}.key"))).unwrap()
@@ -87,16 +104,7 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         },
     });
 
-    let cases: Vec<(
-        &str,
-        &Wallet,
-        Method,
-        String,
-        Vec<u8>,
-        Signing,
-        u16,
-        ErrorCode,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             &buyer,
@@ -358,20 +366,11 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         cases.into_iter().enumerate()
     {
         let before = digest(&http, &base).await;
-        let response = raw_request(
-            &http,
-            &base,
-            chain_id,
-            wallet,
-            method,
-            &path,
-            body,
-            signing,
-            nonce(i as u64),
-        )
-        .send()
-        .await
-        .unwrap();
+        let response = probe
+            .request(wallet, method, &path, body, signing, nonce(i as u64))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), status, "{what}");
         let error: ApiError = response
             .json()
@@ -393,36 +392,25 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
     // The same signed request twice: the second is refused and changes nothing.
     let body = job_json("H100", 1, "5000000000000000000", 48.0);
     let n = nonce(1_000);
-    let first = raw_request(
-        &http,
-        &base,
-        chain_id,
-        &buyer,
-        Method::POST,
-        "/v1/jobs",
-        body.clone(),
-        Signing::Good,
-        n,
-    )
-    .send()
-    .await
-    .unwrap();
+    let first = probe
+        .request(
+            &buyer,
+            Method::POST,
+            "/v1/jobs",
+            body.clone(),
+            Signing::Good,
+            n,
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status().as_u16(), 201);
     let before = digest(&http, &base).await;
-    let again = raw_request(
-        &http,
-        &base,
-        chain_id,
-        &buyer,
-        Method::POST,
-        "/v1/jobs",
-        body,
-        Signing::Good,
-        n,
-    )
-    .send()
-    .await
-    .unwrap();
+    let again = probe
+        .request(&buyer, Method::POST, "/v1/jobs", body, Signing::Good, n)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status().as_u16(), 401);
     assert_eq!(
         again.json::<ApiError>().await.unwrap().code,

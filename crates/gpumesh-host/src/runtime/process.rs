@@ -128,11 +128,9 @@ impl Workload for ProcessWorkload {
                 .id()
                 .and_then(|p| i32::try_from(p).ok())
                 .filter(|p| *p > 1)
+                && let Some(group) = rustix::process::Pid::from_raw(pid)
             {
-                if let Some(group) = rustix::process::Pid::from_raw(pid) {
-                    let _ =
-                        rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-                }
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             }
             let _ = self.child.start_kill();
             Ok(())
