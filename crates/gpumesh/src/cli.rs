@@ -40,6 +40,23 @@ pub enum Command {
     /// Inspect and verify the settlement ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Benchmarks: commands that measure and print JSON.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time from a buyer's request to the workload's first output, on a one-host devnet.
+    Startup {
+        #[arg(long, value_enum, default_value = "auto")]
+        runtime: RuntimeArg,
+        /// Jobs to time, one after another (after one untimed warm-up job).
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
+        #[arg(long)]
+        docker_socket: Option<String>,
+    },
 }
 
 /// Where the indexer is and who you are.

@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => cancel(args).await,
         Command::Wallet(command) => wallet(command).await,
         Command::Ledger(command) => ledger(command).await,
+        Command::Bench(command) => crate::bench::run(command).await,
     }
 }
 
@@ -74,6 +75,14 @@ fn client(connection: &Connection, needs_key: bool) -> anyhow::Result<Client> {
     Ok(Client::new(&connection.indexer, wallet))
 }
 
+pub fn runtime_choice(arg: RuntimeArg) -> RuntimeChoice {
+    match arg {
+        RuntimeArg::Auto => RuntimeChoice::Auto,
+        RuntimeArg::Container => RuntimeChoice::Container,
+        RuntimeArg::Process => RuntimeChoice::Process,
+    }
+}
+
 async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     let config = DevnetConfig {
         data_dir: args.data.clone(),
@@ -83,11 +92,7 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.listen
         },
-        runtime: match args.runtime {
-            RuntimeArg::Auto => RuntimeChoice::Auto,
-            RuntimeArg::Container => RuntimeChoice::Container,
-            RuntimeArg::Process => RuntimeChoice::Process,
-        },
+        runtime: runtime_choice(args.runtime),
         docker_socket: args.docker_socket.clone(),
         ..DevnetConfig::default()
     };
