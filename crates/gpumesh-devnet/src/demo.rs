@@ -37,18 +37,18 @@ fn job(
     DemoJob {
         name,
         from,
-        request: JobRequest {
+        request: JobRequest::new(
             gpu,
-            gpu_count: count,
-            near: GeoPoint {
+            count,
+            GeoPoint {
                 lat: near.0,
                 lon: near.1,
             },
-            max_price_per_gpu_hour: Amount::parse_tokens(cap).expect("demo prices parse"),
-            max_duration_ms: 60_000,
-            image: DEMO_IMAGE.into(),
-            command: demo_command(),
-        },
+            Amount::parse_tokens(cap).expect("demo prices parse"),
+            60_000,
+            DEMO_IMAGE,
+            demo_command(),
+        ),
     }
 }
 
@@ -111,7 +111,7 @@ pub struct Receipt {
 pub struct Unmatched {
     pub name: String,
     pub from: String,
-    pub gpu: GpuModel,
+    pub gpu: gpumesh_types::GpuSelector,
     pub gpu_count: u16,
     pub reason: String,
 }

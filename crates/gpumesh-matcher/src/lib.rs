@@ -1,474 +1,803 @@
-//! The matching engine (DESIGN.md §5), first version.
+//! The matching engine (DESIGN.md §5; design notes in docs/matching.md).
 //!
-//! Supply is kept as *groups*: the GPUs of one model on one host, with the host's place,
-//! price and whether it is online, and a bitmask of which of the group's GPUs are free.
-//! [`Matcher::book`] finds the nearest online group with enough free GPUs of the model at
-//! or under the price cap and reserves them in the same call, so a GPU can never be booked
-//! twice. A request that cannot be met gets a [`NoMatch`] that says which constraint
-//! ran out and how close the nearest miss came.
+//! Pairs a request with the best eligible GPUs on one host, by the request's policy
+//! (lowest price, best experience, or a blend), and reserves them in the same call, so no
+//! GPU is ever booked twice. Supply is indexed by GPU model in kd-trees over positions on
+//! the sphere whose nodes carry aggregates (most free GPUs, lowest price, best tier, most
+//! memory, countries present) for branch-and-bound search; every state change updates one
+//! path of one tree. A plain scan over every group ([`Matcher::book_scan`]) answers the
+//! same questions the same way: it is the property tests' oracle and the benchmark's
+//! baseline. When nothing matches, [`Matcher::explain`] says which constraint ran out.
 //!
-//! This version scans every group; the network-scale engine replaces the scan with an
-//! index while keeping this interface. No I/O, no clock, no randomness.
+//! Pure: no I/O, no clock (time is an argument), no randomness.
 
-use gpumesh_types::{Amount, Country, GeoPoint, GpuModel};
+mod explain;
+mod geo;
+mod index;
+pub mod latency;
+mod search;
 
-/// Handle of a group inside the matcher.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+use std::collections::{BinaryHeap, HashMap};
+
+use gpumesh_types::{Amount, CATALOG, Country, GeoPoint, GpuModel};
+pub use gpumesh_types::{GpuSelector, ImagePolicy, RankPolicy};
+use serde::{Deserialize, Serialize};
+
+pub use explain::{Explanation, NearMiss, Stage};
+pub use latency::{Coord, LatencyParams};
+
+use crate::geo::Unit;
+use crate::index::Tree;
+
+/// A host inside the matcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HostId(pub u32);
+
+/// A group (GPUs of one model on one host) inside the matcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId(pub u32);
 
-/// The GPUs of one model on one host.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Group {
-    /// The caller's handle for the host (its index in the registry).
-    pub host: u32,
-    pub model: GpuModel,
-    pub point: GeoPoint,
-    pub country: Country,
-    pub price_per_gpu_hour: Amount,
-    /// The host's own indices of the GPUs in this group (at most 64).
-    pub gpu_indices: Vec<u16>,
-    pub online: bool,
-    /// Bit i set: `gpu_indices[i]` is free.
-    free: u64,
+/// A reservation: GPUs held for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReservationId {
+    slot: u32,
+    generation: u32,
 }
 
-impl Group {
-    pub fn new(
-        host: u32,
-        model: GpuModel,
-        point: GeoPoint,
-        country: Country,
-        price: Amount,
-        gpu_indices: Vec<u16>,
-    ) -> Group {
-        assert!(gpu_indices.len() <= 64, "a group holds at most 64 GPUs");
-        let free = if gpu_indices.len() == 64 {
-            u64::MAX
-        } else {
-            (1u64 << gpu_indices.len()) - 1
-        };
-        Group {
-            host,
-            model,
-            point,
-            country,
-            price_per_gpu_hour: price,
-            gpu_indices,
-            online: true,
-            free,
-        }
-    }
-
-    pub fn free_count(&self) -> u16 {
-        self.free.count_ones() as u16
-    }
+/// A node whose round-trip times can be measured: a host, or an anchor (a checker or
+/// any other point that measures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NetNode {
+    Host(HostId),
+    Anchor(u32),
 }
 
-/// What a buyer asks for.
+/// The catalog models a selector accepts, as a bitmask over `GpuModel as usize`.
+pub fn models_mask(selector: GpuSelector) -> u32 {
+    CATALOG
+        .iter()
+        .filter(|s| match selector {
+            GpuSelector::Model(m) => s.model == m,
+            GpuSelector::Class(c) => s.class == c,
+        })
+        .fold(0, |mask, s| mask | 1 << s.model as usize)
+}
+
+/// A request: an AI job (model or class, memory, count, price, tier, countries) or a
+/// gaming session (a player's place, a round-trip bound, a class, a price, the game image).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
-    pub model: GpuModel,
+    pub gpu: GpuSelector,
     pub count: u16,
+    pub min_vram_mib: u32,
     pub near: GeoPoint,
     pub max_price_per_gpu_hour: Amount,
+    /// Worst acceptable tier (1 is best); 3 accepts all.
+    pub max_tier: u8,
+    /// Only these countries, when not empty.
+    pub countries: Vec<Country>,
+    pub exclude_countries: Vec<Country>,
+    /// Round-trip bound in ms (gaming), or none.
+    pub max_rtt_ms: Option<f64>,
+    pub image: Option<String>,
+    pub image_policy: ImagePolicy,
+    pub policy: RankPolicy,
+}
+
+impl Request {
+    /// An AI job for `count` GPUs of one model, nearest first within the price cap.
+    pub fn model(model: GpuModel, count: u16, near: GeoPoint, cap: Amount) -> Request {
+        Request {
+            gpu: GpuSelector::Model(model),
+            count,
+            min_vram_mib: 0,
+            near,
+            max_price_per_gpu_hour: cap,
+            max_tier: 3,
+            countries: Vec::new(),
+            exclude_countries: Vec::new(),
+            max_rtt_ms: None,
+            image: None,
+            image_policy: ImagePolicy::Any,
+            policy: RankPolicy::Balanced,
+        }
+    }
 }
 
 /// GPUs reserved for a request.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Booking {
+    pub reservation: ReservationId,
+    pub host: HostId,
     pub group: GroupId,
-    pub host: u32,
-    pub gpu_indices: Vec<u16>,
+    /// Bit i: the host's GPU `first_index + i` is reserved.
+    pub mask: u64,
+    pub first_index: u16,
     pub distance_km: f64,
+    pub rtt_ms: f64,
     pub price_per_gpu_hour: Amount,
+    pub score: f64,
 }
 
-/// Why nothing matched: how many groups passed each constraint in turn, and the best miss.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NoMatch {
-    pub model: GpuModel,
-    pub count: u16,
-    /// Groups of the model.
-    pub of_model: u32,
-    /// ... of which online.
-    pub online: u32,
-    /// ... of which with `count` GPUs free on one host.
-    pub with_capacity: u32,
-    /// The cheapest price among those with capacity, when the price cap ruled them all out.
-    pub cheapest_price: Option<Amount>,
-    pub max_price: Amount,
-}
-
-/// "1 host offers" or "2 hosts offer".
-fn hosts(n: u32, singular_verb: &str, plural_verb: &str) -> String {
-    if n == 1 {
-        format!("1 host {singular_verb}")
-    } else {
-        format!("{n} hosts {plural_verb}")
+impl Booking {
+    /// The host's indices of the reserved GPUs.
+    pub fn gpu_indices(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..64u16)
+            .filter(|i| self.mask & (1 << i) != 0)
+            .map(|i| self.first_index + i)
     }
 }
 
-impl std::fmt::Display for NoMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (model, count) = (self.model, self.count);
-        if self.of_model == 0 {
-            return write!(f, "no host offers {model}");
-        }
-        if self.online == 0 {
-            let offer = hosts(self.of_model, "offers", "offer");
-            return write!(f, "{offer} {model}, but none is online");
-        }
-        if self.with_capacity == 0 {
-            let offer = hosts(self.online, "offers", "offer").replacen("host", "online host", 1);
-            return write!(f, "{offer} {model}, but none has {count} of them free");
-        }
-        let cheapest = self.cheapest_price.map(Amount::tokens).unwrap_or_default();
-        write!(
-            f,
-            "{} {count} × {model} free, but the cheapest asks {cheapest} per GPU-hour, over your cap of {}",
-            hosts(self.with_capacity, "has", "have"),
-            self.max_price.tokens()
-        )
-    }
-}
+/// Nothing matched; [`Matcher::explain`] says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unmatched;
 
-/// Why a reservation could not be released or changed.
+/// Why a reservation or an update was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BookingError {
+pub enum MatcherError {
+    UnknownHost(HostId),
     UnknownGroup(GroupId),
-    NotReserved { group: GroupId, gpu_index: u16 },
-    AlreadyReserved { group: GroupId, gpu_index: u16 },
+    UnknownReservation,
+    /// Some of the GPUs are not free (or not in the group).
+    NotFree(GroupId),
+    TooManyGpus,
+    TooManyCountries,
 }
 
-/// The supply side of the network, as matching sees it.
+/// What a host offers: its place, price, tier and images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSpec {
+    pub point: GeoPoint,
+    pub country: Country,
+    pub price_per_gpu_hour: Amount,
+    /// 1 (best) to 3.
+    pub tier: u8,
+    pub images: Vec<String>,
+}
+
+/// GPUs of one model on a host: `count` GPUs from host index `first_index` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub model: GpuModel,
+    pub vram_mib: u32,
+    pub first_index: u16,
+    pub count: u8,
+}
+
+/// A group as the index sees it: what filtering and ranking need, in one cache line.
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    pub unit: Unit,
+    pub price: u128,
+    pub free: u64,
+    pub host: u32,
+    pub vram_mib: u32,
+    pub leaf: u32,
+    pub first_index: u16,
+    pub gpus: u8,
+    pub model: GpuModel,
+    pub tier: u8,
+    pub country: u8,
+    pub online: bool,
+}
+
+impl Group {
+    #[inline]
+    pub fn free_count(&self) -> u8 {
+        self.free.count_ones() as u8
+    }
+
+    #[inline]
+    pub fn available(&self) -> bool {
+        self.online && self.free != 0
+    }
+
+    fn full_mask(&self) -> u64 {
+        if self.gpus >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.gpus) - 1
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Host {
+    pub point: GeoPoint,
+    pub unit: Unit,
+    pub country: u8,
+    pub tier: u8,
+    pub online: bool,
+    pub price: u128,
+    /// Interned image ids, sorted.
+    pub images: Box<[u32]>,
+    pub groups: Vec<u32>,
+    pub coord: Coord,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    group: u32,
+    mask: u64,
+    /// `u64::MAX` once committed.
+    expires_ms: u64,
+    generation: u32,
+    live: bool,
+}
+
+/// A host as a snapshot holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSnapshot {
+    pub spec: HostSpec,
+    pub online: bool,
+    pub coord: Coord,
+    /// Each group with its free mask.
+    pub groups: Vec<(GroupSpec, u64)>,
+}
+
+/// What [`Matcher::from_snapshot`] rebuilds from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub latency: LatencyParams,
+    pub hosts: Vec<HostSnapshot>,
+    /// Reservation slots: (group, mask, expiry, generation, live).
+    pub reservations: Vec<(u32, u64, u64, u32, bool)>,
+}
+
+/// Anchors: measuring points with a place and a coordinate.
 #[derive(Clone, Debug, Default)]
+struct Anchors {
+    points: Vec<(GeoPoint, [f64; 3], Coord)>,
+    /// 3° cells of latitude and longitude → anchors inside.
+    cells: HashMap<(i16, i16), Vec<u32>>,
+}
+
+/// The supply side of the network as matching sees it, and the reservations on it.
+#[derive(Clone, Debug)]
 pub struct Matcher {
+    latency: LatencyParams,
+    hosts: Vec<Host>,
     groups: Vec<Group>,
+    trees: Vec<Tree>,
+    countries: Vec<Country>,
+    country_index: HashMap<Country, u8>,
+    images: HashMap<String, u32>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    expiries: BinaryHeap<std::cmp::Reverse<(u64, u32, u32)>>,
+    anchors: Anchors,
+    scratch: search::Scratch,
+}
+
+impl Default for Matcher {
+    fn default() -> Self {
+        Matcher::new(LatencyParams::default())
+    }
 }
 
 impl Matcher {
-    pub fn new() -> Matcher {
-        Matcher::default()
+    pub fn new(latency: LatencyParams) -> Matcher {
+        Matcher {
+            latency,
+            hosts: Vec::new(),
+            groups: Vec::new(),
+            trees: CATALOG.iter().map(|_| Tree::default()).collect(),
+            countries: Vec::new(),
+            country_index: HashMap::new(),
+            images: HashMap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            expiries: BinaryHeap::new(),
+            anchors: Anchors::default(),
+            scratch: search::Scratch::default(),
+        }
     }
 
-    pub fn add(&mut self, group: Group) -> GroupId {
-        self.groups.push(group);
-        GroupId(self.groups.len() as u32 - 1)
+    pub fn latency(&self) -> &LatencyParams {
+        &self.latency
     }
 
-    pub fn group(&self, id: GroupId) -> Option<&Group> {
-        self.groups.get(id.0 as usize)
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
     }
 
-    pub fn len(&self) -> usize {
+    pub fn group_count(&self) -> usize {
         self.groups.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+    /// GPUs known, free or not.
+    pub fn gpu_count(&self) -> usize {
+        self.groups.iter().map(|g| g.gpus as usize).sum()
     }
 
-    /// Marks the given groups online or offline.
-    pub fn set_online(&mut self, ids: &[GroupId], online: bool) {
-        for id in ids {
-            if let Some(g) = self.groups.get_mut(id.0 as usize) {
-                g.online = online;
-            }
+    /// GPUs online and free.
+    pub fn free_gpu_count(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| g.online)
+            .map(|g| g.free_count() as usize)
+            .sum()
+    }
+
+    fn country_id(&mut self, country: Country) -> Result<u8, MatcherError> {
+        if let Some(&id) = self.country_index.get(&country) {
+            return Ok(id);
         }
-    }
-
-    /// Moves the given groups (their host moved).
-    pub fn set_location(&mut self, ids: &[GroupId], point: GeoPoint, country: Country) {
-        for id in ids {
-            if let Some(g) = self.groups.get_mut(id.0 as usize) {
-                g.point = point;
-                g.country = country;
-            }
+        if self.countries.len() >= 256 {
+            return Err(MatcherError::TooManyCountries);
         }
+        let id = self.countries.len() as u8;
+        self.countries.push(country);
+        self.country_index.insert(country, id);
+        Ok(id)
     }
 
-    /// Changes the price of the given groups.
-    pub fn set_price(&mut self, ids: &[GroupId], price: Amount) {
-        for id in ids {
-            if let Some(g) = self.groups.get_mut(id.0 as usize) {
-                g.price_per_gpu_hour = price;
-            }
-        }
+    fn intern_images(&mut self, images: &[String]) -> Box<[u32]> {
+        let mut ids: Vec<u32> = images
+            .iter()
+            .map(|name| {
+                let next = self.images.len() as u32;
+                *self.images.entry(name.clone()).or_insert(next)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_boxed_slice()
     }
 
-    /// Finds the nearest eligible group and reserves `count` of its free GPUs.
-    /// Ties on distance go to the lower price, then to the lower group id.
-    pub fn book(&mut self, request: &Request) -> Result<Booking, NoMatch> {
-        let mut miss = NoMatch {
-            model: request.model,
-            count: request.count,
-            of_model: 0,
-            online: 0,
-            with_capacity: 0,
-            cheapest_price: None,
-            max_price: request.max_price_per_gpu_hour,
-        };
-        let mut best: Option<(f64, Amount, usize)> = None;
-        for (i, g) in self.groups.iter().enumerate() {
-            if g.model != request.model {
-                continue;
-            }
-            miss.of_model += 1;
-            if !g.online {
-                continue;
-            }
-            miss.online += 1;
-            if g.free_count() < request.count {
-                continue;
-            }
-            miss.with_capacity += 1;
-            if g.price_per_gpu_hour > request.max_price_per_gpu_hour {
-                miss.cheapest_price = Some(
-                    miss.cheapest_price
-                        .map_or(g.price_per_gpu_hour, |p| p.min(g.price_per_gpu_hour)),
-                );
-                continue;
-            }
-            let d = request.near.distance_km(&g.point);
-            let better = match best {
-                None => true,
-                Some((bd, bp, _)) => d < bd || (d == bd && g.price_per_gpu_hour < bp),
-            };
-            if better {
-                best = Some((d, g.price_per_gpu_hour, i));
-            }
-        }
-        let Some((distance_km, price, i)) = best else {
-            return Err(miss);
-        };
-        let g = &mut self.groups[i];
-        let mut taken = Vec::with_capacity(request.count as usize);
-        for _ in 0..request.count {
-            let bit = g.free.trailing_zeros();
-            g.free &= !(1u64 << bit);
-            taken.push(g.gpu_indices[bit as usize]);
-        }
-        Ok(Booking {
-            group: GroupId(i as u32),
-            host: g.host,
-            gpu_indices: taken,
-            distance_km,
-            price_per_gpu_hour: price,
-        })
-    }
-
-    /// Marks the given GPUs of a group as reserved (used when restoring from a store).
-    pub fn reserve_exact(&mut self, id: GroupId, gpu_indices: &[u16]) -> Result<(), BookingError> {
-        self.change(id, gpu_indices, true)
-    }
-
-    /// Frees GPUs a booking took.
-    pub fn release(&mut self, id: GroupId, gpu_indices: &[u16]) -> Result<(), BookingError> {
-        self.change(id, gpu_indices, false)
-    }
-
-    fn change(
+    /// Adds a host and its GPU groups; they are online and free.
+    pub fn add_host(
         &mut self,
-        id: GroupId,
-        gpu_indices: &[u16],
-        reserve: bool,
-    ) -> Result<(), BookingError> {
-        let g = self
-            .groups
-            .get_mut(id.0 as usize)
-            .ok_or(BookingError::UnknownGroup(id))?;
-        let mut mask = 0u64;
-        for &gpu_index in gpu_indices {
-            let bit = g.gpu_indices.iter().position(|&x| x == gpu_index).ok_or(
-                BookingError::NotReserved {
-                    group: id,
-                    gpu_index,
-                },
-            )?;
-            let is_free = g.free & (1 << bit) != 0;
-            if reserve && !is_free {
-                return Err(BookingError::AlreadyReserved {
-                    group: id,
-                    gpu_index,
-                });
-            }
-            if !reserve && is_free {
-                return Err(BookingError::NotReserved {
-                    group: id,
-                    gpu_index,
-                });
-            }
-            mask |= 1 << bit;
+        spec: &HostSpec,
+        groups: &[GroupSpec],
+    ) -> Result<(HostId, Vec<GroupId>), MatcherError> {
+        if groups.iter().any(|g| g.count == 0 || g.count > 64) {
+            return Err(MatcherError::TooManyGpus);
         }
-        if reserve {
-            g.free &= !mask;
-        } else {
-            g.free |= mask;
+        let country = self.country_id(spec.country)?;
+        let images = self.intern_images(&spec.images);
+        let host_id = self.hosts.len() as u32;
+        let unit = geo::unit(spec.point);
+        let mut ids = Vec::with_capacity(groups.len());
+        for g in groups {
+            let id = self.groups.len() as u32;
+            self.groups.push(Group {
+                unit,
+                price: spec.price_per_gpu_hour.0,
+                free: if g.count >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << g.count) - 1
+                },
+                host: host_id,
+                vram_mib: g.vram_mib,
+                leaf: u32::MAX,
+                first_index: g.first_index,
+                gpus: g.count,
+                model: g.model,
+                tier: spec.tier.clamp(1, 3),
+                country,
+                online: true,
+            });
+            ids.push(id);
+        }
+        self.hosts.push(Host {
+            point: spec.point,
+            unit,
+            country,
+            tier: spec.tier.clamp(1, 3),
+            online: true,
+            price: spec.price_per_gpu_hour.0,
+            images,
+            groups: ids.clone(),
+            coord: Coord::default(),
+        });
+        for &id in &ids {
+            let model = self.groups[id as usize].model as usize;
+            self.trees[model].insert(&mut self.groups, id);
+        }
+        Ok((HostId(host_id), ids.into_iter().map(GroupId).collect()))
+    }
+
+    fn host_mut(&mut self, host: HostId) -> Result<&mut Host, MatcherError> {
+        self.hosts
+            .get_mut(host.0 as usize)
+            .ok_or(MatcherError::UnknownHost(host))
+    }
+
+    /// Applies `f` to every group of the host, then refreshes their index paths.
+    fn update_groups(&mut self, host: HostId, f: impl Fn(&mut Group)) -> Result<(), MatcherError> {
+        let groups = std::mem::take(&mut self.host_mut(host)?.groups);
+        for &g in &groups {
+            f(&mut self.groups[g as usize]);
+            let model = self.groups[g as usize].model as usize;
+            self.trees[model].refresh(&self.groups, g);
+        }
+        self.hosts[host.0 as usize].groups = groups;
+        Ok(())
+    }
+
+    /// A host went offline or came back.
+    pub fn set_online(&mut self, host: HostId, online: bool) -> Result<(), MatcherError> {
+        self.host_mut(host)?.online = online;
+        self.update_groups(host, |g| g.online = online)
+    }
+
+    pub fn set_price(&mut self, host: HostId, price: Amount) -> Result<(), MatcherError> {
+        self.host_mut(host)?.price = price.0;
+        self.update_groups(host, |g| g.price = price.0)
+    }
+
+    pub fn set_tier(&mut self, host: HostId, tier: u8) -> Result<(), MatcherError> {
+        let tier = tier.clamp(1, 3);
+        self.host_mut(host)?.tier = tier;
+        self.update_groups(host, |g| g.tier = tier)
+    }
+
+    pub fn set_images(&mut self, host: HostId, images: &[String]) -> Result<(), MatcherError> {
+        let ids = self.intern_images(images);
+        self.host_mut(host)?.images = ids;
+        Ok(())
+    }
+
+    /// Moves a host (it re-registered from elsewhere).
+    pub fn set_location(
+        &mut self,
+        host: HostId,
+        point: GeoPoint,
+        country: Country,
+    ) -> Result<(), MatcherError> {
+        let country = self.country_id(country)?;
+        let unit = geo::unit(point);
+        let h = self.host_mut(host)?;
+        h.point = point;
+        h.unit = unit;
+        h.country = country;
+        let groups = h.groups.clone();
+        for g in groups {
+            let model = self.groups[g as usize].model as usize;
+            self.trees[model].remove(&mut self.groups, g);
+            let group = &mut self.groups[g as usize];
+            group.unit = unit;
+            group.country = country;
+            self.trees[model].insert(&mut self.groups, g);
         }
         Ok(())
     }
+
+    // ---- reservations ----
+
+    fn new_slot(&mut self, group: u32, mask: u64, expires_ms: u64) -> ReservationId {
+        let slot = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    group: 0,
+                    mask: 0,
+                    expires_ms: 0,
+                    generation: 0,
+                    live: false,
+                });
+                self.slots.len() as u32 - 1
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        s.generation = s.generation.wrapping_add(1);
+        *s = Slot {
+            group,
+            mask,
+            expires_ms,
+            generation: s.generation,
+            live: true,
+        };
+        if expires_ms != u64::MAX {
+            self.expiries
+                .push(std::cmp::Reverse((expires_ms, slot, s.generation)));
+        }
+        ReservationId {
+            slot,
+            generation: s.generation,
+        }
+    }
+
+    fn slot(&self, id: ReservationId) -> Result<&Slot, MatcherError> {
+        self.slots
+            .get(id.slot as usize)
+            .filter(|s| s.live && s.generation == id.generation)
+            .ok_or(MatcherError::UnknownReservation)
+    }
+
+    fn take_gpus(&mut self, group: u32, mask: u64) {
+        let g = &mut self.groups[group as usize];
+        g.free &= !mask;
+        let model = g.model as usize;
+        self.trees[model].refresh(&self.groups, group);
+    }
+
+    /// Reserves exactly these GPUs (restoring from a store). `expires_ms` of `None` holds
+    /// them until released.
+    pub fn reserve_exact(
+        &mut self,
+        group: GroupId,
+        mask: u64,
+        expires_ms: Option<u64>,
+    ) -> Result<ReservationId, MatcherError> {
+        let g = self
+            .groups
+            .get(group.0 as usize)
+            .ok_or(MatcherError::UnknownGroup(group))?;
+        if mask == 0 || mask & !g.full_mask() != 0 || g.free & mask != mask {
+            return Err(MatcherError::NotFree(group));
+        }
+        self.take_gpus(group.0, mask);
+        Ok(self.new_slot(group.0, mask, expires_ms.unwrap_or(u64::MAX)))
+    }
+
+    /// The reservation is no longer at risk of expiring (its lease started).
+    pub fn commit(&mut self, id: ReservationId) -> Result<(), MatcherError> {
+        self.slot(id)?;
+        self.slots[id.slot as usize].expires_ms = u64::MAX;
+        Ok(())
+    }
+
+    /// Frees the reservation's GPUs.
+    pub fn release(&mut self, id: ReservationId) -> Result<(), MatcherError> {
+        let slot = *self.slot(id)?;
+        self.slots[id.slot as usize].live = false;
+        self.free_slots.push(id.slot);
+        let g = &mut self.groups[slot.group as usize];
+        g.free |= slot.mask;
+        let model = g.model as usize;
+        self.trees[model].refresh(&self.groups, slot.group);
+        Ok(())
+    }
+
+    /// Frees reservations whose time-to-live passed and returns them.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<ReservationId> {
+        let mut expired = Vec::new();
+        while let Some(std::cmp::Reverse((at, slot, generation))) = self.expiries.peek().copied() {
+            if at > now_ms {
+                break;
+            }
+            self.expiries.pop();
+            let id = ReservationId { slot, generation };
+            if self.slot(id).is_ok_and(|s| s.expires_ms == at) && self.release(id).is_ok() {
+                expired.push(id);
+            }
+        }
+        expired
+    }
+
+    /// The GPUs a reservation holds, as (group, mask).
+    pub fn reservation(&self, id: ReservationId) -> Option<(GroupId, u64)> {
+        self.slot(id).ok().map(|s| (GroupId(s.group), s.mask))
+    }
+
+    // ---- network coordinates ----
+
+    /// Adds a measuring point (a checker, say) at `point`.
+    pub fn add_anchor(&mut self, point: GeoPoint) -> u32 {
+        let id = self.anchors.points.len() as u32;
+        self.anchors
+            .points
+            .push((point, geo::unit64(point), Coord::default()));
+        self.anchors
+            .cells
+            .entry(anchor_cell(point))
+            .or_default()
+            .push(id);
+        id
+    }
+
+    fn coord(&self, node: NetNode) -> Option<Coord> {
+        match node {
+            NetNode::Host(h) => self.hosts.get(h.0 as usize).map(|h| h.coord),
+            NetNode::Anchor(a) => self.anchors.points.get(a as usize).map(|a| a.2),
+        }
+    }
+
+    fn coord_mut(&mut self, node: NetNode) -> Option<&mut Coord> {
+        match node {
+            NetNode::Host(h) => self.hosts.get_mut(h.0 as usize).map(|h| &mut h.coord),
+            NetNode::Anchor(a) => self.anchors.points.get_mut(a as usize).map(|a| &mut a.2),
+        }
+    }
+
+    /// A measured round trip between two nodes: both coordinates move (Vivaldi).
+    pub fn observe(&mut self, a: NetNode, b: NetNode, rtt_ms: f64) -> bool {
+        let (Some(ca), Some(cb)) = (self.coord(a), self.coord(b)) else {
+            return false;
+        };
+        let tiebreak = |n: NetNode| match n {
+            NetNode::Host(h) => h.0 as u64 * 2,
+            NetNode::Anchor(x) => x as u64 * 2 + 1,
+        };
+        if let Some(c) = self.coord_mut(a) {
+            c.observe(&cb, rtt_ms as f32, tiebreak(b));
+        }
+        if let Some(c) = self.coord_mut(b) {
+            c.observe(&ca, rtt_ms as f32, tiebreak(a));
+        }
+        true
+    }
+
+    /// The anchor a request at `point` is measured from: the nearest within the radius.
+    fn anchor_for(&self, point: GeoPoint, q: &[f64; 3]) -> Option<u32> {
+        if self.anchors.points.is_empty() {
+            return None;
+        }
+        let (ci, cj) = anchor_cell(point);
+        let mut best: Option<(f64, u32)> = None;
+        for di in -1..=1 {
+            for dj in -1..=1 {
+                let Some(ids) = self.anchors.cells.get(&(ci + di, wrap_lon_cell(cj + dj))) else {
+                    continue;
+                };
+                for &id in ids {
+                    let (_, u, c) = &self.anchors.points[id as usize];
+                    if c.error > self.latency.max_coordinate_error {
+                        continue;
+                    }
+                    let d = geo::chord_km(geo::chord(q, &[u[0] as f32, u[1] as f32, u[2] as f32]));
+                    if d <= self.latency.anchor_radius_km
+                        && best.is_none_or(|(bd, bid)| (d, id) < (bd, bid))
+                    {
+                        best = Some((d, id));
+                    }
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Everything needed to rebuild the matcher: hosts, groups with their free GPUs, and
+    /// the reservations.
+    pub fn snapshot(&self) -> Snapshot {
+        let image_names: HashMap<u32, &String> = self.images.iter().map(|(k, v)| (*v, k)).collect();
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|h| HostSnapshot {
+                spec: HostSpec {
+                    point: h.point,
+                    country: self.countries[h.country as usize],
+                    price_per_gpu_hour: Amount(h.price),
+                    tier: h.tier,
+                    images: h
+                        .images
+                        .iter()
+                        .filter_map(|i| image_names.get(i).map(|s| (*s).clone()))
+                        .collect(),
+                },
+                online: h.online,
+                coord: h.coord,
+                groups: h
+                    .groups
+                    .iter()
+                    .map(|&g| {
+                        let g = &self.groups[g as usize];
+                        (
+                            GroupSpec {
+                                model: g.model,
+                                vram_mib: g.vram_mib,
+                                first_index: g.first_index,
+                                count: g.gpus,
+                            },
+                            g.free,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let reservations = self
+            .slots
+            .iter()
+            .map(|s| (s.group, s.mask, s.expires_ms, s.generation, s.live))
+            .collect();
+        Snapshot {
+            latency: self.latency,
+            hosts,
+            reservations,
+        }
+    }
+
+    /// Rebuilds a matcher from a snapshot, building each model's tree in bulk.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Result<Matcher, MatcherError> {
+        let mut m = Matcher::new(snapshot.latency);
+        m.hosts.reserve(snapshot.hosts.len());
+        for h in &snapshot.hosts {
+            let country = m.country_id(h.spec.country)?;
+            let images = m.intern_images(&h.spec.images);
+            let host = m.hosts.len() as u32;
+            let unit = geo::unit(h.spec.point);
+            let tier = h.spec.tier.clamp(1, 3);
+            let mut ids = Vec::with_capacity(h.groups.len());
+            for (g, free) in &h.groups {
+                ids.push(m.groups.len() as u32);
+                m.groups.push(Group {
+                    unit,
+                    price: h.spec.price_per_gpu_hour.0,
+                    free: *free,
+                    host,
+                    vram_mib: g.vram_mib,
+                    leaf: u32::MAX,
+                    first_index: g.first_index,
+                    gpus: g.count,
+                    model: g.model,
+                    tier,
+                    country,
+                    online: h.online,
+                });
+            }
+            m.hosts.push(Host {
+                point: h.spec.point,
+                unit,
+                country,
+                tier,
+                online: h.online,
+                price: h.spec.price_per_gpu_hour.0,
+                images,
+                groups: ids,
+                coord: h.coord,
+            });
+        }
+        let mut by_model: Vec<Vec<u32>> = vec![Vec::new(); CATALOG.len()];
+        for (i, g) in m.groups.iter().enumerate() {
+            by_model[g.model as usize].push(i as u32);
+        }
+        for (model, ids) in by_model.into_iter().enumerate() {
+            m.trees[model] = Tree::build(&mut m.groups, ids);
+        }
+        for (slot, &(group, mask, expires_ms, generation, live)) in
+            snapshot.reservations.iter().enumerate()
+        {
+            m.slots.push(Slot {
+                group,
+                mask,
+                expires_ms,
+                generation,
+                live,
+            });
+            if !live {
+                m.free_slots.push(slot as u32);
+            } else if expires_ms != u64::MAX {
+                m.expiries
+                    .push(std::cmp::Reverse((expires_ms, slot as u32, generation)));
+            }
+        }
+        Ok(m)
+    }
+
+    /// Bytes this matcher holds on the heap (capacity-based), for memory budgets.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let hosts = self.hosts.capacity() * size_of::<Host>()
+            + self
+                .hosts
+                .iter()
+                .map(|h| h.images.len() * 4 + h.groups.capacity() * 4)
+                .sum::<usize>();
+        let groups = self.groups.capacity() * size_of::<Group>();
+        let trees: usize = self.trees.iter().map(Tree::heap_bytes).sum();
+        let slots = self.slots.capacity() * size_of::<Slot>() + self.free_slots.capacity() * 4;
+        let expiries = self.expiries.capacity() * size_of::<(u64, u32, u32)>();
+        let images = self.images.capacity() * (size_of::<(String, u32)>() + 32);
+        let anchors = self.anchors.points.capacity() * size_of::<(GeoPoint, [f64; 3], Coord)>();
+        hosts + groups + trees + slots + expiries + images + anchors + self.scratch.heap_bytes()
+    }
+}
+
+fn anchor_cell(point: GeoPoint) -> (i16, i16) {
+    (
+        (point.lat / 3.0).floor() as i16,
+        wrap_lon_cell((point.lon / 3.0).floor() as i16),
+    )
+}
+
+/// Longitude cells run from -60 to 59; step across the antimeridian.
+fn wrap_lon_cell(j: i16) -> i16 {
+    (j + 60).rem_euclid(120) - 60
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use expect_test::{Expect, expect};
-
-    fn tokens(t: &str) -> Amount {
-        Amount::parse_tokens(t).unwrap()
-    }
-
-    /// A small world: (name, model, GPUs, lat, lon, price).
-    fn world(rows: &[(&str, GpuModel, u16, f64, f64, &str)]) -> (Matcher, Vec<String>) {
-        let mut m = Matcher::new();
-        let mut names = Vec::new();
-        for (i, (name, model, n, lat, lon, price)) in rows.iter().enumerate() {
-            let country = "ZZ".parse().unwrap();
-            m.add(Group::new(
-                i as u32,
-                *model,
-                GeoPoint::new(*lat, *lon).unwrap(),
-                country,
-                tokens(price),
-                (0..*n).collect(),
-            ));
-            names.push(name.to_string());
-        }
-        (m, names)
-    }
-
-    fn check(
-        m: &mut Matcher,
-        names: &[String],
-        model: GpuModel,
-        count: u16,
-        near: (f64, f64),
-        cap: &str,
-        expected: Expect,
-    ) {
-        let request = Request {
-            model,
-            count,
-            near: GeoPoint::new(near.0, near.1).unwrap(),
-            max_price_per_gpu_hour: tokens(cap),
-        };
-        let got = match m.book(&request) {
-            Ok(b) => format!(
-                "{} gpus {:?} at {:.0} km for {}",
-                names[b.host as usize],
-                b.gpu_indices,
-                b.distance_km,
-                b.price_per_gpu_hour.tokens()
-            ),
-            Err(miss) => format!("no match: {miss}"),
-        };
-        expected.assert_eq(&got);
-    }
-
-    #[test]
-    fn picks_the_nearest_affordable_host_and_explains_misses() {
-        use GpuModel::*;
-        let (mut m, names) = world(&[
-            ("frankfurt", H100, 8, 50.11, 8.68, "2.50"),
-            ("virginia", H100, 8, 39.04, -77.49, "2.00"),
-            ("singapore", Rtx4090, 2, 1.35, 103.82, "0.60"),
-            ("mumbai", Rtx4090, 1, 19.08, 72.88, "0.90"),
-        ]);
-        let paris = (48.86, 2.35);
-        let mumbai = (19.08, 72.88);
-        check(
-            &mut m,
-            &names,
-            H100,
-            2,
-            paris,
-            "3",
-            expect!["frankfurt gpus [0, 1] at 478 km for 2.5"],
-        );
-        check(
-            &mut m,
-            &names,
-            H100,
-            2,
-            paris,
-            "2.2",
-            expect!["virginia gpus [0, 1] at 6186 km for 2"],
-        );
-        check(
-            &mut m,
-            &names,
-            Rtx4090,
-            1,
-            mumbai,
-            "1",
-            expect!["mumbai gpus [0] at 0 km for 0.9"],
-        );
-        check(
-            &mut m,
-            &names,
-            Rtx4090,
-            1,
-            mumbai,
-            "1",
-            expect!["singapore gpus [0] at 3904 km for 0.6"],
-        );
-        check(
-            &mut m,
-            &names,
-            Rtx4090,
-            2,
-            mumbai,
-            "1",
-            expect!["no match: 2 online hosts offer RTX4090, but none has 2 of them free"],
-        );
-        check(
-            &mut m,
-            &names,
-            H100,
-            6,
-            paris,
-            "1",
-            expect![
-                "no match: 2 hosts have 6 × H100 free, but the cheapest asks 2 per GPU-hour, over your cap of 1"
-            ],
-        );
-        check(
-            &mut m,
-            &names,
-            L40S,
-            1,
-            paris,
-            "9",
-            expect!["no match: no host offers L40S"],
-        );
-        m.set_online(&[GroupId(0), GroupId(1)], false);
-        check(
-            &mut m,
-            &names,
-            H100,
-            1,
-            paris,
-            "9",
-            expect!["no match: 2 hosts offer H100, but none is online"],
-        );
-    }
-
-    #[test]
-    fn release_frees_exactly_what_was_booked() {
-        let (mut m, _) = world(&[("a", GpuModel::A10, 3, 0.0, 0.0, "1")]);
-        let request = Request {
-            model: GpuModel::A10,
-            count: 2,
-            near: GeoPoint::new(0.0, 0.0).unwrap(),
-            max_price_per_gpu_hour: tokens("1"),
-        };
-        let b = m.book(&request).unwrap();
-        assert!(m.book(&request).is_err(), "only one GPU left");
-        assert_eq!(m.release(b.group, &[b.gpu_indices[0]]), Ok(()));
-        assert!(
-            m.release(b.group, &[b.gpu_indices[0]]).is_err(),
-            "double release"
-        );
-        assert_eq!(m.book(&request).unwrap().gpu_indices.len(), 2);
-    }
-}
+mod tests;

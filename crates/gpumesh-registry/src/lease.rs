@@ -18,6 +18,8 @@ pub struct LeaseRecord {
     pub gpu_indices: Vec<u16>,
     pub near: GeoPoint,
     pub distance_km: f64,
+    #[serde(default)]
+    pub rtt_ms: f64,
     pub image: String,
     pub command: Vec<String>,
     pub price_per_gpu_hour: Amount,
@@ -79,7 +81,7 @@ impl Registry {
                 role: "buyer",
             });
         }
-        if record.state != LeaseState::Matched || now_ms > record.matched_until_ms {
+        if record.state != LeaseState::Matched || now_ms >= record.matched_until_ms {
             let state = record.state;
             return Err(RegistryError::InvalidState {
                 lease: *lease,
@@ -124,6 +126,11 @@ impl Registry {
         lease.state = LeaseState::Starting;
         lease.funded = true;
         self.dirty.push(Dirty::Lease(id));
+        // Funded: the GPUs stay reserved until the lease ends, not until the match's TTL.
+        if let Some(&reservation) = self.reservations.get(&id) {
+            let committed = self.matcher.commit(reservation);
+            debug_assert!(committed.is_ok(), "{committed:?}");
+        }
         Ok(())
     }
 
@@ -244,6 +251,7 @@ impl Registry {
             host_name: host.name.clone(),
             host_location: host.location,
             distance_km: l.distance_km,
+            rtt_ms: l.rtt_ms,
             gpu: l.gpu,
             gpu_count: l.gpu_count,
             simulated: host.simulated(),

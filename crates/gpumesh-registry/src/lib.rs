@@ -14,7 +14,7 @@ mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 
-use gpumesh_matcher::{Group, GroupId, Matcher, NoMatch, Request};
+use gpumesh_matcher::{GroupId, GroupSpec, HostSpec, Matcher, Request, ReservationId};
 use gpumesh_types::{
     Address, Amount, Assignment, ContainerState, ContainerView, ErrorCode, GpuModel, Heartbeat,
     HostRegistered, HostWork, LeaseId, LeaseState, Location, RegisterHost, RuntimeKind,
@@ -88,6 +88,13 @@ pub struct HostRecord {
     /// Index i is the host's GPU i, a container of the network.
     pub gpus: Vec<GpuRecord>,
     pub registered_ms: u64,
+    /// Service tier from checkers' quality scores: 1 (best) to 3. New hosts start at 2.
+    #[serde(default = "default_tier")]
+    pub tier: u8,
+}
+
+fn default_tier() -> u8 {
+    2
 }
 
 impl HostRecord {
@@ -99,7 +106,8 @@ impl HostRecord {
 #[derive(Clone, Debug)]
 struct Host {
     record: HostRecord,
-    groups: Vec<GroupId>,
+    /// The matcher's groups of this host: (group, first GPU index, GPU count).
+    groups: Vec<(GroupId, u16, u16)>,
     last_heartbeat_ms: u64,
     online: bool,
 }
@@ -138,8 +146,9 @@ pub enum RegistryError {
         state: LeaseState,
         action: &'static str,
     },
+    /// Nothing matched; the explanation says which constraint ran out.
     #[error("{0}")]
-    NoMatch(NoMatch),
+    NoMatch(String),
 }
 
 impl RegistryError {
@@ -170,6 +179,9 @@ pub struct Registry {
     by_address: HashMap<Address, u32>,
     matcher: Matcher,
     leases: BTreeMap<LeaseId, LeaseRecord>,
+    /// The matcher's reservation of each lease that holds GPUs, and back.
+    reservations: HashMap<LeaseId, ReservationId>,
+    reserved_for: HashMap<ReservationId, LeaseId>,
     next_lease: u64,
     dirty: Vec<Dirty>,
 }
@@ -180,8 +192,10 @@ impl Registry {
             params,
             hosts: Vec::new(),
             by_address: HashMap::new(),
-            matcher: Matcher::new(),
+            matcher: Matcher::default(),
             leases: BTreeMap::new(),
+            reservations: HashMap::new(),
+            reserved_for: HashMap::new(),
             next_lease: 1,
             dirty: Vec::new(),
         }
@@ -207,11 +221,15 @@ impl Registry {
                         lease.id, lease.host
                     )
                 })?;
-                let group = registry.group_of(host, lease.gpu)?;
-                registry
+                let (group, mask) = registry.group_of(host, &lease.gpu_indices)?;
+                let expires =
+                    (lease.state == LeaseState::Matched).then_some(lease.matched_until_ms);
+                let reservation = registry
                     .matcher
-                    .reserve_exact(group, &lease.gpu_indices)
+                    .reserve_exact(group, mask, expires)
                     .map_err(|e| format!("lease {} cannot hold its GPUs: {e:?}", lease.id))?;
+                registry.reservations.insert(lease.id, reservation);
+                registry.reserved_for.insert(reservation, lease.id);
             }
             registry.next_lease = registry.next_lease.max(lease.id.0 + 1);
             registry.leases.insert(lease.id, lease);
@@ -261,38 +279,65 @@ impl Registry {
         self.by_address.get(address).copied()
     }
 
-    fn group_of(&self, host: u32, model: GpuModel) -> Result<GroupId, String> {
-        self.hosts[host as usize]
+    /// The matcher group holding these GPUs of a host, and their mask in it.
+    fn group_of(&self, host: u32, indices: &[u16]) -> Result<(GroupId, u64), String> {
+        let h = &self.hosts[host as usize];
+        let first = *indices.first().ok_or("a lease holds no GPUs")?;
+        let &(group, start, count) = h
             .groups
             .iter()
-            .copied()
-            .find(|g| self.matcher.group(*g).is_some_and(|g| g.model == model))
-            .ok_or_else(|| {
-                format!(
-                    "host {} has no {model}",
-                    self.hosts[host as usize].record.address
-                )
-            })
+            .find(|(_, start, count)| (*start..start + count).contains(&first))
+            .ok_or_else(|| format!("host {} has no GPU {first}", h.record.address))?;
+        let mut mask = 0u64;
+        for &i in indices {
+            if !(start..start + count).contains(&i) {
+                return Err(format!(
+                    "GPUs {indices:?} of host {} span several groups",
+                    h.record.address
+                ));
+            }
+            mask |= 1 << (i - start);
+        }
+        Ok((group, mask))
     }
 
     fn insert_host(&mut self, record: HostRecord, now_ms: u64) {
         let index = self.hosts.len() as u32;
-        let mut by_model: BTreeMap<GpuModel, Vec<u16>> = BTreeMap::new();
+        // Runs of GPUs of one model and memory size are the matcher's groups.
+        let mut specs: Vec<GroupSpec> = Vec::new();
         for (i, gpu) in record.gpus.iter().enumerate() {
-            by_model.entry(gpu.model).or_default().push(i as u16);
+            match specs.last_mut() {
+                Some(g) if g.model == gpu.model && g.vram_mib == gpu.vram_mib && g.count < 64 => {
+                    g.count += 1
+                }
+                _ => specs.push(GroupSpec {
+                    model: gpu.model,
+                    vram_mib: gpu.vram_mib,
+                    first_index: i as u16,
+                    count: 1,
+                }),
+            }
         }
-        let groups = by_model
+        let spec = HostSpec {
+            point: record.location.point,
+            country: record.location.country,
+            price_per_gpu_hour: record.price_per_gpu_hour,
+            tier: record.tier,
+            images: record.images.clone(),
+        };
+        // Validation caps GPUs per model at 64 and countries are ISO codes, so this holds.
+        let (matcher_host, ids) = self
+            .matcher
+            .add_host(&spec, &specs)
+            .expect("validated hosts fit the matcher");
+        debug_assert_eq!(
+            matcher_host.0, index,
+            "registry and matcher number hosts alike"
+        );
+        let groups = ids
             .into_iter()
-            .map(|(model, indices)| {
-                self.matcher.add(Group::new(
-                    index,
-                    model,
-                    record.location.point,
-                    record.location.country,
-                    record.price_per_gpu_hour,
-                    indices,
-                ))
-            })
+            .zip(&specs)
+            .map(|(id, g)| (id, g.first_index, g.count as u16))
             .collect();
         self.by_address.insert(record.address, index);
         self.hosts.push(Host {
@@ -323,6 +368,7 @@ impl Registry {
             images: request.images,
             gpus,
             registered_ms: now_ms,
+            tier: default_tier(),
         };
         match self.host_by_address(&address) {
             None => self.insert_host(record, now_ms),
@@ -336,15 +382,23 @@ impl Registry {
                         ),
                     ));
                 }
-                let groups = host.groups.clone();
+                let mh = gpumesh_matcher::HostId(index);
+                let known = "registered hosts are in the matcher";
+                if host.record.location != record.location {
+                    self.matcher
+                        .set_location(mh, record.location.point, record.location.country)
+                        .expect(known);
+                }
                 self.matcher
-                    .set_location(&groups, record.location.point, record.location.country);
-                self.matcher.set_price(&groups, record.price_per_gpu_hour);
-                self.matcher.set_online(&groups, true);
+                    .set_price(mh, record.price_per_gpu_hour)
+                    .expect(known);
+                self.matcher.set_images(mh, &record.images).expect(known);
+                self.matcher.set_online(mh, true).expect(known);
                 let host = &mut self.hosts[index as usize];
-                let registered_ms = host.record.registered_ms;
+                let (registered_ms, tier) = (host.record.registered_ms, host.record.tier);
                 host.record = HostRecord {
                     registered_ms,
+                    tier,
                     ..record
                 };
                 host.last_heartbeat_ms = now_ms;
@@ -373,16 +427,18 @@ impl Registry {
         if let Some(images) = &beat.images {
             validate::images(images)?;
         }
+        let mh = gpumesh_matcher::HostId(index);
+        let known = "registered hosts are in the matcher";
         let host = &mut self.hosts[index as usize];
         host.last_heartbeat_ms = host.last_heartbeat_ms.max(now_ms);
         if let Some(images) = beat.images {
+            self.matcher.set_images(mh, &images).expect(known);
             host.record.images = images;
             self.dirty.push(Dirty::Host(address));
         }
         if !host.online {
             host.online = true;
-            let groups = host.groups.clone();
-            self.matcher.set_online(&groups, true);
+            self.matcher.set_online(mh, true).expect(known);
         }
         Ok(())
     }
@@ -454,12 +510,21 @@ impl Registry {
         let mut effects = Vec::new();
         let offline_after = self.params.offline_after_ms();
         let mut lost = Vec::new();
-        for host in &mut self.hosts {
+        for (i, host) in self.hosts.iter_mut().enumerate() {
             if host.online && now_ms.saturating_sub(host.last_heartbeat_ms) > offline_after {
                 host.online = false;
                 lost.push(host.record.address);
-                let groups = host.groups.clone();
-                self.matcher.set_online(&groups, false);
+                let _ = self
+                    .matcher
+                    .set_online(gpumesh_matcher::HostId(i as u32), false);
+            }
+        }
+        // Matches whose escrow did not come in time: the matcher already freed their GPUs.
+        for reservation in self.matcher.expire(now_ms) {
+            if let Some(id) = self.reserved_for.remove(&reservation) {
+                self.reservations.remove(&id);
+                let why = "escrow was not funded before the match expired";
+                self.end_lease(id, LeaseState::Cancelled, None, Some(why.into()), now_ms);
             }
         }
         let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
@@ -467,12 +532,8 @@ impl Registry {
             let lease = &self.leases[&id];
             let host_lost = lost.contains(&lease.host);
             match lease.state {
-                LeaseState::Matched if now_ms > lease.matched_until_ms || host_lost => {
-                    let why = if host_lost {
-                        "host went offline before the escrow was funded"
-                    } else {
-                        "escrow was not funded before the match expired"
-                    };
+                LeaseState::Matched if host_lost => {
+                    let why = "host went offline before the escrow was funded";
                     self.end_lease(id, LeaseState::Cancelled, None, Some(why.into()), now_ms);
                 }
                 LeaseState::Starting | LeaseState::Running if host_lost => {
@@ -501,19 +562,15 @@ impl Registry {
             return;
         };
         debug_assert!(!lease.state.is_terminal());
-        let held = lease.state.holds_capacity();
         lease.state = state;
         lease.exit_code = exit_code;
         lease.failure = failure;
         lease.ended_ms = Some(now_ms);
-        let (host, model, indices) = (lease.host, lease.gpu, lease.gpu_indices.clone());
         self.dirty.push(Dirty::Lease(id));
-        if held
-            && let Some(h) = self.host_by_address(&host)
-            && let Ok(group) = self.group_of(h, model)
-        {
-            // The lease held exactly these GPUs, so releasing them cannot fail.
-            let released = self.matcher.release(group, &indices);
+        if let Some(reservation) = self.reservations.remove(&id) {
+            self.reserved_for.remove(&reservation);
+            // The lease held this reservation, so releasing it cannot fail.
+            let released = self.matcher.release(reservation);
             debug_assert!(released.is_ok(), "{released:?}");
         }
     }
@@ -527,16 +584,33 @@ impl Registry {
     ) -> Result<&LeaseRecord, RegistryError> {
         validate::job(&job, &self.params)?;
         let request = Request {
-            model: job.gpu,
+            gpu: job.gpu,
             count: job.gpu_count,
+            min_vram_mib: job.min_vram_mib.unwrap_or(0),
             near: job.near,
             max_price_per_gpu_hour: job.max_price_per_gpu_hour,
+            max_tier: job.max_tier.unwrap_or(3),
+            countries: job.countries.clone(),
+            exclude_countries: job.exclude_countries.clone(),
+            max_rtt_ms: job.max_rtt_ms.map(f64::from),
+            image: Some(job.image.clone()),
+            image_policy: job.image_policy,
+            policy: job.policy,
         };
-        let booking = self
-            .matcher
-            .book(&request)
-            .map_err(RegistryError::NoMatch)?;
-        let host = &self.hosts[booking.host as usize].record;
+        let expires = now_ms + self.params.match_ttl_ms;
+        let booking = match self.matcher.book(&request, Some(expires)) {
+            Ok(b) => b,
+            Err(_) => {
+                let why = self.matcher.explain(&request).describe(|h| {
+                    let r = &self.hosts[h.0 as usize].record;
+                    format!("{} in {}", r.name, r.location.country)
+                });
+                return Err(RegistryError::NoMatch(why));
+            }
+        };
+        let host = &self.hosts[booking.host.0 as usize].record;
+        let gpu_indices: Vec<u16> = booking.gpu_indices().collect();
+        let model = host.gpus[gpu_indices[0] as usize].model;
         let escrow = gpumesh_ledger::escrow_amount(
             booking.price_per_gpu_hour,
             job.gpu_count,
@@ -549,11 +623,12 @@ impl Registry {
             id,
             buyer,
             host: host.address,
-            gpu: job.gpu,
+            gpu: model,
             gpu_count: job.gpu_count,
-            gpu_indices: booking.gpu_indices,
+            gpu_indices,
             near: job.near,
             distance_km: booking.distance_km,
+            rtt_ms: booking.rtt_ms,
             image: job.image,
             command: job.command,
             price_per_gpu_hour: booking.price_per_gpu_hour,
@@ -561,7 +636,7 @@ impl Registry {
             escrow,
             state: LeaseState::Matched,
             created_ms: now_ms,
-            matched_until_ms: now_ms + self.params.match_ttl_ms,
+            matched_until_ms: expires,
             started_ms: None,
             ended_ms: None,
             exit_code: None,
@@ -570,6 +645,8 @@ impl Registry {
             funded: false,
         };
         self.dirty.push(Dirty::Lease(id));
+        self.reservations.insert(id, booking.reservation);
+        self.reserved_for.insert(booking.reservation, id);
         Ok(self.leases.entry(id).or_insert(lease))
     }
 }

@@ -150,6 +150,30 @@ pub(crate) fn job(job: &JobRequest, params: &Params) -> Result<(), RegistryError
         ));
     }
     image_name(&job.image)?;
+    if job.max_tier.is_some_and(|t| !(1..=3).contains(&t)) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "tier must be 1 (best) to 3",
+        ));
+    }
+    if job.max_rtt_ms.is_some_and(|r| r == 0 || r > 10_000) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "round-trip bound must be 1 to 10000 ms",
+        ));
+    }
+    if job.min_vram_mib.is_some_and(|v| v > 4 * 1024 * 1024) {
+        return Err(invalid(
+            ErrorCode::InvalidRequest,
+            "memory per GPU is at most 4 TiB",
+        ));
+    }
+    if job.countries.len() + job.exclude_countries.len() > 256 {
+        return Err(invalid(
+            ErrorCode::InvalidLocation,
+            "at most 256 countries may be listed",
+        ));
+    }
     let bytes: usize = job.command.iter().map(String::len).sum();
     if job.command.len() > MAX_ARGS
         || bytes > MAX_COMMAND_BYTES

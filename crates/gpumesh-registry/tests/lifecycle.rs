@@ -44,15 +44,15 @@ fn host_request(
 }
 
 fn job(model: GpuModel, count: u16, cap: &str) -> JobRequest {
-    JobRequest {
-        gpu: model,
-        gpu_count: count,
-        near: GeoPoint::new(48.86, 2.35).unwrap(),
-        max_price_per_gpu_hour: tokens(cap),
-        max_duration_ms: 60_000,
-        image: "busybox".into(),
-        command: vec!["echo".into(), "hi".into()],
-    }
+    JobRequest::new(
+        model,
+        count,
+        GeoPoint::new(48.86, 2.35).unwrap(),
+        tokens(cap),
+        60_000,
+        "busybox",
+        vec!["echo".into(), "hi".into()],
+    )
 }
 
 fn escrow_tx(registry: &Registry, id: LeaseId) -> TxKind {
@@ -153,8 +153,8 @@ fn unmatched_jobs_say_why() {
     expect_test::expect![[r#"
         [
             "no host offers RTX4090",
-            "2 online hosts offer H100, but none has 9 of them free",
-            "2 hosts have 1 × H100 free, but the cheapest asks 2 per GPU-hour, over your cap of 1",
+            "10 H100 registered; 10 online; 10 in standby; 0 on hosts with 9 free; the most free on one host is 8 (frankfurt in DE)",
+            "10 H100 registered; 10 online; 10 in standby; 10 on hosts with 1 free; 0 at or under 1 per GPU-hour; the cheapest is 2 (virginia in DE)",
         ]
     "#]]
     .assert_debug_eq(&reasons);

@@ -56,18 +56,18 @@ pub async fn container_devnet(hosts: usize) -> Option<Devnet> {
 
 /// A job near Paris running `script` under /bin/sh.
 pub fn job(gpu: GpuModel, count: u16, script: &str, max_duration: Duration) -> JobRequest {
-    JobRequest {
+    JobRequest::new(
         gpu,
-        gpu_count: count,
-        near: GeoPoint {
+        count,
+        GeoPoint {
             lat: 48.8566,
             lon: 2.3522,
         },
-        max_price_per_gpu_hour: Amount::from_tokens(5),
-        max_duration_ms: max_duration.as_millis() as u64,
-        image: DEMO_IMAGE.into(),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-    }
+        Amount::from_tokens(5),
+        max_duration.as_millis() as u64,
+        DEMO_IMAGE,
+        vec!["/bin/sh".into(), "-c".into(), script.into()],
+    )
 }
 
 /// How to sign a raw request, and how to spoil it.

@@ -6,7 +6,7 @@
 use alloy_primitives::Address;
 use serde::{Deserialize, Serialize};
 
-use crate::{Amount, GeoPoint, GpuModel, Location, SignedTx};
+use crate::{Amount, Country, GeoPoint, GpuClass, GpuModel, Location, SignedTx};
 
 /// A lease's identifier, unique within one indexer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -159,17 +159,149 @@ pub struct LeaseFinish {
     pub usage: SignedTx,
 }
 
-/// `POST /v1/jobs`: a buyer asks for GPUs.
+/// Which GPUs a request accepts: one model, or any model of a class. On the wire, the
+/// model's catalog name (`"H100"`) or the class (`"consumer"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GpuSelector {
+    Model(GpuModel),
+    Class(GpuClass),
+}
+
+impl From<GpuModel> for GpuSelector {
+    fn from(model: GpuModel) -> Self {
+        GpuSelector::Model(model)
+    }
+}
+
+impl std::fmt::Display for GpuSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuSelector::Model(m) => write!(f, "{m}"),
+            GpuSelector::Class(GpuClass::Datacenter) => f.write_str("datacenter"),
+            GpuSelector::Class(GpuClass::Workstation) => f.write_str("workstation"),
+            GpuSelector::Class(GpuClass::Consumer) => f.write_str("consumer"),
+        }
+    }
+}
+
+impl std::str::FromStr for GpuSelector {
+    type Err = crate::UnknownGpuModel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "datacenter" => Ok(GpuSelector::Class(GpuClass::Datacenter)),
+            "workstation" => Ok(GpuSelector::Class(GpuClass::Workstation)),
+            "consumer" => Ok(GpuSelector::Class(GpuClass::Consumer)),
+            _ => s
+                .parse()
+                .map(GpuSelector::Model)
+                .map_err(|mut e: crate::UnknownGpuModel| {
+                    e.known
+                        .push_str(", or a class: datacenter, workstation, consumer");
+                    e
+                }),
+        }
+    }
+}
+
+impl Serialize for GpuSelector {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How the matcher ranks eligible hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RankPolicy {
+    /// Lowest price per GPU-hour.
+    Price,
+    /// Lowest round-trip time, then the best tier.
+    Experience,
+    /// A blend of price, round-trip time and tier.
+    #[default]
+    Balanced,
+}
+
+/// Whether the request's image must already be on the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImagePolicy {
+    #[default]
+    Any,
+    /// Hosts holding the image first, others if none.
+    Prefer,
+    /// Only hosts holding the image (an instant start, as cloud gaming needs).
+    Require,
+}
+
+/// `POST /v1/jobs`: a buyer asks for GPUs: an AI job (model or class, memory, count, tier,
+/// countries) or a gaming session (a class, a round-trip bound, the game's image required).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
-    pub gpu: GpuModel,
+    pub gpu: GpuSelector,
     pub gpu_count: u16,
     pub near: GeoPoint,
     pub max_price_per_gpu_hour: Amount,
     pub max_duration_ms: u64,
     pub image: String,
     pub command: Vec<String>,
+    /// Least memory per GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_vram_mib: Option<u32>,
+    /// Worst acceptable tier: 1 (best) to 3 (any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tier: Option<u8>,
+    /// Only hosts in these countries, when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub countries: Vec<Country>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_countries: Vec<Country>,
+    /// Estimated round-trip time bound, for interactive work such as games.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rtt_ms: Option<u32>,
+    #[serde(default)]
+    pub image_policy: ImagePolicy,
+    #[serde(default)]
+    pub policy: RankPolicy,
+}
+
+impl JobRequest {
+    /// A plain AI job: `count` GPUs of `model` near a point, under a price cap.
+    pub fn new(
+        gpu: impl Into<GpuSelector>,
+        count: u16,
+        near: GeoPoint,
+        cap: Amount,
+        max_duration_ms: u64,
+        image: &str,
+        command: Vec<String>,
+    ) -> JobRequest {
+        JobRequest {
+            gpu: gpu.into(),
+            gpu_count: count,
+            near,
+            max_price_per_gpu_hour: cap,
+            max_duration_ms,
+            image: image.into(),
+            command,
+            min_vram_mib: None,
+            max_tier: None,
+            countries: Vec::new(),
+            exclude_countries: Vec::new(),
+            max_rtt_ms: None,
+            image_policy: ImagePolicy::Any,
+            policy: RankPolicy::Balanced,
+        }
+    }
 }
 
 /// Where a lease stands (DESIGN.md §3).
@@ -210,6 +342,8 @@ pub struct LeaseView {
     pub host_name: String,
     pub host_location: Location,
     pub distance_km: f64,
+    /// Estimated round-trip time from the buyer's point to the host, in ms.
+    pub rtt_ms: f64,
     pub gpu: GpuModel,
     pub gpu_count: u16,
     pub simulated: bool,

@@ -58,15 +58,15 @@ async fn startup(
     };
     let net = Devnet::start(config).await?;
     let client = net.buyer_client();
-    let job = JobRequest {
-        gpu: GpuModel::H100,
-        gpu_count: 1,
-        near: "50.11,8.68".parse()?,
-        max_price_per_gpu_hour: Amount::from_tokens(10),
-        max_duration_ms: 60_000,
-        image: DEMO_IMAGE.into(),
-        command: vec!["/bin/sh".into(), "-c".into(), "echo ready".into()],
-    };
+    let job = JobRequest::new(
+        GpuModel::H100,
+        1,
+        "50.11,8.68".parse()?,
+        Amount::from_tokens(10),
+        60_000,
+        DEMO_IMAGE,
+        vec!["/bin/sh".into(), "-c".into(), "echo ready".into()],
+    );
     let mut first = Vec::new();
     let mut total = Vec::new();
     for i in 0..=runs {

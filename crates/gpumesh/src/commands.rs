@@ -323,15 +323,15 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = client(&args.connection, true)?;
     let (gpu, gpu_count) = format::parse_gpu(&args.gpu)?;
-    let job = JobRequest {
+    let job = JobRequest::new(
         gpu,
         gpu_count,
-        near: args.near.parse()?,
-        max_price_per_gpu_hour: Amount::parse_tokens(&args.max_price).context("--max-price")?,
-        max_duration_ms: format::parse_duration_ms(&args.max_duration)?,
-        image: args.image.clone(),
-        command: args.command.clone(),
-    };
+        args.near.parse()?,
+        Amount::parse_tokens(&args.max_price).context("--max-price")?,
+        format::parse_duration_ms(&args.max_duration)?,
+        &args.image,
+        args.command.clone(),
+    );
     let json = args.json;
     let lease_id: std::sync::Mutex<Option<LeaseId>> = std::sync::Mutex::new(None);
     let job_run = run_job(&client, &job, |event| match event {

@@ -1,7 +1,9 @@
 //! Parsing what people type and printing what they read.
 
 use anyhow::{Context, bail};
-use gpumesh_types::{GpuModel, LeaseView};
+#[cfg(test)]
+use gpumesh_types::GpuModel;
+use gpumesh_types::{GpuSelector, LeaseView};
 
 /// Parses a duration such as `90s`, `10m`, `2h`, `1h30m` or a number of seconds.
 pub fn parse_duration_ms(text: &str) -> anyhow::Result<u64> {
@@ -39,8 +41,8 @@ pub fn parse_duration_ms(text: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Parses `MODEL[:COUNT]`.
-pub fn parse_gpu(text: &str) -> anyhow::Result<(GpuModel, u16)> {
+/// Parses `MODEL[:COUNT]` or `CLASS[:COUNT]`.
+pub fn parse_gpu(text: &str) -> anyhow::Result<(GpuSelector, u16)> {
     let (model, count) = match text.split_once(':') {
         Some((m, c)) => (
             m,
@@ -111,8 +113,18 @@ mod tests {
 
     #[test]
     fn gpu_requests() {
-        assert_eq!(parse_gpu("H100:4").unwrap(), (GpuModel::H100, 4));
-        assert_eq!(parse_gpu("rtx4090").unwrap(), (GpuModel::Rtx4090, 1));
+        assert_eq!(
+            parse_gpu("H100:4").unwrap(),
+            (GpuSelector::Model(GpuModel::H100), 4)
+        );
+        assert_eq!(
+            parse_gpu("rtx4090").unwrap(),
+            (GpuSelector::Model(GpuModel::Rtx4090), 1)
+        );
+        assert_eq!(
+            parse_gpu("consumer").unwrap(),
+            (GpuSelector::Class(gpumesh_types::GpuClass::Consumer), 1)
+        );
         assert!(parse_gpu("H100:x").is_err());
         assert!(parse_gpu("Z9").is_err());
     }

@@ -1,0 +1,391 @@
+//! Eligibility, scores, the indexed branch-and-bound search and the plain scan.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use crate::geo;
+use crate::index::{Agg, Node};
+use crate::{Booking, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
+
+/// Tier steps cost this much in the experience score (ms) and in the balanced score.
+const TIER_MS: f64 = 5.0;
+const TIER_BALANCED: f64 = 0.05;
+/// Round-trip reference for the balanced score when the request sets no bound.
+const RTT_REFERENCE_MS: f64 = 100.0;
+
+/// How far from the best score a candidate may be and still win by packing better.
+fn slack(policy: RankPolicy) -> f64 {
+    match policy {
+        RankPolicy::Price => 0.0,
+        RankPolicy::Experience => 2.0,
+        RankPolicy::Balanced => 0.01,
+    }
+}
+
+/// A request reduced to what the hot loop compares.
+#[derive(Clone, Debug)]
+pub(crate) struct Compiled {
+    pub models: u32,
+    pub count: u8,
+    pub min_vram: u32,
+    pub cap: u128,
+    pub cap_f: f64,
+    pub max_tier: u8,
+    pub allow: Option<[u64; 4]>,
+    pub deny: [u64; 4],
+    /// Required image id; `Some(None)` when the image is required but unknown to all hosts.
+    pub image: Option<Option<u32>>,
+    pub max_rtt: f64,
+    pub rtt_ref: f64,
+    pub q: [f64; 3],
+    pub anchor: Option<u32>,
+    pub policy: RankPolicy,
+}
+
+/// One eligible group with its score.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidate {
+    pub group: u32,
+    pub score: f64,
+    pub price: u128,
+    pub rtt: f64,
+    pub km: f64,
+    pub leftover: u8,
+}
+
+impl Candidate {
+    /// Tightest fit first, then score, price, round-trip time and group id: a total order.
+    fn order(&self, other: &Candidate) -> Ordering {
+        self.leftover
+            .cmp(&other.leftover)
+            .then(self.score.total_cmp(&other.score))
+            .then(self.price.cmp(&other.price))
+            .then(self.rtt.total_cmp(&other.rtt))
+            .then(self.group.cmp(&other.group))
+    }
+}
+
+/// Reused buffers, so that a search allocates nothing once warm.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scratch {
+    heap: BinaryHeap<Reverse<(u64, u8, u32)>>,
+    candidates: Vec<Candidate>,
+}
+
+impl Scratch {
+    pub fn heap_bytes(&self) -> usize {
+        self.heap.capacity() * 16 + self.candidates.capacity() * std::mem::size_of::<Candidate>()
+    }
+}
+
+#[inline]
+fn country_bit(set: &[u64; 4], c: u8) -> bool {
+    set[(c >> 6) as usize] & (1 << (c & 63)) != 0
+}
+
+impl Matcher {
+    /// Prepares a request; `None` when it cannot match anything at all (a country or image
+    /// that no host has ever named).
+    pub(crate) fn compile(&self, r: &Request, image_required: bool) -> Compiled {
+        let q = geo::unit64(r.near);
+        let allow = (!r.countries.is_empty()).then(|| {
+            let mut set = [0u64; 4];
+            for c in &r.countries {
+                if let Some(&id) = self.country_index.get(c) {
+                    set[(id >> 6) as usize] |= 1 << (id & 63);
+                }
+            }
+            set
+        });
+        let mut deny = [0u64; 4];
+        for c in &r.exclude_countries {
+            if let Some(&id) = self.country_index.get(c) {
+                deny[(id >> 6) as usize] |= 1 << (id & 63);
+            }
+        }
+        let image = if image_required {
+            Some(
+                r.image
+                    .as_ref()
+                    .and_then(|name| self.images.get(name).copied()),
+            )
+        } else {
+            None
+        };
+        Compiled {
+            models: crate::models_mask(r.gpu),
+            count: r.count.min(255) as u8,
+            min_vram: r.min_vram_mib,
+            cap: r.max_price_per_gpu_hour.0,
+            cap_f: (r.max_price_per_gpu_hour.0 as f64).max(1.0),
+            max_tier: r.max_tier.clamp(1, 3),
+            allow,
+            deny,
+            image,
+            max_rtt: r.max_rtt_ms.unwrap_or(f64::INFINITY),
+            rtt_ref: r.max_rtt_ms.unwrap_or(RTT_REFERENCE_MS).max(1.0),
+            q,
+            anchor: self.anchor_for(r.near, &q),
+            policy: r.policy,
+        }
+    }
+
+    /// Distance and estimated round-trip time from the request to a group's host.
+    #[inline]
+    pub(crate) fn rtt(&self, c: &Compiled, g: &Group) -> (f64, f64) {
+        let km = geo::chord_km(geo::chord(&c.q, &g.unit));
+        let geo_rtt = self.latency.geo_rtt_ms(km);
+        let Some(anchor) = c.anchor else {
+            return (km, geo_rtt);
+        };
+        let host = &self.hosts[g.host as usize].coord;
+        if host.error > self.latency.max_coordinate_error {
+            return (km, geo_rtt);
+        }
+        let measured = self.anchors.points[anchor as usize].2.rtt_ms(host) as f64;
+        (km, measured.max(self.latency.physical_rtt_ms(km)))
+    }
+
+    #[inline]
+    fn score(c: &Compiled, price: u128, rtt: f64, tier: u8) -> f64 {
+        let tier_steps = (tier.saturating_sub(1)) as f64;
+        match c.policy {
+            RankPolicy::Price => price as f64 / c.cap_f,
+            RankPolicy::Experience => rtt + TIER_MS * tier_steps,
+            RankPolicy::Balanced => {
+                0.5 * (price as f64 / c.cap_f)
+                    + 0.5 * (rtt / c.rtt_ref)
+                    + TIER_BALANCED * tier_steps
+            }
+        }
+    }
+
+    /// Everything about a group except the round-trip bound.
+    #[inline]
+    pub(crate) fn eligible_static(&self, c: &Compiled, g: &Group) -> bool {
+        c.models & (1 << g.model as usize) != 0
+            && g.online
+            && g.free_count() >= c.count
+            && g.vram_mib >= c.min_vram
+            && g.price <= c.cap
+            && g.tier <= c.max_tier
+            && c.allow.is_none_or(|a| country_bit(&a, g.country))
+            && !country_bit(&c.deny, g.country)
+            && match c.image {
+                None => true,
+                Some(None) => false,
+                Some(Some(img)) => self.hosts[g.host as usize]
+                    .images
+                    .binary_search(&img)
+                    .is_ok(),
+            }
+    }
+
+    #[inline]
+    fn candidate(&self, c: &Compiled, id: u32) -> Option<Candidate> {
+        let g = &self.groups[id as usize];
+        if !self.eligible_static(c, g) {
+            return None;
+        }
+        let (km, rtt) = self.rtt(c, g);
+        if rtt > c.max_rtt {
+            return None;
+        }
+        Some(Candidate {
+            group: id,
+            score: Self::score(c, g.price, rtt, g.tier),
+            price: g.price,
+            rtt,
+            km,
+            leftover: g.free_count() - c.count,
+        })
+    }
+
+    /// Whether a subtree may hold an eligible group, and the least score it could give.
+    #[inline]
+    fn bound(&self, c: &Compiled, n: &Node) -> Option<f64> {
+        let a: &Agg = &n.agg;
+        if a.max_free < c.count
+            || a.max_vram < c.min_vram
+            || a.min_price > c.cap
+            || a.best_tier > c.max_tier
+        {
+            return None;
+        }
+        if let Some(allow) = &c.allow
+            && (0..4).all(|i| a.countries[i] & allow[i] == 0)
+        {
+            return None;
+        }
+        if (0..4).all(|i| a.countries[i] & !c.deny[i] == 0) {
+            return None;
+        }
+        let km = geo::chord_km(geo::box_chord(&c.q, &n.lo, &n.hi));
+        // A request without an anchor uses the geographic model for every host, so its
+        // bound is that model's; otherwise only physics bounds a measured estimate.
+        let rtt = if c.anchor.is_none() {
+            self.latency.geo_rtt_ms(km)
+        } else {
+            self.latency.physical_rtt_ms(km)
+        };
+        // Guard against rounding in the bound's favour.
+        let rtt = rtt * (1.0 - 1e-12) - 1e-9;
+        if rtt > c.max_rtt {
+            return None;
+        }
+        let score = Self::score(c, a.min_price, rtt, a.best_tier);
+        Some(score * (1.0 - 1e-12) - 1e-12)
+    }
+
+    /// Picks from the candidates within the slack of the best score.
+    fn select(policy: RankPolicy, candidates: &[Candidate]) -> Option<Candidate> {
+        let best = candidates.iter().map(|c| c.score).min_by(f64::total_cmp)?;
+        let limit = best + slack(policy);
+        candidates
+            .iter()
+            .filter(|c| c.score <= limit)
+            .min_by(|a, b| a.order(b))
+            .copied()
+    }
+
+    /// The indexed search.
+    pub(crate) fn search(&mut self, c: &Compiled) -> Option<Candidate> {
+        if c.image == Some(None) {
+            return None;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.heap.clear();
+        scratch.candidates.clear();
+        let margin = slack(c.policy);
+        let mut best = f64::INFINITY;
+        for (model, tree) in self.trees.iter().enumerate() {
+            if c.models & (1 << model) == 0 || tree.nodes.is_empty() {
+                continue;
+            }
+            if let Some(lb) = self.bound(c, &tree.nodes[0]) {
+                scratch
+                    .heap
+                    .push(Reverse((lb.max(0.0).to_bits(), model as u8, 0)));
+            }
+        }
+        while let Some(Reverse((lb_bits, model, node))) = scratch.heap.pop() {
+            if f64::from_bits(lb_bits) > best + margin {
+                break;
+            }
+            let tree = &self.trees[model as usize];
+            let n = &tree.nodes[node as usize];
+            if n.is_leaf() {
+                for &id in &tree.members[n.leaf as usize] {
+                    if let Some(cand) = self.candidate(c, id)
+                        && cand.score <= best + margin
+                    {
+                        best = best.min(cand.score);
+                        scratch.candidates.push(cand);
+                    }
+                }
+            } else {
+                for child in [n.left, n.right] {
+                    if let Some(lb) = self.bound(c, &tree.nodes[child as usize])
+                        && lb <= best + margin
+                    {
+                        scratch
+                            .heap
+                            .push(Reverse((lb.max(0.0).to_bits(), model, child)));
+                    }
+                }
+            }
+        }
+        let chosen = Self::select(c.policy, &scratch.candidates);
+        self.scratch = scratch;
+        chosen
+    }
+
+    /// The plain scan: every group of the requested models, the same rules.
+    pub(crate) fn scan(&mut self, c: &Compiled) -> Option<Candidate> {
+        if c.image == Some(None) {
+            return None;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.candidates.clear();
+        for (id, g) in self.groups.iter().enumerate() {
+            if c.models & (1 << g.model as usize) == 0 {
+                continue;
+            }
+            if let Some(cand) = self.candidate(c, id as u32) {
+                scratch.candidates.push(cand);
+            }
+        }
+        let chosen = Self::select(c.policy, &scratch.candidates);
+        self.scratch = scratch;
+        chosen
+    }
+
+    fn run(&mut self, request: &Request, indexed: bool) -> Option<Candidate> {
+        let go = |m: &mut Matcher, required: bool| {
+            let c = m.compile(request, required);
+            if indexed { m.search(&c) } else { m.scan(&c) }
+        };
+        match request.image_policy {
+            ImagePolicy::Any => go(self, false),
+            ImagePolicy::Require => go(self, true),
+            ImagePolicy::Prefer => go(self, true).or_else(|| go(self, false)),
+        }
+    }
+
+    /// The best match, without reserving it.
+    pub fn find(&mut self, request: &Request) -> Option<(crate::GroupId, f64, f64, f64)> {
+        self.run(request, true)
+            .map(|c| (crate::GroupId(c.group), c.score, c.rtt, c.km))
+    }
+
+    fn reserve(&mut self, cand: Candidate, count: u16, expires_ms: Option<u64>) -> Booking {
+        let g = &self.groups[cand.group as usize];
+        let mut mask = 0u64;
+        let mut free = g.free;
+        for _ in 0..count {
+            let bit = free.trailing_zeros();
+            mask |= 1 << bit;
+            free &= !(1u64 << bit);
+        }
+        let (host, first_index, price) = (g.host, g.first_index, g.price);
+        self.take_gpus(cand.group, mask);
+        let reservation = self.new_slot(cand.group, mask, expires_ms.unwrap_or(u64::MAX));
+        Booking {
+            reservation,
+            host: crate::HostId(host),
+            group: crate::GroupId(cand.group),
+            mask,
+            first_index,
+            distance_km: cand.km,
+            rtt_ms: cand.rtt,
+            price_per_gpu_hour: gpumesh_types::Amount(price),
+            score: cand.score,
+        }
+    }
+
+    /// Finds the best match and reserves it until `expires_ms` (or until released, if `None`).
+    pub fn book(
+        &mut self,
+        request: &Request,
+        expires_ms: Option<u64>,
+    ) -> Result<Booking, Unmatched> {
+        if request.count == 0 || request.count > 64 {
+            return Err(Unmatched);
+        }
+        let cand = self.run(request, true).ok_or(Unmatched)?;
+        Ok(self.reserve(cand, request.count, expires_ms))
+    }
+
+    /// [`Matcher::book`] by scanning every group: the oracle and the baseline.
+    pub fn book_scan(
+        &mut self,
+        request: &Request,
+        expires_ms: Option<u64>,
+    ) -> Result<Booking, Unmatched> {
+        if request.count == 0 || request.count > 64 {
+            return Err(Unmatched);
+        }
+        let cand = self.run(request, false).ok_or(Unmatched)?;
+        Ok(self.reserve(cand, request.count, expires_ms))
+    }
+}
