@@ -1,31 +1,75 @@
-//! The per-model kd-tree with aggregates for branch-and-bound.
+//! The kd-trees with aggregates for branch-and-bound.
+//!
+//! There is one tree per GPU model and free-count class (1, 2–3, 4–7, 8 or more free), and
+//! a tree holds only available groups (online, some GPU free): a request for k GPUs
+//! searches only the classes that can hold k, and never walks past busy hosts. A group
+//! moves between trees when a booking or a release changes its class.
 
 use crate::Group;
 use crate::geo::Unit;
 
-/// Groups per leaf when a tree is built; a leaf may grow by insertion up to four times that
-/// before the tree is rebuilt.
+/// Groups per leaf when a tree is built; a leaf that grows by insertion past four times
+/// that is split in two where it stands.
 const LEAF_TARGET: usize = 8;
 const LEAF_MAX: usize = 4 * LEAF_TARGET;
+/// Free-count classes per model.
+pub(crate) const CLASSES: usize = 4;
+
+/// The tree a group belongs in, if it is available.
+#[inline]
+pub(crate) fn tree_of(g: &Group) -> Option<usize> {
+    if !g.available() {
+        return None;
+    }
+    let class = match g.free_count() {
+        1 => 0,
+        2..=3 => 1,
+        4..=7 => 2,
+        _ => 3,
+    };
+    Some(g.model as usize * CLASSES + class)
+}
+
+/// The fewest free GPUs a group of a class has; a class can serve a request for k GPUs
+/// when its groups may hold k (the largest of the class is at least k).
+#[inline]
+pub(crate) fn class_serves(class: usize, count: u8) -> bool {
+    let most = [1u8, 3, 7, u8::MAX][class];
+    most >= count
+}
 const NONE: u32 = u32::MAX;
+
+/// Prices in aggregates drop their low bits, which keeps aggregates small; rounding down
+/// keeps the minimum a valid lower bound.
+pub(crate) const PRICE_SHIFT: u32 = 24;
+
+#[inline]
+pub(crate) fn shifted_price(price: u128) -> u64 {
+    (price >> PRICE_SHIFT).min(u64::MAX as u128) as u64
+}
 
 /// What a subtree's available groups (online, with a free GPU) can offer at best.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Agg {
-    pub min_price: u128,
+    /// The lowest price, shifted right by `PRICE_SHIFT` (rounded down, so still a bound).
+    pub min_price: u64,
+    /// Countries present, as bits of the country id modulo 64: a one-hash Bloom filter.
+    pub countries: u64,
+    /// Union of the hosts' image bits (image id modulo 64): a one-hash Bloom filter.
+    pub images: u64,
     pub max_vram: u32,
     pub max_free: u8,
     pub best_tier: u8,
-    pub countries: [u64; 4],
 }
 
 impl Agg {
     pub const EMPTY: Agg = Agg {
-        min_price: u128::MAX,
+        min_price: u64::MAX,
+        countries: 0,
+        images: 0,
         max_vram: 0,
         max_free: 0,
         best_tier: u8::MAX,
-        countries: [0; 4],
     };
 
     #[inline]
@@ -33,11 +77,12 @@ impl Agg {
         if !g.available() {
             return;
         }
-        self.min_price = self.min_price.min(g.price);
+        self.min_price = self.min_price.min(shifted_price(g.price));
         self.max_vram = self.max_vram.max(g.vram_mib);
         self.max_free = self.max_free.max(g.free_count());
         self.best_tier = self.best_tier.min(g.tier);
-        self.countries[(g.country >> 6) as usize] |= 1 << (g.country & 63);
+        self.countries |= 1 << (g.country & 63);
+        self.images |= g.image_bits;
     }
 
     #[inline]
@@ -47,12 +92,8 @@ impl Agg {
             max_vram: a.max_vram.max(b.max_vram),
             max_free: a.max_free.max(b.max_free),
             best_tier: a.best_tier.min(b.best_tier),
-            countries: [
-                a.countries[0] | b.countries[0],
-                a.countries[1] | b.countries[1],
-                a.countries[2] | b.countries[2],
-                a.countries[3] | b.countries[3],
-            ],
+            countries: a.countries | b.countries,
+            images: a.images | b.images,
         }
     }
 }
@@ -240,12 +281,72 @@ impl Tree {
         self.members[leaf as usize].push(id);
         groups[id as usize].leaf = leaf;
         if self.members[leaf as usize].len() > LEAF_MAX {
-            let all: Vec<u32> = self.members.iter().flatten().copied().collect();
-            *self = Tree::build(groups, all);
-            return;
+            self.split(groups, node);
         }
-        self.recompute(groups, node);
+        self.recompute_subtree(groups, node);
         self.propagate(node);
+    }
+
+    /// Turns an overfull leaf into an inner node over two halves, in place.
+    fn split(&mut self, groups: &mut [Group], node: u32) {
+        let leaf = self.nodes[node as usize].leaf;
+        let mut ids = std::mem::take(&mut self.members[leaf as usize]);
+        let n = &self.nodes[node as usize];
+        let extent = |i: usize| n.hi[i] - n.lo[i];
+        let dim = (0..3)
+            .max_by(|&a, &b| extent(a).total_cmp(&extent(b)))
+            .unwrap_or(0);
+        let mid = ids.len() / 2;
+        ids.select_nth_unstable_by(mid, |a, b| {
+            groups[*a as usize].unit[dim]
+                .total_cmp(&groups[*b as usize].unit[dim])
+                .then(a.cmp(b))
+        });
+        let split = groups[ids[mid] as usize].unit[dim];
+        let right_ids = ids.split_off(mid);
+        // The old leaf's slot keeps the left half; the right half gets a new leaf.
+        let right_leaf = self.members.len() as u32;
+        let mut children = [NONE; 2];
+        for (side, (half, leaf_slot)) in [(ids, leaf), (right_ids, right_leaf)]
+            .into_iter()
+            .enumerate()
+        {
+            let child = self.nodes.len() as u32;
+            let mut c = Node::empty_leaf(node, leaf_slot);
+            for &id in &half {
+                c.extend(&groups[id as usize].unit);
+                groups[id as usize].leaf = leaf_slot;
+            }
+            self.nodes.push(c);
+            if leaf_slot == leaf {
+                self.members[leaf as usize] = half;
+                self.leaf_node[leaf as usize] = child;
+            } else {
+                self.members.push(half);
+                self.leaf_node.push(child);
+            }
+            children[side] = child;
+        }
+        let n = &mut self.nodes[node as usize];
+        n.left = children[0];
+        n.right = children[1];
+        n.dim = dim as u8;
+        n.split = split;
+        n.leaf = NONE;
+    }
+
+    /// Recomputes a node's aggregate: from members for a leaf, from children otherwise.
+    fn recompute_subtree(&mut self, groups: &[Group], node: u32) {
+        let n = &self.nodes[node as usize];
+        if n.is_leaf() {
+            self.recompute(groups, node);
+        } else {
+            let (l, r) = (n.left, n.right);
+            self.recompute(groups, l);
+            self.recompute(groups, r);
+            self.nodes[node as usize].agg =
+                Agg::merge(&self.nodes[l as usize].agg, &self.nodes[r as usize].agg);
+        }
     }
 
     /// Removes a group (its host moved); boxes keep their size, which stays correct.

@@ -170,6 +170,8 @@ pub(crate) struct Group {
     pub unit: Unit,
     pub price: u128,
     pub free: u64,
+    /// The host's images as bits (image id modulo 64).
+    pub image_bits: u64,
     pub host: u32,
     pub vram_mib: u32,
     pub leaf: u32,
@@ -179,6 +181,14 @@ pub(crate) struct Group {
     pub tier: u8,
     pub country: u8,
     pub online: bool,
+    /// The tree the group is in (`NO_TREE` when unavailable).
+    pub tree: u8,
+}
+
+pub(crate) const NO_TREE: u8 = u8::MAX;
+
+fn image_bits(images: &[u32]) -> u64 {
+    images.iter().fold(0, |bits, i| bits | 1 << (i % 64))
 }
 
 impl Group {
@@ -281,7 +291,9 @@ impl Matcher {
             latency,
             hosts: Vec::new(),
             groups: Vec::new(),
-            trees: CATALOG.iter().map(|_| Tree::default()).collect(),
+            trees: (0..CATALOG.len() * index::CLASSES)
+                .map(|_| Tree::default())
+                .collect(),
             countries: Vec::new(),
             country_index: HashMap::new(),
             images: HashMap::new(),
@@ -369,6 +381,7 @@ impl Matcher {
                 } else {
                     (1u64 << g.count) - 1
                 },
+                image_bits: image_bits(&images),
                 host: host_id,
                 vram_mib: g.vram_mib,
                 leaf: u32::MAX,
@@ -378,6 +391,7 @@ impl Matcher {
                 tier: spec.tier.clamp(1, 3),
                 country,
                 online: true,
+                tree: NO_TREE,
             });
             ids.push(id);
         }
@@ -393,8 +407,7 @@ impl Matcher {
             coord: Coord::default(),
         });
         for &id in &ids {
-            let model = self.groups[id as usize].model as usize;
-            self.trees[model].insert(&mut self.groups, id);
+            self.reindex(id);
         }
         Ok((HostId(host_id), ids.into_iter().map(GroupId).collect()))
     }
@@ -405,13 +418,32 @@ impl Matcher {
             .ok_or(MatcherError::UnknownHost(host))
     }
 
-    /// Applies `f` to every group of the host, then refreshes their index paths.
+    /// Puts a group in the tree its state calls for, or refreshes its path there.
+    fn reindex(&mut self, id: u32) {
+        let g = &self.groups[id as usize];
+        let want = index::tree_of(g).map_or(NO_TREE, |t| t as u8);
+        let have = g.tree;
+        if want == have {
+            if have != NO_TREE {
+                self.trees[have as usize].refresh(&self.groups, id);
+            }
+            return;
+        }
+        if have != NO_TREE {
+            self.trees[have as usize].remove(&mut self.groups, id);
+        }
+        if want != NO_TREE {
+            self.trees[want as usize].insert(&mut self.groups, id);
+        }
+        self.groups[id as usize].tree = want;
+    }
+
+    /// Applies `f` to every group of the host, then reindexes them.
     fn update_groups(&mut self, host: HostId, f: impl Fn(&mut Group)) -> Result<(), MatcherError> {
         let groups = std::mem::take(&mut self.host_mut(host)?.groups);
         for &g in &groups {
             f(&mut self.groups[g as usize]);
-            let model = self.groups[g as usize].model as usize;
-            self.trees[model].refresh(&self.groups, g);
+            self.reindex(g);
         }
         self.hosts[host.0 as usize].groups = groups;
         Ok(())
@@ -436,8 +468,9 @@ impl Matcher {
 
     pub fn set_images(&mut self, host: HostId, images: &[String]) -> Result<(), MatcherError> {
         let ids = self.intern_images(images);
+        let bits = image_bits(&ids);
         self.host_mut(host)?.images = ids;
-        Ok(())
+        self.update_groups(host, |g| g.image_bits = bits)
     }
 
     /// Moves a host (it re-registered from elsewhere).
@@ -455,12 +488,16 @@ impl Matcher {
         h.country = country;
         let groups = h.groups.clone();
         for g in groups {
-            let model = self.groups[g as usize].model as usize;
-            self.trees[model].remove(&mut self.groups, g);
+            // Out of its tree at the old place, into one at the new.
+            let tree = self.groups[g as usize].tree;
+            if tree != NO_TREE {
+                self.trees[tree as usize].remove(&mut self.groups, g);
+                self.groups[g as usize].tree = NO_TREE;
+            }
             let group = &mut self.groups[g as usize];
             group.unit = unit;
             group.country = country;
-            self.trees[model].insert(&mut self.groups, g);
+            self.reindex(g);
         }
         Ok(())
     }
@@ -508,10 +545,8 @@ impl Matcher {
     }
 
     fn take_gpus(&mut self, group: u32, mask: u64) {
-        let g = &mut self.groups[group as usize];
-        g.free &= !mask;
-        let model = g.model as usize;
-        self.trees[model].refresh(&self.groups, group);
+        self.groups[group as usize].free &= !mask;
+        self.reindex(group);
     }
 
     /// Reserves exactly these GPUs (restoring from a store). `expires_ms` of `None` holds
@@ -545,10 +580,8 @@ impl Matcher {
         let slot = *self.slot(id)?;
         self.slots[id.slot as usize].live = false;
         self.free_slots.push(id.slot);
-        let g = &mut self.groups[slot.group as usize];
-        g.free |= slot.mask;
-        let model = g.model as usize;
-        self.trees[model].refresh(&self.groups, slot.group);
+        self.groups[slot.group as usize].free |= slot.mask;
+        self.reindex(slot.group);
         Ok(())
     }
 
@@ -712,12 +745,14 @@ impl Matcher {
             let unit = geo::unit(h.spec.point);
             let tier = h.spec.tier.clamp(1, 3);
             let mut ids = Vec::with_capacity(h.groups.len());
+            let bits = image_bits(&images);
             for (g, free) in &h.groups {
                 ids.push(m.groups.len() as u32);
                 m.groups.push(Group {
                     unit,
                     price: h.spec.price_per_gpu_hour.0,
                     free: *free,
+                    image_bits: bits,
                     host,
                     vram_mib: g.vram_mib,
                     leaf: u32::MAX,
@@ -727,6 +762,7 @@ impl Matcher {
                     tier,
                     country,
                     online: h.online,
+                    tree: NO_TREE,
                 });
             }
             m.hosts.push(Host {
@@ -741,12 +777,15 @@ impl Matcher {
                 coord: h.coord,
             });
         }
-        let mut by_model: Vec<Vec<u32>> = vec![Vec::new(); CATALOG.len()];
-        for (i, g) in m.groups.iter().enumerate() {
-            by_model[g.model as usize].push(i as u32);
+        let mut by_tree: Vec<Vec<u32>> = vec![Vec::new(); m.trees.len()];
+        for (i, g) in m.groups.iter_mut().enumerate() {
+            if let Some(t) = index::tree_of(g) {
+                by_tree[t].push(i as u32);
+                g.tree = t as u8;
+            }
         }
-        for (model, ids) in by_model.into_iter().enumerate() {
-            m.trees[model] = Tree::build(&mut m.groups, ids);
+        for (t, ids) in by_tree.into_iter().enumerate() {
+            m.trees[t] = Tree::build(&mut m.groups, ids);
         }
         for (slot, &(group, mask, expires_ms, generation, live)) in
             snapshot.reservations.iter().enumerate()
@@ -766,6 +805,14 @@ impl Matcher {
             }
         }
         Ok(m)
+    }
+
+    /// Search work since the last call: (tree nodes expanded, groups evaluated).
+    pub fn take_work(&mut self) -> (u64, u64) {
+        let work = (self.scratch.nodes, self.scratch.groups);
+        self.scratch.nodes = 0;
+        self.scratch.groups = 0;
+        work
     }
 
     /// Bytes this matcher holds on the heap (capacity-based), for memory budgets.

@@ -4,8 +4,9 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::geo;
-use crate::index::{Agg, Node};
+use crate::index::{Agg, CLASSES, Node, PRICE_SHIFT, class_serves, shifted_price};
 use crate::{Booking, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
+use gpumesh_types::EARTH_RADIUS_KM;
 
 /// Tier steps cost this much in the experience score (ms) and in the balanced score.
 const TIER_MS: f64 = 5.0;
@@ -32,9 +33,15 @@ pub(crate) struct Compiled {
     pub cap_f: f64,
     pub max_tier: u8,
     pub allow: Option<[u64; 4]>,
+    /// `allow` folded into the aggregates' 64-bit country filter.
+    pub allow_bits: u64,
     pub deny: [u64; 4],
+    /// The cap in the aggregates' shifted price unit.
+    pub cap_shifted: u64,
     /// Required image id; `Some(None)` when the image is required but unknown to all hosts.
     pub image: Option<Option<u32>>,
+    /// The required image's bit in the hosts' image filter (0 when none is required).
+    pub image_bit: u64,
     pub max_rtt: f64,
     pub rtt_ref: f64,
     pub q: [f64; 3],
@@ -70,6 +77,9 @@ impl Candidate {
 pub(crate) struct Scratch {
     heap: BinaryHeap<Reverse<(u64, u8, u32)>>,
     candidates: Vec<Candidate>,
+    /// Work counters since the last `take_work`: nodes expanded, groups evaluated.
+    pub nodes: u64,
+    pub groups: u64,
 }
 
 impl Scratch {
@@ -112,7 +122,19 @@ impl Matcher {
         } else {
             None
         };
+        let image_bit = match image {
+            Some(Some(id)) => 1u64 << (id % 64),
+            _ => 0,
+        };
+        let allow_bits = allow.map_or(u64::MAX, |a| {
+            (0..256u32)
+                .filter(|&i| a[(i >> 6) as usize] & (1 << (i & 63)) != 0)
+                .fold(0, |b, i| b | 1 << (i & 63))
+        });
         Compiled {
+            allow_bits,
+            cap_shifted: shifted_price(r.max_price_per_gpu_hour.0),
+            image_bit,
             models: crate::models_mask(r.gpu),
             count: r.count.min(255) as u8,
             min_vram: r.min_vram_mib,
@@ -174,10 +196,13 @@ impl Matcher {
             && match c.image {
                 None => true,
                 Some(None) => false,
-                Some(Some(img)) => self.hosts[g.host as usize]
-                    .images
-                    .binary_search(&img)
-                    .is_ok(),
+                Some(Some(img)) => {
+                    g.image_bits & c.image_bit != 0
+                        && self.hosts[g.host as usize]
+                            .images
+                            .binary_search(&img)
+                            .is_ok()
+                }
             }
     }
 
@@ -207,20 +232,16 @@ impl Matcher {
         let a: &Agg = &n.agg;
         if a.max_free < c.count
             || a.max_vram < c.min_vram
-            || a.min_price > c.cap
+            || a.min_price > c.cap_shifted
             || a.best_tier > c.max_tier
+            || a.images & c.image_bit != c.image_bit
+            || a.countries & c.allow_bits == 0
         {
             return None;
         }
-        if let Some(allow) = &c.allow
-            && (0..4).all(|i| a.countries[i] & allow[i] == 0)
-        {
-            return None;
-        }
-        if (0..4).all(|i| a.countries[i] & !c.deny[i] == 0) {
-            return None;
-        }
-        let km = geo::chord_km(geo::box_chord(&c.q, &n.lo, &n.hi));
+        // The chord times the radius is at most the great-circle distance (asin x ≥ x),
+        // a bound that needs no arcsine.
+        let km = EARTH_RADIUS_KM * geo::box_chord(&c.q, &n.lo, &n.hi);
         // A request without an anchor uses the geographic model for every host, so its
         // bound is that model's; otherwise only physics bounds a measured estimate.
         let rtt = if c.anchor.is_none() {
@@ -233,7 +254,8 @@ impl Matcher {
         if rtt > c.max_rtt {
             return None;
         }
-        let score = Self::score(c, a.min_price, rtt, a.best_tier);
+        let min_price = (a.min_price as u128) << PRICE_SHIFT;
+        let score = Self::score(c, min_price, rtt, a.best_tier);
         Some(score * (1.0 - 1e-12) - 1e-12)
     }
 
@@ -258,14 +280,18 @@ impl Matcher {
         scratch.candidates.clear();
         let margin = slack(c.policy);
         let mut best = f64::INFINITY;
-        for (model, tree) in self.trees.iter().enumerate() {
-            if c.models & (1 << model) == 0 || tree.nodes.is_empty() {
+        for (t, tree) in self.trees.iter().enumerate() {
+            let (model, class) = (t / CLASSES, t % CLASSES);
+            if c.models & (1 << model) == 0
+                || !class_serves(class, c.count)
+                || tree.nodes.is_empty()
+            {
                 continue;
             }
             if let Some(lb) = self.bound(c, &tree.nodes[0]) {
                 scratch
                     .heap
-                    .push(Reverse((lb.max(0.0).to_bits(), model as u8, 0)));
+                    .push(Reverse((lb.max(0.0).to_bits(), t as u8, 0)));
             }
         }
         while let Some(Reverse((lb_bits, model, node))) = scratch.heap.pop() {
@@ -274,7 +300,9 @@ impl Matcher {
             }
             let tree = &self.trees[model as usize];
             let n = &tree.nodes[node as usize];
+            scratch.nodes += 1;
             if n.is_leaf() {
+                scratch.groups += tree.members[n.leaf as usize].len() as u64;
                 for &id in &tree.members[n.leaf as usize] {
                     if let Some(cand) = self.candidate(c, id)
                         && cand.score <= best + margin

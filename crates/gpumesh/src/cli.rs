@@ -57,6 +57,37 @@ pub enum BenchCommand {
         #[arg(long)]
         docker_socket: Option<String>,
     },
+    /// The matching engine on a synthetic world at network scale: booked matches per
+    /// second on one thread with state updates alongside, latency percentiles, memory,
+    /// rebuild time, and a plain scan answering the same requests as the baseline.
+    Match(MatchBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MatchBenchArgs {
+    /// GPUs (containers) in the world.
+    #[arg(long, default_value_t = 430_000)]
+    pub containers: usize,
+    /// Requests for the engine.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub requests: usize,
+    /// Requests for the scan baseline (it is slow), the first of the same stream.
+    #[arg(long, default_value_t = 2_000)]
+    pub baseline_requests: usize,
+    /// Share of GPUs busy.
+    #[arg(long, default_value_t = 0.7)]
+    pub busy: f64,
+    /// State updates (price, online, tier) per match.
+    #[arg(long, default_value_t = 0.1)]
+    pub updates_per_match: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Also answer the same world and requests with a peer system: `postgis`.
+    #[arg(long)]
+    pub peer: Option<String>,
 }
 
 /// Where the indexer is and who you are.

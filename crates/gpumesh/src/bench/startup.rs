@@ -1,4 +1,4 @@
-//! `gpumesh bench …`: measurements that print one JSON object.
+//! `gpumesh bench startup`: request to first output on a one-host devnet.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,21 +10,8 @@ use gpumesh_host::demo_image::DEMO_IMAGE;
 use gpumesh_types::{Amount, GpuModel, JobRequest, LeaseState};
 use serde_json::json;
 
-use crate::cli::BenchCommand;
-use crate::commands::runtime_choice;
-
-pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        BenchCommand::Startup {
-            runtime,
-            runs,
-            docker_socket,
-        } => startup(runtime_choice(runtime), runs, docker_socket).await,
-    }
-}
-
 /// Percentile of sorted values (nearest rank).
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -42,7 +29,7 @@ fn stats(mut values: Vec<u64>) -> serde_json::Value {
     })
 }
 
-async fn startup(
+pub async fn startup(
     runtime: gpumesh_devnet::RuntimeChoice,
     runs: u32,
     docker_socket: Option<String>,
