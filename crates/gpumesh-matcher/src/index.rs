@@ -1,9 +1,8 @@
 //! The kd-trees with aggregates for branch-and-bound.
 //!
-//! There is one tree per GPU model and free-count class (1, 2–3, 4–7, 8 or more free), and
-//! a tree holds only available groups (online, some GPU free): a request for k GPUs
-//! searches only the classes that can hold k, and never walks past busy hosts. A group
-//! moves between trees when a booking or a release changes its class.
+//! There is one tree per GPU model, and a tree holds only available groups (online, some
+//! GPU free), so a search never walks past busy hosts. A group leaves its tree when it
+//! becomes fully busy or goes offline, and comes back when a GPU frees up.
 
 use crate::Group;
 use crate::geo::Unit;
@@ -12,32 +11,13 @@ use crate::geo::Unit;
 /// that is split in two where it stands.
 const LEAF_TARGET: usize = 8;
 const LEAF_MAX: usize = 4 * LEAF_TARGET;
-/// Free-count classes per model.
-pub(crate) const CLASSES: usize = 4;
+const NONE: u32 = u32::MAX;
 
-/// The tree a group belongs in, if it is available.
+/// The tree a group belongs in (its model's), if it is available.
 #[inline]
 pub(crate) fn tree_of(g: &Group) -> Option<usize> {
-    if !g.available() {
-        return None;
-    }
-    let class = match g.free_count() {
-        1 => 0,
-        2..=3 => 1,
-        4..=7 => 2,
-        _ => 3,
-    };
-    Some(g.model as usize * CLASSES + class)
+    g.available().then_some(g.model as usize)
 }
-
-/// The fewest free GPUs a group of a class has; a class can serve a request for k GPUs
-/// when its groups may hold k (the largest of the class is at least k).
-#[inline]
-pub(crate) fn class_serves(class: usize, count: u8) -> bool {
-    let most = [1u8, 3, 7, u8::MAX][class];
-    most >= count
-}
-const NONE: u32 = u32::MAX;
 
 /// Prices in aggregates drop their low bits, which keeps aggregates small; rounding down
 /// keeps the minimum a valid lower bound.

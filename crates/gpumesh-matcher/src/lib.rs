@@ -15,6 +15,7 @@ mod explain;
 mod geo;
 mod index;
 pub mod latency;
+mod prices;
 mod search;
 
 use std::collections::{BinaryHeap, HashMap};
@@ -28,6 +29,7 @@ pub use latency::{Coord, LatencyParams};
 
 use crate::geo::Unit;
 use crate::index::Tree;
+use crate::prices::{NO_SET, Prices};
 
 /// A host inside the matcher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -183,6 +185,8 @@ pub(crate) struct Group {
     pub online: bool,
     /// The tree the group is in (`NO_TREE` when unavailable).
     pub tree: u8,
+    /// The price set the group is in (`NO_SET` when unavailable).
+    pub pset: u8,
 }
 
 pub(crate) const NO_TREE: u8 = u8::MAX;
@@ -269,6 +273,7 @@ pub struct Matcher {
     hosts: Vec<Host>,
     groups: Vec<Group>,
     trees: Vec<Tree>,
+    prices: Prices,
     countries: Vec<Country>,
     country_index: HashMap<Country, u8>,
     images: HashMap<String, u32>,
@@ -291,9 +296,8 @@ impl Matcher {
             latency,
             hosts: Vec::new(),
             groups: Vec::new(),
-            trees: (0..CATALOG.len() * index::CLASSES)
-                .map(|_| Tree::default())
-                .collect(),
+            trees: (0..CATALOG.len()).map(|_| Tree::default()).collect(),
+            prices: Prices::new(CATALOG.len()),
             countries: Vec::new(),
             country_index: HashMap::new(),
             images: HashMap::new(),
@@ -392,6 +396,7 @@ impl Matcher {
                 country,
                 online: true,
                 tree: NO_TREE,
+                pset: NO_SET,
             });
             ids.push(id);
         }
@@ -408,6 +413,7 @@ impl Matcher {
         });
         for &id in &ids {
             self.reindex(id);
+            self.prices.insert(&mut self.groups, id);
         }
         Ok((HostId(host_id), ids.into_iter().map(GroupId).collect()))
     }
@@ -438,12 +444,19 @@ impl Matcher {
         self.groups[id as usize].tree = want;
     }
 
-    /// Applies `f` to every group of the host, then reindexes them.
+    /// Changes a group, then brings its tree and its price set up to date.
+    fn change(&mut self, id: u32, f: impl FnOnce(&mut Group)) {
+        self.prices.remove(&mut self.groups, id);
+        f(&mut self.groups[id as usize]);
+        self.reindex(id);
+        self.prices.insert(&mut self.groups, id);
+    }
+
+    /// Applies `f` to every group of the host.
     fn update_groups(&mut self, host: HostId, f: impl Fn(&mut Group)) -> Result<(), MatcherError> {
         let groups = std::mem::take(&mut self.host_mut(host)?.groups);
         for &g in &groups {
-            f(&mut self.groups[g as usize]);
-            self.reindex(g);
+            self.change(g, &f);
         }
         self.hosts[host.0 as usize].groups = groups;
         Ok(())
@@ -545,8 +558,7 @@ impl Matcher {
     }
 
     fn take_gpus(&mut self, group: u32, mask: u64) {
-        self.groups[group as usize].free &= !mask;
-        self.reindex(group);
+        self.change(group, |g| g.free &= !mask);
     }
 
     /// Reserves exactly these GPUs (restoring from a store). `expires_ms` of `None` holds
@@ -580,8 +592,7 @@ impl Matcher {
         let slot = *self.slot(id)?;
         self.slots[id.slot as usize].live = false;
         self.free_slots.push(id.slot);
-        self.groups[slot.group as usize].free |= slot.mask;
-        self.reindex(slot.group);
+        self.change(slot.group, |g| g.free |= slot.mask);
         Ok(())
     }
 
@@ -763,6 +774,7 @@ impl Matcher {
                     country,
                     online: h.online,
                     tree: NO_TREE,
+                    pset: NO_SET,
                 });
             }
             m.hosts.push(Host {
@@ -786,6 +798,9 @@ impl Matcher {
         }
         for (t, ids) in by_tree.into_iter().enumerate() {
             m.trees[t] = Tree::build(&mut m.groups, ids);
+        }
+        for id in 0..m.groups.len() as u32 {
+            m.prices.insert(&mut m.groups, id);
         }
         for (slot, &(group, mask, expires_ms, generation, live)) in
             snapshot.reservations.iter().enumerate()
@@ -825,7 +840,8 @@ impl Matcher {
                 .map(|h| h.images.len() * 4 + h.groups.capacity() * 4)
                 .sum::<usize>();
         let groups = self.groups.capacity() * size_of::<Group>();
-        let trees: usize = self.trees.iter().map(Tree::heap_bytes).sum();
+        let trees =
+            self.trees.iter().map(Tree::heap_bytes).sum::<usize>() + self.prices.heap_bytes();
         let slots = self.slots.capacity() * size_of::<Slot>() + self.free_slots.capacity() * 4;
         let expiries = self.expiries.capacity() * size_of::<(u64, u32, u32)>();
         let images = self.images.capacity() * (size_of::<(String, u32)>() + 32);

@@ -4,7 +4,8 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::geo;
-use crate::index::{Agg, CLASSES, Node, PRICE_SHIFT, class_serves, shifted_price};
+use crate::index::{Agg, Node, PRICE_SHIFT, shifted_price};
+use crate::prices::{CLASSES, class_serves};
 use crate::{Booking, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
 use gpumesh_types::EARTH_RADIUS_KM;
 
@@ -280,12 +281,14 @@ impl Matcher {
         scratch.candidates.clear();
         let margin = slack(c.policy);
         let mut best = f64::INFINITY;
+        if c.policy == RankPolicy::Price && c.max_rtt.is_infinite() {
+            self.walk_prices(c, &mut scratch);
+            let chosen = Self::select(c.policy, &scratch.candidates);
+            self.scratch = scratch;
+            return chosen;
+        }
         for (t, tree) in self.trees.iter().enumerate() {
-            let (model, class) = (t / CLASSES, t % CLASSES);
-            if c.models & (1 << model) == 0
-                || !class_serves(class, c.count)
-                || tree.nodes.is_empty()
-            {
+            if c.models & (1 << t) == 0 || tree.nodes.is_empty() {
                 continue;
             }
             if let Some(lb) = self.bound(c, &tree.nodes[0]) {
@@ -326,6 +329,28 @@ impl Matcher {
         let chosen = Self::select(c.policy, &scratch.candidates);
         self.scratch = scratch;
         chosen
+    }
+
+    /// Cheapest first: in each price set that can hold the count, take groups in ascending
+    /// price while their score can still be the best, and keep the eligible ones.
+    fn walk_prices(&self, c: &Compiled, scratch: &mut Scratch) {
+        let mut best = f64::INFINITY;
+        for (set, groups) in self.prices.sets.iter().enumerate() {
+            let (model, class) = (set / CLASSES, set % CLASSES);
+            if c.models & (1 << model) == 0 || !class_serves(class, c.count) {
+                continue;
+            }
+            for &(price, id) in groups {
+                if price > c.cap || Self::score(c, price, 0.0, 1) > best {
+                    break;
+                }
+                scratch.groups += 1;
+                if let Some(cand) = self.candidate(c, id) {
+                    best = best.min(cand.score);
+                    scratch.candidates.push(cand);
+                }
+            }
+        }
     }
 
     /// The plain scan: every group of the requested models, the same rules.
