@@ -3,6 +3,10 @@
 //! There is one tree per GPU model, and a tree holds only available groups (online, some
 //! GPU free), so a search never walks past busy hosts. A group leaves its tree when it
 //! becomes fully busy or goes offline, and comes back when a GPU frees up.
+//!
+//! Leaves keep the hot fields of their groups inline ([`Item`]), so judging a leaf reads
+//! one contiguous run of memory instead of one cache line per group elsewhere; every
+//! change to a group rewrites its item.
 
 use crate::Group;
 use crate::geo::Unit;
@@ -11,7 +15,7 @@ use crate::geo::Unit;
 /// that is split in two where it stands.
 const LEAF_TARGET: usize = 8;
 const LEAF_MAX: usize = 4 * LEAF_TARGET;
-const NONE: u32 = u32::MAX;
+pub(crate) const NONE: u32 = u32::MAX;
 
 /// The tree a group belongs in (its model's), if it is available.
 #[inline]
@@ -28,14 +32,42 @@ pub(crate) fn shifted_price(price: u128) -> u64 {
     (price >> PRICE_SHIFT).min(u64::MAX as u128) as u64
 }
 
-/// What a subtree's available groups (online, with a free GPU) can offer at best.
+/// A group's hot fields, inline in its leaf.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Item {
+    pub price: u128,
+    pub unit: Unit,
+    pub group: u32,
+    pub image_bits: u64,
+    pub vram: u32,
+    pub free: u8,
+    pub tier: u8,
+    pub country: u8,
+}
+
+impl Item {
+    fn of(g: &Group, id: u32) -> Item {
+        Item {
+            price: g.price,
+            unit: g.unit,
+            group: id,
+            image_bits: g.image_bits,
+            vram: g.vram_mib,
+            free: g.free_count(),
+            tier: g.tier,
+            country: g.country,
+        }
+    }
+}
+
+/// What a subtree's groups can offer at best.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Agg {
-    /// The lowest price, shifted right by `PRICE_SHIFT` (rounded down, so still a bound).
+    /// The lowest price, shifted right by `PRICE_SHIFT`.
     pub min_price: u64,
-    /// Countries present, as bits of the country id modulo 64: a one-hash Bloom filter.
+    /// Countries present, as bits of the country id modulo 64 (a one-hash Bloom filter).
     pub countries: u64,
-    /// Union of the hosts' image bits (image id modulo 64): a one-hash Bloom filter.
+    /// Images present, as bits of the image id modulo 64.
     pub images: u64,
     pub max_vram: u32,
     pub max_free: u8,
@@ -53,27 +85,24 @@ impl Agg {
     };
 
     #[inline]
-    fn add(&mut self, g: &Group) {
-        if !g.available() {
-            return;
-        }
-        self.min_price = self.min_price.min(shifted_price(g.price));
-        self.max_vram = self.max_vram.max(g.vram_mib);
-        self.max_free = self.max_free.max(g.free_count());
-        self.best_tier = self.best_tier.min(g.tier);
-        self.countries |= 1 << (g.country & 63);
-        self.images |= g.image_bits;
+    fn add(&mut self, i: &Item) {
+        self.min_price = self.min_price.min(shifted_price(i.price));
+        self.countries |= 1 << (i.country & 63);
+        self.images |= i.image_bits;
+        self.max_vram = self.max_vram.max(i.vram);
+        self.max_free = self.max_free.max(i.free);
+        self.best_tier = self.best_tier.min(i.tier);
     }
 
     #[inline]
     fn merge(a: &Agg, b: &Agg) -> Agg {
         Agg {
             min_price: a.min_price.min(b.min_price),
+            countries: a.countries | b.countries,
+            images: a.images | b.images,
             max_vram: a.max_vram.max(b.max_vram),
             max_free: a.max_free.max(b.max_free),
             best_tier: a.best_tier.min(b.best_tier),
-            countries: a.countries | b.countries,
-            images: a.images | b.images,
         }
     }
 }
@@ -87,10 +116,11 @@ pub(crate) struct Node {
     /// Children for an inner node; `left == NONE` for a leaf.
     pub left: u32,
     pub right: u32,
-    /// Inner: the split dimension and value. Leaf: `leaf` indexes `members`.
-    pub dim: u8,
-    pub split: f32,
+    /// Leaf: index into `Tree::leaves`.
     pub leaf: u32,
+    /// Inner: the split value along `dim`.
+    pub split: f32,
+    pub dim: u8,
 }
 
 impl Node {
@@ -102,9 +132,9 @@ impl Node {
             parent,
             left: NONE,
             right: NONE,
-            dim: 0,
-            split: 0.0,
             leaf,
+            split: 0.0,
+            dim: 0,
         }
     }
 
@@ -121,32 +151,68 @@ impl Node {
     }
 }
 
-/// A kd-tree over the groups of one GPU model.
+/// A leaf's items and the node it belongs to.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Leaf {
+    pub items: Vec<Item>,
+    node: u32,
+}
+
+/// A kd-tree over the available groups of one GPU model.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tree {
     pub nodes: Vec<Node>,
-    /// Group ids of each leaf.
-    pub members: Vec<Vec<u32>>,
-    /// Index of the leaf node of each `members` entry.
-    leaf_node: Vec<u32>,
+    pub leaves: Vec<Leaf>,
+}
+
+/// The widest dimension of a set of points and the median split along it; reorders `ids`.
+fn median_split(groups: &[Group], ids: &mut [u32], lo: &Unit, hi: &Unit) -> (usize, f32, usize) {
+    let dim = (0..3)
+        .max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b])))
+        .unwrap_or(0);
+    let mid = ids.len() / 2;
+    ids.select_nth_unstable_by(mid, |a, b| {
+        groups[*a as usize].unit[dim]
+            .total_cmp(&groups[*b as usize].unit[dim])
+            .then(a.cmp(b))
+    });
+    (dim, groups[ids[mid] as usize].unit[dim], mid)
 }
 
 impl Tree {
     pub fn heap_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.members.capacity() * std::mem::size_of::<Vec<u32>>()
-            + self.members.iter().map(|m| m.capacity() * 4).sum::<usize>()
-            + self.leaf_node.capacity() * 4
+            + self.leaves.capacity() * std::mem::size_of::<Leaf>()
+            + self
+                .leaves
+                .iter()
+                .map(|l| l.items.capacity() * std::mem::size_of::<Item>())
+                .sum::<usize>()
     }
 
     /// Builds the tree over `ids` from scratch.
     pub fn build(groups: &mut [Group], mut ids: Vec<u32>) -> Tree {
         let mut tree = Tree::default();
-        if ids.is_empty() {
-            return tree;
+        if !ids.is_empty() {
+            tree.build_node(groups, &mut ids, NONE);
         }
-        tree.build_node(groups, &mut ids, NONE);
         tree
+    }
+
+    fn new_leaf(&mut self, groups: &mut [Group], ids: &[u32], node: u32) -> u32 {
+        let leaf = self.leaves.len() as u32;
+        let items = ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &id)| {
+                let g = &mut groups[id as usize];
+                g.leaf = leaf;
+                g.pos = pos as u32;
+                Item::of(g, id)
+            })
+            .collect();
+        self.leaves.push(Leaf { items, node });
+        leaf
     }
 
     fn build_node(&mut self, groups: &mut [Group], ids: &mut [u32], parent: u32) -> u32 {
@@ -155,30 +221,15 @@ impl Tree {
         for &id in ids.iter() {
             node.extend(&groups[id as usize].unit);
         }
+        let (lo, hi) = (node.lo, node.hi);
         self.nodes.push(node);
         if ids.len() <= LEAF_TARGET {
-            let leaf = self.members.len() as u32;
-            self.members.push(ids.to_vec());
-            self.leaf_node.push(index);
+            let leaf = self.new_leaf(groups, ids, index);
             self.nodes[index as usize].leaf = leaf;
-            for &id in ids.iter() {
-                groups[id as usize].leaf = leaf;
-            }
-            self.recompute(groups, index);
+            self.recompute(index);
             return index;
         }
-        let n = &self.nodes[index as usize];
-        let extent = |i: usize| n.hi[i] - n.lo[i];
-        let dim = (0..3)
-            .max_by(|&a, &b| extent(a).total_cmp(&extent(b)))
-            .unwrap_or(0);
-        let mid = ids.len() / 2;
-        ids.select_nth_unstable_by(mid, |a, b| {
-            groups[*a as usize].unit[dim]
-                .total_cmp(&groups[*b as usize].unit[dim])
-                .then(a.cmp(b))
-        });
-        let split = groups[ids[mid] as usize].unit[dim];
+        let (dim, split, mid) = median_split(groups, ids, &lo, &hi);
         let (left_ids, right_ids) = ids.split_at_mut(mid);
         let left = self.build_node(groups, left_ids, index);
         let right = self.build_node(groups, right_ids, index);
@@ -195,12 +246,12 @@ impl Tree {
         index
     }
 
-    /// Recomputes a leaf's aggregate from its members.
-    fn recompute(&mut self, groups: &[Group], node: u32) {
+    /// Recomputes a leaf node's aggregate from its items.
+    fn recompute(&mut self, node: u32) {
         let leaf = self.nodes[node as usize].leaf as usize;
         let mut agg = Agg::EMPTY;
-        for &id in &self.members[leaf] {
-            agg.add(&groups[id as usize]);
+        for item in &self.leaves[leaf].items {
+            agg.add(item);
         }
         self.nodes[node as usize].agg = agg;
     }
@@ -225,23 +276,24 @@ impl Tree {
         }
     }
 
-    /// A group's state changed: refresh its leaf and the path above it.
+    /// A group in the tree changed (but not its place): rewrite its item.
     pub fn refresh(&mut self, groups: &[Group], id: u32) {
-        let leaf = groups[id as usize].leaf;
-        if leaf == u32::MAX {
-            return;
-        }
-        let node = self.leaf_node[leaf as usize];
-        self.recompute(groups, node);
+        let g = &groups[id as usize];
+        let leaf = &mut self.leaves[g.leaf as usize];
+        leaf.items[g.pos as usize] = Item::of(g, id);
+        let node = leaf.node;
+        self.recompute(node);
         self.propagate(node);
     }
 
-    /// Adds a group, growing boxes along its path; rebuilds when a leaf overflows.
+    /// Adds a group, growing boxes along its path; splits a leaf that overflows.
     pub fn insert(&mut self, groups: &mut [Group], id: u32) {
         if self.nodes.is_empty() {
             self.nodes.push(Node::empty_leaf(NONE, 0));
-            self.members.push(Vec::new());
-            self.leaf_node.push(0);
+            self.leaves.push(Leaf {
+                items: Vec::new(),
+                node: 0,
+            });
         }
         let p = groups[id as usize].unit;
         let mut node = 0u32;
@@ -258,90 +310,83 @@ impl Tree {
             };
         }
         let leaf = self.nodes[node as usize].leaf;
-        self.members[leaf as usize].push(id);
+        let items = &mut self.leaves[leaf as usize].items;
         groups[id as usize].leaf = leaf;
-        if self.members[leaf as usize].len() > LEAF_MAX {
+        groups[id as usize].pos = items.len() as u32;
+        items.push(Item::of(&groups[id as usize], id));
+        if items.len() > LEAF_MAX {
             self.split(groups, node);
+        } else {
+            self.recompute(node);
         }
-        self.recompute_subtree(groups, node);
         self.propagate(node);
     }
 
     /// Turns an overfull leaf into an inner node over two halves, in place.
     fn split(&mut self, groups: &mut [Group], node: u32) {
         let leaf = self.nodes[node as usize].leaf;
-        let mut ids = std::mem::take(&mut self.members[leaf as usize]);
-        let n = &self.nodes[node as usize];
-        let extent = |i: usize| n.hi[i] - n.lo[i];
-        let dim = (0..3)
-            .max_by(|&a, &b| extent(a).total_cmp(&extent(b)))
-            .unwrap_or(0);
-        let mid = ids.len() / 2;
-        ids.select_nth_unstable_by(mid, |a, b| {
-            groups[*a as usize].unit[dim]
-                .total_cmp(&groups[*b as usize].unit[dim])
-                .then(a.cmp(b))
-        });
-        let split = groups[ids[mid] as usize].unit[dim];
+        let mut ids: Vec<u32> = self.leaves[leaf as usize]
+            .items
+            .iter()
+            .map(|i| i.group)
+            .collect();
+        let (lo, hi) = (self.nodes[node as usize].lo, self.nodes[node as usize].hi);
+        let (dim, split, mid) = median_split(groups, &mut ids, &lo, &hi);
         let right_ids = ids.split_off(mid);
-        // The old leaf's slot keeps the left half; the right half gets a new leaf.
-        let right_leaf = self.members.len() as u32;
         let mut children = [NONE; 2];
-        for (side, (half, leaf_slot)) in [(ids, leaf), (right_ids, right_leaf)]
-            .into_iter()
-            .enumerate()
-        {
+        for (side, half) in [ids, right_ids].into_iter().enumerate() {
             let child = self.nodes.len() as u32;
-            let mut c = Node::empty_leaf(node, leaf_slot);
+            let mut c = Node::empty_leaf(node, NONE);
             for &id in &half {
                 c.extend(&groups[id as usize].unit);
-                groups[id as usize].leaf = leaf_slot;
             }
             self.nodes.push(c);
-            if leaf_slot == leaf {
-                self.members[leaf as usize] = half;
-                self.leaf_node[leaf as usize] = child;
+            // The left half keeps the old leaf's slot; the right half gets a new one.
+            let slot = if side == 0 {
+                let items = half.iter().enumerate().map(|(pos, &id)| {
+                    let g = &mut groups[id as usize];
+                    g.pos = pos as u32;
+                    Item::of(g, id)
+                });
+                self.leaves[leaf as usize] = Leaf {
+                    items: items.collect(),
+                    node: child,
+                };
+                leaf
             } else {
-                self.members.push(half);
-                self.leaf_node.push(child);
-            }
+                self.new_leaf(groups, &half, child)
+            };
+            self.nodes[child as usize].leaf = slot;
+            self.recompute(child);
             children[side] = child;
         }
+        let agg = Agg::merge(
+            &self.nodes[children[0] as usize].agg,
+            &self.nodes[children[1] as usize].agg,
+        );
         let n = &mut self.nodes[node as usize];
         n.left = children[0];
         n.right = children[1];
         n.dim = dim as u8;
         n.split = split;
         n.leaf = NONE;
+        n.agg = agg;
     }
 
-    /// Recomputes a node's aggregate: from members for a leaf, from children otherwise.
-    fn recompute_subtree(&mut self, groups: &[Group], node: u32) {
-        let n = &self.nodes[node as usize];
-        if n.is_leaf() {
-            self.recompute(groups, node);
-        } else {
-            let (l, r) = (n.left, n.right);
-            self.recompute(groups, l);
-            self.recompute(groups, r);
-            self.nodes[node as usize].agg =
-                Agg::merge(&self.nodes[l as usize].agg, &self.nodes[r as usize].agg);
-        }
-    }
-
-    /// Removes a group (its host moved); boxes keep their size, which stays correct.
+    /// Removes a group; boxes keep their size, which stays correct.
     pub fn remove(&mut self, groups: &mut [Group], id: u32) {
-        let leaf = groups[id as usize].leaf;
-        if leaf == u32::MAX {
+        let (leaf, pos) = (groups[id as usize].leaf, groups[id as usize].pos);
+        if leaf == NONE {
             return;
         }
-        let members = &mut self.members[leaf as usize];
-        if let Some(pos) = members.iter().position(|&m| m == id) {
-            members.swap_remove(pos);
+        let l = &mut self.leaves[leaf as usize];
+        l.items.swap_remove(pos as usize);
+        if let Some(moved) = l.items.get(pos as usize) {
+            groups[moved.group as usize].pos = pos;
         }
-        groups[id as usize].leaf = u32::MAX;
-        let node = self.leaf_node[leaf as usize];
-        self.recompute(groups, node);
+        let node = l.node;
+        groups[id as usize].leaf = NONE;
+        self.recompute(node);
         self.propagate(node);
     }
 }

@@ -4,7 +4,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::geo;
-use crate::index::{Agg, Node, PRICE_SHIFT, shifted_price};
+use crate::index::{Agg, Item, Node, PRICE_SHIFT, shifted_price};
 use crate::prices::{CLASSES, class_serves};
 use crate::{Booking, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
 use gpumesh_types::EARTH_RADIUS_KM;
@@ -70,6 +70,45 @@ impl Candidate {
             .then(self.price.cmp(&other.price))
             .then(self.rtt.total_cmp(&other.rtt))
             .then(self.group.cmp(&other.group))
+    }
+}
+
+/// What judging a group needs, read from the group or from its item in a leaf.
+pub(crate) struct Facts {
+    unit: geo::Unit,
+    price: u128,
+    image_bits: u64,
+    vram: u32,
+    free: u8,
+    tier: u8,
+    country: u8,
+}
+
+impl Facts {
+    #[inline]
+    fn of(g: &Group) -> Facts {
+        Facts {
+            unit: g.unit,
+            price: g.price,
+            image_bits: g.image_bits,
+            vram: g.vram_mib,
+            free: g.free_count(),
+            tier: g.tier,
+            country: g.country,
+        }
+    }
+
+    #[inline]
+    fn from_item(i: &Item) -> Facts {
+        Facts {
+            unit: i.unit,
+            price: i.price,
+            image_bits: i.image_bits,
+            vram: i.vram,
+            free: i.free,
+            tier: i.tier,
+            country: i.country,
+        }
     }
 }
 
@@ -154,14 +193,22 @@ impl Matcher {
     }
 
     /// Distance and estimated round-trip time from the request to a group's host.
+    /// Distance and estimated round-trip time from the request to a group's host.
     #[inline]
     pub(crate) fn rtt(&self, c: &Compiled, g: &Group) -> (f64, f64) {
-        let km = geo::chord_km(geo::chord(&c.q, &g.unit));
+        self.rtt_at(c, &g.unit, g.host)
+    }
+
+    /// Distance and estimated round-trip time to a point of a host; the host is read only
+    /// when the request has an anchor to measure from.
+    #[inline]
+    fn rtt_at(&self, c: &Compiled, unit: &geo::Unit, host: u32) -> (f64, f64) {
+        let km = geo::chord_km(geo::chord(&c.q, unit));
         let geo_rtt = self.latency.geo_rtt_ms(km);
         let Some(anchor) = c.anchor else {
             return (km, geo_rtt);
         };
-        let host = &self.hosts[g.host as usize].coord;
+        let host = &self.hosts[host as usize].coord;
         if host.error > self.latency.max_coordinate_error {
             return (km, geo_rtt);
         }
@@ -183,48 +230,58 @@ impl Matcher {
         }
     }
 
-    /// Everything about a group except the round-trip bound.
     #[inline]
-    pub(crate) fn eligible_static(&self, c: &Compiled, g: &Group) -> bool {
-        c.models & (1 << g.model as usize) != 0
-            && g.online
-            && g.free_count() >= c.count
-            && g.vram_mib >= c.min_vram
-            && g.price <= c.cap
-            && g.tier <= c.max_tier
-            && c.allow.is_none_or(|a| country_bit(&a, g.country))
-            && !country_bit(&c.deny, g.country)
+    fn eligible_facts(&self, c: &Compiled, f: &Facts, host: u32) -> bool {
+        f.free >= c.count
+            && f.vram >= c.min_vram
+            && f.price <= c.cap
+            && f.tier <= c.max_tier
+            && c.allow.is_none_or(|a| country_bit(&a, f.country))
+            && !country_bit(&c.deny, f.country)
             && match c.image {
                 None => true,
                 Some(None) => false,
                 Some(Some(img)) => {
-                    g.image_bits & c.image_bit != 0
-                        && self.hosts[g.host as usize]
-                            .images
-                            .binary_search(&img)
-                            .is_ok()
+                    f.image_bits & c.image_bit != 0
+                        && self.hosts[host as usize].images.binary_search(&img).is_ok()
                 }
             }
     }
 
+    /// Judges an online group of a wanted model from its facts; the scan and the index
+    /// both come here, so they judge alike.
     #[inline]
-    fn candidate(&self, c: &Compiled, id: u32) -> Option<Candidate> {
-        let g = &self.groups[id as usize];
-        if !self.eligible_static(c, g) {
+    fn judge(&self, c: &Compiled, id: u32, f: &Facts) -> Option<Candidate> {
+        // The host is read only for an image check or a measured round trip.
+        let host = if c.image.is_some() || c.anchor.is_some() {
+            self.groups[id as usize].host
+        } else {
+            0
+        };
+        if !self.eligible_facts(c, f, host) {
             return None;
         }
-        let (km, rtt) = self.rtt(c, g);
+        let (km, rtt) = self.rtt_at(c, &f.unit, host);
         if rtt > c.max_rtt {
             return None;
         }
         Some(Candidate {
             group: id,
-            score: Self::score(c, g.price, rtt, g.tier),
-            price: g.price,
+            score: Self::score(c, f.price, rtt, f.tier),
+            price: f.price,
             rtt,
             km,
-            leftover: g.free_count() - c.count,
+            leftover: f.free - c.count,
         })
+    }
+
+    #[inline]
+    fn candidate(&self, c: &Compiled, id: u32) -> Option<Candidate> {
+        let g = &self.groups[id as usize];
+        if c.models & (1 << g.model as usize) == 0 || !g.online {
+            return None;
+        }
+        self.judge(c, id, &Facts::of(g))
     }
 
     /// Whether a subtree may hold an eligible group, and the least score it could give.
@@ -305,9 +362,10 @@ impl Matcher {
             let n = &tree.nodes[node as usize];
             scratch.nodes += 1;
             if n.is_leaf() {
-                scratch.groups += tree.members[n.leaf as usize].len() as u64;
-                for &id in &tree.members[n.leaf as usize] {
-                    if let Some(cand) = self.candidate(c, id)
+                let items = &tree.leaves[n.leaf as usize].items;
+                scratch.groups += items.len() as u64;
+                for item in items {
+                    if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
                         && cand.score <= best + margin
                     {
                         best = best.min(cand.score);
