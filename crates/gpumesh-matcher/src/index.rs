@@ -107,40 +107,63 @@ impl Agg {
     }
 }
 
+/// A node in 64 bytes: its box, its aggregate, its split and its children. The two
+/// children of an inner node sit next to each other, so a search reads both in one go.
+/// Parents live apart (`Tree::parents`): only updates walk up.
 #[derive(Clone, Debug)]
 pub(crate) struct Node {
     pub lo: Unit,
     pub hi: Unit,
     pub agg: Agg,
-    pub parent: u32,
-    /// Children for an inner node; `left == NONE` for a leaf.
-    pub left: u32,
-    pub right: u32,
-    /// Leaf: index into `Tree::leaves`.
-    pub leaf: u32,
-    /// Inner: the split value along `dim`.
-    pub split: f32,
-    pub dim: u8,
+    /// Leaf: `LEAF | leaf index`. Inner: `dim << DIM_SHIFT | left child` (the right one
+    /// follows it).
+    child: u32,
+    /// Inner: points below this along `dim` go left.
+    split: f32,
 }
 
+const LEAF: u32 = 1 << 31;
+const DIM_SHIFT: u32 = 29;
+const INDEX: u32 = (1 << DIM_SHIFT) - 1;
+
 impl Node {
-    fn empty_leaf(parent: u32, leaf: u32) -> Node {
+    fn empty() -> Node {
         Node {
             lo: [f32::MAX; 3],
             hi: [f32::MIN; 3],
             agg: Agg::EMPTY,
-            parent,
-            left: NONE,
-            right: NONE,
-            leaf,
+            child: LEAF,
             split: 0.0,
-            dim: 0,
         }
     }
 
     #[inline]
     pub fn is_leaf(&self) -> bool {
-        self.left == NONE
+        self.child & LEAF != 0
+    }
+
+    /// The leaf's index in `Tree::leaves`.
+    #[inline]
+    pub fn leaf(&self) -> u32 {
+        self.child & !LEAF
+    }
+
+    /// The children of an inner node.
+    #[inline]
+    pub fn children(&self) -> [u32; 2] {
+        let first = self.child & INDEX;
+        [first, first + 1]
+    }
+
+    #[inline]
+    fn dim(&self) -> usize {
+        (self.child >> DIM_SHIFT) as usize & 3
+    }
+
+    fn set_inner(&mut self, first: u32, dim: usize, split: f32) {
+        debug_assert!(first <= INDEX);
+        self.child = (dim as u32) << DIM_SHIFT | first;
+        self.split = split;
     }
 
     fn extend(&mut self, p: &Unit) {
@@ -162,10 +185,12 @@ pub(crate) struct Leaf {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tree {
     pub nodes: Vec<Node>,
+    parents: Vec<u32>,
     pub leaves: Vec<Leaf>,
 }
 
-/// The widest dimension of a set of points and the median split along it; reorders `ids`.
+/// Splits points at the median of their widest dimension; reorders `ids` and returns the
+/// dimension, the split value and the index of the first point of the second half.
 fn median_split(groups: &[Group], ids: &mut [u32], lo: &Unit, hi: &Unit) -> (usize, f32, usize) {
     let dim = (0..3)
         .max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b])))
@@ -182,6 +207,7 @@ fn median_split(groups: &[Group], ids: &mut [u32], lo: &Unit, hi: &Unit) -> (usi
 impl Tree {
     pub fn heap_bytes(&self) -> usize {
         self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.parents.capacity() * 4
             + self.leaves.capacity() * std::mem::size_of::<Leaf>()
             + self
                 .leaves
@@ -194,7 +220,8 @@ impl Tree {
     pub fn build(groups: &mut [Group], mut ids: Vec<u32>) -> Tree {
         let mut tree = Tree::default();
         if !ids.is_empty() {
-            tree.build_node(groups, &mut ids, NONE);
+            tree.push(NONE);
+            tree.build_into(groups, &mut ids, 0);
         }
         tree
     }
@@ -215,40 +242,45 @@ impl Tree {
         leaf
     }
 
-    fn build_node(&mut self, groups: &mut [Group], ids: &mut [u32], parent: u32) -> u32 {
-        let index = self.nodes.len() as u32;
-        let mut node = Node::empty_leaf(parent, NONE);
+    /// Builds the subtree of `ids` into the node at `index` (already allocated).
+    fn build_into(&mut self, groups: &mut [Group], ids: &mut [u32], index: u32) {
+        let mut node = Node::empty();
         for &id in ids.iter() {
             node.extend(&groups[id as usize].unit);
         }
         let (lo, hi) = (node.lo, node.hi);
-        self.nodes.push(node);
+        self.nodes[index as usize] = node;
         if ids.len() <= LEAF_TARGET {
             let leaf = self.new_leaf(groups, ids, index);
-            self.nodes[index as usize].leaf = leaf;
+            self.nodes[index as usize].child = LEAF | leaf;
             self.recompute(index);
-            return index;
+            return;
         }
         let (dim, split, mid) = median_split(groups, ids, &lo, &hi);
         let (left_ids, right_ids) = ids.split_at_mut(mid);
-        let left = self.build_node(groups, left_ids, index);
-        let right = self.build_node(groups, right_ids, index);
+        let first = self.push(index);
+        self.push(index);
+        self.build_into(groups, left_ids, first);
+        self.build_into(groups, right_ids, first + 1);
         let agg = Agg::merge(
-            &self.nodes[left as usize].agg,
-            &self.nodes[right as usize].agg,
+            &self.nodes[first as usize].agg,
+            &self.nodes[first as usize + 1].agg,
         );
         let node = &mut self.nodes[index as usize];
-        node.left = left;
-        node.right = right;
-        node.dim = dim as u8;
-        node.split = split;
+        node.set_inner(first, dim, split);
         node.agg = agg;
-        index
+    }
+
+    /// Appends a node under `parent`.
+    fn push(&mut self, parent: u32) -> u32 {
+        self.nodes.push(Node::empty());
+        self.parents.push(parent);
+        self.nodes.len() as u32 - 1
     }
 
     /// Recomputes a leaf node's aggregate from its items.
     fn recompute(&mut self, node: u32) {
-        let leaf = self.nodes[node as usize].leaf as usize;
+        let leaf = self.nodes[node as usize].leaf() as usize;
         let mut agg = Agg::EMPTY;
         for item in &self.leaves[leaf].items {
             agg.add(item);
@@ -259,16 +291,13 @@ impl Tree {
     /// Walks from `node`'s parent to the root, merging children, until nothing changes.
     fn propagate(&mut self, mut node: u32) {
         loop {
-            let parent = self.nodes[node as usize].parent;
+            let parent = self.parents[node as usize];
             if parent == NONE {
                 return;
             }
-            let p = &self.nodes[parent as usize];
-            let merged = Agg::merge(
-                &self.nodes[p.left as usize].agg,
-                &self.nodes[p.right as usize].agg,
-            );
-            if merged == p.agg {
+            let [l, r] = self.nodes[parent as usize].children();
+            let merged = Agg::merge(&self.nodes[l as usize].agg, &self.nodes[r as usize].agg);
+            if merged == self.nodes[parent as usize].agg {
                 return;
             }
             self.nodes[parent as usize].agg = merged;
@@ -286,10 +315,11 @@ impl Tree {
         self.propagate(node);
     }
 
-    /// Adds a group, growing boxes along its path; splits a leaf that overflows.
+    /// Adds a group down the path its splits choose, growing boxes on the way; splits a
+    /// leaf that overflows.
     pub fn insert(&mut self, groups: &mut [Group], id: u32) {
         if self.nodes.is_empty() {
-            self.nodes.push(Node::empty_leaf(NONE, 0));
+            self.push(NONE);
             self.leaves.push(Leaf {
                 items: Vec::new(),
                 node: 0,
@@ -303,13 +333,10 @@ impl Tree {
             if n.is_leaf() {
                 break;
             }
-            node = if p[n.dim as usize] < n.split {
-                n.left
-            } else {
-                n.right
-            };
+            let [l, r] = n.children();
+            node = if p[n.dim()] < n.split { l } else { r };
         }
-        let leaf = self.nodes[node as usize].leaf;
+        let leaf = self.nodes[node as usize].leaf();
         let items = &mut self.leaves[leaf as usize].items;
         groups[id as usize].leaf = leaf;
         groups[id as usize].pos = items.len() as u32;
@@ -324,7 +351,7 @@ impl Tree {
 
     /// Turns an overfull leaf into an inner node over two halves, in place.
     fn split(&mut self, groups: &mut [Group], node: u32) {
-        let leaf = self.nodes[node as usize].leaf;
+        let leaf = self.nodes[node as usize].leaf();
         let mut ids: Vec<u32> = self.leaves[leaf as usize]
             .items
             .iter()
@@ -333,14 +360,13 @@ impl Tree {
         let (lo, hi) = (self.nodes[node as usize].lo, self.nodes[node as usize].hi);
         let (dim, split, mid) = median_split(groups, &mut ids, &lo, &hi);
         let right_ids = ids.split_off(mid);
-        let mut children = [NONE; 2];
+        let first = self.nodes.len() as u32;
         for (side, half) in [ids, right_ids].into_iter().enumerate() {
-            let child = self.nodes.len() as u32;
-            let mut c = Node::empty_leaf(node, NONE);
+            let child = first + side as u32;
+            self.push(node);
             for &id in &half {
-                c.extend(&groups[id as usize].unit);
+                self.nodes[child as usize].extend(&groups[id as usize].unit);
             }
-            self.nodes.push(c);
             // The left half keeps the old leaf's slot; the right half gets a new one.
             let slot = if side == 0 {
                 let items = half.iter().enumerate().map(|(pos, &id)| {
@@ -356,20 +382,15 @@ impl Tree {
             } else {
                 self.new_leaf(groups, &half, child)
             };
-            self.nodes[child as usize].leaf = slot;
+            self.nodes[child as usize].child = LEAF | slot;
             self.recompute(child);
-            children[side] = child;
         }
         let agg = Agg::merge(
-            &self.nodes[children[0] as usize].agg,
-            &self.nodes[children[1] as usize].agg,
+            &self.nodes[first as usize].agg,
+            &self.nodes[first as usize + 1].agg,
         );
         let n = &mut self.nodes[node as usize];
-        n.left = children[0];
-        n.right = children[1];
-        n.dim = dim as u8;
-        n.split = split;
-        n.leaf = NONE;
+        n.set_inner(first, dim, split);
         n.agg = agg;
     }
 
@@ -388,5 +409,14 @@ impl Tree {
         groups[id as usize].leaf = NONE;
         self.recompute(node);
         self.propagate(node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_node_is_one_cache_line_and_an_item_at_most_one() {
+        assert_eq!(std::mem::size_of::<super::Node>(), 64);
+        assert!(std::mem::size_of::<super::Item>() <= 64);
     }
 }

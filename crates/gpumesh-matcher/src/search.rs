@@ -362,7 +362,7 @@ impl Matcher {
             let n = &tree.nodes[node as usize];
             scratch.nodes += 1;
             if n.is_leaf() {
-                let items = &tree.leaves[n.leaf as usize].items;
+                let items = &tree.leaves[n.leaf() as usize].items;
                 scratch.groups += items.len() as u64;
                 for item in items {
                     if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
@@ -373,7 +373,7 @@ impl Matcher {
                     }
                 }
             } else {
-                for child in [n.left, n.right] {
+                for child in n.children() {
                     if let Some(lb) = self.bound(c, &tree.nodes[child as usize])
                         && lb <= best + margin
                     {
