@@ -43,6 +43,8 @@ pub(crate) struct Compiled {
     pub image: Option<Option<u32>>,
     /// The required image's bit in the hosts' image filter (0 when none is required).
     pub image_bit: u64,
+    /// With at most 64 images known, each has its own bit and the filter is exact.
+    pub image_bits_exact: bool,
     pub max_rtt: f64,
     pub rtt_ref: f64,
     pub q: [f64; 3],
@@ -172,6 +174,7 @@ impl Matcher {
                 .fold(0, |b, i| b | 1 << (i & 63))
         });
         Compiled {
+            image_bits_exact: self.images.len() <= 64,
             allow_bits,
             cap_shifted: shifted_price(r.max_price_per_gpu_hour.0),
             image_bit,
@@ -243,7 +246,8 @@ impl Matcher {
                 Some(None) => false,
                 Some(Some(img)) => {
                     f.image_bits & c.image_bit != 0
-                        && self.hosts[host as usize].images.binary_search(&img).is_ok()
+                        && (c.image_bits_exact
+                            || self.hosts[host as usize].images.binary_search(&img).is_ok())
                 }
             }
     }
@@ -253,7 +257,7 @@ impl Matcher {
     #[inline]
     fn judge(&self, c: &Compiled, id: u32, f: &Facts) -> Option<Candidate> {
         // The host is read only for an image check or a measured round trip.
-        let host = if c.image.is_some() || c.anchor.is_some() {
+        let host = if (c.image.is_some() && !c.image_bits_exact) || c.anchor.is_some() {
             self.groups[id as usize].host
         } else {
             0
@@ -354,34 +358,61 @@ impl Matcher {
                     .push(Reverse((lb.max(0.0).to_bits(), t as u8, 0)));
             }
         }
-        while let Some(Reverse((lb_bits, model, node))) = scratch.heap.pop() {
+        while let Some(Reverse((lb_bits, model, first))) = scratch.heap.pop() {
             if f64::from_bits(lb_bits) > best + margin {
                 break;
             }
             let tree = &self.trees[model as usize];
-            let n = &tree.nodes[node as usize];
-            scratch.nodes += 1;
-            if n.is_leaf() {
-                let items = &tree.leaves[n.leaf() as usize].items;
-                scratch.groups += items.len() as u64;
-                for item in items {
-                    if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
-                        && cand.score <= best + margin
-                    {
-                        best = best.min(cand.score);
-                        scratch.candidates.push(cand);
+            // Walk down the better child while it is no worse than anything in the heap;
+            // the other child waits in the heap. Same order as popping both, fewer heap
+            // operations.
+            let mut node = first;
+            loop {
+                let n = &tree.nodes[node as usize];
+                scratch.nodes += 1;
+                if n.is_leaf() {
+                    let items = &tree.leaves[n.leaf() as usize].items;
+                    scratch.groups += items.len() as u64;
+                    for item in items {
+                        if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
+                            && cand.score <= best + margin
+                        {
+                            best = best.min(cand.score);
+                            scratch.candidates.push(cand);
+                        }
                     }
+                    break;
                 }
-            } else {
-                for child in n.children() {
-                    if let Some(lb) = self.bound(c, &tree.nodes[child as usize])
-                        && lb <= best + margin
-                    {
-                        scratch
-                            .heap
-                            .push(Reverse((lb.max(0.0).to_bits(), model, child)));
-                    }
+                let [l, r] = n.children();
+                let bl = self
+                    .bound(c, &tree.nodes[l as usize])
+                    .filter(|&b| b <= best + margin);
+                let br = self
+                    .bound(c, &tree.nodes[r as usize])
+                    .filter(|&b| b <= best + margin);
+                let (next, next_bound, other) = match (bl, br) {
+                    (None, None) => break,
+                    (Some(b), None) => (l, b, None),
+                    (None, Some(b)) => (r, b, None),
+                    (Some(x), Some(y)) if x <= y => (l, x, Some((r, y))),
+                    (Some(x), Some(y)) => (r, y, Some((l, x))),
+                };
+                if let Some((o, ob)) = other {
+                    scratch
+                        .heap
+                        .push(Reverse((ob.max(0.0).to_bits(), model, o)));
                 }
+                let top = scratch
+                    .heap
+                    .peek()
+                    .map_or(f64::INFINITY, |Reverse((k, ..))| f64::from_bits(*k));
+                if next_bound > top {
+                    scratch
+                        .heap
+                        .push(Reverse((next_bound.max(0.0).to_bits(), model, next)));
+                    break;
+                }
+                node = next;
             }
         }
         let chosen = Self::select(c.policy, &scratch.candidates);

@@ -732,6 +732,22 @@ fn build_world(hosts: &[HostGen], anchors: bool) -> Matcher {
         for (lat, lon) in [(50.0, 8.0), (19.0, 72.0), (-23.0, -46.0)] {
             m.add_anchor(GeoPoint { lat, lon });
         }
+    } else {
+        // More than 64 images: the image filter is no longer exact and hosts' lists decide.
+        let spec = HostSpec {
+            point: GeoPoint { lat: 0.0, lon: 0.0 },
+            country: country("DE"),
+            price_per_gpu_hour: Amount(1),
+            tier: 3,
+            images: (0..70).map(|i| format!("img{}", 4 + i)).collect(),
+        };
+        let group = GroupSpec {
+            model: GpuModel::Rtx3090,
+            vram_mib: 1,
+            first_index: 0,
+            count: 1,
+        };
+        m.add_host(&spec, &[group]).unwrap();
     }
     m
 }
