@@ -1,8 +1,9 @@
 //! The kd-trees with aggregates for branch-and-bound.
 //!
-//! There is one tree per GPU model, and a tree holds only available groups (online, some
-//! GPU free), so a search never walks past busy hosts. A group leaves its tree when it
-//! becomes fully busy or goes offline, and comes back when a GPU frees up.
+//! Every available group (online, some GPU free) is in two trees: its model's, for requests
+//! that name a model, and its class's (data-centre, workstation, consumer), for requests
+//! that name a class, such as cloud gaming on any consumer card. Busy and offline groups
+//! are in no tree, so a search never walks past them.
 //!
 //! Leaves keep the hot fields of their groups inline ([`Item`]), so judging a leaf reads
 //! one contiguous run of memory instead of one cache line per group elsewhere; every
@@ -17,11 +18,16 @@ const LEAF_TARGET: usize = 8;
 const LEAF_MAX: usize = 4 * LEAF_TARGET;
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// The tree a group belongs in (its model's), if it is available.
+/// The trees a group belongs in (its model's and its class's), if it is available.
 #[inline]
-pub(crate) fn tree_of(g: &Group) -> Option<usize> {
-    g.available().then_some(g.model as usize)
+pub(crate) fn trees_of(g: &Group) -> Option<[usize; 2]> {
+    g.available()
+        .then(|| [g.model as usize, MODELS + g.model.class() as usize])
 }
+
+/// Model trees come first, one per catalog model; class trees follow.
+pub(crate) const MODELS: usize = gpumesh_types::CATALOG.len();
+pub(crate) const CLASSES: usize = 3;
 
 /// Prices in aggregates drop their low bits, which keeps aggregates small; rounding down
 /// keeps the minimum a valid lower bound.
@@ -43,6 +49,7 @@ pub(crate) struct Item {
     pub free: u8,
     pub tier: u8,
     pub country: u8,
+    pub model: u8,
 }
 
 impl Item {
@@ -56,6 +63,7 @@ impl Item {
             free: g.free_count(),
             tier: g.tier,
             country: g.country,
+            model: g.model as u8,
         }
     }
 }
@@ -70,6 +78,8 @@ pub(crate) struct Agg {
     /// Images present, as bits of the image id modulo 64.
     pub images: u64,
     pub max_vram: u32,
+    /// Models present, as bits of `GpuModel as usize`.
+    pub models: u16,
     pub max_free: u8,
     pub best_tier: u8,
 }
@@ -80,6 +90,7 @@ impl Agg {
         countries: 0,
         images: 0,
         max_vram: 0,
+        models: 0,
         max_free: 0,
         best_tier: u8::MAX,
     };
@@ -90,6 +101,7 @@ impl Agg {
         self.countries |= 1 << (i.country & 63);
         self.images |= i.image_bits;
         self.max_vram = self.max_vram.max(i.vram);
+        self.models |= 1 << i.model;
         self.max_free = self.max_free.max(i.free);
         self.best_tier = self.best_tier.min(i.tier);
     }
@@ -101,6 +113,7 @@ impl Agg {
             countries: a.countries | b.countries,
             images: a.images | b.images,
             max_vram: a.max_vram.max(b.max_vram),
+            models: a.models | b.models,
             max_free: a.max_free.max(b.max_free),
             best_tier: a.best_tier.min(b.best_tier),
         }
@@ -187,6 +200,8 @@ pub(crate) struct Tree {
     pub nodes: Vec<Node>,
     parents: Vec<u32>,
     pub leaves: Vec<Leaf>,
+    /// Which of a group's two tree places (model, class) this tree keeps.
+    which: usize,
 }
 
 /// Splits points at the median of their widest dimension; reorders `ids` and returns the
@@ -217,8 +232,17 @@ impl Tree {
     }
 
     /// Builds the tree over `ids` from scratch.
-    pub fn build(groups: &mut [Group], mut ids: Vec<u32>) -> Tree {
-        let mut tree = Tree::default();
+    /// An empty tree keeping the groups' place number `which` (0: model, 1: class).
+    pub fn new(which: usize) -> Tree {
+        Tree {
+            which,
+            ..Tree::default()
+        }
+    }
+
+    /// Builds the tree over `ids` from scratch.
+    pub fn build(groups: &mut [Group], mut ids: Vec<u32>, which: usize) -> Tree {
+        let mut tree = Tree::new(which);
         if !ids.is_empty() {
             tree.push(NONE);
             tree.build_into(groups, &mut ids, 0);
@@ -233,8 +257,8 @@ impl Tree {
             .enumerate()
             .map(|(pos, &id)| {
                 let g = &mut groups[id as usize];
-                g.leaf = leaf;
-                g.pos = pos as u32;
+                g.leaf[self.which] = leaf;
+                g.pos[self.which] = pos as u32;
                 Item::of(g, id)
             })
             .collect();
@@ -308,8 +332,8 @@ impl Tree {
     /// A group in the tree changed (but not its place): rewrite its item.
     pub fn refresh(&mut self, groups: &[Group], id: u32) {
         let g = &groups[id as usize];
-        let leaf = &mut self.leaves[g.leaf as usize];
-        leaf.items[g.pos as usize] = Item::of(g, id);
+        let leaf = &mut self.leaves[g.leaf[self.which] as usize];
+        leaf.items[g.pos[self.which] as usize] = Item::of(g, id);
         let node = leaf.node;
         self.recompute(node);
         self.propagate(node);
@@ -338,8 +362,8 @@ impl Tree {
         }
         let leaf = self.nodes[node as usize].leaf();
         let items = &mut self.leaves[leaf as usize].items;
-        groups[id as usize].leaf = leaf;
-        groups[id as usize].pos = items.len() as u32;
+        groups[id as usize].leaf[self.which] = leaf;
+        groups[id as usize].pos[self.which] = items.len() as u32;
         items.push(Item::of(&groups[id as usize], id));
         if items.len() > LEAF_MAX {
             self.split(groups, node);
@@ -371,7 +395,7 @@ impl Tree {
             let slot = if side == 0 {
                 let items = half.iter().enumerate().map(|(pos, &id)| {
                     let g = &mut groups[id as usize];
-                    g.pos = pos as u32;
+                    g.pos[self.which] = pos as u32;
                     Item::of(g, id)
                 });
                 self.leaves[leaf as usize] = Leaf {
@@ -396,17 +420,20 @@ impl Tree {
 
     /// Removes a group; boxes keep their size, which stays correct.
     pub fn remove(&mut self, groups: &mut [Group], id: u32) {
-        let (leaf, pos) = (groups[id as usize].leaf, groups[id as usize].pos);
+        let (leaf, pos) = (
+            groups[id as usize].leaf[self.which],
+            groups[id as usize].pos[self.which],
+        );
         if leaf == NONE {
             return;
         }
         let l = &mut self.leaves[leaf as usize];
         l.items.swap_remove(pos as usize);
         if let Some(moved) = l.items.get(pos as usize) {
-            groups[moved.group as usize].pos = pos;
+            groups[moved.group as usize].pos[self.which] = pos;
         }
         let node = l.node;
-        groups[id as usize].leaf = NONE;
+        groups[id as usize].leaf[self.which] = NONE;
         self.recompute(node);
         self.propagate(node);
     }

@@ -176,22 +176,21 @@ pub(crate) struct Group {
     pub image_bits: u64,
     pub host: u32,
     pub vram_mib: u32,
-    /// The leaf the group's item is in while available, and its place there.
-    pub leaf: u32,
-    pub pos: u32,
+    /// While available: the leaves holding the group's items in its model's and its class's
+    /// trees, and its places there.
+    pub leaf: [u32; 2],
+    pub pos: [u32; 2],
     pub first_index: u16,
     pub gpus: u8,
     pub model: GpuModel,
     pub tier: u8,
     pub country: u8,
     pub online: bool,
-    /// The tree the group is in (`NO_TREE` when unavailable).
-    pub tree: u8,
+    /// Whether the group is in its trees.
+    pub indexed: bool,
     /// The price set the group is in (`NO_SET` when unavailable).
     pub pset: u8,
 }
-
-pub(crate) const NO_TREE: u8 = u8::MAX;
 
 fn image_bits(images: &[u32]) -> u64 {
     images.iter().fold(0, |bits, i| bits | 1 << (i % 64))
@@ -298,7 +297,9 @@ impl Matcher {
             latency,
             hosts: Vec::new(),
             groups: Vec::new(),
-            trees: (0..CATALOG.len()).map(|_| Tree::default()).collect(),
+            trees: (0..index::MODELS + index::CLASSES)
+                .map(|t| Tree::new(usize::from(t >= index::MODELS)))
+                .collect(),
             prices: Prices::new(CATALOG.len()),
             countries: Vec::new(),
             country_index: HashMap::new(),
@@ -390,15 +391,15 @@ impl Matcher {
                 image_bits: image_bits(&images),
                 host: host_id,
                 vram_mib: g.vram_mib,
-                leaf: index::NONE,
-                pos: 0,
+                leaf: [index::NONE; 2],
+                pos: [0; 2],
                 first_index: g.first_index,
                 gpus: g.count,
                 model: g.model,
                 tier: spec.tier.clamp(1, 3),
                 country,
                 online: true,
-                tree: NO_TREE,
+                indexed: false,
                 pset: NO_SET,
             });
             ids.push(id);
@@ -427,24 +428,39 @@ impl Matcher {
             .ok_or(MatcherError::UnknownHost(host))
     }
 
-    /// Puts a group in the tree its state calls for, or refreshes its path there.
+    /// Puts a group in its trees if it is available, takes it out if not, and otherwise
+    /// refreshes its items there.
     fn reindex(&mut self, id: u32) {
         let g = &self.groups[id as usize];
-        let want = index::tree_of(g).map_or(NO_TREE, |t| t as u8);
-        let have = g.tree;
-        if want == have {
-            if have != NO_TREE {
-                self.trees[have as usize].refresh(&self.groups, id);
+        let (want, have) = (index::trees_of(g), g.indexed);
+        match (want, have) {
+            (Some(trees), true) => {
+                for t in trees {
+                    self.trees[t].refresh(&self.groups, id);
+                }
             }
+            (Some(trees), false) => {
+                for t in trees {
+                    self.trees[t].insert(&mut self.groups, id);
+                }
+                self.groups[id as usize].indexed = true;
+            }
+            (None, true) => self.unindex(id),
+            (None, false) => {}
+        }
+    }
+
+    /// Takes a group out of its trees.
+    fn unindex(&mut self, id: u32) {
+        let g = &self.groups[id as usize];
+        if !g.indexed {
             return;
         }
-        if have != NO_TREE {
-            self.trees[have as usize].remove(&mut self.groups, id);
+        let trees = [g.model as usize, index::MODELS + g.model.class() as usize];
+        for t in trees {
+            self.trees[t].remove(&mut self.groups, id);
         }
-        if want != NO_TREE {
-            self.trees[want as usize].insert(&mut self.groups, id);
-        }
-        self.groups[id as usize].tree = want;
+        self.groups[id as usize].indexed = false;
     }
 
     /// Changes a group, then brings its tree and its price set up to date.
@@ -504,12 +520,8 @@ impl Matcher {
         h.country = country;
         let groups = h.groups.clone();
         for g in groups {
-            // Out of its tree at the old place, into one at the new.
-            let tree = self.groups[g as usize].tree;
-            if tree != NO_TREE {
-                self.trees[tree as usize].remove(&mut self.groups, g);
-                self.groups[g as usize].tree = NO_TREE;
-            }
+            // Out of its trees at the old place, into them at the new.
+            self.unindex(g);
             let group = &mut self.groups[g as usize];
             group.unit = unit;
             group.country = country;
@@ -769,15 +781,15 @@ impl Matcher {
                     image_bits: bits,
                     host,
                     vram_mib: g.vram_mib,
-                    leaf: index::NONE,
-                    pos: 0,
+                    leaf: [index::NONE; 2],
+                    pos: [0; 2],
                     first_index: g.first_index,
                     gpus: g.count,
                     model: g.model,
                     tier,
                     country,
                     online: h.online,
-                    tree: NO_TREE,
+                    indexed: false,
                     pset: NO_SET,
                 });
             }
@@ -795,13 +807,15 @@ impl Matcher {
         }
         let mut by_tree: Vec<Vec<u32>> = vec![Vec::new(); m.trees.len()];
         for (i, g) in m.groups.iter_mut().enumerate() {
-            if let Some(t) = index::tree_of(g) {
-                by_tree[t].push(i as u32);
-                g.tree = t as u8;
+            if let Some(trees) = index::trees_of(g) {
+                for t in trees {
+                    by_tree[t].push(i as u32);
+                }
+                g.indexed = true;
             }
         }
         for (t, ids) in by_tree.into_iter().enumerate() {
-            m.trees[t] = Tree::build(&mut m.groups, ids);
+            m.trees[t] = Tree::build(&mut m.groups, ids, usize::from(t >= index::MODELS));
         }
         for id in 0..m.groups.len() as u32 {
             m.prices.insert(&mut m.groups, id);

@@ -4,9 +4,9 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::geo;
-use crate::index::{Agg, Item, Node, PRICE_SHIFT, shifted_price};
+use crate::index::{self, Agg, Item, Node, PRICE_SHIFT, shifted_price};
 use crate::prices::{CLASSES, class_serves};
-use crate::{Booking, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
+use crate::{Booking, GpuSelector, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
 use gpumesh_types::EARTH_RADIUS_KM;
 
 /// Tier steps cost this much in the experience score (ms) and in the balanced score.
@@ -28,6 +28,7 @@ fn slack(policy: RankPolicy) -> f64 {
 #[derive(Clone, Debug)]
 pub(crate) struct Compiled {
     pub models: u32,
+    pub gpu: GpuSelector,
     pub count: u8,
     pub min_vram: u32,
     pub cap: u128,
@@ -84,6 +85,7 @@ pub(crate) struct Facts {
     free: u8,
     tier: u8,
     country: u8,
+    model: u8,
 }
 
 impl Facts {
@@ -97,6 +99,7 @@ impl Facts {
             free: g.free_count(),
             tier: g.tier,
             country: g.country,
+            model: g.model as u8,
         }
     }
 
@@ -110,6 +113,7 @@ impl Facts {
             free: i.free,
             tier: i.tier,
             country: i.country,
+            model: i.model,
         }
     }
 }
@@ -179,6 +183,7 @@ impl Matcher {
             cap_shifted: shifted_price(r.max_price_per_gpu_hour.0),
             image_bit,
             models: crate::models_mask(r.gpu),
+            gpu: r.gpu,
             count: r.count.min(255) as u8,
             min_vram: r.min_vram_mib,
             cap: r.max_price_per_gpu_hour.0,
@@ -235,7 +240,8 @@ impl Matcher {
 
     #[inline]
     fn eligible_facts(&self, c: &Compiled, f: &Facts, host: u32) -> bool {
-        f.free >= c.count
+        c.models & (1 << f.model) != 0
+            && f.free >= c.count
             && f.vram >= c.min_vram
             && f.price <= c.cap
             && f.tier <= c.max_tier
@@ -293,6 +299,7 @@ impl Matcher {
     fn bound(&self, c: &Compiled, n: &Node) -> Option<f64> {
         let a: &Agg = &n.agg;
         if a.max_free < c.count
+            || (a.models as u32) & c.models == 0
             || a.max_vram < c.min_vram
             || a.min_price > c.cap_shifted
             || a.best_tier > c.max_tier
@@ -348,8 +355,13 @@ impl Matcher {
             self.scratch = scratch;
             return chosen;
         }
-        for (t, tree) in self.trees.iter().enumerate() {
-            if c.models & (1 << t) == 0 || tree.nodes.is_empty() {
+        // A request for a model searches that model's tree; one for a class, the class's.
+        let tree = match c.gpu {
+            GpuSelector::Model(m) => m as usize,
+            GpuSelector::Class(class) => index::MODELS + class as usize,
+        };
+        for (t, tree) in self.trees.iter().enumerate().skip(tree).take(1) {
+            if tree.nodes.is_empty() {
                 continue;
             }
             if let Some(lb) = self.bound(c, &tree.nodes[0]) {
