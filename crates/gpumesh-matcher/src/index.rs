@@ -204,19 +204,41 @@ pub(crate) struct Tree {
     which: usize,
 }
 
+/// How much a factor e of price counts against distance on the unit sphere when a model
+/// tree chooses where to split: a tree that splits on price as well as place keeps cheap
+/// and dear groups apart, which tightens the bounds of the `balanced` policy.
+const PRICE_WEIGHT: f32 = 0.5;
+
+/// A group's coordinates for splitting: its place and, in model trees, its log price.
+#[inline]
+fn split_point(g: &Group, with_price: bool) -> [f32; 4] {
+    let w = if with_price {
+        (g.price as f64).max(1.0).ln() as f32 * PRICE_WEIGHT
+    } else {
+        0.0
+    };
+    [g.unit[0], g.unit[1], g.unit[2], w]
+}
+
 /// Splits points at the median of their widest dimension; reorders `ids` and returns the
 /// dimension, the split value and the index of the first point of the second half.
-fn median_split(groups: &[Group], ids: &mut [u32], lo: &Unit, hi: &Unit) -> (usize, f32, usize) {
-    let dim = (0..3)
+fn median_split(groups: &[Group], ids: &mut [u32], with_price: bool) -> (usize, f32, usize) {
+    let mut lo = [f32::MAX; 4];
+    let mut hi = [f32::MIN; 4];
+    for &id in ids.iter() {
+        let p = split_point(&groups[id as usize], with_price);
+        for k in 0..4 {
+            lo[k] = lo[k].min(p[k]);
+            hi[k] = hi[k].max(p[k]);
+        }
+    }
+    let dim = (0..4)
         .max_by(|&a, &b| (hi[a] - lo[a]).total_cmp(&(hi[b] - lo[b])))
         .unwrap_or(0);
     let mid = ids.len() / 2;
-    ids.select_nth_unstable_by(mid, |a, b| {
-        groups[*a as usize].unit[dim]
-            .total_cmp(&groups[*b as usize].unit[dim])
-            .then(a.cmp(b))
-    });
-    (dim, groups[ids[mid] as usize].unit[dim], mid)
+    let key = |id: u32| split_point(&groups[id as usize], with_price)[dim];
+    ids.select_nth_unstable_by(mid, |a, b| key(*a).total_cmp(&key(*b)).then(a.cmp(b)));
+    (dim, key(ids[mid]), mid)
 }
 
 impl Tree {
@@ -272,7 +294,6 @@ impl Tree {
         for &id in ids.iter() {
             node.extend(&groups[id as usize].unit);
         }
-        let (lo, hi) = (node.lo, node.hi);
         self.nodes[index as usize] = node;
         if ids.len() <= LEAF_TARGET {
             let leaf = self.new_leaf(groups, ids, index);
@@ -280,7 +301,7 @@ impl Tree {
             self.recompute(index);
             return;
         }
-        let (dim, split, mid) = median_split(groups, ids, &lo, &hi);
+        let (dim, split, mid) = median_split(groups, ids, self.which == 0);
         let (left_ids, right_ids) = ids.split_at_mut(mid);
         let first = self.push(index);
         self.push(index);
@@ -350,6 +371,7 @@ impl Tree {
             });
         }
         let p = groups[id as usize].unit;
+        let key = split_point(&groups[id as usize], self.which == 0);
         let mut node = 0u32;
         loop {
             let n = &mut self.nodes[node as usize];
@@ -358,7 +380,7 @@ impl Tree {
                 break;
             }
             let [l, r] = n.children();
-            node = if p[n.dim()] < n.split { l } else { r };
+            node = if key[n.dim()] < n.split { l } else { r };
         }
         let leaf = self.nodes[node as usize].leaf();
         let items = &mut self.leaves[leaf as usize].items;
@@ -381,8 +403,7 @@ impl Tree {
             .iter()
             .map(|i| i.group)
             .collect();
-        let (lo, hi) = (self.nodes[node as usize].lo, self.nodes[node as usize].hi);
-        let (dim, split, mid) = median_split(groups, &mut ids, &lo, &hi);
+        let (dim, split, mid) = median_split(groups, &mut ids, self.which == 0);
         let right_ids = ids.split_off(mid);
         let first = self.nodes.len() as u32;
         for (side, half) in [ids, right_ids].into_iter().enumerate() {

@@ -466,7 +466,12 @@ impl Matcher {
     /// Changes a group, then brings its tree and its price set up to date.
     fn change(&mut self, id: u32, f: impl FnOnce(&mut Group)) {
         self.prices.remove(&mut self.groups, id);
+        let price = self.groups[id as usize].price;
         f(&mut self.groups[id as usize]);
+        if self.groups[id as usize].price != price {
+            // Model trees split on price too: a new price is a new place in them.
+            self.unindex(id);
+        }
         self.reindex(id);
         self.prices.insert(&mut self.groups, id);
     }
