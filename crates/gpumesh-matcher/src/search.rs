@@ -349,6 +349,12 @@ impl Matcher {
         scratch.candidates.clear();
         let margin = slack(c.policy);
         let mut best = f64::INFINITY;
+        // The least round-trip time any host can have for this request.
+        let rtt_floor = if c.anchor.is_none() {
+            self.latency.geo_rtt_ms(0.0)
+        } else {
+            0.0
+        };
         if c.policy == RankPolicy::Price && c.max_rtt.is_infinite() {
             self.walk_prices(c, &mut scratch);
             let chosen = Self::select(c.policy, &scratch.candidates);
@@ -386,6 +392,11 @@ impl Matcher {
                     let items = &tree.leaves[n.leaf() as usize].items;
                     scratch.groups += items.len() as u64;
                     for item in items {
+                        // Price and tier alone may already rule the item out: skip the
+                        // distance then.
+                        if Self::score(c, item.price, rtt_floor, item.tier) > best + margin {
+                            continue;
+                        }
                         if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
                             && cand.score <= best + margin
                         {

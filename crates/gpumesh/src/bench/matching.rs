@@ -69,17 +69,13 @@ fn pass(
         let took = t.elapsed().as_nanos().max(1) as u64;
         let (nodes, evaluated) = m.take_work();
         latency.record(took).context("latency out of range")?;
-        let label = format!(
-            "{}{}",
-            kind(&request),
-            if booked.is_ok() { "" } else { "-unmatched" }
-        );
+        let label = kind(&request, booked.is_ok());
         let at = match by_kind.iter().position(|(l, ..)| *l == label) {
             Some(at) => at,
             None => {
                 let h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
                     .context("histogram bounds")?;
-                by_kind.push((label, h, 0, 0));
+                by_kind.push((label.to_string(), h, 0, 0));
                 by_kind.len() - 1
             }
         };
@@ -141,11 +137,21 @@ fn pass(
 }
 
 /// A label for the latency breakdown: AI jobs by policy, gaming sessions by image policy.
-fn kind(r: &gpumesh_matcher::Request) -> String {
-    if r.max_rtt_ms.is_some() {
-        format!("gaming-{:?}", r.image_policy).to_lowercase()
-    } else {
-        format!("ai-{:?}", r.policy).to_lowercase()
+fn kind(r: &gpumesh_matcher::Request, matched: bool) -> &'static str {
+    use gpumesh_matcher::{ImagePolicy, RankPolicy};
+    match (r.max_rtt_ms.is_some(), r.image_policy, r.policy, matched) {
+        (true, ImagePolicy::Any, _, true) => "gaming-any",
+        (true, ImagePolicy::Any, _, false) => "gaming-any-unmatched",
+        (true, ImagePolicy::Prefer, _, true) => "gaming-prefer",
+        (true, ImagePolicy::Prefer, _, false) => "gaming-prefer-unmatched",
+        (true, ImagePolicy::Require, _, true) => "gaming-require",
+        (true, ImagePolicy::Require, _, false) => "gaming-require-unmatched",
+        (false, _, RankPolicy::Price, true) => "ai-price",
+        (false, _, RankPolicy::Price, false) => "ai-price-unmatched",
+        (false, _, RankPolicy::Experience, true) => "ai-experience",
+        (false, _, RankPolicy::Experience, false) => "ai-experience-unmatched",
+        (false, _, RankPolicy::Balanced, true) => "ai-balanced",
+        (false, _, RankPolicy::Balanced, false) => "ai-balanced-unmatched",
     }
 }
 
