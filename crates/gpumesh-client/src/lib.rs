@@ -16,9 +16,10 @@ use gpumesh_types::auth::{
     HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, request_message,
 };
 use gpumesh_types::{
-    AccountView, Address, Amount, ApiError, ContainerView, ErrorCode, FaucetRequest, Heartbeat,
-    HostRegistered, HostWork, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LeaseView, LogAppend,
-    LogEvent, NetworkInfo, RegisterHost, Sig, SignedTx, Tx, TxAccepted, TxKind, WorkPoll,
+    AccountView, Address, Amount, ApiError, ContainerView, ErrorCode, FaucetRequest, GeoPoint,
+    Heartbeat, HostRegistered, HostWork, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LeaseView,
+    LogAppend, LogEvent, NetworkInfo, RegisterHost, Sig, SignedTx, Tx, TxAccepted, TxKind,
+    WorkPoll,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -292,6 +293,24 @@ impl Client {
         finish: &LeaseFinish,
     ) -> Result<LeaseView, ClientError> {
         self.post(&format!("/v1/leases/{id}/finish"), finish).await
+    }
+
+    /// Reports a round trip this host measured to a peer.
+    pub async fn observe(
+        &self,
+        observation: &gpumesh_types::Observation,
+    ) -> Result<(), ClientError> {
+        self.post::<serde_json::Value>("/v1/observations", observation)
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds a measuring point (local networks only).
+    pub async fn add_anchor(&self, point: GeoPoint) -> Result<u32, ClientError> {
+        let added: gpumesh_types::AnchorAdded = self
+            .post("/v1/anchors", &gpumesh_types::AnchorRequest { point })
+            .await?;
+        Ok(added.anchor)
     }
 
     pub async fn faucet(&self, amount: Amount) -> Result<TxAccepted, ClientError> {

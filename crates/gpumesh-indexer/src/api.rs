@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ledger/blocks", get(blocks))
         .route("/v1/accounts/{address}", get(account))
         .route("/v1/faucet", post(faucet))
+        .route("/v1/observations", post(observe))
+        .route("/v1/anchors", post(add_anchor))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such API route") })
         .method_not_allowed_fallback(|| async {
             Failure::new(
@@ -309,6 +311,30 @@ async fn account(
 ) -> Result<Response, Failure> {
     let address = address("account", &text)?;
     Ok(Json(state.read(|c| c.account(address))).into_response())
+}
+
+async fn observe(
+    State(state): State<AppState>,
+    req: Signed<gpumesh_types::Observation>,
+) -> Result<Response, Failure> {
+    state
+        .mutate(move |c, _, _| c.observe(req.signer, req.body))
+        .await?;
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+async fn add_anchor(
+    State(state): State<AppState>,
+    req: Signed<gpumesh_types::AnchorRequest>,
+) -> Result<Response, Failure> {
+    let anchor = state
+        .mutate(move |c, _, _| c.add_anchor(req.body.point))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(gpumesh_types::AnchorAdded { anchor }),
+    )
+        .into_response())
 }
 
 async fn faucet(

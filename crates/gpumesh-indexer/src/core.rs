@@ -244,6 +244,26 @@ impl Core {
         Ok(self.registry.heartbeat(signer, beat, now_ms)?)
     }
 
+    pub fn observe(
+        &mut self,
+        reporter: Address,
+        observation: gpumesh_types::Observation,
+    ) -> Result<(), Failure> {
+        Ok(self
+            .registry
+            .observe(reporter, observation.peer, observation.rtt_ms)?)
+    }
+
+    pub fn add_anchor(&mut self, point: gpumesh_types::GeoPoint) -> Result<u32, Failure> {
+        if !self.ledger.genesis().local {
+            return Err(Failure::new(
+                ErrorCode::NotLocalNetwork,
+                "anchors are added by hand only on a local network",
+            ));
+        }
+        Ok(self.registry.add_anchor(point)?)
+    }
+
     pub fn work(&self, host: &Address) -> Result<HostWork, Failure> {
         Ok(self.registry.work(host)?)
     }

@@ -113,15 +113,8 @@ impl Explanation {
                 NearMiss::BestTier { host, tier } => {
                     format!("the best tier is {tier} ({})", name(*host))
                 }
-                NearMiss::Fastest {
-                    host,
-                    country,
-                    rtt_ms,
-                } => {
-                    format!(
-                        "nearest is {rtt_ms:.0} ms away ({}, {country})",
-                        name(*host)
-                    )
+                NearMiss::Fastest { host, rtt_ms, .. } => {
+                    format!("nearest is {rtt_ms:.0} ms away ({})", name(*host))
                 }
             };
             text.push_str("; ");

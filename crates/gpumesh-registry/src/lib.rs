@@ -182,6 +182,8 @@ pub struct Registry {
     /// The matcher's reservation of each lease that holds GPUs, and back.
     reservations: HashMap<LeaseId, ReservationId>,
     reserved_for: HashMap<ReservationId, LeaseId>,
+    /// Measuring points added (network coordinates are soft state, not stored).
+    anchors: usize,
     next_lease: u64,
     dirty: Vec<Dirty>,
 }
@@ -196,6 +198,7 @@ impl Registry {
             leases: BTreeMap::new(),
             reservations: HashMap::new(),
             reserved_for: HashMap::new(),
+            anchors: 0,
             next_lease: 1,
             dirty: Vec::new(),
         }
@@ -476,6 +479,56 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// A round trip measured between a host and a peer: the network coordinates move.
+    pub fn observe(
+        &mut self,
+        reporter: Address,
+        peer: gpumesh_types::Peer,
+        rtt_ms: f64,
+    ) -> Result<(), RegistryError> {
+        let from = self
+            .host_by_address(&reporter)
+            .ok_or(RegistryError::UnknownHost(reporter))?;
+        if !(rtt_ms.is_finite() && rtt_ms > 0.0 && rtt_ms <= 10_000.0) {
+            return Err(RegistryError::invalid(
+                ErrorCode::InvalidRequest,
+                "round-trip time must be more than 0 and at most 10000 ms",
+            ));
+        }
+        let to = match peer {
+            gpumesh_types::Peer::Host(address) => {
+                gpumesh_matcher::NetNode::Host(gpumesh_matcher::HostId(
+                    self.host_by_address(&address)
+                        .ok_or(RegistryError::UnknownHost(address))?,
+                ))
+            }
+            gpumesh_types::Peer::Anchor(a) if (a as usize) < self.anchors => {
+                gpumesh_matcher::NetNode::Anchor(a)
+            }
+            gpumesh_types::Peer::Anchor(a) => {
+                return Err(RegistryError::invalid(
+                    ErrorCode::InvalidRequest,
+                    format!("anchor {a} does not exist"),
+                ));
+            }
+        };
+        self.matcher.observe(
+            gpumesh_matcher::NetNode::Host(gpumesh_matcher::HostId(from)),
+            to,
+            rtt_ms,
+        );
+        Ok(())
+    }
+
+    /// Adds a measuring point; its id names it in observations.
+    pub fn add_anchor(&mut self, point: gpumesh_types::GeoPoint) -> Result<u32, RegistryError> {
+        point
+            .validate()
+            .map_err(|e| RegistryError::invalid(ErrorCode::InvalidLocation, e.to_string()))?;
+        self.anchors += 1;
+        Ok(self.matcher.add_anchor(point))
     }
 
     /// Leases the host must start, and leases it must stop.

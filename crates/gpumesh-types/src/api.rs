@@ -440,6 +440,37 @@ pub enum ContainerState {
     Offline,
 }
 
+/// `POST /v1/observations`: a host reports a round trip it measured, which refines the
+/// network coordinates the matcher estimates latency with. The signer is one end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    pub peer: Peer,
+    pub rtt_ms: f64,
+}
+
+/// The other end of a measured round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Host(Address),
+    /// A measuring point registered with `POST /v1/anchors`.
+    Anchor(u32),
+}
+
+/// `POST /v1/anchors` (local networks only, until checkers register themselves): a fixed
+/// point that measures round trips, so requests near it get measured estimates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorRequest {
+    pub point: GeoPoint,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorAdded {
+    pub anchor: u32,
+}
+
 /// Result of `POST /v1/ledger/txs`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxAccepted {

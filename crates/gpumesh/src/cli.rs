@@ -189,9 +189,30 @@ pub struct HostArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub connection: Connection,
-    /// GPU model and count on one host, such as H100:4 or RTX4090.
+    /// GPU model or class and count on one host, such as H100:4, RTX4090 or consumer.
     #[arg(long, value_name = "MODEL[:COUNT]")]
     pub gpu: String,
+    /// Least memory per GPU, in GiB.
+    #[arg(long)]
+    pub min_vram_gib: Option<u32>,
+    /// Worst acceptable service tier: 1 (best) to 3 (any).
+    #[arg(long)]
+    pub max_tier: Option<u8>,
+    /// Only hosts in this country (two-letter code); repeat for several.
+    #[arg(long = "country")]
+    pub countries: Vec<String>,
+    /// Never hosts in this country; repeat for several.
+    #[arg(long = "exclude-country")]
+    pub exclude_countries: Vec<String>,
+    /// Estimated round-trip time bound in ms, for interactive work such as games.
+    #[arg(long)]
+    pub max_rtt_ms: Option<u32>,
+    /// Whether the image must already be on the host: any, prefer or require.
+    #[arg(long, value_enum, default_value = "any")]
+    pub image_policy: ImagePolicyArg,
+    /// How to rank hosts: price, experience (round-trip time, tier) or balanced.
+    #[arg(long, value_enum, default_value = "balanced")]
+    pub policy: PolicyArg,
     /// Where you are, as LAT,LON: the nearest suitable host is chosen.
     #[arg(long, allow_hyphen_values = true)]
     pub near: String,
@@ -210,6 +231,20 @@ pub struct RunArgs {
     /// The command to run, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImagePolicyArg {
+    Any,
+    Prefer,
+    Require,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    Price,
+    Experience,
+    Balanced,
 }
 
 #[derive(Debug, Args)]

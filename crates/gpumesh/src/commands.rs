@@ -323,7 +323,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = client(&args.connection, true)?;
     let (gpu, gpu_count) = format::parse_gpu(&args.gpu)?;
-    let job = JobRequest::new(
+    let mut job = JobRequest::new(
         gpu,
         gpu_count,
         args.near.parse()?,
@@ -332,19 +332,43 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         &args.image,
         args.command.clone(),
     );
+    job.min_vram_mib = args.min_vram_gib.map(|g| g.saturating_mul(1024));
+    job.max_tier = args.max_tier;
+    job.countries = args
+        .countries
+        .iter()
+        .map(|c| c.parse())
+        .collect::<Result<_, _>>()?;
+    job.exclude_countries = args
+        .exclude_countries
+        .iter()
+        .map(|c| c.parse())
+        .collect::<Result<_, _>>()?;
+    job.max_rtt_ms = args.max_rtt_ms;
+    job.image_policy = match args.image_policy {
+        ImagePolicyArg::Any => gpumesh_types::ImagePolicy::Any,
+        ImagePolicyArg::Prefer => gpumesh_types::ImagePolicy::Prefer,
+        ImagePolicyArg::Require => gpumesh_types::ImagePolicy::Require,
+    };
+    job.policy = match args.policy {
+        PolicyArg::Price => gpumesh_types::RankPolicy::Price,
+        PolicyArg::Experience => gpumesh_types::RankPolicy::Experience,
+        PolicyArg::Balanced => gpumesh_types::RankPolicy::Balanced,
+    };
     let json = args.json;
     let lease_id: std::sync::Mutex<Option<LeaseId>> = std::sync::Mutex::new(None);
     let job_run = run_job(&client, &job, |event| match event {
         JobEvent::Matched(lease) => {
             *lease_id.lock().expect("lease id lock") = Some(lease.id);
             eprintln!(
-                "matched lease {}: {} × {} on {} ({}, {:.0} km away{}) at {} per GPU-hour; escrow {} tokens",
+                "matched lease {}: {} × {} on {} ({}, {:.0} km, about {:.0} ms away{}) at {} per GPU-hour; escrow {} tokens",
                 lease.id,
                 lease.gpu_count,
                 lease.gpu,
                 lease.host_name,
                 lease.host_location.country,
                 lease.distance_km,
+                lease.rtt_ms,
                 if lease.simulated {
                     ", simulated GPUs"
                 } else {
