@@ -85,9 +85,10 @@ pub struct MatchBenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Also answer the same world and requests with a peer system: `postgis`.
+    /// Write the world (groups.csv) and the request stream (requests.csv) to this
+    /// directory, for a peer system to answer the same (scripts/bench-match-postgis.sh).
     #[arg(long)]
-    pub peer: Option<String>,
+    pub export: Option<std::path::PathBuf>,
 }
 
 /// Where the indexer is and who you are.

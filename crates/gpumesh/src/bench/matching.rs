@@ -155,6 +155,82 @@ fn kind(r: &gpumesh_matcher::Request, matched: bool) -> &'static str {
     }
 }
 
+/// PostgreSQL's text form of an array.
+fn pg_array<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let inner: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Writes the world as it stands (every group with its free GPUs) and the request stream
+/// as CSV for PostgreSQL's COPY.
+fn export(
+    dir: &std::path::Path,
+    snapshot: &gpumesh_matcher::Snapshot,
+    requests: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let mut groups = std::io::BufWriter::new(
+        std::fs::File::create(dir.join("groups.csv")).context("failed to create groups.csv")?,
+    );
+    let mut id = 0u32;
+    for h in &snapshot.hosts {
+        for (g, free) in &h.groups {
+            let images = pg_array(h.spec.images.iter().map(|i| format!("\"{i}\"")));
+            writeln!(
+                groups,
+                "{id},{},{},{},{},{},{},{},{},{},\"{}\",{}",
+                g.model as usize,
+                h.spec.point.lat,
+                h.spec.point.lon,
+                h.spec.country,
+                h.spec.price_per_gpu_hour.tokens(),
+                h.spec.tier,
+                free.count_ones(),
+                g.count,
+                g.vram_mib,
+                images.replace('"', "\"\""),
+                h.online,
+            )?;
+            id += 1;
+        }
+    }
+    groups.flush()?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(dir.join("requests.csv")).context("failed to create requests.csv")?,
+    );
+    let mut stream = Requests::new(seed);
+    let latency = gpumesh_matcher::LatencyParams::default();
+    for id in 0..requests {
+        let r = stream.next_request();
+        let models = gpumesh_matcher::models_mask(r.gpu);
+        // The round-trip bound as a distance bound under the geographic model.
+        let max_km = r.max_rtt_ms.map(|rtt| {
+            ((rtt - latency.access_ms) * latency.fibre_km_per_ms / (2.0 * latency.route_inflation))
+                .max(0.0)
+        });
+        writeln!(
+            out,
+            "{id},\"{}\",{},{},{},{},{},\"{}\",\"{}\",{},{},{:?},{:?}",
+            pg_array((0..32).filter(|b| models & (1 << b) != 0)),
+            r.count,
+            r.near.lat,
+            r.near.lon,
+            r.max_price_per_gpu_hour.tokens(),
+            r.max_tier,
+            pg_array(&r.countries),
+            pg_array(&r.exclude_countries),
+            max_km.map(|k| k.to_string()).unwrap_or_default(),
+            r.image.clone().unwrap_or_default(),
+            r.image_policy,
+            r.policy,
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn us(nanos: u64) -> f64 {
     (nanos as f64 / 10.0).round() / 100.0
 }
@@ -181,6 +257,15 @@ pub fn run(args: MatchBenchArgs) -> anyhow::Result<ExitCode> {
     let mut m = world.matcher;
     let containers = world.containers;
     let snapshot = m.snapshot();
+    if let Some(dir) = &args.export {
+        export(dir, &snapshot, args.requests, args.seed + 1)?;
+        eprintln!(
+            "wrote {}/groups.csv and {}/requests.csv",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let mut rebuilds = Vec::new();
     for _ in 0..3 {
@@ -274,9 +359,6 @@ pub fn run(args: MatchBenchArgs) -> anyhow::Result<ExitCode> {
         for (k, v) in report.as_object().into_iter().flatten() {
             println!("{k:>24}  {v}");
         }
-    }
-    if let Some(peer) = args.peer {
-        bail!("peer {peer:?} is run by scripts/bench-match-postgis.sh");
     }
     Ok(ExitCode::SUCCESS)
 }
