@@ -28,14 +28,16 @@ struct Pass {
     updates: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// Latency of the requests that were booked.
+    booked: Histogram<u64>,
 }
 
 /// Drives `requests` requests through `m` on this thread: each is booked (by the index or
-/// by the scan) and committed; each match releases a random older lease so utilisation
-/// stays level; state updates (price, online, tier) run alongside at the given rate.
+/// by the scan) and committed; each match ends the oldest leases so utilisation stays
+/// level; state updates (price, online, tier) run alongside at the given rate.
 fn pass(
     m: &mut Matcher,
-    mut live: Vec<ReservationId>,
+    live: Vec<ReservationId>,
     requests: usize,
     seed: u64,
     updates_per_match: f64,
@@ -43,6 +45,8 @@ fn pass(
     keep: usize,
 ) -> anyhow::Result<Pass> {
     let mut stream = Requests::new(seed);
+    // Leases end oldest first; those of the world's start end before any booked here.
+    let mut live: std::collections::VecDeque<ReservationId> = live.into();
     let hosts = m.host_count();
     let mut offline: Vec<HostId> = Vec::new();
     let mut latency =
@@ -69,6 +73,11 @@ fn pass(
         let took = t.elapsed().as_nanos().max(1) as u64;
         let (nodes, evaluated) = m.take_work();
         latency.record(took).context("latency out of range")?;
+        if booked.is_ok() {
+            booked_latency
+                .record(took)
+                .context("latency out of range")?;
+        }
         let label = kind(&request, booked.is_ok());
         let at = match by_kind.iter().position(|(l, ..)| *l == label) {
             Some(at) => at,
@@ -89,12 +98,13 @@ fn pass(
         match booked {
             Ok(b) => {
                 matches += 1;
-                live.push(b.reservation);
-                // Release older leases holding as many GPUs as this one took, so that
-                // utilisation stays level.
+                live.push_back(b.reservation);
+                // The oldest leases end, as many GPUs as this one took, so that
+                // utilisation stays level (leases of equal length end in the order they
+                // started).
                 release_debt += b.mask.count_ones() as i64;
-                while release_debt > 0 && !live.is_empty() {
-                    let old = live.swap_remove(stream.below(live.len()));
+                while release_debt > 0 {
+                    let Some(old) = live.pop_front() else { break };
                     let (_, mask) = m.reservation(old).context("a live reservation")?;
                     m.release(old)
                         .map_err(|e| anyhow::anyhow!("release failed: {e:?}"))?;
@@ -128,6 +138,7 @@ fn pass(
     Ok(Pass {
         choices,
         by_kind,
+        booked: booked_latency,
         matches,
         unmatched,
         updates,
@@ -333,6 +344,9 @@ pub fn run(args: MatchBenchArgs) -> anyhow::Result<ExitCode> {
         "p99_us": us(h.value_at_quantile(0.99)),
         "p999_us": us(h.value_at_quantile(0.999)),
         "max_us": us(h.max()),
+        "booked_p50_us": us(engine.booked.value_at_quantile(0.50)),
+        "booked_p99_us": us(engine.booked.value_at_quantile(0.99)),
+        "booked_p999_us": us(engine.booked.value_at_quantile(0.999)),
         "bytes_per_container": (bytes as f64 / containers as f64).round(),
         "rss_bytes_per_container": match (rss_before, rss_after) {
             (Some(a), Some(b)) => json!((b.saturating_sub(a) as f64 / containers as f64).round()),
