@@ -51,6 +51,7 @@ fn pass(
     let mut offline: Vec<HostId> = Vec::new();
     let mut latency =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).context("histogram bounds")?;
+    let mut booked_latency = latency.clone();
     let mut choices = Vec::with_capacity(keep);
     let mut by_kind: Vec<(String, Histogram<u64>, u64, u64)> = Vec::new();
     let (mut matches, mut unmatched, mut updates) = (0u64, 0u64, 0u64);
