@@ -223,6 +223,14 @@ impl Devnet {
             let wallet = key(&data_dir
                 .join("keys")
                 .join(format!("host-{}.key", spec.name)))?;
+            // Hosts stake from their own balance: fund them from the faucet first.
+            let host_client = Client::new(&api_url, Some(wallet.clone()));
+            if host_client.account(wallet.address()).await?.balance < Amount::from_tokens(500) {
+                host_client
+                    .faucet(Amount::from_tokens(1_000))
+                    .await
+                    .context("failed to fund a host from the faucet")?;
+            }
             let host_config = gpumesh_host::HostConfig {
                 indexer_url: api_url.clone(),
                 wallet,
@@ -242,6 +250,7 @@ impl Devnet {
                 runtime: runtime.clone(),
                 memory_per_gpu: Some(512 * 1024 * 1024),
                 nano_cpus_per_gpu: Some(250_000_000),
+                auto_stake: true,
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(gpumesh_host::run(host_config, stop.clone()));
@@ -291,12 +300,16 @@ impl Devnet {
         self.hosts.iter().map(|(n, _)| n.clone()).collect()
     }
 
+    /// Waits until every host registered and every container's stake is in place.
     async fn wait_for_hosts(&self, hosts: u32, limit: Duration) -> anyhow::Result<()> {
         let client = Client::new(&self.api_url, None);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Ok(info) = client.info().await
+            if let (Ok(info), Ok(containers)) = (client.info().await, client.containers().await)
                 && info.hosts >= hosts
+                && containers
+                    .iter()
+                    .all(|c| c.state != gpumesh_types::ContainerState::AwaitingStake)
             {
                 return Ok(());
             }

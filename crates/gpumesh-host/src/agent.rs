@@ -37,6 +37,8 @@ pub struct HostConfig {
     pub memory_per_gpu: Option<i64>,
     /// CPU limit per leased GPU, in billionths of a CPU.
     pub nano_cpus_per_gpu: Option<i64>,
+    /// Stake what each GPU's requirement still lacks, from the host's balance, at start.
+    pub auto_stake: bool,
 }
 
 #[derive(Debug)]
@@ -83,6 +85,10 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         runtime = %agent.config.runtime.describe(),
         "registered with the indexer"
     );
+    if agent.config.auto_stake
+        && let Err(e) = agent.stake_missing().await {
+            tracing::warn!(error = %e, "could not stake; containers wait for their stake");
+        }
     // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
     // tests) ends them all, as the death of the process would.
     let mut background = tokio::task::JoinSet::new();
@@ -134,6 +140,43 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
 }
 
 impl Agent {
+    /// Stakes, for each GPU, what its requirement (K × the network's coefficient) lacks.
+    async fn stake_missing(&self) -> anyhow::Result<()> {
+        let info = self.client.info().await?;
+        let account = self.client.account(self.config.wallet.address()).await?;
+        let mut balance = account.balance;
+        let models = self
+            .config
+            .gpus
+            .iter()
+            .flat_map(|o| std::iter::repeat_n(o.model, o.count as usize));
+        for (index, model) in models.enumerate() {
+            let index = index as u16;
+            let need = Amount(info.staking_coefficient.0 * model.spec().k_factor as u128 / 100);
+            let bonded = account
+                .stakes
+                .iter()
+                .find(|s| s.index == index)
+                .map_or(Amount::ZERO, |s| s.bonded);
+            let Some(missing) = need.checked_sub(bonded).filter(|m| m.0 > 0) else {
+                continue;
+            };
+            if balance < missing {
+                tracing::warn!(index, needs = %missing.tokens(), has = %balance.tokens(), "not enough balance to stake this GPU");
+                continue;
+            }
+            self.client
+                .send_tx(TxKind::Stake {
+                    index,
+                    amount: missing,
+                })
+                .await?;
+            balance = Amount(balance.0 - missing.0);
+            tracing::info!(index, staked = %missing.tokens(), "staked");
+        }
+        Ok(())
+    }
+
     /// Registers, retrying while the indexer cannot be reached. `None` when shut down first.
     async fn register(
         &self,

@@ -40,6 +40,18 @@ pub struct Core {
     logs: HashMap<LeaseId, LeaseLog>,
     protocol: Wallet,
     faucet: Option<Wallet>,
+    epoch: EpochWork,
+}
+
+/// What the current epoch has seen, for its rewards: soft state, rebuilt empty after a
+/// restart (an epoch that spans a restart pays only what came after it).
+#[derive(Debug, Default)]
+struct EpochWork {
+    started_ms: u64,
+    /// GPU-milliseconds delivered per container.
+    delivered: HashMap<(Address, u16), u64>,
+    /// Hosts that went offline during the epoch: their containers fail liveness.
+    lost: std::collections::HashSet<Address>,
 }
 
 impl Core {
@@ -76,13 +88,34 @@ impl Core {
             log.bytes += entry.data.len();
             log.entries.push(entry);
         }
-        Ok(Core {
+        let mut core = Core {
             registry,
             ledger,
             logs,
             protocol,
             faucet,
-        })
+            epoch: EpochWork {
+                started_ms: now_ms,
+                ..EpochWork::default()
+            },
+        };
+        let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
+        for (host, index) in stakes {
+            core.sync_stake(host, index);
+        }
+        Ok(core)
+    }
+
+    /// Tells the registry whether a container's stake covers its requirement.
+    fn sync_stake(&mut self, host: Address, index: u16) {
+        let Some(k) = self.registry.k_of(&host, index) else {
+            return;
+        };
+        let required = self.ledger.genesis().economics.requirement(k);
+        let bonded = self.ledger.stake(&host, index).bonded;
+        let _ = self
+            .registry
+            .set_staked(&host, index, bonded.0 > 0 && bonded >= required);
     }
 
     pub fn registry(&self) -> &Registry {
@@ -118,6 +151,9 @@ impl Core {
             containers: self.registry.container_count() as u32,
             blocks: self.ledger.head().height,
             transactions: self.ledger.transaction_count(),
+            staking_coefficient: genesis.economics.staking_coefficient,
+            epoch_ms: genesis.economics.epoch_ms,
+            next_epoch: self.ledger.totals().next_epoch,
         }
     }
 
@@ -145,10 +181,25 @@ impl Core {
 
     pub fn account(&self, address: Address) -> AccountView {
         let a = self.ledger.account(&address);
+        let mut stakes: Vec<gpumesh_types::StakeView> = self
+            .ledger
+            .stakes()
+            .filter(|((host, _), _)| *host == address)
+            .map(|((_, index), s)| gpumesh_types::StakeView {
+                index,
+                bonded: s.bonded,
+                unbonding: s.unbonding,
+                unbond_at_ms: s.unbond_at_ms,
+            })
+            .collect();
+        stakes.sort_by_key(|s| s.index);
         AccountView {
             address,
             balance: a.balance,
             nonce: a.nonce,
+            vesting: self.ledger.vesting_locked(&address),
+            cumulative_rewards: self.ledger.cumulative_reward(&address),
+            stakes,
         }
     }
 
@@ -200,6 +251,9 @@ impl Core {
             .map(|l| l.id)
             .collect();
         let registered = self.registry.register_host(signer, request, now_ms)?;
+        for index in 0..registered.containers as u16 {
+            self.sync_stake(signer, index);
+        }
         let mut effects = Vec::new();
         for lease in orphaned {
             // The registration succeeded, so the host is known and these leases are live.
@@ -231,7 +285,83 @@ impl Core {
                         tracing::error!(%lease, error = %e, "failed to close the escrow of a lost lease");
                     }
                 }
+                Effect::HostOffline { host, .. } => {
+                    self.epoch.lost.insert(host);
+                }
+                Effect::SlashDowntime {
+                    host,
+                    index,
+                    model,
+                    lease,
+                    last_heartbeat_ms,
+                } => {
+                    // The evidence: which lease was being served, and when the host was last heard.
+                    let evidence = alloy_primitives::keccak256(format!(
+                        "downtime while serving: host {host} GPU {index} lease {lease} last heartbeat {last_heartbeat_ms} detected {now_ms}"
+                    ));
+                    let kind = TxKind::Slash {
+                        host,
+                        index,
+                        k_centi: model.spec().k_factor,
+                        offence: gpumesh_types::Offence::Downtime,
+                        evidence,
+                    };
+                    if let Err(e) = self.protocol_tx(kind, now_ms, batch) {
+                        tracing::error!(%host, index, error = %e, "failed to slash for downtime");
+                    }
+                }
             }
+        }
+    }
+
+    /// Closes the epoch when its time is up: liveness from the heartbeats, delivery from
+    /// settled usage, signed by the protocol key.
+    fn maybe_close_epoch(&mut self, now_ms: u64, batch: &mut Batch) {
+        let econ = self.ledger.genesis().economics.clone();
+        if now_ms < self.epoch.started_ms + econ.epoch_ms {
+            return;
+        }
+        let work = std::mem::replace(
+            &mut self.epoch,
+            EpochWork {
+                started_ms: now_ms,
+                ..EpochWork::default()
+            },
+        );
+        let capacity: Vec<gpumesh_types::HostCapacity> = self
+            .registry
+            .live_containers()
+            .into_iter()
+            .filter(|(h, _)| !work.lost.contains(h))
+            .collect();
+        let mut by_host: std::collections::BTreeMap<Address, Vec<(u16, u64, u8)>> =
+            std::collections::BTreeMap::new();
+        for ((host, index), gpu_ms) in work.delivered {
+            let tier = self.registry.host(&host).map_or(3, |h| h.tier);
+            by_host.entry(host).or_default().push((index, gpu_ms, tier));
+        }
+        let delivery: Vec<gpumesh_types::HostDelivery> = by_host
+            .into_iter()
+            .map(|(h, mut v)| {
+                v.sort_unstable();
+                (h, v)
+            })
+            .collect();
+        let epoch = self.ledger.totals().next_epoch;
+        let quarter = |e: u64| (e * econ.epoch_ms) / econ.quarter_ms;
+        let mut evidence = b"gpumesh-epoch-evidence".to_vec();
+        serde_json::to_writer(&mut evidence, &(&capacity, &delivery)).expect("evidence serialises");
+        let close = gpumesh_types::EpochClose {
+            epoch,
+            end_ms: now_ms,
+            evidence: alloy_primitives::keccak256(evidence),
+            capacity,
+            delivery,
+            checkers: Vec::new(),
+            quarter_bonus: quarter(epoch + 1) > quarter(epoch),
+        };
+        if let Err(e) = self.protocol_tx(TxKind::Epoch(Box::new(close)), now_ms, batch) {
+            tracing::error!(epoch, error = %e, "failed to close the epoch");
         }
     }
 
@@ -394,13 +524,17 @@ impl Core {
                 &stx.tx.kind,
                 now_ms,
             )?),
-            TxKind::CloseEscrow { .. } => {
+            TxKind::CloseEscrow { .. } | TxKind::Epoch(_) | TxKind::Slash { .. } => {
                 return Err(Failure::new(
                     ErrorCode::InvalidTransaction,
-                    "escrows are closed by the protocol, not through the API",
+                    "escrow closes, epochs and slashes are the protocol's, not submitted through the API",
                 ));
             }
-            TxKind::Transfer { .. } | TxKind::SettleUsage { .. } => None,
+            TxKind::Transfer { .. }
+            | TxKind::SettleUsage { .. }
+            | TxKind::Stake { .. }
+            | TxKind::Unstake { .. }
+            | TxKind::Withdraw { .. } => None,
         };
         let applied = self.apply_tx(&stx, now_ms, batch)?;
         if let Some(lease) = lease {
@@ -456,8 +590,36 @@ impl Core {
         now_ms: u64,
         batch: &mut Batch,
     ) -> Result<Applied, Failure> {
+        // Usage settled before this transaction, for this epoch's delivery.
+        let before: Vec<(LeaseId, u64)> = match &stx.tx.kind {
+            TxKind::SettleUsage { records } => records
+                .iter()
+                .map(|r| (r.lease, self.ledger.escrow(r.lease).map_or(0, |e| e.gpu_ms)))
+                .collect(),
+            _ => Vec::new(),
+        };
         let applied = self.ledger.apply(stx, now_ms)?;
         batch.txs.push(applied.entry.clone());
+        match &stx.tx.kind {
+            TxKind::SettleUsage { records } => {
+                for (r, (lease, old)) in records.iter().zip(before) {
+                    let delta = r.gpu_ms.saturating_sub(old);
+                    if let Some(l) = self.registry.lease(lease) {
+                        let per_gpu = delta / l.gpu_indices.len().max(1) as u64;
+                        for &index in &l.gpu_indices {
+                            *self.epoch.delivered.entry((l.host, index)).or_default() += per_gpu;
+                        }
+                    }
+                }
+            }
+            TxKind::Stake { index, .. }
+            | TxKind::Unstake { index }
+            | TxKind::Withdraw { index } => {
+                self.sync_stake(stx.tx.from, *index);
+            }
+            TxKind::Slash { host, index, .. } => self.sync_stake(*host, *index),
+            _ => {}
+        }
         Ok(applied)
     }
 
@@ -483,6 +645,7 @@ impl Core {
     pub fn tick(&mut self, now_ms: u64, batch: &mut Batch) {
         let effects = self.registry.tick(now_ms);
         self.close_escrows(effects, now_ms, batch);
+        self.maybe_close_epoch(now_ms, batch);
     }
 
     /// Seals the transactions since the last block into a new block.

@@ -87,7 +87,12 @@ impl From<LedgerError> for Failure {
             | DuplicateUsage(_)
             | EmptyUsage
             | NotProtocol
-            | OutOfSequence { .. } => ErrorCode::InvalidTransaction,
+            | OutOfSequence { .. }
+            | NothingStaked { .. }
+            | NothingUnbonding { .. }
+            | StillUnbonding { .. }
+            | EpochOutOfOrder { .. }
+            | InvalidEpoch(_) => ErrorCode::InvalidTransaction,
             BadSignature(_) => ErrorCode::BadSignature,
             WrongNonce { .. } => ErrorCode::WrongNonce,
             InsufficientFunds { .. } => ErrorCode::InsufficientFunds,

@@ -9,6 +9,85 @@ pub const TOTAL_SUPPLY: Amount = Amount::from_tokens(42_000_000_000);
 /// The protocol's share of each service fee, in basis points (20%).
 pub const DEFAULT_FEE_BPS: u32 = 2_000;
 
+/// Milliseconds in a year of 365 days and in a day.
+pub const YEAR_MS: u64 = 365 * DAY_MS;
+pub const DAY_MS: u64 = 24 * 3_600_000;
+
+/// The token economy's parameters (DESIGN.md §4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Economics {
+    /// Stake required per unit of spec weight K (an H100 is K = 1.00).
+    pub staking_coefficient: Amount,
+    /// How long an unstaked container's stake stays locked before it can be withdrawn.
+    pub unbonding_ms: u64,
+    /// Length of an epoch: rewards are paid per epoch.
+    pub epoch_ms: u64,
+    /// The most compute providers are ever paid in epoch rewards.
+    pub provider_pool: Amount,
+    /// Share of what remains of the provider pool emitted per year, in basis points: a
+    /// yearly decaying emission.
+    pub provider_rate_bps: u32,
+    /// Share of each provider emission for Proof of Capacity; the rest is Proof of Delivery.
+    pub capacity_share_bps: u32,
+    /// Paid to checkers by correct tasks, evenly over `checker_schedule_ms`.
+    pub checker_pool: Amount,
+    /// Paid each quarter over the same schedule to checkers above `bonus_uptime_bps`.
+    pub checker_bonus_pool: Amount,
+    pub checker_schedule_ms: u64,
+    pub quarter_ms: u64,
+    pub bonus_uptime_bps: u16,
+    /// Share of host rewards paid at once; the rest vests linearly over `vesting_ms`.
+    pub immediate_bps: u32,
+    pub vesting_ms: u64,
+    /// Proof of Delivery weight of tiers 1, 2 and 3, in basis points.
+    pub tier_bps: [u32; 3],
+}
+
+impl Economics {
+    /// The public network's parameters: 180-day unbonding and vesting, daily epochs, 10% of
+    /// supply to checkers over four years plus a 5% bonus, 35% to providers.
+    pub fn network(total: Amount) -> Economics {
+        Economics {
+            staking_coefficient: Amount::from_tokens(10_000),
+            unbonding_ms: 180 * DAY_MS,
+            epoch_ms: DAY_MS,
+            provider_pool: Amount(total.0 / 100 * 35),
+            provider_rate_bps: 2_000,
+            capacity_share_bps: 4_000,
+            checker_pool: Amount(total.0 / 10),
+            checker_bonus_pool: Amount(total.0 / 20),
+            checker_schedule_ms: 4 * YEAR_MS,
+            quarter_ms: YEAR_MS / 4,
+            bonus_uptime_bps: 9_500,
+            immediate_bps: 3_000,
+            vesting_ms: 180 * DAY_MS,
+            tier_bps: [10_000, 7_500, 5_000],
+        }
+    }
+
+    /// A local network: the same rules on a fast clock (minute epochs, five-minute
+    /// unbonding, hour-long vesting) and small stakes.
+    pub fn local(total: Amount) -> Economics {
+        Economics {
+            staking_coefficient: Amount::from_tokens(10),
+            unbonding_ms: 5 * 60_000,
+            epoch_ms: 60_000,
+            vesting_ms: 3_600_000,
+            ..Economics::network(total)
+        }
+    }
+
+    /// Epochs over which a vesting grant releases.
+    pub fn vesting_steps(&self) -> u64 {
+        (self.vesting_ms / self.epoch_ms.max(1)).max(1)
+    }
+
+    /// The stake a container of spec weight `k_centi` (K in hundredths) needs.
+    pub fn requirement(&self, k_centi: u32) -> Amount {
+        Amount(self.staking_coefficient.0 * k_centi as u128 / 100)
+    }
+}
+
 /// An account no key controls, derived from a label; only protocol rules move its funds.
 pub fn system_address(label: &str) -> Address {
     Address::from_word(keccak256(format!("gpumesh:system:{label}")))
@@ -32,6 +111,7 @@ pub struct Genesis {
     pub faucet: Option<Address>,
     /// The protocol's share of each settled payment, in basis points.
     pub fee_bps: u32,
+    pub economics: Economics,
     pub allocations: Vec<Allocation>,
 }
 
@@ -52,6 +132,10 @@ pub enum GenesisError {
     DuplicateAllocation(Address),
     #[error("fee of {0} basis points is over 10000")]
     Fee(u32),
+    #[error("the reward pools add up to more than the reward pool's allocation")]
+    RewardPools,
+    #[error("economics: {0}")]
+    Economics(&'static str),
 }
 
 impl Genesis {
@@ -74,6 +158,7 @@ impl Genesis {
             reward_pool,
             faucet: Some(faucet),
             fee_bps: DEFAULT_FEE_BPS,
+            economics: Economics::local(total),
             allocations: vec![
                 Allocation {
                     address: reward_pool,
@@ -106,6 +191,40 @@ impl Genesis {
                 allocated: Amount(allocated),
                 supply: self.total_supply,
             });
+        }
+        let e = &self.economics;
+        let pools = e
+            .provider_pool
+            .0
+            .saturating_add(e.checker_pool.0)
+            .saturating_add(e.checker_bonus_pool.0);
+        let reward_allocation: u128 = self
+            .allocations
+            .iter()
+            .filter(|a| a.address == self.reward_pool)
+            .map(|a| a.amount.0)
+            .sum();
+        if pools > reward_allocation {
+            return Err(GenesisError::RewardPools);
+        }
+        if e.epoch_ms == 0 || e.checker_schedule_ms == 0 || e.quarter_ms == 0 {
+            return Err(GenesisError::Economics(
+                "epoch, schedule and quarter lengths must be more than zero",
+            ));
+        }
+        if e.provider_rate_bps > 10_000
+            || e.capacity_share_bps > 10_000
+            || e.immediate_bps > 10_000
+            || e.bonus_uptime_bps > 10_000
+        {
+            return Err(GenesisError::Economics(
+                "shares are at most 10000 basis points",
+            ));
+        }
+        if e.tier_bps.iter().any(|&t| t > 10_000) {
+            return Err(GenesisError::Economics(
+                "tier weights are at most 10000 basis points",
+            ));
         }
         Ok(())
     }

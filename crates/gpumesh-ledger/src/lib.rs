@@ -8,15 +8,20 @@
 //!
 //! This crate does no I/O and reads no clock: time is an argument, storage is the caller's.
 
+mod commitment;
 pub mod genesis;
 pub mod merkle;
 mod replay;
+mod rewards;
 mod state;
 
 pub use genesis::{
-    Allocation, DEFAULT_FEE_BPS, Genesis, GenesisError, TOTAL_SUPPLY, system_address,
+    Allocation, DAY_MS, DEFAULT_FEE_BPS, Economics, Genesis, GenesisError, TOTAL_SUPPLY, YEAR_MS,
+    system_address,
 };
 pub use replay::{ReplayError, ReplayReport, replay};
+pub use rewards::{reward_leaf, reward_tree};
 pub use state::{
-    Account, Applied, Escrow, Ledger, LedgerError, escrow_amount, fee_split, usage_cost,
+    Account, Applied, Escrow, Ledger, LedgerError, Stake, Totals, Vesting, escrow_amount,
+    fee_split, usage_cost,
 };

@@ -102,8 +102,12 @@ impl Ledger {
                 header.state_root
             ));
         }
-        if header.reward_root != head.reward_root {
-            return Err("reward root changed without an epoch".into());
+        if header.reward_root != self.reward_root() {
+            return Err(format!(
+                "reward root {} does not match the replayed rewards ({})",
+                header.reward_root,
+                self.reward_root()
+            ));
         }
         if !self.supply_conserved() {
             return Err(format!(

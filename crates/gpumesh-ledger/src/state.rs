@@ -4,7 +4,7 @@
 //! everything (chain, signature, nonce, funds, escrow rules) before it changes anything,
 //! and then applies it whole. Nothing here reads a clock or a disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use alloy_primitives::{Address, B256, keccak256};
 use gpumesh_types::{
@@ -12,6 +12,7 @@ use gpumesh_types::{
     TxKind, UsageRecord,
 };
 
+use crate::commitment::Commitment;
 use crate::genesis::{Genesis, GenesisError};
 use crate::merkle;
 
@@ -56,6 +57,72 @@ impl Escrow {
             closed: self.closed,
         }
     }
+}
+
+/// A container's stake: bonded, and what is unbonding until when.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stake {
+    pub bonded: Amount,
+    pub unbonding: Amount,
+    pub unbond_at_ms: u64,
+}
+
+/// Rewards an account has still to receive: each grant releases in equal steps, one per
+/// epoch, the last step taking the remainder.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vesting {
+    pub locked: Amount,
+    /// What the next epoch releases from grants that are not ending then.
+    pub(crate) rate: u128,
+    /// Grants by the epoch of their last step: (epoch, per-step amount, remainder).
+    pub(crate) ends: VecDeque<(u64, u128, u128)>,
+}
+
+/// The key of one state entry, for the state commitment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Key {
+    Account(Address),
+    Escrow(LeaseId),
+    Stake(Address, u16),
+    Totals,
+}
+
+impl Key {
+    fn hash(&self) -> B256 {
+        let mut b = [0u8; 32];
+        let n = match self {
+            Key::Account(a) => {
+                b[0] = 1;
+                b[1..21].copy_from_slice(a.as_slice());
+                21
+            }
+            Key::Escrow(l) => {
+                b[0] = 2;
+                b[1..9].copy_from_slice(&l.0.to_be_bytes());
+                9
+            }
+            Key::Stake(a, i) => {
+                b[0] = 3;
+                b[1..21].copy_from_slice(a.as_slice());
+                b[21..23].copy_from_slice(&i.to_be_bytes());
+                23
+            }
+            Key::Totals => {
+                b[0] = 4;
+                1
+            }
+        };
+        keccak256(&b[..n])
+    }
+}
+
+/// What the reward pools have paid so far, and the next epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub provider_emitted: Amount,
+    pub checker_emitted: Amount,
+    pub bonus_emitted: Amount,
+    pub next_epoch: u64,
 }
 
 /// Why a transaction was rejected. Nothing of a rejected transaction is applied.
@@ -113,6 +180,16 @@ pub enum LedgerError {
     NotProtocol,
     #[error("recorded transaction {got} is out of sequence; expected {expected}")]
     OutOfSequence { expected: u64, got: u64 },
+    #[error("container {index} of {host} has nothing staked")]
+    NothingStaked { host: Address, index: u16 },
+    #[error("container {index} of {host} has nothing unbonding")]
+    NothingUnbonding { host: Address, index: u16 },
+    #[error("the stake of container {index} unbonds at {at_ms}; it is {now_ms}")]
+    StillUnbonding { index: u16, at_ms: u64, now_ms: u64 },
+    #[error("epoch {got} is out of order; the next epoch is {expected}")]
+    EpochOutOfOrder { expected: u64, got: u64 },
+    #[error("invalid epoch: {0}")]
+    InvalidEpoch(String),
 }
 
 /// A transaction the ledger accepted.
@@ -125,12 +202,22 @@ pub struct Applied {
 /// The ledger: accounts, escrows, the chain head and the transactions not yet sealed.
 #[derive(Clone, Debug)]
 pub struct Ledger {
-    genesis: Genesis,
-    accounts: HashMap<Address, Account>,
-    escrows: HashMap<LeaseId, Escrow>,
+    pub(crate) genesis: Genesis,
+    pub(crate) accounts: HashMap<Address, Account>,
+    pub(crate) escrows: HashMap<LeaseId, Escrow>,
+    pub(crate) stakes: HashMap<(Address, u16), Stake>,
+    pub(crate) vesting: HashMap<Address, Vesting>,
+    /// Everything each account was ever granted in rewards.
+    pub(crate) cumulative: HashMap<Address, Amount>,
+    pub(crate) totals: Totals,
+    /// The reward root after the last epoch.
+    pub(crate) reward_root: B256,
     next_seq: u64,
     head: BlockHeader,
     unsealed: Vec<LedgerEntry>,
+    commitment: Commitment,
+    /// Entries changed since the commitment last saw them.
+    touched: Vec<Key>,
 }
 
 /// What escrow a lease needs: price × GPUs × maximum duration, rounded up to the base unit.
@@ -181,11 +268,22 @@ impl Ledger {
                 state_root: B256::ZERO,
                 reward_root: B256::ZERO,
             },
+            touched: accounts
+                .keys()
+                .map(|a| Key::Account(*a))
+                .chain([Key::Totals])
+                .collect(),
             genesis,
             accounts,
             escrows: HashMap::new(),
+            stakes: HashMap::new(),
+            vesting: HashMap::new(),
+            cumulative: HashMap::new(),
+            totals: Totals::default(),
+            reward_root: B256::ZERO,
             next_seq: 0,
             unsealed: Vec::new(),
+            commitment: Commitment::default(),
         };
         ledger.head.state_root = ledger.state_root();
         Ok(ledger)
@@ -218,6 +316,43 @@ impl Ledger {
 
     pub fn transaction_count(&self) -> u64 {
         self.next_seq
+    }
+
+    pub fn stake(&self, host: &Address, index: u16) -> Stake {
+        self.stakes
+            .get(&(*host, index))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Every stake, for the registry to know which containers may serve.
+    pub fn stakes(&self) -> impl Iterator<Item = ((Address, u16), Stake)> + '_ {
+        self.stakes.iter().map(|(k, v)| (*k, *v))
+    }
+
+    pub fn vesting_locked(&self, address: &Address) -> Amount {
+        self.vesting.get(address).map_or(Amount::ZERO, |v| v.locked)
+    }
+
+    pub fn cumulative_reward(&self, address: &Address) -> Amount {
+        self.cumulative.get(address).copied().unwrap_or_default()
+    }
+
+    /// Every account ever rewarded with its cumulative reward: the reward tree's leaves.
+    pub fn cumulative_rewards(&self) -> impl Iterator<Item = (Address, Amount)> + '_ {
+        self.cumulative.iter().map(|(a, v)| (*a, *v))
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    pub fn reward_root(&self) -> B256 {
+        self.reward_root
+    }
+
+    pub(crate) fn touch(&mut self, key: Key) {
+        self.touched.push(key);
     }
 
     /// Checks and applies one transaction at `time_ms`.
@@ -261,8 +396,26 @@ impl Ledger {
             )?,
             TxKind::SettleUsage { records } => self.settle_usage(tx.from, records)?,
             TxKind::CloseEscrow { lease, reason } => self.close_escrow(tx.from, *lease, *reason)?,
+            TxKind::Stake { index, amount } => self.stake_more(tx.from, *index, *amount)?,
+            TxKind::Unstake { index } => self.unstake(tx.from, *index, time_ms)?,
+            TxKind::Withdraw { index } => self.withdraw(tx.from, *index, time_ms)?,
+            TxKind::Epoch(close) => {
+                self.only_protocol(tx.from)?;
+                self.close_epoch(close, time_ms)?
+            }
+            TxKind::Slash {
+                host,
+                index,
+                k_centi,
+                offence,
+                ..
+            } => {
+                self.only_protocol(tx.from)?;
+                self.slash(*host, *index, *k_centi, *offence)
+            }
         }
         self.accounts.entry(tx.from).or_default().nonce += 1;
+        self.touch(Key::Account(tx.from));
         let entry = LedgerEntry {
             seq: self.next_seq,
             time_ms,
@@ -295,6 +448,82 @@ impl Ledger {
     fn move_funds(&mut self, from: Address, to: Address, amount: Amount) {
         self.accounts.entry(from).or_default().balance.0 -= amount.0;
         self.accounts.entry(to).or_default().balance.0 += amount.0;
+        self.touch(Key::Account(from));
+        self.touch(Key::Account(to));
+    }
+
+    /// Adds to an account's balance (the caller has checked it fits).
+    pub(crate) fn credit(&mut self, to: Address, amount: u128) {
+        if amount > 0 {
+            self.accounts.entry(to).or_default().balance.0 += amount;
+            self.touch(Key::Account(to));
+        }
+    }
+
+    pub(crate) fn debit(&mut self, from: Address, amount: u128) {
+        if amount > 0 {
+            self.accounts.entry(from).or_default().balance.0 -= amount;
+            self.touch(Key::Account(from));
+        }
+    }
+
+    fn only_protocol(&self, signer: Address) -> Result<(), LedgerError> {
+        if signer != self.genesis.protocol {
+            return Err(LedgerError::NotProtocol);
+        }
+        Ok(())
+    }
+
+    fn stake_more(&mut self, host: Address, index: u16, amount: Amount) -> Result<(), LedgerError> {
+        if amount == Amount::ZERO {
+            return Err(LedgerError::ZeroAmount);
+        }
+        self.debit_check(host, amount)?;
+        let stake = self.stake(&host, index);
+        stake
+            .bonded
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow("stake"))?;
+        self.debit(host, amount.0);
+        self.stakes.entry((host, index)).or_default().bonded.0 += amount.0;
+        self.touch(Key::Stake(host, index));
+        Ok(())
+    }
+
+    fn unstake(&mut self, host: Address, index: u16, now_ms: u64) -> Result<(), LedgerError> {
+        let stake = self
+            .stakes
+            .get_mut(&(host, index))
+            .filter(|s| s.bonded.0 > 0)
+            .ok_or(LedgerError::NothingStaked { host, index })?;
+        stake.unbonding.0 += stake.bonded.0;
+        stake.bonded = Amount::ZERO;
+        stake.unbond_at_ms = now_ms.saturating_add(self.genesis.economics.unbonding_ms);
+        self.touch(Key::Stake(host, index));
+        Ok(())
+    }
+
+    fn withdraw(&mut self, host: Address, index: u16, now_ms: u64) -> Result<(), LedgerError> {
+        let stake = self.stake(&host, index);
+        if stake.unbonding.0 == 0 {
+            return Err(LedgerError::NothingUnbonding { host, index });
+        }
+        if now_ms < stake.unbond_at_ms {
+            return Err(LedgerError::StillUnbonding {
+                index,
+                at_ms: stake.unbond_at_ms,
+                now_ms,
+            });
+        }
+        self.credit_check(host, stake.unbonding)?;
+        let s = self.stakes.get_mut(&(host, index)).expect("checked above");
+        let amount = std::mem::take(&mut s.unbonding.0);
+        if s.bonded.0 == 0 {
+            self.stakes.remove(&(host, index));
+        }
+        self.credit(host, amount);
+        self.touch(Key::Stake(host, index));
+        Ok(())
     }
 
     fn transfer(&mut self, from: Address, to: Address, amount: Amount) -> Result<(), LedgerError> {
@@ -345,7 +574,8 @@ impl Ledger {
             .ok_or(LedgerError::Overflow("GPU-ms"))?;
         usage_cost(price, max_gpu_ms).ok_or(LedgerError::Overflow("usage cost"))?;
         self.debit_check(buyer, amount)?;
-        self.accounts.entry(buyer).or_default().balance.0 -= amount.0;
+        self.debit(buyer, amount.0);
+        self.touch(Key::Escrow(lease));
         self.escrows.insert(
             lease,
             Escrow {
@@ -426,9 +656,10 @@ impl Ledger {
             escrow.refund = refund;
             escrow.closed = r.is_final;
             let buyer = escrow.buyer;
-            self.accounts.entry(host).or_default().balance.0 += host_delta;
-            self.accounts.entry(treasury).or_default().balance.0 += treasury_delta;
-            self.accounts.entry(buyer).or_default().balance.0 += refund.0;
+            self.touch(Key::Escrow(r.lease));
+            self.credit(host, host_delta);
+            self.credit(treasury, treasury_delta);
+            self.credit(buyer, refund.0);
         }
         Ok(())
     }
@@ -454,7 +685,8 @@ impl Ledger {
         escrow.refund = refund;
         escrow.closed = true;
         let buyer = escrow.buyer;
-        self.accounts.entry(buyer).or_default().balance.0 += refund.0;
+        self.touch(Key::Escrow(lease));
+        self.credit(buyer, refund.0);
         Ok(())
     }
 
@@ -462,47 +694,95 @@ impl Ledger {
     pub fn supply_held(&self) -> u128 {
         let balances: u128 = self.accounts.values().map(|a| a.balance.0).sum();
         let escrowed: u128 = self.escrows.values().map(|e| e.held().0).sum();
-        balances + escrowed
+        let staked: u128 = self
+            .stakes
+            .values()
+            .map(|s| s.bonded.0 + s.unbonding.0)
+            .sum();
+        let vesting: u128 = self.vesting.values().map(|v| v.locked.0).sum();
+        balances + escrowed + staked + vesting
     }
 
     pub fn supply_conserved(&self) -> bool {
         self.supply_held() == self.genesis.total_supply.0
     }
 
-    /// The Merkle root over every account and escrow.
-    pub fn state_root(&self) -> B256 {
-        let mut leaves = Vec::with_capacity(self.accounts.len() + self.escrows.len());
-        for (address, account) in &self.accounts {
-            let mut bytes = Vec::with_capacity(64);
-            bytes.extend_from_slice(b"acct");
-            bytes.extend_from_slice(address.as_slice());
-            bytes.extend_from_slice(&account.balance.0.to_be_bytes());
-            bytes.extend_from_slice(&account.nonce.to_be_bytes());
-            leaves.push(keccak256(bytes));
-        }
-        for (lease, e) in &self.escrows {
-            let mut bytes = Vec::with_capacity(256);
-            bytes.extend_from_slice(b"escrow");
-            bytes.extend_from_slice(&lease.0.to_be_bytes());
-            bytes.extend_from_slice(e.buyer.as_slice());
-            bytes.extend_from_slice(e.host.as_slice());
-            for v in [
-                e.price_per_gpu_hour,
-                e.amount,
-                e.charged,
-                e.host_share,
-                e.treasury_share,
-                e.refund,
-            ] {
-                bytes.extend_from_slice(&v.0.to_be_bytes());
+    /// The leaf of one state entry, or `None` when it is empty.
+    fn leaf(&self, key: &Key) -> Option<B256> {
+        let mut bytes = Vec::with_capacity(160);
+        match key {
+            Key::Account(address) => {
+                let a = self.account(address);
+                let v = self.vesting.get(address);
+                let cumulative = self.cumulative_reward(address);
+                if a == Account::default() && v.is_none_or(|v| v.locked.0 == 0) && cumulative.0 == 0
+                {
+                    return None;
+                }
+                bytes.extend_from_slice(b"acct");
+                bytes.extend_from_slice(address.as_slice());
+                bytes.extend_from_slice(&a.balance.0.to_be_bytes());
+                bytes.extend_from_slice(&a.nonce.to_be_bytes());
+                bytes.extend_from_slice(&v.map_or(0, |v| v.locked.0).to_be_bytes());
+                bytes.extend_from_slice(&v.map_or(0, |v| v.rate).to_be_bytes());
+                bytes.extend_from_slice(&(v.map_or(0, |v| v.ends.len()) as u64).to_be_bytes());
+                bytes.extend_from_slice(&cumulative.0.to_be_bytes());
             }
-            bytes.extend_from_slice(&e.gpus.to_be_bytes());
-            bytes.extend_from_slice(&e.max_gpu_ms.to_be_bytes());
-            bytes.extend_from_slice(&e.gpu_ms.to_be_bytes());
-            bytes.push(e.closed as u8);
-            leaves.push(keccak256(bytes));
+            Key::Escrow(lease) => {
+                let e = self.escrows.get(lease)?;
+                bytes.extend_from_slice(b"escrow");
+                bytes.extend_from_slice(&lease.0.to_be_bytes());
+                bytes.extend_from_slice(e.buyer.as_slice());
+                bytes.extend_from_slice(e.host.as_slice());
+                for v in [
+                    e.price_per_gpu_hour,
+                    e.amount,
+                    e.charged,
+                    e.host_share,
+                    e.treasury_share,
+                    e.refund,
+                ] {
+                    bytes.extend_from_slice(&v.0.to_be_bytes());
+                }
+                bytes.extend_from_slice(&e.gpus.to_be_bytes());
+                bytes.extend_from_slice(&e.max_gpu_ms.to_be_bytes());
+                bytes.extend_from_slice(&e.gpu_ms.to_be_bytes());
+                bytes.push(e.closed as u8);
+            }
+            Key::Stake(host, index) => {
+                let s = self.stakes.get(&(*host, *index))?;
+                bytes.extend_from_slice(b"stake");
+                bytes.extend_from_slice(host.as_slice());
+                bytes.extend_from_slice(&index.to_be_bytes());
+                bytes.extend_from_slice(&s.bonded.0.to_be_bytes());
+                bytes.extend_from_slice(&s.unbonding.0.to_be_bytes());
+                bytes.extend_from_slice(&s.unbond_at_ms.to_be_bytes());
+            }
+            Key::Totals => {
+                let t = &self.totals;
+                bytes.extend_from_slice(b"totals");
+                for v in [t.provider_emitted, t.checker_emitted, t.bonus_emitted] {
+                    bytes.extend_from_slice(&v.0.to_be_bytes());
+                }
+                bytes.extend_from_slice(&t.next_epoch.to_be_bytes());
+                bytes.extend_from_slice(self.reward_root.as_slice());
+            }
         }
-        merkle::root(leaves)
+        Some(keccak256(bytes))
+    }
+
+    /// The commitment to the whole state (docs/ledger.md, "Roots").
+    pub fn state_root(&mut self) -> B256 {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for key in &touched {
+            let leaf = self.leaf(key);
+            self.commitment.set(key.hash(), leaf);
+        }
+        touched.clear();
+        self.touched = touched;
+        self.commitment.root()
     }
 
     /// Seals the unsealed transactions into the next block, or returns `None` when there are none.
@@ -519,7 +799,7 @@ impl Ledger {
             tx_count: entries.len() as u32,
             tx_root: merkle::root(entries.iter().map(LedgerEntry::leaf).collect()),
             state_root: self.state_root(),
-            reward_root: self.head.reward_root,
+            reward_root: self.reward_root,
         };
         self.head = header.clone();
         Some((header, entries))

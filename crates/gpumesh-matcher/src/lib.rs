@@ -172,6 +172,8 @@ pub(crate) struct Group {
     pub unit: Unit,
     pub price: u128,
     pub free: u64,
+    /// Bit i set: the GPU may serve (its stake is in place, or none is required).
+    pub enabled: u64,
     /// The host's images as bits (image id modulo 64).
     pub image_bits: u64,
     pub host: u32,
@@ -197,14 +199,20 @@ fn image_bits(images: &[u32]) -> u64 {
 }
 
 impl Group {
+    /// GPUs that are free and may serve (a GPU whose stake is not in place may not).
+    #[inline]
+    pub fn servable(&self) -> u64 {
+        self.free & self.enabled
+    }
+
     #[inline]
     pub fn free_count(&self) -> u8 {
-        self.free.count_ones() as u8
+        self.servable().count_ones() as u8
     }
 
     #[inline]
     pub fn available(&self) -> bool {
-        self.online && self.free != 0
+        self.online && self.servable() != 0
     }
 
     fn full_mask(&self) -> u64 {
@@ -246,8 +254,8 @@ pub struct HostSnapshot {
     pub spec: HostSpec,
     pub online: bool,
     pub coord: Coord,
-    /// Each group with its free mask.
-    pub groups: Vec<(GroupSpec, u64)>,
+    /// Each group with its free mask and its enabled mask.
+    pub groups: Vec<(GroupSpec, u64, u64)>,
 }
 
 /// What [`Matcher::from_snapshot`] rebuilds from.
@@ -389,6 +397,7 @@ impl Matcher {
                     (1u64 << g.count) - 1
                 },
                 image_bits: image_bits(&images),
+                enabled: u64::MAX,
                 host: host_id,
                 vram_mib: g.vram_mib,
                 leaf: [index::NONE; 2],
@@ -483,6 +492,16 @@ impl Matcher {
             self.change(g, &f);
         }
         self.hosts[host.0 as usize].groups = groups;
+        Ok(())
+    }
+
+    /// Which of a group's GPUs may serve (bit i: GPU `first_index + i`); the others are
+    /// kept out of matching, for instance until their stake is in place.
+    pub fn set_enabled(&mut self, group: GroupId, mask: u64) -> Result<(), MatcherError> {
+        self.groups
+            .get(group.0 as usize)
+            .ok_or(MatcherError::UnknownGroup(group))?;
+        self.change(group.0, |g| g.enabled = mask);
         Ok(())
     }
 
@@ -748,6 +767,7 @@ impl Matcher {
                                 count: g.gpus,
                             },
                             g.free,
+                            g.enabled,
                         )
                     })
                     .collect(),
@@ -777,13 +797,14 @@ impl Matcher {
             let tier = h.spec.tier.clamp(1, 3);
             let mut ids = Vec::with_capacity(h.groups.len());
             let bits = image_bits(&images);
-            for (g, free) in &h.groups {
+            for (g, free, enabled) in &h.groups {
                 ids.push(m.groups.len() as u32);
                 m.groups.push(Group {
                     unit,
                     price: h.spec.price_per_gpu_hour.0,
                     free: *free,
                     image_bits: bits,
+                    enabled: *enabled,
                     host,
                     vram_mib: g.vram_mib,
                     leaf: [index::NONE; 2],

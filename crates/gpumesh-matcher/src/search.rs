@@ -506,7 +506,7 @@ impl Matcher {
     fn reserve(&mut self, cand: Candidate, count: u16, expires_ms: Option<u64>) -> Booking {
         let g = &self.groups[cand.group as usize];
         let mut mask = 0u64;
-        let mut free = g.free;
+        let mut free = g.servable();
         for _ in 0..count {
             let bit = free.trailing_zeros();
             mask |= 1 << bit;

@@ -672,6 +672,7 @@ enum Op {
     Move(usize, f64, f64),
     Expire(u64),
     Observe(usize, u16),
+    Enable(usize, u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -685,6 +686,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), -89.0f64..89.0, -180.0f64..180.0).prop_map(|(h, a, o)| Op::Move(h, a, o)),
         1 => (0u64..50).prop_map(Op::Expire),
         1 => (any::<usize>(), 1u16..300).prop_map(|(h, r)| Op::Observe(h, r)),
+        1 => (any::<usize>(), any::<u64>()).prop_map(|(g, mask)| Op::Enable(g, mask)),
     ]
 }
 
@@ -818,7 +820,7 @@ proptest! {
                     let r = wanted.build();
                     let mut oracle = m.clone();
                     let expected = oracle.book_scan(&r, Some(now + 20));
-                    let free_before: Vec<u64> = m.groups.iter().map(|g| g.free).collect();
+                    let free_before: Vec<u64> = m.groups.iter().map(|g| g.servable()).collect();
                     let got = m.book(&r, Some(now + 20));
                     match (&got, &expected) {
                         (Ok(b), Ok(e)) => {
@@ -849,6 +851,12 @@ proptest! {
                     now += dt;
                     let gone = m.expire(now);
                     live.retain(|id| !gone.contains(id));
+                }
+                Op::Enable(g, mask) => {
+                    let g = g % m.groups.len();
+                    // Mostly all enabled, sometimes some GPUs held back (no stake).
+                    let mask = if mask % 3 == 0 { mask } else { u64::MAX };
+                    m.set_enabled(GroupId(g as u32), mask).unwrap();
                 }
                 Op::Observe(h, rtt) => {
                     let anchor = (h % 3) as u32;

@@ -37,6 +37,9 @@ pub struct Params {
     pub max_lease_duration_ms: u64,
     /// How often hosts must settle usage of running leases ("at least every minute").
     pub settle_interval_ms: u64,
+    /// Containers serve only once their stake is in place (DESIGN.md §4).
+    #[serde(default)]
+    pub require_stake: bool,
 }
 
 impl Params {
@@ -49,6 +52,7 @@ impl Params {
             match_ttl_ms: 30_000,
             max_lease_duration_ms: 7 * 24 * 3_600_000,
             settle_interval_ms: 30_000,
+            require_stake: true,
         }
     }
 
@@ -106,6 +110,8 @@ impl HostRecord {
 #[derive(Clone, Debug)]
 struct Host {
     record: HostRecord,
+    /// Per GPU: whether its stake is in place (all true when none is required).
+    staked: Vec<bool>,
     /// The matcher's groups of this host: (group, first GPU index, GPU count).
     groups: Vec<(GroupId, u16, u16)>,
     last_heartbeat_ms: u64,
@@ -126,6 +132,19 @@ pub enum Effect {
     CloseEscrow {
         lease: LeaseId,
         reason: gpumesh_types::CloseReason,
+    },
+    /// A host went offline: its containers fail this epoch's liveness.
+    HostOffline {
+        host: Address,
+        last_heartbeat_ms: u64,
+    },
+    /// A container was down while serving a lease: slash it for downtime.
+    SlashDowntime {
+        host: Address,
+        index: u16,
+        model: GpuModel,
+        lease: LeaseId,
+        last_heartbeat_ms: u64,
     },
 }
 
@@ -337,14 +356,24 @@ impl Registry {
             matcher_host.0, index,
             "registry and matcher number hosts alike"
         );
-        let groups = ids
+        let groups: Vec<(GroupId, u16, u16)> = ids
             .into_iter()
             .zip(&specs)
             .map(|(id, g)| (id, g.first_index, g.count as u16))
             .collect();
+        if self.params.require_stake {
+            // No GPU serves before its stake is in place.
+            for &(group, ..) in &groups {
+                self.matcher
+                    .set_enabled(group, 0)
+                    .expect("the group was just added");
+            }
+        }
         self.by_address.insert(record.address, index);
+        let staked = vec![!self.params.require_stake; record.gpus.len()];
         self.hosts.push(Host {
             record,
+            staked,
             groups,
             last_heartbeat_ms: now_ms,
             online: true,
@@ -446,6 +475,74 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether a container's stake is in place; a container serves only when it is (or
+    /// when no stake is required).
+    pub fn set_staked(
+        &mut self,
+        host: &Address,
+        index: u16,
+        staked: bool,
+    ) -> Result<(), RegistryError> {
+        let h = self
+            .host_by_address(host)
+            .ok_or(RegistryError::UnknownHost(*host))?;
+        let entry = self.hosts[h as usize]
+            .staked
+            .get_mut(index as usize)
+            .ok_or_else(|| {
+                RegistryError::invalid(
+                    ErrorCode::InvalidRequest,
+                    format!("host {host} has no GPU {index}"),
+                )
+            })?;
+        if *entry == staked || !self.params.require_stake {
+            return Ok(());
+        }
+        *entry = staked;
+        let host_ref = &self.hosts[h as usize];
+        let &(group, start, count) = host_ref
+            .groups
+            .iter()
+            .find(|(_, start, count)| (*start..start + count).contains(&index))
+            .expect("every GPU is in a group");
+        let mask = (0..count)
+            .filter(|i| host_ref.staked[(start + i) as usize])
+            .fold(0u64, |m, i| m | 1 << i);
+        self.matcher
+            .set_enabled(group, mask)
+            .expect("the group exists");
+        Ok(())
+    }
+
+    /// The containers of online hosts whose stake is in place, by host, with their spec
+    /// weight K in hundredths: this epoch's liveness candidates.
+    pub fn live_containers(&self) -> Vec<gpumesh_types::HostCapacity> {
+        self.hosts
+            .iter()
+            .filter(|h| h.online)
+            .map(|h| {
+                let containers = h
+                    .record
+                    .gpus
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| h.staked[*i])
+                    .map(|(i, g)| (i as u16, g.model.spec().k_factor))
+                    .collect();
+                (h.record.address, containers)
+            })
+            .filter(|(_, c): &(Address, Vec<(u16, u32)>)| !c.is_empty())
+            .collect()
+    }
+
+    /// The spec weight K (hundredths) of a host's GPU.
+    pub fn k_of(&self, host: &Address, index: u16) -> Option<u32> {
+        self.host(host)?
+            .gpus
+            .get(index as usize)
+            .map(|g| g.model.spec().k_factor)
+    }
+
     /// Every container, for listings.
     pub fn containers(&self) -> Vec<ContainerView> {
         let mut busy: HashMap<(Address, u16), ()> = HashMap::new();
@@ -460,6 +557,8 @@ impl Registry {
             for (i, gpu) in r.gpus.iter().enumerate() {
                 let state = if !host.online {
                     ContainerState::Offline
+                } else if !host.staked[i] {
+                    ContainerState::AwaitingStake
                 } else if busy.contains_key(&(r.address, i as u16)) {
                     ContainerState::Busy
                 } else {
@@ -567,6 +666,10 @@ impl Registry {
             if host.online && now_ms.saturating_sub(host.last_heartbeat_ms) > offline_after {
                 host.online = false;
                 lost.push(host.record.address);
+                effects.push(Effect::HostOffline {
+                    host: host.record.address,
+                    last_heartbeat_ms: host.last_heartbeat_ms,
+                });
                 let _ = self
                     .matcher
                     .set_online(gpumesh_matcher::HostId(i as u32), false);
@@ -590,12 +693,25 @@ impl Registry {
                     self.end_lease(id, LeaseState::Cancelled, None, Some(why.into()), now_ms);
                 }
                 LeaseState::Starting | LeaseState::Running if host_lost => {
+                    let (host, model, indices) = (lease.host, lease.gpu, lease.gpu_indices.clone());
+                    let last_heartbeat_ms = self
+                        .host_by_address(&host)
+                        .map_or(0, |h| self.hosts[h as usize].last_heartbeat_ms);
                     let why = "host lost: it missed its heartbeats; undelivered time is refunded";
                     self.end_lease(id, LeaseState::Failed, None, Some(why.into()), now_ms);
                     effects.push(Effect::CloseEscrow {
                         lease: id,
                         reason: gpumesh_types::CloseReason::HostLost,
                     });
+                    for index in indices {
+                        effects.push(Effect::SlashDowntime {
+                            host,
+                            index,
+                            model,
+                            lease: id,
+                            last_heartbeat_ms,
+                        });
+                    }
                 }
                 _ => {}
             }

@@ -9,6 +9,14 @@ use gpumesh_types::{
 };
 use proptest::prelude::*;
 
+/// A local network without stake requirements; staking has its own test.
+fn test_params() -> Params {
+    Params {
+        require_stake: false,
+        ..Params::local()
+    }
+}
+
 fn addr(n: u8) -> Address {
     Address::with_last_byte(n)
 }
@@ -68,7 +76,7 @@ fn escrow_tx(registry: &Registry, id: LeaseId) -> TxKind {
 }
 
 fn network() -> Registry {
-    let mut r = Registry::new(Params::local());
+    let mut r = Registry::new(test_params());
     r.register_host(
         addr(1),
         host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 8, "2.5"),
@@ -163,7 +171,10 @@ fn unmatched_jobs_say_why() {
 
 #[test]
 fn bad_input_is_refused_with_its_code() {
-    let mut r = Registry::new(Params::network());
+    let mut r = Registry::new(Params {
+        require_stake: false,
+        ..Params::network()
+    });
     let mut bad_location = host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1");
     bad_location.location.point.lat = 95.0;
     let mut twice = host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1");
@@ -257,10 +268,23 @@ fn a_lost_host_fails_its_leases_and_returns_to_standby_when_it_beats_again() {
     let effects = r.tick(3_001);
     assert_eq!(
         effects,
-        vec![Effect::CloseEscrow {
-            lease: running,
-            reason: CloseReason::HostLost
-        }]
+        vec![
+            Effect::HostOffline {
+                host: addr(1),
+                last_heartbeat_ms: 0
+            },
+            Effect::CloseEscrow {
+                lease: running,
+                reason: CloseReason::HostLost
+            },
+            Effect::SlashDowntime {
+                host: addr(1),
+                index: 0,
+                model: GpuModel::H100,
+                lease: running,
+                last_heartbeat_ms: 0
+            },
+        ]
     );
     assert_eq!(r.lease(running).unwrap().state, LeaseState::Failed);
     assert_eq!(r.lease(unfunded).unwrap().state, LeaseState::Cancelled);
@@ -327,7 +351,7 @@ fn restore_rebuilds_the_same_reservations() {
     r.cancel(&addr(9), b, 1).unwrap();
     let hosts = [addr(1), addr(2)].map(|a| r.host(&a).unwrap().clone());
     let leases: Vec<_> = r.leases().cloned().collect();
-    let mut restored = Registry::restore(Params::local(), hosts, leases, 5).unwrap();
+    let mut restored = Registry::restore(test_params(), hosts, leases, 5).unwrap();
     // Host 1 has exactly one GPU free (7 held by lease a), so two go to Virginia.
     assert_eq!(
         restored
@@ -411,4 +435,34 @@ proptest! {
             prop_assert_eq!(busy + offline_held, held.len());
         }
     }
+}
+
+#[test]
+fn containers_serve_only_once_staked() {
+    let mut r = Registry::new(Params::local());
+    r.register_host(
+        addr(1),
+        host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 2, "2.5"),
+        0,
+    )
+    .unwrap();
+    let err = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("0 in standby"), "{err}");
+    assert!(
+        r.containers()
+            .iter()
+            .all(|c| c.state == gpumesh_types::ContainerState::AwaitingStake)
+    );
+    r.set_staked(&addr(1), 1, true).unwrap();
+    let lease = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap();
+    assert_eq!(lease.gpu_indices, vec![1], "only the staked GPU serves");
+    assert!(
+        r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+            .is_err()
+    );
+    assert!(r.set_staked(&addr(1), 9, true).is_err(), "no such GPU");
 }

@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(snapshot.blocks[0].1.len(), 1);
         assert_eq!(snapshot.unsealed.len(), 1);
         assert_eq!(snapshot.logs[0].1.data, "hi\n");
-        let (replayed, report) =
+        let (mut replayed, report) =
             gpumesh_ledger::replay(genesis.clone(), snapshot.blocks, snapshot.unsealed).unwrap();
         assert_eq!(report.transactions, 2);
         assert_eq!(replayed.state_root(), ledger.state_root());

@@ -392,6 +392,24 @@ pub struct AccountView {
     pub address: Address,
     pub balance: Amount,
     pub nonce: u64,
+    /// Rewards granted but not yet vested.
+    #[serde(default)]
+    pub vesting: Amount,
+    /// Everything ever granted in rewards (the reward tree's value for this account).
+    #[serde(default)]
+    pub cumulative_rewards: Amount,
+    /// Stakes of this account's containers (as a host).
+    #[serde(default)]
+    pub stakes: Vec<StakeView>,
+}
+
+/// A container's stake.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StakeView {
+    pub index: u16,
+    pub bonded: Amount,
+    pub unbonding: Amount,
+    pub unbond_at_ms: u64,
 }
 
 /// `POST /v1/faucet` (local networks only).
@@ -416,6 +434,10 @@ pub struct NetworkInfo {
     pub containers: u32,
     pub blocks: u64,
     pub transactions: u64,
+    /// Stake per unit of spec weight K; a GPU's requirement is K × this.
+    pub staking_coefficient: Amount,
+    pub epoch_ms: u64,
+    pub next_epoch: u64,
 }
 
 /// A container (one GPU on one host) as listed by `GET /v1/containers`.
@@ -435,6 +457,8 @@ pub struct ContainerView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerState {
+    /// Registered, but its stake is not in place yet.
+    AwaitingStake,
     Standby,
     Busy,
     Offline,

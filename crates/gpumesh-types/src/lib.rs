@@ -17,7 +17,8 @@ pub use api::*;
 pub use geo::{Country, EARTH_RADIUS_KM, GeoError, GeoPoint, Location};
 pub use gpu::{CATALOG, GpuClass, GpuModel, GpuSpec, UnknownGpuModel};
 pub use tx::{
-    BlockHeader, CloseReason, LedgerEntry, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,
+    BlockHeader, CheckerTasks, CloseReason, EpochClose, HostCapacity, HostDelivery, LedgerEntry,
+    Offence, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,
 };
 
 /// Milliseconds in one hour, the unit prices are quoted in.

@@ -44,6 +44,63 @@ pub enum TxKind {
     /// The protocol ends an escrow without further charge (host lost, never started)
     /// and refunds what is left to the buyer. Signed by the protocol key.
     CloseEscrow { lease: LeaseId, reason: CloseReason },
+    /// A host stakes (or tops up) for one of its GPUs (containers).
+    Stake { index: u16, amount: Amount },
+    /// A host starts unbonding a container's whole stake; the container is no longer
+    /// eligible, and the stake can be withdrawn after the unbonding period.
+    Unstake { index: u16 },
+    /// A host takes back an unbonded stake.
+    Withdraw { index: u16 },
+    /// The protocol closes an epoch and pays its rewards. Signed by the protocol key.
+    Epoch(Box<EpochClose>),
+    /// The protocol slashes a container, with the hash of the evidence. Signed by the
+    /// protocol key.
+    Slash {
+        host: Address,
+        index: u16,
+        /// The container's spec weight K, in hundredths.
+        k_centi: u32,
+        offence: Offence,
+        evidence: B256,
+    },
+}
+
+/// What a container was slashed for (DESIGN.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Offence {
+    /// Down while serving a lease: ⅓ × K × coefficient.
+    Downtime,
+    /// Malicious behaviour, such as a forged capacity proof: K × coefficient.
+    Malicious,
+    /// Performance far under the claimed spec: K × coefficient.
+    Underperformance,
+}
+
+/// A host's containers whose liveness passed: (GPU index, spec weight K in hundredths).
+pub type HostCapacity = (Address, Vec<(u16, u32)>);
+/// A host's delivered work: (GPU index, GPU-milliseconds, tier 1–3).
+pub type HostDelivery = (Address, Vec<(u16, u64, u8)>);
+/// A checker's epoch: (address, correct tasks, uptime in basis points).
+pub type CheckerTasks = (Address, u32, u16);
+
+/// The inputs of an epoch's rewards, carried in the transaction so that a replay
+/// recomputes every payout; `evidence` is the hash of the records they were computed from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochClose {
+    pub epoch: u64,
+    /// The end of the epoch; vesting and unbonding count from it.
+    pub end_ms: u64,
+    pub evidence: B256,
+    /// Containers whose liveness verdicts passed, grouped by host: (GPU index, K in
+    /// hundredths).
+    pub capacity: Vec<HostCapacity>,
+    /// Delivered work by host: (GPU index, GPU-milliseconds, tier 1–3).
+    pub delivery: Vec<HostDelivery>,
+    /// Checkers: (address, correct tasks, uptime in basis points).
+    pub checkers: Vec<CheckerTasks>,
+    /// Pays the quarter's checker bonus.
+    pub quarter_bonus: bool,
 }
 
 /// Cumulative usage of one lease, as metered by its host.

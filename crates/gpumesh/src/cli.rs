@@ -184,6 +184,10 @@ pub struct HostArgs {
     /// CPU limit per leased GPU, in CPUs.
     #[arg(long, default_value_t = 4)]
     pub cpus_per_gpu: i64,
+    /// Do not stake at start; by default the agent stakes, from the host's balance, what
+    /// each GPU's requirement still lacks (a GPU serves only once staked).
+    #[arg(long)]
+    pub no_stake: bool,
 }
 
 #[derive(Debug, Args)]

@@ -307,6 +307,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         runtime,
         memory_per_gpu: Some(args.memory_per_gpu_mib.saturating_mul(1024 * 1024)),
         nano_cpus_per_gpu: Some(args.cpus_per_gpu.saturating_mul(1_000_000_000)),
+        auto_stake: !args.no_stake,
     };
     let stop = CancellationToken::new();
     let agent = tokio::spawn(gpumesh_host::run(config, stop.clone()));

@@ -188,7 +188,7 @@ fn export(
     );
     let mut id = 0u32;
     for h in &snapshot.hosts {
-        for (g, free) in &h.groups {
+        for (g, free, enabled) in &h.groups {
             let images = pg_array(h.spec.images.iter().map(|i| format!("\"{i}\"")));
             writeln!(
                 groups,
@@ -199,7 +199,7 @@ fn export(
                 h.spec.country,
                 h.spec.price_per_gpu_hour.tokens(),
                 h.spec.tier,
-                free.count_ones(),
+                (free & enabled).count_ones(),
                 g.count,
                 g.vram_mib,
                 images.replace('"', "\"\""),
