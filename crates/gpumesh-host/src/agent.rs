@@ -86,9 +86,10 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         "registered with the indexer"
     );
     if agent.config.auto_stake
-        && let Err(e) = agent.stake_missing().await {
-            tracing::warn!(error = %e, "could not stake; containers wait for their stake");
-        }
+        && let Err(e) = agent.stake_missing().await
+    {
+        tracing::warn!(error = %e, "could not stake; containers wait for their stake");
+    }
     // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
     // tests) ends them all, as the death of the process would.
     let mut background = tokio::task::JoinSet::new();
@@ -145,6 +146,7 @@ impl Agent {
         let info = self.client.info().await?;
         let account = self.client.account(self.config.wallet.address()).await?;
         let mut balance = account.balance;
+        let mut stakes = Vec::new();
         let models = self
             .config
             .gpus
@@ -165,14 +167,14 @@ impl Agent {
                 tracing::warn!(index, needs = %missing.tokens(), has = %balance.tokens(), "not enough balance to stake this GPU");
                 continue;
             }
-            self.client
-                .send_tx(TxKind::Stake {
-                    index,
-                    amount: missing,
-                })
-                .await?;
             balance = Amount(balance.0 - missing.0);
-            tracing::info!(index, staked = %missing.tokens(), "staked");
+            stakes.push((index, missing));
+        }
+        if !stakes.is_empty() {
+            let total: u128 = stakes.iter().map(|s| s.1.0).sum();
+            let count = stakes.len();
+            self.client.send_tx(TxKind::StakeMany { stakes }).await?;
+            tracing::info!(gpus = count, staked = %Amount(total).tokens(), "staked");
         }
         Ok(())
     }

@@ -533,6 +533,7 @@ impl Core {
             TxKind::Transfer { .. }
             | TxKind::SettleUsage { .. }
             | TxKind::Stake { .. }
+            | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }
             | TxKind::Withdraw { .. } => None,
         };
@@ -616,6 +617,11 @@ impl Core {
             | TxKind::Unstake { index }
             | TxKind::Withdraw { index } => {
                 self.sync_stake(stx.tx.from, *index);
+            }
+            TxKind::StakeMany { stakes } => {
+                for &(index, _) in stakes {
+                    self.sync_stake(stx.tx.from, index);
+                }
             }
             TxKind::Slash { host, index, .. } => self.sync_stake(*host, *index),
             _ => {}

@@ -22,6 +22,6 @@ pub use genesis::{
 pub use replay::{ReplayError, ReplayReport, replay};
 pub use rewards::{reward_leaf, reward_tree};
 pub use state::{
-    Account, Applied, Escrow, Ledger, LedgerError, Stake, Totals, Vesting, escrow_amount,
+    Account, Applied, Escrow, Ledger, LedgerError, Stake, Totals, Verified, Vesting, escrow_amount,
     fee_split, usage_cost,
 };

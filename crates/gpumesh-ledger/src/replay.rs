@@ -84,8 +84,18 @@ impl Ledger {
                 entries.len()
             ));
         }
-        for entry in entries {
-            self.apply_entry(entry)
+        // Check signatures on every core, then apply in order.
+        let verified = verify_all(entries);
+        for (entry, verified) in entries.iter().zip(verified) {
+            if entry.seq != self.transaction_count() {
+                return Err(format!(
+                    "transaction {} is out of sequence; expected {}",
+                    entry.seq,
+                    self.transaction_count()
+                ));
+            }
+            let verified = verified.map_err(|e| format!("transaction {}: {e}", entry.seq))?;
+            self.apply_verified(&entry.tx, verified, entry.time_ms)
                 .map_err(|e| format!("transaction {}: {e}", entry.seq))?;
         }
         let tx_root = merkle::root(entries.iter().map(LedgerEntry::leaf).collect());
@@ -119,6 +129,36 @@ impl Ledger {
         self.set_head(header.clone());
         Ok(())
     }
+}
+
+/// Checks the signatures of `entries` on all cores.
+fn verify_all(entries: &[LedgerEntry]) -> Vec<Result<crate::Verified, LedgerError>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads == 1 || entries.len() < 64 {
+        return entries
+            .iter()
+            .map(|e| crate::Verified::check(&e.tx))
+            .collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|e| crate::Verified::check(&e.tx))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("signature checks do not panic"))
+            .collect()
+    })
 }
 
 /// Replays `blocks` (in height order, starting at 1) and then the unsealed entries.

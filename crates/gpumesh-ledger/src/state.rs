@@ -192,6 +192,33 @@ pub enum LedgerError {
     InvalidEpoch(String),
 }
 
+/// Proof that a transaction's signature was checked: only [`Verified::check`] makes one,
+/// and it names the very transaction value it checked (by address, never dereferenced),
+/// so [`Ledger::apply_verified`] refuses a proof made for another transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    hash: B256,
+    of: usize,
+}
+
+impl Verified {
+    /// Recovers the signer and checks it is the transaction's `from`.
+    pub fn check(stx: &SignedTx) -> Result<Verified, LedgerError> {
+        let hash = stx
+            .verify()
+            .map_err(|e| LedgerError::BadSignature(e.to_string()))?;
+        Ok(Verified {
+            hash,
+            of: stx as *const SignedTx as usize,
+        })
+    }
+
+    /// The transaction hash the signature covers.
+    pub fn hash(&self) -> B256 {
+        self.hash
+    }
+}
+
 /// A transaction the ledger accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -357,16 +384,31 @@ impl Ledger {
 
     /// Checks and applies one transaction at `time_ms`.
     pub fn apply(&mut self, stx: &SignedTx, time_ms: u64) -> Result<Applied, LedgerError> {
+        let verified = Verified::check(stx)?;
+        self.apply_verified(stx, verified, time_ms)
+    }
+
+    /// Applies a transaction whose signature was checked already (perhaps on another
+    /// thread, while this one applied earlier transactions).
+    pub fn apply_verified(
+        &mut self,
+        stx: &SignedTx,
+        verified: Verified,
+        time_ms: u64,
+    ) -> Result<Applied, LedgerError> {
         let tx = &stx.tx;
+        if verified.of != stx as *const SignedTx as usize {
+            return Err(LedgerError::BadSignature(
+                "the signature was checked for another transaction".into(),
+            ));
+        }
+        let hash = verified.hash;
         if tx.chain_id != self.genesis.chain_id {
             return Err(LedgerError::WrongChain {
                 expected: self.genesis.chain_id,
                 got: tx.chain_id,
             });
         }
-        let hash = stx
-            .verify()
-            .map_err(|e| LedgerError::BadSignature(e.to_string()))?;
         let signer = self.account(&tx.from);
         if tx.nonce != signer.nonce {
             return Err(LedgerError::WrongNonce {
@@ -396,7 +438,8 @@ impl Ledger {
             )?,
             TxKind::SettleUsage { records } => self.settle_usage(tx.from, records)?,
             TxKind::CloseEscrow { lease, reason } => self.close_escrow(tx.from, *lease, *reason)?,
-            TxKind::Stake { index, amount } => self.stake_more(tx.from, *index, *amount)?,
+            TxKind::Stake { index, amount } => self.stake_more(tx.from, &[(*index, *amount)])?,
+            TxKind::StakeMany { stakes } => self.stake_more(tx.from, stakes)?,
             TxKind::Unstake { index } => self.unstake(tx.from, *index, time_ms)?,
             TxKind::Withdraw { index } => self.withdraw(tx.from, *index, time_ms)?,
             TxKind::Epoch(close) => {
@@ -474,19 +517,34 @@ impl Ledger {
         Ok(())
     }
 
-    fn stake_more(&mut self, host: Address, index: u16, amount: Amount) -> Result<(), LedgerError> {
-        if amount == Amount::ZERO {
+    fn stake_more(&mut self, host: Address, stakes: &[(u16, Amount)]) -> Result<(), LedgerError> {
+        if stakes.is_empty() {
             return Err(LedgerError::ZeroAmount);
         }
-        self.debit_check(host, amount)?;
-        let stake = self.stake(&host, index);
-        stake
-            .bonded
-            .checked_add(amount)
-            .ok_or(LedgerError::Overflow("stake"))?;
-        self.debit(host, amount.0);
-        self.stakes.entry((host, index)).or_default().bonded.0 += amount.0;
-        self.touch(Key::Stake(host, index));
+        let mut total: u128 = 0;
+        for (i, &(index, amount)) in stakes.iter().enumerate() {
+            if amount == Amount::ZERO {
+                return Err(LedgerError::ZeroAmount);
+            }
+            if stakes[..i].iter().any(|(other, _)| *other == index) {
+                return Err(LedgerError::EscrowTerms(
+                    "a container is staked twice in one transaction",
+                ));
+            }
+            self.stake(&host, index)
+                .bonded
+                .checked_add(amount)
+                .ok_or(LedgerError::Overflow("stake"))?;
+            total = total
+                .checked_add(amount.0)
+                .ok_or(LedgerError::Overflow("stake"))?;
+        }
+        self.debit_check(host, Amount(total))?;
+        self.debit(host, total);
+        for &(index, amount) in stakes {
+            self.stakes.entry((host, index)).or_default().bonded.0 += amount.0;
+            self.touch(Key::Stake(host, index));
+        }
         Ok(())
     }
 

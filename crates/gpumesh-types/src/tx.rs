@@ -46,6 +46,8 @@ pub enum TxKind {
     CloseEscrow { lease: LeaseId, reason: CloseReason },
     /// A host stakes (or tops up) for one of its GPUs (containers).
     Stake { index: u16, amount: Amount },
+    /// A host stakes for several of its GPUs at once.
+    StakeMany { stakes: Vec<(u16, Amount)> },
     /// A host starts unbonding a container's whole stake; the container is no longer
     /// eligible, and the stake can be withdrawn after the unbonding period.
     Unstake { index: u16 },
