@@ -328,12 +328,14 @@ impl Core {
                 ..EpochWork::default()
             },
         );
-        let capacity: Vec<gpumesh_types::HostCapacity> = self
+        let mut capacity: Vec<gpumesh_types::HostCapacity> = self
             .registry
             .live_containers()
             .into_iter()
             .filter(|(h, _)| !work.lost.contains(h))
             .collect();
+        // The canonical order the ledger checks: hosts ascending.
+        capacity.sort_unstable_by_key(|c| c.0);
         let mut by_host: std::collections::BTreeMap<Address, Vec<(u16, u64, u8)>> =
             std::collections::BTreeMap::new();
         for ((host, index), gpu_ms) in work.delivered {

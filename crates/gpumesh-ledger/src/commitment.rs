@@ -6,6 +6,8 @@
 
 use alloy_primitives::{B256, keccak256};
 
+use crate::par;
+
 const BUCKET_BITS: u32 = 16;
 const BUCKETS: usize = 1 << BUCKET_BITS;
 
@@ -62,31 +64,38 @@ impl Commitment {
 
     /// The root, after rehashing what changed.
     pub fn root(&mut self) -> B256 {
-        let mut buf = Vec::new();
-        for b in std::mem::take(&mut self.dirty) {
-            let b = b as usize;
-            self.is_dirty[b] = false;
-            let bucket = &self.buckets[b];
-            self.tree[BUCKETS + b] = if bucket.is_empty() {
-                B256::ZERO
-            } else {
-                buf.clear();
-                for (k, v) in bucket {
-                    buf.extend_from_slice(k.as_slice());
-                    buf.extend_from_slice(v.as_slice());
-                }
-                keccak256(&buf)
-            };
-            let mut i = (BUCKETS + b) / 2;
-            while i >= 1 {
-                let h = node(&self.tree[2 * i], &self.tree[2 * i + 1]);
-                if self.tree[i] == h {
-                    break;
-                }
-                self.tree[i] = h;
-                i /= 2;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        let hashes = par::map(&dirty, |&b| {
+            let bucket = &self.buckets[b as usize];
+            if bucket.is_empty() {
+                return B256::ZERO;
+            }
+            let mut buf = Vec::with_capacity(64 * bucket.len());
+            for (k, v) in bucket {
+                buf.extend_from_slice(k.as_slice());
+                buf.extend_from_slice(v.as_slice());
+            }
+            keccak256(&buf)
+        });
+        // Then the tree, a level at a time, each changed node once.
+        let mut level: Vec<usize> = Vec::with_capacity(dirty.len());
+        for (&b, hash) in dirty.iter().zip(hashes) {
+            self.is_dirty[b as usize] = false;
+            self.tree[BUCKETS + b as usize] = hash;
+            level.push(BUCKETS + b as usize);
+        }
+        while level.first().is_some_and(|&i| i > 1) {
+            for i in level.iter_mut() {
+                *i /= 2;
+            }
+            level.dedup();
+            for &i in &level {
+                self.tree[i] = node(&self.tree[2 * i], &self.tree[2 * i + 1]);
             }
         }
+        dirty.clear();
+        self.dirty = dirty;
         self.tree[1]
     }
 }

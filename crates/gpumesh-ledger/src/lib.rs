@@ -11,6 +11,7 @@
 mod commitment;
 pub mod genesis;
 pub mod merkle;
+mod par;
 mod replay;
 mod rewards;
 mod state;

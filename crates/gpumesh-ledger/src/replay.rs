@@ -9,7 +9,6 @@ use alloy_primitives::B256;
 use gpumesh_types::{BlockHeader, LedgerEntry};
 
 use crate::genesis::{Genesis, GenesisError};
-use crate::merkle;
 use crate::state::{Ledger, LedgerError};
 
 /// What a successful replay found.
@@ -98,7 +97,7 @@ impl Ledger {
             self.apply_verified(&entry.tx, verified, entry.time_ms)
                 .map_err(|e| format!("transaction {}: {e}", entry.seq))?;
         }
-        let tx_root = merkle::root(entries.iter().map(LedgerEntry::leaf).collect());
+        let tx_root = self.unsealed_tx_root();
         if tx_root != header.tx_root {
             return Err(format!(
                 "transaction root {} does not match the transactions ({tx_root})",

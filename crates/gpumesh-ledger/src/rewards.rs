@@ -1,12 +1,11 @@
 //! Epochs, rewards, vesting and slashing (DESIGN.md §4; docs/ledger.md).
 
-use std::collections::HashMap;
-
 use alloy_primitives::{Address, B256, U256, keccak256};
 use gpumesh_types::{Amount, EpochClose, Offence};
 
 use crate::genesis::YEAR_MS;
 use crate::merkle::MerkleTree;
+use crate::par;
 use crate::state::{Key, Ledger, LedgerError};
 
 /// The leaf of OpenZeppelin's `StandardMerkleTree` for `(address, uint256)`:
@@ -20,29 +19,77 @@ pub fn reward_leaf(account: &Address, amount: Amount) -> B256 {
 
 /// The reward tree over every account's cumulative reward.
 pub fn reward_tree<I: IntoIterator<Item = (Address, Amount)>>(cumulative: I) -> MerkleTree {
-    MerkleTree::new(
-        cumulative
-            .into_iter()
-            .map(|(a, v)| reward_leaf(&a, v))
-            .collect(),
-    )
+    let accounts: Vec<(Address, Amount)> = cumulative.into_iter().collect();
+    MerkleTree::new(par::map(&accounts, |(a, v)| reward_leaf(a, *v)))
 }
 
 /// Splits `pool` by `weights` (rounding down); returns the shares and what is left over.
-fn split(pool: u128, weights: &[(usize, u128)], total: u128) -> (Vec<(usize, u128)>, u128) {
+fn split(pool: u128, weights: &[u128]) -> (Vec<u128>, u128) {
+    let total: u128 = weights.iter().sum();
     if total == 0 {
-        return (Vec::new(), pool);
+        return (vec![0; weights.len()], pool);
     }
-    let mut paid = 0u128;
-    let shares = weights
+    let shares: Vec<u128> = weights
         .iter()
-        .map(|&(who, w)| {
-            let share = Amount(pool).mul_div_floor(w, total).map_or(0, |a| a.0);
-            paid += share;
-            (who, share)
-        })
+        .map(|&w| Amount(pool).mul_div_floor(w, total).map_or(0, |a| a.0))
         .collect();
+    let paid: u128 = shares.iter().sum();
     (shares, pool - paid)
+}
+
+/// Checks the canonical order of a per-host list: hosts strictly ascending, and each
+/// host's GPU indices strictly ascending.
+fn check_order<T>(
+    what: &str,
+    list: &[(Address, Vec<T>)],
+    index: impl Fn(&T) -> u16,
+) -> Result<(), LedgerError> {
+    for pair in list.windows(2) {
+        if pair[0].0 >= pair[1].0 {
+            return Err(LedgerError::InvalidEpoch(format!(
+                "{what}: host {} is out of order or listed twice",
+                pair[1].0
+            )));
+        }
+    }
+    for (host, containers) in list {
+        if containers.windows(2).any(|p| index(&p[0]) >= index(&p[1])) {
+            return Err(LedgerError::InvalidEpoch(format!(
+                "{what}: the GPU indices of {host} are out of order or repeated"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Pairs each host of a per-host list with its share, leaving out zero shares.
+fn with_hosts<T>(list: &[(Address, Vec<T>)], shares: Vec<u128>) -> Vec<(Address, u128)> {
+    list.iter()
+        .map(|l| l.0)
+        .zip(shares)
+        .filter(|s| s.1 > 0)
+        .collect()
+}
+
+/// Adds up two lists of (host, amount), each sorted by host, into one.
+fn merge(a: Vec<(Address, u128)>, b: Vec<(Address, u128)>) -> Vec<(Address, u128)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let (x, y) = (a.next(), b.next());
+                x.zip(y).map(|(x, y)| (x.0, x.1 + y.1))
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    out
 }
 
 impl Ledger {
@@ -97,39 +144,29 @@ impl Ledger {
             });
         }
         let econ = self.genesis.economics.clone();
-        // Check everything first.
-        let mut seen = std::collections::HashSet::new();
-        for (host, containers) in &e.capacity {
-            for &(index, _) in containers {
-                if !seen.insert((*host, index)) {
-                    return Err(LedgerError::InvalidEpoch(format!(
-                        "container {index} of {host} is listed twice for capacity"
-                    )));
-                }
-            }
-        }
-        seen.clear();
+        // Check everything first: the lists are in canonical order, so one pass each.
+        check_order("capacity", &e.capacity, |c| c.0)?;
+        check_order("delivery", &e.delivery, |d| d.0)?;
         for (host, containers) in &e.delivery {
-            for &(index, _, tier) in containers {
-                if !(1..=3).contains(&tier) {
-                    return Err(LedgerError::InvalidEpoch(format!(
-                        "tier {tier} of container {index} of {host} is not 1 to 3"
-                    )));
-                }
-                if !seen.insert((*host, index)) {
-                    return Err(LedgerError::InvalidEpoch(format!(
-                        "container {index} of {host} is listed twice for delivery"
-                    )));
-                }
-            }
-        }
-        let mut checkers = std::collections::HashSet::new();
-        for (checker, _, uptime) in &e.checkers {
-            if *uptime > 10_000 || !checkers.insert(*checker) {
+            if let Some(&(index, _, tier)) = containers.iter().find(|d| !(1..=3).contains(&d.2)) {
                 return Err(LedgerError::InvalidEpoch(format!(
-                    "checker {checker} is listed twice or its uptime is over 10000"
+                    "tier {tier} of container {index} of {host} is not 1 to 3"
                 )));
             }
+        }
+        for pair in e.checkers.windows(2) {
+            if pair[0].0 >= pair[1].0 {
+                return Err(LedgerError::InvalidEpoch(format!(
+                    "checker {} is out of order or listed twice",
+                    pair[1].0
+                )));
+            }
+        }
+        if let Some(c) = e.checkers.iter().find(|c| c.2 > 10_000) {
+            return Err(LedgerError::InvalidEpoch(format!(
+                "checker {} has an uptime over 10000 basis points",
+                c.0
+            )));
         }
 
         self.release_vesting(e.epoch);
@@ -159,115 +196,117 @@ impl Ledger {
             0
         };
 
-        // Who is owed what. Rewards need the stake in place.
-        let staked = |ledger: &Ledger, host: &Address, index: u16, k: u32| {
-            ledger
-                .stakes
+        // Each host's weights, read on every core. Rewards need the stake in place: for
+        // capacity, the requirement of the container's K; for delivery, that of the K it
+        // was live with this epoch, or any stake at all.
+        let staked = |host: &Address, index: u16, k: u32| {
+            self.stakes
                 .get(&(*host, index))
-                .is_some_and(|s| s.bonded.0 >= econ.requirement(k).0 && s.bonded.0 > 0)
+                .is_some_and(|s| s.bonded.0 > 0 && s.bonded.0 >= econ.requirement(k).0)
         };
-        let mut hosts: Vec<Address> = Vec::new();
-        let mut host_index: HashMap<Address, usize> = HashMap::new();
-        let mut host_of = |h: Address| -> usize {
-            *host_index.entry(h).or_insert_with(|| {
-                hosts.push(h);
-                hosts.len() - 1
-            })
+        let cap_weights: Vec<u128> = par::map(&e.capacity, |(host, containers)| {
+            containers
+                .iter()
+                .filter(|&&(index, k)| k > 0 && staked(host, index, k))
+                .map(|&(_, k)| k as u128)
+                .sum()
+        });
+        // The capacity entry of each delivering host, found by merging the sorted lists.
+        let mut live = Vec::with_capacity(e.delivery.len());
+        let mut c = 0;
+        for (host, _) in &e.delivery {
+            while c < e.capacity.len() && e.capacity[c].0 < *host {
+                c += 1;
+            }
+            live.push(
+                e.capacity
+                    .get(c)
+                    .filter(|cap| cap.0 == *host)
+                    .map(|cap| &cap.1),
+            );
+        }
+        let delivering: Vec<_> = e.delivery.iter().zip(live).collect();
+        let del_weights: Vec<u128> = par::map(&delivering, |((host, containers), live)| {
+            containers
+                .iter()
+                .filter(|&&(index, gpu_ms, _)| {
+                    let k = live
+                        .and_then(|l| l.binary_search_by_key(&index, |c| c.0).ok().map(|i| l[i].1))
+                        .unwrap_or(0);
+                    gpu_ms > 0 && staked(host, index, k)
+                })
+                .map(|&(_, gpu_ms, tier)| gpu_ms as u128 * econ.tier_bps[tier as usize - 1] as u128)
+                .sum()
+        });
+        let (cap_shares, cap_rest) = split(capacity_pool, &cap_weights);
+        let (del_shares, del_rest) = split(delivery_pool, &del_weights);
+        let cap_emitted = if cap_rest < capacity_pool {
+            capacity_pool
+        } else {
+            0
         };
-        let mut cap_weights = Vec::new();
-        let mut k_of: HashMap<(Address, u16), u32> = HashMap::new();
-        for (host, containers) in &e.capacity {
-            for &(index, k) in containers {
-                k_of.insert((*host, index), k);
-                if k > 0 && staked(self, host, index, k) {
-                    cap_weights.push((host_of(*host), k as u128));
-                }
-            }
-        }
-        let mut del_weights = Vec::new();
-        for (host, containers) in &e.delivery {
-            for &(index, gpu_ms, tier) in containers {
-                // Delivery needs a stake too; its requirement is the capacity entry's K if
-                // the container was live, else any stake at all.
-                let k = k_of.get(&(*host, index)).copied().unwrap_or(0);
-                let has_stake = self
-                    .stakes
-                    .get(&(*host, index))
-                    .is_some_and(|s| s.bonded.0 > 0 && s.bonded.0 >= econ.requirement(k).0);
-                if gpu_ms > 0 && has_stake {
-                    del_weights.push((
-                        host_of(*host),
-                        gpu_ms as u128 * econ.tier_bps[tier as usize - 1] as u128,
-                    ));
-                }
-            }
-        }
-        let cap_total: u128 = cap_weights.iter().map(|w| w.1).sum();
-        let del_total: u128 = del_weights.iter().map(|w| w.1).sum();
-        let (cap_shares, cap_rest) = split(capacity_pool, &cap_weights, cap_total);
-        let (del_shares, del_rest) = split(delivery_pool, &del_weights, del_total);
-        let cap_emitted = if cap_total > 0 { capacity_pool } else { 0 };
-        let del_emitted = if del_total > 0 { delivery_pool } else { 0 };
+        let del_emitted = if del_rest < delivery_pool {
+            delivery_pool
+        } else {
+            0
+        };
 
-        let chk_weights: Vec<(usize, u128)> = e
+        let tasks: Vec<u128> = e.checkers.iter().map(|c| c.1 as u128).collect();
+        let (chk_shares, chk_rest) = split(checker_pool, &tasks);
+        let chk_emitted = if chk_rest < checker_pool {
+            checker_pool
+        } else {
+            0
+        };
+        let bonus_tasks: Vec<u128> = e
             .checkers
             .iter()
-            .enumerate()
-            .filter(|(_, c)| c.1 > 0)
-            .map(|(i, c)| (i, c.1 as u128))
+            .map(|c| {
+                if c.2 >= econ.bonus_uptime_bps {
+                    c.1 as u128
+                } else {
+                    0
+                }
+            })
             .collect();
-        let chk_total: u128 = chk_weights.iter().map(|w| w.1).sum();
-        let (chk_shares, chk_rest) = split(checker_pool, &chk_weights, chk_total);
-        let chk_emitted = if chk_total > 0 { checker_pool } else { 0 };
-        let bonus_weights: Vec<(usize, u128)> = e
-            .checkers
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.1 > 0 && c.2 >= econ.bonus_uptime_bps)
-            .map(|(i, c)| (i, c.1 as u128))
-            .collect();
-        let bonus_total: u128 = bonus_weights.iter().map(|w| w.1).sum();
-        let (bonus_shares, bonus_rest) = split(bonus_pool, &bonus_weights, bonus_total);
-        let bonus_emitted = if bonus_total > 0 { bonus_pool } else { 0 };
+        let (bonus_shares, bonus_rest) = split(bonus_pool, &bonus_tasks);
+        let bonus_emitted = if bonus_rest < bonus_pool {
+            bonus_pool
+        } else {
+            0
+        };
 
         // Pay. The pool shrinks by what was emitted; remainders go to the treasury.
         let emitted = cap_emitted + del_emitted + chk_emitted + bonus_emitted;
-        let treasury_part = (if cap_total > 0 { cap_rest } else { 0 })
-            + (if del_total > 0 { del_rest } else { 0 })
-            + (if chk_total > 0 { chk_rest } else { 0 })
-            + (if bonus_total > 0 { bonus_rest } else { 0 });
+        let rest = |emitted: u128, rest: u128| if emitted > 0 { rest } else { 0 };
+        let treasury_part = rest(cap_emitted, cap_rest)
+            + rest(del_emitted, del_rest)
+            + rest(chk_emitted, chk_rest)
+            + rest(bonus_emitted, bonus_rest);
         let pool = self.genesis.reward_pool;
         let treasury = self.genesis.treasury;
         self.debit(pool, emitted);
         self.credit(treasury, treasury_part);
 
-        let mut per_host = vec![0u128; hosts.len()];
-        for (h, share) in cap_shares.into_iter().chain(del_shares) {
-            per_host[h] += share;
-        }
-        for (h, reward) in per_host.into_iter().enumerate() {
-            if reward == 0 {
-                continue;
-            }
-            let host = hosts[h];
+        let per_host = merge(
+            with_hosts(&e.capacity, cap_shares),
+            with_hosts(&e.delivery, del_shares),
+        );
+        for (host, reward) in per_host {
             let now = reward * econ.immediate_bps as u128 / 10_000;
             self.credit(host, now);
             self.grant(host, reward - now, e.epoch);
             self.cumulative.entry(host).or_default().0 += reward;
             self.touch(Key::Account(host));
         }
-        let mut per_checker = vec![0u128; e.checkers.len()];
-        for (i, share) in chk_shares.into_iter().chain(bonus_shares) {
-            per_checker[i] += share;
-        }
-        for (i, reward) in per_checker.into_iter().enumerate() {
+        for (i, (checker, _, _)) in e.checkers.iter().enumerate() {
+            let reward = chk_shares[i] + bonus_shares[i];
             if reward == 0 {
                 continue;
             }
-            let checker = e.checkers[i].0;
-            self.credit(checker, reward);
-            self.cumulative.entry(checker).or_default().0 += reward;
-            self.touch(Key::Account(checker));
+            self.credit(*checker, reward);
+            self.cumulative.entry(*checker).or_default().0 += reward;
+            self.touch(Key::Account(*checker));
         }
         self.totals.provider_emitted.0 += cap_emitted + del_emitted;
         self.totals.checker_emitted.0 += chk_emitted;

@@ -4,7 +4,9 @@
 //! everything (chain, signature, nonce, funds, escrow rules) before it changes anything,
 //! and then applies it whole. Nothing here reads a clock or a disk.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::par::{self, Map};
 
 use alloy_primitives::{Address, B256, keccak256};
 use gpumesh_types::{
@@ -230,18 +232,20 @@ pub struct Applied {
 #[derive(Clone, Debug)]
 pub struct Ledger {
     pub(crate) genesis: Genesis,
-    pub(crate) accounts: HashMap<Address, Account>,
-    pub(crate) escrows: HashMap<LeaseId, Escrow>,
-    pub(crate) stakes: HashMap<(Address, u16), Stake>,
-    pub(crate) vesting: HashMap<Address, Vesting>,
+    pub(crate) accounts: Map<Address, Account>,
+    pub(crate) escrows: Map<LeaseId, Escrow>,
+    pub(crate) stakes: Map<(Address, u16), Stake>,
+    pub(crate) vesting: Map<Address, Vesting>,
     /// Everything each account was ever granted in rewards.
-    pub(crate) cumulative: HashMap<Address, Amount>,
+    pub(crate) cumulative: Map<Address, Amount>,
     pub(crate) totals: Totals,
     /// The reward root after the last epoch.
     pub(crate) reward_root: B256,
     next_seq: u64,
     head: BlockHeader,
     unsealed: Vec<LedgerEntry>,
+    /// The transaction-root leaf of each unsealed entry, made while its hash was at hand.
+    unsealed_leaves: Vec<B256>,
     commitment: Commitment,
     /// Entries changed since the commitment last saw them.
     touched: Vec<Key>,
@@ -274,7 +278,7 @@ impl Ledger {
     /// The ledger right after genesis, with block 0 as its head.
     pub fn new(genesis: Genesis) -> Result<Ledger, GenesisError> {
         genesis.validate()?;
-        let mut accounts = HashMap::new();
+        let mut accounts = Map::default();
         for a in &genesis.allocations {
             accounts.insert(
                 a.address,
@@ -302,14 +306,15 @@ impl Ledger {
                 .collect(),
             genesis,
             accounts,
-            escrows: HashMap::new(),
-            stakes: HashMap::new(),
-            vesting: HashMap::new(),
-            cumulative: HashMap::new(),
+            escrows: Map::default(),
+            stakes: Map::default(),
+            vesting: Map::default(),
+            cumulative: Map::default(),
             totals: Totals::default(),
             reward_root: B256::ZERO,
             next_seq: 0,
             unsealed: Vec::new(),
+            unsealed_leaves: Vec::new(),
             commitment: Commitment::default(),
         };
         ledger.head.state_root = ledger.state_root();
@@ -465,6 +470,8 @@ impl Ledger {
             tx: stx.clone(),
         };
         self.next_seq += 1;
+        self.unsealed_leaves
+            .push(LedgerEntry::leaf_of(entry.seq, time_ms, &hash));
         self.unsealed.push(entry.clone());
         Ok(Applied { entry, hash })
     }
@@ -834,9 +841,9 @@ impl Ledger {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
-        for key in &touched {
-            let leaf = self.leaf(key);
-            self.commitment.set(key.hash(), leaf);
+        let leaves = par::map(&touched, |key| (key.hash(), self.leaf(key)));
+        for (key, leaf) in leaves {
+            self.commitment.set(key, leaf);
         }
         touched.clear();
         self.touched = touched;
@@ -849,13 +856,14 @@ impl Ledger {
             return None;
         }
         let entries = std::mem::take(&mut self.unsealed);
+        let leaves = std::mem::take(&mut self.unsealed_leaves);
         let header = BlockHeader {
             height: self.head.height + 1,
             prev_hash: self.head.hash(),
             time_ms: time_ms.max(self.head.time_ms),
             first_seq: entries[0].seq,
             tx_count: entries.len() as u32,
-            tx_root: merkle::root(entries.iter().map(LedgerEntry::leaf).collect()),
+            tx_root: merkle::root(leaves),
             state_root: self.state_root(),
             reward_root: self.reward_root,
         };
@@ -863,9 +871,15 @@ impl Ledger {
         Some((header, entries))
     }
 
+    /// The transaction root the unsealed entries would get if sealed now.
+    pub(crate) fn unsealed_tx_root(&self) -> B256 {
+        merkle::root(self.unsealed_leaves.clone())
+    }
+
     /// Restores a head read from the store after replaying up to it.
     pub(crate) fn set_head(&mut self, header: BlockHeader) {
         self.head = header;
         self.unsealed.clear();
+        self.unsealed_leaves.clear();
     }
 }

@@ -3,7 +3,8 @@
 use gpumesh_identity::Wallet;
 use gpumesh_ledger::{Genesis, Ledger, LedgerError, escrow_amount, replay};
 use gpumesh_types::{
-    Amount, B256, CloseReason, EpochClose, LeaseId, Offence, SignedTx, Tx, TxKind, UsageRecord,
+    Address, Amount, B256, CloseReason, EpochClose, LeaseId, Offence, SignedTx, Tx, TxKind,
+    UsageRecord,
 };
 use proptest::prelude::*;
 
@@ -405,8 +406,13 @@ proptest! {
                     w.now += 1;
                     w.ledger.apply(&stx, w.now).map(|_| ())
                 }
-                Op::Epoch { capacity, delivery, checker_tasks, bonus, advance_ms } => {
+                                Op::Epoch { mut capacity, mut delivery, checker_tasks, bonus, advance_ms } => {
                     w.now += advance_ms;
+                    // The canonical order; tiers stay as drawn, some of them invalid.
+                    capacity.sort_unstable_by_key(|c| c.0);
+                    capacity.dedup_by_key(|c| c.0);
+                    delivery.sort_unstable_by_key(|d| d.0);
+                    delivery.dedup_by_key(|d| d.0);
                     let host = w.host.address();
                     let close = EpochClose {
                         epoch: w.ledger.totals().next_epoch,
@@ -444,6 +450,12 @@ proptest! {
         prop_assert_eq!(report.state_root, w.ledger.state_root());
         prop_assert!(report.supply_conserved);
     }
+}
+
+/// A per-host list in the canonical order the ledger requires: hosts ascending.
+fn by_host<T>(mut list: Vec<(Address, Vec<T>)>) -> Vec<(Address, Vec<T>)> {
+    list.sort_unstable_by_key(|l| l.0);
+    list
 }
 
 fn epoch(
@@ -513,14 +525,14 @@ fn an_epoch_pays_by_weight_vests_linearly_and_conserves_supply() {
     let checker = Wallet::from_label("checker").address();
     epoch(
         &mut w,
-        vec![
+        by_host(vec![
             (a.address(), vec![(0, 100), (1, 100)]),
             (b.address(), vec![(0, 200)]),
-        ],
-        vec![
+        ]),
+        by_host(vec![
             (a.address(), vec![(0, 3_600_000, 3)]),
             (b.address(), vec![(0, 3_600_000, 1)]),
-        ],
+        ]),
         vec![(checker, 7, 9_000)],
         false,
     );
@@ -735,4 +747,81 @@ fn slashing_takes_unvested_rewards_first_then_stake() {
         w.send(&host.clone(), slash(Offence::Malicious)),
         Err(LedgerError::NotProtocol)
     ));
+}
+
+#[test]
+fn an_epoch_out_of_canonical_order_is_refused_whole() {
+    let mut w = World::new();
+    let (a, b) = (w.host.address(), Wallet::from_label("host b").address());
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    let bad: Vec<(&str, EpochClose)> = vec![
+        (
+            "hosts descending",
+            EpochClose {
+                capacity: vec![(hi, vec![(0, 100)]), (lo, vec![(0, 100)])],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "a host twice",
+            EpochClose {
+                delivery: vec![(lo, vec![(0, 1, 1)]), (lo, vec![(1, 1, 1)])],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "a GPU twice",
+            EpochClose {
+                capacity: vec![(lo, vec![(1, 100), (1, 100)])],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "tier 4",
+            EpochClose {
+                delivery: vec![(lo, vec![(0, 1, 4)])],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "checkers descending",
+            EpochClose {
+                checkers: vec![(hi, 1, 0), (lo, 1, 0)],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "uptime over 100%",
+            EpochClose {
+                checkers: vec![(lo, 1, 10_001)],
+                ..empty_epoch(&w)
+            },
+        ),
+    ];
+    let protocol = w.protocol.clone();
+    for (what, close) in bad {
+        let root = w.ledger.state_root();
+        let result = w.send(&protocol, TxKind::Epoch(Box::new(close)));
+        assert!(
+            matches!(result, Err(LedgerError::InvalidEpoch(_))),
+            "{what}: {result:?}"
+        );
+        assert_eq!(w.ledger.state_root(), root, "{what}: nothing changed");
+        assert_eq!(w.ledger.totals().next_epoch, 0);
+    }
+    w.send(&protocol, TxKind::Epoch(Box::new(empty_epoch(&w))))
+        .unwrap();
+    assert_eq!(w.ledger.totals().next_epoch, 1);
+}
+
+fn empty_epoch(w: &World) -> EpochClose {
+    EpochClose {
+        epoch: w.ledger.totals().next_epoch,
+        end_ms: w.now,
+        evidence: B256::ZERO,
+        capacity: vec![],
+        delivery: vec![],
+        checkers: vec![],
+        quarter_bonus: false,
+    }
 }

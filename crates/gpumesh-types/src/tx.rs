@@ -220,10 +220,15 @@ pub struct LedgerEntry {
 impl LedgerEntry {
     /// The leaf of the block's transaction tree: commits to order, time and content.
     pub fn leaf(&self) -> B256 {
+        Self::leaf_of(self.seq, self.time_ms, &self.tx.hash())
+    }
+
+    /// The leaf of the entry at `seq` and `time_ms` whose transaction hashes to `tx_hash`.
+    pub fn leaf_of(seq: u64, time_ms: u64, tx_hash: &B256) -> B256 {
         let mut bytes = [0u8; 48];
-        bytes[..8].copy_from_slice(&self.seq.to_be_bytes());
-        bytes[8..16].copy_from_slice(&self.time_ms.to_be_bytes());
-        bytes[16..].copy_from_slice(self.tx.hash().as_slice());
+        bytes[..8].copy_from_slice(&seq.to_be_bytes());
+        bytes[8..16].copy_from_slice(&time_ms.to_be_bytes());
+        bytes[16..].copy_from_slice(tx_hash.as_slice());
         keccak256(bytes)
     }
 }

@@ -61,6 +61,34 @@ pub enum BenchCommand {
     /// second on one thread with state updates alongside, latency percentiles, memory,
     /// rebuild time, and a plain scan answering the same requests as the baseline.
     Match(MatchBenchArgs),
+    /// The ledger at network scale: usage records settled per second with every block
+    /// written durably, an epoch close over every GPU and checker, and replay speed.
+    Ledger(LedgerBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerBenchArgs {
+    /// Hosts settling usage.
+    #[arg(long, default_value_t = 5_000)]
+    pub hosts: usize,
+    /// Leases per host; each settlement transaction carries one record per lease.
+    #[arg(long, default_value_t = 8)]
+    pub leases_per_host: usize,
+    /// Settlement rounds (every host settles once per round).
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Transactions per block; each block is written durably before the next.
+    #[arg(long, default_value_t = 2_000)]
+    pub block_txs: usize,
+    /// Staked containers in the epoch close.
+    #[arg(long, default_value_t = 430_000)]
+    pub containers: usize,
+    /// Checkers paid in the epoch close.
+    #[arg(long, default_value_t = 91_000)]
+    pub checkers: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! `gpumesh bench …`: measurements that print one JSON object.
 
+mod ledger;
 mod matching;
 mod startup;
 
@@ -16,5 +17,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             docker_socket,
         } => startup::startup(runtime_choice(runtime), runs, docker_socket).await,
         BenchCommand::Match(args) => matching::run(args),
+        BenchCommand::Ledger(args) => ledger::run(args),
     }
 }
