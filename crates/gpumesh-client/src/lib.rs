@@ -16,10 +16,10 @@ use gpumesh_types::auth::{
     HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, request_message,
 };
 use gpumesh_types::{
-    AccountView, Address, Amount, ApiError, ContainerView, ErrorCode, FaucetRequest, GeoPoint,
-    Heartbeat, HostRegistered, HostWork, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LeaseView,
-    LogAppend, LogEvent, NetworkInfo, RegisterHost, Sig, SignedTx, Tx, TxAccepted, TxKind,
-    WorkPoll,
+    AccountView, Address, Amount, ApiError, BlockHeader, ContainerView, ErrorCode, FaucetRequest,
+    GeoPoint, Heartbeat, HostRegistered, HostWork, JobRequest, LeaseFinish, LeaseId, LeaseStarted,
+    LeaseView, LedgerEntry, LogAppend, LogEvent, NetworkInfo, RegisterHost, RewardProof, Sig,
+    SignedTx, TreasuryView, Tx, TxAccepted, TxKind, WorkPoll,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -234,6 +234,51 @@ impl Client {
 
     pub async fn account(&self, address: Address) -> Result<AccountView, ClientError> {
         self.get(&format!("/v1/accounts/{address}")).await
+    }
+
+    /// The account's transactions, newest first.
+    pub async fn history(
+        &self,
+        address: Address,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, ClientError> {
+        self.get(&format!("/v1/accounts/{address}/history?limit={limit}"))
+            .await
+    }
+
+    /// The newest sealed block.
+    pub async fn head(&self) -> Result<BlockHeader, ClientError> {
+        self.get("/v1/ledger/head").await
+    }
+
+    /// Block headers, newest first, below height `below` (from the head when `None`).
+    pub async fn blocks(
+        &self,
+        below: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<BlockHeader>, ClientError> {
+        let below = below.map(|b| format!("&below={b}")).unwrap_or_default();
+        self.get(&format!("/v1/ledger/blocks?limit={limit}{below}"))
+            .await
+    }
+
+    /// A recorded transaction with its hash.
+    pub async fn ledger_tx(&self, seq: u64) -> Result<serde_json::Value, ClientError> {
+        self.get(&format!("/v1/ledger/txs/{seq}")).await
+    }
+
+    pub async fn treasury(&self) -> Result<TreasuryView, ClientError> {
+        self.get("/v1/ledger/treasury").await
+    }
+
+    /// The account's cumulative reward after `epoch` and its Merkle proof.
+    pub async fn reward_proof(
+        &self,
+        address: Address,
+        epoch: u64,
+    ) -> Result<RewardProof, ClientError> {
+        self.get(&format!("/v1/ledger/proof/{address}?epoch={epoch}"))
+            .await
     }
 
     pub async fn lease(&self, id: LeaseId) -> Result<LeaseView, ClientError> {

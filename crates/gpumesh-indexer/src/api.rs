@@ -39,8 +39,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{id}/logs", post(append_logs).get(logs))
         .route("/v1/leases/{id}/finish", post(finish))
         .route("/v1/ledger/txs", post(submit_tx))
+        .route("/v1/ledger/head", get(head))
         .route("/v1/ledger/blocks", get(blocks))
+        .route("/v1/ledger/txs/{seq}", get(ledger_tx))
+        .route("/v1/ledger/treasury", get(treasury))
+        .route("/v1/ledger/proof/{address}", get(reward_proof))
         .route("/v1/accounts/{address}", get(account))
+        .route("/v1/accounts/{address}/history", get(history))
         .route("/v1/faucet", post(faucet))
         .route("/v1/observations", post(observe))
         .route("/v1/anchors", post(add_anchor))
@@ -301,8 +306,135 @@ async fn submit_tx(
     Ok(Json(accepted).into_response())
 }
 
-async fn blocks(State(state): State<AppState>) -> Result<Response, Failure> {
+async fn head(State(state): State<AppState>) -> Result<Response, Failure> {
     Ok(Json(state.read(|c| c.ledger().head().clone())).into_response())
+}
+
+/// Reads the store off the async threads.
+async fn from_store<T, F>(state: AppState, f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce(&gpumesh_store::Store) -> Result<T, Failure> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&state.store))
+        .await
+        .map_err(|e| Failure::internal(format!("store read panicked: {e}")))?
+}
+
+fn store_failure(e: gpumesh_store::StoreError) -> Failure {
+    Failure::internal(e.to_string())
+}
+
+/// A whole number from the query string, or `default` when absent.
+fn query_number(query: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, Failure> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|_| {
+            Failure::new(
+                ErrorCode::InvalidRequest,
+                format!("{name} {text:?} is not a whole number"),
+            )
+        }),
+    }
+}
+
+/// Block headers, newest first: `?below=HEIGHT&limit=N` (at most 1000).
+async fn blocks(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let below = query
+        .contains_key("below")
+        .then(|| query_number(&query, "below", 0))
+        .transpose()?;
+    let limit = query_number(&query, "limit", 20)?.min(1000) as usize;
+    let headers = from_store(state, move |s| {
+        s.headers(below, limit).map_err(store_failure)
+    })
+    .await?;
+    Ok(Json(headers).into_response())
+}
+
+async fn ledger_tx(
+    State(state): State<AppState>,
+    Path(text): Path<String>,
+) -> Result<Response, Failure> {
+    let not_found = || {
+        Failure::new(
+            ErrorCode::NotFound,
+            format!("transaction {text:?} does not exist"),
+        )
+    };
+    let seq: u64 = text.parse().map_err(|_| not_found())?;
+    let entry = from_store(state, move |s| s.entry(seq).map_err(store_failure)).await?;
+    let entry = entry.ok_or_else(not_found)?;
+    let hash = entry.tx.hash();
+    Ok(Json(serde_json::json!({ "hash": hash, "entry": entry })).into_response())
+}
+
+async fn treasury(State(state): State<AppState>) -> Result<Response, Failure> {
+    let view = state.read(|c| {
+        let l = c.ledger();
+        let g = l.genesis();
+        let t = l.totals();
+        gpumesh_types::TreasuryView {
+            treasury: g.treasury,
+            treasury_balance: l.balance(&g.treasury),
+            reward_pool: g.reward_pool,
+            reward_pool_balance: l.balance(&g.reward_pool),
+            provider_emitted: t.provider_emitted,
+            checker_emitted: t.checker_emitted,
+            bonus_emitted: t.bonus_emitted,
+            next_epoch: t.next_epoch,
+            total_supply: g.total_supply,
+            reward_root: l.reward_root(),
+        }
+    });
+    Ok(Json(view).into_response())
+}
+
+/// `?epoch=E`: the account's cumulative reward after epoch E and its proof.
+async fn reward_proof(
+    State(state): State<AppState>,
+    Path(text): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let account = address("account", &text)?;
+    let epoch = match query.get("epoch") {
+        Some(_) => query_number(&query, "epoch", 0)?,
+        None => {
+            return Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                "say which epoch: ?epoch=E",
+            ));
+        }
+    };
+    let proof = from_store(state, move |s| {
+        s.reward_proof(account, epoch).map_err(|e| match e {
+            gpumesh_store::ProofError::Proof(
+                e @ (gpumesh_ledger::ProofError::EpochNotClosed { .. }
+                | gpumesh_ledger::ProofError::NoRewards { .. }),
+            ) => Failure::new(ErrorCode::NotFound, e.to_string()),
+            e => Failure::internal(e.to_string()),
+        })
+    })
+    .await?;
+    Ok(Json(proof).into_response())
+}
+
+/// `?limit=N` (at most 1000): the account's transactions, newest first.
+async fn history(
+    State(state): State<AppState>,
+    Path(text): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let account = address("account", &text)?;
+    let limit = query_number(&query, "limit", 50)?.min(1000) as usize;
+    let entries = from_store(state, move |s| {
+        s.history(&account, limit).map_err(store_failure)
+    })
+    .await?;
+    Ok(Json(entries).into_response())
 }
 
 async fn account(

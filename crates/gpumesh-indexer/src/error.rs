@@ -32,7 +32,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
         InvalidJson | InvalidRequest | UnknownGpuModel | InvalidPrice | InvalidLocation
-        | InvalidTransaction => StatusCode::BAD_REQUEST,
+        | InvalidTransaction | Overflow => StatusCode::BAD_REQUEST,
         BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         MissingSignature | BadSignature | SignatureExpired | ReplayedRequest => {
             StatusCode::UNAUTHORIZED
@@ -77,7 +77,6 @@ impl From<LedgerError> for Failure {
         let code = match &e {
             WrongChain { .. }
             | ZeroAmount
-            | Overflow(_)
             | EscrowExists(_)
             | EscrowClosed(_)
             | EscrowAmount { .. }
@@ -94,6 +93,8 @@ impl From<LedgerError> for Failure {
             | EpochOutOfOrder { .. }
             | InvalidEpoch(_) => ErrorCode::InvalidTransaction,
             BadSignature(_) => ErrorCode::BadSignature,
+            Overflow(_) => ErrorCode::Overflow,
+            UnknownAccount(_) => ErrorCode::UnknownAccount,
             WrongNonce { .. } => ErrorCode::WrongNonce,
             InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
             UnknownEscrow(_) => ErrorCode::UnknownLease,

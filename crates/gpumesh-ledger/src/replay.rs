@@ -5,10 +5,11 @@
 //! recomputes every block's transaction and state roots, follows the hash chain, and
 //! checks that balances plus escrows still add up to the total supply after each block.
 
-use alloy_primitives::B256;
-use gpumesh_types::{BlockHeader, LedgerEntry};
+use alloy_primitives::{Address, B256};
+use gpumesh_types::{BlockHeader, LedgerEntry, RewardProof, TxKind};
 
 use crate::genesis::{Genesis, GenesisError};
+use crate::rewards::{reward_leaf, reward_tree};
 use crate::state::{Ledger, LedgerError};
 
 /// What a successful replay found.
@@ -197,4 +198,61 @@ where
         supply_conserved: ledger.supply_conserved(),
     };
     Ok((ledger, report))
+}
+
+/// Why a reward proof could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("genesis is invalid: {0}")]
+    Genesis(#[from] GenesisError),
+    #[error("transaction {seq} does not replay: {reason}")]
+    Replay { seq: u64, reason: String },
+    #[error("epoch {epoch} has not been closed yet (the next epoch to close is {next})")]
+    EpochNotClosed { epoch: u64, next: u64 },
+    #[error("{account} had no rewards by the end of epoch {epoch}")]
+    NoRewards { account: Address, epoch: u64 },
+}
+
+/// Replays `entries` from genesis up to the close of `epoch` and proves `account`'s
+/// cumulative reward against the reward root recorded then.
+pub fn reward_proof<I>(
+    genesis: Genesis,
+    entries: I,
+    account: Address,
+    epoch: u64,
+) -> Result<RewardProof, ProofError>
+where
+    I: IntoIterator<Item = LedgerEntry>,
+{
+    let mut ledger = Ledger::new(genesis)?;
+    for entry in entries {
+        ledger.apply_entry(&entry).map_err(|e| ProofError::Replay {
+            seq: entry.seq,
+            reason: e.to_string(),
+        })?;
+        if matches!(&entry.tx.tx.kind, TxKind::Epoch(e) if e.epoch == epoch) {
+            let cumulative = ledger.cumulative_reward(&account);
+            if cumulative.0 == 0 {
+                return Err(ProofError::NoRewards { account, epoch });
+            }
+            let tree = reward_tree(ledger.cumulative_rewards());
+            let leaf = reward_leaf(&account, cumulative);
+            let proof = tree
+                .proof(&leaf)
+                .expect("every rewarded account has a leaf in the reward tree");
+            debug_assert_eq!(tree.root(), ledger.reward_root());
+            return Ok(RewardProof {
+                account,
+                epoch,
+                cumulative,
+                leaf,
+                proof,
+                root: tree.root(),
+            });
+        }
+    }
+    Err(ProofError::EpochNotClosed {
+        epoch,
+        next: ledger.totals().next_epoch,
+    })
 }

@@ -146,6 +146,8 @@ pub enum LedgerError {
         needed: Amount,
         available: Amount,
     },
+    #[error("account {0} is unknown: it has never held tokens")]
+    UnknownAccount(Address),
     #[error("amount must be more than zero")]
     ZeroAmount,
     #[error("arithmetic overflow: {0}")]
@@ -414,6 +416,7 @@ impl Ledger {
                 got: tx.chain_id,
             });
         }
+
         let signer = self.account(&tx.from);
         if tx.nonce != signer.nonce {
             return Err(LedgerError::WrongNonce {
@@ -477,6 +480,11 @@ impl Ledger {
     }
 
     fn debit_check(&self, account: Address, needed: Amount) -> Result<(), LedgerError> {
+        // Spending from an account that never held tokens is its own mistake (a wrong
+        // key or address), told apart from a balance that is too small.
+        if !self.accounts.contains_key(&account) {
+            return Err(LedgerError::UnknownAccount(account));
+        }
         let available = self.balance(&account);
         if available < needed {
             return Err(LedgerError::InsufficientFunds {

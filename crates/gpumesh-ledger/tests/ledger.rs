@@ -135,12 +135,37 @@ fn rejected_transactions_change_nothing() {
     let root = w.ledger.state_root();
     let count = w.ledger.transaction_count();
     let host = w.host.address();
+    let stranger = Wallet::from_label("stranger");
     let cases: Vec<(&str, Result<(), LedgerError>)> = vec![
         ("usage over the escrow", w.usage(1, 3_600_001, false)),
         ("second escrow for the lease", w.open(1, price, 1, 1_000)),
         (
             "more than the balance",
             w.open(2, Amount::from_tokens(10_000), 1, 3_600_000),
+        ),
+        (
+            "an escrow whose amount overflows",
+            w.send(
+                &w.buyer.clone(),
+                TxKind::OpenEscrow {
+                    lease: LeaseId(3),
+                    host,
+                    price_per_gpu_hour: Amount(u128::MAX / 2),
+                    gpus: 8,
+                    max_duration_ms: 3_600_000,
+                    amount: Amount(u128::MAX),
+                },
+            ),
+        ),
+        (
+            "a transfer from an account that never held tokens",
+            w.send(
+                &stranger,
+                TxKind::Transfer {
+                    to: host,
+                    amount: Amount(1),
+                },
+            ),
         ),
         (
             "transfer of zero",
@@ -176,8 +201,18 @@ fn rejected_transactions_change_nothing() {
             w.send(&w.host.clone(), TxKind::SettleUsage { records: vec![] }),
         ),
     ];
+    // Each kind of mistake has its own error, so that the API can give it a stable code.
+    let expected = |what: &str, e: &LedgerError| match what {
+        "more than the balance" => matches!(e, LedgerError::InsufficientFunds { .. }),
+        "an escrow whose amount overflows" => matches!(e, LedgerError::Overflow(_)),
+        "a transfer from an account that never held tokens" => {
+            matches!(e, LedgerError::UnknownAccount(a) if *a == stranger.address())
+        }
+        _ => true,
+    };
     for (what, result) in cases {
-        assert!(result.is_err(), "{what} must be rejected");
+        let e = result.expect_err(what);
+        assert!(expected(what, &e), "{what}: {e:?}");
     }
     // Wrong nonce, wrong chain and a bad signature.
     let mut stx = w.sign(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::{HostRecord, LeaseRecord, Params};
-use gpumesh_types::{BlockHeader, LeaseId, LedgerEntry, LogEntry};
+use gpumesh_types::{Address, BlockHeader, LeaseId, LedgerEntry, LogEntry, RewardProof};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -276,6 +276,75 @@ impl Store {
 }
 
 impl Store {
+    /// Block headers, newest first, from height `below - 1` down (from the head when
+    /// `below` is `None`), at most `limit`.
+    pub fn headers(
+        &self,
+        below: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<BlockHeader>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(BLOCKS).map_err(|e| self.db_err(e))?;
+        let range = table
+            .range(..below.unwrap_or(u64::MAX))
+            .map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in range.rev().take(limit) {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            out.push(self.decode(|| format!("block {}", k.value()), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The transaction with sequence number `seq`, if there is one.
+    pub fn entry(&self, seq: u64) -> Result<Option<LedgerEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(TXS).map_err(|e| self.db_err(e))?;
+        match table.get(seq).map_err(|e| self.db_err(e))? {
+            Some(v) => Ok(Some(
+                self.decode(|| format!("transaction {seq}"), v.value())?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The transactions that involve `account` ([`gpumesh_types::Tx::involves`]), newest
+    /// first, at most `limit`. Scans the chain from its end: fine for a local network
+    /// and for recent history, an index per account is the way at scale.
+    pub fn history(&self, account: &Address, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(TXS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| self.db_err(e))?.rev() {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let entry: LedgerEntry =
+                self.decode(|| format!("transaction {}", k.value()), v.value())?;
+            if entry.tx.tx.involves(account) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Proves `account`'s cumulative reward after `epoch` by replaying the stored chain.
+    pub fn reward_proof(&self, account: Address, epoch: u64) -> Result<RewardProof, ProofError> {
+        let snapshot = self.load()?;
+        let entries = snapshot
+            .blocks
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .chain(snapshot.unsealed);
+        Ok(gpumesh_ledger::reward_proof(
+            snapshot.genesis,
+            entries,
+            account,
+            epoch,
+        )?)
+    }
+
     /// Replays the stored chain from genesis, checking every signature, root and the
     /// conservation of supply, as `gpumesh ledger verify` does.
     pub fn verify(&self) -> Result<gpumesh_ledger::ReplayReport, VerifyError> {
@@ -284,6 +353,15 @@ impl Store {
             gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)?;
         Ok(report)
     }
+}
+
+/// Why a reward proof could not be made from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Proof(#[from] gpumesh_ledger::ProofError),
 }
 
 /// Why a stored chain does not verify.

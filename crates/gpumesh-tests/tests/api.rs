@@ -40,7 +40,15 @@ async fn digest(http: &reqwest::Client, base: &str) -> Value {
         .json()
         .await
         .unwrap();
-    json!({ "hosts": info["hosts"], "containers": info["containers"], "transactions": info["transactions"], "leases": leases })
+    let treasury: Value = http
+        .get(format!("{base}/v1/ledger/treasury"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    json!({ "hosts": info["hosts"], "containers": info["containers"], "transactions": info["transactions"], "leases": leases, "treasury": treasury })
 }
 
 fn job_json(gpu: &str, count: u16, price: &str, lat: f64) -> Vec<u8> {
@@ -94,7 +102,7 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         },
     });
     let stranger = Wallet::from_label("stranger with no money");
-    let broke_tx = stranger.sign_tx(Tx {
+    let unknown_tx = stranger.sign_tx(Tx {
         chain_id,
         from: stranger.address(),
         nonce: 0,
@@ -103,6 +111,32 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
             amount: Amount(1),
         },
     });
+    let buyer_nonce = net
+        .buyer_client()
+        .account(buyer.address())
+        .await
+        .unwrap()
+        .nonce;
+    let too_much = Tx {
+        chain_id,
+        from: buyer.address(),
+        nonce: buyer_nonce,
+        kind: TxKind::Transfer {
+            to: frankfurt.address(),
+            amount: Amount(u128::MAX),
+        },
+    };
+    let broke_tx = buyer.sign_tx(too_much.clone());
+    // A transaction of the buyer's carrying a signature the stranger made.
+    let mut forged_tx = stranger.sign_tx(Tx {
+        from: stranger.address(),
+        kind: TxKind::Transfer {
+            to: frankfurt.address(),
+            amount: Amount(1),
+        },
+        ..too_much
+    });
+    forged_tx.tx.from = buyer.address();
 
     let cases: Vec<Case> = vec![
         (
@@ -342,13 +376,63 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         ),
         (
             "insufficient funds",
-            &stranger,
+            &buyer,
             Method::POST,
             "/v1/ledger/txs".into(),
             serde_json::to_vec(&broke_tx).unwrap(),
             Signing::Good,
             402,
             ErrorCode::InsufficientFunds,
+        ),
+        (
+            "a transaction from an account that never held tokens",
+            &stranger,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&unknown_tx).unwrap(),
+            Signing::Good,
+            404,
+            ErrorCode::UnknownAccount,
+        ),
+        (
+            "a transaction with another key's signature",
+            &buyer,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&forged_tx).unwrap(),
+            Signing::Good,
+            401,
+            ErrorCode::BadSignature,
+        ),
+        (
+            "a block height that is not a number",
+            &buyer,
+            Method::GET,
+            "/v1/ledger/blocks?below=x".into(),
+            vec![],
+            Signing::None,
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "a proof without an epoch",
+            &buyer,
+            Method::GET,
+            format!("/v1/ledger/proof/{}", buyer.address()),
+            vec![],
+            Signing::None,
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "a proof for an epoch not yet closed",
+            &buyer,
+            Method::GET,
+            format!("/v1/ledger/proof/{}?epoch=999999", buyer.address()),
+            vec![],
+            Signing::None,
+            404,
+            ErrorCode::NotFound,
         ),
         (
             "unknown route",

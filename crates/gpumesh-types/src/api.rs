@@ -3,7 +3,7 @@
 //! Every mutating request carries the signature headers of [`crate::auth`]. Times are Unix
 //! milliseconds; amounts are base-unit strings ([`Amount`]).
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, B256};
 use serde::{Deserialize, Serialize};
 
 use crate::{Amount, Country, GeoPoint, GpuClass, GpuModel, Location, SignedTx};
@@ -534,6 +534,8 @@ pub enum ErrorCode {
     InvalidLeaseState,
     NoMatch,
     InsufficientFunds,
+    /// An amount whose arithmetic would overflow (for example price × GPUs × duration).
+    Overflow,
     WrongNonce,
     InvalidTransaction,
     NotLocalNetwork,
@@ -542,4 +544,37 @@ pub enum ErrorCode {
     /// A code this client does not know yet.
     #[serde(other)]
     Unknown,
+}
+
+/// An account's cumulative reward after an epoch, with its Merkle proof in the layout of
+/// OpenZeppelin's `StandardMerkleTree` over `(address, uint256)` leaves: what a cumulative
+/// distributor contract needs to pay out the difference to what it paid before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RewardProof {
+    pub account: Address,
+    pub epoch: u64,
+    /// Everything the account was granted up to and including `epoch`.
+    pub cumulative: Amount,
+    /// keccak256(keccak256(abi.encode(account, cumulative))).
+    pub leaf: B256,
+    /// Sibling hashes from the leaf up, for `MerkleProof.verify(proof, root, leaf)`.
+    pub proof: Vec<B256>,
+    /// The reward root recorded after the epoch.
+    pub root: B256,
+}
+
+/// The treasury, the reward pool and what has been emitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreasuryView {
+    pub treasury: Address,
+    pub treasury_balance: Amount,
+    pub reward_pool: Address,
+    pub reward_pool_balance: Amount,
+    pub provider_emitted: Amount,
+    pub checker_emitted: Amount,
+    pub bonus_emitted: Amount,
+    /// The next epoch to close.
+    pub next_epoch: u64,
+    pub total_supply: Amount,
+    pub reward_root: B256,
 }

@@ -129,6 +129,29 @@ pub enum CloseReason {
 }
 
 impl Tx {
+    /// Whether the transaction moves tokens of `account` or names it: as signer, payee,
+    /// host of an escrow, slashed host, or a host or checker rewarded by an epoch.
+    pub fn involves(&self, account: &Address) -> bool {
+        if self.from == *account {
+            return true;
+        }
+        match &self.kind {
+            TxKind::Transfer { to, .. } => to == account,
+            TxKind::OpenEscrow { host, .. } | TxKind::Slash { host, .. } => host == account,
+            TxKind::Epoch(e) => {
+                e.capacity.binary_search_by_key(account, |c| c.0).is_ok()
+                    || e.delivery.binary_search_by_key(account, |d| d.0).is_ok()
+                    || e.checkers.binary_search_by_key(account, |c| c.0).is_ok()
+            }
+            TxKind::SettleUsage { .. }
+            | TxKind::CloseEscrow { .. }
+            | TxKind::Stake { .. }
+            | TxKind::StakeMany { .. }
+            | TxKind::Unstake { .. }
+            | TxKind::Withdraw { .. } => false,
+        }
+    }
+
     /// The hash the signature covers: keccak256 over a domain tag and the canonical JSON.
     pub fn hash(&self) -> B256 {
         let mut bytes = TX_DOMAIN.to_vec();

@@ -319,6 +319,52 @@ pub enum WalletCommand {
         #[arg(long, default_value = "1000")]
         amount: String,
     },
+    /// Balance, vesting rewards, cumulative rewards and stakes of an account.
+    Balance(AccountArgs),
+    /// Stake (or top up) tokens for one of your GPUs; it is matched and rewarded only
+    /// once its stake covers K × the staking coefficient.
+    Stake {
+        #[command(flatten)]
+        connection: Connection,
+        /// The GPU's index on your host.
+        #[arg(long)]
+        index: u16,
+        /// Tokens to add (for example 1500 or 0.25).
+        #[arg(long)]
+        amount: String,
+    },
+    /// Start unbonding a GPU's whole stake; withdraw it after the unbonding period.
+    Unstake {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        index: u16,
+    },
+    /// Take back a stake whose unbonding period is over.
+    Withdraw {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        index: u16,
+    },
+    /// Send tokens to another account.
+    Transfer {
+        #[command(flatten)]
+        connection: Connection,
+        /// The receiving 0x address.
+        #[arg(long)]
+        to: String,
+        /// Tokens to send (for example 12.5).
+        #[arg(long)]
+        amount: String,
+    },
+    /// The account's ledger transactions, newest first.
+    History {
+        #[command(flatten)]
+        account: AccountArgs,
+        #[arg(long, default_value = "20")]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,5 +376,43 @@ pub enum LedgerCommand {
         data: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Block headers, newest first.
+    Blocks {
+        #[command(flatten)]
+        connection: Connection,
+        /// Start below this height (default: from the head).
+        #[arg(long)]
+        below: Option<u64>,
+        #[arg(long, default_value = "10")]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One recorded transaction by its sequence number, as JSON.
+    Tx {
+        #[command(flatten)]
+        connection: Connection,
+        seq: u64,
+    },
+    /// The treasury, the reward pool and what has been emitted so far.
+    Treasury {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An account's cumulative reward after an epoch with its Merkle proof, in the leaf
+    /// and tree format of OpenZeppelin's StandardMerkleTree (as JSON).
+    Proof {
+        /// The rewarded 0x address.
+        address: String,
+        #[arg(long)]
+        epoch: u64,
+        /// Read a stopped network's data directory instead of asking the indexer.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
     },
 }

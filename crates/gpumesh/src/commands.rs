@@ -29,8 +29,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Leases(args) => leases(args).await,
         Command::Balance(args) => balance(args).await,
         Command::Cancel(args) => cancel(args).await,
-        Command::Wallet(command) => wallet(command).await,
-        Command::Ledger(command) => ledger(command).await,
+        Command::Wallet(command) => crate::accounts::wallet(command).await,
+        Command::Ledger(command) => crate::accounts::ledger(command).await,
         Command::Bench(command) => crate::bench::run(command).await,
     }
 }
@@ -53,7 +53,7 @@ async fn interrupted() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
+pub(crate) fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
     let Some(path) = &connection.key else {
         bail!(
             "this command needs your key: pass --key FILE or set GPUMESH_KEY (make one with `gpumesh wallet new`)"
@@ -62,7 +62,7 @@ fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
     Ok(Wallet::load(path)?)
 }
 
-fn client(connection: &Connection, needs_key: bool) -> anyhow::Result<Client> {
+pub(crate) fn client(connection: &Connection, needs_key: bool) -> anyhow::Result<Client> {
     let wallet = if needs_key {
         Some(load_key(connection)?)
     } else {
@@ -433,7 +433,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn account_of(args: &AccountArgs) -> anyhow::Result<Address> {
+pub(crate) fn account_of(args: &AccountArgs) -> anyhow::Result<Address> {
     match &args.address {
         Some(a) => a
             .parse()
@@ -506,62 +506,4 @@ async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        WalletCommand::New { out } => {
-            let wallet = Wallet::generate();
-            wallet.save(&out)?;
-            println!("{}", wallet.address());
-            eprintln!("key written to {} (readable by you only)", out.display());
-        }
-        WalletCommand::Address { key } => println!("{}", Wallet::load(&key)?.address()),
-        WalletCommand::Faucet { connection, amount } => {
-            let client = client(&connection, true)?;
-            let amount = Amount::parse_tokens(&amount).context("--amount")?;
-            client.faucet(amount).await?;
-            let account = client.account(client.address()?).await?;
-            println!("{}: {} tokens", account.address, account.balance.tokens());
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        LedgerCommand::Verify { data, json } => {
-            let result = gpumesh_store::Store::open_existing(&data)
-                .map_err(anyhow::Error::from)
-                .and_then(|store| store.verify().map_err(anyhow::Error::from));
-            let ok = matches!(&result, Ok(r) if r.supply_conserved);
-            if json {
-                let value = match &result {
-                    Ok(r) => serde_json::json!({
-                        "ok": ok,
-                        "blocks": r.blocks,
-                        "transactions": r.transactions,
-                        "supply_conserved": r.supply_conserved,
-                        "state_root": r.state_root.to_string(),
-                        "head_hash": r.head_hash.to_string(),
-                    }),
-                    Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
-                };
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                match &result {
-                    Ok(r) => println!(
-                        "verified {} blocks and {} transactions from genesis; supply conserved: {}; state root {}",
-                        r.blocks, r.transactions, r.supply_conserved, r.state_root
-                    ),
-                    Err(e) => eprintln!("verification failed: {e:#}"),
-                }
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-    }
 }

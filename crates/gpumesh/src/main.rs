@@ -3,6 +3,7 @@
 
 use clap::Parser;
 
+mod accounts;
 mod bench;
 mod cli;
 mod commands;

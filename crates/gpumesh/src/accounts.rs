@@ -1,0 +1,306 @@
+//! `gpumesh wallet …` and `gpumesh ledger …`: keys, tokens, stakes, blocks and proofs.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use gpumesh_identity::Wallet;
+use gpumesh_types::{AccountView, Address, Amount, LedgerEntry, TxKind};
+
+use crate::cli::{LedgerCommand, WalletCommand};
+use crate::commands::{account_of, client};
+
+fn parse_address(text: &str) -> anyhow::Result<Address> {
+    text.parse()
+        .with_context(|| format!("{text:?} is not a 0x address"))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_account(a: &AccountView) {
+    println!("{}", a.address);
+    println!(
+        "  balance             {} tokens ({} base units)",
+        a.balance.tokens(),
+        a.balance
+    );
+    println!("  vesting             {} tokens", a.vesting.tokens());
+    println!(
+        "  cumulative rewards  {} tokens",
+        a.cumulative_rewards.tokens()
+    );
+    println!("  transactions        {}", a.nonce);
+    for s in &a.stakes {
+        let unbonding = if s.unbonding.0 > 0 {
+            format!(
+                ", {} unbonding until {} ms",
+                s.unbonding.tokens(),
+                s.unbond_at_ms
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  GPU {:>3} stake       {} tokens bonded{unbonding}",
+            s.index,
+            s.bonded.tokens()
+        );
+    }
+}
+
+/// One line about a recorded transaction.
+fn describe(entry: &LedgerEntry) -> String {
+    let tx = &entry.tx.tx;
+    let what = match &tx.kind {
+        TxKind::Transfer { to, amount } => format!("transfer {} tokens to {to}", amount.tokens()),
+        TxKind::OpenEscrow { lease, amount, .. } => {
+            format!("escrow {} tokens for lease {lease}", amount.tokens())
+        }
+        TxKind::SettleUsage { records } => format!("usage of {} leases", records.len()),
+        TxKind::CloseEscrow { lease, reason } => format!("close lease {lease} ({reason:?})"),
+        TxKind::Stake { index, amount } => {
+            format!("stake {} tokens on GPU {index}", amount.tokens())
+        }
+        TxKind::StakeMany { stakes } => format!("stake on {} GPUs", stakes.len()),
+        TxKind::Unstake { index } => format!("unstake GPU {index}"),
+        TxKind::Withdraw { index } => format!("withdraw the stake of GPU {index}"),
+        TxKind::Epoch(e) => format!(
+            "epoch {}: {} hosts live, {} delivering, {} checkers",
+            e.epoch,
+            e.capacity.len(),
+            e.delivery.len(),
+            e.checkers.len()
+        ),
+        TxKind::Slash {
+            host,
+            index,
+            offence,
+            ..
+        } => format!("slash GPU {index} of {host} ({offence:?})"),
+    };
+    format!(
+        "#{:<6} {} by {} (nonce {}): {what}",
+        entry.seq, entry.time_ms, tx.from, tx.nonce
+    )
+}
+
+pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        WalletCommand::New { out } => {
+            let wallet = Wallet::generate();
+            wallet.save(&out)?;
+            println!("{}", wallet.address());
+            eprintln!("key written to {} (readable by you only)", out.display());
+        }
+        WalletCommand::Address { key } => println!("{}", Wallet::load(&key)?.address()),
+        WalletCommand::Faucet { connection, amount } => {
+            let client = client(&connection, true)?;
+            let amount = Amount::parse_tokens(&amount).context("--amount")?;
+            client.faucet(amount).await?;
+            let account = client.account(client.address()?).await?;
+            println!("{}: {} tokens", account.address, account.balance.tokens());
+        }
+        WalletCommand::Balance(args) => {
+            let address = account_of(&args)?;
+            let account = client(&args.connection, false)?.account(address).await?;
+            if args.json {
+                print_json(&account)?;
+            } else {
+                print_account(&account);
+            }
+        }
+        WalletCommand::Stake {
+            connection,
+            index,
+            amount,
+        } => {
+            let amount = Amount::parse_tokens(&amount).context("--amount")?;
+            let client = client(&connection, true)?;
+            let accepted = client.send_tx(TxKind::Stake { index, amount }).await?;
+            println!(
+                "staked {} tokens on GPU {index} (transaction {})",
+                amount.tokens(),
+                accepted.seq
+            );
+        }
+        WalletCommand::Unstake { connection, index } => {
+            let client = client(&connection, true)?;
+            let accepted = client.send_tx(TxKind::Unstake { index }).await?;
+            let account = client.account(client.address()?).await?;
+            let when = account
+                .stakes
+                .iter()
+                .find(|s| s.index == index)
+                .map_or(0, |s| s.unbond_at_ms);
+            println!(
+                "GPU {index} is unbonding (transaction {}); withdraw after {when} ms since the epoch",
+                accepted.seq
+            );
+        }
+        WalletCommand::Withdraw { connection, index } => {
+            let client = client(&connection, true)?;
+            let accepted = client.send_tx(TxKind::Withdraw { index }).await?;
+            println!(
+                "withdrew the stake of GPU {index} (transaction {})",
+                accepted.seq
+            );
+        }
+        WalletCommand::Transfer {
+            connection,
+            to,
+            amount,
+        } => {
+            let to = parse_address(&to).context("--to")?;
+            let amount = Amount::parse_tokens(&amount).context("--amount")?;
+            let client = client(&connection, true)?;
+            let accepted = client.send_tx(TxKind::Transfer { to, amount }).await?;
+            println!(
+                "sent {} tokens to {to} (transaction {})",
+                amount.tokens(),
+                accepted.seq
+            );
+        }
+        WalletCommand::History { account, limit } => {
+            let address = account_of(&account)?;
+            let entries = client(&account.connection, false)?
+                .history(address, limit)
+                .await?;
+            if account.json {
+                print_json(&entries)?;
+            } else if entries.is_empty() {
+                println!("{address} has no transactions");
+            } else {
+                for entry in &entries {
+                    println!("{}", describe(entry));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(data: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let result = gpumesh_store::Store::open_existing(data)
+        .map_err(anyhow::Error::from)
+        .and_then(|store| store.verify().map_err(anyhow::Error::from));
+    let ok = matches!(&result, Ok(r) if r.supply_conserved);
+    if json {
+        let value = match &result {
+            Ok(r) => serde_json::json!({
+                "ok": ok,
+                "blocks": r.blocks,
+                "transactions": r.transactions,
+                "supply_conserved": r.supply_conserved,
+                "state_root": r.state_root.to_string(),
+                "head_hash": r.head_hash.to_string(),
+            }),
+            Err(e) => serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
+        };
+        print_json(&value)?;
+    } else {
+        match &result {
+            Ok(r) => println!(
+                "verified {} blocks and {} transactions from genesis; supply conserved: {}; state root {}",
+                r.blocks, r.transactions, r.supply_conserved, r.state_root
+            ),
+            Err(e) => eprintln!("verification failed: {e:#}"),
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LedgerCommand::Verify { data, json } => return verify(&data, json),
+        LedgerCommand::Blocks {
+            connection,
+            below,
+            limit,
+            json,
+        } => {
+            let headers = client(&connection, false)?.blocks(below, limit).await?;
+            if json {
+                print_json(&headers)?;
+            } else {
+                for h in &headers {
+                    println!(
+                        "block {:<6} {} txs from #{:<6} time {} ms  hash {}\n             state {}  rewards {}",
+                        h.height,
+                        h.tx_count,
+                        h.first_seq,
+                        h.time_ms,
+                        h.hash(),
+                        h.state_root,
+                        h.reward_root
+                    );
+                }
+            }
+        }
+        LedgerCommand::Tx { connection, seq } => {
+            print_json(&client(&connection, false)?.ledger_tx(seq).await?)?;
+        }
+        LedgerCommand::Treasury { connection, json } => {
+            let t = client(&connection, false)?.treasury().await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!(
+                    "treasury     {}: {} tokens",
+                    t.treasury,
+                    t.treasury_balance.tokens()
+                );
+                println!(
+                    "reward pool  {}: {} tokens",
+                    t.reward_pool,
+                    t.reward_pool_balance.tokens()
+                );
+                println!(
+                    "emitted      providers {} · checkers {} · checker bonus {} tokens",
+                    t.provider_emitted.tokens(),
+                    t.checker_emitted.tokens(),
+                    t.bonus_emitted.tokens()
+                );
+                println!(
+                    "next epoch   {} · reward root {}",
+                    t.next_epoch, t.reward_root
+                );
+            }
+        }
+        LedgerCommand::Proof {
+            address,
+            epoch,
+            data,
+            connection,
+        } => {
+            let account = parse_address(&address)?;
+            let proof = match data {
+                Some(dir) => {
+                    gpumesh_store::Store::open_existing(&dir)?.reward_proof(account, epoch)?
+                }
+                None => {
+                    client(&connection, false)?
+                        .reward_proof(account, epoch)
+                        .await?
+                }
+            };
+            // The values as StandardMerkleTree.of([[account, amount]], ["address", "uint256"])
+            // has them, with the amount as a decimal string of base units.
+            print_json(&serde_json::json!({
+                "account": proof.account,
+                "epoch": proof.epoch,
+                "cumulative": proof.cumulative,
+                "leaf_encoding": ["address", "uint256"],
+                "leaf": proof.leaf,
+                "proof": proof.proof,
+                "root": proof.root,
+            }))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
