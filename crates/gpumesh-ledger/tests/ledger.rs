@@ -860,3 +860,122 @@ fn empty_epoch(w: &World) -> EpochClose {
         quarter_bonus: false,
     }
 }
+
+/// Runs OpenZeppelin's own `StandardMerkleTree` (scripts/oz-merkle) over a reward tree and
+/// its proofs. Skipped where Node.js or the package is missing, unless
+/// GPUMESH_REQUIRE_OZ=1 (as in CI) makes it required.
+fn check_with_openzeppelin(root: B256, proofs: &[gpumesh_types::RewardProof]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/oz-merkle");
+    let required = std::env::var("GPUMESH_REQUIRE_OZ").is_ok_and(|v| v == "1");
+    let node = std::process::Command::new("node").arg("--version").output();
+    if node.is_err() || !dir.join("node_modules/@openzeppelin/merkle-tree").exists() {
+        assert!(
+            !required,
+            "GPUMESH_REQUIRE_OZ=1 but node or scripts/oz-merkle/node_modules is missing (npm ci --prefix scripts/oz-merkle)"
+        );
+        eprintln!("skipping the OpenZeppelin check: no node or no scripts/oz-merkle/node_modules");
+        return;
+    }
+    let values: Vec<_> = proofs
+        .iter()
+        .map(|p| serde_json::json!([p.account, p.cumulative]))
+        .collect();
+    let input = serde_json::json!({ "root": root, "values": values, "proofs": proofs });
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("check.mjs"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "OpenZeppelin disagrees: {report}");
+    assert!(report.contains("\"ok\":true"), "{report}");
+}
+
+#[test]
+fn reward_proofs_check_out_with_openzeppelin() {
+    let mut w = World::new();
+    let (faucet, host) = (w.faucet.clone(), w.host.clone());
+    w.send(
+        &faucet,
+        TxKind::Transfer {
+            to: host.address(),
+            amount: Amount::from_tokens(100),
+        },
+    )
+    .unwrap();
+    w.send(
+        &host,
+        TxKind::Stake {
+            index: 0,
+            amount: Amount::from_tokens(10),
+        },
+    )
+    .unwrap();
+    // Many checkers with uneven task counts make a tree of odd, uneven shape.
+    let mut checkers: Vec<gpumesh_types::CheckerTasks> = (0..37u32)
+        .map(|i| {
+            let a = Wallet::from_label(&format!("checker {i}")).address();
+            (a, 1 + i * i % 97, 9_000 + (i as u16 * 37) % 1_000)
+        })
+        .collect();
+    checkers.sort_unstable_by_key(|c| c.0);
+    let capacity = vec![(host.address(), vec![(0, 100)])];
+    let mut roots = Vec::new();
+    for e in 0..2 {
+        epoch(
+            &mut w,
+            capacity.clone(),
+            vec![],
+            checkers[e * 5..].to_vec(),
+            e == 1,
+        );
+        w.seal();
+        roots.push(w.sealed.last().unwrap().0.reward_root);
+    }
+    let entries: Vec<_> = w.sealed.iter().flat_map(|b| b.1.clone()).collect();
+    let genesis = w.ledger.genesis().clone();
+    for (e, root) in roots.iter().enumerate() {
+        let rewarded: Vec<Address> = std::iter::once(host.address())
+            .chain(checkers.iter().map(|c| c.0))
+            .collect();
+        let proofs: Vec<_> = rewarded
+            .iter()
+            .map(|a| gpumesh_ledger::reward_proof(genesis.clone(), entries.clone(), *a, e as u64))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for p in &proofs {
+            assert_eq!(p.root, *root, "epoch {e}: the proof's root is the block's");
+            assert_eq!(
+                gpumesh_ledger::merkle::process_proof(p.leaf, &p.proof),
+                *root
+            );
+        }
+        check_with_openzeppelin(*root, &proofs);
+    }
+    // Cumulative: a checker rewarded twice has more after the second epoch; one left out
+    // of the second keeps its first amount.
+    let proof = |a: Address, e: u64| {
+        gpumesh_ledger::reward_proof(genesis.clone(), entries.clone(), a, e).unwrap()
+    };
+    let (twice, once) = (checkers[10].0, checkers[0].0);
+    assert!(proof(twice, 1).cumulative > proof(twice, 0).cumulative);
+    assert_eq!(proof(once, 1).cumulative, proof(once, 0).cumulative);
+    assert!(matches!(
+        gpumesh_ledger::reward_proof(genesis.clone(), entries.clone(), checkers[0].0, 2),
+        Err(gpumesh_ledger::ProofError::EpochNotClosed { epoch: 2, next: 2 })
+    ));
+    let nobody = Wallet::from_label("nobody").address();
+    assert!(matches!(
+        gpumesh_ledger::reward_proof(genesis, entries, nobody, 1),
+        Err(gpumesh_ledger::ProofError::NoRewards { .. })
+    ));
+}

@@ -66,8 +66,14 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
     let base = net.api_url.clone();
     let http = reqwest::Client::new();
     let chain_id = net.buyer_client().info().await.unwrap().chain_id;
+    // The probes get connections of their own, never pooled: the server answers an
+    // oversized body early and closes that connection, which a pooled client could
+    // otherwise pick for the next request.
     let probe = Probe {
-        http: http.clone(),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
         base: base.clone(),
         chain_id,
     };

@@ -263,6 +263,33 @@ impl Runtime for ContainerRuntime {
     }
 }
 
+/// How long the output of an exited container may take to arrive.
+const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Completes with the exit code once the engine reports the container stopped.
+async fn exited(docker: &Docker, id: &str) -> anyhow::Result<i64> {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let inspect = docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .context("failed to inspect the container")?;
+        if let Some(state) = inspect.state
+            && state.running == Some(false)
+            && matches!(
+                state.status,
+                Some(bollard::models::ContainerStateStatusEnum::EXITED)
+                    | Some(bollard::models::ContainerStateStatusEnum::DEAD)
+            )
+        {
+            return Ok(state.exit_code.unwrap_or(-1));
+        }
+    }
+}
+
 struct ContainerWorkload {
     docker: Docker,
     id: String,
@@ -272,16 +299,24 @@ struct ContainerWorkload {
 impl Workload for ContainerWorkload {
     fn wait(&mut self) -> BoxFuture<'_, anyhow::Result<i64>> {
         async move {
-            let mut waits = self.docker.wait_container(&self.id, None);
-            let code = match waits.next().await {
-                Some(Ok(response)) => response.status_code,
-                // bollard reports a non-zero exit as an error carrying the code.
-                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-                Some(Err(e)) => return Err(anyhow!(e).context("failed to wait for the container")),
-                None => return Err(anyhow!("the engine ended the wait without a status")),
+                        let mut waits = self.docker.wait_container(&self.id, None);
+            // Podman 4 can miss the exit of a container that ends as the wait begins and
+            // leave the wait open; polling the container's state as well ends it anyway.
+            let code = tokio::select! {
+                waited = waits.next() => match waited {
+                    Some(Ok(response)) => response.status_code,
+                    // bollard reports a non-zero exit as an error carrying the code.
+                    Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                    Some(Err(e)) => return Err(anyhow!(e).context("failed to wait for the container")),
+                    None => return Err(anyhow!("the engine ended the wait without a status")),
+                },
+                code = exited(&self.docker, &self.id) => code?,
             };
-            if let Some(logs) = self.logs.take() {
-                let _ = logs.await;
+            // The log stream ends with the container; one that does not is cut off.
+            if let Some(mut logs) = self.logs.take()
+                && tokio::time::timeout(LOG_DRAIN, &mut logs).await.is_err()
+            {
+                logs.abort();
             }
             let _ = self
                 .docker
