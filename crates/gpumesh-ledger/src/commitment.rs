@@ -15,9 +15,10 @@ const BUCKETS: usize = 1 << BUCKET_BITS;
 pub(crate) struct Commitment {
     /// Per bucket: (key hash, leaf hash), sorted by key hash.
     buckets: Vec<Vec<(B256, B256)>>,
-    /// Tree nodes in heap order: the root at 1, children of i at 2i and 2i+1, buckets
-    /// from `BUCKETS` on.
-    tree: Vec<B256>,
+    /// The tree a level at a time: `levels[d]` holds the 2^d nodes at depth d, so the root
+    /// is `levels[0][0]` and the bucket hashes are `levels[BUCKET_BITS]`. The children of
+    /// node j at depth d are nodes 2j and 2j+1 at depth d+1.
+    levels: Vec<Vec<B256>>,
     dirty: Vec<u32>,
     is_dirty: Vec<bool>,
 }
@@ -26,7 +27,9 @@ impl Default for Commitment {
     fn default() -> Self {
         Commitment {
             buckets: vec![Vec::new(); BUCKETS],
-            tree: vec![B256::ZERO; 2 * BUCKETS],
+            levels: (0..=BUCKET_BITS)
+                .map(|d| vec![B256::ZERO; 1 << d])
+                .collect(),
             dirty: Vec::new(),
             is_dirty: vec![false; BUCKETS],
         }
@@ -41,6 +44,51 @@ fn node(l: &B256, r: &B256) -> B256 {
     buf[..32].copy_from_slice(l.as_slice());
     buf[32..].copy_from_slice(r.as_slice());
     keccak256(buf)
+}
+
+fn bucket_hash(bucket: &[(B256, B256)]) -> B256 {
+    if bucket.is_empty() {
+        return B256::ZERO;
+    }
+    let mut buf = Vec::with_capacity(64 * bucket.len());
+    for (k, v) in bucket {
+        buf.extend_from_slice(k.as_slice());
+        buf.extend_from_slice(v.as_slice());
+    }
+    keccak256(&buf)
+}
+
+/// One core's share of a root: its first bucket, its dirty buckets, its slices of the
+/// levels from the split depth down.
+type Subtree<'a> = (usize, &'a [u32], Vec<&'a mut [B256]>);
+
+/// Rehashes the `dirty` buckets (sorted, all inside this subtree) and the nodes above
+/// them up to the subtree's root. `levels[0]` is the subtree's top level, the last is its
+/// share of the bucket hashes; `first` is the index of its first bucket.
+fn rehash_subtree(
+    buckets: &[Vec<(B256, B256)>],
+    levels: &mut [&mut [B256]],
+    dirty: &[u32],
+    first: usize,
+) {
+    let Some(last) = levels.len().checked_sub(1) else {
+        return;
+    };
+    let mut changed: Vec<usize> = dirty.iter().map(|&b| b as usize - first).collect();
+    for &i in &changed {
+        levels[last][i] = bucket_hash(&buckets[first + i]);
+    }
+    for d in (0..last).rev() {
+        for i in changed.iter_mut() {
+            *i /= 2;
+        }
+        changed.dedup();
+        let (upper, lower) = levels.split_at_mut(d + 1);
+        let (parents, children) = (&mut upper[d], &lower[0]);
+        for &j in &changed {
+            parents[j] = node(&children[2 * j], &children[2 * j + 1]);
+        }
+    }
 }
 
 impl Commitment {
@@ -62,41 +110,51 @@ impl Commitment {
         }
     }
 
-    /// The root, after rehashing what changed.
+    /// The root, after rehashing what changed. A large change is split by subtree, one
+    /// per core, down from depth log2(cores); the few nodes above are then recomputed.
     pub fn root(&mut self) -> B256 {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
-        let hashes = par::map(&dirty, |&b| {
-            let bucket = &self.buckets[b as usize];
-            if bucket.is_empty() {
-                return B256::ZERO;
-            }
-            let mut buf = Vec::with_capacity(64 * bucket.len());
-            for (k, v) in bucket {
-                buf.extend_from_slice(k.as_slice());
-                buf.extend_from_slice(v.as_slice());
-            }
-            keccak256(&buf)
-        });
-        // Then the tree, a level at a time, each changed node once.
-        let mut level: Vec<usize> = Vec::with_capacity(dirty.len());
-        for (&b, hash) in dirty.iter().zip(hashes) {
+        for &b in &dirty {
             self.is_dirty[b as usize] = false;
-            self.tree[BUCKETS + b as usize] = hash;
-            level.push(BUCKETS + b as usize);
         }
-        while level.first().is_some_and(|&i| i > 1) {
-            for i in level.iter_mut() {
-                *i /= 2;
+        let split_bits = if dirty.len() < par::MIN_PARALLEL {
+            0
+        } else {
+            par::threads().min(16).ilog2()
+        };
+        let parts = 1usize << split_bits;
+        let per_part = BUCKETS / parts;
+        // Each part gets its own slice of every level from depth `split_bits` down.
+        let mut subtrees: Vec<Vec<&mut [B256]>> = (0..parts).map(|_| Vec::new()).collect();
+        for level in self.levels[split_bits as usize..].iter_mut() {
+            let width = level.len() / parts;
+            for (p, chunk) in level.chunks_mut(width).enumerate() {
+                subtrees[p].push(chunk);
             }
-            level.dedup();
-            for &i in &level {
-                self.tree[i] = node(&self.tree[2 * i], &self.tree[2 * i + 1]);
+        }
+        let buckets = &self.buckets;
+                let work: Vec<Subtree<'_>> = subtrees
+            .into_iter()
+            .enumerate()
+            .map(|(p, levels)| {
+                let lo = dirty.partition_point(|&b| (b as usize) < p * per_part);
+                let hi = dirty.partition_point(|&b| (b as usize) < (p + 1) * per_part);
+                (p * per_part, &dirty[lo..hi], levels)
+            })
+            .collect();
+        par::each(work, |(first, dirty, mut levels)| {
+            rehash_subtree(buckets, &mut levels, dirty, first)
+        });
+        for d in (0..split_bits as usize).rev() {
+            let (upper, lower) = self.levels.split_at_mut(d + 1);
+            for (j, parent) in upper[d].iter_mut().enumerate() {
+                *parent = node(&lower[0][2 * j], &lower[0][2 * j + 1]);
             }
         }
         dirty.clear();
         self.dirty = dirty;
-        self.tree[1]
+        self.levels[0][0]
     }
 }
 
@@ -128,5 +186,34 @@ mod tests {
             a.set(k(i), None);
         }
         assert_eq!(a.root(), B256::ZERO, "an empty state has the empty root");
+    }
+
+    /// The root recomputed from nothing: every bucket, every node.
+    fn full_root(c: &Commitment) -> B256 {
+        let mut level: Vec<B256> = c.buckets.iter().map(|b| bucket_hash(b)).collect();
+        while level.len() > 1 {
+            level = level.chunks(2).map(|p| node(&p[0], &p[1])).collect();
+        }
+        level[0]
+    }
+
+    #[test]
+    fn large_changes_split_across_cores_give_the_same_root() {
+        let k = |i: u64| keccak256(i.to_be_bytes());
+        let mut c = Commitment::default();
+        // Large (split by subtree where there are several cores), then small (not).
+        for i in 0..50_000 {
+            c.set(k(i), Some(k(i + 1)));
+        }
+        assert_eq!(c.root(), full_root(&c));
+        for i in (0..50_000).step_by(97) {
+            c.set(k(i), None);
+        }
+        c.set(k(1_000_000), Some(k(3)));
+        assert_eq!(c.root(), full_root(&c));
+        for i in 0..30_000 {
+            c.set(k(i * 3), Some(k(i)));
+        }
+        assert_eq!(c.root(), full_root(&c));
     }
 }

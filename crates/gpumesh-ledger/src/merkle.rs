@@ -7,6 +7,8 @@
 
 use alloy_primitives::{B256, keccak256};
 
+use crate::par;
+
 /// keccak256 of the two nodes, smaller first.
 pub fn hash_pair(a: &B256, b: &B256) -> B256 {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -40,8 +42,22 @@ impl MerkleTree {
         for (i, leaf) in leaves.into_iter().enumerate() {
             nodes[len - 1 - i] = leaf;
         }
-        for i in (0..len - n).rev() {
-            nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+        // The inner nodes, a depth at a time from the deepest: nodes 2^d - 1 .. 2^(d+1) - 1
+        // are at depth d, their children from 2^(d+1) - 1 on, so a depth's nodes can be
+        // hashed on every core at once.
+        let inner = len - n;
+        if inner > 0 {
+            let deepest = (inner as u64).ilog2();
+            for d in (0..=deepest).rev() {
+                let first = (1usize << d) - 1;
+                let children = (1usize << (d + 1)) - 1;
+                let (upper, lower) = nodes.split_at_mut(children);
+                let parents = &mut upper[first..inner.min(children)];
+                par::fill(parents, |k| {
+                    let i = first + k;
+                    hash_pair(&lower[2 * i + 1 - children], &lower[2 * i + 2 - children])
+                });
+            }
         }
         MerkleTree { nodes, leaves: n }
     }
@@ -103,6 +119,26 @@ mod tests {
                 assert_eq!(process_proof(*l, &proof), tree.root(), "n={n}");
             }
             assert!(tree.proof(&leaf(n + 1)).is_none());
+        }
+    }
+
+    #[test]
+    fn large_trees_built_on_every_core_match_the_plain_loop() {
+        for n in [8_191usize, 20_000, 65_537] {
+            let leaves: Vec<B256> = (0..n as u64).map(leaf).collect();
+            let tree = MerkleTree::new(leaves.clone());
+            let mut sorted = leaves;
+            sorted.sort_unstable();
+            let len = 2 * n - 1;
+            let mut nodes = vec![B256::ZERO; len];
+            for (i, l) in sorted.into_iter().enumerate() {
+                nodes[len - 1 - i] = l;
+            }
+            for i in (0..len - n).rev() {
+                nodes[i] = hash_pair(&nodes[2 * i + 1], &nodes[2 * i + 2]);
+            }
+            assert_eq!(tree.root(), nodes[0], "n={n}");
+            assert_eq!(tree.nodes, nodes, "n={n}");
         }
     }
 

@@ -296,8 +296,8 @@ impl Ledger {
             let now = reward * econ.immediate_bps as u128 / 10_000;
             self.credit(host, now);
             self.grant(host, reward - now, e.epoch);
+            // credit or grant has touched the account (the reward is not zero).
             self.cumulative.entry(host).or_default().0 += reward;
-            self.touch(Key::Account(host));
         }
         for (i, (checker, _, _)) in e.checkers.iter().enumerate() {
             let reward = chk_shares[i] + bonus_shares[i];
@@ -306,7 +306,6 @@ impl Ledger {
             }
             self.credit(*checker, reward);
             self.cumulative.entry(*checker).or_default().0 += reward;
-            self.touch(Key::Account(*checker));
         }
         self.totals.provider_emitted.0 += cap_emitted + del_emitted;
         self.totals.checker_emitted.0 += chk_emitted;

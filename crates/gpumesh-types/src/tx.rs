@@ -5,7 +5,7 @@
 //! Ethereum wallet can sign a gpumesh transaction unchanged. The hash covers the chain id,
 //! so a transaction signed for one network is void on another.
 
-use alloy_primitives::{Address, B256, Signature, keccak256};
+use alloy_primitives::{Address, B256, Keccak256, Signature, keccak256};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Amount, LeaseId};
@@ -128,6 +128,20 @@ pub enum CloseReason {
     StartFailed,
 }
 
+/// `io::Write` into a keccak256 hasher.
+struct HashWriter(Keccak256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Tx {
     /// Whether the transaction moves tokens of `account` or names it: as signer, payee,
     /// host of an escrow, slashed host, or a host or checker rewarded by an epoch.
@@ -154,10 +168,17 @@ impl Tx {
 
     /// The hash the signature covers: keccak256 over a domain tag and the canonical JSON.
     pub fn hash(&self) -> B256 {
-        let mut bytes = TX_DOMAIN.to_vec();
-        // Serialising a struct of plain fields cannot fail.
-        serde_json::to_writer(&mut bytes, self).expect("transactions serialise");
-        keccak256(bytes)
+        // Streamed into the hasher through a small buffer: an epoch's transaction is tens
+        // of megabytes of JSON, which need not sit in memory to be hashed.
+        let mut hasher = HashWriter(Keccak256::new());
+        hasher.0.update(TX_DOMAIN);
+        {
+            let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, &mut hasher);
+            // Serialising a struct of plain fields into a hasher cannot fail.
+            serde_json::to_writer(&mut buffered, self).expect("transactions serialise");
+            std::io::Write::flush(&mut buffered).expect("hashing does not fail");
+        }
+        hasher.0.finalize()
     }
 }
 
