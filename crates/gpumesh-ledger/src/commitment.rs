@@ -134,7 +134,7 @@ impl Commitment {
             }
         }
         let buckets = &self.buckets;
-                let work: Vec<Subtree<'_>> = subtrees
+        let work: Vec<Subtree<'_>> = subtrees
             .into_iter()
             .enumerate()
             .map(|(p, levels)| {

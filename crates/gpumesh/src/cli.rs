@@ -407,6 +407,7 @@ pub enum LedgerCommand {
     Proof {
         /// The rewarded 0x address.
         address: String,
+        /// The epoch (0 is the first) after whose close to prove the cumulative reward.
         #[arg(long)]
         epoch: u64,
         /// Read a stopped network's data directory instead of asking the indexer.
