@@ -266,17 +266,32 @@ impl Runtime for ContainerRuntime {
 /// How long the output of an exited container may take to arrive.
 const LOG_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Completes with the exit code once the engine reports the container stopped.
+/// Completes with the exit code once the engine reports the container stopped. An
+/// inspection that fails is retried: Podman briefly reports a state ("stopped") that the
+/// Docker API's schema lacks; only a minute of failures in a row ends the watch.
 async fn exited(docker: &Docker, id: &str) -> anyhow::Result<i64> {
+    let mut failures = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let inspect = docker
+        let inspect = match docker
             .inspect_container(
                 id,
                 None::<bollard::query_parameters::InspectContainerOptions>,
             )
             .await
-            .context("failed to inspect the container")?;
+        {
+            Ok(inspect) => {
+                failures = 0;
+                inspect
+            }
+            Err(e) => {
+                failures += 1;
+                if failures >= 60 {
+                    return Err(anyhow!(e).context("failed to inspect the container"));
+                }
+                continue;
+            }
+        };
         if let Some(state) = inspect.state
             && state.running == Some(false)
             && matches!(
