@@ -24,30 +24,13 @@ type Case<'a> = (
 
 /// Everything a bad request could have changed.
 async fn digest(http: &reqwest::Client, base: &str) -> Value {
-    let info: Value = http
-        .get(format!("{base}/v1/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let leases: Value = http
-        .get(format!("{base}/v1/leases"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let treasury: Value = http
-        .get(format!("{base}/v1/ledger/treasury"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: &str| {
+        let request = http.get(format!("{base}{path}"));
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let info = get("/v1/info").await;
+    let leases = get("/v1/leases").await;
+    let treasury = get("/v1/ledger/treasury").await;
     json!({ "hosts": info["hosts"], "containers": info["containers"], "transactions": info["transactions"], "leases": leases, "treasury": treasury })
 }
 
