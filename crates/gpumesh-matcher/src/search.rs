@@ -294,6 +294,19 @@ impl Matcher {
         self.judge(c, id, &Facts::of(g))
     }
 
+    /// The least round-trip time a host at least `km` away can be estimated at: the
+    /// geographic model's for a request without an anchor (it uses that model for every
+    /// host), otherwise only physics; lowered a little against rounding.
+    #[inline]
+    fn rtt_bound(&self, c: &Compiled, km: f64) -> f64 {
+        let rtt = if c.anchor.is_none() {
+            self.latency.geo_rtt_ms(km)
+        } else {
+            self.latency.physical_rtt_ms(km)
+        };
+        rtt * (1.0 - 1e-12) - 1e-9
+    }
+
     /// Whether a subtree may hold an eligible group, and the least score it could give.
     #[inline]
     fn bound(&self, c: &Compiled, n: &Node) -> Option<f64> {
@@ -310,16 +323,7 @@ impl Matcher {
         }
         // The chord times the radius is at most the great-circle distance (asin x ≥ x),
         // a bound that needs no arcsine.
-        let km = EARTH_RADIUS_KM * geo::box_chord(&c.q, &n.lo, &n.hi);
-        // A request without an anchor uses the geographic model for every host, so its
-        // bound is that model's; otherwise only physics bounds a measured estimate.
-        let rtt = if c.anchor.is_none() {
-            self.latency.geo_rtt_ms(km)
-        } else {
-            self.latency.physical_rtt_ms(km)
-        };
-        // Guard against rounding in the bound's favour.
-        let rtt = rtt * (1.0 - 1e-12) - 1e-9;
+        let rtt = self.rtt_bound(c, EARTH_RADIUS_KM * geo::box_chord(&c.q, &n.lo, &n.hi));
         if rtt > c.max_rtt {
             return None;
         }
@@ -361,6 +365,8 @@ impl Matcher {
             self.scratch = scratch;
             return chosen;
         }
+        // Only these rankings or a round-trip bound make the distance worth bounding.
+        let distance_counts = c.policy != RankPolicy::Price || c.max_rtt.is_finite();
         // A request for a model searches that model's tree; one for a class, the class's.
         let tree = match c.gpu {
             GpuSelector::Model(m) => m as usize,
@@ -396,6 +402,17 @@ impl Matcher {
                         // distance then.
                         if Self::score(c, item.price, rtt_floor, item.tier) > best + margin {
                             continue;
+                        }
+                        // So may the chord's bound on the distance, which needs no
+                        // arcsine; the exact estimate is never below it.
+                        if distance_counts {
+                            let rtt =
+                                self.rtt_bound(c, EARTH_RADIUS_KM * geo::chord(&c.q, &item.unit));
+                            if rtt > c.max_rtt
+                                || Self::score(c, item.price, rtt, item.tier) > best + margin
+                            {
+                                continue;
+                            }
                         }
                         if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
                             && cand.score <= best + margin
