@@ -6,7 +6,7 @@ use gpumesh_types::{Amount, EpochClose, Offence};
 use crate::genesis::YEAR_MS;
 use crate::merkle::MerkleTree;
 use crate::par;
-use crate::state::{Key, Ledger, LedgerError};
+use crate::state::{Key, Ledger, LedgerError, Stake};
 
 /// The leaf of OpenZeppelin's `StandardMerkleTree` for `(address, uint256)`:
 /// keccak256(keccak256(abi.encode(account, amount))).
@@ -60,6 +60,36 @@ fn check_order<T>(
         }
     }
     Ok(())
+}
+
+/// A host with its capacity and delivery lists, either of which may be absent.
+type HostLists<'a> = (
+    Address,
+    Option<&'a [(u16, u32)]>,
+    Option<&'a [(u16, u64, u8)]>,
+);
+
+/// Joins the capacity and delivery lists (each in ascending host order) by host.
+fn side_by_side<'a>(
+    capacity: &'a [(Address, Vec<(u16, u32)>)],
+    delivery: &'a [(Address, Vec<(u16, u64, u8)>)],
+) -> Vec<HostLists<'a>> {
+    let mut out = Vec::with_capacity(capacity.len().max(delivery.len()));
+    let (mut c, mut d) = (capacity.iter().peekable(), delivery.iter().peekable());
+    loop {
+        let next = match (c.peek(), d.peek()) {
+            (Some(x), Some(y)) if x.0 == y.0 => {
+                let (x, y) = (c.next(), d.next());
+                x.zip(y).map(|(x, y)| (x.0, Some(&x.1[..]), Some(&y.1[..])))
+            }
+            (Some(x), Some(y)) if x.0 < y.0 => c.next().map(|x| (x.0, Some(&x.1[..]), None)),
+            (_, Some(_)) => d.next().map(|y| (y.0, None, Some(&y.1[..]))),
+            (Some(_), None) => c.next().map(|x| (x.0, Some(&x.1[..]), None)),
+            (None, None) => break,
+        };
+        out.extend(next);
+    }
+    out
 }
 
 /// Pairs each host of a per-host list with its share, leaving out zero shares.
@@ -198,46 +228,55 @@ impl Ledger {
 
         // Each host's weights, read on every core. Rewards need the stake in place: for
         // capacity, the requirement of the container's K; for delivery, that of the K it
-        // was live with this epoch, or any stake at all.
-        let staked = |host: &Address, index: u16, k: u32| {
-            self.stakes
-                .get(&(*host, index))
-                .is_some_and(|s| s.bonded.0 > 0 && s.bonded.0 >= econ.requirement(k).0)
+        // was live with this epoch, or any stake at all. A host's two lists are walked
+        // side by side (both by GPU index), so each container's stake is read once.
+        let hosts = side_by_side(&e.capacity, &e.delivery);
+        let stake_ok = |s: Option<&Stake>, k: u32| {
+            s.is_some_and(|s| s.bonded.0 > 0 && s.bonded.0 >= econ.requirement(k).0)
         };
-        let cap_weights: Vec<u128> = par::map(&e.capacity, |(host, containers)| {
-            containers
-                .iter()
-                .filter(|&&(index, k)| k > 0 && staked(host, index, k))
-                .map(|&(_, k)| k as u128)
-                .sum()
-        });
-        // The capacity entry of each delivering host, found by merging the sorted lists.
-        let mut live = Vec::with_capacity(e.delivery.len());
-        let mut c = 0;
-        for (host, _) in &e.delivery {
-            while c < e.capacity.len() && e.capacity[c].0 < *host {
-                c += 1;
+        let delivered =
+            |gpu_ms: u64, tier: u8| gpu_ms as u128 * econ.tier_bps[tier as usize - 1] as u128;
+        let weights: Vec<(u128, u128)> = par::map(&hosts, |&(host, cap, del)| {
+            let (cap, del) = (cap.unwrap_or(&[]), del.unwrap_or(&[]));
+            let stake = |index: u16| self.stakes.get(&(host, index));
+            // Delivery by a container that was not live: any stake will do.
+            let not_live = |&(index, gpu_ms, tier): &(u16, u64, u8)| {
+                if gpu_ms > 0 && stake_ok(stake(index), 0) {
+                    delivered(gpu_ms, tier)
+                } else {
+                    0
+                }
+            };
+            let (mut cap_w, mut del_w, mut d) = (0u128, 0u128, 0);
+            for &(index, k) in cap {
+                while let Some(x) = del.get(d).filter(|x| x.0 < index) {
+                    del_w += not_live(x);
+                    d += 1;
+                }
+                let s = stake(index);
+                if k > 0 && stake_ok(s, k) {
+                    cap_w += k as u128;
+                }
+                if let Some(&(_, gpu_ms, tier)) = del.get(d).filter(|x| x.0 == index) {
+                    if gpu_ms > 0 && stake_ok(s, k) {
+                        del_w += delivered(gpu_ms, tier);
+                    }
+                    d += 1;
+                }
             }
-            live.push(
-                e.capacity
-                    .get(c)
-                    .filter(|cap| cap.0 == *host)
-                    .map(|cap| &cap.1),
-            );
-        }
-        let delivering: Vec<_> = e.delivery.iter().zip(live).collect();
-        let del_weights: Vec<u128> = par::map(&delivering, |((host, containers), live)| {
-            containers
-                .iter()
-                .filter(|&&(index, gpu_ms, _)| {
-                    let k = live
-                        .and_then(|l| l.binary_search_by_key(&index, |c| c.0).ok().map(|i| l[i].1))
-                        .unwrap_or(0);
-                    gpu_ms > 0 && staked(host, index, k)
-                })
-                .map(|&(_, gpu_ms, tier)| gpu_ms as u128 * econ.tier_bps[tier as usize - 1] as u128)
-                .sum()
+            del_w += del[d..].iter().map(not_live).sum::<u128>();
+            (cap_w, del_w)
         });
+        let mut cap_weights = Vec::with_capacity(e.capacity.len());
+        let mut del_weights = Vec::with_capacity(e.delivery.len());
+        for ((_, cap, del), (cap_w, del_w)) in hosts.iter().zip(weights) {
+            if cap.is_some() {
+                cap_weights.push(cap_w);
+            }
+            if del.is_some() {
+                del_weights.push(del_w);
+            }
+        }
         let (cap_shares, cap_rest) = split(capacity_pool, &cap_weights);
         let (del_shares, del_rest) = split(delivery_pool, &del_weights);
         let cap_emitted = if cap_rest < capacity_pool {

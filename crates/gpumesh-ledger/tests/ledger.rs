@@ -979,3 +979,55 @@ fn reward_proofs_check_out_with_openzeppelin() {
         Err(gpumesh_ledger::ProofError::NoRewards { .. })
     ));
 }
+
+#[test]
+fn delivery_is_paid_by_the_stake_of_the_k_it_was_live_with() {
+    let mut w = World::new();
+    let faucet = w.faucet.clone();
+    let (a, b) = (w.host.clone(), Wallet::from_label("host b"));
+    for h in [&a, &b] {
+        w.send(
+            &faucet,
+            TxKind::Transfer {
+                to: h.address(),
+                amount: Amount::from_tokens(100),
+            },
+        )
+        .unwrap();
+    }
+    // Locally K = 1.00 needs 10 tokens. A's GPU 0 has it, GPU 1 has less, GPU 2 has some
+    // but is not live; B's GPU 0 has some and is not live either.
+    for (h, index, tokens) in [(&a, 0, 10), (&a, 1, 5), (&a, 2, 5), (&b, 0, 5)] {
+        w.send(
+            h,
+            TxKind::Stake {
+                index,
+                amount: Amount::from_tokens(tokens),
+            },
+        )
+        .unwrap();
+    }
+    let hour = 3_600_000;
+    epoch(
+        &mut w,
+        vec![(a.address(), vec![(0, 100), (1, 100)])],
+        by_host(vec![
+            (a.address(), vec![(0, hour, 1), (1, hour, 1), (2, hour, 1)]),
+            (b.address(), vec![(0, hour, 1)]),
+        ]),
+        vec![],
+        false,
+    );
+    let econ = w.ledger.genesis().economics.clone();
+    let provider = w.ledger.totals().provider_emitted.0;
+    let capacity = provider * econ.capacity_share_bps as u128 / 10_000;
+    let delivery = provider - capacity;
+    // Capacity: only A's GPU 0 (GPU 1's stake is under its requirement). Delivery: A's
+    // GPU 0 (live, staked for its K) and GPU 2 (not live, staked), not GPU 1; B's GPU 0.
+    assert_eq!(w.ledger.cumulative_reward(&b.address()).0, delivery / 3);
+    assert_eq!(
+        w.ledger.cumulative_reward(&a.address()).0,
+        capacity + delivery * 2 / 3
+    );
+    assert!(w.ledger.supply_conserved());
+}
