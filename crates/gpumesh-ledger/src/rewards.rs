@@ -1,7 +1,7 @@
 //! Epochs, rewards, vesting and slashing (DESIGN.md §4; docs/ledger.md).
 
 use alloy_primitives::{Address, B256, U256, keccak256};
-use gpumesh_types::{Amount, EpochClose, Offence};
+use gpumesh_types::{Amount, EpochClose, HostCapacity, HostDelivery, Offence};
 
 use crate::genesis::YEAR_MS;
 use crate::merkle::MerkleTree;
@@ -71,8 +71,8 @@ type HostLists<'a> = (
 
 /// Joins the capacity and delivery lists (each in ascending host order) by host.
 fn side_by_side<'a>(
-    capacity: &'a [(Address, Vec<(u16, u32)>)],
-    delivery: &'a [(Address, Vec<(u16, u64, u8)>)],
+    capacity: &'a [HostCapacity],
+    delivery: &'a [HostDelivery],
 ) -> Vec<HostLists<'a>> {
     let mut out = Vec::with_capacity(capacity.len().max(delivery.len()));
     let (mut c, mut d) = (capacity.iter().peekable(), delivery.iter().peekable());
