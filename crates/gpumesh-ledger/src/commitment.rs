@@ -1,5 +1,6 @@
-//! The state root: every state entry is a leaf; leaves fall into 2^16 buckets by the hash
-//! of their key; a bucket's hash covers its leaves in key order; the root is a binary
+//! The state root: every state entry is a leaf; leaves fall into 2^16 buckets by the first
+//! two bytes of their key id (`Key::id`); a bucket's hash covers its (id, leaf) pairs in id
+//! order; the root is a binary
 //! Merkle tree over the buckets (two empty children make an empty parent). Updating an
 //! entry rehashes its bucket and the bucket's path at the next `root`, so a block's root
 //! costs what the block changed, not the size of the state.
@@ -13,7 +14,7 @@ const BUCKETS: usize = 1 << BUCKET_BITS;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Commitment {
-    /// Per bucket: (key hash, leaf hash), sorted by key hash.
+    /// Per bucket: (key id, leaf hash), sorted by key id.
     buckets: Vec<Vec<(B256, B256)>>,
     /// The tree a level at a time: `levels[d]` holds the 2^d nodes at depth d, so the root
     /// is `levels[0][0]` and the bucket hashes are `levels[BUCKET_BITS]`. The children of

@@ -90,31 +90,34 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    fn hash(&self) -> B256 {
+    /// The key's place in the state commitment: two bytes that pick its bucket, a tag,
+    /// then the key itself, zero-padded to 32 bytes. Addresses are already hashes, so an
+    /// account and its stakes take their bucket from the address (and share it); lease
+    /// ids are counted up, so they are spread by a fixed odd multiplier. No hashing: the
+    /// leaf hash covers the content.
+    fn id(&self) -> B256 {
         let mut b = [0u8; 32];
-        let n = match self {
+        match self {
             Key::Account(a) => {
-                b[0] = 1;
-                b[1..21].copy_from_slice(a.as_slice());
-                21
+                b[..2].copy_from_slice(&a[..2]);
+                b[2] = 1;
+                b[3..23].copy_from_slice(a.as_slice());
             }
             Key::Escrow(l) => {
-                b[0] = 2;
-                b[1..9].copy_from_slice(&l.0.to_be_bytes());
-                9
+                let spread = l.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48;
+                b[..2].copy_from_slice(&(spread as u16).to_be_bytes());
+                b[2] = 2;
+                b[3..11].copy_from_slice(&l.0.to_be_bytes());
             }
             Key::Stake(a, i) => {
-                b[0] = 3;
-                b[1..21].copy_from_slice(a.as_slice());
-                b[21..23].copy_from_slice(&i.to_be_bytes());
-                23
+                b[..2].copy_from_slice(&a[..2]);
+                b[2] = 3;
+                b[3..23].copy_from_slice(a.as_slice());
+                b[23..25].copy_from_slice(&i.to_be_bytes());
             }
-            Key::Totals => {
-                b[0] = 4;
-                1
-            }
-        };
-        keccak256(&b[..n])
+            Key::Totals => b[2] = 4,
+        }
+        B256::new(b)
     }
 }
 
@@ -849,7 +852,7 @@ impl Ledger {
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable();
         touched.dedup();
-        let leaves = par::map(&touched, |key| (key.hash(), self.leaf(key)));
+        let leaves = par::map(&touched, |key| (key.id(), self.leaf(key)));
         for (key, leaf) in leaves {
             self.commitment.set(key, leaf);
         }

@@ -173,7 +173,7 @@ impl Tx {
         let mut hasher = HashWriter(Keccak256::new());
         hasher.0.update(TX_DOMAIN);
         {
-            let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, &mut hasher);
+            let mut buffered = std::io::BufWriter::with_capacity(8 * 1024, &mut hasher);
             // Serialising a struct of plain fields into a hasher cannot fail.
             serde_json::to_writer(&mut buffered, self).expect("transactions serialise");
             std::io::Write::flush(&mut buffered).expect("hashing does not fail");

@@ -233,10 +233,36 @@ fn usage_phase(args: &LedgerBenchArgs, dir: &std::path::Path) -> anyhow::Result<
         }
         Ok(store)
     });
-    for (r, txs) in rounds.iter().enumerate() {
-        let time = 1 + (r as u64 + 1) * 60_000;
-        for block in txs.chunks(args.block_txs) {
-            let entries = apply_all(&mut ledger, block, time)?;
+    // The blocks in order, each with its time; the signatures of the next block are
+    // checked while this one is applied and sealed.
+    let blocks: Vec<(u64, &[SignedTx])> = rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(r, txs)| {
+            let time = 1 + (r as u64 + 1) * 60_000;
+            txs.chunks(args.block_txs).map(move |block| (time, block))
+        })
+        .collect();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut next = blocks
+            .first()
+            .map(|&(_, block)| scope.spawn(move || par_map(block, Verified::check)));
+        for (i, &(time, block)) in blocks.iter().enumerate() {
+            let verified = next
+                .take()
+                .map(|h| h.join().expect("signature checks do not panic"))
+                .unwrap_or_default();
+            next = blocks
+                .get(i + 1)
+                .map(|&(_, block)| scope.spawn(move || par_map(block, Verified::check)));
+            let mut entries = Vec::with_capacity(block.len());
+            for (stx, v) in block.iter().zip(verified) {
+                let v = v.map_err(|e| anyhow!("bad signature: {e}"))?;
+                let applied = ledger
+                    .apply_verified(stx, v, time)
+                    .map_err(|e| anyhow!("transaction refused: {e}"))?;
+                entries.push(applied.entry);
+            }
             let (header, _) = ledger.seal(time).context("a block")?;
             let batch = Batch {
                 txs: entries,
@@ -250,7 +276,8 @@ fn usage_phase(args: &LedgerBenchArgs, dir: &std::path::Path) -> anyhow::Result<
             usage.records += (block.len() * args.leases_per_host) as u64;
             usage.blocks += 1;
         }
-    }
+        Ok(())
+    })?;
     drop(to_writer);
     let store = writer
         .join()
