@@ -47,6 +47,19 @@ impl World {
         world
     }
 
+    /// Sends `tokens` from the faucet.
+    fn fund(&mut self, to: Address, tokens: u64) {
+        let faucet = self.faucet.clone();
+        self.send(
+            &faucet,
+            TxKind::Transfer {
+                to,
+                amount: Amount::from_tokens(tokens),
+            },
+        )
+        .unwrap();
+    }
+
     fn sign(&self, wallet: &Wallet, kind: TxKind) -> SignedTx {
         let nonce = self.ledger.account(&wallet.address()).nonce;
         wallet.sign_tx(Tx {
@@ -517,20 +530,9 @@ fn epoch(
 #[test]
 fn an_epoch_pays_by_weight_vests_linearly_and_conserves_supply() {
     let mut w = World::new();
-    let (faucet, a, b) = (
-        w.faucet.clone(),
-        w.host.clone(),
-        Wallet::from_label("host b"),
-    );
+    let (a, b) = (w.host.clone(), Wallet::from_label("host b"));
     for h in [&a, &b] {
-        w.send(
-            &faucet,
-            TxKind::Transfer {
-                to: h.address(),
-                amount: Amount::from_tokens(100),
-            },
-        )
-        .unwrap();
+        w.fund(h.address(), 100);
     }
     // A stakes its requirement for K = 1.00 (10 tokens locally); B for K = 2.00; A's
     // second container is unstaked and earns nothing.
@@ -642,15 +644,8 @@ fn an_epoch_pays_by_weight_vests_linearly_and_conserves_supply() {
 #[test]
 fn staking_unbonds_before_it_can_be_withdrawn() {
     let mut w = World::new();
-    let (faucet, host) = (w.faucet.clone(), w.host.clone());
-    w.send(
-        &faucet,
-        TxKind::Transfer {
-            to: host.address(),
-            amount: Amount::from_tokens(50),
-        },
-    )
-    .unwrap();
+    let host = w.host.clone();
+    w.fund(host.address(), 50);
     w.send(
         &host,
         TxKind::Stake {
@@ -695,15 +690,8 @@ fn staking_unbonds_before_it_can_be_withdrawn() {
 #[test]
 fn slashing_takes_unvested_rewards_first_then_stake() {
     let mut w = World::new();
-    let (faucet, host) = (w.faucet.clone(), w.host.clone());
-    w.send(
-        &faucet,
-        TxKind::Transfer {
-            to: host.address(),
-            amount: Amount::from_tokens(20),
-        },
-    )
-    .unwrap();
+    let host = w.host.clone();
+    w.fund(host.address(), 20);
     w.send(
         &host,
         TxKind::Stake {
@@ -743,14 +731,7 @@ fn slashing_takes_unvested_rewards_first_then_stake() {
     // Malicious behaviour costs the full K × coefficient; a host with no unvested rewards
     // pays it from its stake, and the container falls below its requirement.
     let other = Wallet::from_label("host without rewards");
-    w.send(
-        &faucet,
-        TxKind::Transfer {
-            to: other.address(),
-            amount: Amount::from_tokens(20),
-        },
-    )
-    .unwrap();
+    w.fund(other.address(), 20);
     w.send(
         &other,
         TxKind::Stake {
@@ -903,15 +884,8 @@ fn check_with_openzeppelin(root: B256, proofs: &[gpumesh_types::RewardProof]) {
 #[test]
 fn reward_proofs_check_out_with_openzeppelin() {
     let mut w = World::new();
-    let (faucet, host) = (w.faucet.clone(), w.host.clone());
-    w.send(
-        &faucet,
-        TxKind::Transfer {
-            to: host.address(),
-            amount: Amount::from_tokens(100),
-        },
-    )
-    .unwrap();
+    let host = w.host.clone();
+    w.fund(host.address(), 100);
     w.send(
         &host,
         TxKind::Stake {
@@ -983,17 +957,9 @@ fn reward_proofs_check_out_with_openzeppelin() {
 #[test]
 fn delivery_is_paid_by_the_stake_of_the_k_it_was_live_with() {
     let mut w = World::new();
-    let faucet = w.faucet.clone();
     let (a, b) = (w.host.clone(), Wallet::from_label("host b"));
     for h in [&a, &b] {
-        w.send(
-            &faucet,
-            TxKind::Transfer {
-                to: h.address(),
-                amount: Amount::from_tokens(100),
-            },
-        )
-        .unwrap();
+        w.fund(h.address(), 100);
     }
     // Locally K = 1.00 needs 10 tokens. A's GPU 0 has it, GPU 1 has less, GPU 2 has some
     // but is not live; B's GPU 0 has some and is not live either.
