@@ -53,7 +53,8 @@ pub(crate) struct Item {
 }
 
 impl Item {
-    fn of(g: &Group, id: u32) -> Item {
+    /// A group's facts as a leaf holds them; the scan judges groups through this too.
+    pub(crate) fn of(g: &Group, id: u32) -> Item {
         Item {
             price: g.price,
             unit: g.unit,

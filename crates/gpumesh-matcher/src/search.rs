@@ -76,48 +76,6 @@ impl Candidate {
     }
 }
 
-/// What judging a group needs, read from the group or from its item in a leaf.
-pub(crate) struct Facts {
-    unit: geo::Unit,
-    price: u128,
-    image_bits: u64,
-    vram: u32,
-    free: u8,
-    tier: u8,
-    country: u8,
-    model: u8,
-}
-
-impl Facts {
-    #[inline]
-    fn of(g: &Group) -> Facts {
-        Facts {
-            unit: g.unit,
-            price: g.price,
-            image_bits: g.image_bits,
-            vram: g.vram_mib,
-            free: g.free_count(),
-            tier: g.tier,
-            country: g.country,
-            model: g.model as u8,
-        }
-    }
-
-    #[inline]
-    fn from_item(i: &Item) -> Facts {
-        Facts {
-            unit: i.unit,
-            price: i.price,
-            image_bits: i.image_bits,
-            vram: i.vram,
-            free: i.free,
-            tier: i.tier,
-            country: i.country,
-            model: i.model,
-        }
-    }
-}
-
 /// Reused buffers, so that a search allocates nothing once warm.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scratch {
@@ -239,7 +197,7 @@ impl Matcher {
     }
 
     #[inline]
-    fn eligible_facts(&self, c: &Compiled, f: &Facts, host: u32) -> bool {
+    fn eligible(&self, c: &Compiled, f: &Item, host: u32) -> bool {
         c.models & (1 << f.model) != 0
             && f.free >= c.count
             && f.vram >= c.min_vram
@@ -258,17 +216,18 @@ impl Matcher {
             }
     }
 
-    /// Judges an online group of a wanted model from its facts; the scan and the index
+    /// Judges an online group of a wanted model from its leaf item; the scan and the index
     /// both come here, so they judge alike.
     #[inline]
-    fn judge(&self, c: &Compiled, id: u32, f: &Facts) -> Option<Candidate> {
+    fn judge(&self, c: &Compiled, f: &Item) -> Option<Candidate> {
+        let id = f.group;
         // The host is read only for an image check or a measured round trip.
         let host = if (c.image.is_some() && !c.image_bits_exact) || c.anchor.is_some() {
             self.groups[id as usize].host
         } else {
             0
         };
-        if !self.eligible_facts(c, f, host) {
+        if !self.eligible(c, f, host) {
             return None;
         }
         let (km, rtt) = self.rtt_at(c, &f.unit, host);
@@ -291,7 +250,7 @@ impl Matcher {
         if c.models & (1 << g.model as usize) == 0 || !g.online {
             return None;
         }
-        self.judge(c, id, &Facts::of(g))
+        self.judge(c, &Item::of(g, id))
     }
 
     /// The least round-trip time a host at least `km` away can be estimated at: the
@@ -414,7 +373,7 @@ impl Matcher {
                                 continue;
                             }
                         }
-                        if let Some(cand) = self.judge(c, item.group, &Facts::from_item(item))
+                        if let Some(cand) = self.judge(c, item)
                             && cand.score <= best + margin
                         {
                             best = best.min(cand.score);
