@@ -227,12 +227,7 @@ async fn logs(
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
     state.read(|c| c.may_read_logs(&req.signer, id))?;
-    let from: u64 = match query.get("from") {
-        Some(v) => v
-            .parse()
-            .map_err(|_| Failure::new(ErrorCode::InvalidRequest, "from must be a whole number"))?,
-        None => 0,
-    };
+    let from = query_number(&query, "from")?.unwrap_or(0);
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
     struct Cursor {
         state: AppState,
@@ -325,17 +320,19 @@ fn store_failure(e: gpumesh_store::StoreError) -> Failure {
     Failure::internal(e.to_string())
 }
 
-/// A whole number from the query string, or `default` when absent.
-fn query_number(query: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, Failure> {
-    match query.get(name) {
-        None => Ok(default),
-        Some(text) => text.parse().map_err(|_| {
-            Failure::new(
-                ErrorCode::InvalidRequest,
-                format!("{name} {text:?} is not a whole number"),
-            )
-        }),
-    }
+/// A whole number from the query string, if it is there.
+fn query_number(query: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Failure> {
+    query
+        .get(name)
+        .map(|text| {
+            text.parse().map_err(|_| {
+                Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!("{name} {text:?} is not a whole number"),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Block headers, newest first: `?below=HEIGHT&limit=N` (at most 1000).
@@ -343,11 +340,8 @@ async fn blocks(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
-    let below = query
-        .contains_key("below")
-        .then(|| query_number(&query, "below", 0))
-        .transpose()?;
-    let limit = query_number(&query, "limit", 20)?.min(1000) as usize;
+    let below = query_number(&query, "below")?;
+    let limit = query_number(&query, "limit")?.unwrap_or(20).min(1000) as usize;
     let headers = from_store(state, move |s| {
         s.headers(below, limit).map_err(store_failure)
     })
@@ -400,15 +394,8 @@ async fn reward_proof(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     let account = address("account", &text)?;
-    let epoch = match query.get("epoch") {
-        Some(_) => query_number(&query, "epoch", 0)?,
-        None => {
-            return Err(Failure::new(
-                ErrorCode::InvalidRequest,
-                "say which epoch: ?epoch=E",
-            ));
-        }
-    };
+    let epoch = query_number(&query, "epoch")?
+        .ok_or_else(|| Failure::new(ErrorCode::InvalidRequest, "say which epoch: ?epoch=E"))?;
     let proof = from_store(state, move |s| {
         s.reward_proof(account, epoch).map_err(|e| match e {
             gpumesh_store::ProofError::Proof(
@@ -429,7 +416,7 @@ async fn history(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     let account = address("account", &text)?;
-    let limit = query_number(&query, "limit", 50)?.min(1000) as usize;
+    let limit = query_number(&query, "limit")?.unwrap_or(50).min(1000) as usize;
     let entries = from_store(state, move |s| {
         s.history(&account, limit).map_err(store_failure)
     })
