@@ -241,6 +241,41 @@ impl Store {
                 self.decode(|| format!("log {lease}/{seq}"), v.value())?,
             ));
         }
+        let Chain {
+            genesis,
+            blocks,
+            unsealed,
+        } = self.read_chain(&txn, genesis)?;
+        Ok(Snapshot {
+            genesis,
+            params,
+            hosts,
+            leases,
+            logs,
+            blocks,
+            unsealed,
+        })
+    }
+}
+
+/// The ledger's part of a store: what replays need, without hosts, leases and logs.
+struct Chain {
+    genesis: Genesis,
+    /// Sealed blocks in height order, each with its transactions.
+    blocks: Vec<(BlockHeader, Vec<LedgerEntry>)>,
+    /// Transactions after the last sealed block.
+    unsealed: Vec<LedgerEntry>,
+}
+
+impl Store {
+    /// Reads the chain in one read transaction: transactions grouped under their blocks.
+    fn read_chain(
+        &self,
+        txn: &redb::ReadTransaction,
+        genesis: Genesis,
+    ) -> Result<Chain, StoreError> {
+        let e = |e: redb::TableError| self.db_err(e);
+        let s = |e: redb::StorageError| self.db_err(e);
         let mut entries: Vec<LedgerEntry> = Vec::new();
         for row in txn.open_table(TXS).map_err(e)?.iter().map_err(s)? {
             let (k, v) = row.map_err(s)?;
@@ -262,20 +297,22 @@ impl Store {
             }
             blocks.push((header, txs));
         }
-        let unsealed = entries.collect();
-        Ok(Snapshot {
+        Ok(Chain {
             genesis,
-            params,
-            hosts,
-            leases,
-            logs,
             blocks,
-            unsealed,
+            unsealed: entries.collect(),
         })
     }
-}
 
-impl Store {
+    /// The chain alone, for replays.
+    fn chain(&self) -> Result<Chain, StoreError> {
+        let (genesis, _) = self.genesis()?.ok_or_else(|| StoreError::NoGenesis {
+            path: self.path.clone(),
+        })?;
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        self.read_chain(&txn, genesis)
+    }
+
     /// Block headers, newest first, from height `below - 1` down (from the head when
     /// `below` is `None`), at most `limit`.
     pub fn headers(
@@ -331,14 +368,14 @@ impl Store {
 
     /// Proves `account`'s cumulative reward after `epoch` by replaying the stored chain.
     pub fn reward_proof(&self, account: Address, epoch: u64) -> Result<RewardProof, ProofError> {
-        let snapshot = self.load()?;
-        let entries = snapshot
+        let chain = self.chain()?;
+        let entries = chain
             .blocks
             .into_iter()
             .flat_map(|(_, entries)| entries)
-            .chain(snapshot.unsealed);
+            .chain(chain.unsealed);
         Ok(gpumesh_ledger::reward_proof(
-            snapshot.genesis,
+            chain.genesis,
             entries,
             account,
             epoch,
@@ -348,9 +385,8 @@ impl Store {
     /// Replays the stored chain from genesis, checking every signature, root and the
     /// conservation of supply, as `gpumesh ledger verify` does.
     pub fn verify(&self) -> Result<gpumesh_ledger::ReplayReport, VerifyError> {
-        let snapshot = self.load()?;
-        let (_, report) =
-            gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)?;
+        let chain = self.chain()?;
+        let (_, report) = gpumesh_ledger::replay(chain.genesis, chain.blocks, chain.unsealed)?;
         Ok(report)
     }
 }
