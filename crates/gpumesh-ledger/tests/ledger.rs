@@ -47,6 +47,17 @@ impl World {
         world
     }
 
+    /// Stakes `tokens` on GPU `index` of `host`.
+    fn stake(&mut self, host: &Wallet, index: u16, tokens: u64) -> Result<(), LedgerError> {
+        self.send(
+            host,
+            TxKind::Stake {
+                index,
+                amount: Amount::from_tokens(tokens),
+            },
+        )
+    }
+
     /// Sends `tokens` from the faucet.
     fn fund(&mut self, to: Address, tokens: u64) {
         let faucet = self.faucet.clone();
@@ -442,7 +453,7 @@ proptest! {
                 Op::Seal => { w.seal(); Ok(()) }
                 Op::Stake { index, tokens } => {
                     let host = w.host.clone();
-                    w.send(&host, TxKind::Stake { index, amount: Amount::from_tokens(tokens) })
+                    w.stake(&host, index, tokens)
                 }
                 Op::Unstake { index } => {
                     let host = w.host.clone();
@@ -536,22 +547,8 @@ fn an_epoch_pays_by_weight_vests_linearly_and_conserves_supply() {
     }
     // A stakes its requirement for K = 1.00 (10 tokens locally); B for K = 2.00; A's
     // second container is unstaked and earns nothing.
-    w.send(
-        &a,
-        TxKind::Stake {
-            index: 0,
-            amount: Amount::from_tokens(10),
-        },
-    )
-    .unwrap();
-    w.send(
-        &b,
-        TxKind::Stake {
-            index: 0,
-            amount: Amount::from_tokens(20),
-        },
-    )
-    .unwrap();
+    w.stake(&a, 0, 10).unwrap();
+    w.stake(&b, 0, 20).unwrap();
     let econ = w.ledger.genesis().economics.clone();
     let treasury = w.ledger.genesis().treasury;
     let (a_before, b_before, t_before) = (
@@ -646,14 +643,7 @@ fn staking_unbonds_before_it_can_be_withdrawn() {
     let mut w = World::new();
     let host = w.host.clone();
     w.fund(host.address(), 50);
-    w.send(
-        &host,
-        TxKind::Stake {
-            index: 3,
-            amount: Amount::from_tokens(30),
-        },
-    )
-    .unwrap();
+    w.stake(&host, 3, 30).unwrap();
     assert_eq!(
         w.ledger.stake(&host.address(), 3).bonded,
         Amount::from_tokens(30)
@@ -676,13 +666,7 @@ fn staking_unbonds_before_it_can_be_withdrawn() {
         gpumesh_ledger::Stake::default()
     );
     assert!(matches!(
-        w.send(
-            &host,
-            TxKind::Stake {
-                index: 0,
-                amount: Amount::from_tokens(51)
-            }
-        ),
+        w.stake(&host, 0, 51),
         Err(LedgerError::InsufficientFunds { .. })
     ));
 }
@@ -692,14 +676,7 @@ fn slashing_takes_unvested_rewards_first_then_stake() {
     let mut w = World::new();
     let host = w.host.clone();
     w.fund(host.address(), 20);
-    w.send(
-        &host,
-        TxKind::Stake {
-            index: 0,
-            amount: Amount::from_tokens(10),
-        },
-    )
-    .unwrap();
+    w.stake(&host, 0, 10).unwrap();
     epoch(
         &mut w,
         vec![(host.address(), vec![(0, 100)])],
@@ -732,14 +709,7 @@ fn slashing_takes_unvested_rewards_first_then_stake() {
     // pays it from its stake, and the container falls below its requirement.
     let other = Wallet::from_label("host without rewards");
     w.fund(other.address(), 20);
-    w.send(
-        &other,
-        TxKind::Stake {
-            index: 0,
-            amount: Amount::from_tokens(12),
-        },
-    )
-    .unwrap();
+    w.stake(&other, 0, 12).unwrap();
     let t1 = w.ledger.balance(&treasury);
     let malicious = TxKind::Slash {
         host: other.address(),
@@ -886,14 +856,7 @@ fn reward_proofs_check_out_with_openzeppelin() {
     let mut w = World::new();
     let host = w.host.clone();
     w.fund(host.address(), 100);
-    w.send(
-        &host,
-        TxKind::Stake {
-            index: 0,
-            amount: Amount::from_tokens(10),
-        },
-    )
-    .unwrap();
+    w.stake(&host, 0, 10).unwrap();
     // Many checkers with uneven task counts make a tree of odd, uneven shape.
     let mut checkers: Vec<gpumesh_types::CheckerTasks> = (0..37u32)
         .map(|i| {
@@ -964,14 +927,7 @@ fn delivery_is_paid_by_the_stake_of_the_k_it_was_live_with() {
     // Locally K = 1.00 needs 10 tokens. A's GPU 0 has it, GPU 1 has less, GPU 2 has some
     // but is not live; B's GPU 0 has some and is not live either.
     for (h, index, tokens) in [(&a, 0, 10), (&a, 1, 5), (&a, 2, 5), (&b, 0, 5)] {
-        w.send(
-            h,
-            TxKind::Stake {
-                index,
-                amount: Amount::from_tokens(tokens),
-            },
-        )
-        .unwrap();
+        w.stake(h, index, tokens).unwrap();
     }
     let hour = 3_600_000;
     epoch(
