@@ -35,7 +35,7 @@ fn print_account(a: &AccountView) {
     for s in &a.stakes {
         let unbonding = if s.unbonding.0 > 0 {
             format!(
-                ", {} unbonding until {} ms",
+                ", {} unbonding until {} (Unix time in ms)",
                 s.unbonding.tokens(),
                 s.unbond_at_ms
             )
@@ -135,7 +135,7 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
                 .find(|s| s.index == index)
                 .map_or(0, |s| s.unbond_at_ms);
             println!(
-                "GPU {index} is unbonding (transaction {}); withdraw after {when} ms since the epoch",
+                "GPU {index} is unbonding (transaction {}); it can be withdrawn from {when} (Unix time in ms)",
                 accepted.seq
             );
         }
