@@ -29,19 +29,12 @@ pub(crate) fn trees_of(g: &Group) -> Option<[usize; 2]> {
 pub(crate) const MODELS: usize = gpumesh_types::CATALOG.len();
 pub(crate) const CLASSES: usize = 3;
 
-/// Prices in aggregates drop their low bits, which keeps aggregates small; rounding down
-/// keeps the minimum a valid lower bound.
-pub(crate) const PRICE_SHIFT: u32 = 24;
-
-#[inline]
-pub(crate) fn shifted_price(price: u128) -> u64 {
-    (price >> PRICE_SHIFT).min(u64::MAX as u128) as u64
-}
-
 /// A group's hot fields, inline in its leaf.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Item {
     pub price: u128,
+    /// The price as `f64`, as scores take it (converting a `u128` is slow in a hot loop).
+    pub price_f: f64,
     pub unit: Unit,
     pub group: u32,
     pub image_bits: u64,
@@ -57,6 +50,7 @@ impl Item {
     pub(crate) fn of(g: &Group, id: u32) -> Item {
         Item {
             price: g.price,
+            price_f: g.price as f64,
             unit: g.unit,
             group: id,
             image_bits: g.image_bits,
@@ -70,10 +64,11 @@ impl Item {
 }
 
 /// What a subtree's groups can offer at best.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Agg {
-    /// The lowest price, shifted right by `PRICE_SHIFT`.
-    pub min_price: u64,
+    /// The lowest price as `f64`. Converting from `u128` never decreases order, so a price
+    /// within a cap stays within it as `f64`, and the minimum stays a lower bound.
+    pub min_price: f64,
     /// Countries present, as bits of the country id modulo 64 (a one-hash Bloom filter).
     pub countries: u64,
     /// Images present, as bits of the image id modulo 64.
@@ -87,7 +82,7 @@ pub(crate) struct Agg {
 
 impl Agg {
     pub const EMPTY: Agg = Agg {
-        min_price: u64::MAX,
+        min_price: f64::INFINITY,
         countries: 0,
         images: 0,
         max_vram: 0,
@@ -98,7 +93,7 @@ impl Agg {
 
     #[inline]
     fn add(&mut self, i: &Item) {
-        self.min_price = self.min_price.min(shifted_price(i.price));
+        self.min_price = self.min_price.min(i.price_f);
         self.countries |= 1 << (i.country & 63);
         self.images |= i.image_bits;
         self.max_vram = self.max_vram.max(i.vram);

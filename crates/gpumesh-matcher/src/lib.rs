@@ -474,15 +474,22 @@ impl Matcher {
 
     /// Changes a group, then brings its tree and its price set up to date.
     fn change(&mut self, id: u32, f: impl FnOnce(&mut Group)) {
-        self.prices.remove(&mut self.groups, id);
-        let price = self.groups[id as usize].price;
-        f(&mut self.groups[id as usize]);
-        if self.groups[id as usize].price != price {
+        let g = &mut self.groups[id as usize];
+        let (set, price) = (g.pset, g.price);
+        f(g);
+        let moved = g.price != price;
+        // Most bookings and releases keep a group in its price set at its price: the set
+        // is touched only when its key changes.
+        let reprice = moved || prices::set_of(g).map_or(NO_SET, |s| s as u8) != set;
+        if moved {
             // Model trees split on price too: a new price is a new place in them.
             self.unindex(id);
         }
         self.reindex(id);
-        self.prices.insert(&mut self.groups, id);
+        if reprice {
+            self.prices.remove_at(&mut self.groups, id, set, price);
+            self.prices.insert(&mut self.groups, id);
+        }
     }
 
     /// Applies `f` to every group of the host.

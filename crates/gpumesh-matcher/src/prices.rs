@@ -50,10 +50,10 @@ impl Prices {
         }
     }
 
-    pub fn remove(&mut self, groups: &mut [Group], id: u32) {
-        let g = &groups[id as usize];
-        if g.pset != NO_SET {
-            self.sets[g.pset as usize].remove(&(g.price, id));
+    /// Takes a group out of `set` (`NO_SET`: it is in none), where it stood at `price`.
+    pub fn remove_at(&mut self, groups: &mut [Group], id: u32, set: u8, price: u128) {
+        if set != NO_SET {
+            self.sets[set as usize].remove(&(price, id));
             groups[id as usize].pset = NO_SET;
         }
     }

@@ -4,7 +4,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::geo;
-use crate::index::{self, Agg, Item, Node, PRICE_SHIFT, shifted_price};
+use crate::index::{self, Agg, Item, Node};
 use crate::prices::{CLASSES, class_serves};
 use crate::{Booking, GpuSelector, Group, ImagePolicy, Matcher, RankPolicy, Request, Unmatched};
 use gpumesh_types::EARTH_RADIUS_KM;
@@ -38,8 +38,8 @@ pub(crate) struct Compiled {
     /// `allow` folded into the aggregates' 64-bit country filter.
     pub allow_bits: u64,
     pub deny: [u64; 4],
-    /// The cap in the aggregates' shifted price unit.
-    pub cap_shifted: u64,
+    /// The cap as `f64`, as the aggregates hold prices.
+    pub cap_as_f64: f64,
     /// Required image id; `Some(None)` when the image is required but unknown to all hosts.
     pub image: Option<Option<u32>>,
     /// The required image's bit in the hosts' image filter (0 when none is required).
@@ -79,7 +79,8 @@ impl Candidate {
 /// Reused buffers, so that a search allocates nothing once warm.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scratch {
-    heap: BinaryHeap<Reverse<(u64, u8, u32)>>,
+    /// Subtrees to visit, as [`heap_entry`] packs them.
+    heap: BinaryHeap<Reverse<u64>>,
     candidates: Vec<Candidate>,
     /// Work counters since the last `take_work`: nodes expanded, groups evaluated.
     pub nodes: u64,
@@ -88,8 +89,27 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     pub fn heap_bytes(&self) -> usize {
-        self.heap.capacity() * 16 + self.candidates.capacity() * std::mem::size_of::<Candidate>()
+        self.heap.capacity() * 8 + self.candidates.capacity() * std::mem::size_of::<Candidate>()
     }
+}
+
+/// A subtree waiting in the search's heap: its lower bound rounded down to `f32` in the
+/// high half, its node in the low half. Non-negative floats order as their bits do, so
+/// entries order by bound (then node) as plain integers, and the rounded bound is still a
+/// lower bound.
+#[inline]
+fn heap_entry(bound: f64, node: u32) -> u64 {
+    let bound = bound.max(0.0);
+    let mut low = bound as f32;
+    if f64::from(low) > bound {
+        low = low.next_down();
+    }
+    u64::from(low.to_bits()) << 32 | u64::from(node)
+}
+
+#[inline]
+fn heap_bound(entry: u64) -> f64 {
+    f64::from(f32::from_bits((entry >> 32) as u32))
 }
 
 #[inline]
@@ -130,15 +150,12 @@ impl Matcher {
             Some(Some(id)) => 1u64 << (id % 64),
             _ => 0,
         };
-        let allow_bits = allow.map_or(u64::MAX, |a| {
-            (0..256u32)
-                .filter(|&i| a[(i >> 6) as usize] & (1 << (i & 63)) != 0)
-                .fold(0, |b, i| b | 1 << (i & 63))
-        });
+        // Country i is bit i % 64 of the aggregates' filter: the four words folded.
+        let allow_bits = allow.map_or(u64::MAX, |a| a[0] | a[1] | a[2] | a[3]);
         Compiled {
             image_bits_exact: self.images.len() <= 64,
             allow_bits,
-            cap_shifted: shifted_price(r.max_price_per_gpu_hour.0),
+            cap_as_f64: r.max_price_per_gpu_hour.0 as f64,
             image_bit,
             models: crate::models_mask(r.gpu),
             gpu: r.gpu,
@@ -162,14 +179,14 @@ impl Matcher {
     /// Distance and estimated round-trip time from the request to a group's host.
     #[inline]
     pub(crate) fn rtt(&self, c: &Compiled, g: &Group) -> (f64, f64) {
-        self.rtt_at(c, &g.unit, g.host)
+        self.rtt_at(c, geo::chord(&c.q, &g.unit), g.host)
     }
 
     /// Distance and estimated round-trip time to a point of a host; the host is read only
     /// when the request has an anchor to measure from.
     #[inline]
-    fn rtt_at(&self, c: &Compiled, unit: &geo::Unit, host: u32) -> (f64, f64) {
-        let km = geo::chord_km(geo::chord(&c.q, unit));
+    fn rtt_at(&self, c: &Compiled, chord: f64, host: u32) -> (f64, f64) {
+        let km = geo::chord_km(chord);
         let geo_rtt = self.latency.geo_rtt_ms(km);
         let Some(anchor) = c.anchor else {
             return (km, geo_rtt);
@@ -183,15 +200,13 @@ impl Matcher {
     }
 
     #[inline]
-    fn score(c: &Compiled, price: u128, rtt: f64, tier: u8) -> f64 {
+    fn score(c: &Compiled, price: f64, rtt: f64, tier: u8) -> f64 {
         let tier_steps = (tier.saturating_sub(1)) as f64;
         match c.policy {
-            RankPolicy::Price => price as f64 / c.cap_f,
+            RankPolicy::Price => price / c.cap_f,
             RankPolicy::Experience => rtt + TIER_MS * tier_steps,
             RankPolicy::Balanced => {
-                0.5 * (price as f64 / c.cap_f)
-                    + 0.5 * (rtt / c.rtt_ref)
-                    + TIER_BALANCED * tier_steps
+                0.5 * (price / c.cap_f) + 0.5 * (rtt / c.rtt_ref) + TIER_BALANCED * tier_steps
             }
         }
     }
@@ -216,27 +231,40 @@ impl Matcher {
             }
     }
 
-    /// Judges an online group of a wanted model from its leaf item; the scan and the index
-    /// both come here, so they judge alike.
+    /// The item's host, when judging it needs the host (for an image check or a measured
+    /// round trip); 0 otherwise, which saves reading the group.
     #[inline]
-    fn judge(&self, c: &Compiled, f: &Item) -> Option<Candidate> {
-        let id = f.group;
-        // The host is read only for an image check or a measured round trip.
-        let host = if (c.image.is_some() && !c.image_bits_exact) || c.anchor.is_some() {
-            self.groups[id as usize].host
+    fn host_to_read(&self, c: &Compiled, f: &Item) -> u32 {
+        if (c.image.is_some() && !c.image_bits_exact) || c.anchor.is_some() {
+            self.groups[f.group as usize].host
         } else {
             0
-        };
+        }
+    }
+
+    /// Judges an online group of a wanted model from its leaf item and the chord from the
+    /// request to it; the scan and the index both come here, so they judge alike.
+    #[inline]
+    fn judge(&self, c: &Compiled, f: &Item, chord: f64) -> Option<Candidate> {
+        let host = self.host_to_read(c, f);
         if !self.eligible(c, f, host) {
             return None;
         }
-        let (km, rtt) = self.rtt_at(c, &f.unit, host);
+        self.judge_eligible(c, f, host, chord)
+    }
+
+    /// The round trip and the score of an eligible item (`host` as [`Self::host_to_read`]
+    /// gives it).
+    #[inline]
+    fn judge_eligible(&self, c: &Compiled, f: &Item, host: u32, chord: f64) -> Option<Candidate> {
+        let id = f.group;
+        let (km, rtt) = self.rtt_at(c, chord, host);
         if rtt > c.max_rtt {
             return None;
         }
         Some(Candidate {
             group: id,
-            score: Self::score(c, f.price, rtt, f.tier),
+            score: Self::score(c, f.price_f, rtt, f.tier),
             price: f.price,
             rtt,
             km,
@@ -250,7 +278,7 @@ impl Matcher {
         if c.models & (1 << g.model as usize) == 0 || !g.online {
             return None;
         }
-        self.judge(c, &Item::of(g, id))
+        self.judge(c, &Item::of(g, id), geo::chord(&c.q, &g.unit))
     }
 
     /// The least round-trip time a host at least `km` away can be estimated at: the
@@ -273,7 +301,7 @@ impl Matcher {
         if a.max_free < c.count
             || (a.models as u32) & c.models == 0
             || a.max_vram < c.min_vram
-            || a.min_price > c.cap_shifted
+            || a.min_price > c.cap_as_f64
             || a.best_tier > c.max_tier
             || a.images & c.image_bit != c.image_bit
             || a.countries & c.allow_bits == 0
@@ -286,8 +314,7 @@ impl Matcher {
         if rtt > c.max_rtt {
             return None;
         }
-        let min_price = (a.min_price as u128) << PRICE_SHIFT;
-        let score = Self::score(c, min_price, rtt, a.best_tier);
+        let score = Self::score(c, a.min_price, rtt, a.best_tier);
         Some(score * (1.0 - 1e-12) - 1e-12)
     }
 
@@ -331,25 +358,18 @@ impl Matcher {
             GpuSelector::Model(m) => m as usize,
             GpuSelector::Class(class) => index::MODELS + class as usize,
         };
-        for (t, tree) in self.trees.iter().enumerate().skip(tree).take(1) {
-            if tree.nodes.is_empty() {
-                continue;
-            }
-            if let Some(lb) = self.bound(c, &tree.nodes[0]) {
-                scratch
-                    .heap
-                    .push(Reverse((lb.max(0.0).to_bits(), t as u8, 0)));
-            }
+        let tree = &self.trees[tree];
+        if let Some(lb) = tree.nodes.first().and_then(|root| self.bound(c, root)) {
+            scratch.heap.push(Reverse(heap_entry(lb, 0)));
         }
-        while let Some(Reverse((lb_bits, model, first))) = scratch.heap.pop() {
-            if f64::from_bits(lb_bits) > best + margin {
+        while let Some(Reverse(entry)) = scratch.heap.pop() {
+            if heap_bound(entry) > best + margin {
                 break;
             }
-            let tree = &self.trees[model as usize];
             // Walk down the better child while it is no worse than anything in the heap;
             // the other child waits in the heap. Same order as popping both, fewer heap
             // operations.
-            let mut node = first;
+            let mut node = entry as u32;
             loop {
                 let n = &tree.nodes[node as usize];
                 scratch.nodes += 1;
@@ -357,23 +377,26 @@ impl Matcher {
                     let items = &tree.leaves[n.leaf() as usize].items;
                     scratch.groups += items.len() as u64;
                     for item in items {
-                        // Price and tier alone may already rule the item out: skip the
-                        // distance then.
-                        if Self::score(c, item.price, rtt_floor, item.tier) > best + margin {
+                        // The cheap checks first: the item's own facts, then price and
+                        // tier against the best so far.
+                        let host = self.host_to_read(c, item);
+                        if !self.eligible(c, item, host)
+                            || Self::score(c, item.price_f, rtt_floor, item.tier) > best + margin
+                        {
                             continue;
                         }
-                        // So may the chord's bound on the distance, which needs no
-                        // arcsine; the exact estimate is never below it.
+                        // The chord's bound on the distance needs no arcsine; the exact
+                        // estimate is never below it.
+                        let chord = geo::chord(&c.q, &item.unit);
                         if distance_counts {
-                            let rtt =
-                                self.rtt_bound(c, EARTH_RADIUS_KM * geo::chord(&c.q, &item.unit));
+                            let rtt = self.rtt_bound(c, EARTH_RADIUS_KM * chord);
                             if rtt > c.max_rtt
-                                || Self::score(c, item.price, rtt, item.tier) > best + margin
+                                || Self::score(c, item.price_f, rtt, item.tier) > best + margin
                             {
                                 continue;
                             }
                         }
-                        if let Some(cand) = self.judge(c, item)
+                        if let Some(cand) = self.judge_eligible(c, item, host, chord)
                             && cand.score <= best + margin
                         {
                             best = best.min(cand.score);
@@ -397,18 +420,15 @@ impl Matcher {
                     (Some(x), Some(y)) => (r, y, Some((l, x))),
                 };
                 if let Some((o, ob)) = other {
-                    scratch
-                        .heap
-                        .push(Reverse((ob.max(0.0).to_bits(), model, o)));
+                    scratch.heap.push(Reverse(heap_entry(ob, o)));
                 }
-                let top = scratch
+                let next_entry = heap_entry(next_bound, next);
+                if scratch
                     .heap
                     .peek()
-                    .map_or(f64::INFINITY, |Reverse((k, ..))| f64::from_bits(*k));
-                if next_bound > top {
-                    scratch
-                        .heap
-                        .push(Reverse((next_bound.max(0.0).to_bits(), model, next)));
+                    .is_some_and(|Reverse(top)| next_entry > *top)
+                {
+                    scratch.heap.push(Reverse(next_entry));
                     break;
                 }
                 node = next;
@@ -429,7 +449,7 @@ impl Matcher {
                 continue;
             }
             for &(price, id) in groups {
-                if price > c.cap || Self::score(c, price, 0.0, 1) > best {
+                if price > c.cap || Self::score(c, price as f64, 0.0, 1) > best {
                     break;
                 }
                 scratch.groups += 1;
