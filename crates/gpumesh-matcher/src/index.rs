@@ -175,6 +175,10 @@ impl Node {
         self.split = split;
     }
 
+    fn contains(&self, p: &Unit) -> bool {
+        (0..3).all(|i| self.lo[i] <= p[i] && p[i] <= self.hi[i])
+    }
+
     fn extend(&mut self, p: &Unit) {
         for (i, &x) in p.iter().enumerate() {
             self.lo[i] = self.lo[i].min(x);
@@ -356,8 +360,10 @@ impl Tree {
         self.propagate(node);
     }
 
-    /// Adds a group down the path its splits choose, growing boxes on the way; splits a
-    /// leaf that overflows.
+    /// Adds a group: back into the leaf it last left when that leaf's box still holds its
+    /// point (most groups come back when a GPU frees up, and a box holds whatever is inside
+    /// it, so the bounds stay true and no path is walked), otherwise down the path its
+    /// splits choose, growing boxes on the way. Splits a leaf that overflows.
     pub fn insert(&mut self, groups: &mut [Group], id: u32) {
         if self.nodes.is_empty() {
             self.push(NONE);
@@ -367,6 +373,14 @@ impl Tree {
             });
         }
         let p = groups[id as usize].unit;
+        let hint = groups[id as usize].leaf[self.which];
+        if let Some(leaf) = self.leaves.get(hint as usize)
+            && self.nodes[leaf.node as usize].contains(&p)
+        {
+            let node = leaf.node;
+            self.push_item(groups, id, node);
+            return;
+        }
         let key = split_point(&groups[id as usize], self.which == 0);
         let mut node = 0u32;
         loop {
@@ -378,6 +392,11 @@ impl Tree {
             let [l, r] = n.children();
             node = if key[n.dim()] < n.split { l } else { r };
         }
+        self.push_item(groups, id, node);
+    }
+
+    /// Appends a group's item to the leaf at `node`, whose box holds the group's point.
+    fn push_item(&mut self, groups: &mut [Group], id: u32, node: u32) {
         let leaf = self.nodes[node as usize].leaf();
         let items = &mut self.leaves[leaf as usize].items;
         groups[id as usize].leaf[self.which] = leaf;
@@ -435,24 +454,97 @@ impl Tree {
         n.agg = agg;
     }
 
-    /// Removes a group; boxes keep their size, which stays correct.
+    /// Removes a group; boxes keep their size, which stays correct. The group keeps its
+    /// leaf as the hint for [`Tree::insert`].
     pub fn remove(&mut self, groups: &mut [Group], id: u32) {
         let (leaf, pos) = (
             groups[id as usize].leaf[self.which],
             groups[id as usize].pos[self.which],
         );
-        if leaf == NONE {
+        // Not in this tree (never inserted, or already removed: the leaf is only a hint).
+        let Some(l) = self.leaves.get_mut(leaf as usize) else {
+            return;
+        };
+        if l.items.get(pos as usize).is_none_or(|i| i.group != id) {
             return;
         }
-        let l = &mut self.leaves[leaf as usize];
         l.items.swap_remove(pos as usize);
         if let Some(moved) = l.items.get(pos as usize) {
             groups[moved.group as usize].pos[self.which] = pos;
         }
         let node = l.node;
-        groups[id as usize].leaf[self.which] = NONE;
         self.recompute(node);
         self.propagate(node);
+    }
+}
+
+#[cfg(test)]
+impl Tree {
+    /// Checks the tree's structure against the groups: every item is its group's current
+    /// facts at the place the group records, every box holds what lies below it, and every
+    /// aggregate is exactly what lies below it. Returns the groups held.
+    pub fn check(&self, groups: &[Group]) -> Result<Vec<u32>, String> {
+        let mut held = Vec::new();
+        if self.nodes.is_empty() {
+            return Ok(held);
+        }
+        self.check_node(groups, 0, &mut held)?;
+        Ok(held)
+    }
+
+    /// Checks the subtree at `node`; returns its aggregate and the points below it.
+    fn check_node(
+        &self,
+        groups: &[Group],
+        node: u32,
+        held: &mut Vec<u32>,
+    ) -> Result<(Agg, Vec<Unit>), String> {
+        let n = &self.nodes[node as usize];
+        let (agg, points) = if n.is_leaf() {
+            let leaf = &self.leaves[n.leaf() as usize];
+            if leaf.node != node {
+                return Err(format!(
+                    "leaf {} points at node {}, not {node}",
+                    n.leaf(),
+                    leaf.node
+                ));
+            }
+            let mut agg = Agg::EMPTY;
+            let mut points = Vec::new();
+            for (pos, item) in leaf.items.iter().enumerate() {
+                let g = &groups[item.group as usize];
+                if (g.leaf[self.which], g.pos[self.which]) != (n.leaf(), pos as u32) {
+                    return Err(format!("group {} is misplaced", item.group));
+                }
+                let fresh = Item::of(g, item.group);
+                if format!("{fresh:?}") != format!("{item:?}") {
+                    return Err(format!("item of group {} is stale", item.group));
+                }
+                agg.add(item);
+                points.push(item.unit);
+                held.push(item.group);
+            }
+            (agg, points)
+        } else {
+            let [l, r] = n.children();
+            if self.parents[l as usize] != node || self.parents[r as usize] != node {
+                return Err(format!("children of node {node} do not name it as parent"));
+            }
+            let (a, mut pa) = self.check_node(groups, l, held)?;
+            let (b, pb) = self.check_node(groups, r, held)?;
+            pa.extend(pb);
+            (Agg::merge(&a, &b), pa)
+        };
+        if agg != n.agg {
+            return Err(format!(
+                "aggregate of node {node} is {:?}, not {agg:?}",
+                n.agg
+            ));
+        }
+        if let Some(p) = points.iter().find(|p| !n.contains(p)) {
+            return Err(format!("box of node {node} misses {p:?}"));
+        }
+        Ok((agg, points))
     }
 }
 

@@ -179,7 +179,8 @@ pub(crate) struct Group {
     pub host: u32,
     pub vram_mib: u32,
     /// While available: the leaves holding the group's items in its model's and its class's
-    /// trees, and its places there.
+    /// trees, and its places there. Once out of them: the leaves it left, where it goes
+    /// back if they still cover its point (`index::NONE`: find its place from the root).
     pub leaf: [u32; 2],
     pub pos: [u32; 2],
     pub first_index: u16,
@@ -482,8 +483,10 @@ impl Matcher {
         // is touched only when its key changes.
         let reprice = moved || prices::set_of(g).map_or(NO_SET, |s| s as u8) != set;
         if moved {
-            // Model trees split on price too: a new price is a new place in them.
+            // Model trees split on price too: a new price is a new place in them, found
+            // from the root.
             self.unindex(id);
+            self.groups[id as usize].leaf[0] = index::NONE;
         }
         self.reindex(id);
         if reprice {
@@ -551,11 +554,12 @@ impl Matcher {
         h.country = country;
         let groups = h.groups.clone();
         for g in groups {
-            // Out of its trees at the old place, into them at the new.
+            // Out of its trees at the old place, into them at the new, from the root.
             self.unindex(g);
             let group = &mut self.groups[g as usize];
             group.unit = unit;
             group.country = country;
+            group.leaf = [index::NONE; 2];
             self.reindex(g);
         }
         Ok(())

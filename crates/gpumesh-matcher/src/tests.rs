@@ -673,6 +673,8 @@ enum Op {
     Expire(u64),
     Observe(usize, u16),
     Enable(usize, u64),
+    /// A host registers.
+    Add(HostGen),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -687,48 +689,14 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..50).prop_map(Op::Expire),
         1 => (any::<usize>(), 1u16..300).prop_map(|(h, r)| Op::Observe(h, r)),
         1 => (any::<usize>(), any::<u64>()).prop_map(|(g, mask)| Op::Enable(g, mask)),
+        1 => host_gen().prop_map(Op::Add),
     ]
 }
 
 fn build_world(hosts: &[HostGen], anchors: bool) -> Matcher {
     let mut m = Matcher::default();
     for h in hosts {
-        let spec = HostSpec {
-            point: GeoPoint {
-                lat: h.lat,
-                lon: h.lon,
-            },
-            country: country(COUNTRIES[h.country]),
-            price_per_gpu_hour: Amount(h.price as u128 + 1),
-            tier: h.tier,
-            images: (0..4)
-                .filter(|i| h.images & (1 << i) != 0)
-                .map(|i| format!("img{i}"))
-                .collect(),
-        };
-        let mut first = 0;
-        let mut seen = Vec::new();
-        let groups: Vec<GroupSpec> = h
-            .groups
-            .iter()
-            .filter(|(model, _, _)| {
-                let fresh = !seen.contains(model);
-                seen.push(*model);
-                fresh
-            })
-            .map(|&(model, count, big)| {
-                let model = MODELS[model];
-                let g = GroupSpec {
-                    model,
-                    vram_mib: model.spec().vram_mib / if big { 1 } else { 2 },
-                    first_index: first,
-                    count,
-                };
-                first += count as u16;
-                g
-            })
-            .collect();
-        m.add_host(&spec, &groups).unwrap();
+        add_host(&mut m, h);
     }
     if anchors {
         for (lat, lon) in [(50.0, 8.0), (19.0, 72.0), (-23.0, -46.0)] {
@@ -754,6 +722,55 @@ fn build_world(hosts: &[HostGen], anchors: bool) -> Matcher {
     m
 }
 
+fn add_host(m: &mut Matcher, h: &HostGen) {
+    let spec = HostSpec {
+        point: GeoPoint {
+            lat: h.lat,
+            lon: h.lon,
+        },
+        country: country(COUNTRIES[h.country]),
+        price_per_gpu_hour: Amount(h.price as u128 + 1),
+        tier: h.tier,
+        images: (0..4)
+            .filter(|i| h.images & (1 << i) != 0)
+            .map(|i| format!("img{i}"))
+            .collect(),
+    };
+    let mut first = 0;
+    let mut seen = Vec::new();
+    let groups: Vec<GroupSpec> = h
+        .groups
+        .iter()
+        .filter(|(model, _, _)| {
+            let fresh = !seen.contains(model);
+            seen.push(*model);
+            fresh
+        })
+        .map(|&(model, count, big)| {
+            let model = MODELS[model];
+            let g = GroupSpec {
+                model,
+                vram_mib: model.spec().vram_mib / if big { 1 } else { 2 },
+                first_index: first,
+                count,
+            };
+            first += count as u16;
+            g
+        })
+        .collect();
+    m.add_host(&spec, &groups).unwrap();
+}
+
+/// The same host, moved into a box of about 1° by 2° around Frankfurt: packed worlds
+/// make leaves overflow and split.
+fn packed(h: &HostGen) -> HostGen {
+    HostGen {
+        lat: 50.0 + h.lat / 90.0,
+        lon: 8.0 + h.lon / 180.0,
+        ..h.clone()
+    }
+}
+
 /// Free masks agree with the live reservations, and no GPU is held twice.
 fn check_invariants(m: &Matcher) -> Result<(), TestCaseError> {
     let mut held = vec![0u64; m.groups.len()];
@@ -768,6 +785,15 @@ fn check_invariants(m: &Matcher) -> Result<(), TestCaseError> {
             "free mask of group {} disagrees with its reservations",
             i
         );
+    }
+    // Each tree holds exactly the available groups that belong in it, and is sound.
+    for (t, tree) in m.trees.iter().enumerate() {
+        let mut got = tree.check(&m.groups).map_err(TestCaseError::fail)?;
+        got.sort_unstable();
+        let want: Vec<u32> = (0..m.groups.len() as u32)
+            .filter(|&id| index::trees_of(&m.groups[id as usize]).is_some_and(|ts| ts.contains(&t)))
+            .collect();
+        prop_assert_eq!(got, want, "tree {} holds the wrong groups", t);
     }
     Ok(())
 }
@@ -801,20 +827,77 @@ fn check_constraints(
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+/// A group that left its leaf comes back to it only while the leaf's box still covers its
+/// point: here the leaf splits while the groups at both ends of it are booked, so one of
+/// them finds its old leaf shrunk away from it and must be placed from the root.
+#[test]
+fn a_group_returns_to_its_leaf_only_while_the_leaf_covers_it() {
+    let mut m = Matcher::default();
+    let host = |m: &mut Matcher, i: usize| {
+        let spec = HostSpec {
+            point: GeoPoint {
+                lat: 50.0,
+                lon: 8.0 + i as f64 * 0.01,
+            },
+            country: country("DE"),
+            price_per_gpu_hour: tokens("1"),
+            tier: 1,
+            images: Vec::new(),
+        };
+        let group = GroupSpec {
+            model: GpuModel::H100,
+            vram_mib: 81_920,
+            first_index: 0,
+            count: 1,
+        };
+        m.add_host(&spec, &[group]).unwrap().1[0]
+    };
+    let first: Vec<GroupId> = (0..20).map(|i| host(&mut m, i)).collect();
+    let near = |i: usize| {
+        Request::model(
+            GpuModel::H100,
+            1,
+            GeoPoint {
+                lat: 50.0,
+                lon: 8.0 + i as f64 * 0.01,
+            },
+            tokens("2"),
+        )
+    };
+    let west = m.book(&near(0), None).unwrap();
+    let east = m.book(&near(19), None).unwrap();
+    assert_eq!((west.group, east.group), (first[0], first[19]));
+    let leaves_before = m.trees[GpuModel::H100 as usize].leaves.len();
+    // Enough new hosts in between to overflow the leaf and split it.
+    for i in 0..40 {
+        host(&mut m, 1 + i % 18);
+    }
+    assert!(m.trees[GpuModel::H100 as usize].leaves.len() > leaves_before);
+    m.release(west.reservation).unwrap();
+    m.release(east.reservation).unwrap();
+    for tree in &m.trees {
+        tree.check(&m.groups).unwrap();
+    }
+    assert_eq!(m.book(&near(0), None).unwrap().group, first[0]);
+    assert_eq!(m.book(&near(19), None).unwrap().group, first[19]);
+}
 
-    #[test]
-    fn the_index_chooses_what_the_scan_chooses(
-        hosts in proptest::collection::vec(host_gen(), 1..50),
-        anchors in any::<bool>(),
-        ops in proptest::collection::vec(op(), 1..60),
-    ) {
+/// Runs `ops` on a world of `hosts` (`packed`: all near one city), checking every booking
+/// against the scan and the matcher's invariants after every step.
+fn index_agrees_with_scan(
+    hosts: &[HostGen],
+    anchors: bool,
+    ops: Vec<Op>,
+    pack: bool,
+) -> Result<(), TestCaseError> {
+    let place = |h: &HostGen| if pack { packed(h) } else { h.clone() };
+    {
+        let hosts: Vec<HostGen> = hosts.iter().map(place).collect();
         let mut m = build_world(&hosts, anchors);
         let mut live: Vec<ReservationId> = Vec::new();
         let mut now = 0u64;
-        let n = m.hosts.len();
         for op in ops {
+            let n = m.hosts.len();
             match op {
                 Op::Book(wanted) => {
                     let r = wanted.build();
@@ -824,16 +907,31 @@ proptest! {
                     let got = m.book(&r, Some(now + 20));
                     match (&got, &expected) {
                         (Ok(b), Ok(e)) => {
-                            prop_assert_eq!((b.group, b.mask), (e.group, e.mask), "index and scan differ for {:?}", r);
+                            prop_assert_eq!(
+                                (b.group, b.mask),
+                                (e.group, e.mask),
+                                "index and scan differ for {:?}",
+                                r
+                            );
                             prop_assert_eq!(b.score, e.score);
                             check_constraints(&m, &r, b, free_before[b.group.0 as usize])?;
                             live.push(b.reservation);
                         }
                         (Err(_), Err(_)) => {
                             let why = m.explain(&r);
-                            prop_assert!(why.failed.is_some(), "an unmatched request names a constraint: {:?}", why);
+                            prop_assert!(
+                                why.failed.is_some(),
+                                "an unmatched request names a constraint: {:?}",
+                                why
+                            );
                         }
-                        _ => prop_assert!(false, "index {:?} vs scan {:?} for {:?}", got, expected, r),
+                        _ => prop_assert!(
+                            false,
+                            "index {:?} vs scan {:?} for {:?}",
+                            got,
+                            expected,
+                            r
+                        ),
                     }
                 }
                 Op::Release(i) if !live.is_empty() => {
@@ -844,9 +942,17 @@ proptest! {
                     let _ = m.commit(live[i % live.len()]);
                 }
                 Op::Online(h, on) => m.set_online(HostId((h % n) as u32), on).unwrap(),
-                Op::Price(h, p) => m.set_price(HostId((h % n) as u32), Amount(p as u128 + 1)).unwrap(),
+                Op::Price(h, p) => m
+                    .set_price(HostId((h % n) as u32), Amount(p as u128 + 1))
+                    .unwrap(),
                 Op::Tier(h, t) => m.set_tier(HostId((h % n) as u32), t).unwrap(),
-                Op::Move(h, lat, lon) => m.set_location(HostId((h % n) as u32), GeoPoint { lat, lon }, country(COUNTRIES[h % 5])).unwrap(),
+                Op::Move(h, lat, lon) => m
+                    .set_location(
+                        HostId((h % n) as u32),
+                        GeoPoint { lat, lon },
+                        country(COUNTRIES[h % 5]),
+                    )
+                    .unwrap(),
                 Op::Expire(dt) => {
                     now += dt;
                     let gone = m.expire(now);
@@ -858,9 +964,14 @@ proptest! {
                     let mask = if mask % 3 == 0 { mask } else { u64::MAX };
                     m.set_enabled(GroupId(g as u32), mask).unwrap();
                 }
+                Op::Add(h) => add_host(&mut m, &place(&h)),
                 Op::Observe(h, rtt) => {
                     let anchor = (h % 3) as u32;
-                    m.observe(NetNode::Anchor(anchor), NetNode::Host(HostId((h % n) as u32)), rtt as f64);
+                    m.observe(
+                        NetNode::Anchor(anchor),
+                        NetNode::Host(HostId((h % n) as u32)),
+                        rtt as f64,
+                    );
                 }
                 _ => {}
             }
@@ -868,7 +979,47 @@ proptest! {
         }
         // A rebuilt index answers like the incrementally maintained one.
         let mut rebuilt = Matcher::from_snapshot(&m.snapshot()).unwrap();
-        let probe = Request::model(GpuModel::H100, 1, GeoPoint { lat: 10.0, lon: 10.0 }, Amount(5));
-        prop_assert_eq!(rebuilt.book(&probe, None).map(|b| (b.group, b.mask)), m.book(&probe, None).map(|b| (b.group, b.mask)));
+        let probe = Request::model(
+            GpuModel::H100,
+            1,
+            GeoPoint {
+                lat: 10.0,
+                lon: 10.0,
+            },
+            Amount(5),
+        );
+        prop_assert_eq!(
+            rebuilt.book(&probe, None).map(|b| (b.group, b.mask)),
+            m.book(&probe, None).map(|b| (b.group, b.mask))
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn the_index_chooses_what_the_scan_chooses(
+        hosts in proptest::collection::vec(host_gen(), 1..50),
+        anchors in any::<bool>(),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        index_agrees_with_scan(&hosts, anchors, ops, false)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+
+    /// Worlds big and dense enough that leaves overflow and split as hosts register, while
+    /// groups leave their trees and come back to the leaves they left.
+    #[test]
+    fn the_index_chooses_what_the_scan_chooses_in_packed_worlds(
+        hosts in proptest::collection::vec(host_gen(), 300..600),
+        anchors in any::<bool>(),
+        ops in proptest::collection::vec(op(), 100..250),
+    ) {
+        index_agrees_with_scan(&hosts, anchors, ops, true)?;
     }
 }
