@@ -63,6 +63,21 @@ impl Item {
     }
 }
 
+impl Item {
+    /// Whether this item offers at least what `old` did in everything the aggregates
+    /// keep, so that replacing `old` with it can only add to them.
+    #[inline]
+    fn dominates(&self, old: &Item) -> bool {
+        self.price_f <= old.price_f
+            && self.free >= old.free
+            && self.vram >= old.vram
+            && self.tier <= old.tier
+            && self.country == old.country
+            && self.model == old.model
+            && self.image_bits & old.image_bits == old.image_bits
+    }
+}
+
 /// What a subtree's groups can offer at best.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Agg {
@@ -354,9 +369,15 @@ impl Tree {
     pub fn refresh(&mut self, groups: &[Group], id: u32) {
         let g = &groups[id as usize];
         let leaf = &mut self.leaves[g.leaf[self.which] as usize];
-        leaf.items[g.pos[self.which] as usize] = Item::of(g, id);
+        let item = Item::of(g, id);
+        let old = std::mem::replace(&mut leaf.items[g.pos[self.which] as usize], item);
         let node = leaf.node;
-        self.recompute(node);
+        if item.dominates(&old) {
+            // A GPU freed up, say: the aggregate only gains what the item now offers.
+            self.nodes[node as usize].agg.add(&item);
+        } else {
+            self.recompute(node);
+        }
         self.propagate(node);
     }
 
@@ -401,11 +422,12 @@ impl Tree {
         let items = &mut self.leaves[leaf as usize].items;
         groups[id as usize].leaf[self.which] = leaf;
         groups[id as usize].pos[self.which] = items.len() as u32;
-        items.push(Item::of(&groups[id as usize], id));
+        let item = Item::of(&groups[id as usize], id);
+        items.push(item);
         if items.len() > LEAF_MAX {
             self.split(groups, node);
         } else {
-            self.recompute(node);
+            self.nodes[node as usize].agg.add(&item);
         }
         self.propagate(node);
     }
