@@ -50,7 +50,7 @@ impl Item {
     pub(crate) fn of(g: &Group, id: u32) -> Item {
         Item {
             price: g.price,
-            price_f: g.price as f64,
+            price_f: g.price_f,
             unit: g.unit,
             group: id,
             image_bits: g.image_bits,
@@ -228,7 +228,7 @@ const PRICE_WEIGHT: f32 = 0.5;
 #[inline]
 fn split_point(g: &Group, with_price: bool) -> [f32; 4] {
     let w = if with_price {
-        (g.price as f64).max(1.0).ln() as f32 * PRICE_WEIGHT
+        g.price_f.max(1.0).ln() as f32 * PRICE_WEIGHT
     } else {
         0.0
     };

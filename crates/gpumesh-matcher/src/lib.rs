@@ -171,6 +171,8 @@ pub struct GroupSpec {
 pub(crate) struct Group {
     pub unit: Unit,
     pub price: u128,
+    /// `price as f64`, kept so that rewriting an item converts nothing.
+    pub price_f: f64,
     pub free: u64,
     /// Bit i set: the GPU may serve (its stake is in place, or none is required).
     pub enabled: u64,
@@ -392,6 +394,7 @@ impl Matcher {
             self.groups.push(Group {
                 unit,
                 price: spec.price_per_gpu_hour.0,
+                price_f: spec.price_per_gpu_hour.0 as f64,
                 free: if g.count >= 64 {
                     u64::MAX
                 } else {
@@ -523,7 +526,10 @@ impl Matcher {
 
     pub fn set_price(&mut self, host: HostId, price: Amount) -> Result<(), MatcherError> {
         self.host_mut(host)?.price = price.0;
-        self.update_groups(host, |g| g.price = price.0)
+        self.update_groups(host, |g| {
+            g.price = price.0;
+            g.price_f = price.0 as f64;
+        })
     }
 
     pub fn set_tier(&mut self, host: HostId, tier: u8) -> Result<(), MatcherError> {
@@ -813,6 +819,7 @@ impl Matcher {
                 m.groups.push(Group {
                     unit,
                     price: h.spec.price_per_gpu_hour.0,
+                    price_f: h.spec.price_per_gpu_hour.0 as f64,
                     free: *free,
                     image_bits: bits,
                     enabled: *enabled,

@@ -785,6 +785,12 @@ fn check_invariants(m: &Matcher) -> Result<(), TestCaseError> {
             "free mask of group {} disagrees with its reservations",
             i
         );
+        prop_assert_eq!(
+            g.price_f,
+            g.price as f64,
+            "group {} has a stale f64 price",
+            i
+        );
     }
     // Each tree holds exactly the available groups that belong in it, and is sound.
     for (t, tree) in m.trees.iter().enumerate() {
