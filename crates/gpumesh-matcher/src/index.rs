@@ -35,6 +35,8 @@ pub(crate) struct Item {
     pub price: u128,
     /// The price as `f64`, as scores take it (converting a `u128` is slow in a hot loop).
     pub price_f: f64,
+    /// The price rounded down to `f32`, as aggregates keep it.
+    pub price_lo: f32,
     pub unit: Unit,
     pub group: u32,
     pub image_bits: u64,
@@ -51,6 +53,7 @@ impl Item {
         Item {
             price: g.price,
             price_f: g.price_f,
+            price_lo: f32_below(g.price_f),
             unit: g.unit,
             group: id,
             image_bits: g.image_bits,
@@ -78,12 +81,26 @@ impl Item {
     }
 }
 
+/// Requests for this many GPUs or more are bounded by the lowest price among groups with
+/// that many free.
+pub(crate) const BIG_FREE: u8 = 4;
+
+/// The largest `f32` at most `x`.
+#[inline]
+pub(crate) fn f32_below(x: f64) -> f32 {
+    let y = x as f32;
+    if f64::from(y) > x { y.next_down() } else { y }
+}
+
 /// What a subtree's groups can offer at best.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Agg {
-    /// The lowest price as `f64`. Converting from `u128` never decreases order, so a price
-    /// within a cap stays within it as `f64`, and the minimum stays a lower bound.
-    pub min_price: f64,
+    /// The lowest price, rounded down to `f32`: of all groups, and of those with at least
+    /// [`BIG_FREE`] GPUs free, which bounds requests for that many far tighter (a cheap
+    /// host with one GPU free says nothing about the price of eight). Converting from
+    /// `u128` never decreases order and rounding down keeps a lower bound, so a price
+    /// within a cap stays within it here too.
+    pub min_price: [f32; 2],
     /// Countries present, as bits of the country id modulo 64 (a one-hash Bloom filter).
     pub countries: u64,
     /// Images present, as bits of the image id modulo 64.
@@ -97,7 +114,7 @@ pub(crate) struct Agg {
 
 impl Agg {
     pub const EMPTY: Agg = Agg {
-        min_price: f64::INFINITY,
+        min_price: [f32::INFINITY; 2],
         countries: 0,
         images: 0,
         max_vram: 0,
@@ -108,7 +125,10 @@ impl Agg {
 
     #[inline]
     fn add(&mut self, i: &Item) {
-        self.min_price = self.min_price.min(i.price_f);
+        self.min_price[0] = self.min_price[0].min(i.price_lo);
+        if i.free >= BIG_FREE {
+            self.min_price[1] = self.min_price[1].min(i.price_lo);
+        }
         self.countries |= 1 << (i.country & 63);
         self.images |= i.image_bits;
         self.max_vram = self.max_vram.max(i.vram);
@@ -120,7 +140,10 @@ impl Agg {
     #[inline]
     fn merge(a: &Agg, b: &Agg) -> Agg {
         Agg {
-            min_price: a.min_price.min(b.min_price),
+            min_price: [
+                a.min_price[0].min(b.min_price[0]),
+                a.min_price[1].min(b.min_price[1]),
+            ],
             countries: a.countries | b.countries,
             images: a.images | b.images,
             max_vram: a.max_vram.max(b.max_vram),

@@ -38,8 +38,11 @@ pub(crate) struct Compiled {
     /// `allow` folded into the aggregates' 64-bit country filter.
     pub allow_bits: u64,
     pub deny: [u64; 4],
-    /// The cap as `f64`, as the aggregates hold prices.
+    /// The cap as `f64`, to compare with the aggregates' prices.
     pub cap_as_f64: f64,
+    /// Which of the aggregates' lowest prices bounds this request (1: it wants at least
+    /// `index::BIG_FREE` GPUs).
+    pub price_bound: usize,
     /// Required image id; `Some(None)` when the image is required but unknown to all hosts.
     pub image: Option<Option<u32>>,
     /// The required image's bit in the hosts' image filter (0 when none is required).
@@ -99,12 +102,7 @@ impl Scratch {
 /// lower bound.
 #[inline]
 fn heap_entry(bound: f64, node: u32) -> u64 {
-    let bound = bound.max(0.0);
-    let mut low = bound as f32;
-    if f64::from(low) > bound {
-        low = low.next_down();
-    }
-    u64::from(low.to_bits()) << 32 | u64::from(node)
+    u64::from(index::f32_below(bound.max(0.0)).to_bits()) << 32 | u64::from(node)
 }
 
 #[inline]
@@ -156,6 +154,7 @@ impl Matcher {
             image_bits_exact: self.images.len() <= 64,
             allow_bits,
             cap_as_f64: r.max_price_per_gpu_hour.0 as f64,
+            price_bound: usize::from(r.count >= u16::from(index::BIG_FREE)),
             image_bit,
             models: crate::models_mask(r.gpu),
             gpu: r.gpu,
@@ -301,7 +300,7 @@ impl Matcher {
         if a.max_free < c.count
             || (a.models as u32) & c.models == 0
             || a.max_vram < c.min_vram
-            || a.min_price > c.cap_as_f64
+            || f64::from(a.min_price[c.price_bound]) > c.cap_as_f64
             || a.best_tier > c.max_tier
             || a.images & c.image_bit != c.image_bit
             || a.countries & c.allow_bits == 0
@@ -314,7 +313,7 @@ impl Matcher {
         if rtt > c.max_rtt {
             return None;
         }
-        let score = Self::score(c, a.min_price, rtt, a.best_tier);
+        let score = Self::score(c, f64::from(a.min_price[c.price_bound]), rtt, a.best_tier);
         Some(score * (1.0 - 1e-12) - 1e-12)
     }
 
