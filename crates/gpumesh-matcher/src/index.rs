@@ -16,6 +16,8 @@ use crate::geo::Unit;
 /// that is split in two where it stands.
 const LEAF_TARGET: usize = 8;
 const LEAF_MAX: usize = 4 * LEAF_TARGET;
+// A group's place in its leaf is a `u8`; a leaf holds at most `LEAF_MAX + 1` items.
+const _: () = assert!(LEAF_MAX < u8::MAX as usize);
 pub(crate) const NONE: u32 = u32::MAX;
 
 /// The trees a group belongs in (its model's and its class's), if it is available.
@@ -53,7 +55,7 @@ impl Item {
         Item {
             price: g.price,
             price_f: g.price_f,
-            price_lo: f32_below(g.price_f),
+            price_lo: g.price_lo,
             unit: g.unit,
             group: id,
             image_bits: g.image_bits,
@@ -318,7 +320,7 @@ impl Tree {
             .map(|(pos, &id)| {
                 let g = &mut groups[id as usize];
                 g.leaf[self.which] = leaf;
-                g.pos[self.which] = pos as u32;
+                g.pos[self.which] = pos as u8;
                 Item::of(g, id)
             })
             .collect();
@@ -444,7 +446,7 @@ impl Tree {
         let leaf = self.nodes[node as usize].leaf();
         let items = &mut self.leaves[leaf as usize].items;
         groups[id as usize].leaf[self.which] = leaf;
-        groups[id as usize].pos[self.which] = items.len() as u32;
+        groups[id as usize].pos[self.which] = items.len() as u8;
         let item = Item::of(&groups[id as usize], id);
         items.push(item);
         if items.len() > LEAF_MAX {
@@ -476,7 +478,7 @@ impl Tree {
             let slot = if side == 0 {
                 let items = half.iter().enumerate().map(|(pos, &id)| {
                     let g = &mut groups[id as usize];
-                    g.pos[self.which] = pos as u32;
+                    g.pos[self.which] = pos as u8;
                     Item::of(g, id)
                 });
                 self.leaves[leaf as usize] = Leaf {
@@ -558,7 +560,7 @@ impl Tree {
             let mut points = Vec::new();
             for (pos, item) in leaf.items.iter().enumerate() {
                 let g = &groups[item.group as usize];
-                if (g.leaf[self.which], g.pos[self.which]) != (n.leaf(), pos as u32) {
+                if (g.leaf[self.which], g.pos[self.which]) != (n.leaf(), pos as u8) {
                     return Err(format!("group {} is misplaced", item.group));
                 }
                 let fresh = Item::of(g, item.group);
@@ -599,5 +601,6 @@ mod tests {
     fn a_node_is_one_cache_line_and_an_item_at_most_one() {
         assert_eq!(std::mem::size_of::<super::Node>(), 64);
         assert!(std::mem::size_of::<super::Item>() <= 64);
+        assert!(std::mem::size_of::<crate::Group>() <= 96);
     }
 }

@@ -166,13 +166,15 @@ pub struct GroupSpec {
     pub count: u8,
 }
 
-/// A group as the index sees it: what filtering and ranking need, in one cache line.
+/// A group as the index sees it: what filtering, ranking and its trees need, in 96 bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct Group {
     pub unit: Unit,
     pub price: u128,
-    /// `price as f64`, kept so that rewriting an item converts nothing.
+    /// `price as f64`, and that rounded down to `f32`, kept so that rewriting an item
+    /// converts nothing.
     pub price_f: f64,
+    pub price_lo: f32,
     pub free: u64,
     /// Bit i set: the GPU may serve (its stake is in place, or none is required).
     pub enabled: u64,
@@ -184,7 +186,7 @@ pub(crate) struct Group {
     /// trees, and its places there. Once out of them: the leaves it left, where it goes
     /// back if they still cover its point (`index::NONE`: find its place from the root).
     pub leaf: [u32; 2],
-    pub pos: [u32; 2],
+    pub pos: [u8; 2],
     pub first_index: u16,
     pub gpus: u8,
     pub model: GpuModel,
@@ -395,6 +397,7 @@ impl Matcher {
                 unit,
                 price: spec.price_per_gpu_hour.0,
                 price_f: spec.price_per_gpu_hour.0 as f64,
+                price_lo: index::f32_below(spec.price_per_gpu_hour.0 as f64),
                 free: if g.count >= 64 {
                     u64::MAX
                 } else {
@@ -529,6 +532,7 @@ impl Matcher {
         self.update_groups(host, |g| {
             g.price = price.0;
             g.price_f = price.0 as f64;
+            g.price_lo = index::f32_below(g.price_f);
         })
     }
 
@@ -820,6 +824,7 @@ impl Matcher {
                     unit,
                     price: h.spec.price_per_gpu_hour.0,
                     price_f: h.spec.price_per_gpu_hour.0 as f64,
+                    price_lo: index::f32_below(h.spec.price_per_gpu_hour.0 as f64),
                     free: *free,
                     image_bits: bits,
                     enabled: *enabled,

@@ -791,6 +791,12 @@ fn check_invariants(m: &Matcher) -> Result<(), TestCaseError> {
             "group {} has a stale f64 price",
             i
         );
+        prop_assert_eq!(
+            g.price_lo,
+            index::f32_below(g.price_f),
+            "group {} has a stale f32 price",
+            i
+        );
     }
     // Each tree holds exactly the available groups that belong in it, and is sound.
     for (t, tree) in m.trees.iter().enumerate() {
