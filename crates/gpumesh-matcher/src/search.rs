@@ -211,7 +211,10 @@ impl Matcher {
     }
 
     #[inline]
-    fn eligible(&self, c: &Compiled, f: &Item, host: u32) -> bool {
+    /// Whether the item's own facts allow it; a required image is checked against the
+    /// item's image filter only, which is exact with at most 64 images known (otherwise
+    /// [`Self::judge_eligible`] asks the host).
+    fn eligible(c: &Compiled, f: &Item) -> bool {
         c.models & (1 << f.model) != 0
             && f.free >= c.count
             && f.vram >= c.min_vram
@@ -222,41 +225,41 @@ impl Matcher {
             && match c.image {
                 None => true,
                 Some(None) => false,
-                Some(Some(img)) => {
-                    f.image_bits & c.image_bit != 0
-                        && (c.image_bits_exact
-                            || self.hosts[host as usize].images.binary_search(&img).is_ok())
-                }
+                Some(Some(_)) => f.image_bits & c.image_bit != 0,
             }
-    }
-
-    /// The item's host, when judging it needs the host (for an image check or a measured
-    /// round trip); 0 otherwise, which saves reading the group.
-    #[inline]
-    fn host_to_read(&self, c: &Compiled, f: &Item) -> u32 {
-        if (c.image.is_some() && !c.image_bits_exact) || c.anchor.is_some() {
-            self.groups[f.group as usize].host
-        } else {
-            0
-        }
     }
 
     /// Judges an online group of a wanted model from its leaf item and the chord from the
     /// request to it; the scan and the index both come here, so they judge alike.
     #[inline]
     fn judge(&self, c: &Compiled, f: &Item, chord: f64) -> Option<Candidate> {
-        let host = self.host_to_read(c, f);
-        if !self.eligible(c, f, host) {
+        if !Self::eligible(c, f) {
             return None;
         }
-        self.judge_eligible(c, f, host, chord)
+        self.judge_eligible(c, f, chord)
     }
 
-    /// The round trip and the score of an eligible item (`host` as [`Self::host_to_read`]
-    /// gives it).
+    /// What is left to judge of an item whose own facts are [`Self::eligible`]: the
+    /// host's image list when the image filter is not exact, and the round trip. The host
+    /// is read only for these, so most items never touch their group.
     #[inline]
-    fn judge_eligible(&self, c: &Compiled, f: &Item, host: u32, chord: f64) -> Option<Candidate> {
+    fn judge_eligible(&self, c: &Compiled, f: &Item, chord: f64) -> Option<Candidate> {
         let id = f.group;
+        let needs_host = (c.image.is_some() && !c.image_bits_exact) || c.anchor.is_some();
+        let host = if needs_host {
+            self.groups[id as usize].host
+        } else {
+            0
+        };
+        if let Some(Some(img)) = c.image
+            && !c.image_bits_exact
+            && self.hosts[host as usize]
+                .images
+                .binary_search(&img)
+                .is_err()
+        {
+            return None;
+        }
         let (km, rtt) = self.rtt_at(c, chord, host);
         if rtt > c.max_rtt {
             return None;
@@ -378,8 +381,7 @@ impl Matcher {
                     for item in items {
                         // The cheap checks first: the item's own facts, then price and
                         // tier against the best so far.
-                        let host = self.host_to_read(c, item);
-                        if !self.eligible(c, item, host)
+                        if !Self::eligible(c, item)
                             || Self::score(c, item.price_f, rtt_floor, item.tier) > best + margin
                         {
                             continue;
@@ -395,7 +397,7 @@ impl Matcher {
                                 continue;
                             }
                         }
-                        if let Some(cand) = self.judge_eligible(c, item, host, chord)
+                        if let Some(cand) = self.judge_eligible(c, item, chord)
                             && cand.score <= best + margin
                         {
                             best = best.min(cand.score);
