@@ -66,9 +66,7 @@ impl Item {
             model: g.model as u8,
         }
     }
-}
 
-impl Item {
     /// Whether this item offers at least what `old` did in everything the aggregates
     /// keep, so that replacing `old` with it can only add to them.
     #[inline]
