@@ -291,7 +291,6 @@ impl Tree {
                 .sum::<usize>()
     }
 
-    /// Builds the tree over `ids` from scratch.
     /// An empty tree keeping the groups' place number `which` (0: model, 1: class).
     pub fn new(which: usize) -> Tree {
         Tree {

@@ -175,7 +175,6 @@ impl Matcher {
     }
 
     /// Distance and estimated round-trip time from the request to a group's host.
-    /// Distance and estimated round-trip time from the request to a group's host.
     #[inline]
     pub(crate) fn rtt(&self, c: &Compiled, g: &Group) -> (f64, f64) {
         self.rtt_at(c, geo::chord(&c.q, &g.unit), g.host)

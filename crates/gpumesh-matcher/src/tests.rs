@@ -903,108 +903,100 @@ fn index_agrees_with_scan(
     pack: bool,
 ) -> Result<(), TestCaseError> {
     let place = |h: &HostGen| if pack { packed(h) } else { h.clone() };
-    {
-        let hosts: Vec<HostGen> = hosts.iter().map(place).collect();
-        let mut m = build_world(&hosts, anchors);
-        let mut live: Vec<ReservationId> = Vec::new();
-        let mut now = 0u64;
-        for op in ops {
-            let n = m.hosts.len();
-            match op {
-                Op::Book(wanted) => {
-                    let r = wanted.build();
-                    let mut oracle = m.clone();
-                    let expected = oracle.book_scan(&r, Some(now + 20));
-                    let free_before: Vec<u64> = m.groups.iter().map(|g| g.servable()).collect();
-                    let got = m.book(&r, Some(now + 20));
-                    match (&got, &expected) {
-                        (Ok(b), Ok(e)) => {
-                            prop_assert_eq!(
-                                (b.group, b.mask),
-                                (e.group, e.mask),
-                                "index and scan differ for {:?}",
-                                r
-                            );
-                            prop_assert_eq!(b.score, e.score);
-                            check_constraints(&m, &r, b, free_before[b.group.0 as usize])?;
-                            live.push(b.reservation);
-                        }
-                        (Err(_), Err(_)) => {
-                            let why = m.explain(&r);
-                            prop_assert!(
-                                why.failed.is_some(),
-                                "an unmatched request names a constraint: {:?}",
-                                why
-                            );
-                        }
-                        _ => prop_assert!(
-                            false,
-                            "index {:?} vs scan {:?} for {:?}",
-                            got,
-                            expected,
+    let hosts: Vec<HostGen> = hosts.iter().map(place).collect();
+    let mut m = build_world(&hosts, anchors);
+    let mut live: Vec<ReservationId> = Vec::new();
+    let mut now = 0u64;
+    for op in ops {
+        let n = m.hosts.len();
+        match op {
+            Op::Book(wanted) => {
+                let r = wanted.build();
+                let mut oracle = m.clone();
+                let expected = oracle.book_scan(&r, Some(now + 20));
+                let free_before: Vec<u64> = m.groups.iter().map(|g| g.servable()).collect();
+                let got = m.book(&r, Some(now + 20));
+                match (&got, &expected) {
+                    (Ok(b), Ok(e)) => {
+                        prop_assert_eq!(
+                            (b.group, b.mask),
+                            (e.group, e.mask),
+                            "index and scan differ for {:?}",
                             r
-                        ),
+                        );
+                        prop_assert_eq!(b.score, e.score);
+                        check_constraints(&m, &r, b, free_before[b.group.0 as usize])?;
+                        live.push(b.reservation);
                     }
+                    (Err(_), Err(_)) => {
+                        let why = m.explain(&r);
+                        prop_assert!(
+                            why.failed.is_some(),
+                            "an unmatched request names a constraint: {:?}",
+                            why
+                        );
+                    }
+                    _ => prop_assert!(false, "index {:?} vs scan {:?} for {:?}", got, expected, r),
                 }
-                Op::Release(i) if !live.is_empty() => {
-                    let id = live.swap_remove(i % live.len());
-                    let _ = m.release(id);
-                }
-                Op::Commit(i) if !live.is_empty() => {
-                    let _ = m.commit(live[i % live.len()]);
-                }
-                Op::Online(h, on) => m.set_online(HostId((h % n) as u32), on).unwrap(),
-                Op::Price(h, p) => m
-                    .set_price(HostId((h % n) as u32), Amount(p as u128 + 1))
-                    .unwrap(),
-                Op::Tier(h, t) => m.set_tier(HostId((h % n) as u32), t).unwrap(),
-                Op::Move(h, lat, lon) => m
-                    .set_location(
-                        HostId((h % n) as u32),
-                        GeoPoint { lat, lon },
-                        country(COUNTRIES[h % 5]),
-                    )
-                    .unwrap(),
-                Op::Expire(dt) => {
-                    now += dt;
-                    let gone = m.expire(now);
-                    live.retain(|id| !gone.contains(id));
-                }
-                Op::Enable(g, mask) => {
-                    let g = g % m.groups.len();
-                    // Mostly all enabled, sometimes some GPUs held back (no stake).
-                    let mask = if mask % 3 == 0 { mask } else { u64::MAX };
-                    m.set_enabled(GroupId(g as u32), mask).unwrap();
-                }
-                Op::Add(h) => add_host(&mut m, &place(&h)),
-                Op::Observe(h, rtt) => {
-                    let anchor = (h % 3) as u32;
-                    m.observe(
-                        NetNode::Anchor(anchor),
-                        NetNode::Host(HostId((h % n) as u32)),
-                        rtt as f64,
-                    );
-                }
-                _ => {}
             }
-            check_invariants(&m)?;
+            Op::Release(i) if !live.is_empty() => {
+                let id = live.swap_remove(i % live.len());
+                let _ = m.release(id);
+            }
+            Op::Commit(i) if !live.is_empty() => {
+                let _ = m.commit(live[i % live.len()]);
+            }
+            Op::Online(h, on) => m.set_online(HostId((h % n) as u32), on).unwrap(),
+            Op::Price(h, p) => m
+                .set_price(HostId((h % n) as u32), Amount(p as u128 + 1))
+                .unwrap(),
+            Op::Tier(h, t) => m.set_tier(HostId((h % n) as u32), t).unwrap(),
+            Op::Move(h, lat, lon) => m
+                .set_location(
+                    HostId((h % n) as u32),
+                    GeoPoint { lat, lon },
+                    country(COUNTRIES[h % 5]),
+                )
+                .unwrap(),
+            Op::Expire(dt) => {
+                now += dt;
+                let gone = m.expire(now);
+                live.retain(|id| !gone.contains(id));
+            }
+            Op::Enable(g, mask) => {
+                let g = g % m.groups.len();
+                // Mostly all enabled, sometimes some GPUs held back (no stake).
+                let mask = if mask % 3 == 0 { mask } else { u64::MAX };
+                m.set_enabled(GroupId(g as u32), mask).unwrap();
+            }
+            Op::Add(h) => add_host(&mut m, &place(&h)),
+            Op::Observe(h, rtt) => {
+                let anchor = (h % 3) as u32;
+                m.observe(
+                    NetNode::Anchor(anchor),
+                    NetNode::Host(HostId((h % n) as u32)),
+                    rtt as f64,
+                );
+            }
+            _ => {}
         }
-        // A rebuilt index answers like the incrementally maintained one.
-        let mut rebuilt = Matcher::from_snapshot(&m.snapshot()).unwrap();
-        let probe = Request::model(
-            GpuModel::H100,
-            1,
-            GeoPoint {
-                lat: 10.0,
-                lon: 10.0,
-            },
-            Amount(5),
-        );
-        prop_assert_eq!(
-            rebuilt.book(&probe, None).map(|b| (b.group, b.mask)),
-            m.book(&probe, None).map(|b| (b.group, b.mask))
-        );
+        check_invariants(&m)?;
     }
+    // A rebuilt index answers like the incrementally maintained one.
+    let mut rebuilt = Matcher::from_snapshot(&m.snapshot()).unwrap();
+    let probe = Request::model(
+        GpuModel::H100,
+        1,
+        GeoPoint {
+            lat: 10.0,
+            lon: 10.0,
+        },
+        Amount(5),
+    );
+    prop_assert_eq!(
+        rebuilt.book(&probe, None).map(|b| (b.group, b.mask)),
+        m.book(&probe, None).map(|b| (b.group, b.mask))
+    );
     Ok(())
 }
 
