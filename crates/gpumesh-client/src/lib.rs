@@ -350,6 +350,44 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Checker licences and standing.
+    pub async fn checkers(&self) -> Result<Vec<gpumesh_types::CheckerView>, ClientError> {
+        self.get("/v1/checkers").await
+    }
+
+    /// A checker's tasks in the current period.
+    pub async fn checker_tasks(
+        &self,
+        checker: Address,
+    ) -> Result<gpumesh_types::CheckerTasksView, ClientError> {
+        self.get(&format!("/v1/checking/tasks?checker={checker}"))
+            .await
+    }
+
+    /// Sends this checker's results for a period, signed once for the whole batch.
+    pub async fn report(
+        &self,
+        report: &gpumesh_types::CheckReport,
+    ) -> Result<gpumesh_types::ReportAccepted, ClientError> {
+        self.post("/v1/checking/reports", report).await
+    }
+
+    /// Who checks whom in a period (the current one when `None`), with its seed.
+    pub async fn assignment(
+        &self,
+        period: Option<u64>,
+    ) -> Result<gpumesh_types::AssignmentView, ClientError> {
+        match period {
+            Some(p) => self.get(&format!("/v1/checking/assignment?period={p}")).await,
+            None => self.get("/v1/checking/assignment").await,
+        }
+    }
+
+    /// The chain id of the network, as the indexer reports it.
+    pub async fn network_chain_id(&self) -> Result<u64, ClientError> {
+        self.chain_id().await
+    }
+
     /// Adds a measuring point (local networks only).
     pub async fn add_anchor(&self, point: GeoPoint) -> Result<u32, ClientError> {
         let added: gpumesh_types::AnchorAdded = self

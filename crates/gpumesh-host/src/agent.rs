@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use futures_util::FutureExt;
 use gpumesh_client::{Client, ClientError};
 use gpumesh_identity::Wallet;
 use gpumesh_types::{
@@ -39,6 +40,17 @@ pub struct HostConfig {
     pub nano_cpus_per_gpu: Option<i64>,
     /// Stake what each GPU's requirement still lacks, from the host's balance, at start.
     pub auto_stake: bool,
+    /// The challenge endpoint checkers probe; without it the host cannot pass checks.
+    pub challenge: Option<ChallengeConfig>,
+}
+
+/// Where the agent answers checkers, and how it computes capacity proofs.
+#[derive(Debug, Clone)]
+pub struct ChallengeConfig {
+    pub listen: std::net::SocketAddr,
+    /// The URL checkers use; `http://` and the bound address when `None`.
+    pub advertise: Option<String>,
+    pub prover: Arc<dyn crate::challenge::Prover>,
 }
 
 #[derive(Debug)]
@@ -66,15 +78,53 @@ struct Agent {
     client: Client,
     config: HostConfig,
     leases: Mutex<HashMap<LeaseId, Live>>,
+    challenge_url: Option<String>,
 }
 
 /// Runs the agent until `shutdown` is cancelled; then stops running leases and reports them.
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = Client::new(&config.indexer_url, Some(config.wallet.clone()));
+    // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
+    // tests) ends them all, as the death of the process would.
+    let mut background = tokio::task::JoinSet::new();
+    let mut challenge_url = None;
+    if let Some(challenge) = &config.challenge {
+        let listener = tokio::net::TcpListener::bind(challenge.listen)
+            .await
+            .with_context(|| format!("failed to listen for checkers on {}", challenge.listen))?;
+        let bound = listener.local_addr()?;
+        challenge_url = Some(
+            challenge
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{bound}")),
+        );
+        let chain_id = loop {
+            match client.network_chain_id().await {
+                Ok(id) => break id,
+                Err(e) => tracing::warn!(error = %e, "cannot read the network's chain id; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        let gpus: u16 = config.gpus.iter().map(|g| g.count).sum();
+        tracing::info!(%bound, prover = %challenge.prover.describe(), "answering checkers");
+        background.spawn(crate::challenge::serve(
+            listener,
+            config.wallet.clone(),
+            chain_id,
+            gpus,
+            challenge.prover.clone(),
+            shutdown.clone(),
+        ).map(|r| if let Err(e) = r { tracing::error!(error = %e, "the challenge endpoint stopped") }));
+    }
     let agent = Arc::new(Agent {
         client,
         config,
         leases: Mutex::new(HashMap::new()),
+        challenge_url,
     });
     let Some(registered) = agent.register(&shutdown).await? else {
         return Ok(());
@@ -90,9 +140,6 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     {
         tracing::warn!(error = %e, "could not stake; containers wait for their stake");
     }
-    // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
-    // tests) ends them all, as the death of the process would.
-    let mut background = tokio::task::JoinSet::new();
     background.spawn(
         agent
             .clone()
@@ -198,6 +245,7 @@ impl Agent {
             gpus: self.config.gpus.clone(),
             runtime: self.config.runtime.kind(),
             images,
+            challenge_url: self.challenge_url.clone(),
         };
         let mut delay = Duration::from_millis(200);
         loop {

@@ -6,8 +6,9 @@
 //! meters GPU time and signs usage records for the ledger ([`agent`]).
 
 pub mod agent;
+pub mod challenge;
 pub mod demo_image;
 pub mod discovery;
 pub mod runtime;
 
-pub use agent::{HostConfig, run};
+pub use agent::{ChallengeConfig, HostConfig, run};

@@ -11,6 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gpumesh_types::{
+    CheckReport, LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment,
+    ProofOpenRequest,
+};
+use gpumesh_types::{
     ErrorCode, FaucetRequest, Heartbeat, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LogAppend,
     LogEvent, RegisterHost, SignedTx, WorkPoll,
 };
@@ -49,6 +53,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/faucet", post(faucet))
         .route("/v1/observations", post(observe))
         .route("/v1/anchors", post(add_anchor))
+        .route("/v1/checkers", get(checkers))
+        .route("/v1/checking/tasks", get(checker_tasks))
+        .route("/v1/checking/reports", post(report))
+        .route("/v1/checking/assignment", get(assignment))
+        .route("/v1/decoy/{token}/liveness", post(decoy_liveness))
+        .route("/v1/decoy/{token}/proof/commit", post(decoy_commit))
+        .route("/v1/decoy/{token}/proof/open", post(decoy_open))
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such API route") })
         .method_not_allowed_fallback(|| async {
             Failure::new(
@@ -464,4 +475,122 @@ async fn faucet(
         .mutate(move |c, now, batch| c.faucet(req.signer, req.body.amount, now, batch))
         .await?;
     Ok(Json(accepted).into_response())
+}
+
+async fn checkers(State(state): State<AppState>) -> impl IntoResponse {
+    let now = crate::now_ms();
+    Json(state.read(|c| {
+        c.checking()
+            .checkers()
+            .map(|r| r.view(now))
+            .collect::<Vec<_>>()
+    }))
+}
+
+async fn checker_tasks(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let checker = query.get("checker").ok_or_else(|| {
+        Failure::new(
+            ErrorCode::InvalidRequest,
+            "name the checker: /v1/checking/tasks?checker=0x…",
+        )
+    })?;
+    let checker = address("checker", checker)?;
+    let now = crate::now_ms();
+    Ok(Json(state.read(|c| c.checker_tasks(checker, now))?).into_response())
+}
+
+async fn report(
+    State(state): State<AppState>,
+    req: Signed<CheckReport>,
+) -> Result<Response, Failure> {
+    let accepted = state
+        .mutate(move |c, now, _| c.report(req.signer, req.body, now))
+        .await?;
+    Ok(Json(accepted).into_response())
+}
+
+async fn assignment(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let period = match query.get("period") {
+        Some(p) => Some(p.parse::<u64>().map_err(|_| {
+            Failure::new(
+                ErrorCode::InvalidRequest,
+                format!("period {p:?} is not a whole number"),
+            )
+        })?),
+        None => None,
+    };
+    state.read(|c| {
+        let checking = c.checking();
+        let period = period.or(checking.current_period()).ok_or_else(|| {
+            Failure::new(ErrorCode::NotFound, "no checking period has begun")
+        })?;
+        checking
+            .assignment(period)
+            .map(|a| Json(a).into_response())
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::NotFound,
+                    format!("period {period} is not open (only open periods are kept)"),
+                )
+            })
+    })
+}
+
+/// The decoy agent behind canary tasks: it answers like a broken host (a liveness
+/// answer signed by the wrong key, a commitment no row opens against), so a checker that
+/// really checks reports a failure and one that does not is caught.
+fn decoy(state: &AppState, token: &str) -> Result<(), Failure> {
+    if state.read(|c| c.checking().decoy(token).is_some()) {
+        Ok(())
+    } else {
+        Err(Failure::new(ErrorCode::NotFound, "no such API route"))
+    }
+}
+
+async fn decoy_liveness(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Json(challenge): Json<LivenessChallenge>,
+) -> Result<Response, Failure> {
+    decoy(&state, &token)?;
+    let stranger = gpumesh_identity::Wallet::from_label(&token);
+    let message = gpumesh_types::liveness_message(state.chain_id, &challenge);
+    let signature = gpumesh_types::Sig(stranger.sign_message(message));
+    Ok(Json(LivenessAnswer { signature }).into_response())
+}
+
+async fn decoy_commit(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Json(_request): Json<ProofCommitRequest>,
+) -> Result<Response, Failure> {
+    decoy(&state, &token)?;
+    let root = alloy_primitives::keccak256(token.as_bytes());
+    Ok(Json(ProofCommitment { root }).into_response())
+}
+
+async fn decoy_open(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Json(request): Json<ProofOpenRequest>,
+) -> Result<Response, Failure> {
+    decoy(&state, &token)?;
+    let params = state.read(|c| c.checking().params().proof);
+    let rows = request
+        .rows
+        .iter()
+        .take(params.spot_rows as usize)
+        .map(|&index| gpumesh_types::OpenedRow {
+            index,
+            values: vec![0; params.inner as usize],
+            path: Vec::new(),
+        })
+        .collect();
+    Ok(Json(gpumesh_types::Opening { rows }).into_response())
 }

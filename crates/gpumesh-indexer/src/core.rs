@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use gpumesh_checking::epoch::{self, ContainerEpoch};
+use gpumesh_checking::{Checking, PeriodOutcome};
 use gpumesh_identity::Wallet;
 use gpumesh_ledger::{Applied, Ledger};
 use gpumesh_registry::{Dirty, Effect, Registry};
@@ -41,6 +43,13 @@ pub struct Core {
     protocol: Wallet,
     faucet: Option<Wallet>,
     epoch: EpochWork,
+    checking: Checking,
+    /// Deals canaries; derived from the protocol key, so checkers cannot know it.
+    canary_seed: alloy_primitives::B256,
+    /// Where canary tasks send checkers: the indexer's decoy agent.
+    decoy_base: String,
+    /// Each checker's measuring point (soft state, like the network coordinates).
+    checker_anchors: HashMap<Address, (gpumesh_types::GeoPoint, u32)>,
 }
 
 /// What the current epoch has seen, for its rewards: soft state, rebuilt empty after a
@@ -49,9 +58,11 @@ pub struct Core {
 struct EpochWork {
     started_ms: u64,
     /// GPU-milliseconds delivered per container.
-    delivered: HashMap<(Address, u16), u64>,
+    delivered: HashMap<gpumesh_types::ContainerRef, u64>,
     /// Hosts that went offline during the epoch: their containers fail liveness.
     lost: std::collections::HashSet<Address>,
+    /// Liveness verdicts per container: (up, down).
+    liveness: HashMap<gpumesh_types::ContainerRef, (u32, u32)>,
 }
 
 impl Core {
@@ -78,10 +89,19 @@ impl Core {
                 f.address()
             ));
         }
+        let checking = Checking::new(
+            snapshot.genesis.checking.clone(),
+            snapshot.genesis.time_ms,
+            snapshot.checkers,
+        );
         let (ledger, _) =
             gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)
                 .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
-        let registry = Registry::restore(snapshot.params, snapshot.hosts, snapshot.leases, now_ms)?;
+        let mut params = snapshot.params;
+        params.checked = checking.enabled();
+        let registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
+        let canary_seed =
+            alloy_primitives::keccak256(protocol.sign_message(b"gpumesh-canary-seed-v1").as_bytes());
         let mut logs: HashMap<LeaseId, LeaseLog> = HashMap::new();
         for (lease, entry) in snapshot.logs {
             let log = logs.entry(lease).or_default();
@@ -98,6 +118,10 @@ impl Core {
                 started_ms: now_ms,
                 ..EpochWork::default()
             },
+            checking,
+            canary_seed,
+            decoy_base: String::new(),
+            checker_anchors: HashMap::new(),
         };
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
@@ -126,8 +150,18 @@ impl Core {
         &self.ledger
     }
 
-    /// Moves the records the registry changed into the batch.
+    /// Where the indexer serves its decoy agent, for canary tasks.
+    pub fn set_decoy_base(&mut self, base: String) {
+        self.decoy_base = base;
+    }
+
+    pub fn checking(&self) -> &Checking {
+        &self.checking
+    }
+
+    /// Moves the records the registry and the checkers changed into the batch.
     pub fn collect_dirty(&mut self, batch: &mut Batch) {
+        batch.checkers.extend(self.checking.take_dirty());
         for dirty in self.registry.take_dirty() {
             match dirty {
                 Dirty::Host(a) => batch.hosts.extend(self.registry.host(&a).cloned()),
@@ -314,8 +348,10 @@ impl Core {
         }
     }
 
-    /// Closes the epoch when its time is up: liveness from the heartbeats, delivery from
-    /// settled usage, signed by the protocol key.
+    /// Closes the epoch when its time is up: capacity rewards for verified, staked
+    /// containers that checkers found live (or, without checkers, that stayed online),
+    /// delivery by settled usage and tier, and checkers by credited tasks; signed by the
+    /// protocol key. What earns is decided by `gpumesh_checking::epoch`.
     fn maybe_close_epoch(&mut self, now_ms: u64, batch: &mut Batch) {
         let econ = self.ledger.genesis().economics.clone();
         if now_ms < self.epoch.started_ms + econ.epoch_ms {
@@ -328,43 +364,234 @@ impl Core {
                 ..EpochWork::default()
             },
         );
-        let mut capacity: Vec<gpumesh_types::HostCapacity> = self
+        let by_quorum = self.checking.enabled();
+        let containers: Vec<ContainerEpoch> = self
             .registry
-            .live_containers()
+            .epoch_facts()
             .into_iter()
-            .filter(|(h, _)| !work.lost.contains(h))
-            .collect();
-        // The canonical order the ledger checks: hosts ascending.
-        capacity.sort_unstable_by_key(|c| c.0);
-        let mut by_host: std::collections::BTreeMap<Address, Vec<(u16, u64, u8)>> =
-            std::collections::BTreeMap::new();
-        for ((host, index), gpu_ms) in work.delivered {
-            let tier = self.registry.host(&host).map_or(3, |h| h.tier);
-            by_host.entry(host).or_default().push((index, gpu_ms, tier));
-        }
-        let delivery: Vec<gpumesh_types::HostDelivery> = by_host
-            .into_iter()
-            .map(|(h, mut v)| {
-                v.sort_unstable();
-                (h, v)
+            .map(|mut c| {
+                let (up, down) = work.liveness.get(&c.container).copied().unwrap_or_default();
+                c.up = up;
+                c.down = down;
+                c.online &= !work.lost.contains(&c.container.host);
+                c
             })
             .collect();
+        let capacity = epoch::capacity_list(&containers, by_quorum);
+        let delivery = epoch::delivery_list(work.delivered, |h| {
+            self.registry.host(h).map_or(3, |r| r.tier)
+        });
+        let checkers = self.checking.take_epoch(now_ms);
         let epoch = self.ledger.totals().next_epoch;
         let quarter = |e: u64| (e * econ.epoch_ms) / econ.quarter_ms;
         let mut evidence = b"gpumesh-epoch-evidence".to_vec();
-        serde_json::to_writer(&mut evidence, &(&capacity, &delivery)).expect("evidence serialises");
+        serde_json::to_writer(&mut evidence, &(&capacity, &delivery, &checkers))
+            .expect("evidence serialises");
         let close = gpumesh_types::EpochClose {
             epoch,
             end_ms: now_ms,
             evidence: alloy_primitives::keccak256(evidence),
             capacity,
             delivery,
-            checkers: Vec::new(),
+            checkers,
             quarter_bonus: quarter(epoch + 1) > quarter(epoch),
         };
         if let Err(e) = self.protocol_tx(TxKind::Epoch(Box::new(close)), now_ms, batch) {
             tracing::error!(epoch, error = %e, "failed to close the epoch");
         }
+    }
+
+    /// Opens the checking period `now_ms` falls in, drawn from the ledger's head block,
+    /// and decides the periods whose reports are all in.
+    fn advance_checking(&mut self, now_ms: u64, batch: &mut Batch) {
+        if !self.checking.enabled() {
+            return;
+        }
+        let (period, _) = self.checking.period_at(now_ms);
+        if self.checking.current_period() < Some(period) {
+            let every = self.checking.params().capacity_every_ms;
+            let targets = self.registry.check_targets(every, now_ms);
+            let head = self.ledger.head();
+            let (height, hash) = (head.height, head.hash());
+            self.checking.begin_period(
+                period,
+                height,
+                hash,
+                targets,
+                self.canary_seed,
+                &self.decoy_base,
+            );
+        }
+        for outcome in self.checking.close_due(now_ms) {
+            self.apply_verdicts(outcome, now_ms, batch);
+        }
+    }
+
+    /// What a period's quorum decided: capacity proofs pass or reject (and slash),
+    /// liveness takes hosts offline or back, tiers follow.
+    fn apply_verdicts(&mut self, outcome: PeriodOutcome, now_ms: u64, batch: &mut Batch) {
+        let mut hosts_up: std::collections::BTreeMap<Address, bool> = Default::default();
+        for v in &outcome.verdicts {
+            match v.kind {
+                gpumesh_types::TaskKind::Liveness => {
+                    let counts = self.epoch.liveness.entry(v.container).or_default();
+                    if v.passed {
+                        counts.0 += 1;
+                    } else {
+                        counts.1 += 1;
+                    }
+                    *hosts_up.entry(v.container.host).or_insert(true) &= v.passed;
+                }
+                gpumesh_types::TaskKind::Capacity => {
+                    let Some(gpu) = self
+                        .registry
+                        .host(&v.container.host)
+                        .and_then(|h| h.gpus.get(v.container.index as usize).cloned())
+                    else {
+                        continue;
+                    };
+                    let params = self.checking.params();
+                    let expected = gpumesh_proof::expected_ms(
+                        &params.proof,
+                        params.claimed_macs_per_s(gpu.model, gpu.simulated),
+                    );
+                    let rejected = self.registry.capacity_verdict(
+                        v.container,
+                        v.passed,
+                        v.reason,
+                        v.host_ms,
+                        expected,
+                        now_ms,
+                    );
+                    if let Ok(Some(model)) = rejected {
+                        let reason = v.reason.unwrap_or(gpumesh_types::FailReason::BadOpening);
+                        tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof rejected by quorum");
+                        self.slash_rejected(v, model, reason, now_ms, batch);
+                    }
+                }
+            }
+        }
+        for (host, up) in hosts_up {
+            let effects = self.registry.liveness_verdict(&host, up, now_ms);
+            if !up && !effects.is_empty() {
+                tracing::warn!(%host, "a quorum of checkers found the host down");
+            }
+            self.close_escrows(effects, now_ms, batch);
+            if let Some(r) = self.registry.host(&host) {
+                let tier = gpumesh_checking::tier(r.up_verdicts, r.down_verdicts, r.proof_ok);
+                self.registry.set_tier(&host, tier);
+            }
+        }
+        if !outcome.banned.is_empty() {
+            tracing::warn!(banned = ?outcome.banned, period = outcome.period, "checkers banned");
+        }
+    }
+
+    /// A container that failed its capacity proof claimed more than it has: a missed
+    /// deadline is underperformance, a wrong row or path is malicious; both take K ×
+    /// the staking coefficient, with the verdict as evidence.
+    fn slash_rejected(
+        &mut self,
+        v: &gpumesh_checking::Verdict,
+        model: gpumesh_types::GpuModel,
+        reason: gpumesh_types::FailReason,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) {
+        if self.ledger.stake(&v.container.host, v.container.index).bonded.0 == 0 {
+            return;
+        }
+        let offence = if reason == gpumesh_types::FailReason::DeadlineMissed {
+            gpumesh_types::Offence::Underperformance
+        } else {
+            gpumesh_types::Offence::Malicious
+        };
+        let evidence = alloy_primitives::keccak256(format!(
+            "capacity proof rejected by quorum: container {} reason {:?} checkers {:?} at {now_ms}",
+            v.container, reason, v.agreeing
+        ));
+        let kind = TxKind::Slash {
+            host: v.container.host,
+            index: v.container.index,
+            k_centi: model.spec().k_factor,
+            offence,
+            evidence,
+        };
+        if let Err(e) = self.protocol_tx(kind, now_ms, batch) {
+            tracing::error!(container = %v.container, error = %e, "failed to slash a rejected container");
+        }
+    }
+
+    /// A checker's tasks now.
+    pub fn checker_tasks(
+        &self,
+        checker: Address,
+        now_ms: u64,
+    ) -> Result<gpumesh_types::CheckerTasksView, Failure> {
+        let record = self.checking.checker(&checker).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::NotAChecker,
+                format!("{checker} holds no checker licence"),
+            )
+        })?;
+        let params = self.checking.params();
+        let (period, start, tasks) = self
+            .checking
+            .tasks(&checker, now_ms)
+            .unwrap_or_else(|| {
+                let (p, s) = self.checking.period_at(now_ms);
+                (p, s, Vec::new())
+            });
+        Ok(gpumesh_types::CheckerTasksView {
+            checker,
+            period,
+            period_start_ms: start,
+            period_end_ms: start + params.period_ms,
+            report_by_ms: start + params.period_ms + params.report_grace_ms,
+            banned: record.banned(now_ms),
+            tasks,
+        })
+    }
+
+    /// A checker's signed report. Round trips it measured refine the network coordinates.
+    pub fn report(
+        &mut self,
+        checker: Address,
+        report: gpumesh_types::CheckReport,
+        now_ms: u64,
+    ) -> Result<gpumesh_types::ReportAccepted, Failure> {
+        if let Some(point) = report.location {
+            point.validate().map_err(|e| {
+                Failure::new(ErrorCode::InvalidLocation, format!("checker location: {e}"))
+            })?;
+        }
+        let accepted = self
+            .checking
+            .report(checker, &report, now_ms)
+            .map_err(|e| Failure::new(e.code(), e.to_string()))?;
+        if let Some(point) = report.location {
+            let anchor = match self.checker_anchors.get(&checker) {
+                Some(&(p, id)) if p == point => Some(id),
+                _ => self.registry.add_anchor(point).ok(),
+            };
+            if let Some(id) = anchor {
+                self.checker_anchors.insert(checker, (point, id));
+                for r in &report.results {
+                    if let gpumesh_types::CheckOutcome::Up { rtt_us } = r.outcome {
+                        let rtt_ms = (rtt_us.max(1) as f64) / 1000.0;
+                        let _ = self.registry.observe(
+                            r.container.host,
+                            gpumesh_types::Peer::Anchor(id),
+                            rtt_ms,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(gpumesh_types::ReportAccepted {
+            period: report.period,
+            accepted,
+        })
     }
 
     pub fn heartbeat(
@@ -608,9 +835,12 @@ impl Core {
                 for (r, (lease, old)) in records.iter().zip(before) {
                     let delta = r.gpu_ms.saturating_sub(old);
                     if let Some(l) = self.registry.lease(lease) {
-                        let per_gpu = delta / l.gpu_indices.len().max(1) as u64;
-                        for &index in &l.gpu_indices {
-                            *self.epoch.delivered.entry((l.host, index)).or_default() += per_gpu;
+                        for (index, gpu_ms) in epoch::split_delivery(delta, &l.gpu_indices) {
+                            let c = gpumesh_types::ContainerRef {
+                                host: l.host,
+                                index,
+                            };
+                            *self.epoch.delivered.entry(c).or_default() += gpu_ms;
                         }
                     }
                 }
@@ -653,6 +883,7 @@ impl Core {
     pub fn tick(&mut self, now_ms: u64, batch: &mut Batch) {
         let effects = self.registry.tick(now_ms);
         self.close_escrows(effects, now_ms, batch);
+        self.advance_checking(now_ms, batch);
         self.maybe_close_epoch(now_ms, batch);
     }
 

@@ -38,10 +38,13 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::UNAUTHORIZED
         }
         InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
-        NotYourLease | NotLocalNetwork | SimulatedNotAllowed => StatusCode::FORBIDDEN,
+        NotYourLease | NotLocalNetwork | SimulatedNotAllowed | NotAChecker | CheckerBanned
+        | NotAssigned => StatusCode::FORBIDDEN,
         UnknownLease | UnknownHost | UnknownAccount | NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        InvalidLeaseState | WrongNonce | NoMatch => StatusCode::CONFLICT,
+        InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult => {
+            StatusCode::CONFLICT
+        }
         Internal | Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -56,6 +56,11 @@ pub struct Config {
     pub seal_interval: Duration,
     /// How often lost hosts and expired matches are looked for.
     pub tick_interval: Duration,
+    /// Checker licences of a new local network.
+    pub local_checkers: Vec<alloy_primitives::Address>,
+    /// The base URL checkers reach this indexer at, for canary tasks; the listener's
+    /// address when `None`.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -65,6 +70,8 @@ impl Config {
             create_local: Some(Params::local()),
             seal_interval: Duration::from_secs(1),
             tick_interval: Duration::from_millis(250),
+            local_checkers: Vec::new(),
+            public_url: None,
         }
     }
 }
@@ -186,7 +193,11 @@ impl Indexer {
                 let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), true)?;
                 let faucet = load_or_create_key(&dir.join(FAUCET_KEY_FILE), true)?;
                 let genesis =
-                    Genesis::local(LOCAL_CHAIN_ID, now, protocol.address(), faucet.address());
+                    Genesis::local(LOCAL_CHAIN_ID, now, protocol.address(), faucet.address())
+                        .with_checkers(config.local_checkers.clone());
+                genesis
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("the local genesis is invalid: {e}"))?;
                 store
                     .init(&genesis, &params)
                     .context("failed to record the genesis")?;
@@ -226,6 +237,16 @@ impl Indexer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let public = match &self.config.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "http://{}",
+                listener
+                    .local_addr()
+                    .context("failed to read the listener's address")?
+            ),
+        };
+        state.core().set_decoy_base(format!("{public}/v1/decoy"));
         let token = state.shutdown.clone();
         let tasks = [
             spawn_every(

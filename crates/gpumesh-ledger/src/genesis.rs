@@ -1,7 +1,7 @@
 //! The genesis: the parameters and first balances every replay starts from.
 
 use alloy_primitives::{Address, B256, keccak256};
-use gpumesh_types::Amount;
+use gpumesh_types::{Amount, CheckingParams};
 use serde::{Deserialize, Serialize};
 
 /// Total supply: 42 billion tokens (DESIGN.md §4).
@@ -113,6 +113,13 @@ pub struct Genesis {
     pub fee_bps: u32,
     pub economics: Economics,
     pub allocations: Vec<Allocation>,
+    /// Checker licences and how containers are checked (docs/checking.md).
+    #[serde(default = "no_checkers")]
+    pub checking: CheckingParams,
+}
+
+fn no_checkers() -> CheckingParams {
+    CheckingParams::network(Vec::new())
 }
 
 /// A first balance.
@@ -159,6 +166,7 @@ impl Genesis {
             faucet: Some(faucet),
             fee_bps: DEFAULT_FEE_BPS,
             economics: Economics::local(total),
+            checking: CheckingParams::local(Vec::new()),
             allocations: vec![
                 Allocation {
                     address: reward_pool,
@@ -174,7 +182,33 @@ impl Genesis {
         }
     }
 
+    /// The same genesis with these checker licences.
+    pub fn with_checkers(mut self, checkers: Vec<Address>) -> Genesis {
+        self.checking.checkers = checkers;
+        self
+    }
+
     pub fn validate(&self) -> Result<(), GenesisError> {
+        let c = &self.checking;
+        if c.period_ms == 0 || c.takeover_ms >= c.period_ms {
+            return Err(GenesisError::Economics(
+                "checking: the period must be longer than zero and than the take-over time",
+            ));
+        }
+        if c.proof.validate().is_err() {
+            return Err(GenesisError::Economics("checking: the proof size is invalid"));
+        }
+        if c.simulated_macs_per_tflop > 0 && !self.local {
+            return Err(GenesisError::Economics(
+                "checking: only a local network may accept simulated GPUs' speed",
+            ));
+        }
+        let mut licences = c.checkers.clone();
+        licences.sort_unstable();
+        licences.dedup();
+        if licences.len() != c.checkers.len() {
+            return Err(GenesisError::Economics("checking: a checker is licensed twice"));
+        }
         if self.fee_bps > 10_000 {
             return Err(GenesisError::Fee(self.fee_bps));
         }

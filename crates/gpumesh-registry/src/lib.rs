@@ -6,8 +6,10 @@
 //! ([`Registry::take_dirty`]) so the caller can persist exactly those. Work that needs the
 //! ledger (closing an escrow when a host is lost) comes back as [`Effect`]s.
 //!
-//! Containers go straight to standby on registration for now: capacity checks and stake
-//! requirements gate them once checkers and staking exist.
+//! On a network with checkers a new container is `checking` until a quorum of checkers
+//! passes its capacity proof, and quorum liveness verdicts take the host offline and
+//! back; the heartbeat timer stays as a slower fallback. Without checkers, containers
+//! serve once staked and the heartbeat timer alone decides liveness.
 
 mod lease;
 mod validate;
@@ -37,10 +39,22 @@ pub struct Params {
     pub max_lease_duration_ms: u64,
     /// How often hosts must settle usage of running leases ("at least every minute").
     pub settle_interval_ms: u64,
-    /// Containers serve only once their stake is in place (DESIGN.md §4).
+    /// Containers serve only once their stake is in place (docs/ledger.md).
     #[serde(default)]
     pub require_stake: bool,
+    /// The network has checkers: containers serve only once their capacity proof passed,
+    /// and liveness verdicts, not the heartbeat timer, take hosts offline (the timer
+    /// waits `FALLBACK_FACTOR` times longer).
+    #[serde(default)]
+    pub checked: bool,
 }
+
+/// Liveness verdicts kept per host for its tier: both counts are halved past this many.
+pub const QUALITY_WINDOW: u32 = 200;
+
+/// With checkers, the heartbeat timer marks a host offline only after this many times
+/// its usual window, as a fallback when no verdict comes.
+pub const FALLBACK_FACTOR: u64 = 5;
 
 impl Params {
     /// The public network's defaults (DESIGN.md §4).
@@ -53,6 +67,7 @@ impl Params {
             max_lease_duration_ms: 7 * 24 * 3_600_000,
             settle_interval_ms: 30_000,
             require_stake: true,
+            checked: false,
         }
     }
 
@@ -68,7 +83,12 @@ impl Params {
     }
 
     fn offline_after_ms(&self) -> u64 {
-        self.heartbeat_interval_ms * self.missed_heartbeats as u64
+        let window = self.heartbeat_interval_ms * self.missed_heartbeats as u64;
+        if self.checked {
+            window * FALLBACK_FACTOR
+        } else {
+            window
+        }
     }
 }
 
@@ -95,6 +115,37 @@ pub struct HostRecord {
     /// Service tier from checkers' quality scores: 1 (best) to 3. New hosts start at 2.
     #[serde(default = "default_tier")]
     pub tier: u8,
+    /// Where checkers reach the agent's challenge endpoint.
+    #[serde(default)]
+    pub challenge_url: Option<String>,
+    /// Per GPU: its capacity proof's standing.
+    #[serde(default)]
+    pub capacity: Vec<Capacity>,
+    /// Liveness verdicts for the tier (halved past the window).
+    #[serde(default)]
+    pub up_verdicts: u32,
+    #[serde(default)]
+    pub down_verdicts: u32,
+    /// Whether the last capacity proofs met the claimed speed.
+    #[serde(default)]
+    pub proof_ok: Option<bool>,
+    /// A quorum said it is down; only a quorum brings it back.
+    #[serde(default)]
+    pub down_by_quorum: bool,
+}
+
+/// A container's capacity proof, as decided by checkers' quorum.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Capacity {
+    /// Not proven yet: the container is `checking`.
+    #[default]
+    Pending,
+    Passed { at_ms: u64, host_ms: u64 },
+    Rejected {
+        at_ms: u64,
+        reason: gpumesh_types::FailReason,
+    },
 }
 
 fn default_tier() -> u8 {
@@ -361,23 +412,50 @@ impl Registry {
             .zip(&specs)
             .map(|(id, g)| (id, g.first_index, g.count as u16))
             .collect();
-        if self.params.require_stake {
-            // No GPU serves before its stake is in place.
-            for &(group, ..) in &groups {
-                self.matcher
-                    .set_enabled(group, 0)
-                    .expect("the group was just added");
+        let mut record = record;
+        let proven = if self.params.checked {
+            Capacity::Pending
+        } else {
+            Capacity::Passed {
+                at_ms: now_ms,
+                host_ms: 0,
             }
-        }
+        };
+        record.capacity.resize(record.gpus.len(), proven);
         self.by_address.insert(record.address, index);
         let staked = vec![!self.params.require_stake; record.gpus.len()];
+        let online = !record.down_by_quorum;
         self.hosts.push(Host {
             record,
             staked,
             groups,
             last_heartbeat_ms: now_ms,
-            online: true,
+            online,
         });
+        self.sync_enabled(index);
+        if !online {
+            let _ = self
+                .matcher
+                .set_online(gpumesh_matcher::HostId(index), false);
+        }
+    }
+
+    /// Whether a GPU may serve: its stake is in place and its capacity proof passed.
+    fn serves(host: &Host, i: usize) -> bool {
+        host.staked[i] && matches!(host.record.capacity.get(i), Some(Capacity::Passed { .. }))
+    }
+
+    /// Tells the matcher which GPUs of a host may serve.
+    fn sync_enabled(&mut self, h: u32) {
+        let host = &self.hosts[h as usize];
+        for &(group, start, count) in &host.groups {
+            let mask = (0..count)
+                .filter(|i| Self::serves(host, (start + i) as usize))
+                .fold(0u64, |m, i| m | 1 << i);
+            self.matcher
+                .set_enabled(group, mask)
+                .expect("the host's groups exist");
+        }
     }
 
     /// Registers a host, or updates a known host's name, place, price and images.
@@ -401,6 +479,12 @@ impl Registry {
             gpus,
             registered_ms: now_ms,
             tier: default_tier(),
+            challenge_url: request.challenge_url,
+            capacity: Vec::new(),
+            up_verdicts: 0,
+            down_verdicts: 0,
+            proof_ok: None,
+            down_by_quorum: false,
         };
         match self.host_by_address(&address) {
             None => self.insert_host(record, now_ms),
@@ -425,16 +509,24 @@ impl Registry {
                     .set_price(mh, record.price_per_gpu_hour)
                     .expect(known);
                 self.matcher.set_images(mh, &record.images).expect(known);
-                self.matcher.set_online(mh, true).expect(known);
                 let host = &mut self.hosts[index as usize];
-                let (registered_ms, tier) = (host.record.registered_ms, host.record.tier);
+                if !host.record.down_by_quorum {
+                    self.matcher.set_online(mh, true).expect(known);
+                    host.online = true;
+                }
+                let old = &host.record;
+                // What checkers decided stays with the machine.
                 host.record = HostRecord {
-                    registered_ms,
-                    tier,
+                    registered_ms: old.registered_ms,
+                    tier: old.tier,
+                    capacity: old.capacity.clone(),
+                    up_verdicts: old.up_verdicts,
+                    down_verdicts: old.down_verdicts,
+                    proof_ok: old.proof_ok,
+                    down_by_quorum: old.down_by_quorum,
                     ..record
                 };
                 host.last_heartbeat_ms = now_ms;
-                host.online = true;
             }
         }
         self.dirty.push(Dirty::Host(address));
@@ -468,7 +560,8 @@ impl Registry {
             host.record.images = images;
             self.dirty.push(Dirty::Host(address));
         }
-        if !host.online {
+        // A host a quorum found down comes back by a quorum's verdict, not its own word.
+        if !host.online && !host.record.down_by_quorum {
             host.online = true;
             self.matcher.set_online(mh, true).expect(known);
         }
@@ -499,40 +592,31 @@ impl Registry {
             return Ok(());
         }
         *entry = staked;
-        let host_ref = &self.hosts[h as usize];
-        let &(group, start, count) = host_ref
-            .groups
-            .iter()
-            .find(|(_, start, count)| (*start..start + count).contains(&index))
-            .expect("every GPU is in a group");
-        let mask = (0..count)
-            .filter(|i| host_ref.staked[(start + i) as usize])
-            .fold(0u64, |m, i| m | 1 << i);
-        self.matcher
-            .set_enabled(group, mask)
-            .expect("the group exists");
+        self.sync_enabled(h);
         Ok(())
     }
 
-    /// The containers of online hosts whose stake is in place, by host, with their spec
-    /// weight K in hundredths: this epoch's liveness candidates.
-    pub fn live_containers(&self) -> Vec<gpumesh_types::HostCapacity> {
-        self.hosts
-            .iter()
-            .filter(|h| h.online)
-            .map(|h| {
-                let containers = h
-                    .record
-                    .gpus
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| h.staked[*i])
-                    .map(|(i, g)| (i as u16, g.model.spec().k_factor))
-                    .collect();
-                (h.record.address, containers)
-            })
-            .filter(|(_, c): &(Address, Vec<(u16, u32)>)| !c.is_empty())
-            .collect()
+    /// Every container's standing for the epoch's rewards; liveness counts are the
+    /// caller's to fill in.
+    pub fn epoch_facts(&self) -> Vec<gpumesh_checking::epoch::ContainerEpoch> {
+        let mut out = Vec::with_capacity(self.container_count());
+        for h in &self.hosts {
+            for (i, g) in h.record.gpus.iter().enumerate() {
+                out.push(gpumesh_checking::epoch::ContainerEpoch {
+                    container: gpumesh_types::ContainerRef {
+                        host: h.record.address,
+                        index: i as u16,
+                    },
+                    k_centi: g.model.spec().k_factor,
+                    verified: matches!(h.record.capacity.get(i), Some(Capacity::Passed { .. })),
+                    staked: h.staked[i],
+                    up: 0,
+                    down: 0,
+                    online: h.online,
+                });
+            }
+        }
+        out
     }
 
     /// The spec weight K (hundredths) of a host's GPU.
@@ -555,7 +639,11 @@ impl Registry {
         for host in &self.hosts {
             let r = &host.record;
             for (i, gpu) in r.gpus.iter().enumerate() {
-                let state = if !host.online {
+                let state = if let Some(Capacity::Rejected { .. }) = r.capacity.get(i) {
+                    ContainerState::Rejected
+                } else if !matches!(r.capacity.get(i), Some(Capacity::Passed { .. })) {
+                    ContainerState::Checking
+                } else if !host.online {
                     ContainerState::Offline
                 } else if !host.staked[i] {
                     ContainerState::AwaitingStake
@@ -574,6 +662,11 @@ impl Registry {
                     state,
                     location: r.location,
                     price_per_gpu_hour: r.price_per_gpu_hour,
+                    tier: r.tier,
+                    rejected: match r.capacity.get(i) {
+                        Some(Capacity::Rejected { reason, .. }) => Some(reason.describe().into()),
+                        _ => None,
+                    },
                 });
             }
         }
@@ -683,6 +776,18 @@ impl Registry {
                 self.end_lease(id, LeaseState::Cancelled, None, Some(why.into()), now_ms);
             }
         }
+        let why = "host lost: it missed its heartbeats; undelivered time is refunded";
+        effects.extend(self.fail_leases_of(&lost, why, now_ms));
+        effects
+    }
+
+    /// Ends the live leases of lost hosts: unfunded matches are cancelled; running leases
+    /// fail, their escrows close and their GPUs are slashed for downtime (the effects).
+    fn fail_leases_of(&mut self, lost: &[Address], why: &str, now_ms: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if lost.is_empty() {
+            return effects;
+        }
         let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
         for id in ids {
             let lease = &self.leases[&id];
@@ -697,7 +802,6 @@ impl Registry {
                     let last_heartbeat_ms = self
                         .host_by_address(&host)
                         .map_or(0, |h| self.hosts[h as usize].last_heartbeat_ms);
-                    let why = "host lost: it missed its heartbeats; undelivered time is refunded";
                     self.end_lease(id, LeaseState::Failed, None, Some(why.into()), now_ms);
                     effects.push(Effect::CloseEscrow {
                         lease: id,
@@ -717,6 +821,140 @@ impl Registry {
             }
         }
         effects
+    }
+
+    /// The containers checkers should check in a period: every GPU of a host that gave a
+    /// challenge endpoint, except rejected ones; a capacity proof is due for those never
+    /// proven and those proven more than `capacity_every_ms` ago.
+    pub fn check_targets(&self, capacity_every_ms: u64, now_ms: u64) -> Vec<gpumesh_checking::Target> {
+        let mut out = Vec::with_capacity(self.container_count());
+        for host in &self.hosts {
+            let r = &host.record;
+            let Some(endpoint) = &r.challenge_url else {
+                continue;
+            };
+            for (i, gpu) in r.gpus.iter().enumerate() {
+                let capacity_due = match r.capacity.get(i) {
+                    Some(Capacity::Rejected { .. }) => continue,
+                    Some(Capacity::Passed { at_ms, .. }) => at_ms + capacity_every_ms <= now_ms,
+                    Some(Capacity::Pending) | None => true,
+                };
+                out.push(gpumesh_checking::Target {
+                    container: gpumesh_types::ContainerRef {
+                        host: r.address,
+                        index: i as u16,
+                    },
+                    endpoint: endpoint.clone(),
+                    gpu: gpu.model,
+                    simulated: gpu.simulated,
+                    capacity_due,
+                });
+            }
+        }
+        out
+    }
+
+    /// A quorum's capacity verdict on a container. Returns the GPU's model when it was
+    /// rejected now (the caller slashes), `None` otherwise.
+    pub fn capacity_verdict(
+        &mut self,
+        c: gpumesh_types::ContainerRef,
+        passed: bool,
+        reason: Option<gpumesh_types::FailReason>,
+        host_ms: Option<u64>,
+        expected_ms: u64,
+        now_ms: u64,
+    ) -> Result<Option<GpuModel>, RegistryError> {
+        let h = self
+            .host_by_address(&c.host)
+            .ok_or(RegistryError::UnknownHost(c.host))?;
+        let host = &mut self.hosts[h as usize];
+        let i = c.index as usize;
+        let Some(gpu) = host.record.gpus.get(i) else {
+            return Err(RegistryError::invalid(
+                ErrorCode::InvalidRequest,
+                format!("host {} has no GPU {}", c.host, c.index),
+            ));
+        };
+        let model = gpu.model;
+        host.record.capacity.resize(host.record.gpus.len(), Capacity::Pending);
+        let rejected = if passed {
+            let host_ms = host_ms.unwrap_or(0);
+            host.record.capacity[i] = Capacity::Passed { at_ms: now_ms, host_ms };
+            host.record.proof_ok = Some(host_ms <= expected_ms);
+            None
+        } else if matches!(host.record.capacity[i], Capacity::Rejected { .. }) {
+            None
+        } else {
+            let reason = reason.unwrap_or(gpumesh_types::FailReason::BadOpening);
+            host.record.capacity[i] = Capacity::Rejected { at_ms: now_ms, reason };
+            Some(model)
+        };
+        self.dirty.push(Dirty::Host(c.host));
+        self.sync_enabled(h);
+        Ok(rejected)
+    }
+
+    /// A quorum's liveness verdict on a host (down when any of its containers was found
+    /// down). A host found down goes offline, and its live leases fail as a lost host's do
+    /// (the effects); only an up verdict brings it back. Returns the effects.
+    pub fn liveness_verdict(&mut self, host: &Address, up: bool, now_ms: u64) -> Vec<Effect> {
+        let Some(h) = self.host_by_address(host) else {
+            return Vec::new();
+        };
+        let mh = gpumesh_matcher::HostId(h);
+        let entry = &mut self.hosts[h as usize];
+        let r = &mut entry.record;
+        if up {
+            r.up_verdicts += 1;
+        } else {
+            r.down_verdicts += 1;
+        }
+        if r.up_verdicts + r.down_verdicts > QUALITY_WINDOW {
+            r.up_verdicts /= 2;
+            r.down_verdicts /= 2;
+        }
+        match (up, r.down_by_quorum, entry.online) {
+            (true, true, _) => {
+                r.down_by_quorum = false;
+                entry.online = true;
+                entry.last_heartbeat_ms = entry.last_heartbeat_ms.max(now_ms);
+                let _ = self.matcher.set_online(mh, true);
+                self.dirty.push(Dirty::Host(*host));
+                Vec::new()
+            }
+            (false, false, _) => {
+                r.down_by_quorum = true;
+                let was_online = std::mem::replace(&mut entry.online, false);
+                let last_heartbeat_ms = entry.last_heartbeat_ms;
+                let _ = self.matcher.set_online(mh, false);
+                self.dirty.push(Dirty::Host(*host));
+                let mut effects = Vec::new();
+                if was_online {
+                    effects.push(Effect::HostOffline {
+                        host: *host,
+                        last_heartbeat_ms,
+                    });
+                }
+                let why = "host lost: a quorum of checkers found it down; undelivered time is refunded";
+                effects.extend(self.fail_leases_of(&[*host], why, now_ms));
+                effects
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sets a host's service tier, which the matcher ranks and filters by.
+    pub fn set_tier(&mut self, host: &Address, tier: u8) {
+        let Some(h) = self.host_by_address(host) else {
+            return;
+        };
+        let r = &mut self.hosts[h as usize].record;
+        if r.tier != tier {
+            r.tier = tier;
+            let _ = self.matcher.set_tier(gpumesh_matcher::HostId(h), tier);
+            self.dirty.push(Dirty::Host(*host));
+        }
     }
 
     fn end_lease(

@@ -13,6 +13,7 @@ const MAX_IMAGES: usize = 256;
 const MAX_IMAGE_NAME: usize = 256;
 const MAX_ARGS: usize = 256;
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
+const MAX_URL: usize = 256;
 
 fn invalid(code: ErrorCode, message: impl Into<String>) -> RegistryError {
     RegistryError::Invalid {
@@ -79,6 +80,15 @@ pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>
         .map_err(|e| invalid(ErrorCode::InvalidLocation, e.to_string()))?;
     price("price per GPU-hour", request.price_per_gpu_hour)?;
     images(&request.images)?;
+    if let Some(url) = &request.challenge_url {
+        let scheme = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme || url.len() > MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                ErrorCode::InvalidRequest,
+                format!("challenge URL {url:?} must be an http:// or https:// URL of at most {MAX_URL} characters"),
+            ));
+        }
+    }
     if request.gpus.is_empty() {
         return Err(invalid(
             ErrorCode::InvalidRequest,

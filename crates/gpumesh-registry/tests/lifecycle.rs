@@ -48,6 +48,7 @@ fn host_request(
         }],
         runtime: RuntimeKind::Process,
         images: vec![],
+        challenge_url: None,
     }
 }
 

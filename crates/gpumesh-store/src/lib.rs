@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use gpumesh_checking::CheckerRecord;
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::{HostRecord, LeaseRecord, Params};
 use gpumesh_types::{Address, BlockHeader, LeaseId, LedgerEntry, LogEntry, RewardProof};
@@ -21,6 +22,7 @@ const LEASES: TableDefinition<u64, &[u8]> = TableDefinition::new("leases");
 const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("logs");
 const TXS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_txs");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const CHECKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkers");
 
 const GENESIS_KEY: &str = "genesis";
 const PARAMS_KEY: &str = "params";
@@ -57,6 +59,8 @@ pub struct Snapshot {
     pub blocks: Vec<(BlockHeader, Vec<LedgerEntry>)>,
     /// Transactions after the last sealed block.
     pub unsealed: Vec<LedgerEntry>,
+    /// Checkers' standing: credited tasks, minority results, bans.
+    pub checkers: Vec<CheckerRecord>,
 }
 
 /// One atomic change.
@@ -67,11 +71,13 @@ pub struct Batch {
     pub logs: Vec<(LeaseId, LogEntry)>,
     pub txs: Vec<LedgerEntry>,
     pub blocks: Vec<BlockHeader>,
+    pub checkers: Vec<CheckerRecord>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
+        self.checkers.is_empty()
+            && self.hosts.is_empty()
             && self.leases.is_empty()
             && self.logs.is_empty()
             && self.txs.is_empty()
@@ -209,6 +215,12 @@ impl Store {
                     .insert(header.height, encode(header).as_slice())
                     .map_err(s)?;
             }
+            let mut checkers = txn.open_table(CHECKERS).map_err(e)?;
+            for c in &batch.checkers {
+                checkers
+                    .insert(c.address.as_slice(), encode(c).as_slice())
+                    .map_err(s)?;
+            }
         }
         txn.commit().map_err(|e| self.db_err(e))
     }
@@ -241,6 +253,13 @@ impl Store {
                 self.decode(|| format!("log {lease}/{seq}"), v.value())?,
             ));
         }
+        let mut checkers = Vec::new();
+        if let Ok(table) = txn.open_table(CHECKERS) {
+            for row in table.iter().map_err(s)? {
+                let (_, v) = row.map_err(s)?;
+                checkers.push(self.decode(|| "checker".into(), v.value())?);
+            }
+        }
         let Chain {
             genesis,
             blocks,
@@ -254,6 +273,7 @@ impl Store {
             logs,
             blocks,
             unsealed,
+            checkers,
         })
     }
 }

@@ -62,6 +62,9 @@ pub struct RegisterHost {
     /// Container images already present on the host.
     #[serde(default)]
     pub images: Vec<String>,
+    /// Where checkers reach the agent's challenge endpoint (a base URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge_url: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,11 +455,25 @@ pub struct ContainerView {
     pub state: ContainerState,
     pub location: Location,
     pub price_per_gpu_hour: Amount,
+    /// Service tier from checkers' verdicts: 1 (best) to 3.
+    #[serde(default = "default_tier")]
+    pub tier: u8,
+    /// Why the capacity proof rejected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+fn default_tier() -> u8 {
+    2
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerState {
+    /// Registered; checkers are evaluating its capacity proof.
+    Checking,
+    /// Failed its capacity proof by quorum; see `rejected`.
+    Rejected,
     /// Registered, but its stake is not in place yet.
     AwaitingStake,
     Standby,
@@ -540,6 +557,16 @@ pub enum ErrorCode {
     InvalidTransaction,
     NotLocalNetwork,
     SimulatedNotAllowed,
+    /// The signer holds no checker licence.
+    NotAChecker,
+    /// The checker is banned from tasks and rewards.
+    CheckerBanned,
+    /// A result for a container the checker was not assigned (or has lost to another).
+    NotAssigned,
+    /// A report for a period that is over, or not yet begun.
+    LateReport,
+    /// A result the checker already gave for this period.
+    DuplicateResult,
     Internal,
     /// A code this client does not know yet.
     #[serde(other)]

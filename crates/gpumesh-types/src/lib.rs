@@ -7,6 +7,7 @@
 mod amount;
 pub mod api;
 pub mod auth;
+pub mod checking;
 mod geo;
 mod gpu;
 mod tx;
@@ -14,6 +15,7 @@ mod tx;
 pub use alloy_primitives::{Address, B256};
 pub use amount::{Amount, AmountError, DECIMALS, ONE_TOKEN};
 pub use api::*;
+pub use checking::*;
 pub use geo::{Country, EARTH_RADIUS_KM, GeoError, GeoPoint, Location};
 pub use gpu::{CATALOG, GpuClass, GpuModel, GpuSpec, UnknownGpuModel};
 pub use tx::{

@@ -1,0 +1,292 @@
+//! The checker node (`gpumesh checker`).
+//!
+//! Once a period it fetches its tasks from the indexer, runs them against the host agents
+//! directly (never through the indexer): liveness (the agent signs a fresh nonce; the
+//! round trip is measured) and capacity proofs (a fresh secret seed, the commitment timed
+//! against the deadline the claimed throughput sets, then spot rows checked with
+//! Freivalds' test, docs/capacity-proof.md). It sends all of a period's results in one
+//! signed report. Which tasks a checker gets, and what its results count for, is the
+//! indexer's pure `gpumesh-checking`; this crate is only the shell that probes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::B256;
+use futures_util::StreamExt;
+use gpumesh_client::{Client, ClientError};
+use gpumesh_identity::Wallet;
+use gpumesh_proof::{Challenge, Opening, ProofFailure};
+use gpumesh_types::{
+    CheckOutcome, CheckReport, CheckResult, CheckTask, FailReason, GeoPoint, LivenessAnswer,
+    LivenessChallenge, ProofCommitRequest, ProofCommitment, ProofOpenRequest, TaskKind,
+    liveness_message,
+};
+use rand::{RngCore, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+/// How many probes run at once.
+const PARALLEL_PROBES: usize = 32;
+
+/// How a checker answers. Anything but `Honest` exists to show that the network catches
+/// it, in demos and tests; the command line offers only `Honest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    Honest,
+    /// Answers "up" and "valid" without probing anything.
+    Lazy,
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckerConfig {
+    pub indexer_url: String,
+    pub wallet: Wallet,
+    /// Where the checker measures from; its round trips refine the network coordinates.
+    pub location: Option<GeoPoint>,
+    pub behaviour: Behaviour,
+    /// The longest a liveness probe waits.
+    pub probe_timeout: Duration,
+}
+
+impl CheckerConfig {
+    pub fn new(indexer_url: &str, wallet: Wallet) -> CheckerConfig {
+        CheckerConfig {
+            indexer_url: indexer_url.to_string(),
+            wallet,
+            location: None,
+            behaviour: Behaviour::Honest,
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+struct Checker {
+    client: Client,
+    http: reqwest::Client,
+    config: CheckerConfig,
+    chain_id: u64,
+}
+
+/// Runs the checker until `shutdown`: a report a period.
+pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = Client::new(&config.indexer_url, Some(config.wallet.clone()));
+    let chain_id = loop {
+        match client.network_chain_id().await {
+            Ok(id) => break id,
+            Err(e) => tracing::warn!(error = %e, "cannot reach the indexer; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let checker = Arc::new(Checker {
+        client,
+        http,
+        config,
+        chain_id,
+    });
+    let me = checker.config.wallet.address();
+    tracing::info!(checker = %me, behaviour = ?checker.config.behaviour, "checking");
+    let mut reported: Option<u64> = None;
+    loop {
+        let pause = match checker.client.checker_tasks(me).await {
+            Ok(view) if view.banned => {
+                tracing::warn!(checker = %me, "banned from tasks and rewards");
+                Duration::from_millis(view.period_end_ms.saturating_sub(now_ms()).max(500))
+            }
+            Ok(view) if reported == Some(view.period) || view.tasks.is_empty() => {
+                // Wait for the next period (tasks taken over from silent checkers appear
+                // later in a period, so look again before it ends).
+                let left = view.period_end_ms.saturating_sub(now_ms());
+                Duration::from_millis((left / 2).clamp(100, 5_000))
+            }
+            Ok(view) => {
+                let results = checker.check_all(view.tasks).await;
+                let report = CheckReport {
+                    period: view.period,
+                    location: checker.config.location,
+                    results,
+                };
+                match checker.client.report(&report).await {
+                    Ok(accepted) => {
+                        tracing::debug!(period = view.period, accepted = accepted.accepted, "reported");
+                        reported = Some(view.period);
+                    }
+                    Err(ClientError::Api { error, .. }) => {
+                        tracing::warn!(period = view.period, error = %error.message, "report refused");
+                        reported = Some(view.period);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "report failed; retrying"),
+                }
+                Duration::from_millis(50)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch tasks; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn failed(reason: FailReason) -> CheckOutcome {
+    CheckOutcome::Failed { reason }
+}
+
+impl Checker {
+    async fn check_all(self: &Arc<Self>, tasks: Vec<CheckTask>) -> Vec<CheckResult> {
+        futures_util::stream::iter(tasks)
+            .map(|task| {
+                let me = self.clone();
+                async move {
+                    let outcome = me.check(&task).await;
+                    CheckResult {
+                        container: task.container,
+                        kind: task.kind,
+                        outcome,
+                    }
+                }
+            })
+            .buffer_unordered(PARALLEL_PROBES)
+            .collect()
+            .await
+    }
+
+    async fn check(&self, task: &CheckTask) -> CheckOutcome {
+        match (self.config.behaviour, task.kind) {
+            (Behaviour::Lazy, TaskKind::Liveness) => CheckOutcome::Up { rtt_us: 1_000 },
+            (Behaviour::Lazy, TaskKind::Capacity) => CheckOutcome::Valid { host_ms: 1 },
+            (Behaviour::Honest, TaskKind::Liveness) => self.liveness(task).await,
+            (Behaviour::Honest, TaskKind::Capacity) => self.capacity(task).await,
+        }
+    }
+
+    /// The agent must sign this checker's fresh nonce with the container's host key.
+    async fn liveness(&self, task: &CheckTask) -> CheckOutcome {
+        let mut nonce = B256::ZERO;
+        rand::thread_rng().fill_bytes(&mut nonce.0);
+        let challenge = LivenessChallenge {
+            checker: self.config.wallet.address(),
+            index: task.container.index,
+            nonce,
+        };
+        let began = Instant::now();
+        let answer: LivenessAnswer = match self
+            .post(task, "liveness", &challenge, self.config.probe_timeout)
+            .await
+        {
+            Ok(a) => a,
+            Err(_) => return failed(FailReason::Unreachable),
+        };
+        let rtt_us = began.elapsed().as_micros() as u64;
+        let message = liveness_message(self.chain_id, &challenge);
+        match answer.signature.0.recover_address_from_msg(message) {
+            Ok(signer) if signer == task.container.host => CheckOutcome::Up { rtt_us },
+            _ => failed(FailReason::BadSignature),
+        }
+    }
+
+    /// A capacity proof with a fresh secret seed: the commitment must come within the
+    /// deadline, then the rows picked after it must open and pass Freivalds' test.
+    async fn capacity(&self, task: &CheckTask) -> CheckOutcome {
+        let (Some(params), Some(deadline_ms)) = (task.proof, task.proof_deadline_ms) else {
+            return failed(FailReason::BadOpening);
+        };
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        let mut seed = B256::ZERO;
+        rng.fill_bytes(&mut seed.0);
+        let challenge = Challenge { seed, params };
+        let request = ProofCommitRequest {
+            index: task.container.index,
+            challenge: challenge.clone(),
+        };
+        let deadline = Duration::from_millis(deadline_ms);
+        let began = Instant::now();
+        // Wait a little past the deadline, to tell a late host from an absent one.
+        let commitment: ProofCommitment = match self
+            .post(task, "proof/commit", &request, deadline * 2 + Duration::from_secs(1))
+            .await
+        {
+            Ok(c) => c,
+            Err(ProbeError::Timeout) => return failed(FailReason::DeadlineMissed),
+            Err(ProbeError::Other) => return failed(FailReason::Unreachable),
+        };
+        let host_ms = began.elapsed().as_millis() as u64;
+        if began.elapsed() > deadline {
+            return failed(FailReason::DeadlineMissed);
+        }
+        let rows = gpumesh_proof::pick_rows(&params, &mut rng);
+        let open = ProofOpenRequest {
+            seed,
+            rows: rows.clone(),
+        };
+        let opening: Opening = match self
+            .post(task, "proof/open", &open, Duration::from_secs(30))
+            .await
+        {
+            Ok(o) => o,
+            Err(_) => return failed(FailReason::BadOpening),
+        };
+        let verdict = tokio::task::spawn_blocking(move || {
+            gpumesh_proof::verify(&challenge, commitment.root, &rows, &opening, &mut rng)
+        })
+        .await;
+        match verdict {
+            Ok(Ok(())) => CheckOutcome::Valid { host_ms },
+            Ok(Err(ProofFailure::WrongRow(_))) => failed(FailReason::WrongRow),
+            Ok(Err(ProofFailure::BadPath(_))) => failed(FailReason::BadPath),
+            Ok(Err(_)) | Err(_) => failed(FailReason::BadOpening),
+        }
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        task: &CheckTask,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<T, ProbeError> {
+        let url = format!("{}/{path}", task.endpoint.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(&url)
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(ProbeError::from)?;
+        if !response.status().is_success() {
+            return Err(ProbeError::Other);
+        }
+        let bytes = response.bytes().await.map_err(ProbeError::from)?;
+        serde_json::from_slice(&bytes).map_err(|_| ProbeError::Other)
+    }
+}
+
+#[derive(Debug)]
+enum ProbeError {
+    Timeout,
+    Other,
+}
+
+impl From<reqwest::Error> for ProbeError {
+    fn from(e: reqwest::Error) -> ProbeError {
+        if e.is_timeout() {
+            ProbeError::Timeout
+        } else {
+            ProbeError::Other
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The protocol against honest, colluding, lazy and late checkers.
+
+use super::*;
+use gpumesh_types::{CheckResult, CheckingParams};
+use proptest::prelude::*;
+
+const GENESIS_MS: u64 = 1_000_000;
+
+fn addr(tag: u8, i: u64) -> Address {
+    let mut m = vec![tag];
+    m.extend_from_slice(&i.to_be_bytes());
+    Address::from_slice(&keccak256(m)[12..])
+}
+
+fn params(n: u8, checkers: usize, canary_per_mille: u16) -> CheckingParams {
+    CheckingParams {
+        n,
+        canary_per_mille,
+        ..CheckingParams::local((0..checkers as u64).map(|i| addr(b'k', i)).collect())
+    }
+}
+
+fn targets(count: u64, capacity_due: bool) -> Vec<Target> {
+    (0..count)
+        .map(|i| Target {
+            container: ContainerRef {
+                host: addr(b'h', i / 4),
+                index: (i % 4) as u16,
+            },
+            endpoint: format!("http://127.0.0.1:9/{i}"),
+            gpu: GpuModel::H100,
+            simulated: true,
+            capacity_due,
+        })
+        .collect()
+}
+
+struct World {
+    checking: Checking,
+    period: u64,
+}
+
+impl World {
+    fn new(p: CheckingParams) -> World {
+        World {
+            checking: Checking::new(p, GENESIS_MS, []),
+            period: 0,
+        }
+    }
+
+    fn start(&self) -> u64 {
+        GENESIS_MS + self.period * self.checking.params().period_ms
+    }
+
+    fn begin(&mut self, targets: Vec<Target>) {
+        let block = keccak256(self.period.to_be_bytes());
+        self.checking.begin_period(
+            self.period,
+            self.period,
+            block,
+            targets,
+            B256::repeat_byte(7),
+            "http://indexer/v1/decoy",
+        );
+    }
+
+    /// Every checker answers its tasks (as `answer` says) in one report at `at_ms` into
+    /// the period.
+    fn report_all(&mut self, at_ms: u64, answer: impl Fn(&Address, &CheckTask) -> CheckOutcome) {
+        let now = self.start() + at_ms;
+        for checker in self.checking.eligible(now) {
+            let Some((period, _, tasks)) = self.checking.tasks(&checker, now) else {
+                continue;
+            };
+            if tasks.is_empty() {
+                continue;
+            }
+            let results = tasks
+                .iter()
+                .map(|t| CheckResult {
+                    container: t.container,
+                    kind: t.kind,
+                    outcome: answer(&checker, t),
+                })
+                .collect();
+            let report = CheckReport {
+                period,
+                location: None,
+                results,
+            };
+            self.checking
+                .report(checker, &report, now)
+                .expect("an assigned checker's report is taken");
+        }
+    }
+
+    fn close(&mut self) -> PeriodOutcome {
+        let p = self.checking.params().clone();
+        let end = self.start() + p.period_ms + p.report_grace_ms + 1;
+        let out = self.checking.close_due(end);
+        self.period += 1;
+        assert_eq!(out.len(), 1);
+        out.into_iter().next().unwrap()
+    }
+}
+
+fn honest(t: &CheckTask, truth_up: bool) -> CheckOutcome {
+    let decoy = t.endpoint.contains("decoy");
+    match (t.kind, truth_up && !decoy) {
+        (TaskKind::Liveness, true) => CheckOutcome::Up { rtt_us: 800 },
+        (TaskKind::Capacity, true) => CheckOutcome::Valid { host_ms: 70 },
+        (TaskKind::Liveness, false) => CheckOutcome::Failed {
+            reason: FailReason::Unreachable,
+        },
+        (TaskKind::Capacity, false) => CheckOutcome::Failed {
+            reason: FailReason::WrongRow,
+        },
+    }
+}
+
+fn lie(t: &CheckTask, truth_up: bool) -> CheckOutcome {
+    honest(
+        &CheckTask {
+            endpoint: String::new(),
+            ..t.clone()
+        },
+        !truth_up,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    /// N colluders among a container's 2N+1 checkers, answering the opposite of the
+    /// truth, never decide a verdict: every verdict is the truth, and every colluder that
+    /// voted was in the minority.
+    #[test]
+    fn n_colluders_of_2n_plus_1_cannot_flip_a_verdict(
+        n in 1u8..3, extra in 0usize..6, count in 1u64..30, truth_up in any::<bool>(), pick in any::<u64>(),
+    ) {
+        let q = 2 * n as usize + 1;
+        let mut w = World::new(params(n, q + extra, 0));
+        w.begin(targets(count, true));
+        let assignment = w.checking.assignment(0).unwrap();
+        // For each container, the adversary corrupts N of exactly its quorum.
+        let mut colluding: std::collections::HashSet<(ContainerRef, Address)> = Default::default();
+        for a in &assignment.containers {
+            prop_assert_eq!(a.checkers.len(), q);
+            let start = (pick as usize) % q;
+            for j in 0..n as usize {
+                colluding.insert((a.container, a.checkers[(start + j) % q]));
+            }
+        }
+        w.report_all(100, |c, t| if colluding.contains(&(t.container, *c)) { lie(t, truth_up) } else { honest(t, truth_up) });
+        let out = w.close();
+        prop_assert_eq!(out.verdicts.len() as u64, 2 * count);
+        prop_assert_eq!(out.undecided, 0);
+        for v in &out.verdicts {
+            prop_assert_eq!(v.passed, truth_up);
+            prop_assert_eq!(v.agreeing.len(), n as usize + 1);
+            for a in &v.agreeing {
+                prop_assert!(!colluding.contains(&(v.container, *a)));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lazy_checker_that_always_says_up_is_caught_by_canaries_and_banned() {
+    let mut w = World::new(params(1, 6, 1_000));
+    let lazy = addr(b'k', 3);
+    for _ in 0..2 {
+        w.begin(targets(24, w.period == 0));
+        // Every real host is up: only the canaries tell the lazy checker apart.
+        w.report_all(100, |c, t| {
+            if *c == lazy {
+                honest(&CheckTask { endpoint: String::new(), ..t.clone() }, true)
+            } else {
+                honest(t, true)
+            }
+        });
+        let out = w.close();
+        assert!(out.verdicts.iter().all(|v| v.passed));
+    }
+    let record = w.checking.checker(&lazy).unwrap();
+    assert_eq!(record.canaries_failed, 2);
+    assert!(record.banned(w.start()), "{record:?}");
+    assert!(record.ban_reason.as_ref().unwrap().contains("canary"));
+    // Every honest checker passed its canaries and is not banned.
+    for c in w.checking.checkers().filter(|c| c.address != lazy) {
+        assert_eq!((c.canaries_passed, c.canaries_failed, c.minority), (2, 0, 0));
+        assert!(!c.banned(w.start()));
+    }
+    // Banned: no tasks, no report, no reward.
+    w.begin(targets(24, false));
+    assert!(!w.checking.eligible(w.start()).contains(&lazy));
+    let report = CheckReport {
+        period: w.period,
+        location: None,
+        results: vec![CheckResult {
+            container: targets(1, false)[0].container,
+            kind: TaskKind::Liveness,
+            outcome: CheckOutcome::Up { rtt_us: 1 },
+        }],
+    };
+    let err = w.checking.report(lazy, &report, w.start() + 10).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CheckerBanned);
+    let epoch = w.checking.take_epoch(w.start());
+    assert!(epoch.iter().all(|(a, ..)| *a != lazy));
+    assert_eq!(epoch.len(), 5);
+}
+
+#[test]
+fn two_minority_results_in_a_week_ban_and_one_does_not() {
+    let p = params(1, 3, 0);
+    let week = p.ban_window_ms;
+    let odd = addr(b'k', 0);
+    let mut w = World::new(p);
+    // One container, three checkers: each checks it every period.
+    w.begin(targets(1, false));
+    w.report_all(100, |c, t| if *c == odd { lie(t, true) } else { honest(t, true) });
+    w.close();
+    assert_eq!(w.checking.checker(&odd).unwrap().minority, 1);
+    assert!(!w.checking.checker(&odd).unwrap().banned(w.start()));
+    // A week later the first one has expired: a second alone does not ban.
+    w.period += week / w.checking.params().period_ms;
+    w.begin(targets(1, false));
+    w.report_all(100, |c, t| if *c == odd { lie(t, true) } else { honest(t, true) });
+    w.close();
+    assert!(!w.checking.checker(&odd).unwrap().banned(w.start()));
+    // A third within the week of the second does.
+    w.begin(targets(1, false));
+    w.report_all(100, |c, t| if *c == odd { lie(t, true) } else { honest(t, true) });
+    let out = w.close();
+    assert_eq!(out.banned, vec![odd]);
+    let r = w.checking.checker(&odd).unwrap();
+    assert_eq!(r.minority, 3);
+    assert!(r.banned_until_ms.is_some());
+    assert!(r.banned(w.start() + w.checking.params().ban_ms - 10_000));
+    assert!(!r.banned(w.start() + w.checking.params().ban_ms + 10_000));
+}
+
+#[test]
+fn the_assignment_is_recomputed_from_the_block_hash_and_the_checkers() {
+    let mut w = World::new(params(1, 40, 0));
+    w.begin(targets(50, false));
+    let view = w.checking.assignment(0).unwrap();
+    assert_eq!(view.seed, period_seed(0, &view.block_hash));
+    let draw = Draw::new(view.seed, view.eligible.clone());
+    for a in &view.containers {
+        assert_eq!(a.checkers, draw.rank_addresses(&a.container, 3));
+    }
+}
+
+fn one(container: ContainerRef, kind: TaskKind, outcome: CheckOutcome) -> CheckResult {
+    CheckResult {
+        container,
+        kind,
+        outcome,
+    }
+}
+
+#[test]
+fn bad_reports_are_refused_whole_with_a_code() {
+    let mut w = World::new(params(1, 5, 0));
+    let t = targets(4, false);
+    w.begin(t.clone());
+    let view = w.checking.assignment(0).unwrap();
+    let a = &view.containers[0];
+    let mine = a.checkers[0];
+    let other = view
+        .containers
+        .iter()
+        .find(|x| !x.checkers.contains(&mine))
+        .map(|x| x.container);
+    let up = CheckOutcome::Up { rtt_us: 5 };
+    let now = w.start() + 100;
+    let report = |results| CheckReport {
+        period: 0,
+        location: None,
+        results,
+    };
+    let check = |w: &mut World, who: Address, r: CheckReport, at: u64, code: ErrorCode| {
+        let err = w.checking.report(who, &r, at).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    };
+    // Not a licence holder.
+    check(&mut w, addr(b'x', 1), report(vec![one(a.container, TaskKind::Liveness, up)]), now, ErrorCode::NotAChecker);
+    // A container it was not given, alongside one it was: neither is taken.
+    if let Some(other) = other {
+        check(
+            &mut w,
+            mine,
+            report(vec![
+                one(a.container, TaskKind::Liveness, up),
+                one(other, TaskKind::Liveness, up),
+            ]),
+            now,
+            ErrorCode::NotAssigned,
+        );
+    }
+    // A capacity result where no proof is due.
+    check(&mut w, mine, report(vec![one(a.container, TaskKind::Capacity, CheckOutcome::Valid { host_ms: 1 })]), now, ErrorCode::NotAssigned);
+    // An outcome that does not answer the task.
+    check(&mut w, mine, report(vec![one(a.container, TaskKind::Liveness, CheckOutcome::Valid { host_ms: 1 })]), now, ErrorCode::InvalidRequest);
+    // The same result twice in one report.
+    check(
+        &mut w,
+        mine,
+        report(vec![one(a.container, TaskKind::Liveness, up), one(a.container, TaskKind::Liveness, up)]),
+        now,
+        ErrorCode::DuplicateResult,
+    );
+    // Nothing was taken so far; now one good report, then the same again.
+    w.checking
+        .report(mine, &report(vec![one(a.container, TaskKind::Liveness, up)]), now)
+        .unwrap();
+    check(&mut w, mine, report(vec![one(a.container, TaskKind::Liveness, up)]), now + 1, ErrorCode::DuplicateResult);
+    // A period that is not open, and this one after its grace.
+    check(&mut w, mine, CheckReport { period: 5, ..report(vec![one(a.container, TaskKind::Liveness, up)]) }, now, ErrorCode::LateReport);
+    let p = w.checking.params().clone();
+    let after_grace = w.start() + p.period_ms + p.report_grace_ms + 1;
+    check(&mut w, a.checkers[1], report(vec![one(a.container, TaskKind::Liveness, up)]), after_grace, ErrorCode::LateReport);
+    // Only the one good result counted: no verdict with a single vote.
+    let out = w.close();
+    assert!(out.verdicts.is_empty());
+    assert_eq!(out.undecided, 1);
+}
+
+#[test]
+fn a_silent_primary_loses_its_task_to_the_next_in_rank() {
+    let mut w = World::new(params(1, 6, 0));
+    w.begin(targets(1, false));
+    let c = targets(1, false)[0].container;
+    let p = w.checking.params().clone();
+    let ranked = {
+        let view = w.checking.assignment(0).unwrap();
+        Draw::new(view.seed, view.eligible).rank_addresses(&c, 6)
+    };
+    let (silent, backup) = (ranked[0], ranked[3]);
+    let before = w.start() + p.takeover_ms - 1;
+    assert_eq!(w.checking.tasks(&backup, before).unwrap().2.len(), 0);
+    assert_eq!(w.checking.tasks(&silent, before).unwrap().2.len(), 1);
+    // The two others report in time; the first does not.
+    let up = CheckOutcome::Up { rtt_us: 5 };
+    for &k in &ranked[1..3] {
+        w.checking
+            .report(k, &CheckReport { period: 0, location: None, results: vec![one(c, TaskKind::Liveness, up)] }, before)
+            .unwrap();
+    }
+    let after = w.start() + p.takeover_ms + 1;
+    assert_eq!(w.checking.tasks(&silent, after).unwrap().2.len(), 0);
+    assert_eq!(w.checking.tasks(&backup, after).unwrap().2.len(), 1);
+    assert_eq!(w.checking.tasks(&ranked[4], after).unwrap().2.len(), 0);
+    let late = CheckReport { period: 0, location: None, results: vec![one(c, TaskKind::Liveness, up)] };
+    assert_eq!(w.checking.report(silent, &late, after).unwrap_err().code(), ErrorCode::NotAssigned);
+    w.checking.report(backup, &late, after).unwrap();
+    let out = w.close();
+    assert_eq!(out.verdicts.len(), 1);
+    assert_eq!(out.verdicts[0].votes, 3);
+    assert!(out.verdicts[0].agreeing.contains(&backup));
+}
+
+#[test]
+fn epoch_lists_credited_tasks_and_uptime() {
+    let mut w = World::new(params(1, 3, 0));
+    let silent = addr(b'k', 2);
+    for _ in 0..4 {
+        w.begin(targets(2, false));
+        let now = w.start() + 100;
+        for checker in w.checking.eligible(now) {
+            if checker == silent && w.period % 2 == 0 {
+                continue;
+            }
+            let (period, _, tasks) = w.checking.tasks(&checker, now).unwrap();
+            let results = tasks.iter().map(|t| one(t.container, t.kind, honest(t, true))).collect();
+            w.checking.report(checker, &CheckReport { period, location: None, results }, now).unwrap();
+        }
+        w.close();
+    }
+    let epoch = w.checking.take_epoch(w.start());
+    assert_eq!(epoch.len(), 3);
+    for (a, credited, uptime) in &epoch {
+        if *a == silent {
+            assert_eq!((*credited, *uptime), (4, 5_000));
+        } else {
+            assert_eq!((*credited, *uptime), (8, 10_000));
+        }
+    }
+    assert!(w.checking.take_epoch(w.start()).is_empty());
+}
+
+#[test]
+fn tiers_follow_uptime_and_proof_speed() {
+    assert_eq!(tier(0, 0, None), 2);
+    assert_eq!(tier(99, 1, Some(true)), 1);
+    assert_eq!(tier(99, 1, Some(false)), 2);
+    assert_eq!(tier(95, 5, None), 2);
+    assert_eq!(tier(94, 6, None), 3);
+}

@@ -1,0 +1,253 @@
+//! The agent's challenge endpoint: checkers reach it directly, not through the indexer.
+//!
+//! `POST /liveness` signs the checker's fresh nonce with the host's key; `POST
+//! /proof/commit` multiplies the challenge's seeded matrices on the named GPU and
+//! answers the Merkle root of the product; `POST /proof/open` answers the rows the
+//! checker picked after the commitment, with their paths (docs/capacity-proof.md).
+//! How the product is computed is a [`Prover`]: the CPU kernel, the simulated device of a
+//! local network (the same kernel, paced to the speed its model is declared at), or, in
+//! demos and tests only, a dishonest prover.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use gpumesh_identity::Wallet;
+use gpumesh_proof::{Challenge, Proved};
+use gpumesh_types::{
+    ApiError, ErrorCode, LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment,
+    ProofOpenRequest, Sig, liveness_message,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Commitments kept for their openings, newest last.
+const KEPT_PROOFS: usize = 64;
+/// How long a commitment waits for its opening.
+const PROOF_TTL: Duration = Duration::from_secs(120);
+
+/// Computes capacity proofs on one of the host's GPUs.
+pub trait Prover: Send + Sync + std::fmt::Debug {
+    /// Multiplies the challenge's matrices on GPU `index` and commits to the product.
+    /// Blocking: called on a blocking thread.
+    fn prove(&self, index: u16, challenge: &Challenge) -> Result<Proved, String>;
+    fn describe(&self) -> String;
+}
+
+/// The exact INT8 kernel on this machine's CPU. What a host without a GPU prover uses;
+/// a CPU is far slower than the GPU it stands for, so its proofs miss a real GPU's
+/// deadline, which is the point.
+#[derive(Debug, Default)]
+pub struct CpuProver;
+
+impl Prover for CpuProver {
+    fn prove(&self, _index: u16, challenge: &Challenge) -> Result<Proved, String> {
+        gpumesh_proof::prove(challenge).map_err(|e| e.to_string())
+    }
+
+    fn describe(&self) -> String {
+        "CPU prover".into()
+    }
+}
+
+/// A simulated GPU of a local network: the CPU kernel, then held until the time the
+/// declared speed takes, so the local network runs the real protocol at simulated
+/// speeds. Labelled simulated everywhere; only a local genesis accepts it.
+#[derive(Debug)]
+pub struct SimulatedProver {
+    /// Multiply-accumulates a second the simulated device does.
+    pub macs_per_s: u64,
+    /// Skip this many rows in a thousand (a dishonest prover, for demos and tests only).
+    pub skip_per_mille: u16,
+}
+
+impl Prover for SimulatedProver {
+    fn prove(&self, index: u16, challenge: &Challenge) -> Result<Proved, String> {
+        let began = Instant::now();
+        let proved = if self.skip_per_mille == 0 {
+            gpumesh_proof::prove(challenge)
+        } else {
+            gpumesh_proof::prove_skipping(challenge, self.skip_per_mille, index as u64)
+        }
+        .map_err(|e| e.to_string())?;
+        let at_speed = Duration::from_millis(gpumesh_proof::expected_ms(
+            &challenge.params,
+            self.macs_per_s,
+        ));
+        if let Some(rest) = at_speed.checked_sub(began.elapsed()) {
+            std::thread::sleep(rest);
+        }
+        Ok(proved)
+    }
+
+    fn describe(&self) -> String {
+        let honesty = if self.skip_per_mille == 0 {
+            String::new()
+        } else {
+            format!(", DISHONEST: skips {}‰ of rows", self.skip_per_mille)
+        };
+        format!(
+            "simulated GPU prover at {} M multiply-accumulates/s{honesty}",
+            self.macs_per_s / 1_000_000
+        )
+    }
+}
+
+struct Kept {
+    proved: Arc<Proved>,
+    at: Instant,
+}
+
+struct Endpoint {
+    wallet: Wallet,
+    chain_id: u64,
+    gpus: u16,
+    prover: Arc<dyn Prover>,
+    proofs: Mutex<VecDeque<Kept>>,
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            code,
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Serves the challenge endpoint on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    wallet: Wallet,
+    chain_id: u64,
+    gpus: u16,
+    prover: Arc<dyn Prover>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = Arc::new(Endpoint {
+        wallet,
+        chain_id,
+        gpus,
+        prover,
+        proofs: Mutex::new(VecDeque::new()),
+    });
+    let router = Router::new()
+        .route("/liveness", post(liveness))
+        .route("/proof/commit", post(commit))
+        .route("/proof/open", post(open))
+        .with_state(state);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+async fn liveness(
+    State(e): State<Arc<Endpoint>>,
+    Json(challenge): Json<LivenessChallenge>,
+) -> Response {
+    if challenge.index >= e.gpus {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("this host has {} GPUs; there is no GPU {}", e.gpus, challenge.index),
+        );
+    }
+    let signature = Sig(e.wallet.sign_message(liveness_message(e.chain_id, &challenge)));
+    Json(LivenessAnswer { signature }).into_response()
+}
+
+async fn commit(
+    State(e): State<Arc<Endpoint>>,
+    Json(request): Json<ProofCommitRequest>,
+) -> Response {
+    if request.index >= e.gpus {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("this host has {} GPUs; there is no GPU {}", e.gpus, request.index),
+        );
+    }
+    if let Err(err) = request.challenge.params.validate() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("the challenge's size is invalid: {err}"),
+        );
+    }
+    let prover = e.prover.clone();
+    let challenge = request.challenge.clone();
+    let proved =
+        tokio::task::spawn_blocking(move || prover.prove(request.index, &challenge)).await;
+    let proved = match proved {
+        Ok(Ok(p)) => Arc::new(p),
+        Ok(Err(err)) => {
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, err);
+        }
+        Err(err) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                format!("the prover failed: {err}"),
+            );
+        }
+    };
+    let root = proved.root();
+    let mut kept = e.proofs.lock().unwrap_or_else(|p| p.into_inner());
+    kept.retain(|k| k.at.elapsed() < PROOF_TTL);
+    if kept.len() >= KEPT_PROOFS {
+        kept.pop_front();
+    }
+    kept.push_back(Kept {
+        proved,
+        at: Instant::now(),
+    });
+    Json(ProofCommitment { root }).into_response()
+}
+
+async fn open(State(e): State<Arc<Endpoint>>, Json(request): Json<ProofOpenRequest>) -> Response {
+    let proved = {
+        let kept = e.proofs.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .rev()
+            .find(|k| k.proved.challenge().seed == request.seed)
+            .map(|k| k.proved.clone())
+    };
+    let Some(proved) = proved else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no commitment for that seed (committed too long ago, or never)",
+        );
+    };
+    if request.rows.len() > proved.challenge().params.spot_rows as usize {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!(
+                "at most {} rows may be opened",
+                proved.challenge().params.spot_rows
+            ),
+        );
+    }
+    let opened = tokio::task::spawn_blocking(move || proved.open(&request.rows)).await;
+    match opened {
+        Ok(Ok(opening)) => Json(opening).into_response(),
+        Ok(Err(err)) => refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            err.to_string(),
+        ),
+        Err(err) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("opening failed: {err}"),
+        ),
+    }
+}

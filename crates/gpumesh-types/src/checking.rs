@@ -1,0 +1,335 @@
+//! Wire types of the checker role: the genesis parameters of checking, the tasks a
+//! checker fetches, the signed report batches it sends, the host agent's challenge
+//! endpoint, and the listings of checkers and verdicts (docs/checking.md).
+
+use alloy_primitives::{Address, B256};
+use serde::{Deserialize, Serialize};
+
+pub use gpumesh_proof::{Challenge, Opening, OpenedRow, ProofParams};
+
+use crate::GeoPoint;
+use crate::GpuModel;
+
+/// One GPU on one host: what checkers check and verdicts are about.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct ContainerRef {
+    pub host: Address,
+    pub index: u16,
+}
+
+impl std::fmt::Display for ContainerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.host, self.index)
+    }
+}
+
+/// How a network checks its containers; part of the genesis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckingParams {
+    /// Checker licences: the accounts that may check.
+    pub checkers: Vec<Address>,
+    /// Each container gets 2N+1 checkers a period.
+    pub n: u8,
+    /// Length of a checking period: every container's liveness is checked once a period.
+    pub period_ms: u64,
+    /// A primary checker that has not reported by this far into the period loses its
+    /// tasks to the next checkers in rank.
+    pub takeover_ms: u64,
+    /// Reports for a period are taken until its end plus this.
+    pub report_grace_ms: u64,
+    /// How often a verified container proves its capacity again.
+    pub capacity_every_ms: u64,
+    /// The size of a capacity proof.
+    pub proof: ProofParams,
+    /// The proof's deadline: the time the claimed throughput needs, times this percentage,
+    /// plus `proof_grace_ms` for the network.
+    pub proof_slack_pct: u32,
+    pub proof_grace_ms: u64,
+    /// Simulated GPUs (local networks only) compute at this many multiply-accumulates a
+    /// second per claimed FP16 TFLOP/s; real GPUs are held to 10^12 per TFLOP/s.
+    pub simulated_macs_per_tflop: u64,
+    /// A checker with this many results against the majority (or a canary) within
+    /// `ban_window_ms` is banned from tasks and rewards for `ban_ms`.
+    pub ban_minority: u32,
+    pub ban_window_ms: u64,
+    pub ban_ms: u64,
+    /// Chance, per checker per period, of a canary task whose answer the indexer knows.
+    pub canary_per_mille: u16,
+}
+
+/// Multiply-accumulates a second a real GPU is held to per claimed FP16 TFLOP/s: an INT8
+/// tensor core does twice the FP16 operations, and a multiply-accumulate is two.
+pub const REAL_MACS_PER_TFLOP: u64 = 1_000_000_000_000;
+
+impl CheckingParams {
+    /// The public network's defaults: 2N+1 = 3, one-minute periods, a daily capacity
+    /// proof, two minority results in a week ban for a month.
+    pub fn network(checkers: Vec<Address>) -> CheckingParams {
+        CheckingParams {
+            checkers,
+            n: 1,
+            period_ms: 60_000,
+            takeover_ms: 30_000,
+            report_grace_ms: 15_000,
+            capacity_every_ms: 24 * 3_600_000,
+            proof: ProofParams::NETWORK,
+            proof_slack_pct: 150,
+            proof_grace_ms: 2_000,
+            simulated_macs_per_tflop: 0,
+            ban_minority: 2,
+            ban_window_ms: 7 * 24 * 3_600_000,
+            ban_ms: 30 * 24 * 3_600_000,
+            canary_per_mille: 50,
+        }
+    }
+
+    /// A local network: the same rules on a fast clock (two-second periods, a proof
+    /// every minute), small proofs, simulated GPUs at a millionth of their claimed rate,
+    /// and a canary for every checker every period.
+    pub fn local(checkers: Vec<Address>) -> CheckingParams {
+        CheckingParams {
+            period_ms: 2_000,
+            takeover_ms: 1_200,
+            report_grace_ms: 1_000,
+            capacity_every_ms: 60_000,
+            proof: ProofParams::LOCAL,
+            proof_slack_pct: 300,
+            proof_grace_ms: 400,
+            simulated_macs_per_tflop: 1_000_000,
+            canary_per_mille: 1_000,
+            ..CheckingParams::network(checkers)
+        }
+    }
+
+    /// The rate a capacity proof holds a GPU of this model to.
+    pub fn claimed_macs_per_s(&self, model: GpuModel, simulated: bool) -> u64 {
+        let per_tflop = if simulated {
+            self.simulated_macs_per_tflop
+        } else {
+            REAL_MACS_PER_TFLOP
+        };
+        (model.spec().tflops_fp16 as u64).saturating_mul(per_tflop)
+    }
+
+    /// How long a host has, from the challenge to its commitment.
+    pub fn proof_deadline_ms(&self, model: GpuModel, simulated: bool) -> u64 {
+        gpumesh_proof::deadline_ms(
+            &self.proof,
+            self.claimed_macs_per_s(model, simulated),
+            self.proof_slack_pct,
+            self.proof_grace_ms,
+        )
+    }
+
+    pub fn quorum(&self) -> usize {
+        2 * self.n as usize + 1
+    }
+}
+
+/// What a task asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Is the container's agent there, and how far away.
+    Liveness,
+    /// Does the GPU have the throughput it claims (a capacity proof).
+    Capacity,
+}
+
+/// One task of a checker in a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckTask {
+    pub container: ContainerRef,
+    pub kind: TaskKind,
+    /// The host agent's challenge endpoint (a base URL).
+    pub endpoint: String,
+    pub gpu: GpuModel,
+    pub simulated: bool,
+    /// For capacity tasks: the proof's size and how long the host has to commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<ProofParams>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_deadline_ms: Option<u64>,
+}
+
+/// `GET /v1/checking/tasks?checker=0x…`: a checker's tasks for the current period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckerTasksView {
+    pub checker: Address,
+    pub period: u64,
+    pub period_start_ms: u64,
+    pub period_end_ms: u64,
+    /// Reports for this period are taken until then.
+    pub report_by_ms: u64,
+    pub banned: bool,
+    pub tasks: Vec<CheckTask>,
+}
+
+/// Why a liveness probe failed or a proof was refused; stable codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailReason {
+    /// The agent did not answer in time, or not at all.
+    Unreachable,
+    /// The liveness answer was not signed by the container's host.
+    BadSignature,
+    /// The commitment came after the deadline the claimed throughput sets.
+    DeadlineMissed,
+    /// An opened row does not equal the product of the seeded matrices.
+    WrongRow,
+    /// An opened row's Merkle path does not lead to the committed root.
+    BadPath,
+    /// Rows asked for were missing, extra, or of the wrong length; or the answer was malformed.
+    BadOpening,
+}
+
+impl FailReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailReason::Unreachable => "the host agent did not answer",
+            FailReason::BadSignature => "the liveness answer was not signed by the host",
+            FailReason::DeadlineMissed => {
+                "capacity proof: the commitment missed the deadline the claimed throughput sets"
+            }
+            FailReason::WrongRow => {
+                "capacity proof: an opened row is not the product of the challenge's matrices"
+            }
+            FailReason::BadPath => {
+                "capacity proof: an opened row's Merkle path does not reach the committed root"
+            }
+            FailReason::BadOpening => "capacity proof: the opening was malformed or incomplete",
+        }
+    }
+
+    /// Whether the failure is a capacity proof's.
+    pub fn is_proof(self) -> bool {
+        !matches!(self, FailReason::Unreachable | FailReason::BadSignature)
+    }
+}
+
+/// What a checker found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CheckOutcome {
+    /// Liveness: the agent answered with the host's signature, in `rtt_us`.
+    Up { rtt_us: u64 },
+    /// Capacity: the proof verified; the commitment took `host_ms`.
+    Valid { host_ms: u64 },
+    /// Liveness down, or the proof refused, and why.
+    Failed { reason: FailReason },
+}
+
+/// One result in a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub container: ContainerRef,
+    pub kind: TaskKind,
+    #[serde(flatten)]
+    pub outcome: CheckOutcome,
+}
+
+/// `POST /v1/checking/reports`: a checker's results for one period, signed once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckReport {
+    pub period: u64,
+    /// Where the checker measures from; its round trips refine the network coordinates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<GeoPoint>,
+    pub results: Vec<CheckResult>,
+}
+
+/// What the indexer made of a report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAccepted {
+    pub period: u64,
+    pub accepted: u32,
+}
+
+/// A checker as listed by `GET /v1/checkers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckerView {
+    pub address: Address,
+    /// Results that agreed with a decided verdict.
+    pub credited: u64,
+    /// Results against the majority or a canary's known answer.
+    pub minority: u64,
+    pub canaries_passed: u64,
+    pub canaries_failed: u64,
+    /// Credited over decided results, in basis points (10000 when none was decided).
+    pub agreement_bps: u32,
+    /// Periods with a report among the last periods it had tasks in.
+    pub periods_reported: u64,
+    pub banned_until_ms: Option<u64>,
+    pub ban_reason: Option<String>,
+}
+
+/// `GET /v1/checking/assignment?period=P`: who checks whom, with the seed it was drawn
+/// from, so that anyone can recompute it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentView {
+    pub period: u64,
+    /// The ledger block whose hash seeds the period, and the seed.
+    pub block_height: u64,
+    pub block_hash: B256,
+    pub seed: B256,
+    /// Checkers eligible in the period (licensed, not banned), ascending.
+    pub eligible: Vec<Address>,
+    pub containers: Vec<ContainerAssignment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerAssignment {
+    pub container: ContainerRef,
+    /// The primary checkers, best rank first.
+    pub checkers: Vec<Address>,
+}
+
+/// The challenge endpoint of a host agent: `POST {endpoint}/liveness`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LivenessChallenge {
+    pub checker: Address,
+    pub index: u16,
+    pub nonce: B256,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessAnswer {
+    /// EIP-191 signature by the host over [`liveness_message`].
+    pub signature: crate::Sig,
+}
+
+/// What a host signs to prove it is alive for a checker's fresh nonce.
+pub fn liveness_message(chain_id: u64, challenge: &LivenessChallenge) -> Vec<u8> {
+    let mut m = b"gpumesh-liveness-v1".to_vec();
+    m.extend_from_slice(&chain_id.to_be_bytes());
+    m.extend_from_slice(challenge.checker.as_slice());
+    m.extend_from_slice(&challenge.index.to_be_bytes());
+    m.extend_from_slice(challenge.nonce.as_slice());
+    m
+}
+
+/// `POST {endpoint}/proof/commit`: the host multiplies the seeded matrices on GPU
+/// `index` and commits to the product.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofCommitRequest {
+    pub index: u16,
+    pub challenge: Challenge,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofCommitment {
+    pub root: B256,
+}
+
+/// `POST {endpoint}/proof/open`: the rows the checker picked after the commitment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofOpenRequest {
+    pub seed: B256,
+    pub rows: Vec<u32>,
+}
