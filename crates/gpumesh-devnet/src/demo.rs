@@ -1,6 +1,8 @@
 //! The scripted demo (`gpumesh devnet --demo`): jobs of several GPU models from buyers in
 //! several places, at least one that no host can take, and a summary with a receipt per
-//! lease that must balance to the base unit.
+//! lease that must balance to the base unit. Then the checkers at work: two cheating
+//! hosts rejected by their capacity proofs, a host that goes silent marked offline by the
+//! quorum, a lazy checker banned by canaries, and an epoch that pays checkers.
 
 use futures_util::future::join_all;
 use gpumesh_client::buyer::{JobEvent, JobOutcome, run_job};
@@ -140,6 +142,160 @@ pub struct Summary {
     pub ledger_ok: bool,
     pub ledger: Option<LedgerCheck>,
     pub receipts: Vec<Receipt>,
+    /// Checker nodes in the network.
+    pub checkers: u32,
+    /// Hosts with a container the capacity proof rejected, and why.
+    pub rejected_hosts: Vec<RejectedHost>,
+    /// Hosts a quorum of checkers marked offline after they went silent.
+    pub offline_detected: u32,
+    /// From the host's death to the quorum's verdict.
+    pub offline_detected_ms: Option<u64>,
+    pub banned_checkers: u32,
+    pub ban_reasons: Vec<String>,
+    /// Rewards the ledger paid checkers (cumulative, base units).
+    pub checker_rewards: Amount,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedHost {
+    pub host: String,
+    pub reason: String,
+}
+
+/// The demo's world: the default hosts, and two that cheat on their capacity proofs.
+pub fn hosts() -> Vec<crate::HostSpec> {
+    let mut hosts = crate::world();
+    let cheat = |name: &str, lat, lon, country: &str, gpu, prover| crate::HostSpec {
+        name: name.into(),
+        lat,
+        lon,
+        country: country.into(),
+        gpu,
+        count: 2,
+        price: "0.20".into(),
+        prover,
+    };
+    // Claims two H100s, computes at a T4's speed.
+    hosts.push(cheat(
+        "lagos-overclaim",
+        6.5244,
+        3.3792,
+        "NG",
+        GpuModel::H100,
+        crate::SimulatedDevice::Actually(GpuModel::T4),
+    ));
+    // Claims its RTX 4090s honestly but skips a tenth of the work.
+    hosts.push(cheat(
+        "warsaw-skipper",
+        52.2297,
+        21.0122,
+        "PL",
+        GpuModel::Rtx4090,
+        crate::SimulatedDevice::SkipsRows(100),
+    ));
+    hosts
+}
+
+async fn pause() {
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await
+}
+
+/// The host that goes silent.
+pub const SILENT_HOST: &str = "johannesburg";
+
+/// After the jobs: what the checkers decided, a host killed and found offline by the
+/// quorum, the lazy checker banned, and an epoch that pays checkers.
+pub async fn checks(
+    devnet: &mut Devnet,
+    summary: &mut Summary,
+    print: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<()> {
+    let client = devnet.buyer_client();
+    let checkers = devnet.checker_addresses();
+    summary.checkers = checkers.len() as u32;
+    let containers = client.containers().await?;
+    let mut rejected: Vec<RejectedHost> = containers
+        .iter()
+        .filter_map(|c| {
+            c.rejected.as_ref().map(|reason| RejectedHost {
+                host: c.host_name.clone(),
+                reason: reason.clone(),
+            })
+        })
+        .collect();
+    rejected.sort_by(|a, b| a.host.cmp(&b.host));
+    rejected.dedup_by(|a, b| a.host == b.host);
+    for r in &rejected {
+        print(format!("checkers rejected {}: {}", r.host, r.reason));
+    }
+    summary.rejected_hosts = rejected;
+
+    let silent = containers
+        .iter()
+        .find(|c| c.host_name == SILENT_HOST)
+        .map(|c| c.host);
+    devnet.kill_host(SILENT_HOST)?;
+    let killed = std::time::Instant::now();
+    print(format!("{SILENT_HOST} goes silent…"));
+    while killed.elapsed() < std::time::Duration::from_secs(30) {
+        let offline = client
+            .containers()
+            .await?
+            .iter()
+            .any(|c| Some(c.host) == silent && c.state == gpumesh_types::ContainerState::Offline);
+        if offline {
+            summary.offline_detected = 1;
+            summary.offline_detected_ms = Some(killed.elapsed().as_millis() as u64);
+            print(format!(
+                "a quorum of checkers marked {SILENT_HOST} offline after {} ms",
+                killed.elapsed().as_millis()
+            ));
+            break;
+        }
+        pause().await;
+    }
+
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(30) {
+        let banned: Vec<gpumesh_types::CheckerView> = client
+            .checkers()
+            .await?
+            .into_iter()
+            .filter(|c| c.banned_until_ms.is_some())
+            .collect();
+        if !banned.is_empty() {
+            summary.banned_checkers = banned.len() as u32;
+            summary.ban_reasons = banned.iter().filter_map(|c| c.ban_reason.clone()).collect();
+            for c in &banned {
+                print(format!(
+                    "checker {} banned: {}",
+                    c.address,
+                    c.ban_reason.clone().unwrap_or_default()
+                ));
+            }
+            break;
+        }
+        pause().await;
+    }
+
+    // The first epoch closes a minute after the indexer started; it pays checkers.
+    let began = std::time::Instant::now();
+    print("waiting for the first epoch to pay checkers…".into());
+    while began.elapsed() < std::time::Duration::from_secs(90) {
+        let mut paid = Amount::ZERO;
+        for &c in &checkers {
+            paid = Amount(paid.0 + client.account(c).await?.cumulative_rewards.0);
+        }
+        if paid > Amount::ZERO {
+            summary.checker_rewards = paid;
+            print(format!("epoch closed: checkers were paid {} tokens", paid.tokens()));
+            break;
+        }
+        pause().await;
+    }
+    let treasury = client.info().await?.treasury;
+    summary.treasury_balance = client.account(treasury).await?.balance;
+    Ok(())
 }
 
 /// Runs the script's jobs at once and collects their receipts. `print` receives each
@@ -196,6 +352,13 @@ pub async fn run(
         ledger_ok: false,
         ledger: None,
         receipts: Vec::new(),
+        checkers: 0,
+        rejected_hosts: Vec::new(),
+        offline_detected: 0,
+        offline_detected_ms: None,
+        banned_checkers: 0,
+        ban_reasons: Vec::new(),
+        checker_rewards: Amount::ZERO,
     };
     for (job, outcome, output) in results {
         match outcome? {

@@ -1,7 +1,8 @@
 //! A whole gpumesh network in one process, on loopback (`gpumesh devnet`).
 //!
 //! An indexer on the embedded store, hosts with simulated GPUs in cities on five
-//! continents, and a buyer wallet funded from the local faucet. Workloads run as real
+//! continents, checker nodes licensed in the local genesis that verify every host's
+//! capacity and liveness, and a buyer wallet funded from the local faucet. Workloads run as real
 //! containers when a Docker Engine API is reachable (the demo image is built locally if
 //! missing) and as processes otherwise; the network says which. [`demo`] runs a scripted
 //! scenario on it. The integration tests drive the same code.
@@ -21,7 +22,8 @@ use gpumesh_host::runtime::container::ContainerRuntime;
 use gpumesh_host::runtime::process::ProcessRuntime;
 use gpumesh_identity::Wallet;
 use gpumesh_indexer::Indexer;
-use gpumesh_types::{Amount, GeoPoint, GpuModel, GpuOffer, Location, RuntimeKind};
+use gpumesh_host::challenge::{Prover, SimulatedProver};
+use gpumesh_types::{Address, Amount, GeoPoint, GpuModel, GpuOffer, Location, RuntimeKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +47,20 @@ pub struct HostSpec {
     pub count: u16,
     /// Price per GPU-hour in tokens, as a person writes it.
     pub price: String,
+    /// How its simulated GPUs answer capacity proofs.
+    pub prover: SimulatedDevice,
+}
+
+/// What a simulated host's GPUs really are. Anything but `AsClaimed` is a cheat that the
+/// checkers must catch; the demo uses them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimulatedDevice {
+    /// Computes at the speed the local genesis declares for the claimed model.
+    AsClaimed,
+    /// Claims its model but computes at the declared speed of a lesser one.
+    Actually(GpuModel),
+    /// Computes at the claimed speed but skips this many rows in a thousand.
+    SkipsRows(u16),
 }
 
 /// The default world: ten hosts in ten cities on five continents.
@@ -57,6 +73,7 @@ pub fn world() -> Vec<HostSpec> {
         gpu,
         count,
         price: price.into(),
+        prover: SimulatedDevice::AsClaimed,
     };
     use GpuModel::*;
     vec![
@@ -85,6 +102,10 @@ pub struct DevnetConfig {
     pub hosts: Vec<HostSpec>,
     /// Tokens the buyer wallet is topped up to.
     pub buyer_funds_tokens: u64,
+    /// Checker nodes, licensed in the genesis (a new data directory only).
+    pub checkers: u16,
+    /// Of those, how many answer without checking (to show canaries catching them).
+    pub lazy_checkers: u16,
 }
 
 impl Default for DevnetConfig {
@@ -96,6 +117,8 @@ impl Default for DevnetConfig {
             docker_socket: None,
             hosts: world(),
             buyer_funds_tokens: 10_000,
+            checkers: 5,
+            lazy_checkers: 0,
         }
     }
 }
@@ -125,6 +148,7 @@ pub struct Devnet {
     temp: Option<tempfile::TempDir>,
     indexer: Option<Service>,
     hosts: Vec<(String, Service)>,
+    checkers: Vec<(Address, Service)>,
 }
 
 impl std::fmt::Debug for Devnet {
@@ -184,11 +208,30 @@ async fn choose_runtime(
 async fn start_indexer(
     data_dir: &Path,
     listener: tokio::net::TcpListener,
+    checkers: Vec<Address>,
 ) -> anyhow::Result<Service> {
-    let indexer = Indexer::open(gpumesh_indexer::Config::local(data_dir))?;
+    let config = gpumesh_indexer::Config {
+        local_checkers: checkers,
+        ..gpumesh_indexer::Config::local(data_dir)
+    };
+    let indexer = Indexer::open(config)?;
     let stop = CancellationToken::new();
     let task = tokio::spawn(indexer.serve(listener, stop.clone().cancelled_owned()));
     Ok(Service { stop, task })
+}
+
+/// The simulated device of a host: the declared speed of the model it claims, or, for
+/// a cheat, of the model it really is.
+fn simulated_prover(checking: &gpumesh_types::CheckingParams, spec: &HostSpec) -> Arc<dyn Prover> {
+    let (model, skip_per_mille) = match spec.prover {
+        SimulatedDevice::AsClaimed => (spec.gpu, 0),
+        SimulatedDevice::Actually(model) => (model, 0),
+        SimulatedDevice::SkipsRows(per_mille) => (spec.gpu, per_mille),
+    };
+    Arc::new(SimulatedProver {
+        macs_per_s: checking.claimed_macs_per_s(model, true),
+        skip_per_mille,
+    })
 }
 
 impl Devnet {
@@ -216,7 +259,16 @@ impl Devnet {
             .local_addr()
             .context("failed to read the bound address")?;
         let api_url = format!("http://{addr}");
-        let indexer = start_indexer(&data_dir, listener).await?;
+        let checker_wallets = (0..config.checkers)
+            .map(|i| key(&data_dir.join("keys").join(format!("checker-{i}.key"))))
+            .collect::<anyhow::Result<Vec<Wallet>>>()?;
+        let indexer = start_indexer(
+            &data_dir,
+            listener,
+            checker_wallets.iter().map(Wallet::address).collect(),
+        )
+        .await?;
+        let checking = gpumesh_types::CheckingParams::local(Vec::new());
 
         let mut hosts = Vec::new();
         for spec in &config.hosts {
@@ -251,12 +303,31 @@ impl Devnet {
                 memory_per_gpu: Some(512 * 1024 * 1024),
                 nano_cpus_per_gpu: Some(250_000_000),
                 auto_stake: true,
+                challenge: Some(gpumesh_host::ChallengeConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    advertise: None,
+                    prover: simulated_prover(&checking, spec),
+                }),
             };
             let stop = CancellationToken::new();
             let task = tokio::spawn(gpumesh_host::run(host_config, stop.clone()));
             hosts.push((spec.name.clone(), Service { stop, task }));
         }
 
+        let mut checkers = Vec::new();
+        for (i, wallet) in checker_wallets.into_iter().enumerate() {
+            let address = wallet.address();
+            let mut checker = gpumesh_checker::CheckerConfig::new(&api_url, wallet);
+            if i < config.lazy_checkers as usize {
+                checker.behaviour = gpumesh_checker::Behaviour::Lazy;
+            }
+            // Checkers measure from the cities of the world, in turn.
+            let at = &world()[i % world().len()];
+            checker.location = GeoPoint::new(at.lat, at.lon).ok();
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(gpumesh_checker::run(checker, stop.clone()));
+            checkers.push((address, Service { stop, task }));
+        }
         let buyer_key = data_dir.join("keys").join("buyer.key");
         let buyer = key(&buyer_key)?;
         let devnet = Devnet {
@@ -270,9 +341,10 @@ impl Devnet {
             temp,
             indexer: Some(indexer),
             hosts,
+            checkers,
         };
         devnet
-            .wait_for_hosts(config.hosts.len() as u32, Duration::from_secs(20))
+            .wait_for_hosts(config.hosts.len() as u32, Duration::from_secs(40))
             .await?;
         let client = devnet.buyer_client();
         let want = Amount::from_tokens(config.buyer_funds_tokens);
@@ -300,16 +372,26 @@ impl Devnet {
         self.hosts.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    /// Waits until every host registered and every container's stake is in place.
+    /// Addresses of the checker nodes, and whether each answers lazily.
+    pub fn checker_addresses(&self) -> Vec<Address> {
+        self.checkers.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// Waits until every host registered, every container's stake is in place and
+    /// checkers have decided every capacity proof.
     async fn wait_for_hosts(&self, hosts: u32, limit: Duration) -> anyhow::Result<()> {
         let client = Client::new(&self.api_url, None);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let (Ok(info), Ok(containers)) = (client.info().await, client.containers().await)
                 && info.hosts >= hosts
-                && containers
-                    .iter()
-                    .all(|c| c.state != gpumesh_types::ContainerState::AwaitingStake)
+                && containers.iter().all(|c| {
+                    !matches!(
+                        c.state,
+                        gpumesh_types::ContainerState::AwaitingStake
+                            | gpumesh_types::ContainerState::Checking
+                    )
+                })
             {
                 return Ok(());
             }
@@ -340,7 +422,8 @@ impl Devnet {
         let listener = tokio::net::TcpListener::bind(self.addr)
             .await
             .with_context(|| format!("failed to listen on {} again", self.addr))?;
-        self.indexer = Some(start_indexer(&self.data_dir, listener).await?);
+        // The genesis is already in the store; its checker licences stand.
+        self.indexer = Some(start_indexer(&self.data_dir, listener, Vec::new()).await?);
         Ok(())
     }
 
@@ -359,6 +442,11 @@ impl Devnet {
     /// Stops hosts, then the indexer (which seals the last block). Returns the data
     /// directory, which is deleted afterwards unless it was given.
     pub async fn stop(mut self) -> anyhow::Result<Option<tempfile::TempDir>> {
+        for (address, checker) in self.checkers.drain(..) {
+            if let Err(e) = checker.stop().await {
+                tracing::warn!(checker = %address, error = %e, "checker stopped with an error");
+            }
+        }
         for (name, host) in self.hosts.drain(..) {
             if let Err(e) = host.stop().await {
                 tracing::warn!(host = %name, error = %e, "host stopped with an error");

@@ -25,6 +25,11 @@ pub enum Command {
     Indexer(IndexerArgs),
     /// Run the host agent on a GPU owner's machine.
     Host(HostArgs),
+    /// Run a checker node: verify the containers the network assigns you (liveness,
+    /// round trips, capacity proofs) and report, signed, once a period.
+    Checker(CheckerArgs),
+    /// List the network's checkers: credited tasks, agreement, canaries and bans.
+    Checkers(CheckersArgs),
     /// Rent GPUs and run a workload on them: match, pay into escrow, stream its output,
     /// print the receipt.
     Run(RunArgs),
@@ -64,6 +69,48 @@ pub enum BenchCommand {
     /// The ledger at network scale: usage records settled per second with every block
     /// written durably, an epoch close over every GPU and checker, and replay speed.
     Ledger(LedgerBenchArgs),
+    /// Checking at network scale: signed report batches verified and aggregated into
+    /// quorum verdicts per second on one core, and a capacity proof's cost to the host
+    /// and to the checker.
+    Checker(CheckerBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckerBenchArgs {
+    /// Containers checked in the period.
+    #[arg(long, default_value_t = 430_000)]
+    pub containers: usize,
+    /// Checkers licensed.
+    #[arg(long, default_value_t = 91_000)]
+    pub checkers: usize,
+    /// Results per signed report batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Capacity proofs to time (host and checker), at the benchmark size.
+    #[arg(long, default_value_t = 3)]
+    pub proofs: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckerArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Where this checker measures from, as LAT,LON: its round trips refine the network's
+    /// latency estimates.
+    #[arg(long, allow_hyphen_values = true)]
+    pub location: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckersArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +207,10 @@ pub struct DevnetArgs {
     /// With --demo: print the summary as one JSON object on stdout.
     #[arg(long, requires = "demo")]
     pub json: bool,
+    /// Checker nodes to run (licensed in a new network's genesis). The demo adds a lazy
+    /// one for the canaries to catch.
+    #[arg(long, default_value_t = 5)]
+    pub checkers: u16,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +224,14 @@ pub struct IndexerArgs {
     /// faucet on).
     #[arg(long)]
     pub local: bool,
+    /// With --local: grant a checker licence to this address in the new genesis. Repeat
+    /// for several. Without checkers, containers need no capacity proof and the heartbeat
+    /// timer alone decides liveness.
+    #[arg(long = "checker", value_name = "ADDRESS", requires = "local")]
+    pub checkers: Vec<String>,
+    /// The URL checkers reach this indexer at (for canary tasks); default: the listen address.
+    #[arg(long)]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +275,13 @@ pub struct HostArgs {
     /// each GPU's requirement still lacks (a GPU serves only once staked).
     #[arg(long)]
     pub no_stake: bool,
+    /// Where the agent answers checkers' challenges (liveness, capacity proofs).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub challenge_listen: SocketAddr,
+    /// The URL checkers reach the challenge endpoint at (default: http:// and the bound
+    /// address); set it when checkers come from other machines.
+    #[arg(long)]
+    pub challenge_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Devnet(args) => devnet(args).await,
         Command::Indexer(args) => indexer(args).await,
         Command::Host(args) => host(args).await,
+        Command::Checker(args) => checker(args).await,
+        Command::Checkers(args) => checkers(args).await,
         Command::Run(args) => run_command(args).await,
         Command::Leases(args) => leases(args).await,
         Command::Balance(args) => balance(args).await,
@@ -94,14 +96,26 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         },
         runtime: runtime_choice(args.runtime),
         docker_socket: args.docker_socket.clone(),
+        checkers: args.checkers,
         ..DevnetConfig::default()
+    };
+    // The demo adds two cheating hosts and a lazy checker, for the checkers to catch.
+    let config = if args.demo {
+        DevnetConfig {
+            hosts: demo::hosts(),
+            checkers: config.checkers.max(5) + 1,
+            lazy_checkers: 1,
+            ..config
+        }
+    } else {
+        config
     };
     let hosts = config.hosts.clone();
     let quiet = args.json;
     if !quiet {
         eprintln!("starting a local network with {} hosts…", hosts.len());
     }
-    let net = Devnet::start(config).await?;
+    let mut net = Devnet::start(config).await?;
     let data_dir = net.data_dir.clone();
     if !args.demo {
         println!("gpumesh devnet is up: a local network (simulated GPUs, faucet on)");
@@ -113,6 +127,11 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
             .map(|h| format!("{} {}×{}", h.name, h.count, h.gpu))
             .collect();
         println!("  hosts        {}", list.join(", "));
+        println!(
+            "  checkers     {} (gpumesh checkers --indexer {} lists them)",
+            net.checker_addresses().len(),
+            net.api_url
+        );
         println!(
             "  buyer key    {} ({})",
             net.buyer_key.display(),
@@ -148,13 +167,25 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         println!("runtime: {}", net.runtime_note);
     }
     let script = demo::script();
-    let result = demo::run(&net, &script, &print).await;
+    let mut result = demo::run(&net, &script, &print).await;
+    if let Ok(summary) = &mut result {
+        if let Err(e) = demo::checks(&mut net, summary, &print).await {
+            result = Err(e);
+        }
+    }
     let temp = net.stop().await?;
     let mut summary = result?;
     demo::check_ledger(&mut summary, &data_dir);
     drop(temp);
     let matchable = summary.jobs_submitted - summary.unmatched;
-    let ok = summary.ledger_ok && summary.jobs_completed == matchable && summary.unmatched >= 1;
+    let ok = summary.ledger_ok
+        && summary.jobs_completed == matchable
+        && summary.unmatched >= 1
+        && summary.checkers >= 5
+        && !summary.rejected_hosts.is_empty()
+        && summary.offline_detected >= 1
+        && summary.banned_checkers >= 1
+        && summary.checker_rewards > gpumesh_types::Amount::ZERO;
     if quiet {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -180,8 +211,24 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!(
-            "treasury balance: {} tokens",
+            "treasury balance: {} tokens (fees, slashes and rounding)",
             summary.treasury_balance.tokens()
+        );
+        println!(
+            "checkers: {}; rejected hosts: {}; offline detected: {}{}; banned checkers: {}; checker rewards: {} tokens",
+            summary.checkers,
+            summary
+                .rejected_hosts
+                .iter()
+                .map(|r| format!("{} ({})", r.host, r.reason))
+                .collect::<Vec<_>>()
+                .join(", "),
+            summary.offline_detected,
+            summary
+                .offline_detected_ms
+                .map_or(String::new(), |ms| format!(" in {ms} ms")),
+            summary.banned_checkers,
+            summary.checker_rewards.tokens()
         );
         match &summary.ledger {
             Some(l) if l.error.is_none() => println!(
@@ -207,6 +254,14 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
     if !args.local {
         config.create_local = None;
     }
+    for checker in &args.checkers {
+        config.local_checkers.push(
+            checker
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--checker {checker:?} is not a 0x address"))?,
+        );
+    }
+    config.public_url = args.public_url.clone();
     let indexer = gpumesh_indexer::Indexer::open(config)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -271,6 +326,17 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         );
         (offers, Vec::new())
     };
+    // Capacity proofs: simulated GPUs compute at their model's declared local speed;
+    // real ones on the CPU kernel until a GPU prover exists (docs/capacity-proof.md).
+    let prover: Arc<dyn gpumesh_host::challenge::Prover> = match gpus.first() {
+        Some(offer) if offer.simulated => Arc::new(gpumesh_host::challenge::SimulatedProver {
+            macs_per_s: gpumesh_types::CheckingParams::local(Vec::new())
+                .claimed_macs_per_s(offer.model, true),
+            skip_per_mille: 0,
+        }),
+        _ => Arc::new(gpumesh_host::challenge::CpuProver),
+    };
+    eprintln!("capacity proofs: {}", prover.describe());
     let runtime: Arc<dyn Runtime> = match args.runtime {
         RuntimeArg::Process if !args.dev => bail!(
             "the process runtime runs workloads without isolation; it needs --dev (local networks only)"
@@ -308,6 +374,11 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         memory_per_gpu: Some(args.memory_per_gpu_mib.saturating_mul(1024 * 1024)),
         nano_cpus_per_gpu: Some(args.cpus_per_gpu.saturating_mul(1_000_000_000)),
         auto_stake: !args.no_stake,
+        challenge: Some(gpumesh_host::ChallengeConfig {
+            listen: args.challenge_listen,
+            advertise: args.challenge_url.clone(),
+            prover,
+        }),
     };
     let stop = CancellationToken::new();
     let agent = tokio::spawn(gpumesh_host::run(config, stop.clone()));
@@ -318,6 +389,71 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
             stop.cancel();
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn checker(args: CheckerArgs) -> anyhow::Result<ExitCode> {
+    let wallet = load_key(&args.connection)?;
+    let mut config = gpumesh_checker::CheckerConfig::new(&args.connection.indexer, wallet);
+    config.location = args
+        .location
+        .as_deref()
+        .map(|l| l.parse::<GeoPoint>())
+        .transpose()
+        .context("--location")?;
+    let client = Client::new(&args.connection.indexer, None);
+    let me = config.wallet.address();
+    match client.checkers().await {
+        Ok(list) if !list.iter().any(|c| c.address == me) => bail!(
+            "{me} holds no checker licence on this network; licences are granted in the genesis"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("cannot list checkers yet ({e}); starting anyway"),
+    }
+    eprintln!("checker {me} checking for {}", args.connection.indexer);
+    let stop = CancellationToken::new();
+    let node = tokio::spawn(gpumesh_checker::run(config, stop.clone()));
+    tokio::select! {
+        result = node => { result??; }
+        _ = interrupted() => {
+            eprintln!("stopping…");
+            stop.cancel();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
+    let client = client(&args.connection, false)?;
+    let list = client.checkers().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.is_empty() {
+        println!("this network has no checkers: containers need no capacity proof");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_header([
+        "checker", "credited", "minority", "agreement", "canaries ok/failed", "periods", "banned",
+    ]);
+    for c in &list {
+        table.add_row([
+            c.address.to_string(),
+            c.credited.to_string(),
+            c.minority.to_string(),
+            format!("{:.2}%", c.agreement_bps as f64 / 100.0),
+            format!("{}/{}", c.canaries_passed, c.canaries_failed),
+            c.periods_reported.to_string(),
+            match (&c.banned_until_ms, &c.ban_reason) {
+                (Some(until), Some(why)) => format!("until {until}: {why}"),
+                (Some(until), None) => format!("until {until}"),
+                _ => "no".into(),
+            },
+        ]);
+    }
+    println!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,5 +1,6 @@
 //! `gpumesh bench …`: measurements that print one JSON object.
 
+mod checker;
 mod ledger;
 mod matching;
 mod startup;
@@ -18,5 +19,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         } => startup::startup(runtime_choice(runtime), runs, docker_socket).await,
         BenchCommand::Match(args) => matching::run(args),
         BenchCommand::Ledger(args) => ledger::run(args),
+        BenchCommand::Checker(args) => checker::run(args),
     }
 }
