@@ -8,6 +8,7 @@
 //! signed report. Which tasks a checker gets, and what its results count for, is the
 //! indexer's pure `gpumesh-checking`; this crate is only the shell that probes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,9 @@ use gpumesh_client::{Client, ClientError};
 use gpumesh_identity::Wallet;
 use gpumesh_proof::{Challenge, Opening, ProofFailure};
 use gpumesh_types::{
-    CheckOutcome, CheckReport, CheckResult, CheckTask, FailReason, GeoPoint, LivenessAnswer,
-    LivenessChallenge, ProofCommitRequest, ProofCommitment, ProofOpenRequest, TaskKind,
-    liveness_message,
+    CheckOutcome, CheckReport, CheckResult, CheckTask, ContainerRef, FailReason, GeoPoint,
+    LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment, ProofOpenRequest,
+    TaskKind, liveness_message,
 };
 use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -90,38 +91,50 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
     });
     let me = checker.config.wallet.address();
     tracing::info!(checker = %me, behaviour = ?checker.config.behaviour, "checking");
-    let mut reported: Option<u64> = None;
+    // The tasks of the current period already answered.
+    let mut done: (u64, HashSet<(ContainerRef, TaskKind)>) = (u64::MAX, HashSet::new());
+    let mut proofs = tokio::task::JoinSet::new();
     loop {
         let pause = match checker.client.checker_tasks(me).await {
             Ok(view) if view.banned => {
                 tracing::warn!(checker = %me, "banned from tasks and rewards");
                 Duration::from_millis(view.period_end_ms.saturating_sub(now_ms()).max(500))
             }
-            Ok(view) if reported == Some(view.period) || view.tasks.is_empty() => {
-                // Wait for the next period (tasks taken over from silent checkers appear
-                // later in a period, so look again before it ends).
-                let left = view.period_end_ms.saturating_sub(now_ms());
-                Duration::from_millis((left / 2).clamp(100, 5_000))
-            }
             Ok(view) => {
-                let results = checker.check_all(view.tasks).await;
-                let report = CheckReport {
-                    period: view.period,
-                    location: checker.config.location,
-                    results,
-                };
-                match checker.client.report(&report).await {
-                    Ok(accepted) => {
-                        tracing::debug!(period = view.period, accepted = accepted.accepted, "reported");
-                        reported = Some(view.period);
-                    }
-                    Err(ClientError::Api { error, .. }) => {
-                        tracing::warn!(period = view.period, error = %error.message, "report refused");
-                        reported = Some(view.period);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "report failed; retrying"),
+                if done.0 != view.period {
+                    done = (view.period, HashSet::new());
                 }
-                Duration::from_millis(50)
+                let new: Vec<CheckTask> = view
+                    .tasks
+                    .into_iter()
+                    .filter(|t| !done.1.contains(&(t.container, t.kind)))
+                    .collect();
+                if new.is_empty() {
+                    // Tasks taken over from silent checkers appear later in a period:
+                    // look again before it ends.
+                    let left = view.period_end_ms.saturating_sub(now_ms());
+                    Duration::from_millis((left / 3).clamp(100, 5_000))
+                } else {
+                    // Liveness first, in its own report: it is quick, and a checker that
+                    // has reported early keeps its tasks; capacity proofs take longer.
+                    let (liveness, capacity): (Vec<CheckTask>, Vec<CheckTask>) =
+                        new.into_iter().partition(|t| t.kind == TaskKind::Liveness);
+                    for t in liveness.iter().chain(&capacity) {
+                        done.1.insert((t.container, t.kind));
+                    }
+                    if !liveness.is_empty() {
+                        checker.send(view.period, liveness).await;
+                    }
+                    // Proofs take a while: they report on their own, and the next
+                    // period's liveness need not wait for them.
+                    if !capacity.is_empty() {
+                        let me = checker.clone();
+                        let period = view.period;
+                        proofs.spawn(async move { me.send(period, capacity).await });
+                    }
+                    while proofs.try_join_next().is_some() {}
+                    Duration::from_millis(50)
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch tasks; retrying");
@@ -146,6 +159,31 @@ fn failed(reason: FailReason) -> CheckOutcome {
 }
 
 impl Checker {
+    /// Runs a batch of tasks and reports their results, signed once.
+    async fn send(self: &Arc<Self>, period: u64, tasks: Vec<CheckTask>) {
+        let report = CheckReport {
+            period,
+            location: self.config.location,
+            results: self.check_all(tasks).await,
+        };
+        for attempt in 0..3u32 {
+            match self.client.report(&report).await {
+                Ok(accepted) => {
+                    tracing::debug!(period, accepted = accepted.accepted, "reported");
+                    return;
+                }
+                Err(ClientError::Api { error, .. }) => {
+                    tracing::warn!(period, error = %error.message, "report refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "report failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
     async fn check_all(self: &Arc<Self>, tasks: Vec<CheckTask>) -> Vec<CheckResult> {
         futures_util::stream::iter(tasks)
             .map(|task| {
@@ -214,9 +252,15 @@ impl Checker {
         };
         let deadline = Duration::from_millis(deadline_ms);
         let began = Instant::now();
-        // Wait a little past the deadline, to tell a late host from an absent one.
+        // No answer by the deadline is a missed deadline; a refused connection is an
+        // absent host.
         let commitment: ProofCommitment = match self
-            .post(task, "proof/commit", &request, deadline * 2 + Duration::from_secs(1))
+            .post(
+                task,
+                "proof/commit",
+                &request,
+                deadline + Duration::from_millis(50),
+            )
             .await
         {
             Ok(c) => c,

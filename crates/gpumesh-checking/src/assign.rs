@@ -207,7 +207,10 @@ mod tests {
                 load[k as usize] += 1;
             }
         }
-        assert!(differ > 800, "only {differ} of 900 assignments changed with the seed");
+        assert!(
+            differ > 800,
+            "only {differ} of 900 assignments changed with the seed"
+        );
         // 2700 tasks over 9 checkers: 300 each on average.
         assert!(load.iter().all(|&l| (200..400).contains(&l)), "{load:?}");
     }

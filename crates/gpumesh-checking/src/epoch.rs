@@ -77,7 +77,11 @@ pub fn delivery_list(
     let mut by_host: BTreeMap<Address, BTreeMap<u16, u64>> = BTreeMap::new();
     for (c, gpu_ms) in delivered {
         if gpu_ms > 0 {
-            *by_host.entry(c.host).or_default().entry(c.index).or_default() += gpu_ms;
+            *by_host
+                .entry(c.host)
+                .or_default()
+                .entry(c.index)
+                .or_default() += gpu_ms;
         }
     }
     by_host

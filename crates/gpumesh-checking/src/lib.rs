@@ -309,8 +309,8 @@ impl Checking {
                 if roll >= self.params.canary_per_mille {
                     continue;
                 }
-                let like = &targets[(u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize)
-                    % targets.len()];
+                let like = &targets
+                    [(u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize) % targets.len()];
                 let container = ContainerRef {
                     host: Address::from_slice(&h[12..]),
                     index: like.container.index,
@@ -326,7 +326,8 @@ impl Checking {
                     endpoint: format!("{decoy_base}/{}", alloy_primitives::hex::encode(&h[..16])),
                     gpu: like.gpu,
                     simulated: like.simulated,
-                    proof: (kind == TaskKind::Capacity).then_some(self.params.proof),
+                    proof: (kind == TaskKind::Capacity)
+                        .then(|| self.params.proof_for(like.gpu, like.simulated)),
                     proof_deadline_ms: (kind == TaskKind::Capacity)
                         .then(|| self.params.proof_deadline_ms(like.gpu, like.simulated)),
                 };
@@ -413,11 +414,9 @@ impl Checking {
                     endpoint: target.endpoint.clone(),
                     gpu: target.gpu,
                     simulated: target.simulated,
-                    proof: capacity.then_some(self.params.proof),
-                    proof_deadline_ms: capacity.then(|| {
-                        self.params
-                            .proof_deadline_ms(target.gpu, target.simulated)
-                    }),
+                    proof: capacity.then(|| self.params.proof_for(target.gpu, target.simulated)),
+                    proof_deadline_ms: capacity
+                        .then(|| self.params.proof_deadline_ms(target.gpu, target.simulated)),
                 });
             }
         }
@@ -486,9 +485,7 @@ impl Checking {
             let kind_fits = |k: TaskKind, o: &CheckOutcome| match o {
                 CheckOutcome::Up { .. } => k == TaskKind::Liveness,
                 CheckOutcome::Valid { .. } => k == TaskKind::Capacity,
-                CheckOutcome::Failed { reason } => {
-                    k == TaskKind::Capacity || !reason.is_proof()
-                }
+                CheckOutcome::Failed { reason } => k == TaskKind::Capacity || !reason.is_proof(),
             };
             if !kind_fits(r.kind, &r.outcome) {
                 return Err(CheckingError::Invalid(format!(
@@ -518,8 +515,7 @@ impl Checking {
             if !held {
                 return Err(not_assigned(&r.container, r.kind, report.period));
             }
-            if p
-                .results
+            if p.results
                 .get(&(t, r.kind))
                 .is_some_and(|v| v.iter().any(|(k, _)| *k == c))
             {
@@ -662,9 +658,7 @@ impl Checking {
             record.canaries_passed += canaries[c].0;
             record.canaries_failed += canaries[c].1;
             record.minority += minority[c].len() as u64;
-            record
-                .minority_at
-                .retain(|&t| t + window > now_ms);
+            record.minority_at.retain(|&t| t + window > now_ms);
             record
                 .minority_at
                 .extend(std::iter::repeat_n(now_ms, minority[c].len()));
@@ -741,12 +735,16 @@ impl Checking {
 
     /// The canary task served at `token`, if it is one of an open period's.
     pub fn decoy(&self, token: &str) -> Option<&CheckTask> {
-        self.periods.values().flat_map(|p| p.canaries.values()).map(|k| &k.task).find(|t| {
-            t.endpoint
-                .rsplit('/')
-                .next()
-                .is_some_and(|end| end == token)
-        })
+        self.periods
+            .values()
+            .flat_map(|p| p.canaries.values())
+            .map(|k| &k.task)
+            .find(|t| {
+                t.endpoint
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|end| end == token)
+            })
     }
 }
 

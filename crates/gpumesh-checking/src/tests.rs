@@ -174,7 +174,13 @@ fn a_lazy_checker_that_always_says_up_is_caught_by_canaries_and_banned() {
         // Every real host is up: only the canaries tell the lazy checker apart.
         w.report_all(100, |c, t| {
             if *c == lazy {
-                honest(&CheckTask { endpoint: String::new(), ..t.clone() }, true)
+                honest(
+                    &CheckTask {
+                        endpoint: String::new(),
+                        ..t.clone()
+                    },
+                    true,
+                )
             } else {
                 honest(t, true)
             }
@@ -188,7 +194,10 @@ fn a_lazy_checker_that_always_says_up_is_caught_by_canaries_and_banned() {
     assert!(record.ban_reason.as_ref().unwrap().contains("canary"));
     // Every honest checker passed its canaries and is not banned.
     for c in w.checking.checkers().filter(|c| c.address != lazy) {
-        assert_eq!((c.canaries_passed, c.canaries_failed, c.minority), (2, 0, 0));
+        assert_eq!(
+            (c.canaries_passed, c.canaries_failed, c.minority),
+            (2, 0, 0)
+        );
         assert!(!c.banned(w.start()));
     }
     // Banned: no tasks, no report, no reward.
@@ -203,7 +212,10 @@ fn a_lazy_checker_that_always_says_up_is_caught_by_canaries_and_banned() {
             outcome: CheckOutcome::Up { rtt_us: 1 },
         }],
     };
-    let err = w.checking.report(lazy, &report, w.start() + 10).unwrap_err();
+    let err = w
+        .checking
+        .report(lazy, &report, w.start() + 10)
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::CheckerBanned);
     let epoch = w.checking.take_epoch(w.start());
     assert!(epoch.iter().all(|(a, ..)| *a != lazy));
@@ -218,19 +230,37 @@ fn two_minority_results_in_a_week_ban_and_one_does_not() {
     let mut w = World::new(p);
     // One container, three checkers: each checks it every period.
     w.begin(targets(1, false));
-    w.report_all(100, |c, t| if *c == odd { lie(t, true) } else { honest(t, true) });
+    w.report_all(100, |c, t| {
+        if *c == odd {
+            lie(t, true)
+        } else {
+            honest(t, true)
+        }
+    });
     w.close();
     assert_eq!(w.checking.checker(&odd).unwrap().minority, 1);
     assert!(!w.checking.checker(&odd).unwrap().banned(w.start()));
     // A week later the first one has expired: a second alone does not ban.
     w.period += week / w.checking.params().period_ms;
     w.begin(targets(1, false));
-    w.report_all(100, |c, t| if *c == odd { lie(t, true) } else { honest(t, true) });
+    w.report_all(100, |c, t| {
+        if *c == odd {
+            lie(t, true)
+        } else {
+            honest(t, true)
+        }
+    });
     w.close();
     assert!(!w.checking.checker(&odd).unwrap().banned(w.start()));
     // A third within the week of the second does.
     w.begin(targets(1, false));
-    w.report_all(100, |c, t| if *c == odd { lie(t, true) } else { honest(t, true) });
+    w.report_all(100, |c, t| {
+        if *c == odd {
+            lie(t, true)
+        } else {
+            honest(t, true)
+        }
+    });
     let out = w.close();
     assert_eq!(out.banned, vec![odd]);
     let r = w.checking.checker(&odd).unwrap();
@@ -285,7 +315,13 @@ fn bad_reports_are_refused_whole_with_a_code() {
         assert_eq!(err.code(), code, "{err}");
     };
     // Not a licence holder.
-    check(&mut w, addr(b'x', 1), report(vec![one(a.container, TaskKind::Liveness, up)]), now, ErrorCode::NotAChecker);
+    check(
+        &mut w,
+        addr(b'x', 1),
+        report(vec![one(a.container, TaskKind::Liveness, up)]),
+        now,
+        ErrorCode::NotAChecker,
+    );
     // A container it was not given, alongside one it was: neither is taken.
     if let Some(other) = other {
         check(
@@ -300,27 +336,75 @@ fn bad_reports_are_refused_whole_with_a_code() {
         );
     }
     // A capacity result where no proof is due.
-    check(&mut w, mine, report(vec![one(a.container, TaskKind::Capacity, CheckOutcome::Valid { host_ms: 1 })]), now, ErrorCode::NotAssigned);
+    check(
+        &mut w,
+        mine,
+        report(vec![one(
+            a.container,
+            TaskKind::Capacity,
+            CheckOutcome::Valid { host_ms: 1 },
+        )]),
+        now,
+        ErrorCode::NotAssigned,
+    );
     // An outcome that does not answer the task.
-    check(&mut w, mine, report(vec![one(a.container, TaskKind::Liveness, CheckOutcome::Valid { host_ms: 1 })]), now, ErrorCode::InvalidRequest);
+    check(
+        &mut w,
+        mine,
+        report(vec![one(
+            a.container,
+            TaskKind::Liveness,
+            CheckOutcome::Valid { host_ms: 1 },
+        )]),
+        now,
+        ErrorCode::InvalidRequest,
+    );
     // The same result twice in one report.
     check(
         &mut w,
         mine,
-        report(vec![one(a.container, TaskKind::Liveness, up), one(a.container, TaskKind::Liveness, up)]),
+        report(vec![
+            one(a.container, TaskKind::Liveness, up),
+            one(a.container, TaskKind::Liveness, up),
+        ]),
         now,
         ErrorCode::DuplicateResult,
     );
     // Nothing was taken so far; now one good report, then the same again.
     w.checking
-        .report(mine, &report(vec![one(a.container, TaskKind::Liveness, up)]), now)
+        .report(
+            mine,
+            &report(vec![one(a.container, TaskKind::Liveness, up)]),
+            now,
+        )
         .unwrap();
-    check(&mut w, mine, report(vec![one(a.container, TaskKind::Liveness, up)]), now + 1, ErrorCode::DuplicateResult);
+    check(
+        &mut w,
+        mine,
+        report(vec![one(a.container, TaskKind::Liveness, up)]),
+        now + 1,
+        ErrorCode::DuplicateResult,
+    );
     // A period that is not open, and this one after its grace.
-    check(&mut w, mine, CheckReport { period: 5, ..report(vec![one(a.container, TaskKind::Liveness, up)]) }, now, ErrorCode::LateReport);
+    check(
+        &mut w,
+        mine,
+        CheckReport {
+            period: 5,
+            ..report(vec![one(a.container, TaskKind::Liveness, up)])
+        },
+        now,
+        ErrorCode::LateReport,
+    );
     let p = w.checking.params().clone();
     let after_grace = w.start() + p.period_ms + p.report_grace_ms + 1;
-    check(&mut w, a.checkers[1], report(vec![one(a.container, TaskKind::Liveness, up)]), after_grace, ErrorCode::LateReport);
+    check(
+        &mut w,
+        a.checkers[1],
+        report(vec![one(a.container, TaskKind::Liveness, up)]),
+        after_grace,
+        ErrorCode::LateReport,
+    );
     // Only the one good result counted: no verdict with a single vote.
     let out = w.close();
     assert!(out.verdicts.is_empty());
@@ -345,15 +429,30 @@ fn a_silent_primary_loses_its_task_to_the_next_in_rank() {
     let up = CheckOutcome::Up { rtt_us: 5 };
     for &k in &ranked[1..3] {
         w.checking
-            .report(k, &CheckReport { period: 0, location: None, results: vec![one(c, TaskKind::Liveness, up)] }, before)
+            .report(
+                k,
+                &CheckReport {
+                    period: 0,
+                    location: None,
+                    results: vec![one(c, TaskKind::Liveness, up)],
+                },
+                before,
+            )
             .unwrap();
     }
     let after = w.start() + p.takeover_ms + 1;
     assert_eq!(w.checking.tasks(&silent, after).unwrap().2.len(), 0);
     assert_eq!(w.checking.tasks(&backup, after).unwrap().2.len(), 1);
     assert_eq!(w.checking.tasks(&ranked[4], after).unwrap().2.len(), 0);
-    let late = CheckReport { period: 0, location: None, results: vec![one(c, TaskKind::Liveness, up)] };
-    assert_eq!(w.checking.report(silent, &late, after).unwrap_err().code(), ErrorCode::NotAssigned);
+    let late = CheckReport {
+        period: 0,
+        location: None,
+        results: vec![one(c, TaskKind::Liveness, up)],
+    };
+    assert_eq!(
+        w.checking.report(silent, &late, after).unwrap_err().code(),
+        ErrorCode::NotAssigned
+    );
     w.checking.report(backup, &late, after).unwrap();
     let out = w.close();
     assert_eq!(out.verdicts.len(), 1);
@@ -373,8 +472,21 @@ fn epoch_lists_credited_tasks_and_uptime() {
                 continue;
             }
             let (period, _, tasks) = w.checking.tasks(&checker, now).unwrap();
-            let results = tasks.iter().map(|t| one(t.container, t.kind, honest(t, true))).collect();
-            w.checking.report(checker, &CheckReport { period, location: None, results }, now).unwrap();
+            let results = tasks
+                .iter()
+                .map(|t| one(t.container, t.kind, honest(t, true)))
+                .collect();
+            w.checking
+                .report(
+                    checker,
+                    &CheckReport {
+                        period,
+                        location: None,
+                        results,
+                    },
+                    now,
+                )
+                .unwrap();
         }
         w.close();
     }

@@ -378,7 +378,10 @@ impl Client {
         period: Option<u64>,
     ) -> Result<gpumesh_types::AssignmentView, ClientError> {
         match period {
-            Some(p) => self.get(&format!("/v1/checking/assignment?period={p}")).await,
+            Some(p) => {
+                self.get(&format!("/v1/checking/assignment?period={p}"))
+                    .await
+            }
             None => self.get("/v1/checking/assignment").await,
         }
     }

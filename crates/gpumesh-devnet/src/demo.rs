@@ -238,11 +238,10 @@ pub async fn checks(
     let killed = std::time::Instant::now();
     print(format!("{SILENT_HOST} goes silent…"));
     while killed.elapsed() < std::time::Duration::from_secs(30) {
-        let offline = client
-            .containers()
-            .await?
-            .iter()
-            .any(|c| Some(c.host) == silent && c.state == gpumesh_types::ContainerState::Offline);
+        let offline =
+            client.containers().await?.iter().any(|c| {
+                Some(c.host) == silent && c.state == gpumesh_types::ContainerState::Offline
+            });
         if offline {
             summary.offline_detected = 1;
             summary.offline_detected_ms = Some(killed.elapsed().as_millis() as u64);
@@ -288,7 +287,10 @@ pub async fn checks(
         }
         if paid > Amount::ZERO {
             summary.checker_rewards = paid;
-            print(format!("epoch closed: checkers were paid {} tokens", paid.tokens()));
+            print(format!(
+                "epoch closed: checkers were paid {} tokens",
+                paid.tokens()
+            ));
             break;
         }
         pause().await;

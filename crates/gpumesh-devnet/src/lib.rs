@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gpumesh_client::Client;
+use gpumesh_host::challenge::{Prover, SimulatedProver};
 use gpumesh_host::demo_image::ensure_demo_image;
 use gpumesh_host::runtime::Runtime;
 use gpumesh_host::runtime::container::ContainerRuntime;
 use gpumesh_host::runtime::process::ProcessRuntime;
 use gpumesh_identity::Wallet;
 use gpumesh_indexer::Indexer;
-use gpumesh_host::challenge::{Prover, SimulatedProver};
 use gpumesh_types::{Address, Amount, GeoPoint, GpuModel, GpuOffer, Location, RuntimeKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

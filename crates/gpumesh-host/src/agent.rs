@@ -88,6 +88,10 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     // tests) ends them all, as the death of the process would.
     let mut background = tokio::task::JoinSet::new();
     let mut challenge_url = None;
+    // Stops the challenge endpoint however `run` ends, a crash (the future dropped) too:
+    // connections a checker still holds open must not outlive the agent.
+    let challenge_stop = shutdown.child_token();
+    let _challenge_guard = challenge_stop.clone().drop_guard();
     if let Some(challenge) = &config.challenge {
         let listener = tokio::net::TcpListener::bind(challenge.listen)
             .await
@@ -102,7 +106,9 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         let chain_id = loop {
             match client.network_chain_id().await {
                 Ok(id) => break id,
-                Err(e) => tracing::warn!(error = %e, "cannot read the network's chain id; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the network's chain id; retrying")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -111,14 +117,21 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         };
         let gpus: u16 = config.gpus.iter().map(|g| g.count).sum();
         tracing::info!(%bound, prover = %challenge.prover.describe(), "answering checkers");
-        background.spawn(crate::challenge::serve(
-            listener,
-            config.wallet.clone(),
-            chain_id,
-            gpus,
-            challenge.prover.clone(),
-            shutdown.clone(),
-        ).map(|r| if let Err(e) = r { tracing::error!(error = %e, "the challenge endpoint stopped") }));
+        background.spawn(
+            crate::challenge::serve(
+                listener,
+                config.wallet.clone(),
+                chain_id,
+                gpus,
+                challenge.prover.clone(),
+                challenge_stop.clone(),
+            )
+            .map(|r| {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "the challenge endpoint stopped")
+                }
+            }),
+        );
     }
     let agent = Arc::new(Agent {
         client,

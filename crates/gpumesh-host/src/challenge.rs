@@ -103,6 +103,8 @@ struct Kept {
 }
 
 struct Endpoint {
+    /// Cancelled when the agent stops: connections still open then get no answer.
+    stopped: CancellationToken,
     wallet: Wallet,
     chain_id: u64,
     gpus: u16,
@@ -121,6 +123,14 @@ fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Re
         .into_response()
 }
 
+fn gone() -> Response {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal,
+        "the agent has stopped",
+    )
+}
+
 /// Serves the challenge endpoint on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -131,6 +141,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(Endpoint {
+        stopped: shutdown.clone(),
         wallet,
         chain_id,
         gpus,
@@ -152,14 +163,22 @@ async fn liveness(
     State(e): State<Arc<Endpoint>>,
     Json(challenge): Json<LivenessChallenge>,
 ) -> Response {
+    if e.stopped.is_cancelled() {
+        return gone();
+    }
     if challenge.index >= e.gpus {
         return refuse(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,
-            format!("this host has {} GPUs; there is no GPU {}", e.gpus, challenge.index),
+            format!(
+                "this host has {} GPUs; there is no GPU {}",
+                e.gpus, challenge.index
+            ),
         );
     }
-    let signature = Sig(e.wallet.sign_message(liveness_message(e.chain_id, &challenge)));
+    let signature = Sig(e
+        .wallet
+        .sign_message(liveness_message(e.chain_id, &challenge)));
     Json(LivenessAnswer { signature }).into_response()
 }
 
@@ -167,11 +186,17 @@ async fn commit(
     State(e): State<Arc<Endpoint>>,
     Json(request): Json<ProofCommitRequest>,
 ) -> Response {
+    if e.stopped.is_cancelled() {
+        return gone();
+    }
     if request.index >= e.gpus {
         return refuse(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,
-            format!("this host has {} GPUs; there is no GPU {}", e.gpus, request.index),
+            format!(
+                "this host has {} GPUs; there is no GPU {}",
+                e.gpus, request.index
+            ),
         );
     }
     if let Err(err) = request.challenge.params.validate() {
@@ -183,8 +208,7 @@ async fn commit(
     }
     let prover = e.prover.clone();
     let challenge = request.challenge.clone();
-    let proved =
-        tokio::task::spawn_blocking(move || prover.prove(request.index, &challenge)).await;
+    let proved = tokio::task::spawn_blocking(move || prover.prove(request.index, &challenge)).await;
     let proved = match proved {
         Ok(Ok(p)) => Arc::new(p),
         Ok(Err(err)) => {
@@ -212,6 +236,9 @@ async fn commit(
 }
 
 async fn open(State(e): State<Arc<Endpoint>>, Json(request): Json<ProofOpenRequest>) -> Response {
+    if e.stopped.is_cancelled() {
+        return gone();
+    }
     let proved = {
         let kept = e.proofs.lock().unwrap_or_else(|p| p.into_inner());
         kept.iter()

@@ -527,9 +527,9 @@ async fn assignment(
     };
     state.read(|c| {
         let checking = c.checking();
-        let period = period.or(checking.current_period()).ok_or_else(|| {
-            Failure::new(ErrorCode::NotFound, "no checking period has begun")
-        })?;
+        let period = period
+            .or(checking.current_period())
+            .ok_or_else(|| Failure::new(ErrorCode::NotFound, "no checking period has begun"))?;
         checking
             .assignment(period)
             .map(|a| Json(a).into_response())

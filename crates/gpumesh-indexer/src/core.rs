@@ -100,8 +100,9 @@ impl Core {
         let mut params = snapshot.params;
         params.checked = checking.enabled();
         let registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
-        let canary_seed =
-            alloy_primitives::keccak256(protocol.sign_message(b"gpumesh-canary-seed-v1").as_bytes());
+        let canary_seed = alloy_primitives::keccak256(
+            protocol.sign_message(b"gpumesh-canary-seed-v1").as_bytes(),
+        );
         let mut logs: HashMap<LeaseId, LeaseLog> = HashMap::new();
         for (lease, entry) in snapshot.logs {
             let log = logs.entry(lease).or_default();
@@ -452,7 +453,7 @@ impl Core {
                     };
                     let params = self.checking.params();
                     let expected = gpumesh_proof::expected_ms(
-                        &params.proof,
+                        &params.proof_for(gpu.model, gpu.simulated),
                         params.claimed_macs_per_s(gpu.model, gpu.simulated),
                     );
                     let rejected = self.registry.capacity_verdict(
@@ -498,7 +499,13 @@ impl Core {
         now_ms: u64,
         batch: &mut Batch,
     ) {
-        if self.ledger.stake(&v.container.host, v.container.index).bonded.0 == 0 {
+        if self
+            .ledger
+            .stake(&v.container.host, v.container.index)
+            .bonded
+            .0
+            == 0
+        {
             return;
         }
         let offence = if reason == gpumesh_types::FailReason::DeadlineMissed {
@@ -535,13 +542,10 @@ impl Core {
             )
         })?;
         let params = self.checking.params();
-        let (period, start, tasks) = self
-            .checking
-            .tasks(&checker, now_ms)
-            .unwrap_or_else(|| {
-                let (p, s) = self.checking.period_at(now_ms);
-                (p, s, Vec::new())
-            });
+        let (period, start, tasks) = self.checking.tasks(&checker, now_ms).unwrap_or_else(|| {
+            let (p, s) = self.checking.period_at(now_ms);
+            (p, s, Vec::new())
+        });
         Ok(gpumesh_types::CheckerTasksView {
             checker,
             period,

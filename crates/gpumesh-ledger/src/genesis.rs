@@ -196,7 +196,9 @@ impl Genesis {
             ));
         }
         if c.proof.validate().is_err() {
-            return Err(GenesisError::Economics("checking: the proof size is invalid"));
+            return Err(GenesisError::Economics(
+                "checking: the proof size is invalid",
+            ));
         }
         if c.simulated_macs_per_tflop > 0 && !self.local {
             return Err(GenesisError::Economics(
@@ -207,7 +209,9 @@ impl Genesis {
         licences.sort_unstable();
         licences.dedup();
         if licences.len() != c.checkers.len() {
-            return Err(GenesisError::Economics("checking: a checker is licensed twice"));
+            return Err(GenesisError::Economics(
+                "checking: a checker is licensed twice",
+            ));
         }
         if self.fee_bps > 10_000 {
             return Err(GenesisError::Fee(self.fee_bps));

@@ -141,7 +141,10 @@ pub enum Capacity {
     /// Not proven yet: the container is `checking`.
     #[default]
     Pending,
-    Passed { at_ms: u64, host_ms: u64 },
+    Passed {
+        at_ms: u64,
+        host_ms: u64,
+    },
     Rejected {
         at_ms: u64,
         reason: gpumesh_types::FailReason,
@@ -826,7 +829,11 @@ impl Registry {
     /// The containers checkers should check in a period: every GPU of a host that gave a
     /// challenge endpoint, except rejected ones; a capacity proof is due for those never
     /// proven and those proven more than `capacity_every_ms` ago.
-    pub fn check_targets(&self, capacity_every_ms: u64, now_ms: u64) -> Vec<gpumesh_checking::Target> {
+    pub fn check_targets(
+        &self,
+        capacity_every_ms: u64,
+        now_ms: u64,
+    ) -> Vec<gpumesh_checking::Target> {
         let mut out = Vec::with_capacity(self.container_count());
         for host in &self.hosts {
             let r = &host.record;
@@ -877,17 +884,25 @@ impl Registry {
             ));
         };
         let model = gpu.model;
-        host.record.capacity.resize(host.record.gpus.len(), Capacity::Pending);
+        host.record
+            .capacity
+            .resize(host.record.gpus.len(), Capacity::Pending);
         let rejected = if passed {
             let host_ms = host_ms.unwrap_or(0);
-            host.record.capacity[i] = Capacity::Passed { at_ms: now_ms, host_ms };
+            host.record.capacity[i] = Capacity::Passed {
+                at_ms: now_ms,
+                host_ms,
+            };
             host.record.proof_ok = Some(host_ms <= expected_ms);
             None
         } else if matches!(host.record.capacity[i], Capacity::Rejected { .. }) {
             None
         } else {
             let reason = reason.unwrap_or(gpumesh_types::FailReason::BadOpening);
-            host.record.capacity[i] = Capacity::Rejected { at_ms: now_ms, reason };
+            host.record.capacity[i] = Capacity::Rejected {
+                at_ms: now_ms,
+                reason,
+            };
             Some(model)
         };
         self.dirty.push(Dirty::Host(c.host));
@@ -936,7 +951,8 @@ impl Registry {
                         last_heartbeat_ms,
                     });
                 }
-                let why = "host lost: a quorum of checkers found it down; undelivered time is refunded";
+                let why =
+                    "host lost: a quorum of checkers found it down; undelivered time is refunded";
                 effects.extend(self.fail_leases_of(&[*host], why, now_ms));
                 effects
             }

@@ -82,10 +82,15 @@ pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>
     images(&request.images)?;
     if let Some(url) = &request.challenge_url {
         let scheme = url.starts_with("http://") || url.starts_with("https://");
-        if !scheme || url.len() > MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if !scheme
+            || url.len() > MAX_URL
+            || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid(
                 ErrorCode::InvalidRequest,
-                format!("challenge URL {url:?} must be an http:// or https:// URL of at most {MAX_URL} characters"),
+                format!(
+                    "challenge URL {url:?} must be an http:// or https:// URL of at most {MAX_URL} characters"
+                ),
             ));
         }
     }

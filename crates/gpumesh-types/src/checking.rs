@@ -5,7 +5,7 @@
 use alloy_primitives::{Address, B256};
 use serde::{Deserialize, Serialize};
 
-pub use gpumesh_proof::{Challenge, Opening, OpenedRow, ProofParams};
+pub use gpumesh_proof::{Challenge, OpenedRow, Opening, ProofParams};
 
 use crate::GeoPoint;
 use crate::GpuModel;
@@ -41,8 +41,12 @@ pub struct CheckingParams {
     pub report_grace_ms: u64,
     /// How often a verified container proves its capacity again.
     pub capacity_every_ms: u64,
-    /// The size of a capacity proof.
+    /// The shape of a capacity proof: its inner dimension, spot rows and fewest rows. The
+    /// rows of each proof are sized to the claimed throughput ([`CheckingParams::proof_for`]).
     pub proof: ProofParams,
+    /// How long a proof should take at the claimed throughput, so that the work, not the
+    /// network, dominates the time measured.
+    pub proof_target_ms: u64,
     /// The proof's deadline: the time the claimed throughput needs, times this percentage,
     /// plus `proof_grace_ms` for the network.
     pub proof_slack_pct: u32,
@@ -75,6 +79,7 @@ impl CheckingParams {
             report_grace_ms: 15_000,
             capacity_every_ms: 24 * 3_600_000,
             proof: ProofParams::NETWORK,
+            proof_target_ms: 2_000,
             proof_slack_pct: 150,
             proof_grace_ms: 2_000,
             simulated_macs_per_tflop: 0,
@@ -86,18 +91,24 @@ impl CheckingParams {
     }
 
     /// A local network: the same rules on a fast clock (two-second periods, a proof
-    /// every minute), small proofs, simulated GPUs at a millionth of their claimed rate,
-    /// and a canary for every checker every period.
+    /// every minute), small proofs, simulated GPUs at a ten-millionth of their claimed
+    /// rate (so a dozen hosts' proofs share two cores), generous slack for a busy
+    /// machine, and a canary for every checker every period.
     pub fn local(checkers: Vec<Address>) -> CheckingParams {
         CheckingParams {
             period_ms: 2_000,
             takeover_ms: 1_200,
-            report_grace_ms: 1_000,
+            report_grace_ms: 3_000,
             capacity_every_ms: 60_000,
-            proof: ProofParams::LOCAL,
+            // As few rows as spot rows: a slow model's proof stays short.
+            proof: ProofParams {
+                rows: ProofParams::LOCAL.spot_rows as u32,
+                ..ProofParams::LOCAL
+            },
+            proof_target_ms: 300,
             proof_slack_pct: 300,
             proof_grace_ms: 400,
-            simulated_macs_per_tflop: 1_000_000,
+            simulated_macs_per_tflop: 100_000,
             canary_per_mille: 1_000,
             ..CheckingParams::network(checkers)
         }
@@ -113,10 +124,23 @@ impl CheckingParams {
         (model.spec().tflops_fp16 as u64).saturating_mul(per_tflop)
     }
 
+    /// The proof a GPU of this model is given: `proof`'s shape with as many rows as the
+    /// claimed throughput computes in `proof_target_ms` (at least `proof.rows`, at most
+    /// the protocol's limit).
+    pub fn proof_for(&self, model: GpuModel, simulated: bool) -> ProofParams {
+        let per_row = self.proof.inner as u128 * self.proof.inner as u128;
+        let macs =
+            self.claimed_macs_per_s(model, simulated) as u128 * self.proof_target_ms as u128 / 1000;
+        let rows = (macs / per_row.max(1))
+            .clamp(self.proof.rows as u128, ProofParams::MAX_ROWS as u128)
+            as u32;
+        ProofParams { rows, ..self.proof }
+    }
+
     /// How long a host has, from the challenge to its commitment.
     pub fn proof_deadline_ms(&self, model: GpuModel, simulated: bool) -> u64 {
         gpumesh_proof::deadline_ms(
-            &self.proof,
+            &self.proof_for(model, simulated),
             self.claimed_macs_per_s(model, simulated),
             self.proof_slack_pct,
             self.proof_grace_ms,

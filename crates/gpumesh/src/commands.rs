@@ -435,9 +435,17 @@ async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::NOTHING).set_header([
-        "checker", "credited", "minority", "agreement", "canaries ok/failed", "periods", "banned",
-    ]);
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "checker",
+            "credited",
+            "minority",
+            "agreement",
+            "canaries ok/failed",
+            "periods",
+            "banned",
+        ]);
     for c in &list {
         table.add_row([
             c.address.to_string(),

@@ -41,7 +41,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: CheckerBenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.containers > 0 && args.checkers >= 3, "need containers and at least 3 checkers");
+    anyhow::ensure!(
+        args.containers > 0 && args.checkers >= 3,
+        "need containers and at least 3 checkers"
+    );
     anyhow::ensure!(args.proofs > 0, "--proofs must be at least 1");
     let say = |line: String| {
         if !args.json {
@@ -69,9 +72,19 @@ pub fn run(args: CheckerBenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let t = Instant::now();
-    checking.begin_period(0, 0, B256::repeat_byte(1), targets, B256::repeat_byte(2), "");
+    checking.begin_period(
+        0,
+        0,
+        B256::repeat_byte(1),
+        targets,
+        B256::repeat_byte(2),
+        "",
+    );
     let assign_ms = t.elapsed().as_secs_f64() * 1e3;
-    say(format!("assigned {} containers to {} checkers in {assign_ms:.0} ms", args.containers, args.checkers));
+    say(format!(
+        "assigned {} containers to {} checkers in {assign_ms:.0} ms",
+        args.containers, args.checkers
+    ));
 
     // Every checker reports all its tasks, up, in one signed request.
     let now = genesis_ms + 1_000;
@@ -136,7 +149,10 @@ pub fn run(args: CheckerBenchArgs) -> anyhow::Result<ExitCode> {
         .close_period(0, close_at)
         .ok_or_else(|| anyhow::anyhow!("the period did not close"))?;
     let close_s = t.elapsed().as_secs_f64();
-    anyhow::ensure!(accepted as usize == results_total, "not every result was taken");
+    anyhow::ensure!(
+        accepted as usize == results_total,
+        "not every result was taken"
+    );
     anyhow::ensure!(
         outcome.verdicts.len() == args.containers && outcome.verdicts.iter().all(|v| v.passed),
         "expected a passing verdict for every container"
