@@ -106,6 +106,8 @@ pub struct DevnetConfig {
     pub checkers: u16,
     /// Of those, how many answer without checking (to show canaries catching them).
     pub lazy_checkers: u16,
+    /// More checker licences in the genesis, with no node running (tests drive them).
+    pub extra_licences: Vec<Address>,
 }
 
 impl Default for DevnetConfig {
@@ -119,6 +121,7 @@ impl Default for DevnetConfig {
             buyer_funds_tokens: 10_000,
             checkers: 5,
             lazy_checkers: 0,
+            extra_licences: Vec::new(),
         }
     }
 }
@@ -262,12 +265,12 @@ impl Devnet {
         let checker_wallets = (0..config.checkers)
             .map(|i| key(&data_dir.join("keys").join(format!("checker-{i}.key"))))
             .collect::<anyhow::Result<Vec<Wallet>>>()?;
-        let indexer = start_indexer(
-            &data_dir,
-            listener,
-            checker_wallets.iter().map(Wallet::address).collect(),
-        )
-        .await?;
+        let licences = checker_wallets
+            .iter()
+            .map(Wallet::address)
+            .chain(config.extra_licences.iter().copied())
+            .collect();
+        let indexer = start_indexer(&data_dir, listener, licences).await?;
         let checking = gpumesh_types::CheckingParams::local(Vec::new());
 
         let mut hosts = Vec::new();
