@@ -76,7 +76,7 @@ CREATE TABLE groups (
   geog geography(Point, 4326));
 \copy groups (id, model, lat, lon, country, price, tier, free, gpus, vram, images, online) FROM '$work/csv/groups.csv' CSV
 UPDATE groups SET geog = ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography;
--- Free groups only, as DESIGN.md §11 measured: by (model, place) and by (model, price).
+-- Free groups only: by (model, place) and by (model, price).
 CREATE INDEX groups_free_place ON groups USING gist (model, geog) WHERE free > 0 AND online;
 CREATE INDEX groups_free_price ON groups (model, price) WHERE free > 0 AND online;
 CREATE TABLE requests (
@@ -182,7 +182,7 @@ cat > "$work/book.sql" <<SQL
 \set rid random(0, $((requests - 1)))
 SELECT book(:rid);
 SQL
-# The simplest question, for reference with DESIGN.md §11: the nearest free group of one
+# The simplest question, for reference: the nearest free group of one
 # model to a random point, no other constraint.
 cat > "$work/nearest.sql" <<SQL
 \\set m random(0, 11)

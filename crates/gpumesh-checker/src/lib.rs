@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How many probes run at once.
 const PARALLEL_PROBES: usize = 32;
+/// The most an agent's answer may be: an opening of a network-sized proof is about 1 MB.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// How a checker answers. Anything but `Honest` exists to show that the network catches
 /// it, in demos and tests; the command line offers only `Honest`.
@@ -122,15 +124,28 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
                     for t in liveness.iter().chain(&capacity) {
                         done.1.insert((t.container, t.kind));
                     }
-                    if !liveness.is_empty() {
-                        checker.send(view.period, liveness).await;
+                    // A probe must not hold the report past the take-over time.
+                    let left = view.takeover_at_ms.saturating_sub(now_ms());
+                    let timeout = checker
+                        .config
+                        .probe_timeout
+                        .min(Duration::from_millis(left / 2))
+                        .max(Duration::from_millis(200));
+                    if !liveness.is_empty()
+                        && !checker.send(view.period, liveness.clone(), timeout).await
+                    {
+                        // Not delivered: try these again on the next look.
+                        for t in &liveness {
+                            done.1.remove(&(t.container, t.kind));
+                        }
                     }
                     // Proofs take a while: they report on their own, and the next
                     // period's liveness need not wait for them.
                     if !capacity.is_empty() {
                         let me = checker.clone();
                         let period = view.period;
-                        proofs.spawn(async move { me.send(period, capacity).await });
+                        let timeout = me.config.probe_timeout;
+                        proofs.spawn(async move { me.send(period, capacity, timeout).await });
                     }
                     while proofs.try_join_next().is_some() {}
                     Duration::from_millis(50)
@@ -159,22 +174,23 @@ fn failed(reason: FailReason) -> CheckOutcome {
 }
 
 impl Checker {
-    /// Runs a batch of tasks and reports their results, signed once.
-    async fn send(self: &Arc<Self>, period: u64, tasks: Vec<CheckTask>) {
+    /// Runs a batch of tasks and reports their results, signed once. Whether the indexer
+    /// got the report (taken or refused); false when it could not be reached.
+    async fn send(self: &Arc<Self>, period: u64, tasks: Vec<CheckTask>, timeout: Duration) -> bool {
         let report = CheckReport {
             period,
             location: self.config.location,
-            results: self.check_all(tasks).await,
+            results: self.check_all(tasks, timeout).await,
         };
         for attempt in 0..3u32 {
             match self.client.report(&report).await {
                 Ok(accepted) => {
                     tracing::debug!(period, accepted = accepted.accepted, "reported");
-                    return;
+                    return true;
                 }
                 Err(ClientError::Api { error, .. }) => {
                     tracing::warn!(period, error = %error.message, "report refused");
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "report failed; retrying");
@@ -182,14 +198,19 @@ impl Checker {
                 }
             }
         }
+        false
     }
 
-    async fn check_all(self: &Arc<Self>, tasks: Vec<CheckTask>) -> Vec<CheckResult> {
+    async fn check_all(
+        self: &Arc<Self>,
+        tasks: Vec<CheckTask>,
+        timeout: Duration,
+    ) -> Vec<CheckResult> {
         futures_util::stream::iter(tasks)
             .map(|task| {
                 let me = self.clone();
                 async move {
-                    let outcome = me.check(&task).await;
+                    let outcome = me.check(&task, timeout).await;
                     CheckResult {
                         container: task.container,
                         kind: task.kind,
@@ -202,17 +223,23 @@ impl Checker {
             .await
     }
 
-    async fn check(&self, task: &CheckTask) -> CheckOutcome {
+    async fn check(&self, task: &CheckTask, timeout: Duration) -> CheckOutcome {
         match (self.config.behaviour, task.kind) {
             (Behaviour::Lazy, TaskKind::Liveness) => CheckOutcome::Up { rtt_us: 1_000 },
             (Behaviour::Lazy, TaskKind::Capacity) => CheckOutcome::Valid { host_ms: 1 },
-            (Behaviour::Honest, TaskKind::Liveness) => self.liveness(task).await,
-            (Behaviour::Honest, TaskKind::Capacity) => self.capacity(task).await,
+            (Behaviour::Honest, TaskKind::Liveness) => self.liveness(task, timeout).await,
+            (Behaviour::Honest, TaskKind::Capacity) => {
+                // A container's proofs take turns on its GPU: wait for this one's slot.
+                if let Some(at) = task.start_at_ms {
+                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await;
+                }
+                self.capacity(task).await
+            }
         }
     }
 
     /// The agent must sign this checker's fresh nonce with the container's host key.
-    async fn liveness(&self, task: &CheckTask) -> CheckOutcome {
+    async fn liveness(&self, task: &CheckTask, timeout: Duration) -> CheckOutcome {
         let mut nonce = B256::ZERO;
         rand::thread_rng().fill_bytes(&mut nonce.0);
         let challenge = LivenessChallenge {
@@ -221,10 +248,7 @@ impl Checker {
             nonce,
         };
         let began = Instant::now();
-        let answer: LivenessAnswer = match self
-            .post(task, "liveness", &challenge, self.config.probe_timeout)
-            .await
-        {
+        let answer: LivenessAnswer = match self.post(task, "liveness", &challenge, timeout).await {
             Ok(a) => a,
             Err(_) => return failed(FailReason::Unreachable),
         };
@@ -265,7 +289,7 @@ impl Checker {
         {
             Ok(c) => c,
             Err(ProbeError::Timeout) => return failed(FailReason::DeadlineMissed),
-            Err(ProbeError::Other) => return failed(FailReason::Unreachable),
+            Err(_) => return failed(FailReason::Unreachable),
         };
         let host_ms = began.elapsed().as_millis() as u64;
         if began.elapsed() > deadline {
@@ -281,7 +305,9 @@ impl Checker {
             .await
         {
             Ok(o) => o,
-            Err(_) => return failed(FailReason::BadOpening),
+            // It committed, then would not open: the opening is what failed.
+            Err(ProbeError::Refused) => return failed(FailReason::BadOpening),
+            Err(_) => return failed(FailReason::Unreachable),
         };
         let verdict = tokio::task::spawn_blocking(move || {
             gpumesh_proof::verify(&challenge, commitment.root, &rows, &opening, &mut rng)
@@ -312,16 +338,29 @@ impl Checker {
             .await
             .map_err(ProbeError::from)?;
         if !response.status().is_success() {
-            return Err(ProbeError::Other);
+            return Err(ProbeError::Refused);
         }
-        let bytes = response.bytes().await.map_err(ProbeError::from)?;
-        serde_json::from_slice(&bytes).map_err(|_| ProbeError::Other)
+        // Read at most MAX_ANSWER_BYTES: a host cannot fill the checker's memory.
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(ProbeError::from)?;
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(ProbeError::Refused);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|_| ProbeError::Refused)
     }
 }
 
 #[derive(Debug)]
 enum ProbeError {
+    /// No answer in time.
     Timeout,
+    /// The agent answered, but with an error, too much, or nothing that parses.
+    Refused,
+    /// No connection.
     Other,
 }
 

@@ -163,6 +163,14 @@ struct Period {
     /// Results per (target, kind): (checker, outcome).
     results: HashMap<(u32, TaskKind), Vec<(u32, CheckOutcome)>, foldhash::fast::RandomState>,
     canaries: HashMap<ContainerRef, Canary, foldhash::fast::RandomState>,
+    /// Liveness is decided at the period's end and grace; capacity after the proofs' window.
+    liveness_decided: bool,
+}
+
+impl Period {
+    fn ranked(&self, t: u32) -> &[u32] {
+        &self.ranks[t as usize * self.depth..(t as usize + 1) * self.depth]
+    }
 }
 
 /// Every checker's standing and the open periods.
@@ -283,6 +291,21 @@ impl Checking {
     ) {
         let start_ms = self.genesis_ms + period * self.params.period_ms;
         let seed = period_seed(period, &block_hash);
+        // One capacity proof round at a time per container: none while an open period's
+        // proofs of it are still out.
+        let mut targets = targets;
+        let proving: std::collections::HashSet<ContainerRef> = self
+            .periods
+            .values()
+            .flat_map(|p| p.targets.iter().filter(|t| t.capacity_due))
+            .map(|t| t.container)
+            .collect();
+        for t in targets
+            .iter_mut()
+            .filter(|t| proving.contains(&t.container))
+        {
+            t.capacity_due = false;
+        }
         let draw = Draw::new(seed, self.eligible(start_ms));
         let q = self.params.quorum();
         let depth = (2 * q).min(draw.checkers.len());
@@ -311,26 +334,29 @@ impl Checking {
                 }
                 let like = &targets
                     [(u32::from_be_bytes([h[2], h[3], h[4], h[5]]) as usize) % targets.len()];
-                let container = ContainerRef {
-                    host: Address::from_slice(&h[12..]),
-                    index: like.container.index,
-                };
+                // The decoy's host and its endpoint's token from separate hashes, so
+                // neither gives the other away.
+                let host = keccak256([h.as_slice(), b"host"].concat());
+                let token = keccak256([h.as_slice(), b"token"].concat());
                 let kind = if h[6] & 1 == 0 {
                     TaskKind::Liveness
                 } else {
                     TaskKind::Capacity
                 };
-                let task = CheckTask {
-                    container,
-                    kind,
-                    endpoint: format!("{decoy_base}/{}", alloy_primitives::hex::encode(&h[..16])),
-                    gpu: like.gpu,
-                    simulated: like.simulated,
-                    proof: (kind == TaskKind::Capacity)
-                        .then(|| self.params.proof_for(like.gpu, like.simulated)),
-                    proof_deadline_ms: (kind == TaskKind::Capacity)
-                        .then(|| self.params.proof_deadline_ms(like.gpu, like.simulated)),
+                let decoy = Target {
+                    container: ContainerRef {
+                        host: Address::from_slice(&host[12..]),
+                        index: like.container.index,
+                    },
+                    endpoint: format!(
+                        "{decoy_base}/{}",
+                        alloy_primitives::hex::encode(&token[..16])
+                    ),
+                    ..like.clone()
                 };
+                let slot = (h[7] as usize) % self.params.quorum();
+                let task = self.task(&decoy, kind, start_ms, slot);
+                let container = decoy.container;
                 canaries.insert(
                     container,
                     Canary {
@@ -359,29 +385,56 @@ impl Checking {
                 first_report_ms: vec![None; n],
                 results: HashMap::default(),
                 canaries,
+                liveness_decided: false,
             },
         );
     }
 
-    /// Whether checker `c` holds the task of target `t` at rank `rank` at `now_ms`: a
-    /// primary until the take-over time unless it reported by then; after it, the j-th
-    /// backup when at least j+1 primaries had not.
-    fn holds(&self, p: &Period, t: u32, c: u32, rank: usize, now_ms: u64) -> bool {
+    /// A task for a target; a capacity task starts in its proof slot.
+    fn task(&self, target: &Target, kind: TaskKind, start_ms: u64, slot: usize) -> CheckTask {
+        let capacity = kind == TaskKind::Capacity;
+        CheckTask {
+            container: target.container,
+            kind,
+            endpoint: target.endpoint.clone(),
+            gpu: target.gpu,
+            simulated: target.simulated,
+            proof: capacity.then(|| self.params.proof_for(target.gpu, target.simulated)),
+            proof_deadline_ms: capacity
+                .then(|| self.params.proof_deadline_ms(target.gpu, target.simulated)),
+            start_at_ms: capacity.then(|| start_ms + slot as u64 * self.params.proof_slot_ms()),
+        }
+    }
+
+    /// Until when results of a kind are taken for a period.
+    fn due_ms(&self, p: &Period, kind: TaskKind) -> u64 {
+        let end = p.start_ms + self.params.period_ms + self.params.report_grace_ms;
+        match kind {
+            TaskKind::Liveness => end,
+            TaskKind::Capacity => end + self.params.proof_window_ms,
+        }
+    }
+
+    /// The slot in which checker `c`, at `rank` for target `t`, holds its task at
+    /// `now_ms`, if it does: a primary holds its own rank's slot until the take-over time,
+    /// and after it only if it reported by then; the j-th backup holds the slot of the
+    /// j-th primary that had not.
+    fn slot(&self, p: &Period, t: u32, c: u32, rank: usize, now_ms: u64) -> Option<usize> {
         let q = self.params.quorum();
         let takeover = p.start_ms + self.params.takeover_ms;
         let on_time = |c: u32| p.first_report_ms[c as usize].is_some_and(|f| f <= takeover);
         if rank < q {
-            return now_ms <= takeover || on_time(c);
+            return (now_ms <= takeover || on_time(c)).then_some(rank);
         }
         if now_ms <= takeover {
-            return false;
+            return None;
         }
-        let ranked = &p.ranks[t as usize * p.depth..(t as usize + 1) * p.depth];
-        let missing = ranked[..q.min(p.depth)]
+        p.ranked(t)[..q.min(p.depth)]
             .iter()
-            .filter(|&&k| k != u32::MAX && !on_time(k))
-            .count();
-        rank - q < missing
+            .enumerate()
+            .filter(|&(_, &k)| k != u32::MAX && !on_time(k))
+            .nth(rank - q)
+            .map(|(slot, _)| slot)
     }
 
     fn kinds(&self, target: &Target) -> &'static [TaskKind] {
@@ -402,22 +455,12 @@ impl Checking {
         let c = c as u32;
         let mut tasks = Vec::new();
         for &(t, rank) in &p.by_checker[c as usize] {
-            if !self.holds(p, t, c, rank as usize, now_ms) {
+            let Some(slot) = self.slot(p, t, c, rank as usize, now_ms) else {
                 continue;
-            }
+            };
             let target = &p.targets[t as usize];
             for &kind in self.kinds(target) {
-                let capacity = kind == TaskKind::Capacity;
-                tasks.push(CheckTask {
-                    container: target.container,
-                    kind,
-                    endpoint: target.endpoint.clone(),
-                    gpu: target.gpu,
-                    simulated: target.simulated,
-                    proof: capacity.then(|| self.params.proof_for(target.gpu, target.simulated)),
-                    proof_deadline_ms: capacity
-                        .then(|| self.params.proof_deadline_ms(target.gpu, target.simulated)),
-                });
+                tasks.push(self.task(target, kind, p.start_ms, slot));
             }
         }
         tasks.extend(
@@ -445,8 +488,6 @@ impl Checking {
         if let Some(until) = record.banned_until_ms.filter(|_| record.banned(now_ms)) {
             return Err(CheckingError::Banned(checker, until));
         }
-        let period_ms = self.params.period_ms;
-        let grace = self.params.report_grace_ms;
         let p = self.periods.get(&report.period).ok_or_else(|| {
             CheckingError::Late(format!(
                 "period {} is not open for reports (the current period is {})",
@@ -455,12 +496,14 @@ impl Checking {
                     .map_or("not begun".into(), |p| p.to_string())
             ))
         })?;
-        if now_ms > p.start_ms + period_ms + grace {
-            return Err(CheckingError::Late(format!(
-                "reports for period {} were due by {}",
-                report.period,
-                p.start_ms + period_ms + grace
-            )));
+        for r in &report.results {
+            let due = self.due_ms(p, r.kind);
+            if now_ms > due || (r.kind == TaskKind::Liveness && p.liveness_decided) {
+                return Err(CheckingError::Late(format!(
+                    "{:?} results for period {} were due by {due}",
+                    r.kind, report.period
+                )));
+            }
         }
         if report.results.is_empty() {
             return Err(CheckingError::Invalid("a report needs results".into()));
@@ -507,10 +550,8 @@ impl Checking {
                 .index
                 .get(&r.container)
                 .ok_or_else(|| not_assigned(&r.container, r.kind, report.period))?;
-            let rank = p.ranks[t as usize * p.depth..(t as usize + 1) * p.depth]
-                .iter()
-                .position(|&k| k == c);
-            let held = rank.is_some_and(|rank| self.holds(p, t, c, rank, now_ms))
+            let rank = p.ranked(t).iter().position(|&k| k == c);
+            let held = rank.is_some_and(|rank| self.slot(p, t, c, rank, now_ms).is_some())
                 && self.kinds(&p.targets[t as usize]).contains(&r.kind);
             if !held {
                 return Err(not_assigned(&r.container, r.kind, report.period));
@@ -546,21 +587,40 @@ impl Checking {
     /// Closes every open period whose reports are all in by `now_ms` (its end plus the
     /// grace), oldest first.
     pub fn close_due(&mut self, now_ms: u64) -> Vec<PeriodOutcome> {
-        let due: Vec<u64> = self
-            .periods
-            .values()
-            .filter(|p| now_ms > p.start_ms + self.params.period_ms + self.params.report_grace_ms)
-            .map(|p| p.number)
-            .collect();
+        let mut due: Vec<(u64, TaskKind)> = Vec::new();
+        for p in self.periods.values() {
+            if !p.liveness_decided && now_ms > self.due_ms(p, TaskKind::Liveness) {
+                due.push((p.number, TaskKind::Liveness));
+            }
+            if now_ms > self.due_ms(p, TaskKind::Capacity) {
+                due.push((p.number, TaskKind::Capacity));
+            }
+        }
         due.into_iter()
-            .filter_map(|n| self.close_period(n, now_ms))
+            .filter_map(|(n, kind)| self.decide(n, kind, now_ms))
             .collect()
     }
 
-    /// Decides a period: the majority of each task's results (at least N+1 alike), then
-    /// credits, minority results, canaries and bans.
+    /// Decides all of a period at once (both stages), whatever the time.
     pub fn close_period(&mut self, number: u64, now_ms: u64) -> Option<PeriodOutcome> {
-        let p = self.periods.remove(&number)?;
+        let mut outcome = self.decide(number, TaskKind::Liveness, now_ms)?;
+        let proofs = self.decide(number, TaskKind::Capacity, now_ms)?;
+        outcome.verdicts.extend(proofs.verdicts);
+        outcome.banned.extend(proofs.banned);
+        outcome.undecided += proofs.undecided;
+        Some(outcome)
+    }
+
+    /// Decides one stage of a period: liveness (and the period's bookkeeping) at its end
+    /// and grace; capacity, after which the period is gone, when the proofs' window is
+    /// over. Each task's verdict is the majority of its results (at least N+1 alike); then
+    /// credits, minority results, canaries and bans.
+    fn decide(&mut self, number: u64, stage: TaskKind, now_ms: u64) -> Option<PeriodOutcome> {
+        let mut p = self.periods.remove(&number)?;
+        if stage == TaskKind::Liveness && p.liveness_decided {
+            self.periods.insert(number, p);
+            return None;
+        }
         let need = self.params.n as usize + 1;
         let mut outcome = PeriodOutcome {
             period: number,
@@ -568,7 +628,7 @@ impl Checking {
         };
         let mut credit = vec![0u64; p.draw.checkers.len()];
         let mut minority: Vec<Vec<String>> = vec![Vec::new(); p.draw.checkers.len()];
-        let mut keys: Vec<&(u32, TaskKind)> = p.results.keys().collect();
+        let mut keys: Vec<&(u32, TaskKind)> = p.results.keys().filter(|k| k.1 == stage).collect();
         keys.sort_unstable();
         for key in keys {
             let results = &p.results[key];
@@ -623,6 +683,7 @@ impl Checking {
         let mut canary_results: Vec<(u32, bool, &Canary)> = p
             .canaries
             .values()
+            .filter(|k| k.kind == stage)
             .filter_map(|k| k.result.map(|r| (k.checker, r, k)))
             .collect();
         canary_results.sort_by_key(|(c, ..)| *c);
@@ -640,13 +701,15 @@ impl Checking {
             }
         }
         let window = self.params.ban_window_ms;
+        let bookkeeping = stage == TaskKind::Liveness;
         for (c, address) in p.draw.checkers.iter().enumerate() {
-            let had_tasks = !p.by_checker[c].is_empty();
-            let reported = p.first_report_ms[c].is_some();
+            let had_tasks = bookkeeping && !p.by_checker[c].is_empty();
+            let reported = bookkeeping && p.first_report_ms[c].is_some();
             let Some(record) = self.checkers.get_mut(address) else {
                 continue;
             };
-            if !had_tasks && !reported && credit[c] == 0 {
+            let nothing = credit[c] == 0 && minority[c].is_empty() && canaries[c] == (0, 0);
+            if nothing && !had_tasks && !reported {
                 continue;
             }
             record.periods_with_tasks += had_tasks as u64;
@@ -676,35 +739,43 @@ impl Checking {
             }
             self.dirty.push(*address);
         }
+        if stage == TaskKind::Liveness {
+            p.liveness_decided = true;
+            self.periods.insert(number, p);
+        }
         Some(outcome)
     }
 
     /// The epoch's checker list for the ledger: (address, credited tasks, uptime in basis
-    /// points) of every checker not banned, ascending; the epoch counters start again.
-    pub fn take_epoch(&mut self, now_ms: u64) -> Vec<CheckerTasks> {
-        let mut out = Vec::new();
+    /// points) of every checker not banned with credited tasks, ascending. Changes
+    /// nothing: [`Checking::start_epoch`] resets the counters once the epoch is closed.
+    pub fn epoch_checkers(&self, now_ms: u64) -> Vec<CheckerTasks> {
+        self.checkers
+            .values()
+            .filter(|r| r.epoch_credited > 0 && !r.banned(now_ms))
+            .map(|r| {
+                let uptime = (r.epoch_reported.min(r.epoch_periods) * 10_000)
+                    .checked_div(r.epoch_periods)
+                    .unwrap_or(10_000) as u16;
+                (
+                    r.address,
+                    r.epoch_credited.min(u32::MAX as u64) as u32,
+                    uptime,
+                )
+            })
+            .collect()
+    }
+
+    /// A new epoch: every checker's epoch counters start again.
+    pub fn start_epoch(&mut self) {
         for record in self.checkers.values_mut() {
-            let (credited, periods, reported) = (
-                record.epoch_credited,
-                record.epoch_periods,
-                record.epoch_reported,
-            );
-            if credited == 0 && periods == 0 {
-                continue;
+            if record.epoch_credited + record.epoch_periods + record.epoch_reported > 0 {
+                record.epoch_credited = 0;
+                record.epoch_periods = 0;
+                record.epoch_reported = 0;
+                self.dirty.push(record.address);
             }
-            record.epoch_credited = 0;
-            record.epoch_periods = 0;
-            record.epoch_reported = 0;
-            self.dirty.push(record.address);
-            if record.banned(now_ms) || credited == 0 {
-                continue;
-            }
-            let uptime = (reported.min(periods) * 10_000)
-                .checked_div(periods)
-                .unwrap_or(10_000) as u16;
-            out.push((record.address, credited.min(u32::MAX as u64) as u32, uptime));
         }
-        out
     }
 
     /// The assignment of an open period, with the block and seed it was drawn from.
@@ -723,7 +794,7 @@ impl Checking {
                 .enumerate()
                 .map(|(t, target)| ContainerAssignment {
                     container: target.container,
-                    checkers: p.ranks[t * p.depth..t * p.depth + q]
+                    checkers: p.ranked(t as u32)[..q]
                         .iter()
                         .filter(|&&k| k != u32::MAX)
                         .map(|&k| p.draw.checkers[k as usize])

@@ -96,11 +96,20 @@ impl World {
 
     fn close(&mut self) -> PeriodOutcome {
         let p = self.checking.params().clone();
-        let end = self.start() + p.period_ms + p.report_grace_ms + 1;
+        let end = self.start() + p.period_ms + p.report_grace_ms + p.proof_window_ms + 1;
         let out = self.checking.close_due(end);
+        // Two stages: liveness, then capacity once the proofs' window is over.
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| o.period == self.period));
         self.period += 1;
-        assert_eq!(out.len(), 1);
-        out.into_iter().next().unwrap()
+        out.into_iter()
+            .reduce(|mut a, b| {
+                a.verdicts.extend(b.verdicts);
+                a.banned.extend(b.banned);
+                a.undecided += b.undecided;
+                a
+            })
+            .unwrap()
     }
 }
 
@@ -217,7 +226,7 @@ fn a_lazy_checker_that_always_says_up_is_caught_by_canaries_and_banned() {
         .report(lazy, &report, w.start() + 10)
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::CheckerBanned);
-    let epoch = w.checking.take_epoch(w.start());
+    let epoch = w.checking.epoch_checkers(w.start());
     assert!(epoch.iter().all(|(a, ..)| *a != lazy));
     assert_eq!(epoch.len(), 5);
 }
@@ -323,18 +332,17 @@ fn bad_reports_are_refused_whole_with_a_code() {
         ErrorCode::NotAChecker,
     );
     // A container it was not given, alongside one it was: neither is taken.
-    if let Some(other) = other {
-        check(
-            &mut w,
-            mine,
-            report(vec![
-                one(a.container, TaskKind::Liveness, up),
-                one(other, TaskKind::Liveness, up),
-            ]),
-            now,
-            ErrorCode::NotAssigned,
-        );
-    }
+    let other = other.expect("five checkers, three a container: one is not this one's");
+    check(
+        &mut w,
+        mine,
+        report(vec![
+            one(a.container, TaskKind::Liveness, up),
+            one(other, TaskKind::Liveness, up),
+        ]),
+        now,
+        ErrorCode::NotAssigned,
+    );
     // A capacity result where no proof is due.
     check(
         &mut w,
@@ -490,7 +498,7 @@ fn epoch_lists_credited_tasks_and_uptime() {
         }
         w.close();
     }
-    let epoch = w.checking.take_epoch(w.start());
+    let epoch = w.checking.epoch_checkers(w.start());
     assert_eq!(epoch.len(), 3);
     for (a, credited, uptime) in &epoch {
         if *a == silent {
@@ -499,7 +507,10 @@ fn epoch_lists_credited_tasks_and_uptime() {
             assert_eq!((*credited, *uptime), (8, 10_000));
         }
     }
-    assert!(w.checking.take_epoch(w.start()).is_empty());
+    // Reading the list changes nothing; a new epoch starts the counters again.
+    assert_eq!(w.checking.epoch_checkers(w.start()), epoch);
+    w.checking.start_epoch();
+    assert!(w.checking.epoch_checkers(w.start()).is_empty());
 }
 
 #[test]
@@ -509,4 +520,75 @@ fn tiers_follow_uptime_and_proof_speed() {
     assert_eq!(tier(99, 1, Some(false)), 2);
     assert_eq!(tier(95, 5, None), 2);
     assert_eq!(tier(94, 6, None), 3);
+}
+
+#[test]
+fn a_containers_proofs_take_turns_and_are_decided_after_their_window() {
+    let mut w = World::new(params(1, 3, 0));
+    let p = w.checking.params().clone();
+    w.begin(targets(1, true));
+    let c = targets(1, true)[0].container;
+    let now = w.start() + 10;
+    // Each of the three checkers proves in its own slot.
+    let mut starts: Vec<u64> = w
+        .checking
+        .eligible(now)
+        .iter()
+        .flat_map(|k| w.checking.tasks(k, now).unwrap().2)
+        .filter(|t| t.kind == TaskKind::Capacity)
+        .map(|t| t.start_at_ms.unwrap() - w.start())
+        .collect();
+    starts.sort_unstable();
+    assert_eq!(starts, vec![0, p.proof_slot_ms(), 2 * p.proof_slot_ms()]);
+    // Liveness is decided at the end and grace; the proofs only after their window, and
+    // a capacity result is still taken in between.
+    w.report_all(100, |_, t| match t.kind {
+        TaskKind::Liveness => CheckOutcome::Up { rtt_us: 1 },
+        TaskKind::Capacity => CheckOutcome::Valid { host_ms: 1 },
+    });
+    // While the round is out, the next period gives no capacity task for the container.
+    w.checking
+        .begin_period(1, 1, B256::ZERO, targets(1, true), B256::ZERO, "");
+    let next = w.start() + p.period_ms + 10;
+    assert!(w.checking.eligible(next).iter().all(|k| {
+        w.checking
+            .tasks(k, next)
+            .unwrap()
+            .2
+            .iter()
+            .all(|t| t.kind == TaskKind::Liveness)
+    }));
+    let after_grace = w.start() + p.period_ms + p.report_grace_ms + 1;
+    let first = w.checking.close_due(after_grace);
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0]
+            .verdicts
+            .iter()
+            .all(|v| v.kind == TaskKind::Liveness && v.container == c)
+    );
+    let late_liveness = CheckReport {
+        period: 0,
+        location: None,
+        results: vec![one(c, TaskKind::Liveness, CheckOutcome::Up { rtt_us: 1 })],
+    };
+    let checker = w.checking.eligible(after_grace)[0];
+    assert_eq!(
+        w.checking
+            .report(checker, &late_liveness, after_grace)
+            .unwrap_err()
+            .code(),
+        ErrorCode::LateReport
+    );
+    let last = w
+        .checking
+        .close_due(after_grace + p.proof_window_ms)
+        .into_iter()
+        .find(|o| o.period == 0)
+        .unwrap();
+    assert_eq!(last.verdicts.len(), 1);
+    assert_eq!(
+        (last.verdicts[0].kind, last.verdicts[0].passed),
+        (TaskKind::Capacity, true)
+    );
 }

@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Commitments kept for their openings, newest last.
 const KEPT_PROOFS: usize = 64;
+/// The largest proof the agent computes: a check's proof is sized to about two seconds of
+/// the claimed GPU's work, far below this.
+const MAX_PROOF_ROWS: u32 = 1 << 20;
 /// How long a commitment waits for its opening.
 const PROOF_TTL: Duration = Duration::from_secs(120);
 
@@ -110,6 +113,9 @@ struct Endpoint {
     gpus: u16,
     prover: Arc<dyn Prover>,
     proofs: Mutex<VecDeque<Kept>>,
+    /// One proof at a time per GPU, as on the device itself; checkers take turns in
+    /// slots, so honest checks do not wait here.
+    busy: Vec<tokio::sync::Semaphore>,
 }
 
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
@@ -147,6 +153,7 @@ pub async fn serve(
         gpus,
         prover,
         proofs: Mutex::new(VecDeque::new()),
+        busy: (0..gpus).map(|_| tokio::sync::Semaphore::new(1)).collect(),
     });
     let router = Router::new()
         .route("/liveness", post(liveness))
@@ -206,6 +213,16 @@ async fn commit(
             format!("the challenge's size is invalid: {err}"),
         );
     }
+    if request.challenge.params.rows > MAX_PROOF_ROWS {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("a proof has at most {MAX_PROOF_ROWS} rows"),
+        );
+    }
+    let Ok(_turn) = e.busy[request.index as usize].acquire().await else {
+        return gone();
+    };
     let prover = e.prover.clone();
     let challenge = request.challenge.clone();
     let proved = tokio::task::spawn_blocking(move || prover.prove(request.index, &challenge)).await;

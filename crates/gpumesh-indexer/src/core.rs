@@ -382,7 +382,7 @@ impl Core {
         let delivery = epoch::delivery_list(work.delivered, |h| {
             self.registry.host(h).map_or(3, |r| r.tier)
         });
-        let checkers = self.checking.take_epoch(now_ms);
+        let checkers = self.checking.epoch_checkers(now_ms);
         let epoch = self.ledger.totals().next_epoch;
         let quarter = |e: u64| (e * econ.epoch_ms) / econ.quarter_ms;
         let mut evidence = b"gpumesh-epoch-evidence".to_vec();
@@ -397,8 +397,10 @@ impl Core {
             checkers,
             quarter_bonus: quarter(epoch + 1) > quarter(epoch),
         };
-        if let Err(e) = self.protocol_tx(TxKind::Epoch(Box::new(close)), now_ms, batch) {
-            tracing::error!(epoch, error = %e, "failed to close the epoch");
+        match self.protocol_tx(TxKind::Epoch(Box::new(close)), now_ms, batch) {
+            Ok(_) => self.checking.start_epoch(),
+            // The checkers' credits carry over to the next epoch.
+            Err(e) => tracing::error!(epoch, error = %e, "failed to close the epoch"),
         }
     }
 
@@ -551,7 +553,12 @@ impl Core {
             period,
             period_start_ms: start,
             period_end_ms: start + params.period_ms,
+            takeover_at_ms: start + params.takeover_ms,
             report_by_ms: start + params.period_ms + params.report_grace_ms,
+            proofs_by_ms: start
+                + params.period_ms
+                + params.report_grace_ms
+                + params.proof_window_ms,
             banned: record.banned(now_ms),
             tasks,
         })
@@ -574,9 +581,11 @@ impl Core {
             .report(checker, &report, now_ms)
             .map_err(|e| Failure::new(e.code(), e.to_string()))?;
         if let Some(point) = report.location {
+            // One measuring point per checker, where it first said it was: anchors are
+            // never removed, so a checker that moves is not given more.
             let anchor = match self.checker_anchors.get(&checker) {
-                Some(&(p, id)) if p == point => Some(id),
-                _ => self.registry.add_anchor(point).ok(),
+                Some(&(_, id)) => Some(id),
+                None => self.registry.add_anchor(point).ok(),
             };
             if let Some(id) = anchor {
                 self.checker_anchors.insert(checker, (point, id));

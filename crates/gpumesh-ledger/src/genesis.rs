@@ -4,7 +4,7 @@ use alloy_primitives::{Address, B256, keccak256};
 use gpumesh_types::{Amount, CheckingParams};
 use serde::{Deserialize, Serialize};
 
-/// Total supply: 42 billion tokens (DESIGN.md §4).
+/// Total supply: 42 billion tokens (docs/protocol.md).
 pub const TOTAL_SUPPLY: Amount = Amount::from_tokens(42_000_000_000);
 /// The protocol's share of each service fee, in basis points (20%).
 pub const DEFAULT_FEE_BPS: u32 = 2_000;
@@ -13,7 +13,7 @@ pub const DEFAULT_FEE_BPS: u32 = 2_000;
 pub const YEAR_MS: u64 = 365 * DAY_MS;
 pub const DAY_MS: u64 = 24 * 3_600_000;
 
-/// The token economy's parameters (DESIGN.md §4).
+/// The token economy's parameters (docs/protocol.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Economics {
     /// Stake required per unit of spec weight K (an H100 is K = 1.00).
@@ -113,13 +113,19 @@ pub struct Genesis {
     pub fee_bps: u32,
     pub economics: Economics,
     pub allocations: Vec<Allocation>,
-    /// Checker licences and how containers are checked (docs/checking.md).
-    #[serde(default = "no_checkers")]
+    /// Checker licences and how containers are checked (docs/checking.md). Left out of
+    /// the serialised genesis when it is the default of a network without checkers, so a
+    /// genesis from before checkers keeps its hash.
+    #[serde(default = "no_checkers", skip_serializing_if = "is_no_checkers")]
     pub checking: CheckingParams,
 }
 
 fn no_checkers() -> CheckingParams {
     CheckingParams::network(Vec::new())
+}
+
+fn is_no_checkers(c: &CheckingParams) -> bool {
+    *c == no_checkers()
 }
 
 /// A first balance.
@@ -146,7 +152,7 @@ pub enum GenesisError {
 }
 
 impl Genesis {
-    /// A local network: half the supply to the reward pool (DESIGN.md §4) and the other half
+    /// A local network: half the supply to the reward pool (docs/protocol.md) and the other half
     /// to the faucet that funds test wallets. The treasury starts empty, so its balance is
     /// exactly the fees it collected.
     pub fn local(chain_id: u64, time_ms: u64, protocol: Address, faucet: Address) -> Genesis {
@@ -203,6 +209,16 @@ impl Genesis {
         if c.simulated_macs_per_tflop > 0 && !self.local {
             return Err(GenesisError::Economics(
                 "checking: only a local network may accept simulated GPUs' speed",
+            ));
+        }
+        if !(1..=63).contains(&c.n) {
+            return Err(GenesisError::Economics(
+                "checking: N must be 1 to 63 (each container gets 2N+1 checkers)",
+            ));
+        }
+        if !c.checkers.is_empty() && c.checkers.len() < c.quorum() {
+            return Err(GenesisError::Economics(
+                "checking: a network with checkers needs at least 2N+1 of them",
             ));
         }
         let mut licences = c.checkers.clone();

@@ -1,4 +1,4 @@
-//! The settlement ledger as a deterministic state machine (DESIGN.md §7).
+//! The settlement ledger as a deterministic state machine (docs/ledger.md).
 //!
 //! Accounts hold integer balances in base units; buyers lock escrows per lease; hosts'
 //! signed usage records pay hosts and the treasury out of them; the rest is refunded.

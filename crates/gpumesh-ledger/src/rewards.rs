@@ -1,4 +1,4 @@
-//! Epochs, rewards, vesting and slashing (DESIGN.md §4; docs/ledger.md).
+//! Epochs, rewards, vesting and slashing (docs/protocol.md, docs/ledger.md).
 
 use alloy_primitives::{Address, B256, U256, keccak256};
 use gpumesh_types::{Amount, EpochClose, HostCapacity, HostDelivery, Offence};

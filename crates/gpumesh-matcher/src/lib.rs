@@ -1,4 +1,4 @@
-//! The matching engine (DESIGN.md §5; design notes in docs/matching.md).
+//! The matching engine (docs/matching.md).
 //!
 //! Pairs a request with the best eligible GPUs on one host, by the request's policy
 //! (lowest price, best experience, or a blend), and reserves them in the same call, so no

@@ -1,6 +1,6 @@
 //! The registry: hosts and their containers, and every lease from match to end.
 //!
-//! A deterministic state machine (DESIGN.md §3) that the indexer drives under one lock and
+//! A deterministic state machine (docs/protocol.md) that the indexer drives under one lock and
 //! the simulator can drive directly: every operation takes the current time as an
 //! argument, changes nothing when it fails, and records which hosts and leases it changed
 //! ([`Registry::take_dirty`]) so the caller can persist exactly those. Work that needs the
@@ -32,7 +32,7 @@ pub struct Params {
     /// A local network accepts simulated GPUs.
     pub local: bool,
     pub heartbeat_interval_ms: u64,
-    /// Heartbeats a host may miss before it is offline (DESIGN.md §4: 3).
+    /// Heartbeats a host may miss before it is offline (docs/protocol.md: 3).
     pub missed_heartbeats: u32,
     /// How long a match holds capacity while the buyer funds the escrow.
     pub match_ttl_ms: u64,
@@ -57,7 +57,7 @@ pub const QUALITY_WINDOW: u32 = 200;
 pub const FALLBACK_FACTOR: u64 = 5;
 
 impl Params {
-    /// The public network's defaults (DESIGN.md §4).
+    /// The public network's defaults (docs/protocol.md).
     pub fn network() -> Params {
         Params {
             local: false,
@@ -145,10 +145,17 @@ pub enum Capacity {
         at_ms: u64,
         host_ms: u64,
     },
+    /// Final: a machine that failed keeps failing; new hardware registers anew.
     Rejected {
         at_ms: u64,
         reason: gpumesh_types::FailReason,
     },
+}
+
+impl Capacity {
+    pub fn is_passed(c: Option<&Capacity>) -> bool {
+        matches!(c, Some(Capacity::Passed { .. }))
+    }
 }
 
 fn default_tier() -> u8 {
@@ -445,7 +452,7 @@ impl Registry {
 
     /// Whether a GPU may serve: its stake is in place and its capacity proof passed.
     fn serves(host: &Host, i: usize) -> bool {
-        host.staked[i] && matches!(host.record.capacity.get(i), Some(Capacity::Passed { .. }))
+        host.staked[i] && Capacity::is_passed(host.record.capacity.get(i))
     }
 
     /// Tells the matcher which GPUs of a host may serve.
@@ -464,7 +471,7 @@ impl Registry {
     /// Registers a host, or updates a known host's name, place, price and images.
     ///
     /// A known host must offer the same GPUs as before: a changed set is a new machine
-    /// (DESIGN.md §4) and needs a new key.
+    /// (docs/protocol.md) and needs a new key.
     pub fn register_host(
         &mut self,
         address: Address,
@@ -472,6 +479,12 @@ impl Registry {
         now_ms: u64,
     ) -> Result<HostRegistered, RegistryError> {
         let gpus = validate::host(&request, self.params.local)?;
+        if self.params.checked && request.challenge_url.is_none() {
+            return Err(RegistryError::invalid(
+                ErrorCode::InvalidRequest,
+                "this network checks its hosts: give the agent's challenge URL (challenge_url)",
+            ));
+        }
         let record = HostRecord {
             address,
             name: request.name,
@@ -611,7 +624,7 @@ impl Registry {
                         index: i as u16,
                     },
                     k_centi: g.model.spec().k_factor,
-                    verified: matches!(h.record.capacity.get(i), Some(Capacity::Passed { .. })),
+                    verified: Capacity::is_passed(h.record.capacity.get(i)),
                     staked: h.staked[i],
                     up: 0,
                     down: 0,
@@ -644,7 +657,7 @@ impl Registry {
             for (i, gpu) in r.gpus.iter().enumerate() {
                 let state = if let Some(Capacity::Rejected { .. }) = r.capacity.get(i) {
                     ContainerState::Rejected
-                } else if !matches!(r.capacity.get(i), Some(Capacity::Passed { .. })) {
+                } else if !Capacity::is_passed(r.capacity.get(i)) {
                     ContainerState::Checking
                 } else if !host.online {
                     ContainerState::Offline
@@ -887,15 +900,16 @@ impl Registry {
         host.record
             .capacity
             .resize(host.record.gpus.len(), Capacity::Pending);
-        let rejected = if passed {
+        let rejected = if matches!(host.record.capacity[i], Capacity::Rejected { .. }) {
+            // A rejection stands.
+            None
+        } else if passed {
             let host_ms = host_ms.unwrap_or(0);
             host.record.capacity[i] = Capacity::Passed {
                 at_ms: now_ms,
                 host_ms,
             };
             host.record.proof_ok = Some(host_ms <= expected_ms);
-            None
-        } else if matches!(host.record.capacity[i], Capacity::Rejected { .. }) {
             None
         } else {
             let reason = reason.unwrap_or(gpumesh_types::FailReason::BadOpening);

@@ -81,18 +81,7 @@ pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>
     price("price per GPU-hour", request.price_per_gpu_hour)?;
     images(&request.images)?;
     if let Some(url) = &request.challenge_url {
-        let scheme = url.starts_with("http://") || url.starts_with("https://");
-        if !scheme
-            || url.len() > MAX_URL
-            || url.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(invalid(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "challenge URL {url:?} must be an http:// or https:// URL of at most {MAX_URL} characters"
-                ),
-            ));
-        }
+        challenge_url(url, local)?;
     }
     if request.gpus.is_empty() {
         return Err(invalid(
@@ -202,4 +191,85 @@ pub(crate) fn job(job: &JobRequest, params: &Params) -> Result<(), RegistryError
         ));
     }
     Ok(())
+}
+
+/// A host's challenge URL: http(s), short, and, outside a local network, not an address
+/// that would turn checkers against their own machine or network (loopback, private,
+/// link-local).
+fn challenge_url(url: &str, local: bool) -> Result<(), RegistryError> {
+    let bad = |why: &str| {
+        Err(invalid(
+            ErrorCode::InvalidRequest,
+            format!("challenge URL {url:?} {why}"),
+        ))
+    };
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return bad("must start with http:// or https://");
+    };
+    if url.len() > MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad(&format!(
+            "must be at most {MAX_URL} characters, without spaces"
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() {
+        return bad("names no host");
+    }
+    if local {
+        return Ok(());
+    }
+    let internal = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
+    };
+    if internal {
+        return bad("points at a loopback, private or link-local address");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::challenge_url;
+
+    #[test]
+    fn challenge_urls() {
+        for ok in [
+            "http://gpu.example.org:7701",
+            "https://203.0.113.7/agent",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(challenge_url(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://gpu.example.org",
+            "http://",
+            "http://127.0.0.1:7701",
+            "http://localhost:1",
+            "http://10.1.2.3",
+            "http://192.168.0.2:80/x",
+            "http://169.254.169.254/latest",
+            "http://[::1]:7701",
+            "http://[fd00::1]",
+            "http://a b",
+        ] {
+            assert!(challenge_url(bad, false).is_err(), "{bad}");
+        }
+        assert!(challenge_url("http://127.0.0.1:7701", true).is_ok());
+    }
 }

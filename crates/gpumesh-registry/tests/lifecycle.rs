@@ -467,3 +467,141 @@ fn containers_serve_only_once_staked() {
     );
     assert!(r.set_staked(&addr(1), 9, true).is_err(), "no such GPU");
 }
+
+/// A network with checkers: containers wait for their capacity proof.
+fn checked_network() -> Registry {
+    let mut r = Registry::new(Params {
+        checked: true,
+        ..test_params()
+    });
+    let mut request = host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 2, "2.5");
+    // Without a challenge endpoint, a checked network refuses the host.
+    let refused = r.register_host(addr(1), request.clone(), 0).unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::InvalidRequest);
+    request.challenge_url = Some("http://127.0.0.1:7701".into());
+    r.register_host(addr(1), request, 0).unwrap();
+    r
+}
+
+fn c(host: u8, index: u16) -> gpumesh_types::ContainerRef {
+    gpumesh_types::ContainerRef {
+        host: addr(host),
+        index,
+    }
+}
+
+#[test]
+fn containers_serve_once_their_proof_passes_and_a_rejection_stands() {
+    use gpumesh_types::{ContainerState, FailReason};
+    let mut r = checked_network();
+    let states = |r: &Registry| r.containers().iter().map(|c| c.state).collect::<Vec<_>>();
+    assert_eq!(states(&r), vec![ContainerState::Checking; 2]);
+    assert!(
+        r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 10)
+            .is_err()
+    );
+    assert_eq!(r.check_targets(60_000, 10).len(), 2);
+    assert!(r.check_targets(60_000, 10).iter().all(|t| t.capacity_due));
+
+    assert_eq!(
+        r.capacity_verdict(c(1, 0), true, None, Some(50), 100, 20),
+        Ok(None)
+    );
+    assert_eq!(
+        r.capacity_verdict(
+            c(1, 1),
+            false,
+            Some(FailReason::DeadlineMissed),
+            None,
+            100,
+            20
+        ),
+        Ok(Some(GpuModel::H100)),
+        "a first rejection asks for a slash"
+    );
+    assert_eq!(
+        states(&r),
+        vec![ContainerState::Standby, ContainerState::Rejected]
+    );
+    // A later pass does not bring a rejected GPU back, nor does a second rejection slash again.
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), true, None, Some(50), 100, 30),
+        Ok(None)
+    );
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), false, Some(FailReason::WrongRow), None, 100, 30),
+        Ok(None)
+    );
+    assert_eq!(
+        states(&r),
+        vec![ContainerState::Standby, ContainerState::Rejected]
+    );
+    let lease = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 40)
+        .unwrap();
+    assert_eq!(lease.gpu_indices, vec![0]);
+    // Rejected GPUs are no longer checked; a passed one proves again when it is due.
+    let targets = r.check_targets(60_000, 50);
+    assert_eq!(targets.len(), 1);
+    assert!(!targets[0].capacity_due);
+    assert!(r.check_targets(60_000, 60_020)[0].capacity_due);
+}
+
+#[test]
+fn only_a_quorum_brings_back_a_host_it_found_down() {
+    use gpumesh_types::ContainerState;
+    let mut r = checked_network();
+    r.capacity_verdict(c(1, 0), true, None, Some(50), 100, 20)
+        .unwrap();
+    r.capacity_verdict(c(1, 1), true, None, Some(50), 100, 20)
+        .unwrap();
+    let id = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 30)
+        .unwrap()
+        .id;
+    r.escrow_opened(id).unwrap();
+    r.started(&addr(1), id, 40).unwrap();
+    r.take_dirty();
+
+    let effects = r.liveness_verdict(&addr(1), false, 100);
+    assert!(matches!(effects[0], Effect::HostOffline { .. }));
+    assert!(effects.contains(&Effect::CloseEscrow {
+        lease: id,
+        reason: CloseReason::HostLost
+    }));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::SlashDowntime { .. }))
+    );
+    assert_eq!(r.lease(id).unwrap().state, LeaseState::Failed);
+    assert!(
+        r.containers()
+            .iter()
+            .all(|c| c.state == ContainerState::Offline)
+    );
+    // Its own heartbeat and a re-registration do not override the verdict.
+    r.heartbeat(addr(1), Heartbeat::default(), 200).unwrap();
+    let mut again = host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 2, "2.5");
+    again.challenge_url = Some("http://127.0.0.1:7701".into());
+    r.register_host(addr(1), again, 210).unwrap();
+    assert!(
+        r.containers()
+            .iter()
+            .all(|c| c.state == ContainerState::Offline)
+    );
+    assert!(
+        r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 220)
+            .is_err()
+    );
+    // A second down verdict changes nothing more; an up verdict brings it back.
+    assert!(r.liveness_verdict(&addr(1), false, 300).is_empty());
+    assert!(r.liveness_verdict(&addr(1), true, 400).is_empty());
+    assert!(
+        r.containers()
+            .iter()
+            .all(|c| c.state == ContainerState::Standby)
+    );
+    let host = r.host(&addr(1)).unwrap();
+    assert_eq!((host.up_verdicts, host.down_verdicts), (1, 2));
+}

@@ -183,7 +183,7 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
         assert_eq!(draw.rank_addresses(&a.container, 3), a.checkers);
     }
 
-    // Bad reports: each refused with its code, and the idle checker's record unchanged.
+    // Bad reports: each refused with its code, and none taken (checked below).
     let probe = Probe {
         http: reqwest::Client::new(),
         base: net.api_url.clone(),
@@ -200,10 +200,15 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
     })
     .await
     .expect("a fresh period");
+    // A real task (not a canary, whose container no host registered).
+    let now_view = client.assignment(Some(tasks.period)).await.unwrap();
     let mine = tasks
         .tasks
         .iter()
-        .find(|t| t.kind == TaskKind::Liveness)
+        .find(|t| {
+            t.kind == TaskKind::Liveness
+                && now_view.containers.iter().any(|a| a.container == t.container)
+        })
         .expect("the idle checker has tasks");
     let report = |container: ContainerRef, period: u64| {
         serde_json::to_vec(&CheckReport {
@@ -217,7 +222,6 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
         })
         .unwrap()
     };
-    let now_view = client.assignment(Some(tasks.period)).await.unwrap();
     let not_mine = now_view
         .containers
         .iter()
@@ -334,25 +338,30 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
         (
             "proof/commit",
             serde_json::json!({"index": 0, "challenge": {"seed": format!("0x{}", "11".repeat(32)), "params": {"rows": 8, "inner": 17, "spot_rows": 4}}}),
-            400,
+            (400, ErrorCode::InvalidRequest),
         ),
         (
             "proof/commit",
             serde_json::json!({"index": 999, "challenge": {"seed": format!("0x{}", "11".repeat(32)), "params": {"rows": 8, "inner": 16, "spot_rows": 4}}}),
-            400,
+            (400, ErrorCode::InvalidRequest),
+        ),
+        (
+            "proof/commit",
+            serde_json::json!({"index": 0, "challenge": {"seed": format!("0x{}", "11".repeat(32)), "params": {"rows": 4_000_000, "inner": 1024, "spot_rows": 4}}}),
+            (400, ErrorCode::InvalidRequest),
         ),
         (
             "proof/open",
             serde_json::json!({"seed": format!("0x{}", "22".repeat(32)), "rows": [0]}),
-            404,
+            (404, ErrorCode::NotFound),
         ),
         (
             "liveness",
             serde_json::json!({"checker": idle.address(), "index": 999, "nonce": format!("0x{}", "33".repeat(32))}),
-            400,
+            (400, ErrorCode::InvalidRequest),
         ),
     ];
-    for (path, body, status) in bad {
+    for (path, body, (status, code)) in bad {
         let response = http
             .post(format!("{endpoint}/{path}"))
             .json(&body)
@@ -360,6 +369,8 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{path} {body}");
+        let error: ApiError = response.json().await.unwrap();
+        assert_eq!(error.code, code, "{path}: {}", error.message);
     }
     let response = http
         .post(format!("{endpoint}/liveness"))

@@ -307,7 +307,7 @@ impl JobRequest {
     }
 }
 
-/// Where a lease stands (DESIGN.md §3).
+/// Where a lease stands (docs/protocol.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {

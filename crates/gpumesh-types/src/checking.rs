@@ -37,8 +37,12 @@ pub struct CheckingParams {
     /// A primary checker that has not reported by this far into the period loses its
     /// tasks to the next checkers in rank.
     pub takeover_ms: u64,
-    /// Reports for a period are taken until its end plus this.
+    /// Liveness results for a period are taken until its end plus this.
     pub report_grace_ms: u64,
+    /// Capacity results for a period are taken until its end, the grace and this. The
+    /// 2N+1 proofs of a container run one after another, each in its own slot of
+    /// `proof_window_ms / (2N+1)` from the period's start, so they never share the GPU.
+    pub proof_window_ms: u64,
     /// How often a verified container proves its capacity again.
     pub capacity_every_ms: u64,
     /// The shape of a capacity proof: its inner dimension, spot rows and fewest rows. The
@@ -77,6 +81,7 @@ impl CheckingParams {
             period_ms: 60_000,
             takeover_ms: 30_000,
             report_grace_ms: 15_000,
+            proof_window_ms: 45_000,
             capacity_every_ms: 24 * 3_600_000,
             proof: ProofParams::NETWORK,
             proof_target_ms: 2_000,
@@ -98,7 +103,8 @@ impl CheckingParams {
         CheckingParams {
             period_ms: 2_000,
             takeover_ms: 1_200,
-            report_grace_ms: 3_000,
+            report_grace_ms: 1_000,
+            proof_window_ms: 8_000,
             capacity_every_ms: 60_000,
             // As few rows as spot rows: a slow model's proof stays short.
             proof: ProofParams {
@@ -150,6 +156,11 @@ impl CheckingParams {
     pub fn quorum(&self) -> usize {
         2 * self.n as usize + 1
     }
+
+    /// The length of each checker's proof slot.
+    pub fn proof_slot_ms(&self) -> u64 {
+        self.proof_window_ms / self.quorum() as u64
+    }
 }
 
 /// What a task asks.
@@ -176,6 +187,10 @@ pub struct CheckTask {
     pub proof: Option<ProofParams>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof_deadline_ms: Option<u64>,
+    /// For capacity tasks: not before this time (ms since the Unix epoch), so that a
+    /// container's proofs do not share its GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_ms: Option<u64>,
 }
 
 /// `GET /v1/checking/tasks?checker=0x…`: a checker's tasks for the current period.
@@ -185,8 +200,12 @@ pub struct CheckerTasksView {
     pub period: u64,
     pub period_start_ms: u64,
     pub period_end_ms: u64,
-    /// Reports for this period are taken until then.
+    /// A primary checker that has not reported by then loses its tasks.
+    pub takeover_at_ms: u64,
+    /// Liveness results for this period are taken until then.
     pub report_by_ms: u64,
+    /// Capacity results for this period are taken until then.
+    pub proofs_by_ms: u64,
     pub banned: bool,
     pub tasks: Vec<CheckTask>,
 }

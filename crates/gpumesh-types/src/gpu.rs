@@ -2,7 +2,7 @@
 //!
 //! A host may only register models in this catalog, so that buyers, checkers and the
 //! ledger agree on what a name means. `k_factor` is the spec weight K used for stake
-//! requirements and capacity rewards (DESIGN.md §4); `tflops_fp16` is the claimed dense
+//! requirements and capacity rewards (docs/protocol.md); `tflops_fp16` is the claimed dense
 //! throughput a capacity proof is held to.
 
 use std::fmt;

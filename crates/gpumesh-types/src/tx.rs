@@ -67,7 +67,7 @@ pub enum TxKind {
     },
 }
 
-/// What a container was slashed for (DESIGN.md §4).
+/// What a container was slashed for (docs/protocol.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Offence {
