@@ -272,7 +272,7 @@ impl Checker {
         let challenge = Challenge { seed, params };
         let request = ProofCommitRequest {
             index: task.container.index,
-            challenge: challenge.clone(),
+            challenge,
         };
         let deadline = Duration::from_millis(deadline_ms);
         let began = Instant::now();

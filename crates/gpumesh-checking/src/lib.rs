@@ -469,7 +469,7 @@ impl Checking {
                 .filter(|k| k.checker == c)
                 .map(|k| k.task.clone()),
         );
-        tasks.sort_by(|a, b| (a.container, a.kind).cmp(&(b.container, b.kind)));
+        tasks.sort_by_key(|a| (a.container, a.kind));
         Some((p.number, p.start_ms, tasks))
     }
 

@@ -476,7 +476,7 @@ fn epoch_lists_credited_tasks_and_uptime() {
         w.begin(targets(2, false));
         let now = w.start() + 100;
         for checker in w.checking.eligible(now) {
-            if checker == silent && w.period % 2 == 0 {
+            if checker == silent && w.period.is_multiple_of(2) {
                 continue;
             }
             let (period, _, tasks) = w.checking.tasks(&checker, now).unwrap();

@@ -224,7 +224,7 @@ async fn commit(
         return gone();
     };
     let prover = e.prover.clone();
-    let challenge = request.challenge.clone();
+    let challenge = request.challenge;
     let proved = tokio::task::spawn_blocking(move || prover.prove(request.index, &challenge)).await;
     let proved = match proved {
         Ok(Ok(p)) => Arc::new(p),

@@ -207,7 +207,10 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
         .iter()
         .find(|t| {
             t.kind == TaskKind::Liveness
-                && now_view.containers.iter().any(|a| a.container == t.container)
+                && now_view
+                    .containers
+                    .iter()
+                    .any(|a| a.container == t.container)
         })
         .expect("the idle checker has tasks");
     let report = |container: ContainerRef, period: u64| {

@@ -168,10 +168,10 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     }
     let script = demo::script();
     let mut result = demo::run(&net, &script, &print).await;
-    if let Ok(summary) = &mut result {
-        if let Err(e) = demo::checks(&mut net, summary, &print).await {
-            result = Err(e);
-        }
+    if let Ok(summary) = &mut result
+        && let Err(e) = demo::checks(&mut net, summary, &print).await
+    {
+        result = Err(e);
     }
     let temp = net.stop().await?;
     let mut summary = result?;
