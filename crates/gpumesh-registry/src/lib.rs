@@ -847,6 +847,14 @@ impl Registry {
         capacity_every_ms: u64,
         now_ms: u64,
     ) -> Vec<gpumesh_checking::Target> {
+        // A GPU serving a lease is not proven again until it is free: the proof would
+        // share the device with the buyer's workload.
+        let leased: std::collections::HashSet<(Address, u16)> = self
+            .leases
+            .values()
+            .filter(|l| l.state.holds_capacity())
+            .flat_map(|l| l.gpu_indices.iter().map(move |&i| (l.host, i)))
+            .collect();
         let mut out = Vec::with_capacity(self.container_count());
         for host in &self.hosts {
             let r = &host.record;
@@ -856,7 +864,10 @@ impl Registry {
             for (i, gpu) in r.gpus.iter().enumerate() {
                 let capacity_due = match r.capacity.get(i) {
                     Some(Capacity::Rejected { .. }) => continue,
-                    Some(Capacity::Passed { at_ms, .. }) => at_ms + capacity_every_ms <= now_ms,
+                    Some(Capacity::Passed { at_ms, .. }) => {
+                        at_ms + capacity_every_ms <= now_ms
+                            && !leased.contains(&(r.address, i as u16))
+                    }
                     Some(Capacity::Pending) | None => true,
                 };
                 out.push(gpumesh_checking::Target {

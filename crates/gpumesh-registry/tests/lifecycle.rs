@@ -536,15 +536,20 @@ fn containers_serve_once_their_proof_passes_and_a_rejection_stands() {
         states(&r),
         vec![ContainerState::Standby, ContainerState::Rejected]
     );
-    let lease = r
-        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 40)
-        .unwrap();
-    assert_eq!(lease.gpu_indices, vec![0]);
-    // Rejected GPUs are no longer checked; a passed one proves again when it is due.
+    // Rejected GPUs are no longer checked; a passed one proves again when it is due, but
+    // not while it serves a lease.
     let targets = r.check_targets(60_000, 50);
     assert_eq!(targets.len(), 1);
     assert!(!targets[0].capacity_due);
     assert!(r.check_targets(60_000, 60_020)[0].capacity_due);
+    let lease = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 40)
+        .unwrap();
+    assert_eq!(lease.gpu_indices, vec![0]);
+    let id = lease.id;
+    assert!(!r.check_targets(60_000, 60_020)[0].capacity_due);
+    r.cancel(&addr(9), id, 60_030).unwrap();
+    assert!(r.check_targets(60_000, 60_040)[0].capacity_due);
 }
 
 #[test]
