@@ -4,9 +4,10 @@
 //! /proof/commit` multiplies the challenge's seeded matrices on the named GPU and
 //! answers the Merkle root of the product; `POST /proof/open` answers the rows the
 //! checker picked after the commitment, with their paths (docs/capacity-proof.md).
-//! How the product is computed is a [`Prover`]: the CPU kernel, the simulated device of a
-//! local network (the same kernel, paced to the speed its model is declared at), or, in
-//! demos and tests only, a dishonest prover.
+//! How the product is computed is a [`Prover`]: the host's NVIDIA GPU through CUDA
+//! ([`CudaProver`]), the CPU kernel, the simulated device of a local network (the same
+//! kernel, paced to the speed its model is declared at), or, in demos and tests only, a
+//! dishonest prover.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,10 @@ use gpumesh_types::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub mod cuda;
+
+pub use cuda::CudaProver;
+
 /// Commitments kept for their openings, newest last.
 const KEPT_PROOFS: usize = 64;
 /// The largest proof the agent computes: a check's proof is sized to about two seconds of
@@ -41,7 +46,7 @@ pub trait Prover: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
-/// The exact INT8 kernel on this machine's CPU. What a host without a GPU prover uses;
+/// The exact INT8 kernel on this machine's CPU. What a host whose GPU prover cannot load uses;
 /// a CPU is far slower than the GPU it stands for, so its proofs miss a real GPU's
 /// deadline, which is the point.
 #[derive(Debug, Default)]

@@ -5,8 +5,9 @@
 //! to the product's rows in a Merkle tree and answers with the root before a deadline
 //! ([`prove`]). The checker then asks for a few random rows ([`pick_rows`]), and checks
 //! each opened row against the root and, with Freivalds' test, against the seed
-//! ([`verify`]), at well under 1% of the host's work. [`timing`] turns a claimed rate into a
-//! deadline and gives the odds of catching a host that skipped rows.
+//! ([`verify`]), at well under 1% of the host's work. [`prove_with`] commits a product
+//! computed elsewhere (a GPU) with the same derivation and commitment. [`timing`] turns a
+//! claimed rate into a deadline and gives the odds of catching a host that skipped rows.
 //!
 //! This crate does no I/O, reads no clock and draws no unseeded randomness: the checker's
 //! randomness comes in as an [`rand::RngCore`], the dishonest prover's as a seed.
@@ -19,7 +20,7 @@ pub mod timing;
 mod verify;
 
 pub use params::{Challenge, ProofError, ProofParams};
-pub use prove::{OpenedRow, Opening, Proved, prove, prove_skipping};
+pub use prove::{OpenedRow, Opening, ProveWithError, Proved, prove, prove_skipping, prove_with};
 pub use timing::{deadline_ms, detection_probability, detection_probability_exact, expected_ms};
 pub use verify::{ProofFailure, pick_rows, verify};
 

@@ -65,13 +65,13 @@ impl Streams {
         bytes.into_iter().map(|b| b as i8).collect()
     }
 
-    /// All of B, row-major, as `f32` for the kernel.
-    pub(crate) fn b_f32(&self, inner: usize) -> Vec<f32> {
+    /// All of B, row-major, as `i8`: what a block product gets.
+    pub(crate) fn b_i8(&self, inner: usize) -> Vec<i8> {
         let mut out = Vec::with_capacity(inner * inner);
         let mut bytes = vec![0u8; inner];
         for k in 0..inner as u32 {
             self.b_row_bytes(k, &mut bytes);
-            out.extend(bytes.iter().map(|&b| f32::from(b as i8)));
+            out.extend(bytes.iter().map(|&b| b as i8));
         }
         out
     }

@@ -1,10 +1,15 @@
 //! The host's side: compute C block by block, commit to its rows, open the rows asked for.
 //!
-//! Memory stays bounded whatever the row count: B (4·inner² bytes as `f32`), one block of
-//! A and of C ([`BLOCK_ROWS`] rows each) and the Merkle tree (64 bytes per row). C itself
-//! is not kept: [`Proved::open`] recomputes each opened row from its row of A and B with
-//! integers, inner² multiply-accumulates per row, which for the checker's hundred-odd rows
-//! is a small fraction of the proof.
+//! Memory stays bounded whatever the row count: B (inner² bytes, and 4·inner² more as `f32`
+//! for the CPU kernel), one block of A and of C ([`BLOCK_ROWS`] rows each) and the Merkle
+//! tree (64 bytes per row). The product itself is a closure over blocks ([`prove_with`]):
+//! the CPU kernel for [`prove`], a device for a GPU prover; derivation, hashing and the
+//! tree are this crate's either way, so the roots agree. C itself is not kept:
+//! [`Proved::open`] recomputes each opened row from its row of A and B with integers,
+//! inner² multiply-accumulates per row, which for the checker's hundred-odd rows is a small
+//! fraction of the proof.
+
+use std::convert::Infallible;
 
 use alloy_primitives::{B256, hex};
 use rand::Rng;
@@ -43,9 +48,41 @@ pub struct OpenedRow {
     pub path: Vec<B256>,
 }
 
-/// Computes C = A·B for the challenge and commits to it.
+/// Computes C = A·B for the challenge with this crate's CPU kernel and commits to it.
 pub fn prove(challenge: &Challenge) -> Result<Proved, ProofError> {
-    prove_inner(challenge, |_| false)
+    let mut kernel = CpuKernel::default();
+    let proved = prove_inner(
+        challenge,
+        |_| false,
+        |a, b, rows, c| kernel.multiply(a, b, rows, c),
+    )?;
+    Ok(proved.unwrap_or_else(|never| match never {}))
+}
+
+/// Why [`prove_with`] made no proof.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProveWithError {
+    /// The challenge's parameters are invalid.
+    #[error(transparent)]
+    Params(#[from] ProofError),
+    /// The caller's product failed (a device error, say).
+    #[error("the product failed: {0}")]
+    Product(String),
+}
+
+/// Commits to C = A·B computed by `product`, which may run anywhere (a GPU): this crate
+/// still derives A and B from the seed and hashes and commits the rows, so the root is
+/// the one [`prove`] gives whenever `product` is right.
+///
+/// `product(a_block, b, rows, c_block)` must write `a_block · b` into `c_block`: `a_block`
+/// is `rows × inner` (row-major, at most 256 rows), `b` is `inner × inner` (row-major, the
+/// same slice on every call of one proof, so a device may upload it once), and `c_block`
+/// is `rows × inner` INT32 (row-major, contents unspecified on entry).
+pub fn prove_with(
+    challenge: &Challenge,
+    product: impl FnMut(&[i8], &[i8], usize, &mut [i32]) -> Result<(), String>,
+) -> Result<Proved, ProveWithError> {
+    prove_inner(challenge, |_| false, product)?.map_err(ProveWithError::Product)
 }
 
 /// A dishonest host, for tests and demonstrations: skips about `skip_per_mille`/1000 of the
@@ -60,29 +97,69 @@ pub fn prove_skipping(
         return Err(ProofError::SkipPerMille(skip_per_mille));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    prove_inner(challenge, move |_| {
-        rng.gen_range(0..1000u16) < skip_per_mille
-    })
+    let mut kernel = CpuKernel::default();
+    let proved = prove_inner(
+        challenge,
+        move |_| rng.gen_range(0..1000u16) < skip_per_mille,
+        |a, b, rows, c| kernel.multiply(a, b, rows, c),
+    )?;
+    Ok(proved.unwrap_or_else(|never| match never {}))
 }
 
-fn prove_inner(
+/// The CPU kernel as a block product: converts to `f32` and multiplies with
+/// [`matrix::multiply_f32`], which is exact here (see `matrix`). One per proof: B is
+/// converted on the first call and kept.
+#[derive(Default)]
+struct CpuKernel {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl CpuKernel {
+    fn multiply(
+        &mut self,
+        a: &[i8],
+        b: &[i8],
+        rows: usize,
+        c: &mut [i32],
+    ) -> Result<(), Infallible> {
+        let inner = a.len() / rows;
+        if self.b.len() != b.len() {
+            self.b = b.iter().map(|&x| f32::from(x)).collect();
+        }
+        self.a.clear();
+        self.a.extend(a.iter().map(|&x| f32::from(x)));
+        self.c.resize(rows * inner, 0.0);
+        matrix::multiply_f32(&self.a, &self.b, rows, inner, &mut self.c);
+        for (dst, &x) in c.iter_mut().zip(&self.c) {
+            // Exact: |x| ≤ 2^24 and integral (see `matrix`).
+            *dst = x as i32;
+        }
+        Ok(())
+    }
+}
+
+/// Derives, multiplies block by block with `product` and commits. The outer error is the
+/// challenge's (invalid parameters), the inner one the product's.
+fn prove_inner<E>(
     challenge: &Challenge,
     mut skip: impl FnMut(u32) -> bool,
-) -> Result<Proved, ProofError> {
+    mut product: impl FnMut(&[i8], &[i8], usize, &mut [i32]) -> Result<(), E>,
+) -> Result<Result<Proved, E>, ProofError> {
     let params = challenge.params;
     params.validate()?;
     let inner = params.inner as usize;
     let streams = Streams::new(&challenge.seed);
-    let b = streams.b_f32(inner);
+    let b = streams.b_i8(inner);
 
     let skipped: Vec<bool> = (0..params.rows).map(&mut skip).collect();
     let zero_row = vec![0i32; inner];
     let mut leaves = Vec::with_capacity(params.rows as usize);
     let mut leaf_buf = Vec::with_capacity(4 + 4 * inner);
-    let mut a_block = vec![0f32; BLOCK_ROWS * inner];
-    let mut c_block = vec![0f32; BLOCK_ROWS * inner];
+    let mut a_block = vec![0i8; BLOCK_ROWS * inner];
+    let mut c_block = vec![0i32; BLOCK_ROWS * inner];
     let mut a_bytes = vec![0u8; inner];
-    let mut c_row = vec![0i32; inner];
     let mut block: Vec<u32> = Vec::with_capacity(BLOCK_ROWS);
 
     let mut start = 0u32;
@@ -95,29 +172,21 @@ fn prove_inner(
             streams.a_row_bytes(row, &mut a_bytes);
             let dst = &mut a_block[slot * inner..(slot + 1) * inner];
             for (d, &byte) in dst.iter_mut().zip(&a_bytes) {
-                *d = f32::from(byte as i8);
+                *d = byte as i8;
             }
         }
         let n = block.len();
-        if n > 0 {
-            matrix::multiply_f32(
-                &a_block[..n * inner],
-                &b,
-                n,
-                inner,
-                &mut c_block[..n * inner],
-            );
+        if n > 0
+            && let Err(e) = product(&a_block[..n * inner], &b, n, &mut c_block[..n * inner])
+        {
+            return Ok(Err(e));
         }
         let mut computed = block.iter().zip(c_block.chunks_exact(inner));
         let mut next = computed.next();
         for row in start..end {
             match next {
                 Some((&r, c)) if r == row => {
-                    for (dst, &x) in c_row.iter_mut().zip(c) {
-                        // Exact: |x| ≤ 2^24 and integral (see `matrix`).
-                        *dst = x as i32;
-                    }
-                    leaves.push(merkle::leaf(row, &c_row, &mut leaf_buf));
+                    leaves.push(merkle::leaf(row, c, &mut leaf_buf));
                     next = computed.next();
                 }
                 _ => leaves.push(merkle::leaf(row, &zero_row, &mut leaf_buf)),
@@ -125,11 +194,11 @@ fn prove_inner(
         }
         start = end;
     }
-    Ok(Proved {
+    Ok(Ok(Proved {
         challenge: *challenge,
         tree: Tree::new(leaves),
         skipped,
-    })
+    }))
 }
 
 impl Proved {

@@ -469,6 +469,89 @@ fn kernel_is_exact_at_the_extremes() {
     assert_eq!(c.iter().map(|&x| x as i32).collect::<Vec<_>>(), want);
 }
 
+/// A block product by a naive integer loop, as a device would compute it.
+fn naive_block(a: &[i8], b: &[i8], rows: usize, c: &mut [i32]) -> Result<(), String> {
+    let inner = a.len() / rows;
+    for i in 0..rows {
+        for j in 0..inner {
+            c[i * inner + j] = (0..inner)
+                .map(|k| i32::from(a[i * inner + k]) * i32::from(b[k * inner + j]))
+                .sum();
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn prove_with_an_integer_product_commits_what_prove_commits() {
+    // 600 rows: two whole blocks of 256 and a partial one.
+    for params in [
+        ProofParams {
+            rows: 600,
+            inner: 64,
+            spot_rows: 16,
+        },
+        ProofParams {
+            rows: 3,
+            inner: 16,
+            spot_rows: 3,
+        },
+    ] {
+        let ch = challenge(11, params);
+        let mut calls = Vec::new();
+        let with = prove_with(&ch, |a, b, rows, c| {
+            calls.push(rows);
+            assert_eq!(b.len(), (params.inner * params.inner) as usize);
+            naive_block(a, b, rows, c)
+        })
+        .unwrap();
+        assert_eq!(with.root(), prove(&ch).unwrap().root());
+        assert_eq!(with.root(), naive_root(&ch));
+        assert_eq!(calls.iter().sum::<usize>(), params.rows as usize);
+        let asked = pick_rows(&ch.params, &mut rng(5));
+        let opening = with.open(&asked).unwrap();
+        assert_eq!(
+            verify(&ch, with.root(), &asked, &opening, &mut rng(6)),
+            Ok(())
+        );
+    }
+}
+
+#[test]
+fn prove_with_passes_on_a_failed_product_and_bad_params() {
+    let ch = challenge(12, ProofParams::LOCAL);
+    let failed = prove_with(&ch, |_, _, _, _| Err("device lost".to_string()));
+    assert_eq!(
+        failed.unwrap_err(),
+        ProveWithError::Product("device lost".into())
+    );
+    let bad = challenge(
+        12,
+        ProofParams {
+            rows: 4,
+            inner: 17,
+            spot_rows: 1,
+        },
+    );
+    let refused = prove_with(&bad, naive_block);
+    assert_eq!(
+        refused.unwrap_err(),
+        ProveWithError::Params(ProofError::Inner(17))
+    );
+}
+
+#[test]
+fn a_wrong_product_gives_another_root() {
+    let ch = challenge(13, ProofParams::LOCAL);
+    let off_by_one = prove_with(&ch, |a, b, rows, c| {
+        naive_block(a, b, rows, c)?;
+        c[0] += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_ne!(off_by_one.root(), prove(&ch).unwrap().root());
+}
+
 #[test]
 fn a_row_is_derived_alone_and_the_full_range_appears() {
     let streams = Streams::new(&B256::repeat_byte(9));

@@ -327,14 +327,24 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         (offers, Vec::new())
     };
     // Capacity proofs: simulated GPUs compute at their model's declared local speed;
-    // real ones on the CPU kernel until a GPU prover exists (docs/capacity-proof.md).
+    // real ones on the GPU through CUDA, or on the CPU kernel when CUDA cannot be loaded
+    // (docs/capacity-proof.md).
     let prover: Arc<dyn gpumesh_host::challenge::Prover> = match gpus.first() {
         Some(offer) if offer.simulated => Arc::new(gpumesh_host::challenge::SimulatedProver {
             macs_per_s: gpumesh_types::CheckingParams::local(Vec::new())
                 .claimed_macs_per_s(offer.model, true),
             skip_per_mille: 0,
         }),
-        _ => Arc::new(gpumesh_host::challenge::CpuProver),
+        _ => match gpumesh_host::challenge::CudaProver::open() {
+            Ok(cuda) => Arc::new(cuda),
+            Err(reason) => {
+                eprintln!(
+                    "warning: no CUDA prover ({reason}); capacity proofs fall back to the \
+                     CPU kernel and will miss a GPU's deadline"
+                );
+                Arc::new(gpumesh_host::challenge::CpuProver)
+            }
+        },
     };
     eprintln!("capacity proofs: {}", prover.describe());
     let runtime: Arc<dyn Runtime> = match args.runtime {
