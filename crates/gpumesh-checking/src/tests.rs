@@ -113,6 +113,15 @@ impl World {
     }
 }
 
+/// Everyone honest about a world that is up, except `liar`.
+fn one_liar(c: &Address, t: &CheckTask, liar: &Address) -> CheckOutcome {
+    if c == liar {
+        lie(t, true)
+    } else {
+        honest(t, true)
+    }
+}
+
 fn honest(t: &CheckTask, truth_up: bool) -> CheckOutcome {
     let decoy = t.endpoint.contains("decoy");
     match (t.kind, truth_up && !decoy) {
@@ -239,37 +248,19 @@ fn two_minority_results_in_a_week_ban_and_one_does_not() {
     let mut w = World::new(p);
     // One container, three checkers: each checks it every period.
     w.begin(targets(1, false));
-    w.report_all(100, |c, t| {
-        if *c == odd {
-            lie(t, true)
-        } else {
-            honest(t, true)
-        }
-    });
+    w.report_all(100, |c, t| one_liar(c, t, &odd));
     w.close();
     assert_eq!(w.checking.checker(&odd).unwrap().minority, 1);
     assert!(!w.checking.checker(&odd).unwrap().banned(w.start()));
     // A week later the first one has expired: a second alone does not ban.
     w.period += week / w.checking.params().period_ms;
     w.begin(targets(1, false));
-    w.report_all(100, |c, t| {
-        if *c == odd {
-            lie(t, true)
-        } else {
-            honest(t, true)
-        }
-    });
+    w.report_all(100, |c, t| one_liar(c, t, &odd));
     w.close();
     assert!(!w.checking.checker(&odd).unwrap().banned(w.start()));
     // A third within the week of the second does.
     w.begin(targets(1, false));
-    w.report_all(100, |c, t| {
-        if *c == odd {
-            lie(t, true)
-        } else {
-            honest(t, true)
-        }
-    });
+    w.report_all(100, |c, t| one_liar(c, t, &odd));
     let out = w.close();
     assert_eq!(out.banned, vec![odd]);
     let r = w.checking.checker(&odd).unwrap();

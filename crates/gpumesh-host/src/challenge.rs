@@ -123,6 +123,23 @@ struct Endpoint {
     busy: Vec<tokio::sync::Semaphore>,
 }
 
+impl Endpoint {
+    /// Whether a challenge for GPU `index` may be answered: the agent runs, the GPU exists.
+    fn admit(&self, index: u16) -> Result<(), Response> {
+        if self.stopped.is_cancelled() {
+            return Err(gone());
+        }
+        if index >= self.gpus {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                format!("this host has {} GPUs; there is no GPU {index}", self.gpus),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
     (
         status,
@@ -175,18 +192,8 @@ async fn liveness(
     State(e): State<Arc<Endpoint>>,
     Json(challenge): Json<LivenessChallenge>,
 ) -> Response {
-    if e.stopped.is_cancelled() {
-        return gone();
-    }
-    if challenge.index >= e.gpus {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequest,
-            format!(
-                "this host has {} GPUs; there is no GPU {}",
-                e.gpus, challenge.index
-            ),
-        );
+    if let Err(refused) = e.admit(challenge.index) {
+        return refused;
     }
     let signature = Sig(e
         .wallet
@@ -198,18 +205,8 @@ async fn commit(
     State(e): State<Arc<Endpoint>>,
     Json(request): Json<ProofCommitRequest>,
 ) -> Response {
-    if e.stopped.is_cancelled() {
-        return gone();
-    }
-    if request.index >= e.gpus {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequest,
-            format!(
-                "this host has {} GPUs; there is no GPU {}",
-                e.gpus, request.index
-            ),
-        );
+    if let Err(refused) = e.admit(request.index) {
+        return refused;
     }
     if let Err(err) = request.challenge.params.validate() {
         return refuse(

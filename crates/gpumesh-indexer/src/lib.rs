@@ -236,8 +236,8 @@ impl Indexer {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let state = self.state.clone();
-        let public = match &self.config.public_url {
+        let Indexer { state, config } = self;
+        let public = match &config.public_url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!(
                 "http://{}",
@@ -249,16 +249,12 @@ impl Indexer {
         state.core().set_decoy_base(format!("{public}/v1/decoy"));
         let token = state.shutdown.clone();
         let tasks = [
-            spawn_every(
-                self.config.tick_interval,
-                state.clone(),
-                |core, now, batch| core.tick(now, batch),
-            ),
-            spawn_every(
-                self.config.seal_interval,
-                state.clone(),
-                |core, now, batch| core.seal(now, batch),
-            ),
+            spawn_every(config.tick_interval, state.clone(), |core, now, batch| {
+                core.tick(now, batch)
+            }),
+            spawn_every(config.seal_interval, state.clone(), |core, now, batch| {
+                core.seal(now, batch)
+            }),
         ];
         let pruner = {
             let state = state.clone();
@@ -293,6 +289,13 @@ impl Indexer {
             .await
             .map_err(|e| anyhow::anyhow!(e.message))
             .context("failed to seal the last block")?;
+        // An operation whose client went away still finishes on its blocking thread,
+        // holding the state; wait for those, so the store is closed when this returns
+        // (a restart or `ledger verify` opens it next). Bounded, in case a reader lingers.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&state.0) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         served.context("the HTTP server failed")
     }
 }
