@@ -124,19 +124,19 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    /// Whether a challenge for GPU `index` may be answered: the agent runs, the GPU exists.
-    fn admit(&self, index: u16) -> Result<(), Response> {
+    /// The refusal of a challenge for GPU `index`, if it may not be answered: the agent
+    /// has stopped, or it has no such GPU.
+    fn refusal(&self, index: u16) -> Option<Response> {
         if self.stopped.is_cancelled() {
-            return Err(gone());
+            return Some(gone());
         }
-        if index >= self.gpus {
-            return Err(refuse(
+        (index >= self.gpus).then(|| {
+            refuse(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
                 format!("this host has {} GPUs; there is no GPU {index}", self.gpus),
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 }
 
@@ -192,7 +192,7 @@ async fn liveness(
     State(e): State<Arc<Endpoint>>,
     Json(challenge): Json<LivenessChallenge>,
 ) -> Response {
-    if let Err(refused) = e.admit(challenge.index) {
+    if let Some(refused) = e.refusal(challenge.index) {
         return refused;
     }
     let signature = Sig(e
@@ -205,7 +205,7 @@ async fn commit(
     State(e): State<Arc<Endpoint>>,
     Json(request): Json<ProofCommitRequest>,
 ) -> Response {
-    if let Err(refused) = e.admit(request.index) {
+    if let Some(refused) = e.refusal(request.index) {
         return refused;
     }
     if let Err(err) = request.challenge.params.validate() {
