@@ -270,9 +270,21 @@ impl Checker {
         let mut seed = B256::ZERO;
         rng.fill_bytes(&mut seed.0);
         let challenge = Challenge { seed, params };
+        let checker = self.config.wallet.address();
+        let expires_ms = now_ms() + 60_000;
+        let message = gpumesh_types::proof_challenge_message(
+            self.chain_id,
+            task.container.index,
+            &challenge,
+            &checker,
+            expires_ms,
+        );
         let request = ProofCommitRequest {
             index: task.container.index,
             challenge,
+            checker,
+            expires_ms,
+            signature: gpumesh_types::Sig(self.config.wallet.sign_message(message)),
         };
         let deadline = Duration::from_millis(deadline_ms);
         let began = Instant::now();

@@ -117,6 +117,12 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         };
         let gpus: u16 = config.gpus.iter().map(|g| g.count).sum();
         tracing::info!(%bound, prover = %challenge.prover.describe(), "answering checkers");
+        let licences = crate::challenge::Licences::default();
+        background.spawn(refresh_licences(
+            Client::new(&config.indexer_url, None),
+            licences.clone(),
+            challenge_stop.clone(),
+        ));
         background.spawn(
             crate::challenge::serve(
                 listener,
@@ -124,6 +130,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                 chain_id,
                 gpus,
                 challenge.prover.clone(),
+                licences,
                 challenge_stop.clone(),
             )
             .map(|r| {
@@ -553,6 +560,38 @@ impl Agent {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
         tracing::error!(lease = %id, "gave up reporting the lease's end");
+    }
+}
+
+/// Keeps the network's checker licences, which the challenge endpoint answers proofs for,
+/// fresh: at start, then every 30 s (licences change only with the genesis today, but a
+/// ban or a new network must not need an agent restart).
+async fn refresh_licences(
+    client: Client,
+    licences: crate::challenge::Licences,
+    stop: CancellationToken,
+) {
+    loop {
+        match client.checkers().await {
+            Ok(list) => {
+                let fresh = list.into_iter().map(|c| c.address).collect();
+                *licences.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the checker licences"),
+        }
+        let every = if licences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(30)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 

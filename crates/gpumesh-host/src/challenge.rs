@@ -9,7 +9,7 @@
 //! kernel, paced to the speed its model is declared at), or, in demos and tests only, a
 //! dishonest prover.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use gpumesh_identity::Wallet;
 use gpumesh_proof::{Challenge, Proved};
 use gpumesh_types::{
-    ApiError, ErrorCode, LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment,
-    ProofOpenRequest, Sig, liveness_message,
+    Address, ApiError, ErrorCode, LivenessAnswer, LivenessChallenge, ProofCommitRequest,
+    ProofCommitment, ProofOpenRequest, Sig, liveness_message, proof_challenge_message,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -110,9 +110,17 @@ struct Kept {
     at: Instant,
 }
 
+/// The checkers that may ask this agent for proofs: the network's licences, which the
+/// agent refreshes from the indexer.
+pub type Licences = Arc<std::sync::RwLock<HashSet<Address>>>;
+
+/// How long ahead a challenge's signature may claim to hold.
+const MAX_CHALLENGE_TTL_MS: u64 = 5 * 60 * 1000;
+
 struct Endpoint {
     /// Cancelled when the agent stops: connections still open then get no answer.
     stopped: CancellationToken,
+    licences: Licences,
     wallet: Wallet,
     chain_id: u64,
     gpus: u16,
@@ -124,6 +132,59 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// The refusal of a proof request not signed, in time, by a licensed checker.
+    fn unauthorised(&self, request: &ProofCommitRequest) -> Option<Response> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if request.expires_ms < now {
+            return Some(refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::SignatureExpired,
+                "the challenge's signature has expired",
+            ));
+        }
+        if request.expires_ms > now + MAX_CHALLENGE_TTL_MS {
+            return Some(refuse(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                format!("a challenge's signature holds at most {MAX_CHALLENGE_TTL_MS} ms"),
+            ));
+        }
+        let message = proof_challenge_message(
+            self.chain_id,
+            request.index,
+            &request.challenge,
+            &request.checker,
+            request.expires_ms,
+        );
+        match request.signature.0.recover_address_from_msg(message) {
+            Ok(signer) if signer == request.checker => {}
+            _ => {
+                return Some(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::BadSignature,
+                    format!("the challenge is not signed by {}", request.checker),
+                ));
+            }
+        }
+        let licensed = self
+            .licences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&request.checker);
+        (!licensed).then(|| {
+            refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::NotAChecker,
+                format!(
+                    "{} holds no checker licence on this network",
+                    request.checker
+                ),
+            )
+        })
+    }
+
     /// The refusal of a challenge for GPU `index`, if it may not be answered: the agent
     /// has stopped, or it has no such GPU.
     fn refusal(&self, index: u16) -> Option<Response> {
@@ -166,10 +227,12 @@ pub async fn serve(
     chain_id: u64,
     gpus: u16,
     prover: Arc<dyn Prover>,
+    licences: Licences,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(Endpoint {
         stopped: shutdown.clone(),
+        licences,
         wallet,
         chain_id,
         gpus,
@@ -206,6 +269,9 @@ async fn commit(
     Json(request): Json<ProofCommitRequest>,
 ) -> Response {
     if let Some(refused) = e.refusal(request.index) {
+        return refused;
+    }
+    if let Some(refused) = e.unauthorised(&request) {
         return refused;
     }
     if let Err(err) = request.challenge.params.validate() {

@@ -9,8 +9,9 @@ use gpumesh_devnet::{Devnet, DevnetConfig, HostSpec, RuntimeChoice, SimulatedDev
 use gpumesh_identity::Wallet;
 use gpumesh_tests::{Probe, Signing, nonce, small_world};
 use gpumesh_types::{
-    ApiError, CheckOutcome, CheckReport, CheckResult, ContainerRef, ContainerState, ErrorCode,
-    GpuModel, TaskKind,
+    ApiError, B256, Challenge, CheckOutcome, CheckReport, CheckResult, ContainerRef,
+    ContainerState, ErrorCode, GpuModel, ProofCommitRequest, ProofParams, Sig, TaskKind,
+    proof_challenge_message,
 };
 
 fn cheat(name: &str, gpu: GpuModel, prover: SimulatedDevice) -> HostSpec {
@@ -337,21 +338,68 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
     // Malformed challenges at the agent: a clear code, no proof.
     let http = reqwest::Client::new();
     let endpoint = mine.endpoint.trim_end_matches('/');
+    // Proof requests must be signed, in time, by a licensed checker.
+    let chain_id = probe.chain_id;
+    let commit = |signer: &Wallet,
+                  checker: &Wallet,
+                  index: u16,
+                  rows: u32,
+                  inner: u32,
+                  ttl: i64| {
+        let challenge = Challenge {
+            seed: B256::repeat_byte(0x11),
+            params: ProofParams {
+                rows,
+                inner,
+                spot_rows: 4,
+            },
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let expires_ms = (now + ttl) as u64;
+        let message =
+            proof_challenge_message(chain_id, index, &challenge, &checker.address(), expires_ms);
+        serde_json::to_value(ProofCommitRequest {
+            index,
+            challenge,
+            checker: checker.address(),
+            expires_ms,
+            signature: Sig(signer.sign_message(message)),
+        })
+        .unwrap()
+    };
     let bad = [
         (
             "proof/commit",
-            serde_json::json!({"index": 0, "challenge": {"seed": format!("0x{}", "11".repeat(32)), "params": {"rows": 8, "inner": 17, "spot_rows": 4}}}),
+            commit(&idle, &idle, 0, 8, 17, 60_000),
             (400, ErrorCode::InvalidRequest),
         ),
         (
             "proof/commit",
-            serde_json::json!({"index": 999, "challenge": {"seed": format!("0x{}", "11".repeat(32)), "params": {"rows": 8, "inner": 16, "spot_rows": 4}}}),
+            commit(&idle, &idle, 999, 8, 16, 60_000),
             (400, ErrorCode::InvalidRequest),
         ),
         (
             "proof/commit",
-            serde_json::json!({"index": 0, "challenge": {"seed": format!("0x{}", "11".repeat(32)), "params": {"rows": 4_000_000, "inner": 1024, "spot_rows": 4}}}),
+            commit(&idle, &idle, 0, 4_000_000, 1024, 60_000),
             (400, ErrorCode::InvalidRequest),
+        ),
+        (
+            "proof/commit",
+            commit(&stranger, &idle, 0, 64, 256, 60_000),
+            (401, ErrorCode::BadSignature),
+        ),
+        (
+            "proof/commit",
+            commit(&idle, &idle, 0, 64, 256, -1_000),
+            (401, ErrorCode::SignatureExpired),
+        ),
+        (
+            "proof/commit",
+            commit(&stranger, &stranger, 0, 64, 256, 60_000),
+            (403, ErrorCode::NotAChecker),
         ),
         (
             "proof/open",

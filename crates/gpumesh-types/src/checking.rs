@@ -356,12 +356,38 @@ pub fn liveness_message(chain_id: u64, challenge: &LivenessChallenge) -> Vec<u8>
 }
 
 /// `POST {endpoint}/proof/commit`: the host multiplies the seeded matrices on GPU
-/// `index` and commits to the product.
+/// `index` and commits to the product. A proof costs the host its GPU's time, so only a
+/// licensed checker may ask: it signs [`proof_challenge_message`] (EIP-191).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProofCommitRequest {
     pub index: u16,
     pub challenge: Challenge,
+    pub checker: Address,
+    /// The signature holds until then (ms since the Unix epoch).
+    pub expires_ms: u64,
+    pub signature: crate::Sig,
+}
+
+/// What a checker signs to ask for a capacity proof.
+pub fn proof_challenge_message(
+    chain_id: u64,
+    index: u16,
+    challenge: &Challenge,
+    checker: &Address,
+    expires_ms: u64,
+) -> Vec<u8> {
+    let p = &challenge.params;
+    let mut m = b"gpumesh-proof-challenge-v1".to_vec();
+    m.extend_from_slice(&chain_id.to_be_bytes());
+    m.extend_from_slice(checker.as_slice());
+    m.extend_from_slice(&index.to_be_bytes());
+    m.extend_from_slice(challenge.seed.as_slice());
+    m.extend_from_slice(&p.rows.to_be_bytes());
+    m.extend_from_slice(&p.inner.to_be_bytes());
+    m.extend_from_slice(&p.spot_rows.to_be_bytes());
+    m.extend_from_slice(&expires_ms.to_be_bytes());
+    m
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
