@@ -779,19 +779,29 @@ impl Checking {
     }
 
     /// The assignment of an open period, with the block and seed it was drawn from.
-    pub fn assignment(&self, period: u64) -> Option<gpumesh_types::AssignmentView> {
+    /// `limit` containers from the `from`-th on, and where the next page starts.
+    pub fn assignment(
+        &self,
+        period: u64,
+        from: usize,
+        limit: usize,
+    ) -> Option<gpumesh_types::AssignmentView> {
         let p = self.periods.get(&period)?;
         let q = self.params.quorum().min(p.depth);
+        let end = from.saturating_add(limit).min(p.targets.len());
         Some(gpumesh_types::AssignmentView {
             period,
             block_height: p.block_height,
             block_hash: p.block_hash,
             seed: p.draw.seed,
             eligible: p.draw.checkers.clone(),
+            next: (end < p.targets.len()).then_some(end as u64),
             containers: p
                 .targets
                 .iter()
                 .enumerate()
+                .take(end)
+                .skip(from)
                 .map(|(t, target)| ContainerAssignment {
                     container: target.container,
                     checkers: p.ranked(t as u32)[..q]

@@ -159,7 +159,7 @@ proptest! {
         let q = 2 * n as usize + 1;
         let mut w = World::new(params(n, q + extra, 0));
         w.begin(targets(count, true));
-        let assignment = w.checking.assignment(0).unwrap();
+        let assignment = w.checking.assignment(0, 0, usize::MAX).unwrap();
         // For each container, the adversary corrupts N of exactly its quorum.
         let mut colluding: std::collections::HashSet<(ContainerRef, Address)> = Default::default();
         for a in &assignment.containers {
@@ -274,7 +274,7 @@ fn two_minority_results_in_a_week_ban_and_one_does_not() {
 fn the_assignment_is_recomputed_from_the_block_hash_and_the_checkers() {
     let mut w = World::new(params(1, 40, 0));
     w.begin(targets(50, false));
-    let view = w.checking.assignment(0).unwrap();
+    let view = w.checking.assignment(0, 0, usize::MAX).unwrap();
     assert_eq!(view.seed, period_seed(0, &view.block_hash));
     let draw = Draw::new(view.seed, view.eligible.clone());
     for a in &view.containers {
@@ -295,7 +295,7 @@ fn bad_reports_are_refused_whole_with_a_code() {
     let mut w = World::new(params(1, 5, 0));
     let t = targets(4, false);
     w.begin(t.clone());
-    let view = w.checking.assignment(0).unwrap();
+    let view = w.checking.assignment(0, 0, usize::MAX).unwrap();
     let a = &view.containers[0];
     let mine = a.checkers[0];
     let other = view
@@ -417,7 +417,7 @@ fn a_silent_primary_loses_its_task_to_the_next_in_rank() {
     let c = targets(1, false)[0].container;
     let p = w.checking.params().clone();
     let ranked = {
-        let view = w.checking.assignment(0).unwrap();
+        let view = w.checking.assignment(0, 0, usize::MAX).unwrap();
         Draw::new(view.seed, view.eligible).rank_addresses(&c, 6)
     };
     let (silent, backup) = (ranked[0], ranked[3]);
@@ -582,4 +582,29 @@ fn a_containers_proofs_take_turns_and_are_decided_after_their_window() {
         (last.verdicts[0].kind, last.verdicts[0].passed),
         (TaskKind::Capacity, true)
     );
+}
+
+#[test]
+fn the_assignment_comes_in_pages() {
+    let mut w = World::new(params(1, 5, 0));
+    w.begin(targets(25, false));
+    let all = w.checking.assignment(0, 0, usize::MAX).unwrap();
+    assert_eq!((all.containers.len(), all.next), (25, None));
+    let mut pages = Vec::new();
+    let mut from = Some(0);
+    while let Some(f) = from {
+        let page = w.checking.assignment(0, f as usize, 10).unwrap();
+        assert!(page.containers.len() <= 10);
+        pages.extend(page.containers);
+        from = page.next;
+    }
+    assert_eq!(pages, all.containers);
+    assert!(
+        w.checking
+            .assignment(0, 40, 10)
+            .unwrap()
+            .containers
+            .is_empty()
+    );
+    assert!(w.checking.assignment(7, 0, 10).is_none());
 }

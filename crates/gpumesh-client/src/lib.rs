@@ -372,18 +372,30 @@ impl Client {
         self.post("/v1/checking/reports", report).await
     }
 
-    /// Who checks whom in a period (the current one when `None`), with its seed.
+    /// Who checks whom in a period (the current one when `None`), with its seed: every
+    /// page, followed to the end.
     pub async fn assignment(
         &self,
         period: Option<u64>,
     ) -> Result<gpumesh_types::AssignmentView, ClientError> {
-        match period {
+        let mut all: gpumesh_types::AssignmentView = match period {
             Some(p) => {
                 self.get(&format!("/v1/checking/assignment?period={p}"))
-                    .await
+                    .await?
             }
-            None => self.get("/v1/checking/assignment").await,
+            None => self.get("/v1/checking/assignment").await?,
+        };
+        while let Some(from) = all.next.take() {
+            let page: gpumesh_types::AssignmentView = self
+                .get(&format!(
+                    "/v1/checking/assignment?period={}&from={from}",
+                    all.period
+                ))
+                .await?;
+            all.containers.extend(page.containers);
+            all.next = page.next;
         }
+        Ok(all)
     }
 
     /// The chain id of the network, as the indexer reports it.

@@ -512,26 +512,27 @@ async fn report(
     Ok(Json(accepted).into_response())
 }
 
+/// Containers in one page of a period's assignment, at most.
+const ASSIGNMENT_PAGE: u64 = 10_000;
+
+/// Who checks whom: `?period=P&from=I&limit=N`, a page at a time (`next` says where the
+/// following page starts).
 async fn assignment(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
-    let period = match query.get("period") {
-        Some(p) => Some(p.parse::<u64>().map_err(|_| {
-            Failure::new(
-                ErrorCode::InvalidRequest,
-                format!("period {p:?} is not a whole number"),
-            )
-        })?),
-        None => None,
-    };
+    let period = query_number(&query, "period")?;
+    let from = query_number(&query, "from")?.unwrap_or(0) as usize;
+    let limit = query_number(&query, "limit")?
+        .unwrap_or(ASSIGNMENT_PAGE)
+        .min(ASSIGNMENT_PAGE) as usize;
     state.read(|c| {
         let checking = c.checking();
         let period = period
             .or(checking.current_period())
             .ok_or_else(|| Failure::new(ErrorCode::NotFound, "no checking period has begun"))?;
         checking
-            .assignment(period)
+            .assignment(period, from, limit)
             .map(|a| Json(a).into_response())
             .ok_or_else(|| {
                 Failure::new(

@@ -320,7 +320,11 @@ pub struct AssignmentView {
     pub seed: B256,
     /// Checkers eligible in the period (licensed, not banned), ascending.
     pub eligible: Vec<Address>,
+    /// A page of the period's containers with their checkers.
     pub containers: Vec<ContainerAssignment>,
+    /// Where the next page starts (`?from=`), if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
