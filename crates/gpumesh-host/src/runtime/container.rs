@@ -20,6 +20,9 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use gpumesh_types::{LogStream, RuntimeKind};
 use tokio::sync::mpsc;
+
+/// How long an engine has to answer its version when connecting.
+const ENGINE_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
 use tokio::task::JoinHandle;
 
 use super::{Output, Runtime, Workload, WorkloadSpec};
@@ -73,7 +76,8 @@ impl ContainerRuntime {
                     continue;
                 }
             };
-            match tokio::time::timeout(std::time::Duration::from_secs(3), docker.version()).await {
+            // Generous: Podman's first API call on a busy 2-core machine has taken over 3 s.
+            match tokio::time::timeout(ENGINE_ANSWER, docker.version()).await {
                 Ok(Ok(version)) => {
                     let engine = version
                         .components
@@ -89,7 +93,10 @@ impl ContainerRuntime {
                     });
                 }
                 Ok(Err(e)) => tried.push(format!("{path} ({e})")),
-                Err(_) => tried.push(format!("{path} (no answer in 3 s)")),
+                Err(_) => tried.push(format!(
+                    "{path} (no answer in {} s)",
+                    ENGINE_ANSWER.as_secs()
+                )),
             }
         }
         Err(anyhow!(
