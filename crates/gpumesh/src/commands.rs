@@ -390,13 +390,27 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
             prover,
         }),
     };
+    until_interrupted(
+        |stop| tokio::spawn(gpumesh_host::run(config, stop)),
+        "stopping: ending running leases…",
+    )
+    .await
+}
+
+/// Runs a service until it ends by itself or Ctrl-C; then asks it to stop and waits for
+/// it to finish (a host agent ends its leases first).
+async fn until_interrupted(
+    start: impl FnOnce(CancellationToken) -> tokio::task::JoinHandle<anyhow::Result<()>>,
+    stopping: &str,
+) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
-    let agent = tokio::spawn(gpumesh_host::run(config, stop.clone()));
+    let mut task = start(stop.clone());
     tokio::select! {
-        result = agent => { result??; }
+        result = &mut task => result??,
         _ = interrupted() => {
-            eprintln!("stopping: ending running leases…");
+            eprintln!("{stopping}");
             stop.cancel();
+            task.await??;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -421,16 +435,11 @@ async fn checker(args: CheckerArgs) -> anyhow::Result<ExitCode> {
         Err(e) => eprintln!("cannot list checkers yet ({e}); starting anyway"),
     }
     eprintln!("checker {me} checking for {}", args.connection.indexer);
-    let stop = CancellationToken::new();
-    let node = tokio::spawn(gpumesh_checker::run(config, stop.clone()));
-    tokio::select! {
-        result = node => { result??; }
-        _ = interrupted() => {
-            eprintln!("stopping…");
-            stop.cancel();
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    until_interrupted(
+        |stop| tokio::spawn(gpumesh_checker::run(config, stop)),
+        "stopping…",
+    )
+    .await
 }
 
 async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
