@@ -49,7 +49,7 @@ pub struct Core {
     /// Where canary tasks send checkers: the indexer's decoy agent.
     decoy_base: String,
     /// Each checker's measuring point (soft state, like the network coordinates).
-    checker_anchors: HashMap<Address, (gpumesh_types::GeoPoint, u32)>,
+    checker_anchors: HashMap<Address, u32>,
 }
 
 /// What the current epoch has seen, for its rewards: soft state, rebuilt empty after a
@@ -584,11 +584,11 @@ impl Core {
             // One measuring point per checker, where it first said it was: anchors are
             // never removed, so a checker that moves is not given more.
             let anchor = match self.checker_anchors.get(&checker) {
-                Some(&(_, id)) => Some(id),
+                Some(&id) => Some(id),
                 None => self.registry.add_anchor(point).ok(),
             };
             if let Some(id) = anchor {
-                self.checker_anchors.insert(checker, (point, id));
+                self.checker_anchors.insert(checker, id);
                 for r in &report.results {
                     if let gpumesh_types::CheckOutcome::Up { rtt_us } = r.outcome {
                         let rtt_ms = (rtt_us.max(1) as f64) / 1000.0;
