@@ -53,7 +53,15 @@ pub async fn run_job(
         Err(e) => return Err(e),
     };
     on_event(JobEvent::Matched(&lease));
-    client.fund(&lease).await?;
+    if let Err(e) = client.fund(&lease).await {
+        // Give the GPUs back at once rather than holding them for the match's lifetime.
+        // Should the escrow have opened after all (an answer lost on the way), the
+        // cancellation ends the lease unstarted and refunds it in full.
+        // The funding error is the one to report; if the cancellation fails too, the
+        // match still ends at its time-to-live.
+        let _ = client.cancel(lease.id).await;
+        return Err(e);
+    }
     on_event(JobEvent::Funded(&lease));
     let mut first_output = None;
     let mut next_seq = 0;

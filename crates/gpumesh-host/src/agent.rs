@@ -9,8 +9,8 @@ use futures_util::FutureExt;
 use gpumesh_client::{Client, ClientError};
 use gpumesh_identity::Wallet;
 use gpumesh_types::{
-    Amount, Assignment, GpuOffer, Heartbeat, HostRegistered, LeaseFinish, LeaseId, Location,
-    LogAppend, LogChunk, LogStream, RegisterHost, TxKind, UsageRecord,
+    Amount, Assignment, ErrorCode, GpuOffer, Heartbeat, HostRegistered, LeaseFinish, LeaseId,
+    Location, LogAppend, LogChunk, LogStream, RegisterHost, TxKind, UsageRecord,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -366,8 +366,31 @@ impl Agent {
                         }
                     }
                 }
-                // A lease may have ended meanwhile; its final record settles it.
+                Err(e @ ClientError::Api { .. }) => {
+                    // A lease may have ended meanwhile (its final record settles it), or
+                    // the network ended it (cancelled, overdue, its host thought lost):
+                    // one ended lease must not hold up the others' pay, and a workload
+                    // nobody pays for stops.
+                    tracing::warn!(error = %e, "usage settlement refused; checking the leases");
+                    let ids: Vec<LeaseId> = records.iter().map(|r| r.lease).collect();
+                    self.stop_ended(ids).await;
+                }
                 Err(e) => tracing::warn!(error = %e, "usage settlement failed"),
+            }
+        }
+    }
+
+    /// Stops the workloads of these leases that the network has ended.
+    async fn stop_ended(&self, ids: Vec<LeaseId>) {
+        for id in ids {
+            let ended = match self.client.lease(id).await {
+                Ok(view) => view.state.is_terminal(),
+                Err(ClientError::Api { error, .. }) => error.code == ErrorCode::UnknownLease,
+                Err(_) => false,
+            };
+            if ended && let Some(live) = self.leases.lock().expect("lease table lock").get(&id) {
+                tracing::warn!(lease = %id, "the network ended this lease; stopping its workload");
+                live.stop.cancel();
             }
         }
     }
@@ -461,8 +484,22 @@ impl Agent {
                 if let Some(l) = self.leases.lock().expect("lease table lock").get_mut(&id) {
                     l.started = Some(began);
                 }
-                if let Err(e) = self.client.started(id).await {
-                    tracing::warn!(lease = %id, error = %e, "failed to report the start");
+                match self.client.started(id).await {
+                    Ok(_) => {}
+                    // Refused: the lease ended before its start counted (the buyer
+                    // cancelled, or the start came after its timeout). Nobody pays for it.
+                    Err(ClientError::Api { error, .. })
+                        if matches!(
+                            error.code,
+                            ErrorCode::InvalidLeaseState | ErrorCode::UnknownLease
+                        ) =>
+                    {
+                        tracing::warn!(lease = %id, error = %error.message, "the start was refused; stopping the workload");
+                        stop.cancel();
+                    }
+                    Err(e) => {
+                        tracing::warn!(lease = %id, error = %e, "failed to report the start")
+                    }
                 }
                 let stopped = tokio::select! {
                     code = workload.wait() => Some(code),

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth::Signed;
 use crate::error::Failure;
+use crate::limits::Limited;
 
 /// The longest a host's work poll is held open.
 const MAX_POLL: Duration = Duration::from_secs(30);
@@ -67,7 +68,33 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(axum::middleware::from_fn(time_limit))
         .with_state(state)
+}
+
+/// The longest any request may take to answer (a host's work poll: its wait and this).
+/// A response that streams (a lease's output) is limited until its first byte only.
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Answers `timed_out` for a request that takes too long. The operation behind it, once
+/// under way, still completes or not as a whole: the caller may ask again and see.
+async fn time_limit(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let limit = if request.uri().path() == "/v1/hosts/work" {
+        MAX_POLL + ROUTE_TIMEOUT
+    } else {
+        ROUTE_TIMEOUT
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Failure::new(
+            ErrorCode::TimedOut,
+            format!(
+                "the request took longer than {} s; it may or may not have been applied, so look before retrying",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 fn lease_id(text: &str) -> Result<LeaseId, Failure> {
@@ -100,6 +127,7 @@ async fn register_host(
     State(state): State<AppState>,
     req: Signed<RegisterHost>,
 ) -> Result<Response, Failure> {
+    state.limits.check(Limited::Registration, req.signer)?;
     let registered = state
         .mutate(move |c, now, batch| c.register_host(req.signer, req.body, now, batch))
         .await?;
@@ -141,6 +169,7 @@ async fn submit_job(
     State(state): State<AppState>,
     req: Signed<JobRequest>,
 ) -> Result<Response, Failure> {
+    state.limits.check(Limited::Job, req.signer)?;
     let lease = state
         .mutate(move |c, now, _| c.submit_job(req.signer, req.body, now))
         .await?;
@@ -186,7 +215,7 @@ async fn cancel(
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
     let lease = state
-        .mutate(move |c, now, _| c.cancel(req.signer, id, now))
+        .mutate(move |c, now, batch| c.cancel(req.signer, id, now, batch))
         .await?;
     Ok(Json(lease).into_response())
 }
@@ -471,6 +500,7 @@ async fn faucet(
     State(state): State<AppState>,
     req: Signed<FaucetRequest>,
 ) -> Result<Response, Failure> {
+    state.limits.check(Limited::Faucet, req.signer)?;
     let accepted = state
         .mutate(move |c, now, batch| c.faucet(req.signer, req.body.amount, now, batch))
         .await?;

@@ -6,18 +6,18 @@
 //! fails has changed nothing: each one checks everything that can fail before its first
 //! change, in the registry and the ledger alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use gpumesh_checking::epoch::{self, ContainerEpoch};
 use gpumesh_checking::{Checking, PeriodOutcome};
 use gpumesh_identity::Wallet;
 use gpumesh_ledger::{Applied, Ledger};
 use gpumesh_registry::{Dirty, Effect, Registry};
-use gpumesh_store::{Batch, Snapshot};
+use gpumesh_store::{Batch, ContainerWork, EpochStart, Snapshot};
 use gpumesh_types::{
-    AccountView, Address, Amount, ErrorCode, Heartbeat, HostRegistered, HostWork, JobRequest,
-    LeaseFinish, LeaseId, LeaseState, LeaseView, LogAppend, LogEntry, LogStream, NetworkInfo,
-    RegisterHost, SignedTx, Tx, TxAccepted, TxKind,
+    AccountView, Address, Amount, ContainerRef, ErrorCode, Heartbeat, HostRegistered, HostWork,
+    JobRequest, LeaseFinish, LeaseId, LeaseState, LeaseView, LogAppend, LogEntry, LogStream,
+    NetworkInfo, RegisterHost, SignedTx, Tx, TxAccepted, TxKind,
 };
 
 use crate::error::Failure;
@@ -52,17 +52,51 @@ pub struct Core {
     checker_anchors: HashMap<Address, u32>,
 }
 
-/// What the current epoch has seen, for its rewards: soft state, rebuilt empty after a
-/// restart (an epoch that spans a restart pays only what came after it).
+/// What the current epoch has seen, for its rewards, beyond the ledger: stored as it
+/// changes, so a restart mid-epoch pays exactly what an uninterrupted run would.
 #[derive(Debug, Default)]
 struct EpochWork {
-    started_ms: u64,
-    /// GPU-milliseconds delivered per container.
-    delivered: HashMap<gpumesh_types::ContainerRef, u64>,
-    /// Hosts that went offline during the epoch: their containers fail liveness.
-    lost: std::collections::HashSet<Address>,
-    /// Liveness verdicts per container: (up, down).
-    liveness: HashMap<gpumesh_types::ContainerRef, (u32, u32)>,
+    start: EpochStart,
+    /// Per container: GPU-milliseconds delivered and liveness verdicts.
+    containers: HashMap<ContainerRef, ContainerWork>,
+    /// Containers changed since the last write; whether `start` changed; whether the
+    /// stored work of the last epoch must go.
+    dirty: HashSet<ContainerRef>,
+    start_dirty: bool,
+    reset: bool,
+}
+
+impl EpochWork {
+    fn begin(now_ms: u64) -> EpochWork {
+        EpochWork {
+            start: EpochStart {
+                started_ms: now_ms,
+                lost: Default::default(),
+            },
+            start_dirty: true,
+            reset: true,
+            ..EpochWork::default()
+        }
+    }
+
+    fn container(&mut self, c: ContainerRef) -> &mut ContainerWork {
+        self.dirty.insert(c);
+        self.containers.entry(c).or_default()
+    }
+
+    fn lost(&mut self, host: Address) {
+        self.start_dirty |= self.start.lost.insert(host);
+    }
+
+    fn collect(&mut self, batch: &mut Batch) {
+        batch.epoch_reset |= std::mem::take(&mut self.reset);
+        if std::mem::take(&mut self.start_dirty) {
+            batch.epoch = Some(self.start.clone());
+        }
+        for c in self.dirty.drain() {
+            batch.epoch_containers.push((c, self.containers[&c]));
+        }
+    }
 }
 
 impl Core {
@@ -115,9 +149,14 @@ impl Core {
             logs,
             protocol,
             faucet,
-            epoch: EpochWork {
-                started_ms: now_ms,
-                ..EpochWork::default()
+            epoch: match snapshot.epoch {
+                Some(start) => EpochWork {
+                    start,
+                    containers: snapshot.epoch_containers.into_iter().collect(),
+                    ..EpochWork::default()
+                },
+                // A new network (or a store from before epochs were stored) starts one.
+                None => EpochWork::begin(now_ms),
             },
             checking,
             canary_seed,
@@ -128,6 +167,14 @@ impl Core {
         for (host, index) in stakes {
             core.sync_stake(host, index);
         }
+        Ok(core)
+    }
+
+    /// The state as `snapshot` holds it, with this core's keys: what a failed operation
+    /// puts back.
+    pub fn reloaded(&self, snapshot: Snapshot, now_ms: u64) -> Result<Core, String> {
+        let mut core = Core::restore(snapshot, self.protocol.clone(), self.faucet.clone(), now_ms)?;
+        core.decoy_base = self.decoy_base.clone();
         Ok(core)
     }
 
@@ -163,6 +210,7 @@ impl Core {
     /// Moves the records the registry and the checkers changed into the batch.
     pub fn collect_dirty(&mut self, batch: &mut Batch) {
         batch.checkers.extend(self.checking.take_dirty());
+        self.epoch.collect(batch);
         for dirty in self.registry.take_dirty() {
             match dirty {
                 Dirty::Host(a) => batch.hosts.extend(self.registry.host(&a).cloned()),
@@ -321,7 +369,7 @@ impl Core {
                     }
                 }
                 Effect::HostOffline { host, .. } => {
-                    self.epoch.lost.insert(host);
+                    self.epoch.lost(host);
                 }
                 Effect::SlashDowntime {
                     host,
@@ -355,33 +403,35 @@ impl Core {
     /// protocol key. What earns is decided by `gpumesh_checking::epoch`.
     fn maybe_close_epoch(&mut self, now_ms: u64, batch: &mut Batch) {
         let econ = self.ledger.genesis().economics.clone();
-        if now_ms < self.epoch.started_ms + econ.epoch_ms {
+        if now_ms < self.epoch.start.started_ms + econ.epoch_ms {
             return;
         }
-        let work = std::mem::replace(
-            &mut self.epoch,
-            EpochWork {
-                started_ms: now_ms,
-                ..EpochWork::default()
-            },
-        );
+        let work = std::mem::replace(&mut self.epoch, EpochWork::begin(now_ms));
         let by_quorum = self.checking.enabled();
         let containers: Vec<ContainerEpoch> = self
             .registry
             .epoch_facts()
             .into_iter()
             .map(|mut c| {
-                let (up, down) = work.liveness.get(&c.container).copied().unwrap_or_default();
-                c.up = up;
-                c.down = down;
-                c.online &= !work.lost.contains(&c.container.host);
+                let w = work
+                    .containers
+                    .get(&c.container)
+                    .copied()
+                    .unwrap_or_default();
+                c.up = w.up;
+                c.down = w.down;
+                c.online &= !work.start.lost.contains(&c.container.host);
                 c
             })
             .collect();
         let capacity = epoch::capacity_list(&containers, by_quorum);
-        let delivery = epoch::delivery_list(work.delivered, |h| {
-            self.registry.host(h).map_or(3, |r| r.tier)
-        });
+        let delivered = work
+            .containers
+            .iter()
+            .filter(|(_, w)| w.delivered_gpu_ms > 0)
+            .map(|(&c, w)| (c, w.delivered_gpu_ms));
+        let delivery =
+            epoch::delivery_list(delivered, |h| self.registry.host(h).map_or(3, |r| r.tier));
         let checkers = self.checking.epoch_checkers(now_ms);
         let epoch = self.ledger.totals().next_epoch;
         let quarter = |e: u64| (e * econ.epoch_ms) / econ.quarter_ms;
@@ -437,11 +487,11 @@ impl Core {
         for v in &outcome.verdicts {
             match v.kind {
                 gpumesh_types::TaskKind::Liveness => {
-                    let counts = self.epoch.liveness.entry(v.container).or_default();
+                    let counts = self.epoch.container(v.container);
                     if v.passed {
-                        counts.0 += 1;
+                        counts.up += 1;
                     } else {
-                        counts.1 += 1;
+                        counts.down += 1;
                     }
                     *hosts_up.entry(v.container.host).or_insert(true) &= v.passed;
                 }
@@ -655,8 +705,10 @@ impl Core {
         buyer: Address,
         id: LeaseId,
         now_ms: u64,
+        batch: &mut Batch,
     ) -> Result<LeaseView, Failure> {
-        self.registry.cancel(&buyer, id, now_ms)?;
+        let (_, effects) = self.registry.cancel(&buyer, id, now_ms)?;
+        self.close_escrows(effects, now_ms, batch);
         self.lease_view(id)
     }
 
@@ -772,6 +824,12 @@ impl Core {
                     "escrow closes, epochs and slashes are the protocol's, not submitted through the API",
                 ));
             }
+            TxKind::SettleUsage { records } if records.iter().any(|r| r.is_final) => {
+                return Err(Failure::new(
+                    ErrorCode::InvalidTransaction,
+                    "a final usage record ends its lease: the host sends it with the lease's finish (POST /v1/leases/{id}/finish), not through the ledger route",
+                ));
+            }
             TxKind::Transfer { .. }
             | TxKind::SettleUsage { .. }
             | TxKind::Stake { .. }
@@ -782,7 +840,7 @@ impl Core {
         let applied = self.apply_tx(&stx, now_ms, batch)?;
         if let Some(lease) = lease {
             self.registry
-                .escrow_opened(lease)
+                .escrow_opened(lease, now_ms)
                 .expect("checked before the ledger changed");
         }
         Ok(TxAccepted {
@@ -853,7 +911,7 @@ impl Core {
                                 host: l.host,
                                 index,
                             };
-                            *self.epoch.delivered.entry(c).or_default() += gpu_ms;
+                            self.epoch.container(c).delivered_gpu_ms += gpu_ms;
                         }
                     }
                 }
@@ -889,6 +947,76 @@ impl Core {
             kind,
         });
         self.apply_tx(&stx, now_ms, batch)
+    }
+
+    /// Compares every lease with its escrow and repairs where they disagree, so that the
+    /// registry and the ledger always tell one story: a live funded lease whose escrow is
+    /// closed or missing ends `failed`; an ended (or unfunded, or unknown) lease whose
+    /// escrow is still open has it closed and refunded by the protocol. Returns what it
+    /// found, one line each; run at start and on a timer.
+    pub fn reconcile(&mut self, now_ms: u64, batch: &mut Batch) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut unbacked = Vec::new();
+        let mut to_close = Vec::new();
+        for lease in self.registry.leases() {
+            let escrow = self.ledger.escrow(lease.id);
+            let open = escrow.is_some_and(|e| !e.closed);
+            match lease.state {
+                LeaseState::Starting | LeaseState::Running if !open => {
+                    unbacked.push(lease.id);
+                    found.push(format!(
+                        "lease {} is {:?} but its escrow is {}; ended it as failed",
+                        lease.id,
+                        lease.state,
+                        if escrow.is_some() {
+                            "closed"
+                        } else {
+                            "missing"
+                        }
+                    ));
+                }
+                LeaseState::Matched if open => {
+                    unbacked.push(lease.id);
+                    to_close.push(lease.id);
+                    found.push(format!(
+                        "lease {} is matched, yet its escrow is open; cancelled it and refunded the escrow",
+                        lease.id
+                    ));
+                }
+                state if state.is_terminal() && open => {
+                    to_close.push(lease.id);
+                    found.push(format!(
+                        "lease {} is {state:?} but its escrow was open; closed and refunded it",
+                        lease.id
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (id, escrow) in self.ledger.escrows() {
+            if !escrow.closed && self.registry.lease(id).is_none() {
+                to_close.push(id);
+                found.push(format!(
+                    "escrow {id} is open for a lease the registry never had; refunded it"
+                ));
+            }
+        }
+        let why = "the registry and the ledger disagreed about this lease; reconciliation ended it";
+        for id in unbacked {
+            self.registry.end_unbacked(id, why, now_ms);
+        }
+        let effects = to_close
+            .into_iter()
+            .map(|lease| Effect::CloseEscrow {
+                lease,
+                reason: gpumesh_types::CloseReason::Reconciled,
+            })
+            .collect();
+        self.close_escrows(effects, now_ms, batch);
+        for line in &found {
+            tracing::warn!(repair = %line, "reconciliation");
+        }
+        found
     }
 
     /// Time passes: lost hosts go offline and their leases fail with a refund; unfunded

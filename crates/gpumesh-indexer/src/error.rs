@@ -38,8 +38,15 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::UNAUTHORIZED
         }
         InsufficientFunds => StatusCode::PAYMENT_REQUIRED,
-        NotYourLease | NotLocalNetwork | SimulatedNotAllowed | NotAChecker | CheckerBanned
+        NotYourLease
+        | NotLocalNetwork
+        | SimulatedNotAllowed
+        | ProcessRuntimeNotAllowed
+        | NotAChecker
+        | CheckerBanned
         | NotAssigned => StatusCode::FORBIDDEN,
+        RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        TimedOut => StatusCode::SERVICE_UNAVAILABLE,
         UnknownLease | UnknownHost | UnknownAccount | NotFound => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult => {

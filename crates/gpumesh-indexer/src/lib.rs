@@ -12,6 +12,7 @@ mod api;
 mod auth;
 pub mod core;
 mod error;
+mod limits;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::MAX_BODY_BYTES;
 pub use error::{Failure, status_of};
+pub use limits::RateLimits;
 
 use crate::auth::NonceBook;
 use crate::core::Core;
@@ -45,6 +47,54 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A network's genesis file: the ledger's genesis and the registry's parameters, all a
+/// new indexer needs to start the network (with the protocol key).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisFile {
+    pub genesis: Genesis,
+    pub params: Params,
+}
+
+impl GenesisFile {
+    /// Reads and checks a genesis file.
+    pub fn read(path: &Path) -> anyhow::Result<GenesisFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read genesis file {}", path.display()))?;
+        let file: GenesisFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a gpumesh genesis file", path.display()))?;
+        file.genesis
+            .validate()
+            .with_context(|| format!("the genesis in {} is invalid", path.display()))?;
+        if file.genesis.local != file.params.local {
+            bail!(
+                "{}: the genesis and the parameters disagree on whether the network is local",
+                path.display()
+            );
+        }
+        Ok(file)
+    }
+
+    /// Writes a new genesis file; never replaces one.
+    pub fn create(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string_pretty(self).context("genesis serialises")?;
+        text.push('\n');
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "failed to create {} (it must not exist yet)",
+                    path.display()
+                )
+            })?;
+        std::io::Write::write_all(&mut out, text.as_bytes())
+            .and_then(|()| out.sync_all())
+            .with_context(|| format!("failed to write {}", path.display()))
+    }
+}
+
 /// How to start an indexer.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -52,10 +102,19 @@ pub struct Config {
     /// When the store is new: create a local network with these parameters. Without it a
     /// new store is refused (a public network starts from a genesis file).
     pub create_local: Option<Params>,
+    /// The network this indexer serves: a new data directory starts it; an existing one
+    /// must hold it.
+    pub genesis: Option<GenesisFile>,
+    /// The protocol key's file; `protocol.key` in the data directory when `None`.
+    pub protocol_key: Option<PathBuf>,
     /// How often transactions are sealed into a block.
     pub seal_interval: Duration,
     /// How often lost hosts and expired matches are looked for.
     pub tick_interval: Duration,
+    /// How often the registry's leases are reconciled with the ledger's escrows.
+    pub reconcile_interval: Duration,
+    /// Per-key limits on registrations, faucet requests and jobs.
+    pub rate_limits: RateLimits,
     /// Checker licences of a new local network.
     pub local_checkers: Vec<alloy_primitives::Address>,
     /// The base URL checkers reach this indexer at, for canary tasks; the listener's
@@ -68,8 +127,12 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             create_local: Some(Params::local()),
+            genesis: None,
+            protocol_key: None,
             seal_interval: Duration::from_secs(1),
             tick_interval: Duration::from_millis(250),
+            reconcile_interval: Duration::from_secs(60),
+            rate_limits: RateLimits::default(),
             local_checkers: Vec::new(),
             public_url: None,
         }
@@ -85,10 +148,12 @@ pub struct Shared {
     core: Mutex<Core>,
     store: Store,
     nonces: NonceBook,
+    limits: limits::Limits,
     chain_id: u64,
     /// Bumped after every committed change; long polls and log streams wait on it.
     changed: watch::Sender<u64>,
-    /// Set when a store write failed: memory may be ahead of disk, so no more changes.
+    /// Set when a store write failed or an operation panicked: memory may be ahead of
+    /// disk, so no more changes.
     failed: AtomicBool,
     shutdown: CancellationToken,
 }
@@ -130,14 +195,46 @@ impl AppState {
     ) -> Result<T, Failure> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(Failure::internal(
-                "the indexer stopped taking changes after a store failure; restart it",
+                "the indexer stopped taking changes after a store failure or a failed operation; restart it",
             ));
         }
         let mut core = self.core();
         let now = now_ms();
         let mut batch = Batch::default();
-        let result = f(&mut core, now, &mut batch);
-        core.collect_dirty(&mut batch);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let result = f(&mut core, now, &mut batch);
+            core.collect_dirty(&mut batch);
+            result
+        }));
+        let result = match ran {
+            Ok(result) => result,
+            Err(panic) => {
+                // A bug: the operation stopped halfway, so memory may hold half a change
+                // that is on no disk. Write nothing, refuse changes from now on, and put
+                // back what the store holds, so that reads show only what is durable.
+                self.failed.store(true, Ordering::SeqCst);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "an operation panicked; the indexer stopped taking changes");
+                match self
+                    .store
+                    .load()
+                    .map_err(|e| e.to_string())
+                    .and_then(|snapshot| core.reloaded(snapshot, now))
+                {
+                    Ok(reloaded) => *core = reloaded,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not reload the state from the store")
+                    }
+                }
+                return Err(Failure::internal(
+                    "an operation failed unexpectedly; the indexer stopped taking changes until it is restarted",
+                ));
+            }
+        };
         if !batch.is_empty() {
             if let Err(e) = self.store.write(batch) {
                 self.failed.store(true, Ordering::SeqCst);
@@ -181,12 +278,51 @@ impl Indexer {
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         let store = Store::open(dir).context("failed to open the store")?;
         let now = now_ms();
-        let (genesis, _) = match store.genesis().context("failed to read the genesis")? {
-            Some(found) => found,
-            None => {
+        let protocol_path = config
+            .protocol_key
+            .clone()
+            .unwrap_or_else(|| dir.join(PROTOCOL_KEY_FILE));
+        let stored = store.genesis().context("failed to read the genesis")?;
+        let (genesis, _) = match (stored, config.genesis.clone()) {
+            (Some((genesis, params)), file) => {
+                if let Some(file) = &file
+                    && (file.genesis != genesis || file.params != params)
+                {
+                    bail!(
+                        "{} holds another network (chain {}, genesis {}) than the genesis file (chain {}, genesis {})",
+                        dir.display(),
+                        genesis.chain_id,
+                        genesis.hash(),
+                        file.genesis.chain_id,
+                        file.genesis.hash()
+                    );
+                }
+                (genesis, params)
+            }
+            (None, Some(GenesisFile { genesis, params })) => {
+                let protocol = load_or_create_key(&protocol_path, false)?;
+                if protocol.address() != genesis.protocol {
+                    bail!(
+                        "the protocol key {} is {}, but the genesis names {}",
+                        protocol_path.display(),
+                        protocol.address(),
+                        genesis.protocol
+                    );
+                }
+                store
+                    .init(&genesis, &params)
+                    .context("failed to record the genesis")?;
+                tracing::info!(
+                    chain_id = genesis.chain_id,
+                    local = genesis.local,
+                    "started a network from its genesis file"
+                );
+                (genesis, params)
+            }
+            (None, None) => {
                 let Some(params) = config.create_local.clone() else {
                     bail!(
-                        "{} holds no network; start with --local to create a local network",
+                        "{} holds no network; start with --local to create a local network, or with --genesis FILE to start one from its genesis file",
                         dir.display()
                     );
                 };
@@ -205,7 +341,7 @@ impl Indexer {
                 (genesis, params)
             }
         };
-        let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), false)?;
+        let protocol = load_or_create_key(&protocol_path, false)?;
         let faucet = match genesis.faucet {
             Some(_) => Some(load_or_create_key(&dir.join(FAUCET_KEY_FILE), false)?),
             None => None,
@@ -218,6 +354,7 @@ impl Indexer {
             core: Mutex::new(core),
             store,
             nonces: NonceBook::new(now),
+            limits: limits::Limits::new(config.rate_limits),
             chain_id: genesis.chain_id,
             changed: watch::channel(0).0,
             failed: AtomicBool::new(false),
@@ -255,6 +392,14 @@ impl Indexer {
             spawn_every(config.seal_interval, state.clone(), |core, now, batch| {
                 core.seal(now, batch)
             }),
+            // The first round runs at once: reconciliation at start, then on the timer.
+            spawn_every(
+                config.reconcile_interval,
+                state.clone(),
+                |core, now, batch| {
+                    core.reconcile(now, batch);
+                },
+            ),
         ];
         let pruner = {
             let state = state.clone();
@@ -262,7 +407,10 @@ impl Indexer {
                 loop {
                     tokio::select! {
                         _ = state.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(10)) => state.nonces.prune(now_ms()),
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                            state.nonces.prune(now_ms());
+                            state.limits.prune();
+                        }
                     }
                 }
             })
@@ -319,4 +467,49 @@ fn spawn_every(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use gpumesh_types::{Amount, ErrorCode};
+
+    use super::*;
+
+    #[test]
+    fn a_panicking_operation_stops_changes_and_leaves_only_what_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let someone = alloy_primitives::Address::with_last_byte(7);
+        let five = Amount::from_tokens(5);
+        {
+            let indexer = Indexer::open(Config::local(dir.path())).unwrap();
+            let state = &indexer.state;
+            state
+                .mutate_now(|core, now, batch| core.faucet(someone, five, now, batch))
+                .unwrap();
+            let failed = state
+                .mutate_now(|core, now, batch| -> Result<(), Failure> {
+                    core.faucet(someone, five, now, batch)?;
+                    panic!("a bug, after the ledger moved");
+                })
+                .unwrap_err();
+            assert_eq!(failed.code, ErrorCode::Internal);
+            // Memory shows what is on disk: one payment, not two.
+            assert_eq!(state.read(|c| c.ledger().balance(&someone)), five);
+            // And nothing changes until a restart.
+            let refused = state
+                .mutate_now(|core, now, batch| core.faucet(someone, five, now, batch))
+                .unwrap_err();
+            assert!(
+                refused.message.contains("stopped taking changes"),
+                "{refused}"
+            );
+            assert_eq!(state.read(|c| c.ledger().balance(&someone)), five);
+        }
+        let restarted = Indexer::open(Config::local(dir.path())).unwrap();
+        assert_eq!(restarted.state.read(|c| c.ledger().balance(&someone)), five);
+        restarted
+            .state
+            .mutate_now(|core, now, batch| core.faucet(someone, five, now, batch))
+            .unwrap();
+    }
 }

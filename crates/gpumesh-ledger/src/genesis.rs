@@ -141,6 +141,10 @@ pub struct Allocation {
 pub enum GenesisError {
     #[error("allocations add up to {allocated} base units, not the total supply {supply}")]
     SupplyMismatch { allocated: Amount, supply: Amount },
+    #[error(
+        "allocations add up to {given} base units, more than the {available} left beside the reward pool"
+    )]
+    OverAllocated { given: Amount, available: Amount },
     #[error("address {0} is allocated twice")]
     DuplicateAllocation(Address),
     #[error("fee of {0} basis points is over 10000")]
@@ -188,6 +192,64 @@ impl Genesis {
         }
     }
 
+    /// A public network: no faucet and the public parameters. The reward pool holds what
+    /// providers and checkers will ever be paid (half the supply), `allocations` are the
+    /// first balances, and the treasury holds the rest.
+    pub fn network(
+        chain_id: u64,
+        time_ms: u64,
+        protocol: Address,
+        allocations: Vec<Allocation>,
+        checkers: Vec<Address>,
+    ) -> Result<Genesis, GenesisError> {
+        let total = TOTAL_SUPPLY;
+        let economics = Economics::network(total);
+        let reward_pool = system_address("reward-pool");
+        let treasury = system_address("treasury");
+        let reward =
+            economics.provider_pool.0 + economics.checker_pool.0 + economics.checker_bonus_pool.0;
+        let available = Amount(total.0 - reward);
+        let given = allocations
+            .iter()
+            .fold(0u128, |sum, a| sum.saturating_add(a.amount.0));
+        if given > available.0 {
+            return Err(GenesisError::OverAllocated {
+                given: Amount(given),
+                available,
+            });
+        }
+        let mut all = vec![Allocation {
+            address: reward_pool,
+            amount: Amount(reward),
+            label: "reward-pool".into(),
+        }];
+        all.extend(allocations);
+        let rest = total.0 - reward - given;
+        if rest > 0 {
+            all.push(Allocation {
+                address: treasury,
+                amount: Amount(rest),
+                label: "treasury".into(),
+            });
+        }
+        let genesis = Genesis {
+            chain_id,
+            local: false,
+            time_ms,
+            total_supply: total,
+            protocol,
+            treasury,
+            reward_pool,
+            faucet: None,
+            fee_bps: DEFAULT_FEE_BPS,
+            economics,
+            allocations: all,
+            checking: CheckingParams::network(checkers),
+        };
+        genesis.validate()?;
+        Ok(genesis)
+    }
+
     /// The same genesis with these checker licences.
     pub fn with_checkers(mut self, checkers: Vec<Address>) -> Genesis {
         self.checking.checkers = checkers;
@@ -231,6 +293,9 @@ impl Genesis {
         }
         if self.fee_bps > 10_000 {
             return Err(GenesisError::Fee(self.fee_bps));
+        }
+        if self.faucet.is_some() && !self.local {
+            return Err(GenesisError::Economics("only a local network has a faucet"));
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut allocated: u128 = 0;

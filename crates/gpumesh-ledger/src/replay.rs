@@ -95,7 +95,7 @@ impl Ledger {
                 ));
             }
             let verified = verified.map_err(|e| format!("transaction {}: {e}", entry.seq))?;
-            self.apply_verified(&entry.tx, verified, entry.time_ms)
+            self.apply_verified(verified, entry.time_ms)
                 .map_err(|e| format!("transaction {}: {e}", entry.seq))?;
         }
         let tx_root = self.unsealed_tx_root();
@@ -132,7 +132,7 @@ impl Ledger {
 }
 
 /// Checks the signatures of `entries` on all cores.
-fn verify_all(entries: &[LedgerEntry]) -> Vec<Result<crate::Verified, LedgerError>> {
+fn verify_all(entries: &[LedgerEntry]) -> Vec<Result<crate::Verified<'_>, LedgerError>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);

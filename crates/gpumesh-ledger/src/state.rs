@@ -200,29 +200,31 @@ pub enum LedgerError {
 }
 
 /// Proof that a transaction's signature was checked: only [`Verified::check`] makes one,
-/// and it names the very transaction value it checked (by address, never dereferenced),
-/// so [`Ledger::apply_verified`] refuses a proof made for another transaction.
+/// and it borrows the very transaction it checked, so [`Ledger::apply_verified`] applies
+/// that transaction and no other: the tie is in the type, not in a comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verified {
+pub struct Verified<'a> {
+    stx: &'a SignedTx,
     hash: B256,
-    of: usize,
 }
 
-impl Verified {
+impl<'a> Verified<'a> {
     /// Recovers the signer and checks it is the transaction's `from`.
-    pub fn check(stx: &SignedTx) -> Result<Verified, LedgerError> {
+    pub fn check(stx: &'a SignedTx) -> Result<Verified<'a>, LedgerError> {
         let hash = stx
             .verify()
             .map_err(|e| LedgerError::BadSignature(e.to_string()))?;
-        Ok(Verified {
-            hash,
-            of: stx as *const SignedTx as usize,
-        })
+        Ok(Verified { stx, hash })
     }
 
     /// The transaction hash the signature covers.
     pub fn hash(&self) -> B256 {
         self.hash
+    }
+
+    /// The transaction that was checked.
+    pub fn tx(&self) -> &'a SignedTx {
+        self.stx
     }
 }
 
@@ -347,6 +349,11 @@ impl Ledger {
         self.account(address).balance
     }
 
+    /// Every escrow, open and closed, by lease.
+    pub fn escrows(&self) -> impl Iterator<Item = (LeaseId, &Escrow)> + '_ {
+        self.escrows.iter().map(|(&id, e)| (id, e))
+    }
+
     pub fn escrow(&self, lease: LeaseId) -> Option<&Escrow> {
         self.escrows.get(&lease)
     }
@@ -394,24 +401,18 @@ impl Ledger {
 
     /// Checks and applies one transaction at `time_ms`.
     pub fn apply(&mut self, stx: &SignedTx, time_ms: u64) -> Result<Applied, LedgerError> {
-        let verified = Verified::check(stx)?;
-        self.apply_verified(stx, verified, time_ms)
+        self.apply_verified(Verified::check(stx)?, time_ms)
     }
 
     /// Applies a transaction whose signature was checked already (perhaps on another
     /// thread, while this one applied earlier transactions).
     pub fn apply_verified(
         &mut self,
-        stx: &SignedTx,
-        verified: Verified,
+        verified: Verified<'_>,
         time_ms: u64,
     ) -> Result<Applied, LedgerError> {
+        let stx = verified.stx;
         let tx = &stx.tx;
-        if verified.of != stx as *const SignedTx as usize {
-            return Err(LedgerError::BadSignature(
-                "the signature was checked for another transaction".into(),
-            ));
-        }
         let hash = verified.hash;
         if tx.chain_id != self.genesis.chain_id {
             return Err(LedgerError::WrongChain {

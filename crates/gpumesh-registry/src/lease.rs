@@ -5,7 +5,7 @@ use gpumesh_types::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Dirty, Registry, RegistryError};
+use crate::{Dirty, Effect, Registry, RegistryError};
 
 /// A lease as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,11 @@ pub struct LeaseRecord {
     pub cancel_requested: bool,
     /// The buyer's escrow is open in the ledger.
     pub funded: bool,
+    /// While funded and live: when the lease must have moved on at the latest (started
+    /// by then when starting, ended by then when running); the protocol ends it past
+    /// this. 0 otherwise.
+    #[serde(default)]
+    pub deadline_ms: u64,
 }
 
 impl Registry {
@@ -110,8 +115,17 @@ impl Registry {
         Ok(*lease)
     }
 
-    /// The escrow is open: the host may start the workload.
-    pub fn escrow_opened(&mut self, id: LeaseId) -> Result<(), RegistryError> {
+    fn set_deadline(&mut self, id: LeaseId, at_ms: u64) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        self.deadlines.remove(&(lease.deadline_ms, id));
+        lease.deadline_ms = at_ms;
+        self.deadlines.insert((at_ms, id));
+    }
+
+    /// The escrow is open: the host may start the workload, within the start timeout.
+    pub fn escrow_opened(&mut self, id: LeaseId, now_ms: u64) -> Result<(), RegistryError> {
         let lease = self
             .leases
             .get_mut(&id)
@@ -131,6 +145,7 @@ impl Registry {
             let committed = self.matcher.commit(reservation);
             debug_assert!(committed.is_ok(), "{committed:?}");
         }
+        self.set_deadline(id, now_ms + self.params.start_timeout_ms);
         Ok(())
     }
 
@@ -148,7 +163,9 @@ impl Registry {
                 let lease = self.leases.get_mut(&id).expect("looked up above");
                 lease.state = LeaseState::Running;
                 lease.started_ms = Some(now_ms);
+                let end_by = now_ms + lease.max_duration_ms + self.params.end_grace_ms;
                 self.dirty.push(Dirty::Lease(id));
+                self.set_deadline(id, end_by);
                 Ok(())
             }
             state => Err(RegistryError::InvalidState {
@@ -199,14 +216,15 @@ impl Registry {
         Ok(state)
     }
 
-    /// The buyer cancels. An unfunded match ends at once; a funded lease asks its host to
-    /// stop, and ends when the host reports the final usage.
+    /// The buyer cancels. A lease whose workload has not started ends at once (a funded
+    /// one with its escrow closed and refunded: the effect); a running lease asks its host
+    /// to stop, and ends when the host reports the final usage, or at the end grace.
     pub fn cancel(
         &mut self,
         buyer: &Address,
         id: LeaseId,
         now_ms: u64,
-    ) -> Result<LeaseState, RegistryError> {
+    ) -> Result<(LeaseState, Vec<Effect>), RegistryError> {
         let lease = self.lease_for(id)?;
         if lease.buyer != *buyer {
             return Err(RegistryError::NotYours {
@@ -215,21 +233,36 @@ impl Registry {
             });
         }
         match lease.state {
-            LeaseState::Matched => {
+            LeaseState::Matched | LeaseState::Starting => {
+                let funded = lease.funded;
                 self.end_lease(
                     id,
                     LeaseState::Cancelled,
                     None,
-                    Some("cancelled by the buyer".into()),
+                    Some("cancelled by the buyer before the workload started".into()),
                     now_ms,
                 );
-                Ok(LeaseState::Cancelled)
+                let effects = if funded {
+                    vec![Effect::CloseEscrow {
+                        lease: id,
+                        reason: gpumesh_types::CloseReason::NotStarted,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                Ok((LeaseState::Cancelled, effects))
             }
-            LeaseState::Starting | LeaseState::Running => {
+            LeaseState::Running => {
                 let lease = self.leases.get_mut(&id).expect("looked up above");
                 lease.cancel_requested = true;
+                let grace_over = now_ms + self.params.end_grace_ms;
+                let end_by = match lease.deadline_ms {
+                    0 => grace_over,
+                    deadline => grace_over.min(deadline),
+                };
                 self.dirty.push(Dirty::Lease(id));
-                Ok(lease.state)
+                self.set_deadline(id, end_by);
+                Ok((LeaseState::Running, Vec::new()))
             }
             state => Err(RegistryError::InvalidState {
                 lease: id,
@@ -237,6 +270,19 @@ impl Registry {
                 action: "cancel",
             }),
         }
+    }
+
+    /// Reconciliation's repair: ends a live lease that the ledger no longer backs (its
+    /// escrow closed or missing). Returns whether it was live.
+    pub fn end_unbacked(&mut self, id: LeaseId, why: &str, now_ms: u64) -> bool {
+        let Some(lease) = self.leases.get(&id) else {
+            return false;
+        };
+        if lease.state.is_terminal() {
+            return false;
+        }
+        self.end_lease(id, LeaseState::Failed, None, Some(why.into()), now_ms);
+        true
     }
 
     /// The lease as the API shows it, with its settlement when the escrow is open.

@@ -14,7 +14,7 @@
 mod lease;
 mod validate;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gpumesh_matcher::{GroupId, GroupSpec, HostSpec, Matcher, Request, ReservationId};
 use gpumesh_types::{
@@ -47,6 +47,22 @@ pub struct Params {
     /// waits `FALLBACK_FACTOR` times longer).
     #[serde(default)]
     pub checked: bool,
+    /// How long a funded lease waits for its host to start the workload (an image pull
+    /// included) before it fails and its escrow is refunded.
+    #[serde(default = "default_start_timeout_ms")]
+    pub start_timeout_ms: u64,
+    /// How long a host has, after a lease's maximum duration or its cancellation, to
+    /// report the end; past it the protocol ends the lease and closes its escrow.
+    #[serde(default = "default_end_grace_ms")]
+    pub end_grace_ms: u64,
+}
+
+fn default_start_timeout_ms() -> u64 {
+    Params::network().start_timeout_ms
+}
+
+fn default_end_grace_ms() -> u64 {
+    Params::network().end_grace_ms
 }
 
 /// Liveness verdicts kept per host for its tier: both counts are halved past this many.
@@ -68,6 +84,8 @@ impl Params {
             settle_interval_ms: 30_000,
             require_stake: true,
             checked: false,
+            start_timeout_ms: 15 * 60_000,
+            end_grace_ms: 2 * 60_000,
         }
     }
 
@@ -78,8 +96,17 @@ impl Params {
             local: true,
             heartbeat_interval_ms: 1_000,
             settle_interval_ms: 5_000,
+            start_timeout_ms: 60_000,
+            end_grace_ms: 15_000,
             ..Params::network()
         }
+    }
+
+    /// The latest a lease can still be live, counted from its match: every lease is
+    /// terminal by then, whatever order its events arrive in (docs/reliability.md). The
+    /// indexer's tick, which runs every 250 ms, adds at most that.
+    pub fn lease_bound_ms(&self, max_duration_ms: u64) -> u64 {
+        self.match_ttl_ms + self.start_timeout_ms + max_duration_ms + self.end_grace_ms
     }
 
     fn offline_after_ms(&self) -> u64 {
@@ -251,6 +278,13 @@ impl RegistryError {
     }
 }
 
+fn unfit(host: &Address, e: gpumesh_matcher::MatcherError) -> RegistryError {
+    RegistryError::invalid(
+        ErrorCode::InvalidRequest,
+        format!("host {host} cannot be placed in the matching index: {e:?}"),
+    )
+}
+
 /// Hosts, containers and leases.
 #[derive(Debug)]
 pub struct Registry {
@@ -262,6 +296,9 @@ pub struct Registry {
     /// The matcher's reservation of each lease that holds GPUs, and back.
     reservations: HashMap<LeaseId, ReservationId>,
     reserved_for: HashMap<ReservationId, LeaseId>,
+    /// Funded live leases by the time they must have moved on (`LeaseRecord::deadline_ms`),
+    /// so that the tick finds overdue ones without scanning every lease.
+    deadlines: BTreeSet<(u64, LeaseId)>,
     /// Measuring points added (network coordinates are soft state, not stored).
     anchors: usize,
     next_lease: u64,
@@ -278,6 +315,7 @@ impl Registry {
             leases: BTreeMap::new(),
             reservations: HashMap::new(),
             reserved_for: HashMap::new(),
+            deadlines: BTreeSet::new(),
             anchors: 0,
             next_lease: 1,
             dirty: Vec::new(),
@@ -294,9 +332,23 @@ impl Registry {
     ) -> Result<Registry, String> {
         let mut registry = Registry::new(params);
         for record in hosts {
-            registry.insert_host(record, now_ms);
+            registry
+                .insert_host(record, now_ms)
+                .map_err(|e| e.to_string())?;
         }
-        for lease in leases {
+        for mut lease in leases {
+            if lease.funded && lease.state.holds_capacity() {
+                // Records from before deadlines were kept get theirs now; a lease that
+                // was starting gets a fresh start window, since its host may have waited
+                // for this indexer.
+                if lease.deadline_ms == 0 {
+                    lease.deadline_ms = match lease.started_ms {
+                        Some(at) => at + lease.max_duration_ms + registry.params.end_grace_ms,
+                        None => now_ms + registry.params.start_timeout_ms,
+                    };
+                }
+                registry.deadlines.insert((lease.deadline_ms, lease.id));
+            }
             if lease.state.holds_capacity() {
                 let host = registry.host_by_address(&lease.host).ok_or_else(|| {
                     format!(
@@ -384,7 +436,7 @@ impl Registry {
         Ok((group, mask))
     }
 
-    fn insert_host(&mut self, record: HostRecord, now_ms: u64) {
+    fn insert_host(&mut self, record: HostRecord, now_ms: u64) -> Result<(), RegistryError> {
         let index = self.hosts.len() as u32;
         // Runs of GPUs of one model and memory size are the matcher's groups.
         let mut specs: Vec<GroupSpec> = Vec::new();
@@ -408,11 +460,12 @@ impl Registry {
             tier: record.tier,
             images: record.images.clone(),
         };
-        // Validation caps GPUs per model at 64 and countries are ISO codes, so this holds.
+        // Validation caps GPUs per model at 64 and countries are ISO codes, so the matcher
+        // takes every valid host; should it not, the registration is refused, unchanged.
         let (matcher_host, ids) = self
             .matcher
             .add_host(&spec, &specs)
-            .expect("validated hosts fit the matcher");
+            .map_err(|e| unfit(&record.address, e))?;
         debug_assert_eq!(
             matcher_host.0, index,
             "registry and matcher number hosts alike"
@@ -448,6 +501,7 @@ impl Registry {
                 .matcher
                 .set_online(gpumesh_matcher::HostId(index), false);
         }
+        Ok(())
     }
 
     /// Whether a GPU may serve: its stake is in place and its capacity proof passed.
@@ -503,7 +557,7 @@ impl Registry {
             down_by_quorum: false,
         };
         match self.host_by_address(&address) {
-            None => self.insert_host(record, now_ms),
+            None => self.insert_host(record, now_ms)?,
             Some(index) => {
                 let host = &self.hosts[index as usize];
                 if host.record.gpus != record.gpus {
@@ -517,9 +571,10 @@ impl Registry {
                 let mh = gpumesh_matcher::HostId(index);
                 let known = "registered hosts are in the matcher";
                 if host.record.location != record.location {
+                    // The first change, so a refusal leaves the host as it was.
                     self.matcher
                         .set_location(mh, record.location.point, record.location.country)
-                        .expect(known);
+                        .map_err(|e| unfit(&address, e))?;
                 }
                 self.matcher
                     .set_price(mh, record.price_per_gpu_hour)
@@ -794,6 +849,54 @@ impl Registry {
         }
         let why = "host lost: it missed its heartbeats; undelivered time is refunded";
         effects.extend(self.fail_leases_of(&lost, why, now_ms));
+        effects.extend(self.end_overdue(now_ms));
+        effects
+    }
+
+    /// Ends funded leases past their deadline: one its host never started fails with a
+    /// full refund; one whose host did not report its end in time (after its maximum
+    /// duration, or after a cancellation) ends with the host paid what it settled.
+    fn end_overdue(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(lease) = self.leases.get(&id) else {
+                continue;
+            };
+            let (state, why, reason) = match (lease.state, lease.cancel_requested) {
+                (LeaseState::Starting, _) => (
+                    LeaseState::Failed,
+                    format!(
+                        "the host did not start the workload within {} s; the escrow is refunded",
+                        self.params.start_timeout_ms / 1000
+                    ),
+                    gpumesh_types::CloseReason::NotStarted,
+                ),
+                (LeaseState::Running, cancelled) => (
+                    if cancelled {
+                        LeaseState::Cancelled
+                    } else {
+                        LeaseState::Failed
+                    },
+                    format!(
+                        "the host did not report the end within {} s of the lease's {}; it is paid the usage it settled and the rest is refunded",
+                        self.params.end_grace_ms / 1000,
+                        if cancelled {
+                            "cancellation"
+                        } else {
+                            "maximum duration"
+                        }
+                    ),
+                    gpumesh_types::CloseReason::Overdue,
+                ),
+                _ => continue,
+            };
+            self.end_lease(id, state, None, Some(why), now_ms);
+            effects.push(Effect::CloseEscrow { lease: id, reason });
+        }
         effects
     }
 
@@ -1014,6 +1117,8 @@ impl Registry {
         lease.exit_code = exit_code;
         lease.failure = failure;
         lease.ended_ms = Some(now_ms);
+        let deadline = std::mem::take(&mut lease.deadline_ms);
+        self.deadlines.remove(&(deadline, id));
         self.dirty.push(Dirty::Lease(id));
         if let Some(reservation) = self.reservations.remove(&id) {
             self.reserved_for.remove(&reservation);
@@ -1091,6 +1196,7 @@ impl Registry {
             failure: None,
             cancel_requested: false,
             funded: false,
+            deadline_ms: 0,
         };
         self.dirty.push(Dirty::Lease(id));
         self.reservations.insert(id, booking.reservation);

@@ -1,6 +1,8 @@
 //! Input checks for registrations and jobs, each failure with its stable error code.
 
-use gpumesh_types::{Amount, ErrorCode, GpuModel, JobRequest, ONE_TOKEN, RegisterHost};
+use gpumesh_types::{
+    Amount, ErrorCode, GpuModel, JobRequest, ONE_TOKEN, RegisterHost, RuntimeKind,
+};
 
 use crate::{GpuRecord, Params, RegistryError};
 
@@ -82,6 +84,12 @@ pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>
     images(&request.images)?;
     if let Some(url) = &request.challenge_url {
         challenge_url(url, local)?;
+    }
+    if request.runtime == RuntimeKind::Process && !local {
+        return Err(invalid(
+            ErrorCode::ProcessRuntimeNotAllowed,
+            "a public network runs workloads only in containers (the container runtime); the process runtime is for local networks",
+        ));
     }
     if request.gpus.is_empty() {
         return Err(invalid(

@@ -118,7 +118,7 @@ fn a_lease_runs_from_match_to_completion() {
         r.check_escrow(addr(8), &kind, 2_000),
         Err(RegistryError::NotYours { .. })
     ));
-    r.escrow_opened(id).unwrap();
+    r.escrow_opened(id, 0).unwrap();
     let work = r.work(&addr(1)).unwrap();
     assert_eq!(work.start.len(), 1);
     assert_eq!(work.start[0].gpu_indices, vec![0, 1]);
@@ -182,6 +182,9 @@ fn bad_input_is_refused_with_its_code() {
     twice.gpus.push(twice.gpus[0].clone());
     let mut real = host_request("x", 0.0, 0.0, GpuModel::A10, 1, "1");
     real.gpus[0].simulated = false;
+    real.runtime = RuntimeKind::Container;
+    let mut processes = real.clone();
+    processes.runtime = RuntimeKind::Process;
     let cases = [
         (
             host_request("x", 0.0, 0.0, GpuModel::A10, 1, "0"),
@@ -205,10 +208,14 @@ fn bad_input_is_refused_with_its_code() {
         ),
         (bad_location, ErrorCode::InvalidLocation),
         (twice, ErrorCode::InvalidRequest),
+        (processes, ErrorCode::ProcessRuntimeNotAllowed),
     ];
     for (mut request, code) in cases {
         if code != ErrorCode::SimulatedNotAllowed {
             request.gpus.iter_mut().for_each(|g| g.simulated = false);
+        }
+        if code != ErrorCode::ProcessRuntimeNotAllowed {
+            request.runtime = RuntimeKind::Container;
         }
         let err = r.register_host(addr(1), request.clone(), 0).unwrap_err();
         assert_eq!(err.code(), code, "{request:?}: {err}");
@@ -257,7 +264,7 @@ fn a_lost_host_fails_its_leases_and_returns_to_standby_when_it_beats_again() {
         .submit_job(buyer, job(GpuModel::H100, 1, "3"), 0)
         .unwrap()
         .id;
-    r.escrow_opened(running).unwrap();
+    r.escrow_opened(running, 0).unwrap();
     r.started(&addr(1), running, 100).unwrap();
     let unfunded = r
         .submit_job(buyer, job(GpuModel::H100, 1, "3"), 0)
@@ -326,15 +333,104 @@ fn matches_expire_and_cancels_reach_the_host() {
         .submit_job(buyer, job(GpuModel::H100, 8, "3"), 30_002)
         .unwrap()
         .id;
-    r.escrow_opened(id).unwrap();
-    assert_eq!(r.cancel(&buyer, id, 30_003).unwrap(), LeaseState::Starting);
+    r.escrow_opened(id, 30_002).unwrap();
+    // Not started yet: the cancellation ends it at once, refunded in full, and the host
+    // has nothing to start (a host that started it anyway has its start refused).
+    assert_eq!(
+        r.cancel(&buyer, id, 30_003).unwrap(),
+        (
+            LeaseState::Cancelled,
+            vec![Effect::CloseEscrow {
+                lease: id,
+                reason: CloseReason::NotStarted
+            }]
+        )
+    );
+    assert_eq!(r.work(&addr(1)).unwrap(), Default::default());
+    assert!(r.started(&addr(1), id, 30_004).is_err());
+
+    // Running: the host is asked to stop, and reports the end.
+    let id = r
+        .submit_job(buyer, job(GpuModel::H100, 8, "3"), 30_005)
+        .unwrap()
+        .id;
+    r.escrow_opened(id, 30_005).unwrap();
+    r.started(&addr(1), id, 30_006).unwrap();
+    assert_eq!(
+        r.cancel(&buyer, id, 30_007).unwrap(),
+        (LeaseState::Running, vec![])
+    );
     let work = r.work(&addr(1)).unwrap();
     assert!(work.start.is_empty());
     assert_eq!(work.stop, vec![id]);
     assert_eq!(
-        r.finished(&addr(1), id, Some(137), None, 30_004).unwrap(),
+        r.finished(&addr(1), id, Some(137), None, 30_008).unwrap(),
         LeaseState::Cancelled
     );
+}
+
+#[test]
+fn leases_whose_host_goes_quiet_end_at_their_deadline() {
+    let mut r = network();
+    let p = test_params();
+    let buyer = addr(9);
+    let beat = |r: &mut Registry, now| {
+        for h in [1, 2] {
+            r.heartbeat(addr(h), Heartbeat::default(), now).unwrap();
+        }
+    };
+    // Funded, never started: fails at the start timeout with a full refund.
+    let unstarted = r
+        .submit_job(buyer, job(GpuModel::H100, 1, "3"), 0)
+        .unwrap()
+        .id;
+    r.escrow_opened(unstarted, 10).unwrap();
+    // Started, then never reported: ends after its maximum duration and the grace.
+    let mut long = job(GpuModel::H100, 1, "3");
+    long.max_duration_ms = 120_000;
+    let silent = r.submit_job(buyer, long, 0).unwrap().id;
+    r.escrow_opened(silent, 10).unwrap();
+    r.started(&addr(1), silent, 20).unwrap();
+    // Cancelled while running, and the host never stops it: ends at the grace.
+    let mut longer = job(GpuModel::H100, 1, "3");
+    longer.max_duration_ms = 3_600_000;
+    let stubborn = r.submit_job(buyer, longer, 0).unwrap().id;
+    r.escrow_opened(stubborn, 10).unwrap();
+    r.started(&addr(1), stubborn, 20).unwrap();
+    r.cancel(&buyer, stubborn, 1_000).unwrap();
+
+    let start_by = 10 + p.start_timeout_ms;
+    let cancel_by = 1_000 + p.end_grace_ms;
+    let end_by = 20 + 120_000 + p.end_grace_ms;
+    let mut ended = Vec::new();
+    for now in (0..=end_by + 1_000).step_by(250) {
+        beat(&mut r, now);
+        for e in r.tick(now) {
+            ended.push((now, e));
+        }
+    }
+    let close = |lease, reason| Effect::CloseEscrow { lease, reason };
+    assert_eq!(
+        ended,
+        vec![
+            (cancel_by, close(stubborn, CloseReason::Overdue)),
+            (
+                start_by.next_multiple_of(250),
+                close(unstarted, CloseReason::NotStarted)
+            ),
+            (
+                end_by.next_multiple_of(250),
+                close(silent, CloseReason::Overdue)
+            ),
+        ]
+    );
+    assert_eq!(r.lease(stubborn).unwrap().state, LeaseState::Cancelled);
+    assert_eq!(r.lease(unstarted).unwrap().state, LeaseState::Failed);
+    assert_eq!(r.lease(silent).unwrap().state, LeaseState::Failed);
+    assert!(r.leases().all(|l| l.state.is_terminal()));
+    // Their GPUs are free again.
+    r.submit_job(buyer, job(GpuModel::H100, 8, "3"), end_by + 2_000)
+        .unwrap();
 }
 
 #[test]
@@ -348,7 +444,7 @@ fn restore_rebuilds_the_same_reservations() {
         .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
         .unwrap()
         .id;
-    r.escrow_opened(a).unwrap();
+    r.escrow_opened(a, 0).unwrap();
     r.cancel(&addr(9), b, 1).unwrap();
     let hosts = [addr(1), addr(2)].map(|a| r.host(&a).unwrap().clone());
     let leases: Vec<_> = r.leases().cloned().collect();
@@ -409,7 +505,7 @@ proptest! {
                         ids.push(l.id);
                     }
                 }
-                Op::Fund { pick: i } => if let Some(id) = pick(&ids, i) { let _ = r.escrow_opened(id); },
+                Op::Fund { pick: i } => if let Some(id) = pick(&ids, i) { let _ = r.escrow_opened(id, 0); },
                 Op::Finish { pick: i } => if let Some(id) = pick(&ids, i) {
                     let host = r.lease(id).unwrap().host;
                     let _ = r.finished(&host, id, Some(0), None, now);
@@ -564,7 +660,7 @@ fn only_a_quorum_brings_back_a_host_it_found_down() {
         .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 30)
         .unwrap()
         .id;
-    r.escrow_opened(id).unwrap();
+    r.escrow_opened(id, 0).unwrap();
     r.started(&addr(1), id, 40).unwrap();
     r.take_dirty();
 
@@ -609,4 +705,49 @@ fn only_a_quorum_brings_back_a_host_it_found_down() {
     );
     let host = r.host(&addr(1)).unwrap();
     assert_eq!((host.up_verdicts, host.down_verdicts), (1, 2));
+}
+
+#[test]
+fn made_up_country_codes_are_refused_and_real_ones_still_register() {
+    let mut r = Registry::new(test_params());
+    let mut refused = 0;
+    // Every two-letter code in three spellings: 2,028 tries.
+    for a in b'A'..=b'Z' {
+        for b in b'A'..=b'Z' {
+            for spelling in [
+                [a, b],
+                [a.to_ascii_lowercase(), b],
+                [a, b.to_ascii_lowercase()],
+            ] {
+                let code = String::from_utf8(spelling.to_vec()).unwrap();
+                match code.parse::<gpumesh_types::Country>() {
+                    Err(e) => {
+                        assert!(e.to_string().contains("ISO 3166-1"), "{e}");
+                        refused += 1;
+                    }
+                    // An assigned code: a host of its own there, until the matcher holds
+                    // every country in the world.
+                    Ok(country) if spelling == [a, b] => {
+                        let mut request = host_request(&code, 10.0, 10.0, GpuModel::A10, 1, "1");
+                        request.location.country = country;
+                        let n = r.host_count() as u64;
+                        let host = Address::left_padding_from(&(1000 + n).to_be_bytes());
+                        r.register_host(host, request, 0).unwrap();
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    let assigned = r.host_count();
+    assert_eq!(assigned, 249, "ISO 3166-1 assigns 249 codes");
+    assert_eq!(refused, 3 * (676 - assigned));
+    r.register_host(
+        addr(1),
+        host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 8, "2.5"),
+        0,
+    )
+    .unwrap();
+    r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap();
 }

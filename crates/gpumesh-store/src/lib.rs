@@ -6,15 +6,18 @@
 //! back ([`Store::load`]) and replays the ledger from genesis. Records are JSON, the same
 //! wire types the API speaks, so a store can be inspected with ordinary tools.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use gpumesh_checking::CheckerRecord;
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::{HostRecord, LeaseRecord, Params};
-use gpumesh_types::{Address, BlockHeader, LeaseId, LedgerEntry, LogEntry, RewardProof};
+use gpumesh_types::{
+    Address, BlockHeader, ContainerRef, LeaseId, LedgerEntry, LogEntry, RewardProof,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const HOSTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("hosts");
@@ -23,9 +26,12 @@ const LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("logs");
 const TXS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_txs");
 const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const CHECKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkers");
+/// The current epoch's work per container (host address ‖ GPU index, big-endian).
+const EPOCH_CONTAINERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("epoch_containers");
 
 const GENESIS_KEY: &str = "genesis";
 const PARAMS_KEY: &str = "params";
+const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
 pub const STORE_FILE: &str = "gpumesh.redb";
 
@@ -61,6 +67,37 @@ pub struct Snapshot {
     pub unsealed: Vec<LedgerEntry>,
     /// Checkers' standing: credited tasks, minority results, bans.
     pub checkers: Vec<CheckerRecord>,
+    /// The current epoch's start and lost hosts, once recorded.
+    pub epoch: Option<EpochStart>,
+    pub epoch_containers: Vec<(ContainerRef, ContainerWork)>,
+}
+
+/// What the current epoch has seen beyond the ledger: when it began and which hosts were
+/// lost in it. With [`ContainerWork`] it is everything the epoch's rewards depend on that
+/// the ledger does not hold, stored so that a restart pays exactly what an uninterrupted
+/// run would.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochStart {
+    pub started_ms: u64,
+    /// Hosts that went offline during the epoch: their containers earn no capacity.
+    pub lost: BTreeSet<Address>,
+}
+
+/// One container's work in the current epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerWork {
+    /// GPU-milliseconds delivered (settled) during the epoch.
+    pub delivered_gpu_ms: u64,
+    /// Liveness verdicts during the epoch.
+    pub up: u32,
+    pub down: u32,
+}
+
+fn container_key(c: &ContainerRef) -> [u8; 22] {
+    let mut key = [0u8; 22];
+    key[..20].copy_from_slice(c.host.as_slice());
+    key[20..].copy_from_slice(&c.index.to_be_bytes());
+    key
 }
 
 /// One atomic change.
@@ -72,11 +109,19 @@ pub struct Batch {
     pub txs: Vec<LedgerEntry>,
     pub blocks: Vec<BlockHeader>,
     pub checkers: Vec<CheckerRecord>,
+    /// A new epoch began: every stored container's work is dropped before
+    /// `epoch_containers` is written.
+    pub epoch_reset: bool,
+    pub epoch: Option<EpochStart>,
+    pub epoch_containers: Vec<(ContainerRef, ContainerWork)>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.checkers.is_empty()
+        !self.epoch_reset
+            && self.epoch.is_none()
+            && self.epoch_containers.is_empty()
+            && self.checkers.is_empty()
             && self.hosts.is_empty()
             && self.leases.is_empty()
             && self.logs.is_empty()
@@ -189,7 +234,19 @@ impl Store {
         {
             let e = |e: redb::TableError| self.db_err(e);
             let s = |e: redb::StorageError| self.db_err(e);
-            txn.open_table(META).map_err(e)?;
+            let mut meta = txn.open_table(META).map_err(e)?;
+            if let Some(epoch) = &batch.epoch {
+                meta.insert(EPOCH_KEY, encode(epoch).as_slice())
+                    .map_err(s)?;
+            }
+            if batch.epoch_reset {
+                txn.delete_table(EPOCH_CONTAINERS).map_err(e)?;
+            }
+            let mut work = txn.open_table(EPOCH_CONTAINERS).map_err(e)?;
+            for (c, w) in &batch.epoch_containers {
+                work.insert(container_key(c).as_slice(), encode(w).as_slice())
+                    .map_err(s)?;
+            }
             let mut hosts = txn.open_table(HOSTS).map_err(e)?;
             for h in &batch.hosts {
                 hosts
@@ -260,6 +317,30 @@ impl Store {
                 checkers.push(self.decode(|| "checker".into(), v.value())?);
             }
         }
+        let epoch = match txn.open_table(META).map_err(e)?.get(EPOCH_KEY).map_err(s)? {
+            Some(v) => Some(self.decode(|| "epoch".into(), v.value())?),
+            None => None,
+        };
+        let mut epoch_containers = Vec::new();
+        if let Ok(table) = txn.open_table(EPOCH_CONTAINERS) {
+            for row in table.iter().map_err(s)? {
+                let (k, v) = row.map_err(s)?;
+                let key = k.value();
+                let corrupt = || StoreError::Corrupt {
+                    path: self.path.clone(),
+                    what: "epoch container key".into(),
+                    reason: format!("{} bytes, not 22", key.len()),
+                };
+                let (host, index) = key.split_at_checked(20).ok_or_else(corrupt)?;
+                let index: [u8; 2] = index.try_into().map_err(|_| corrupt())?;
+                let c = ContainerRef {
+                    host: Address::from_slice(host),
+                    index: u16::from_be_bytes(index),
+                };
+                epoch_containers
+                    .push((c, self.decode(|| format!("epoch work of {c}"), v.value())?));
+            }
+        }
         let Chain {
             genesis,
             blocks,
@@ -274,6 +355,8 @@ impl Store {
             blocks,
             unsealed,
             checkers,
+            epoch,
+            epoch_containers,
         })
     }
 }

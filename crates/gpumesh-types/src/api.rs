@@ -557,6 +557,12 @@ pub enum ErrorCode {
     InvalidTransaction,
     NotLocalNetwork,
     SimulatedNotAllowed,
+    /// A public network runs workloads only in containers, never as host processes.
+    ProcessRuntimeNotAllowed,
+    /// The signer sent more requests of this kind than its rate allows; retry later.
+    RateLimited,
+    /// The request took longer than the indexer allows for it.
+    TimedOut,
     /// The signer holds no checker licence.
     NotAChecker,
     /// The checker is banned from tasks and rewards.

@@ -24,7 +24,7 @@ pub enum GeoError {
     Longitude(f64),
     #[error("{0:?} is not LAT,LON (for example 48.86,2.35)")]
     Syntax(String),
-    #[error("country {0:?} is not a two-letter ISO 3166 code such as DE or IN")]
+    #[error("country {0:?} is not an assigned ISO 3166-1 alpha-2 code such as DE or IN")]
     Country(String),
 }
 
@@ -95,10 +95,12 @@ impl FromStr for Country {
         if bytes.len() != 2 || !bytes.iter().all(u8::is_ascii_alphabetic) {
             return Err(GeoError::Country(s.to_string()));
         }
-        Ok(Country([
-            bytes[0].to_ascii_uppercase(),
-            bytes[1].to_ascii_uppercase(),
-        ]))
+        let code = [bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()];
+        // Only assigned codes: every place the network keeps per country is bounded by
+        // the real world's 249, whatever a signer sends.
+        let text = std::str::from_utf8(&code).map_err(|_| GeoError::Country(s.to_string()))?;
+        isocountry::CountryCode::for_alpha2(text).map_err(|_| GeoError::Country(s.to_string()))?;
+        Ok(Country(code))
     }
 }
 

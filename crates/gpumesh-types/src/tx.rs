@@ -126,6 +126,12 @@ pub enum CloseReason {
     NotStarted,
     /// The host failed to start the workload and reported so.
     StartFailed,
+    /// The host did not report the lease's end by its deadline (its maximum duration or
+    /// its cancellation, plus a grace): it keeps what it settled.
+    Overdue,
+    /// The registry and the ledger disagreed about the lease (found by reconciliation):
+    /// the lease had ended, or never existed, while its escrow stayed open.
+    Reconciled,
 }
 
 /// `io::Write` into a keccak256 hasher.

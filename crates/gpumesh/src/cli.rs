@@ -23,6 +23,9 @@ pub enum Command {
     Devnet(DevnetArgs),
     /// Run the indexer: registry, matching, leases, ledger and the HTTP API.
     Indexer(IndexerArgs),
+    /// Make a public network's genesis file.
+    #[command(subcommand)]
+    Genesis(GenesisCommand),
     /// Run the host agent on a GPU owner's machine.
     Host(HostArgs),
     /// Run a checker node: verify the containers the network assigns you (liveness,
@@ -232,6 +235,41 @@ pub struct IndexerArgs {
     /// The URL checkers reach this indexer at (for canary tasks); default: the listen address.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Start (or check that the data directory holds) the network of this genesis file,
+    /// made by `gpumesh genesis new`.
+    #[arg(long, value_name = "FILE", conflicts_with = "local")]
+    pub genesis: Option<PathBuf>,
+    /// The protocol key's file [default: protocol.key in the data directory].
+    #[arg(long, value_name = "FILE")]
+    pub protocol_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenesisCommand {
+    /// Write the genesis file of a new public network: no faucet, no simulated GPUs, the
+    /// public parameters. Half the supply goes to the reward pool, the allocations you
+    /// give to their addresses, and the rest to the treasury.
+    New(GenesisNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenesisNewArgs {
+    /// Where to write the genesis file; never overwrites.
+    #[arg(long, default_value = "genesis.json")]
+    pub out: PathBuf,
+    /// The network's chain id (signatures name it, so no two networks should share one).
+    #[arg(long)]
+    pub chain_id: u64,
+    /// The protocol key, which signs escrow closes, epochs and slashes; created if missing.
+    #[arg(long, value_name = "FILE", default_value = "protocol.key")]
+    pub protocol_key: PathBuf,
+    /// A first balance, ADDRESS=TOKENS. Repeat for several.
+    #[arg(long = "alloc", value_name = "ADDRESS=TOKENS")]
+    pub allocations: Vec<String>,
+    /// Grant a checker licence to this address. Repeat; a network with checkers needs at
+    /// least three.
+    #[arg(long = "checker", value_name = "ADDRESS")]
+    pub checkers: Vec<String>,
 }
 
 #[derive(Debug, Args)]

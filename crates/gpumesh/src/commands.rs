@@ -24,6 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Devnet(args) => devnet(args).await,
         Command::Indexer(args) => indexer(args).await,
+        Command::Genesis(GenesisCommand::New(args)) => genesis_new(args),
         Command::Host(args) => host(args).await,
         Command::Checker(args) => checker(args).await,
         Command::Checkers(args) => checkers(args).await,
@@ -262,6 +263,10 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
         );
     }
     config.public_url = args.public_url.clone();
+    config.protocol_key = args.protocol_key.clone();
+    if let Some(path) = &args.genesis {
+        config.genesis = Some(gpumesh_indexer::GenesisFile::read(path)?);
+    }
     let indexer = gpumesh_indexer::Indexer::open(config)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -273,6 +278,67 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
         args.data.display()
     );
     indexer.serve(listener, interrupted()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
+    let address = |text: &str, what: &str| -> anyhow::Result<Address> {
+        text.parse()
+            .map_err(|_| anyhow::anyhow!("{what} {text:?} is not a 0x address"))
+    };
+    let mut allocations = Vec::new();
+    for spec in &args.allocations {
+        let (who, tokens) = spec
+            .split_once('=')
+            .with_context(|| format!("--alloc {spec:?} is not ADDRESS=TOKENS"))?;
+        allocations.push(gpumesh_ledger::Allocation {
+            address: address(who, "--alloc")?,
+            amount: Amount::parse_tokens(tokens)
+                .with_context(|| format!("--alloc {spec:?}: the amount"))?,
+            label: format!("allocation {}", allocations.len() + 1),
+        });
+    }
+    let checkers = args
+        .checkers
+        .iter()
+        .map(|c| address(c, "--checker"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let protocol = if args.protocol_key.exists() {
+        Wallet::load(&args.protocol_key)
+            .with_context(|| format!("failed to load {}", args.protocol_key.display()))?
+    } else {
+        let wallet = Wallet::generate();
+        wallet
+            .save(&args.protocol_key)
+            .with_context(|| format!("failed to create {}", args.protocol_key.display()))?;
+        wallet
+    };
+    let genesis = gpumesh_ledger::Genesis::network(
+        args.chain_id,
+        gpumesh_indexer::now_ms(),
+        protocol.address(),
+        allocations,
+        checkers,
+    )
+    .context("the genesis is invalid")?;
+    let file = gpumesh_indexer::GenesisFile {
+        genesis,
+        params: gpumesh_registry::Params::network(),
+    };
+    file.create(&args.out)?;
+    println!(
+        "wrote {}: chain {}, genesis {}, protocol key {} ({})",
+        args.out.display(),
+        file.genesis.chain_id,
+        file.genesis.hash(),
+        protocol.address(),
+        args.protocol_key.display()
+    );
+    println!(
+        "start it with: gpumesh indexer --genesis {} --protocol-key {} --data DIR",
+        args.out.display(),
+        args.protocol_key.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,7 +19,7 @@ use crate::cli::LedgerBenchArgs;
 const CHAIN: u64 = 7;
 
 /// Runs `f` over `items` on every core, keeping order.
-fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+fn par_map<'a, T: Sync, R: Send>(items: &'a [T], f: impl Fn(&'a T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
@@ -65,11 +65,11 @@ fn apply_all(
 ) -> anyhow::Result<Vec<gpumesh_types::LedgerEntry>> {
     let verified = par_map(txs, Verified::check);
     let mut entries = Vec::with_capacity(txs.len());
-    for (stx, v) in txs.iter().zip(verified) {
+    for v in verified {
         let v = v.map_err(|e| anyhow!("bad signature: {e}"))?;
         entries.push(
             ledger
-                .apply_verified(stx, v, time_ms)
+                .apply_verified(v, time_ms)
                 .map_err(|e| anyhow!("transaction refused: {e}"))?
                 .entry,
         );
@@ -256,10 +256,10 @@ fn usage_phase(args: &LedgerBenchArgs, dir: &std::path::Path) -> anyhow::Result<
                 .get(i + 1)
                 .map(|&(_, block)| scope.spawn(move || par_map(block, Verified::check)));
             let mut entries = Vec::with_capacity(block.len());
-            for (stx, v) in block.iter().zip(verified) {
+            for v in verified {
                 let v = v.map_err(|e| anyhow!("bad signature: {e}"))?;
                 let applied = ledger
-                    .apply_verified(stx, v, time)
+                    .apply_verified(v, time)
                     .map_err(|e| anyhow!("transaction refused: {e}"))?;
                 entries.push(applied.entry);
             }

@@ -7,11 +7,17 @@ use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gpumesh");
 
-/// Starts an indexer on `data` and returns it with its API address.
+/// Starts a local network's indexer on `data` and returns it with its API address.
 pub fn start(data: &Path) -> (Child, String) {
+    let data = data.to_str().unwrap();
+    start_with(&["--local", "--data", data])
+}
+
+/// Starts `gpumesh indexer ARGS` on a free port and returns it with its API address.
+pub fn start_with(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args(["indexer", "--local", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
+        .args(["indexer", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,0 +1,457 @@
+//! Leases always end: random interleavings of everything that can happen to leases
+//! (match, fund, start, settle, finish, cancel, a final record sent the wrong way, a host
+//! going quiet, time passing, the indexer restarting from its store), checked after every
+//! step against the invariants the network promises buyers and hosts. And an epoch's
+//! rewards do not depend on whether the indexer restarted during it.
+
+use std::collections::HashSet;
+
+use gpumesh_identity::Wallet;
+use gpumesh_indexer::core::Core;
+use gpumesh_ledger::Genesis;
+use gpumesh_registry::Params;
+use gpumesh_store::{Batch, Store};
+use gpumesh_types::{
+    Amount, ContainerState, GeoPoint, GpuModel, GpuOffer, Heartbeat, JobRequest, LeaseFinish,
+    LeaseId, LeaseState, Location, RegisterHost, RuntimeKind, SignedTx, Tx, TxKind, UsageRecord,
+};
+use proptest::prelude::*;
+
+struct World {
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    core: Option<Core>,
+    protocol: Wallet,
+    faucet: Wallet,
+    buyer: Wallet,
+    hosts: [Wallet; 2],
+    params: Params,
+    now: u64,
+}
+
+fn params() -> Params {
+    Params {
+        require_stake: false,
+        ..Params::local()
+    }
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        // Keys from labels: two worlds run alike sign alike.
+        let (protocol, faucet) = (Wallet::from_label("protocol"), Wallet::from_label("faucet"));
+        let params = params();
+        let store = Store::open(dir.path()).unwrap();
+        let genesis = Genesis::local(31337, 0, protocol.address(), faucet.address());
+        store.init(&genesis, &params).unwrap();
+        let mut w = World {
+            dir,
+            store: Some(store),
+            core: None,
+            protocol,
+            faucet,
+            buyer: Wallet::from_label("buyer"),
+            hosts: [Wallet::from_label("host-0"), Wallet::from_label("host-1")],
+            params,
+            now: 1_000,
+        };
+        w.restart();
+        let buyer = w.buyer.address();
+        w.apply(|c, now, b| {
+            c.faucet(buyer, Amount::from_tokens(10_000), now, b)
+                .map(|_| ())
+        })
+        .unwrap();
+        for (i, host) in w.hosts.clone().iter().enumerate() {
+            let request = RegisterHost {
+                name: format!("host-{i}"),
+                location: Location {
+                    point: GeoPoint::new(50.0 + i as f64, 8.0).unwrap(),
+                    country: "DE".parse().unwrap(),
+                },
+                price_per_gpu_hour: Amount::from_tokens(2),
+                gpus: vec![GpuOffer {
+                    model: GpuModel::H100,
+                    count: 4,
+                    vram_mib: None,
+                    simulated: true,
+                }],
+                runtime: RuntimeKind::Process,
+                images: vec![],
+                challenge_url: None,
+            };
+            let address = host.address();
+            w.apply(|c, now, b| c.register_host(address, request, now, b).map(|_| ()))
+                .unwrap();
+        }
+        w
+    }
+
+    fn core(&self) -> &Core {
+        self.core.as_ref().unwrap()
+    }
+
+    /// Runs one operation as the service does: then writes what it changed, durably.
+    fn apply<T>(
+        &mut self,
+        f: impl FnOnce(&mut Core, u64, &mut Batch) -> Result<T, gpumesh_indexer::Failure>,
+    ) -> Result<T, gpumesh_indexer::Failure> {
+        let core = self.core.as_mut().unwrap();
+        let mut batch = Batch::default();
+        let result = f(core, self.now, &mut batch);
+        core.collect_dirty(&mut batch);
+        self.store.as_ref().unwrap().write(batch).unwrap();
+        result
+    }
+
+    /// Stops the indexer and starts it again from its store alone.
+    fn restart(&mut self) {
+        self.core = None;
+        self.store = None;
+        let store = Store::open(self.dir.path()).unwrap();
+        let snapshot = store.load().unwrap();
+        self.core = Some(
+            Core::restore(
+                snapshot,
+                self.protocol.clone(),
+                Some(self.faucet.clone()),
+                self.now,
+            )
+            .unwrap(),
+        );
+        self.store = Some(store);
+    }
+
+    fn signed(&self, wallet: &Wallet, kind: TxKind) -> SignedTx {
+        let from = wallet.address();
+        wallet.sign_tx(Tx {
+            chain_id: 31337,
+            from,
+            nonce: self.core().ledger().account(&from).nonce,
+            kind,
+        })
+    }
+
+    fn host_wallet(&self, id: LeaseId) -> Wallet {
+        let host = self.core().registry().lease(id).unwrap().host;
+        self.hosts
+            .iter()
+            .find(|w| w.address() == host)
+            .unwrap()
+            .clone()
+    }
+
+    /// The lease's host, and its usage record for the lease, signed.
+    fn usage_tx(&self, id: LeaseId, is_final: bool) -> (gpumesh_types::Address, SignedTx) {
+        let host = self.host_wallet(id);
+        let records = vec![UsageRecord {
+            lease: id,
+            gpu_ms: self.usage(id),
+            is_final,
+        }];
+        (
+            host.address(),
+            self.signed(&host, TxKind::SettleUsage { records }),
+        )
+    }
+
+    /// GPU-milliseconds a host could claim now: what elapsed since the start, capped.
+    fn usage(&self, id: LeaseId) -> u64 {
+        let l = self.core().registry().lease(id).unwrap();
+        let elapsed = self.now.saturating_sub(l.started_ms.unwrap_or(self.now));
+        (elapsed * l.gpu_count as u64).min(l.max_duration_ms * l.gpu_count as u64)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit { count: u16, seconds: u64 },
+    Fund(usize),
+    Start(usize),
+    Settle(usize),
+    Finish(usize),
+    FinalThroughLedger(usize),
+    Cancel(usize),
+    Tick { advance_ms: u64, host0_beats: bool },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u16..4, 5u64..90).prop_map(|(count, seconds)| Op::Submit { count, seconds }),
+        3 => any::<usize>().prop_map(Op::Fund),
+        3 => any::<usize>().prop_map(Op::Start),
+        1 => any::<usize>().prop_map(Op::Settle),
+        2 => any::<usize>().prop_map(Op::Finish),
+        1 => any::<usize>().prop_map(Op::FinalThroughLedger),
+        2 => any::<usize>().prop_map(Op::Cancel),
+        4 => (0u64..12_000, prop::bool::weighted(0.8))
+            .prop_map(|(advance_ms, host0_beats)| Op::Tick { advance_ms, host0_beats }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
+    let pick = |i: usize| ids.get(i % ids.len().max(1)).copied();
+    match op {
+        Op::Submit { count, seconds } => {
+            let job = JobRequest::new(
+                GpuModel::H100,
+                count,
+                GeoPoint::new(50.0, 8.0).unwrap(),
+                Amount::from_tokens(3),
+                seconds * 1000,
+                "example/model:1",
+                vec![],
+            );
+            let buyer = w.buyer.address();
+            if let Ok(l) = w.apply(|c, now, _| c.submit_job(buyer, job, now)) {
+                ids.push(l.id);
+            }
+        }
+        Op::Fund(i) => {
+            let Some(id) = pick(i) else { return };
+            let view = w.core().lease_view(id).unwrap();
+            let stx = w.signed(
+                &w.buyer,
+                TxKind::OpenEscrow {
+                    lease: id,
+                    host: view.host,
+                    price_per_gpu_hour: view.price_per_gpu_hour,
+                    gpus: view.gpu_count,
+                    max_duration_ms: view.max_duration_ms,
+                    amount: view.escrow,
+                },
+            );
+            let _ = w.apply(|c, now, b| c.submit_tx(stx, now, b));
+        }
+        Op::Start(i) => {
+            let Some(id) = pick(i) else { return };
+            let host = w.host_wallet(id).address();
+            let _ = w.apply(|c, now, _| c.started(host, id, now));
+        }
+        Op::Settle(i) => {
+            let Some(id) = pick(i) else { return };
+            let (_, stx) = w.usage_tx(id, false);
+            let _ = w.apply(|c, now, b| c.submit_tx(stx, now, b));
+        }
+        Op::Finish(i) => {
+            let Some(id) = pick(i) else { return };
+            let (host, usage) = w.usage_tx(id, true);
+            let finish = LeaseFinish {
+                exit_code: Some(0),
+                error: None,
+                usage,
+            };
+            let _ = w.apply(|c, now, b| c.finish(host, id, finish, now, b));
+        }
+        Op::FinalThroughLedger(i) => {
+            let Some(id) = pick(i) else { return };
+            let (_, stx) = w.usage_tx(id, true);
+            let refused = w.apply(|c, now, b| c.submit_tx(stx, now, b));
+            assert!(refused.is_err(), "a final record through the ledger route");
+        }
+        Op::Cancel(i) => {
+            let Some(id) = pick(i) else { return };
+            let buyer = w.buyer.address();
+            let _ = w.apply(|c, now, b| c.cancel(buyer, id, now, b));
+        }
+        Op::Tick {
+            advance_ms,
+            host0_beats,
+        } => {
+            w.now += advance_ms;
+            for (i, host) in w.hosts.clone().iter().enumerate() {
+                if i > 0 || host0_beats {
+                    let a = host.address();
+                    w.apply(|c, now, _| c.heartbeat(a, Heartbeat::default(), now))
+                        .unwrap();
+                }
+            }
+            w.apply(|c, now, b| {
+                c.tick(now, b);
+                Ok(())
+            })
+            .unwrap();
+        }
+        Op::Restart => w.restart(),
+    }
+}
+
+/// What must hold after every step.
+fn check(w: &mut World) -> Result<(), TestCaseError> {
+    let now = w.now;
+    let params = w.params.clone();
+    let core = w.core();
+    prop_assert!(core.ledger().supply_conserved(), "supply not conserved");
+    let mut held = HashSet::new();
+    for l in core.registry().leases() {
+        let escrow = core.ledger().escrow(l.id);
+        if l.state.is_terminal() {
+            prop_assert!(
+                escrow.is_none_or(|e| e.closed),
+                "lease {} is {:?} with its escrow open",
+                l.id,
+                l.state
+            );
+            continue;
+        }
+        let bound = l.created_ms + params.lease_bound_ms(l.max_duration_ms);
+        prop_assert!(
+            now <= bound,
+            "lease {} is still {:?} at {now}, past its bound {bound}",
+            l.id,
+            l.state
+        );
+        let funded = escrow.is_some_and(|e| !e.closed);
+        prop_assert_eq!(
+            funded,
+            l.state != LeaseState::Matched,
+            "lease {} is {:?}, escrow {:?}",
+            l.id,
+            l.state,
+            escrow
+        );
+        for &i in &l.gpu_indices {
+            prop_assert!(
+                held.insert((l.host, i)),
+                "GPU {} of {} held twice",
+                i,
+                l.host
+            );
+        }
+    }
+    // Every GPU not held by a live lease is free: terminal leases hold nothing.
+    let online_held = core
+        .registry()
+        .leases()
+        .filter(|l| l.state.holds_capacity() && core.registry().host_online(&l.host))
+        .map(|l| l.gpu_count as usize)
+        .sum::<usize>();
+    let busy = core
+        .registry()
+        .containers()
+        .iter()
+        .filter(|c| c.state == ContainerState::Busy)
+        .count();
+    prop_assert_eq!(busy, online_held);
+    // The registry and the ledger tell one story: reconciliation finds nothing to repair.
+    let found = w.apply(|c, now, b| Ok(c.reconcile(now, b))).unwrap();
+    prop_assert!(found.is_empty(), "reconciliation found {:?}", found);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_lease_ends_within_its_bound_and_money_is_conserved(
+        ops in proptest::collection::vec(op(), 1..70)
+    ) {
+        let mut w = World::new();
+        let mut ids = Vec::new();
+        for op in ops {
+            step(&mut w, &mut ids, op);
+            check(&mut w)?;
+        }
+        // Then time alone ends everything that is left, refunding what was not delivered.
+        let last = ids
+            .iter()
+            .map(|&id| {
+                let l = w.core().registry().lease(id).unwrap();
+                l.created_ms + w.params.lease_bound_ms(l.max_duration_ms)
+            })
+            .max()
+            .unwrap_or(0);
+        while w.now <= last + 1_000 {
+            step(&mut w, &mut ids, Op::Tick { advance_ms: 5_000, host0_beats: true });
+            check(&mut w)?;
+        }
+        prop_assert!(w.core().registry().leases().all(|l| l.state.is_terminal()));
+        prop_assert!(w.core().ledger().escrows().all(|(_, e)| e.closed));
+    }
+}
+
+/// Runs one scripted epoch: a lease delivers on host 0, host 1 goes quiet and is lost;
+/// with `restart_at`, the indexer restarts from its store at that moment. Returns the
+/// epoch's reward transaction and what the hosts hold after it.
+fn scripted_epoch(restart_at: Option<u64>) -> (SignedTx, Vec<gpumesh_types::AccountView>) {
+    let mut w = World::new();
+    let mut ids = Vec::new();
+    let until = |w: &mut World, t: u64, host1_beats: bool| {
+        while w.now < t {
+            if restart_at.is_some_and(|r| w.now < r && r <= w.now + 500) {
+                w.now = restart_at.unwrap();
+                w.restart();
+            }
+            w.now += 500;
+            let beating = if host1_beats { 2 } else { 1 };
+            for host in w.hosts.clone().iter().take(beating) {
+                let a = host.address();
+                w.apply(|c, now, _| c.heartbeat(a, Heartbeat::default(), now))
+                    .unwrap();
+            }
+            w.apply(|c, now, b| {
+                c.tick(now, b);
+                Ok(())
+            })
+            .unwrap();
+        }
+    };
+    until(&mut w, 2_000, true);
+    step(
+        &mut w,
+        &mut ids,
+        Op::Submit {
+            count: 2,
+            seconds: 120,
+        },
+    );
+    assert_eq!(ids.len(), 1);
+    step(&mut w, &mut ids, Op::Fund(0));
+    step(&mut w, &mut ids, Op::Start(0));
+    until(&mut w, 12_000, true);
+    step(&mut w, &mut ids, Op::Settle(0));
+    // Host 1 falls silent: lost in this epoch.
+    until(&mut w, 40_000, false);
+    step(&mut w, &mut ids, Op::Settle(0));
+    until(&mut w, 50_000, false);
+    step(&mut w, &mut ids, Op::Finish(0));
+    until(&mut w, 65_000, true);
+    let core = w.core();
+    assert_eq!(
+        core.registry().lease(ids[0]).unwrap().state,
+        LeaseState::Completed
+    );
+    let epochs: Vec<&SignedTx> = core
+        .ledger()
+        .unsealed()
+        .iter()
+        .map(|e| &e.tx)
+        .filter(|t| matches!(t.tx.kind, TxKind::Epoch(_)))
+        .collect();
+    assert_eq!(epochs.len(), 1, "one epoch closed");
+    let accounts = w.hosts.iter().map(|h| core.account(h.address())).collect();
+    (epochs[0].clone(), accounts)
+}
+
+#[test]
+fn a_restart_mid_epoch_pays_exactly_what_an_uninterrupted_run_pays() {
+    let (epoch, accounts) = scripted_epoch(None);
+    let TxKind::Epoch(close) = &epoch.tx.kind else {
+        unreachable!()
+    };
+    // The run earned something to compare: delivery on host 0, capacity only for it.
+    assert!(!close.delivery.is_empty(), "{close:?}");
+    assert_eq!(
+        close.capacity.len(),
+        1,
+        "the lost host earns no capacity: {close:?}"
+    );
+    for restart_at in [20_000, 45_000] {
+        let (restarted, restarted_accounts) = scripted_epoch(Some(restart_at));
+        assert_eq!(restarted, epoch, "restart at {restart_at} ms");
+        assert_eq!(restarted_accounts, accounts, "restart at {restart_at} ms");
+    }
+}
