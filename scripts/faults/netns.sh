@@ -4,8 +4,10 @@
 # link can be slowed (tc) and cut. Shows that
 #   1. a slowed link (throttled to 128 kbit/s each way with a token bucket; these
 #      machines' kernels have no netem for added delay) does not mark a healthy host
-#      offline, and
-#   2. a host whose link is cut mid-lease is detected within 3 heartbeat intervals (plus
+#      offline,
+#   2. the indexer killed with SIGKILL mid-lease and started again loses nothing: the
+#      workload keeps running on its host and the lease completes, and
+#   3. a host whose link is cut mid-lease is detected within 3 heartbeat intervals (plus
 #      the indexer's 250 ms tick), its lease fails, and its buyer is refunded to the base
 #      unit: what the buyer lost equals exactly what was settled before the cut.
 # Needs root (ip netns, tc). Prints the measured figures. Usage: scripts/faults/netns.sh [BIN]
@@ -76,18 +78,48 @@ ip netns exec "$ns" tc qdisc del dev gm-fault1 root
 tc qdisc del dev gm-fault0 root
 echo "slowed link: the host stayed $(container_state)"
 
-echo "== a cut link mid-lease"
-before=$("$bin" balance --key "$work/buyer.key" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["balance"])')
-"$bin" run --key "$work/buyer.key" --gpu H100 --near 52.37,4.90 --max-price 3 --max-duration 5m \
-  --json -- sleep 300 >"$work/run.json" 2>"$work/run.log" &
-buyer=$!
-pids+=($buyer)
 lease_field() {
   "$bin" leases --key "$work/buyer.key" --json | python3 -c '
 import json, sys
 leases = json.load(sys.stdin)
 print(leases[-1][sys.argv[1]] if leases else "")' "$1"
 }
+
+echo "== the indexer killed (SIGKILL) mid-lease, then started again"
+"$bin" run --key "$work/buyer.key" --gpu H100 --near 52.37,4.90 --max-price 3 --max-duration 5m \
+  --json -- sh -c 'for i in $(seq 1 15); do echo "tick $i"; sleep 1; done' >"$work/killed.json" 2>"$work/killed.log" &
+killed_buyer=$!
+pids+=($killed_buyer)
+for _ in $(seq 1 100); do [ "$(lease_field state)" = running ] && break; sleep 0.2; done
+[ "$(lease_field state)" = running ] || fail "the lease never ran: $(lease_field state)"
+killed_lease=$(lease_field id)
+sleep 3
+kill -9 "${pids[0]}"
+wait "${pids[0]}" 2>/dev/null || true
+sleep 2
+"$bin" indexer --local --listen 10.77.0.1:7781 --data "$work/net" 2>>"$work/indexer.log" &
+pids[0]=$!
+for _ in $(seq 1 100); do curl -sf "$GPUMESH_INDEXER/v1/health" >/dev/null && break; sleep 0.1; done
+# The workload kept running on its host; the host and the buyer find the indexer again,
+# and the lease completes with its whole output.
+wait "$killed_buyer" || fail "the buyer's run failed across the restart: $(tail -3 "$work/killed.log")"
+"$bin" leases --key "$work/buyer.key" --json >"$work/leases.json"
+python3 - "$work/leases.json" "$killed_lease" <<'PY'
+import json, sys
+lease = next(l for l in json.load(open(sys.argv[1])) if str(l["id"]) == sys.argv[2])
+s = lease["settlement"]
+assert lease["state"] == "completed" and lease["exit_code"] == 0, lease
+assert s["closed"] and int(s["host_share"]) + int(s["treasury_share"]) + int(s["refund"]) == int(s["escrow"]), s
+print(f"indexer killed: lease {lease['id']} kept running and completed across the restart, "
+      f"{s['gpu_ms']} GPU-ms settled, exact split")
+PY
+
+echo "== a cut link mid-lease"
+before=$("$bin" balance --key "$work/buyer.key" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["balance"])')
+"$bin" run --key "$work/buyer.key" --gpu H100 --near 52.37,4.90 --max-price 3 --max-duration 5m \
+  --json -- sleep 300 >"$work/run.json" 2>"$work/run.log" &
+buyer=$!
+pids+=($buyer)
 for _ in $(seq 1 100); do [ "$(lease_field state)" = running ] && break; sleep 0.2; done
 [ "$(lease_field state)" = running ] || fail "the lease never ran: $(lease_field state)"
 # Let it run and settle usage at least once (every 5 s on a local network).
