@@ -380,6 +380,23 @@ impl Agent {
         }
     }
 
+    /// Reports a start, retrying while the indexer is away: a lease whose start is never
+    /// heard of fails at the start timeout, however well its workload runs.
+    async fn report_started(&self, id: LeaseId) -> Result<(), ClientError> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.client.started(id).await {
+                Ok(_) => return Ok(()),
+                Err(e @ ClientError::Api { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(lease = %id, error = %e, "reporting the start failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// Stops the workloads of these leases that the network has ended.
     async fn stop_ended(&self, ids: Vec<LeaseId>) {
         for id in ids {
@@ -484,28 +501,42 @@ impl Agent {
                 if let Some(l) = self.leases.lock().expect("lease table lock").get_mut(&id) {
                     l.started = Some(began);
                 }
-                match self.client.started(id).await {
-                    Ok(_) => {}
-                    // Refused: the lease ended before its start counted (the buyer
-                    // cancelled, or the start came after its timeout). Nobody pays for it.
-                    Err(ClientError::Api { error, .. })
-                        if matches!(
-                            error.code,
-                            ErrorCode::InvalidLeaseState | ErrorCode::UnknownLease
-                        ) =>
-                    {
-                        tracing::warn!(lease = %id, error = %error.message, "the start was refused; stopping the workload");
-                        stop.cancel();
-                    }
-                    Err(e) => {
-                        tracing::warn!(lease = %id, error = %e, "failed to report the start")
-                    }
-                }
+                // In the background, so that the workload's own end, its maximum duration
+                // and a stop still count while the indexer is away.
+                let reporter = {
+                    let (agent, stop) = (self.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        let reported = tokio::select! {
+                            reported = agent.report_started(id) => reported,
+                            _ = stop.cancelled() => return,
+                        };
+                        match reported {
+                            Ok(()) => {}
+                            // Refused: the lease ended before its start counted (the buyer
+                            // cancelled, or the start came after its timeout). Nobody pays
+                            // for it.
+                            Err(ClientError::Api { error, .. })
+                                if matches!(
+                                    error.code,
+                                    ErrorCode::InvalidLeaseState | ErrorCode::UnknownLease
+                                ) =>
+                            {
+                                tracing::warn!(lease = %id, error = %error.message, "the start was refused; stopping the workload");
+                                stop.cancel();
+                            }
+                            Err(e) => {
+                                tracing::warn!(lease = %id, error = %e, "failed to report the start")
+                            }
+                        }
+                    })
+                };
                 let stopped = tokio::select! {
                     code = workload.wait() => Some(code),
                     _ = tokio::time::sleep(max) => None,
                     _ = stop.cancelled() => None,
                 };
+                // The end is reported next; a start still unreported is moot.
+                reporter.abort();
                 match stopped {
                     Some(Ok(code)) => (Some(code), None),
                     Some(Err(e)) => (None, Some(format!("lost track of the workload: {e:#}"))),

@@ -365,7 +365,7 @@ impl Core {
                         && let Err(e) =
                             self.protocol_tx(TxKind::CloseEscrow { lease, reason }, now_ms, batch)
                     {
-                        tracing::error!(%lease, error = %e, "failed to close the escrow of a lost lease");
+                        tracing::error!(%lease, ?reason, error = %e, "failed to close an ended lease's escrow");
                     }
                 }
                 Effect::HostOffline { host, .. } => {
@@ -786,15 +786,20 @@ impl Core {
     ) -> Result<LeaseView, Failure> {
         self.registry.check_finish(&host, id)?;
         let usage = &finish.usage;
-        let has_final = match &usage.tx.kind {
-            TxKind::SettleUsage { records } => records.iter().any(|r| r.lease == id && r.is_final),
+        // A final record for this lease, and no final record for any other: those end
+        // through their own finish.
+        let only_this_final = match &usage.tx.kind {
+            TxKind::SettleUsage { records } => {
+                records.iter().any(|r| r.lease == id && r.is_final)
+                    && records.iter().all(|r| !r.is_final || r.lease == id)
+            }
             _ => false,
         };
-        if usage.tx.from != host || !has_final {
+        if usage.tx.from != host || !only_this_final {
             return Err(Failure::new(
                 ErrorCode::InvalidTransaction,
                 format!(
-                    "finishing lease {id} needs a SettleUsage transaction from its host with a final record for it"
+                    "finishing lease {id} needs a SettleUsage transaction from its host with a final record for it and for no other lease"
                 ),
             ));
         }
@@ -830,8 +835,25 @@ impl Core {
                     "a final usage record ends its lease: the host sends it with the lease's finish (POST /v1/leases/{id}/finish), not through the ledger route",
                 ));
             }
+            TxKind::SettleUsage { records } => {
+                // Usage is charged only for a workload that started: a lease that never
+                // ran is refunded in full when it ends.
+                if let Some(r) = records.iter().find(|r| {
+                    self.registry
+                        .lease(r.lease)
+                        .is_none_or(|l| l.state != LeaseState::Running)
+                }) {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidLeaseState,
+                        format!(
+                            "lease {} is not running; usage is settled only for running leases",
+                            r.lease
+                        ),
+                    ));
+                }
+                None
+            }
             TxKind::Transfer { .. }
-            | TxKind::SettleUsage { .. }
             | TxKind::Stake { .. }
             | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }
@@ -979,7 +1001,7 @@ impl Core {
                     unbacked.push(lease.id);
                     to_close.push(lease.id);
                     found.push(format!(
-                        "lease {} is matched, yet its escrow is open; cancelled it and refunded the escrow",
+                        "lease {} is matched, yet its escrow is open; ended it as failed and refunded the escrow",
                         lease.id
                     ));
                 }

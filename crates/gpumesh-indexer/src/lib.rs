@@ -189,6 +189,22 @@ impl AppState {
             .map_err(|e| Failure::internal(format!("operation panicked: {e}")))?
     }
 
+    /// Puts back the state the store holds (after a failed write or operation).
+    fn reload(&self, core: &mut Core, now: u64) {
+        match self
+            .store
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|snapshot| core.reloaded(snapshot, now))
+        {
+            Ok(reloaded) => *core = reloaded,
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not reload the state from the store; reads may show changes that are not durable"
+            ),
+        }
+    }
+
     fn mutate_now<T>(
         &self,
         f: impl FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure>,
@@ -219,17 +235,7 @@ impl AppState {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(panic = %what, "an operation panicked; the indexer stopped taking changes");
-                match self
-                    .store
-                    .load()
-                    .map_err(|e| e.to_string())
-                    .and_then(|snapshot| core.reloaded(snapshot, now))
-                {
-                    Ok(reloaded) => *core = reloaded,
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not reload the state from the store")
-                    }
-                }
+                self.reload(&mut core, now);
                 return Err(Failure::internal(
                     "an operation failed unexpectedly; the indexer stopped taking changes until it is restarted",
                 ));
@@ -238,6 +244,9 @@ impl AppState {
         if !batch.is_empty() {
             if let Err(e) = self.store.write(batch) {
                 self.failed.store(true, Ordering::SeqCst);
+                // What failed to write must not be shown either: back to what is durable,
+                // if the store can still be read.
+                self.reload(&mut core, now);
                 return Err(Failure::internal(format!("failed to write the store: {e}")));
             }
             drop(core);

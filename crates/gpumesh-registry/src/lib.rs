@@ -336,6 +336,7 @@ impl Registry {
                 .insert_host(record, now_ms)
                 .map_err(|e| e.to_string())?;
         }
+        let mut backfilled = Vec::new();
         for mut lease in leases {
             if lease.funded && lease.state.holds_capacity() {
                 // Records from before deadlines were kept get theirs now; a lease that
@@ -346,6 +347,7 @@ impl Registry {
                         Some(at) => at + lease.max_duration_ms + registry.params.end_grace_ms,
                         None => now_ms + registry.params.start_timeout_ms,
                     };
+                    backfilled.push(lease.id);
                 }
                 registry.deadlines.insert((lease.deadline_ms, lease.id));
             }
@@ -370,6 +372,10 @@ impl Registry {
             registry.leases.insert(lease.id, lease);
         }
         registry.dirty.clear();
+        // Written with the next change, so the next restart keeps these deadlines.
+        registry
+            .dirty
+            .extend(backfilled.into_iter().map(Dirty::Lease));
         Ok(registry)
     }
 

@@ -322,7 +322,13 @@ impl Store {
             None => None,
         };
         let mut epoch_containers = Vec::new();
-        if let Ok(table) = txn.open_table(EPOCH_CONTAINERS) {
+        let table = match txn.open_table(EPOCH_CONTAINERS) {
+            Ok(table) => Some(table),
+            // A store from before epochs were stored.
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(other) => return Err(self.db_err(other)),
+        };
+        if let Some(table) = table {
             for row in table.iter().map_err(s)? {
                 let (k, v) = row.map_err(s)?;
                 let key = k.value();
