@@ -50,6 +50,10 @@ pub struct Core {
     decoy_base: String,
     /// Each checker's measuring point (soft state, like the network coordinates).
     checker_anchors: HashMap<Address, u32>,
+    /// Whether the full reconciliation at start has run.
+    reconciled_once: bool,
+    /// Leases whose escrow close failed, for reconciliation to retry.
+    unclosed: std::collections::BTreeSet<LeaseId>,
 }
 
 /// What the current epoch has seen, for its rewards, beyond the ledger: stored as it
@@ -162,6 +166,8 @@ impl Core {
             canary_seed,
             decoy_base: String::new(),
             checker_anchors: HashMap::new(),
+            reconciled_once: false,
+            unclosed: Default::default(),
         };
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
@@ -365,7 +371,8 @@ impl Core {
                         && let Err(e) =
                             self.protocol_tx(TxKind::CloseEscrow { lease, reason }, now_ms, batch)
                     {
-                        tracing::error!(%lease, ?reason, error = %e, "failed to close an ended lease's escrow");
+                        tracing::error!(%lease, ?reason, error = %e, "failed to close an ended lease's escrow; reconciliation retries");
+                        self.unclosed.insert(lease);
                     }
                 }
                 Effect::HostOffline { host, .. } => {
@@ -407,6 +414,12 @@ impl Core {
             return;
         }
         let work = std::mem::replace(&mut self.epoch, EpochWork::begin(now_ms));
+        // Capacity is for hosts that stay online through an epoch: one offline as it
+        // begins has not. Stored with the epoch, so a restart (which gives every host a
+        // fresh heartbeat window) cannot make it look online.
+        for host in self.registry.offline_hosts().collect::<Vec<_>>() {
+            self.epoch.lost(host);
+        }
         let by_quorum = self.checking.enabled();
         let containers: Vec<ContainerEpoch> = self
             .registry
@@ -971,16 +984,28 @@ impl Core {
         self.apply_tx(&stx, now_ms, batch)
     }
 
-    /// Compares every lease with its escrow and repairs where they disagree, so that the
+    /// Compares leases with their escrows and repairs where they disagree, so that the
     /// registry and the ledger always tell one story: a live funded lease whose escrow is
     /// closed or missing ends `failed`; an ended (or unfunded, or unknown) lease whose
     /// escrow is still open has it closed and refunded by the protocol. Returns what it
-    /// found, one line each; run at start and on a timer.
+    /// found, one line each. The first call (at start) compares every lease and escrow;
+    /// later ones (on a timer) the live leases and the escrows whose close failed, so
+    /// their cost follows what is live, not the network's history.
     pub fn reconcile(&mut self, now_ms: u64, batch: &mut Batch) -> Vec<String> {
+        let full = !std::mem::replace(&mut self.reconciled_once, true);
         let mut found = Vec::new();
         let mut unbacked = Vec::new();
         let mut to_close = Vec::new();
-        for lease in self.registry.leases() {
+        let retry: Vec<LeaseId> = std::mem::take(&mut self.unclosed).into_iter().collect();
+        let leases: Vec<&gpumesh_registry::LeaseRecord> = if full {
+            self.registry.leases().collect()
+        } else {
+            self.registry
+                .live_leases()
+                .chain(retry.iter().filter_map(|&id| self.registry.lease(id)))
+                .collect()
+        };
+        for lease in leases {
             let escrow = self.ledger.escrow(lease.id);
             let open = escrow.is_some_and(|e| !e.closed);
             match lease.state {
@@ -1015,7 +1040,12 @@ impl Core {
                 _ => {}
             }
         }
-        for (id, escrow) in self.ledger.escrows() {
+        let unknown = self.ledger.escrows().filter(|_| full).chain(
+            retry
+                .iter()
+                .filter_map(|&id| Some((id, self.ledger.escrow(id)?))),
+        );
+        for (id, escrow) in unknown {
             if !escrow.closed && self.registry.lease(id).is_none() {
                 to_close.push(id);
                 found.push(format!(

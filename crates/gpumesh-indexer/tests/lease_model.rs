@@ -373,10 +373,11 @@ proptest! {
     }
 }
 
-/// Runs one scripted epoch: a lease delivers on host 0, host 1 goes quiet and is lost;
-/// with `restart_at`, the indexer restarts from its store at that moment. Returns the
-/// epoch's reward transaction and what the hosts hold after it.
-fn scripted_epoch(restart_at: Option<u64>) -> (SignedTx, Vec<gpumesh_types::AccountView>) {
+/// Runs two scripted epochs: in the first a lease delivers on host 0 and host 1 goes quiet
+/// and is lost; through the second host 1 stays quiet. With `restart_at`, the indexer
+/// restarts from its store at that moment. Returns the epochs' reward transactions and
+/// what the hosts hold after them.
+fn scripted_epochs(restart_at: Option<u64>) -> (Vec<SignedTx>, Vec<gpumesh_types::AccountView>) {
     let mut w = World::new();
     let mut ids = Vec::new();
     let until = |w: &mut World, t: u64, host1_beats: bool| {
@@ -418,7 +419,8 @@ fn scripted_epoch(restart_at: Option<u64>) -> (SignedTx, Vec<gpumesh_types::Acco
     step(&mut w, &mut ids, Op::Settle(0));
     until(&mut w, 50_000, false);
     step(&mut w, &mut ids, Op::Finish(0));
-    until(&mut w, 65_000, true);
+    // Host 1 stays silent through the second epoch too.
+    until(&mut w, 125_000, false);
     let core = w.core();
     assert_eq!(
         core.registry().lease(ids[0]).unwrap().state,
@@ -431,27 +433,100 @@ fn scripted_epoch(restart_at: Option<u64>) -> (SignedTx, Vec<gpumesh_types::Acco
         .map(|e| &e.tx)
         .filter(|t| matches!(t.tx.kind, TxKind::Epoch(_)))
         .collect();
-    assert_eq!(epochs.len(), 1, "one epoch closed");
+    assert_eq!(epochs.len(), 2, "two epochs closed");
     let accounts = w.hosts.iter().map(|h| core.account(h.address())).collect();
-    (epochs[0].clone(), accounts)
+    (epochs.into_iter().cloned().collect(), accounts)
 }
 
 #[test]
 fn a_restart_mid_epoch_pays_exactly_what_an_uninterrupted_run_pays() {
-    let (epoch, accounts) = scripted_epoch(None);
-    let TxKind::Epoch(close) = &epoch.tx.kind else {
-        unreachable!()
-    };
+    let (epochs, accounts) = scripted_epochs(None);
+    let closes: Vec<_> = epochs
+        .iter()
+        .map(|e| match &e.tx.kind {
+            TxKind::Epoch(close) => close.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
     // The run earned something to compare: delivery on host 0, capacity only for it.
-    assert!(!close.delivery.is_empty(), "{close:?}");
-    assert_eq!(
-        close.capacity.len(),
-        1,
-        "the lost host earns no capacity: {close:?}"
-    );
-    for restart_at in [20_000, 45_000] {
-        let (restarted, restarted_accounts) = scripted_epoch(Some(restart_at));
-        assert_eq!(restarted, epoch, "restart at {restart_at} ms");
+    assert!(!closes[0].delivery.is_empty(), "{:?}", closes[0]);
+    for close in &closes {
+        assert_eq!(
+            close.capacity.len(),
+            1,
+            "the quiet host earns no capacity: {close:?}"
+        );
+    }
+    // Mid-delivery, after the loss, and just before the second epoch closes (where the
+    // quiet host's fresh heartbeat window after a restart would still hold).
+    for restart_at in [20_000, 45_000, 119_000] {
+        let (restarted, restarted_accounts) = scripted_epochs(Some(restart_at));
+        assert_eq!(restarted, epochs, "restart at {restart_at} ms");
         assert_eq!(restarted_accounts, accounts, "restart at {restart_at} ms");
     }
+}
+
+#[test]
+fn reconciliation_repairs_a_store_where_registry_and_ledger_disagree() {
+    let mut w = World::new();
+    let mut ids = Vec::new();
+    let submit = Op::Submit {
+        count: 1,
+        seconds: 60,
+    };
+    // Lease 0 runs and finishes (escrow closed); lease 1 is funded (escrow open).
+    step(&mut w, &mut ids, submit.clone());
+    step(&mut w, &mut ids, Op::Fund(0));
+    step(&mut w, &mut ids, Op::Start(0));
+    w.now += 5_000;
+    step(&mut w, &mut ids, Op::Finish(0));
+    step(&mut w, &mut ids, submit);
+    step(&mut w, &mut ids, Op::Fund(1));
+    let (done, funded) = (ids[0], ids[1]);
+    assert_eq!(
+        w.core().lease_view(done).unwrap().state,
+        LeaseState::Completed
+    );
+    let buyer = w.buyer.address();
+    let balance = w.core().ledger().balance(&buyer);
+    let held = w.core().ledger().escrow(funded).unwrap().held();
+
+    // A store as an older version could leave it: the finished lease still `running`,
+    // the funded one `cancelled` with its escrow open.
+    let mut running = w.core().registry().lease(done).unwrap().clone();
+    running.state = LeaseState::Running;
+    running.ended_ms = None;
+    let mut cancelled = w.core().registry().lease(funded).unwrap().clone();
+    cancelled.state = LeaseState::Cancelled;
+    cancelled.ended_ms = Some(w.now);
+    let batch = Batch {
+        leases: vec![running, cancelled],
+        ..Batch::default()
+    };
+    w.store.as_ref().unwrap().write(batch).unwrap();
+    w.restart();
+
+    let found = w.apply(|c, now, b| Ok(c.reconcile(now, b))).unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("escrow is closed; ended it as failed"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("escrow was open; closed and refunded"),
+        "{found:?}"
+    );
+    let core = w.core();
+    assert_eq!(core.lease_view(done).unwrap().state, LeaseState::Failed);
+    assert!(core.ledger().escrow(funded).unwrap().closed);
+    assert_eq!(
+        core.ledger().balance(&buyer),
+        Amount(balance.0 + held.0),
+        "the open escrow is refunded to the base unit"
+    );
+    assert!(core.ledger().supply_conserved());
+    // Repaired for good: nothing more to find, and the repair survives a restart.
+    w.restart();
+    let found = w.apply(|c, now, b| Ok(c.reconcile(now, b))).unwrap();
+    assert!(found.is_empty(), "{found:?}");
 }

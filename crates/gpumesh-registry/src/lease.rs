@@ -139,6 +139,7 @@ impl Registry {
         }
         lease.state = LeaseState::Starting;
         lease.funded = true;
+        crate::unfund(&mut self.unfunded, lease.buyer);
         self.dirty.push(Dirty::Lease(id));
         // Funded: the GPUs stay reserved until the lease ends, not until the match's TTL.
         if let Some(&reservation) = self.reservations.get(&id) {

@@ -55,6 +55,14 @@ pub struct Params {
     /// report the end; past it the protocol ends the lease and closes its escrow.
     #[serde(default = "default_end_grace_ms")]
     pub end_grace_ms: u64,
+    /// Matches one buyer may hold unfunded at once: each holds GPUs for the match's
+    /// time-to-live without paying, so one buyer must not be able to hold them all.
+    #[serde(default = "default_max_unfunded_matches")]
+    pub max_unfunded_matches: u32,
+}
+
+fn default_max_unfunded_matches() -> u32 {
+    Params::network().max_unfunded_matches
 }
 
 fn default_start_timeout_ms() -> u64 {
@@ -86,6 +94,7 @@ impl Params {
             checked: false,
             start_timeout_ms: 15 * 60_000,
             end_grace_ms: 2 * 60_000,
+            max_unfunded_matches: 16,
         }
     }
 
@@ -278,6 +287,16 @@ impl RegistryError {
     }
 }
 
+/// One fewer unfunded match for `buyer`.
+fn unfund(unfunded: &mut HashMap<Address, u32>, buyer: Address) {
+    if let std::collections::hash_map::Entry::Occupied(mut held) = unfunded.entry(buyer) {
+        *held.get_mut() -= 1;
+        if *held.get() == 0 {
+            held.remove();
+        }
+    }
+}
+
 fn unfit(host: &Address, e: gpumesh_matcher::MatcherError) -> RegistryError {
     RegistryError::invalid(
         ErrorCode::InvalidRequest,
@@ -299,6 +318,8 @@ pub struct Registry {
     /// Funded live leases by the time they must have moved on (`LeaseRecord::deadline_ms`),
     /// so that the tick finds overdue ones without scanning every lease.
     deadlines: BTreeSet<(u64, LeaseId)>,
+    /// Each buyer's matched, unfunded leases.
+    unfunded: HashMap<Address, u32>,
     /// Measuring points added (network coordinates are soft state, not stored).
     anchors: usize,
     next_lease: u64,
@@ -316,6 +337,7 @@ impl Registry {
             reservations: HashMap::new(),
             reserved_for: HashMap::new(),
             deadlines: BTreeSet::new(),
+            unfunded: HashMap::new(),
             anchors: 0,
             next_lease: 1,
             dirty: Vec::new(),
@@ -368,6 +390,9 @@ impl Registry {
                 registry.reservations.insert(lease.id, reservation);
                 registry.reserved_for.insert(reservation, lease.id);
             }
+            if lease.state == LeaseState::Matched {
+                *registry.unfunded.entry(lease.buyer).or_default() += 1;
+            }
             registry.next_lease = registry.next_lease.max(lease.id.0 + 1);
             registry.leases.insert(lease.id, lease);
         }
@@ -404,8 +429,23 @@ impl Registry {
         self.leases.get(&id)
     }
 
+    /// Leases that hold GPUs: matched, starting or running.
+    pub fn live_leases(&self) -> impl Iterator<Item = &LeaseRecord> {
+        self.reservations
+            .keys()
+            .filter_map(|id| self.leases.get(id))
+    }
+
     pub fn leases(&self) -> impl Iterator<Item = &LeaseRecord> {
         self.leases.values()
+    }
+
+    /// Hosts that are offline now.
+    pub fn offline_hosts(&self) -> impl Iterator<Item = Address> + '_ {
+        self.hosts
+            .iter()
+            .filter(|h| !h.online)
+            .map(|h| h.record.address)
     }
 
     pub fn host_count(&self) -> usize {
@@ -1119,6 +1159,9 @@ impl Registry {
             return;
         };
         debug_assert!(!lease.state.is_terminal());
+        if lease.state == LeaseState::Matched {
+            unfund(&mut self.unfunded, lease.buyer);
+        }
         lease.state = state;
         lease.exit_code = exit_code;
         lease.failure = failure;
@@ -1142,6 +1185,15 @@ impl Registry {
         now_ms: u64,
     ) -> Result<&LeaseRecord, RegistryError> {
         validate::job(&job, &self.params)?;
+        let held = self.unfunded.get(&buyer).copied().unwrap_or(0);
+        if held >= self.params.max_unfunded_matches {
+            return Err(RegistryError::invalid(
+                ErrorCode::RateLimited,
+                format!(
+                    "{buyer} holds {held} matches it has not funded, the most allowed; fund or cancel them first"
+                ),
+            ));
+        }
         let request = Request {
             gpu: job.gpu,
             count: job.gpu_count,
@@ -1205,6 +1257,7 @@ impl Registry {
             deadline_ms: 0,
         };
         self.dirty.push(Dirty::Lease(id));
+        *self.unfunded.entry(buyer).or_default() += 1;
         self.reservations.insert(id, booking.reservation);
         self.reserved_for.insert(booking.reservation, id);
         Ok(self.leases.entry(id).or_insert(lease))

@@ -66,6 +66,18 @@ pub(crate) fn images(images: &[String]) -> Result<(), RegistryError> {
     images.iter().try_for_each(|i| image_name(i))
 }
 
+fn assigned(country: gpumesh_types::Country) -> Result<(), RegistryError> {
+    if country.is_assigned() {
+        return Ok(());
+    }
+    Err(invalid(
+        ErrorCode::InvalidLocation,
+        format!(
+            "country \"{country}\" is not an assigned ISO 3166-1 alpha-2 code such as DE or IN"
+        ),
+    ))
+}
+
 /// Checks a registration and expands its offers into one record per GPU.
 pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>, RegistryError> {
     let name = request.name.trim();
@@ -80,6 +92,7 @@ pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>
         .point
         .validate()
         .map_err(|e| invalid(ErrorCode::InvalidLocation, e.to_string()))?;
+    assigned(request.location.country)?;
     price("price per GPU-hour", request.price_per_gpu_hour)?;
     images(&request.images)?;
     if let Some(url) = &request.challenge_url {
@@ -186,6 +199,10 @@ pub(crate) fn job(job: &JobRequest, params: &Params) -> Result<(), RegistryError
             "at most 256 countries may be listed",
         ));
     }
+    job.countries
+        .iter()
+        .chain(&job.exclude_countries)
+        .try_for_each(|&c| assigned(c))?;
     let bytes: usize = job.command.iter().map(String::len).sum();
     if job.command.len() > MAX_ARGS
         || bytes > MAX_COMMAND_BYTES

@@ -742,6 +742,20 @@ fn made_up_country_codes_are_refused_and_real_ones_still_register() {
     let assigned = r.host_count();
     assert_eq!(assigned, 249, "ISO 3166-1 assigns 249 codes");
     assert_eq!(refused, 3 * (676 - assigned));
+    // A request decodes any two letters (so that old stores still open), and the
+    // registry refuses the unassigned ones: as a host's country, and in a job's filters.
+    let mut made_up = host_request("qq", 10.0, 10.0, GpuModel::A10, 1, "1");
+    made_up.location = serde_json::from_str(r#"{"lat":10.0,"lon":10.0,"country":"QQ"}"#).unwrap();
+    let err = r.register_host(addr(2), made_up, 0).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidLocation, "{err}");
+    assert!(
+        err.to_string().contains("\"QQ\" is not an assigned"),
+        "{err}"
+    );
+    let mut filtered = job(GpuModel::H100, 1, "3");
+    filtered.exclude_countries = vec![serde_json::from_str(r#""ZZ""#).unwrap()];
+    let err = r.submit_job(addr(9), filtered, 0).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidLocation, "{err}");
     r.register_host(
         addr(1),
         host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 8, "2.5"),
@@ -749,5 +763,47 @@ fn made_up_country_codes_are_refused_and_real_ones_still_register() {
     )
     .unwrap();
     r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap();
+}
+
+#[test]
+fn one_buyer_cannot_hold_every_gpu_with_unfunded_matches() {
+    let mut r = Registry::new(Params {
+        max_unfunded_matches: 3,
+        ..test_params()
+    });
+    r.register_host(
+        addr(1),
+        host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 8, "2.5"),
+        0,
+    )
+    .unwrap();
+    let held: Vec<LeaseId> = (0..3)
+        .map(|_| {
+            r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+                .unwrap()
+                .id
+        })
+        .collect();
+    let refused = r
+        .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::RateLimited, "{refused}");
+    // Others still get GPUs; funding, cancelling or expiry frees the buyer's allowance.
+    r.submit_job(addr(10), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap();
+    r.escrow_opened(held[0], 0).unwrap();
+    r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap();
+    r.cancel(&addr(9), held[1], 0).unwrap();
+    r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+        .unwrap();
+    assert!(
+        r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 0)
+            .is_err()
+    );
+    r.heartbeat(addr(1), Heartbeat::default(), 30_001).unwrap();
+    r.tick(30_001);
+    r.submit_job(addr(9), job(GpuModel::H100, 1, "3"), 30_002)
         .unwrap();
 }

@@ -87,6 +87,15 @@ impl Country {
     }
 }
 
+impl Country {
+    /// Whether ISO 3166-1 assigns this code. Parsing (`str::parse`) takes only assigned
+    /// codes; a decoded record may carry any two letters (a store written before the check
+    /// still opens), so the registry checks requests with this.
+    pub fn is_assigned(&self) -> bool {
+        isocountry::CountryCode::for_alpha2(self.as_str()).is_ok()
+    }
+}
+
 impl FromStr for Country {
     type Err = GeoError;
 
@@ -95,12 +104,13 @@ impl FromStr for Country {
         if bytes.len() != 2 || !bytes.iter().all(u8::is_ascii_alphabetic) {
             return Err(GeoError::Country(s.to_string()));
         }
-        let code = [bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()];
+        let country = Country([bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()]);
         // Only assigned codes: every place the network keeps per country is bounded by
         // the real world's 249, whatever a signer sends.
-        let text = std::str::from_utf8(&code).map_err(|_| GeoError::Country(s.to_string()))?;
-        isocountry::CountryCode::for_alpha2(text).map_err(|_| GeoError::Country(s.to_string()))?;
-        Ok(Country(code))
+        if !country.is_assigned() {
+            return Err(GeoError::Country(s.to_string()));
+        }
+        Ok(country)
     }
 }
 
@@ -119,7 +129,12 @@ impl Serialize for Country {
 impl<'de> Deserialize<'de> for Country {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        match text.as_bytes() {
+            &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Ok(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => Err(serde::de::Error::custom(GeoError::Country(text))),
+        }
     }
 }
 
