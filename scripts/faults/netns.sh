@@ -57,7 +57,7 @@ pids+=($!)
 container_state() {
   curl -sf "$GPUMESH_INDEXER/v1/containers" | python3 -c '
 import json, sys
-for c in json.load(sys.stdin):
+for c in json.load(sys.stdin)["items"]:
     if c["host"].lower() == sys.argv[1].lower():
         print(c["state"]); break
 ' "$host"

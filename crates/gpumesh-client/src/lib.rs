@@ -228,8 +228,38 @@ impl Client {
         self.get("/v1/info").await
     }
 
+    /// Every container, following the listing's pages.
     pub async fn containers(&self) -> Result<Vec<ContainerView>, ClientError> {
-        self.get("/v1/containers").await
+        self.all_pages("/v1/containers?").await
+    }
+
+    /// Follows a paginated listing (`path` ends in `?` or `&`) to its end.
+    async fn all_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: gpumesh_types::Page<T> = match &after {
+                None => {
+                    self.get(&format!("{path}limit={}", gpumesh_types::MAX_PAGE))
+                        .await?
+                }
+                Some(cursor) => {
+                    self.get(&format!(
+                        "{path}limit={}&after={cursor}",
+                        gpumesh_types::MAX_PAGE
+                    ))
+                    .await?
+                }
+            };
+            all.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     pub async fn account(&self, address: Address) -> Result<AccountView, ClientError> {
@@ -286,7 +316,7 @@ impl Client {
     }
 
     pub async fn leases_of_buyer(&self, buyer: Address) -> Result<Vec<LeaseView>, ClientError> {
-        self.get(&format!("/v1/leases?buyer={buyer}")).await
+        self.all_pages(&format!("/v1/leases?buyer={buyer}&")).await
     }
 
     pub async fn register_host(

@@ -14,11 +14,15 @@ use gpumesh_types::{
     CheckReport, LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment,
     ProofOpenRequest,
 };
+use gpumesh_types::{DEFAULT_PAGE, MAX_PAGE, Page};
 use gpumesh_types::{
     ErrorCode, FaucetRequest, Heartbeat, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LogAppend,
     LogEvent, RegisterHost, SignedTx, WorkPoll,
 };
 use serde::Deserialize;
+
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::AppState;
 use crate::auth::Signed;
@@ -30,7 +34,9 @@ const MAX_POLL: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/health", get(live))
+        .route("/v1/health/live", get(live))
+        .route("/v1/health/ready", get(ready))
         .route("/v1/info", get(info))
         .route("/v1/containers", get(containers))
         .route("/v1/hosts", post(register_host))
@@ -68,8 +74,31 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn(time_limit))
+        .layer(axum::middleware::from_fn(crate::telemetry::track))
+        // Each request gets an id (or keeps the caller's `x-request-id`), its span carries
+        // it, and the response returns it, so a log line and a complaint can be matched.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span of one request: method, path (never the body: it may carry a workload's
+/// environment) and request id.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
 }
 
 /// The longest any request may take to answer (a host's work poll: its wait and this).
@@ -115,12 +144,91 @@ fn address(what: &str, text: &str) -> Result<Address, Failure> {
     })
 }
 
+/// Liveness: the process answers. Restarting it is what helps when this fails.
+async fn live() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the indexer takes changes. False (503) after a store failure or a failed
+/// operation, until it is restarted; while it restores its state at start it does not
+/// listen yet, so it cannot be ready then either.
+async fn ready(State(state): State<AppState>) -> Response {
+    let failed = state.failed.load(std::sync::atomic::Ordering::SeqCst);
+    let view = gpumesh_types::Readiness {
+        ready: !failed,
+        reason: failed.then(|| {
+            "the indexer stopped taking changes after a store failure or a failed operation; restart it".to_string()
+        }),
+    };
+    let status = if failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(view)).into_response()
+}
+
+/// `GET /metrics`: the Prometheus text exposition format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let ready = !state.failed.load(std::sync::atomic::Ordering::SeqCst);
+    state.read(|c| crate::telemetry::observe(c, ready));
+    let body = crate::telemetry::handle().map_or_else(String::new, |h| h.render());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn info(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.read(|c| c.info()))
 }
 
-async fn containers(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.read(|c| c.registry().containers()))
+/// `?after=CURSOR&limit=N` of a listing: where to start, and how many (at most
+/// `MAX_PAGE`).
+fn page_query(query: &HashMap<String, String>) -> Result<(Option<u64>, usize), Failure> {
+    let after = query
+        .get("after")
+        .map(|a| {
+            a.parse::<u64>().map_err(|_| {
+                Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!("after={a:?} is not a cursor from this listing's `next`"),
+                )
+            })
+        })
+        .transpose()?;
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| (1..=MAX_PAGE).contains(&n))
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!("limit={l:?} must be 1 to {MAX_PAGE}"),
+                )
+            })?,
+    };
+    Ok((after, limit))
+}
+
+async fn containers(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let (after, limit) = page_query(&query)?;
+    let from = after.unwrap_or(0) as usize;
+    let (items, next) = state.read(|c| c.registry().containers_page(from, limit));
+    Ok(Json(Page {
+        items,
+        next: next.map(|n| n.to_string()),
+    })
+    .into_response())
 }
 
 async fn register_host(
@@ -141,6 +249,7 @@ async fn heartbeat(
     state
         .mutate(move |c, now, _| c.heartbeat(req.signer, req.body, now))
         .await?;
+    crate::telemetry::heartbeat();
     Ok(Json(serde_json::json!({})).into_response())
 }
 
@@ -171,7 +280,12 @@ async fn submit_job(
 ) -> Result<Response, Failure> {
     state.limits.check(Limited::Job, req.signer)?;
     let lease = state
-        .mutate(move |c, now, _| c.submit_job(req.signer, req.body, now))
+        .mutate(move |c, now, _| {
+            let began = std::time::Instant::now();
+            let lease = c.submit_job(req.signer, req.body, now);
+            crate::telemetry::matched(began.elapsed(), lease.is_ok());
+            lease
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(lease)).into_response())
 }
@@ -184,11 +298,11 @@ struct LeaseFilter {
 
 async fn leases(
     State(state): State<AppState>,
-    Query(filter): Query<HashMap<String, String>>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     let filter: LeaseFilter = LeaseFilter {
-        buyer: filter.get("buyer").cloned(),
-        host: filter.get("host").cloned(),
+        buyer: query.get("buyer").cloned(),
+        host: query.get("host").cloned(),
     };
     let buyer = filter
         .buyer
@@ -200,7 +314,13 @@ async fn leases(
         .as_deref()
         .map(|h| address("host", h))
         .transpose()?;
-    Ok(Json(state.read(|c| c.leases_of(buyer, host))).into_response())
+    let (after, limit) = page_query(&query)?;
+    let (items, next) = state.read(|c| c.leases_page(buyer, host, after.map(LeaseId), limit));
+    Ok(Json(Page {
+        items,
+        next: next.map(|id| id.0.to_string()),
+    })
+    .into_response())
 }
 
 async fn lease(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Failure> {

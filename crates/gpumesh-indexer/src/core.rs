@@ -260,12 +260,29 @@ impl Core {
         })
     }
 
-    pub fn leases_of(&self, buyer: Option<Address>, host: Option<Address>) -> Vec<LeaseView> {
-        self.registry
-            .leases()
-            .filter(|l| buyer.is_none_or(|b| l.buyer == b) && host.is_none_or(|h| l.host == h))
+    /// Leases in id order after `after`, of this buyer and host when given: up to `limit`,
+    /// and the id to continue after.
+    pub fn leases_page(
+        &self,
+        buyer: Option<Address>,
+        host: Option<Address>,
+        after: Option<LeaseId>,
+        limit: usize,
+    ) -> (Vec<LeaseView>, Option<LeaseId>) {
+        let mut matching = self
+            .registry
+            .leases_after(after)
+            .filter(|l| buyer.is_none_or(|b| l.buyer == b) && host.is_none_or(|h| l.host == h));
+        let items: Vec<LeaseView> = matching
+            .by_ref()
+            .take(limit)
             .filter_map(|l| self.lease_view(l.id).ok())
-            .collect()
+            .collect();
+        let next = match (items.last(), matching.next()) {
+            (Some(last), Some(_)) => Some(last.id),
+            _ => None,
+        };
+        (items, next)
     }
 
     pub fn account(&self, address: Address) -> AccountView {

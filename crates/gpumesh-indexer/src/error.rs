@@ -71,7 +71,11 @@ impl IntoResponse for Failure {
             code: self.code,
             message: self.message,
         };
-        (status_of(body.code), axum::Json(body)).into_response()
+        let code = body.code;
+        let mut response = (status_of(code), axum::Json(body)).into_response();
+        // For the request metrics, which count refusals by code.
+        response.extensions_mut().insert(code);
+        response
     }
 }
 

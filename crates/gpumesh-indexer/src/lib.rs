@@ -13,6 +13,7 @@ mod auth;
 pub mod core;
 mod error;
 mod limits;
+pub mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -214,7 +215,9 @@ impl AppState {
                 "the indexer stopped taking changes after a store failure or a failed operation; restart it",
             ));
         }
+        let asked = std::time::Instant::now();
         let mut core = self.core();
+        let locked = std::time::Instant::now();
         let now = now_ms();
         let mut batch = Batch::default();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -242,7 +245,10 @@ impl AppState {
             }
         };
         if !batch.is_empty() {
-            if let Err(e) = self.store.write(batch) {
+            let writing = std::time::Instant::now();
+            let written = self.store.write(batch);
+            telemetry::store_commit(writing.elapsed(), written.is_ok());
+            if let Err(e) = written {
                 self.failed.store(true, Ordering::SeqCst);
                 // What failed to write must not be shown either: back to what is durable,
                 // if the store can still be read.
@@ -250,8 +256,12 @@ impl AppState {
                 return Err(Failure::internal(format!("failed to write the store: {e}")));
             }
             drop(core);
+            telemetry::lock_times(locked - asked, locked.elapsed());
             self.changed.send_modify(|v| *v += 1);
+            return result;
         }
+        drop(core);
+        telemetry::lock_times(locked - asked, locked.elapsed());
         result
     }
 }
@@ -359,6 +369,8 @@ impl Indexer {
         let core = Core::restore(snapshot, protocol, faucet, now)
             .map_err(|e| anyhow::anyhow!(e))
             .context("failed to rebuild the state from the store")?;
+        // The metrics recorder, before the first request.
+        telemetry::handle();
         let state = AppState(Arc::new(Shared {
             core: Mutex::new(core),
             store,

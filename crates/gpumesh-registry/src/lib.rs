@@ -436,6 +436,14 @@ impl Registry {
             .filter_map(|id| self.leases.get(id))
     }
 
+    /// Leases in id order, after `after` when given.
+    pub fn leases_after(&self, after: Option<LeaseId>) -> impl Iterator<Item = &LeaseRecord> {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.leases
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, l)| l)
+    }
+
     pub fn leases(&self) -> impl Iterator<Item = &LeaseRecord> {
         self.leases.values()
     }
@@ -746,16 +754,37 @@ impl Registry {
 
     /// Every container, for listings.
     pub fn containers(&self) -> Vec<ContainerView> {
-        let mut busy: HashMap<(Address, u16), ()> = HashMap::new();
-        for lease in self.leases.values().filter(|l| l.state.holds_capacity()) {
-            for &i in &lease.gpu_indices {
-                busy.insert((lease.host, i), ());
-            }
-        }
-        let mut out = Vec::with_capacity(self.container_count());
+        self.containers_page(0, usize::MAX).0
+    }
+
+    /// Up to `limit` containers from the `from`-th on (hosts in registration order, then
+    /// GPUs in order; hosts are only ever added, so positions are stable), and where the
+    /// next page starts.
+    pub fn containers_page(
+        &self,
+        from: usize,
+        limit: usize,
+    ) -> (Vec<ContainerView>, Option<usize>) {
+        let busy: std::collections::HashSet<(Address, u16)> = self
+            .live_leases()
+            .flat_map(|l| l.gpu_indices.iter().map(move |&i| (l.host, i)))
+            .collect();
+        let mut out = Vec::with_capacity(limit.min(self.container_count()));
+        let mut position = 0usize;
         for host in &self.hosts {
             let r = &host.record;
+            if position + r.gpus.len() <= from {
+                position += r.gpus.len();
+                continue;
+            }
             for (i, gpu) in r.gpus.iter().enumerate() {
+                position += 1;
+                if position <= from {
+                    continue;
+                }
+                if out.len() == limit {
+                    return (out, Some(position - 1));
+                }
                 let state = if let Some(Capacity::Rejected { .. }) = r.capacity.get(i) {
                     ContainerState::Rejected
                 } else if !Capacity::is_passed(r.capacity.get(i)) {
@@ -764,7 +793,7 @@ impl Registry {
                     ContainerState::Offline
                 } else if !host.staked[i] {
                     ContainerState::AwaitingStake
-                } else if busy.contains_key(&(r.address, i as u16)) {
+                } else if busy.contains(&(r.address, i as u16)) {
                     ContainerState::Busy
                 } else {
                     ContainerState::Standby
@@ -787,7 +816,7 @@ impl Registry {
                 });
             }
         }
-        out
+        (out, None)
     }
 
     /// A round trip measured between a host and a peer: the network coordinates move.

@@ -335,6 +335,26 @@ impl LeaseState {
     }
 }
 
+/// One page of a listing, and where the next one starts (`?after=NEXT`); `None` at the
+/// end. Cursors are opaque to clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// The most items a listing returns at once, and how many it returns when not told.
+pub const MAX_PAGE: usize = 1_000;
+pub const DEFAULT_PAGE: usize = 100;
+
+/// `GET /v1/health/ready`: whether the indexer takes changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// A lease as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LeaseView {

@@ -12,8 +12,18 @@ pub struct Cli {
     /// Log more (or set GPUMESH_LOG, for example GPUMESH_LOG=debug).
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// How log lines are written to standard error: text for people, json (one object per
+    /// line, with the request's span and id) for log shippers.
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
