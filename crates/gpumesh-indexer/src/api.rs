@@ -8,13 +8,17 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
+use gpumesh_types::{
+    AccountView, AnchorAdded, AnchorRequest, ApiError, AssignmentView, BlockHeader,
+    CheckerTasksView, CheckerView, ContainerView, DEFAULT_PAGE, HostRegistered, HostWork,
+    LeaseView, LedgerEntry, MAX_PAGE, NetworkInfo, Observation, Opening, Page, Readiness,
+    ReportAccepted, RewardProof, TreasuryView, TxAccepted,
+};
 use gpumesh_types::{
     CheckReport, LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment,
     ProofOpenRequest,
 };
-use gpumesh_types::{DEFAULT_PAGE, MAX_PAGE, Page};
 use gpumesh_types::{
     ErrorCode, FaucetRequest, Heartbeat, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LogAppend,
     LogEvent, RegisterHost, SignedTx, WorkPoll,
@@ -24,49 +28,73 @@ use serde::Deserialize;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
 use crate::AppState;
 use crate::auth::Signed;
 use crate::error::Failure;
 use crate::limits::Limited;
+use crate::openapi::SignatureHeaders;
 
 /// The longest a host's work poll is held open.
 const MAX_POLL: Duration = Duration::from_secs(30);
 
+/// Every route of the API, each with its OpenAPI description: registered here and only
+/// here, so the document (`/openapi.json`) lists exactly what the router serves.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(live))
+        .routes(routes!(live_alias))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(info))
+        .routes(routes!(containers))
+        .routes(routes!(register_host))
+        .routes(routes!(heartbeat))
+        .routes(routes!(work))
+        .routes(routes!(submit_job))
+        .routes(routes!(leases))
+        .routes(routes!(lease))
+        .routes(routes!(cancel))
+        .routes(routes!(started))
+        .routes(routes!(append_logs, logs))
+        .routes(routes!(finish))
+        .routes(routes!(submit_tx))
+        .routes(routes!(head))
+        .routes(routes!(blocks))
+        .routes(routes!(ledger_tx))
+        .routes(routes!(treasury))
+        .routes(routes!(reward_proof))
+        .routes(routes!(account))
+        .routes(routes!(history))
+        .routes(routes!(faucet))
+        .routes(routes!(observe))
+        .routes(routes!(add_anchor))
+        .routes(routes!(checkers))
+        .routes(routes!(checker_tasks))
+        .routes(routes!(report))
+        .routes(routes!(assignment))
+        .routes(routes!(decoy_liveness))
+        .routes(routes!(decoy_commit))
+        .routes(routes!(decoy_open))
+}
+
+/// The API's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().split_for_parts().1
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(live))
-        .route("/v1/health/live", get(live))
-        .route("/v1/health/ready", get(ready))
-        .route("/v1/info", get(info))
-        .route("/v1/containers", get(containers))
-        .route("/v1/hosts", post(register_host))
-        .route("/v1/hosts/heartbeat", post(heartbeat))
-        .route("/v1/hosts/work", post(work))
-        .route("/v1/jobs", post(submit_job))
-        .route("/v1/leases", get(leases))
-        .route("/v1/leases/{id}", get(lease))
-        .route("/v1/leases/{id}/cancel", post(cancel))
-        .route("/v1/leases/{id}/started", post(started))
-        .route("/v1/leases/{id}/logs", post(append_logs).get(logs))
-        .route("/v1/leases/{id}/finish", post(finish))
-        .route("/v1/ledger/txs", post(submit_tx))
-        .route("/v1/ledger/head", get(head))
-        .route("/v1/ledger/blocks", get(blocks))
-        .route("/v1/ledger/txs/{seq}", get(ledger_tx))
-        .route("/v1/ledger/treasury", get(treasury))
-        .route("/v1/ledger/proof/{address}", get(reward_proof))
-        .route("/v1/accounts/{address}", get(account))
-        .route("/v1/accounts/{address}/history", get(history))
-        .route("/v1/faucet", post(faucet))
-        .route("/v1/observations", post(observe))
-        .route("/v1/anchors", post(add_anchor))
-        .route("/v1/checkers", get(checkers))
-        .route("/v1/checking/tasks", get(checker_tasks))
-        .route("/v1/checking/reports", post(report))
-        .route("/v1/checking/assignment", get(assignment))
-        .route("/v1/decoy/{token}/liveness", post(decoy_liveness))
-        .route("/v1/decoy/{token}/proof/commit", post(decoy_commit))
-        .route("/v1/decoy/{token}/proof/open", post(decoy_open))
+    let (api, document) = documented().split_for_parts();
+    // The reference page: Swagger UI, its files served from the binary (no CDN), which
+    // also serves the document at /openapi.json.
+    let reference = SwaggerUi::new("/api")
+        .url("/openapi.json", document)
+        .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).validator_url("none"));
+    api.merge(reference)
         .fallback(|| async { Failure::new(ErrorCode::NotFound, "no such API route") })
         .method_not_allowed_fallback(|| async {
             Failure::new(
@@ -74,7 +102,6 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn(time_limit))
         .layer(axum::middleware::from_fn(crate::telemetry::track))
         // Each request gets an id (or keeps the caller's `x-request-id`), its span carries
@@ -144,11 +171,19 @@ fn address(what: &str, text: &str) -> Result<Address, Failure> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "health", summary = "Liveness", responses((status = 200, description = "the process answers", body = String)))]
 /// Liveness: the process answers. Restarting it is what helps when this fails.
 async fn live() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(get, path = "/v1/health/live", tag = "health", summary = "Liveness", responses((status = 200, description = "the process answers", body = String)))]
+/// Liveness: the process answers. Restarting it is what helps when this fails.
+async fn live_alias() -> &'static str {
+    live().await
+}
+
+#[utoipa::path(get, path = "/v1/health/ready", tag = "health", summary = "Readiness: whether the indexer takes changes", responses((status = 200, body = Readiness), (status = 503, description = "not taking changes", body = Readiness)))]
 /// Readiness: the indexer takes changes. False (503) after a store failure or a failed
 /// operation, until it is restarted; while it restores its state at start it does not
 /// listen yet, so it cannot be ready then either.
@@ -168,6 +203,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(view)).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", summary = "Prometheus metrics", responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 /// `GET /metrics`: the Prometheus text exposition format.
 async fn metrics(State(state): State<AppState>) -> Response {
     let ready = !state.failed.load(std::sync::atomic::Ordering::SeqCst);
@@ -183,6 +219,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/info", tag = "network", summary = "The network's parameters and size", responses((status = 200, body = NetworkInfo)))]
 async fn info(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.read(|c| c.info()))
 }
@@ -217,6 +254,7 @@ fn page_query(query: &HashMap<String, String>) -> Result<(Option<u64>, usize), F
     Ok((after, limit))
 }
 
+#[utoipa::path(get, path = "/v1/containers", tag = "network", summary = "Containers (GPUs), a page at a time", params(("after" = Option<String>, Query, description = "the previous page's `next`"), ("limit" = Option<u32>, Query, description = "items per page, 1 to 1000 (default 100)")), responses((status = 200, body = Page<ContainerView>), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn containers(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -231,6 +269,7 @@ async fn containers(
     .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/hosts", tag = "hosts", summary = "Register (or update) a host", request_body = RegisterHost, params(SignatureHeaders), responses((status = 201, body = HostRegistered), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn register_host(
     State(state): State<AppState>,
     req: Signed<RegisterHost>,
@@ -242,6 +281,7 @@ async fn register_host(
     Ok((StatusCode::CREATED, Json(registered)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", summary = "A host's heartbeat", request_body = Heartbeat, params(SignatureHeaders), responses((status = 200, description = "recorded", body = Object), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn heartbeat(
     State(state): State<AppState>,
     req: Signed<Heartbeat>,
@@ -253,6 +293,7 @@ async fn heartbeat(
     Ok(Json(serde_json::json!({})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/hosts/work", tag = "hosts", summary = "Long poll: leases to start and to stop", request_body = WorkPoll, params(SignatureHeaders), responses((status = 200, body = HostWork), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn work(State(state): State<AppState>, req: Signed<WorkPoll>) -> Result<Response, Failure> {
     let wait = Duration::from_millis(req.body.wait_ms).min(MAX_POLL);
     let deadline = tokio::time::Instant::now() + wait;
@@ -274,6 +315,7 @@ async fn work(State(state): State<AppState>, req: Signed<WorkPoll>) -> Result<Re
     }
 }
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "leases", summary = "Match a job and reserve its GPUs", request_body = JobRequest, params(SignatureHeaders), responses((status = 201, description = "matched: the lease waits for its escrow", body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn submit_job(
     State(state): State<AppState>,
     req: Signed<JobRequest>,
@@ -296,6 +338,7 @@ struct LeaseFilter {
     host: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/leases", tag = "leases", summary = "Leases, a page at a time", params(("buyer" = Option<String>, Query, description = "only this buyer's"), ("host" = Option<String>, Query, description = "only this host's"), ("after" = Option<String>, Query, description = "the previous page's `next`"), ("limit" = Option<u32>, Query, description = "items per page, 1 to 1000 (default 100)")), responses((status = 200, body = Page<LeaseView>), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn leases(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -323,11 +366,13 @@ async fn leases(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/leases/{id}", tag = "leases", summary = "One lease", params(("id" = u64, Path, description = "the lease id")), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn lease(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
     Ok(Json(state.read(|c| c.lease_view(id))?).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/leases/{id}/cancel", tag = "leases", summary = "Cancel a lease (its buyer)", request_body = Object, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -340,6 +385,7 @@ async fn cancel(
     Ok(Json(lease).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/leases/{id}/started", tag = "leases", summary = "The host started the workload", request_body = LeaseStarted, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn started(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -352,6 +398,7 @@ async fn started(
     Ok(Json(lease).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/leases/{id}/logs", tag = "leases", summary = "The host appends the workload's output", request_body = LogAppend, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, description = "the next sequence number", body = Object), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn append_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -364,6 +411,7 @@ async fn append_logs(
     Ok(Json(serde_json::json!({ "next_seq": next })).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/leases/{id}/finish", tag = "leases", summary = "The host reports the end with the final usage", request_body = LeaseFinish, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn finish(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -376,6 +424,7 @@ async fn finish(
     Ok(Json(lease).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/leases/{id}/logs", tag = "leases", summary = "A lease's output (its buyer or host)", params(("id" = u64, Path, description = "the lease id"), ("from" = Option<u64>, Query, description = "first sequence number"), ("follow" = Option<bool>, Query, description = "keep streaming until the lease ends"), SignatureHeaders), responses((status = 200, description = "newline-delimited JSON log events", body = LogEvent, content_type = "application/x-ndjson"), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 /// `GET /v1/leases/{id}/logs?from=N&follow=true`, signed by the lease's buyer or host:
 /// newline-delimited [`LogEvent`]s; with `follow`, the stream stays open until the lease
 /// ends and closes with an `end` event.
@@ -451,6 +500,7 @@ async fn logs(
         .map_err(|e| Failure::internal(e.to_string()))
 }
 
+#[utoipa::path(post, path = "/v1/ledger/txs", tag = "ledger", summary = "Submit a signed ledger transaction", request_body = SignedTx, params(SignatureHeaders), responses((status = 200, body = TxAccepted), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn submit_tx(
     State(state): State<AppState>,
     req: Signed<SignedTx>,
@@ -461,6 +511,7 @@ async fn submit_tx(
     Ok(Json(accepted).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/ledger/head", tag = "ledger", summary = "The latest block", responses((status = 200, body = BlockHeader), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn head(State(state): State<AppState>) -> Result<Response, Failure> {
     Ok(Json(state.read(|c| c.ledger().head().clone())).into_response())
 }
@@ -495,6 +546,7 @@ fn query_number(query: &HashMap<String, String>, name: &str) -> Result<Option<u6
         .transpose()
 }
 
+#[utoipa::path(get, path = "/v1/ledger/blocks", tag = "ledger", summary = "Block headers", params(("from" = Option<u64>, Query, description = "first height"), ("limit" = Option<u32>, Query, description = "how many")), responses((status = 200, body = Vec<BlockHeader>), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 /// Block headers, newest first: `?below=HEIGHT&limit=N` (at most 1000).
 async fn blocks(
     State(state): State<AppState>,
@@ -509,6 +561,7 @@ async fn blocks(
     Ok(Json(headers).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/ledger/txs/{seq}", tag = "ledger", summary = "One transaction", params(("seq" = u64, Path, description = "the transaction's sequence number")), responses((status = 200, description = "the transaction and its hash", body = Object), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn ledger_tx(
     State(state): State<AppState>,
     Path(text): Path<String>,
@@ -526,6 +579,7 @@ async fn ledger_tx(
     Ok(Json(serde_json::json!({ "hash": hash, "entry": entry })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/ledger/treasury", tag = "ledger", summary = "The treasury and the reward pool", responses((status = 200, body = TreasuryView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn treasury(State(state): State<AppState>) -> Result<Response, Failure> {
     let view = state.read(|c| {
         let l = c.ledger();
@@ -547,6 +601,7 @@ async fn treasury(State(state): State<AppState>) -> Result<Response, Failure> {
     Ok(Json(view).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/ledger/proof/{address}", tag = "ledger", summary = "An account's cumulative reward with its Merkle proof", params(("address" = String, Path, description = "a 0x address"), ("epoch" = Option<u64>, Query, description = "the epoch")), responses((status = 200, body = RewardProof), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 /// `?epoch=E`: the account's cumulative reward after epoch E and its proof.
 async fn reward_proof(
     State(state): State<AppState>,
@@ -569,6 +624,7 @@ async fn reward_proof(
     Ok(Json(proof).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{address}/history", tag = "accounts", summary = "An account's transactions", params(("address" = String, Path, description = "a 0x address"), ("limit" = Option<u32>, Query, description = "how many")), responses((status = 200, body = Vec<LedgerEntry>), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 /// `?limit=N` (at most 1000): the account's transactions, newest first.
 async fn history(
     State(state): State<AppState>,
@@ -584,6 +640,7 @@ async fn history(
     Ok(Json(entries).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{address}", tag = "accounts", summary = "An account", params(("address" = String, Path, description = "a 0x address")), responses((status = 200, body = AccountView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn account(
     State(state): State<AppState>,
     Path(text): Path<String>,
@@ -592,6 +649,7 @@ async fn account(
     Ok(Json(state.read(|c| c.account(address))).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/observations", tag = "network", summary = "A measured round trip", request_body = Observation, params(SignatureHeaders), responses((status = 200, description = "recorded", body = Object), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn observe(
     State(state): State<AppState>,
     req: Signed<gpumesh_types::Observation>,
@@ -602,6 +660,7 @@ async fn observe(
     Ok(Json(serde_json::json!({})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/anchors", tag = "network", summary = "Add a measuring point", request_body = AnchorRequest, params(SignatureHeaders), responses((status = 201, body = AnchorAdded), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn add_anchor(
     State(state): State<AppState>,
     req: Signed<gpumesh_types::AnchorRequest>,
@@ -616,6 +675,7 @@ async fn add_anchor(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/faucet", tag = "accounts", summary = "Tokens from a local network's faucet", request_body = FaucetRequest, params(SignatureHeaders), responses((status = 200, body = TxAccepted), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn faucet(
     State(state): State<AppState>,
     req: Signed<FaucetRequest>,
@@ -627,6 +687,7 @@ async fn faucet(
     Ok(Json(accepted).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/checkers", tag = "checking", summary = "The checkers and their standing", responses((status = 200, body = Vec<CheckerView>)))]
 async fn checkers(State(state): State<AppState>) -> impl IntoResponse {
     let now = crate::now_ms();
     Json(state.read(|c| {
@@ -637,6 +698,7 @@ async fn checkers(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
+#[utoipa::path(get, path = "/v1/checking/tasks", tag = "checking", summary = "A checker's tasks this period", params(("checker" = String, Query, description = "the checker's address")), responses((status = 200, body = CheckerTasksView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn checker_tasks(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -652,6 +714,7 @@ async fn checker_tasks(
     Ok(Json(state.read(|c| c.checker_tasks(checker, now))?).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/checking/reports", tag = "checking", summary = "A checker's signed report", request_body = CheckReport, params(SignatureHeaders), responses((status = 200, body = ReportAccepted), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn report(
     State(state): State<AppState>,
     req: Signed<CheckReport>,
@@ -665,6 +728,7 @@ async fn report(
 /// Containers in one page of a period's assignment, at most.
 const ASSIGNMENT_PAGE: u64 = 10_000;
 
+#[utoipa::path(get, path = "/v1/checking/assignment", tag = "checking", summary = "A period's assignment, with what it was drawn from", params(("period" = Option<u64>, Query, description = "the period"), ("from" = Option<u64>, Query, description = "first container"), ("limit" = Option<u32>, Query, description = "how many")), responses((status = 200, body = AssignmentView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 /// Who checks whom: `?period=P&from=I&limit=N`, a page at a time (`next` says where the
 /// following page starts).
 async fn assignment(
@@ -704,6 +768,7 @@ fn decoy(state: &AppState, token: &str) -> Result<(), Failure> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/decoy/{token}/liveness", tag = "checking", summary = "A canary task's agent: liveness", request_body = LivenessChallenge, params(("token" = String, Path, description = "the canary task's token")), responses((status = 200, body = LivenessAnswer), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn decoy_liveness(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -716,6 +781,7 @@ async fn decoy_liveness(
     Ok(Json(LivenessAnswer { signature }).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/decoy/{token}/proof/commit", tag = "checking", summary = "A canary task's agent: proof commitment", request_body = ProofCommitRequest, params(("token" = String, Path, description = "the canary task's token")), responses((status = 200, body = ProofCommitment), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn decoy_commit(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -726,6 +792,7 @@ async fn decoy_commit(
     Ok(Json(ProofCommitment { root }).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/decoy/{token}/proof/open", tag = "checking", summary = "A canary task's agent: proof opening", request_body = ProofOpenRequest, params(("token" = String, Path, description = "the canary task's token")), responses((status = 200, body = Opening), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn decoy_open(
     State(state): State<AppState>,
     Path(token): Path<String>,

@@ -13,6 +13,7 @@ mod auth;
 pub mod core;
 mod error;
 mod limits;
+mod openapi;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use gpumesh_store::{Batch, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use api::openapi;
 pub use auth::MAX_BODY_BYTES;
 pub use error::{Failure, status_of};
 pub use limits::RateLimits;

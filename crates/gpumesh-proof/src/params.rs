@@ -24,7 +24,7 @@ pub enum ProofError {
 
 /// The shape of one proof. A is `rows × inner` INT8, B is `inner × inner` INT8, and the
 /// host computes C = A·B, `rows × inner` INT32; the checker opens `spot_rows` rows of C.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProofParams {
     pub rows: u32,
     pub inner: u32,
@@ -97,7 +97,7 @@ impl Default for ProofParams {
 }
 
 /// One challenge: a fresh seed from the checker and the shape to prove.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Challenge {
     pub seed: B256,
     pub params: ProofParams,

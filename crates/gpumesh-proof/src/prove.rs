@@ -33,17 +33,18 @@ pub struct Proved {
 }
 
 /// The rows a host opens in answer to the checker's request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Opening {
     pub rows: Vec<OpenedRow>,
 }
 
 /// One row of C with its Merkle path (siblings bottom-up).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OpenedRow {
     pub index: u32,
     /// On the wire: a hex string of the values' little-endian bytes.
     #[serde(with = "hex_i32")]
+    #[schema(value_type = String)]
     pub values: Vec<i32>,
     pub path: Vec<B256>,
 }

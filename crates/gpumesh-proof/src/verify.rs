@@ -22,7 +22,9 @@ use crate::params::{Challenge, ProofParams};
 use crate::prove::Opening;
 
 /// Why a checker rejected an opening. [`ProofFailure::code`] is stable and short.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProofFailure {
     #[error("row {0} was asked for but not opened")]

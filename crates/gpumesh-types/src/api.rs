@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::{Amount, Country, GeoPoint, GpuClass, GpuModel, Location, SignedTx};
 
 /// A lease's identifier, unique within one indexer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct LeaseId(pub u64);
 
@@ -20,7 +32,7 @@ impl std::fmt::Display for LeaseId {
 }
 
 /// How a host runs workloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeKind {
     /// OCI containers through the Docker Engine API: the default for real hosts.
@@ -39,7 +51,7 @@ impl std::fmt::Display for RuntimeKind {
 }
 
 /// GPUs of one model that a host offers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GpuOffer {
     pub model: GpuModel,
     pub count: u16,
@@ -51,7 +63,7 @@ pub struct GpuOffer {
 }
 
 /// `POST /v1/hosts`: a host registers itself (its signer is its identity) and its GPUs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHost {
     pub name: String,
@@ -67,7 +79,7 @@ pub struct RegisterHost {
     pub challenge_url: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostRegistered {
     pub host: Address,
     pub containers: u32,
@@ -76,7 +88,7 @@ pub struct HostRegistered {
 }
 
 /// `POST /v1/hosts/heartbeat`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// The host's image cache, when it changed.
@@ -85,21 +97,21 @@ pub struct Heartbeat {
 }
 
 /// `POST /v1/hosts/work`: long-poll for leases to start or stop.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkPoll {
     /// How long to wait for work before answering empty, at most 30 s.
     pub wait_ms: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostWork {
     pub start: Vec<Assignment>,
     pub stop: Vec<LeaseId>,
 }
 
 /// A funded lease the host must run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub lease: LeaseId,
     pub buyer: Address,
@@ -113,24 +125,24 @@ pub struct Assignment {
 }
 
 /// `POST /v1/leases/{id}/started`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseStarted {}
 
 /// `POST /v1/leases/{id}/logs`: output the workload printed, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogAppend {
     pub chunks: Vec<LogChunk>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogChunk {
     pub stream: LogStream,
     pub data: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     Stdout,
@@ -140,7 +152,7 @@ pub enum LogStream {
 }
 
 /// One stored piece of a lease's output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub seq: u64,
     pub at_ms: u64,
@@ -149,7 +161,7 @@ pub struct LogEntry {
 }
 
 /// `POST /v1/leases/{id}/finish`: the workload ended; carries the final usage record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseFinish {
     /// The workload's exit status, when it ran.
@@ -221,7 +233,9 @@ impl<'de> Deserialize<'de> for GpuSelector {
 }
 
 /// How the matcher ranks eligible hosts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RankPolicy {
     /// Lowest price per GPU-hour.
@@ -234,7 +248,9 @@ pub enum RankPolicy {
 }
 
 /// Whether the request's image must already be on the host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ImagePolicy {
     #[default]
@@ -247,7 +263,7 @@ pub enum ImagePolicy {
 
 /// `POST /v1/jobs`: a buyer asks for GPUs: an AI job (model or class, memory, count, tier,
 /// countries) or a gaming session (a class, a round-trip bound, the game's image required).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub gpu: GpuSelector,
@@ -308,7 +324,7 @@ impl JobRequest {
 }
 
 /// Where a lease stands (docs/protocol.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LeaseState {
     /// Capacity reserved, waiting for the buyer's escrow until `matched_until_ms`.
@@ -337,7 +353,7 @@ impl LeaseState {
 
 /// One page of a listing, and where the next one starts (`?after=NEXT`); `None` at the
 /// end. Cursors are opaque to clients.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
@@ -348,7 +364,7 @@ pub const MAX_PAGE: usize = 1_000;
 pub const DEFAULT_PAGE: usize = 100;
 
 /// `GET /v1/health/ready`: whether the indexer takes changes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Readiness {
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,7 +372,7 @@ pub struct Readiness {
 }
 
 /// A lease as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaseView {
     pub id: LeaseId,
     pub state: LeaseState,
@@ -388,7 +404,7 @@ pub struct LeaseView {
 }
 
 /// Money of one lease, all in base units; once closed, `host_share + treasury_share + refund == escrow`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SettlementView {
     pub escrow: Amount,
     pub gpu_ms: u64,
@@ -400,7 +416,7 @@ pub struct SettlementView {
 }
 
 /// One line of `GET /v1/leases/{id}/logs?follow=true` (newline-delimited JSON).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum LogEvent {
     Log(LogEntry),
@@ -410,7 +426,7 @@ pub enum LogEvent {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountView {
     pub address: Address,
     pub balance: Amount,
@@ -427,7 +443,7 @@ pub struct AccountView {
 }
 
 /// A container's stake.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StakeView {
     pub index: u16,
     pub bonded: Amount,
@@ -436,14 +452,14 @@ pub struct StakeView {
 }
 
 /// `POST /v1/faucet` (local networks only).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaucetRequest {
     pub amount: Amount,
 }
 
 /// `GET /v1/info`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetworkInfo {
     pub chain_id: u64,
     /// A local network accepts simulated GPUs and has a faucet.
@@ -464,7 +480,7 @@ pub struct NetworkInfo {
 }
 
 /// A container (one GPU on one host) as listed by `GET /v1/containers`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContainerView {
     pub host: Address,
     pub host_name: String,
@@ -487,7 +503,7 @@ fn default_tier() -> u8 {
     2
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerState {
     /// Registered; checkers are evaluating its capacity proof.
@@ -503,7 +519,7 @@ pub enum ContainerState {
 
 /// `POST /v1/observations`: a host reports a round trip it measured, which refines the
 /// network coordinates the matcher estimates latency with. The signer is one end.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Observation {
     pub peer: Peer,
@@ -511,7 +527,7 @@ pub struct Observation {
 }
 
 /// The other end of a measured round trip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Peer {
     Host(Address),
@@ -521,26 +537,26 @@ pub enum Peer {
 
 /// `POST /v1/anchors` (local networks only, until checkers register themselves): a fixed
 /// point that measures round trips, so requests near it get measured estimates.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnchorRequest {
     pub point: GeoPoint,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AnchorAdded {
     pub anchor: u32,
 }
 
 /// Result of `POST /v1/ledger/txs`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TxAccepted {
     pub hash: alloy_primitives::B256,
     pub seq: u64,
 }
 
 /// The body of every error response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     /// Stable, machine-readable; see [`ErrorCode`].
     pub code: ErrorCode,
@@ -549,7 +565,7 @@ pub struct ApiError {
 }
 
 /// Stable error codes. Adding one is fine; renaming one breaks clients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,
@@ -602,7 +618,7 @@ pub enum ErrorCode {
 /// An account's cumulative reward after an epoch, with its Merkle proof in the layout of
 /// OpenZeppelin's `StandardMerkleTree` over `(address, uint256)` leaves: what a cumulative
 /// distributor contract needs to pay out the difference to what it paid before.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RewardProof {
     pub account: Address,
     pub epoch: u64,
@@ -617,7 +633,7 @@ pub struct RewardProof {
 }
 
 /// The treasury, the reward pool and what has been emitted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TreasuryView {
     pub treasury: Address,
     pub treasury_balance: Amount,

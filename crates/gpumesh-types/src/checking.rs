@@ -12,7 +12,18 @@ use crate::GpuModel;
 
 /// One GPU on one host: what checkers check and verdicts are about.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 pub struct ContainerRef {
     pub host: Address,
@@ -26,7 +37,7 @@ impl std::fmt::Display for ContainerRef {
 }
 
 /// How a network checks its containers; part of the genesis.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckingParams {
     /// Checker licences: the accounts that may check.
     pub checkers: Vec<Address>,
@@ -164,7 +175,19 @@ impl CheckingParams {
 }
 
 /// What a task asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// Is the container's agent there, and how far away.
@@ -174,7 +197,7 @@ pub enum TaskKind {
 }
 
 /// One task of a checker in a period.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckTask {
     pub container: ContainerRef,
     pub kind: TaskKind,
@@ -194,7 +217,7 @@ pub struct CheckTask {
 }
 
 /// `GET /v1/checking/tasks?checker=0x…`: a checker's tasks for the current period.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckerTasksView {
     pub checker: Address,
     pub period: u64,
@@ -211,7 +234,19 @@ pub struct CheckerTasksView {
 }
 
 /// Why a liveness probe failed or a proof was refused; stable codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailReason {
     /// The agent did not answer in time, or not at all.
@@ -253,7 +288,7 @@ impl FailReason {
 }
 
 /// What a checker found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CheckOutcome {
     /// Liveness: the agent answered with the host's signature, in `rtt_us`.
@@ -265,7 +300,7 @@ pub enum CheckOutcome {
 }
 
 /// One result in a report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckResult {
     pub container: ContainerRef,
     pub kind: TaskKind,
@@ -274,7 +309,7 @@ pub struct CheckResult {
 }
 
 /// `POST /v1/checking/reports`: a checker's results for one period, signed once.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckReport {
     pub period: u64,
@@ -285,14 +320,14 @@ pub struct CheckReport {
 }
 
 /// What the indexer made of a report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReportAccepted {
     pub period: u64,
     pub accepted: u32,
 }
 
 /// A checker as listed by `GET /v1/checkers`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckerView {
     pub address: Address,
     /// Results that agreed with a decided verdict.
@@ -311,7 +346,7 @@ pub struct CheckerView {
 
 /// `GET /v1/checking/assignment?period=P`: who checks whom, with the seed it was drawn
 /// from, so that anyone can recompute it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssignmentView {
     pub period: u64,
     /// The ledger block whose hash seeds the period, and the seed.
@@ -327,7 +362,7 @@ pub struct AssignmentView {
     pub next: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContainerAssignment {
     pub container: ContainerRef,
     /// The primary checkers, best rank first.
@@ -335,7 +370,7 @@ pub struct ContainerAssignment {
 }
 
 /// The challenge endpoint of a host agent: `POST {endpoint}/liveness`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LivenessChallenge {
     pub checker: Address,
@@ -343,7 +378,7 @@ pub struct LivenessChallenge {
     pub nonce: B256,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LivenessAnswer {
     /// EIP-191 signature by the host over [`liveness_message`].
     pub signature: crate::Sig,
@@ -362,7 +397,7 @@ pub fn liveness_message(chain_id: u64, challenge: &LivenessChallenge) -> Vec<u8>
 /// `POST {endpoint}/proof/commit`: the host multiplies the seeded matrices on GPU
 /// `index` and commits to the product. A proof costs the host its GPU's time, so only a
 /// licensed checker may ask: it signs [`proof_challenge_message`] (EIP-191).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProofCommitRequest {
     pub index: u16,
@@ -394,13 +429,13 @@ pub fn proof_challenge_message(
     m
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProofCommitment {
     pub root: B256,
 }
 
 /// `POST {endpoint}/proof/open`: the rows the checker picked after the commitment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProofOpenRequest {
     pub seed: B256,

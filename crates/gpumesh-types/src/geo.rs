@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const EARTH_RADIUS_KM: f64 = 6371.0;
 
 /// A point given by latitude and longitude in degrees.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GeoPoint {
     pub lat: f64,
     pub lon: f64,
@@ -139,7 +139,7 @@ impl<'de> Deserialize<'de> for Country {
 }
 
 /// Where a host is: a point and the country it is in.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Location {
     #[serde(flatten)]
     pub point: GeoPoint,

@@ -25,3 +25,26 @@ pub use tx::{
 
 /// Milliseconds in one hour, the unit prices are quoted in.
 pub const MS_PER_HOUR: u64 = 3_600_000;
+
+/// OpenAPI schemas of the types with a serde form of their own: strings.
+macro_rules! string_schema {
+    ($($ty:ty => $description:literal;)*) => {$(
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($description))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {}
+    )*};
+}
+
+string_schema! {
+    Amount => "An amount in integer base units (18 decimals) as a decimal string.";
+    Country => "An assigned ISO 3166-1 alpha-2 country code, such as DE.";
+    GpuModel => "A GPU model of the catalog, such as H100.";
+    GpuSelector => "A GPU model (H100) or a class of models.";
+    Sig => "A 65-byte secp256k1 signature (r, s, v) as 0x-prefixed hex.";
+}

@@ -14,7 +14,7 @@ use crate::{Amount, LeaseId};
 const TX_DOMAIN: &[u8] = b"gpumesh-tx-v1";
 
 /// A transaction before its signature.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tx {
     pub chain_id: u64,
     /// The account that signs and whose nonce advances.
@@ -25,7 +25,7 @@ pub struct Tx {
 }
 
 /// What a transaction does.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TxKind {
     /// Moves tokens between accounts.
@@ -68,7 +68,7 @@ pub enum TxKind {
 }
 
 /// What a container was slashed for (docs/protocol.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Offence {
     /// Down while serving a lease: ⅓ × K × coefficient.
@@ -88,7 +88,7 @@ pub type CheckerTasks = (Address, u32, u16);
 
 /// The inputs of an epoch's rewards, carried in the transaction so that a replay
 /// recomputes every payout; `evidence` is the hash of the records they were computed from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EpochClose {
     pub epoch: u64,
     /// The end of the epoch; vesting and unbonding count from it.
@@ -96,17 +96,20 @@ pub struct EpochClose {
     pub evidence: B256,
     /// Containers whose liveness verdicts passed, grouped by host: (GPU index, K in
     /// hundredths).
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub capacity: Vec<HostCapacity>,
     /// Delivered work by host: (GPU index, GPU-milliseconds, tier 1–3).
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub delivery: Vec<HostDelivery>,
     /// Checkers: (address, correct tasks, uptime in basis points).
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub checkers: Vec<CheckerTasks>,
     /// Pays the quarter's checker bonus.
     pub quarter_bonus: bool,
 }
 
 /// Cumulative usage of one lease, as metered by its host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     pub lease: LeaseId,
     /// GPU-milliseconds delivered since the lease started (GPUs × wall milliseconds).
@@ -117,7 +120,7 @@ pub struct UsageRecord {
 }
 
 /// Why the protocol closed an escrow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
     /// The host missed its heartbeats while the lease was live.
@@ -189,7 +192,7 @@ impl Tx {
 }
 
 /// A transaction with its signer's signature.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedTx {
     pub tx: Tx,
     pub signature: Sig,
@@ -260,7 +263,7 @@ impl std::str::FromStr for Sig {
 
 /// A transaction as the ledger recorded it: its place in the sequence and the time it was
 /// applied, which replay uses so that time-dependent rules give the same result.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LedgerEntry {
     pub seq: u64,
     pub time_ms: u64,
@@ -285,7 +288,7 @@ impl LedgerEntry {
 
 /// A sealed block's header. Block 0 is the genesis block; every later block chains to
 /// its parent by hash and commits to its transactions and to the state after them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlockHeader {
     pub height: u64,
     pub prev_hash: B256,
