@@ -494,8 +494,22 @@ impl Store {
     /// Replays the stored chain from genesis, checking every signature, root and the
     /// conservation of supply, as `gpumesh ledger verify` does.
     pub fn verify(&self) -> Result<gpumesh_ledger::ReplayReport, VerifyError> {
+        self.verify_with_progress(|_, _| {})
+    }
+
+    /// [`Store::verify`], telling `progress(blocks_started, blocks)` as it goes.
+    pub fn verify_with_progress(
+        &self,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<gpumesh_ledger::ReplayReport, VerifyError> {
         let chain = self.chain()?;
-        let (_, report) = gpumesh_ledger::replay(chain.genesis, chain.blocks, chain.unsealed)?;
+        let total = chain.blocks.len() as u64;
+        let mut started = 0;
+        let blocks = chain.blocks.into_iter().inspect(|_| {
+            started += 1;
+            progress(started, total);
+        });
+        let (_, report) = gpumesh_ledger::replay(chain.genesis, blocks, chain.unsealed)?;
         Ok(report)
     }
 }

@@ -52,8 +52,7 @@ fn print_account(a: &AccountView) {
 
 /// One line about a recorded transaction.
 fn describe(entry: &LedgerEntry) -> String {
-    let tx = &entry.tx.tx;
-    let what = match &tx.kind {
+    match &entry.tx.tx.kind {
         TxKind::Transfer { to, amount } => format!("transfer {} tokens to {to}", amount.tokens()),
         TxKind::OpenEscrow { lease, amount, .. } => {
             format!("escrow {} tokens for lease {lease}", amount.tokens())
@@ -79,11 +78,7 @@ fn describe(entry: &LedgerEntry) -> String {
             offence,
             ..
         } => format!("slash GPU {index} of {host} ({offence:?})"),
-    };
-    format!(
-        "#{:<6} {} by {} (nonce {}): {what}",
-        entry.seq, entry.time_ms, tx.from, tx.nonce
-    )
+    }
 }
 
 pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
@@ -172,9 +167,17 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
             } else if entries.is_empty() {
                 println!("{address} has no transactions");
             } else {
-                for entry in &entries {
-                    println!("{}", describe(entry));
-                }
+                let rows = entries.iter().map(|e| {
+                    [
+                        e.seq.to_string(),
+                        e.time_ms.to_string(),
+                        e.tx.tx.from.to_string(),
+                        e.tx.tx.nonce.to_string(),
+                        describe(e),
+                    ]
+                });
+                let header = ["seq", "time (ms)", "from", "nonce", "transaction"];
+                println!("{}", crate::format::table(header, rows));
             }
         }
     }
@@ -182,9 +185,27 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(data: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    // A progress bar on a terminal (indicatif draws nothing when stderr is not one).
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "replaying {bar:40} {pos}/{len} blocks, {per_sec}, {eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let result = gpumesh_store::Store::open_existing(data)
         .map_err(anyhow::Error::from)
-        .and_then(|store| store.verify().map_err(anyhow::Error::from));
+        .and_then(|store| {
+            store
+                .verify_with_progress(|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .map_err(anyhow::Error::from)
+        });
+    bar.finish_and_clear();
     let ok = matches!(&result, Ok(r) if r.supply_conserved);
     if json {
         let value = match &result {
@@ -228,18 +249,25 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
             if json {
                 print_json(&headers)?;
             } else {
-                for h in &headers {
-                    println!(
-                        "block {:<6} {} txs from #{:<6} time {} ms  hash {}\n             state {}  rewards {}",
-                        h.height,
-                        h.tx_count,
-                        h.first_seq,
-                        h.time_ms,
-                        h.hash(),
-                        h.state_root,
-                        h.reward_root
-                    );
-                }
+                let rows = headers.iter().map(|h| {
+                    [
+                        h.height.to_string(),
+                        h.tx_count.to_string(),
+                        h.first_seq.to_string(),
+                        h.time_ms.to_string(),
+                        h.hash().to_string(),
+                        h.state_root.to_string(),
+                    ]
+                });
+                let header = [
+                    "block",
+                    "txs",
+                    "first tx",
+                    "time (ms)",
+                    "hash",
+                    "state root",
+                ];
+                println!("{}", crate::format::table(header, rows));
             }
         }
         LedgerCommand::Tx { connection, seq } => {

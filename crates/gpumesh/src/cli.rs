@@ -48,6 +48,8 @@ pub enum Command {
     Run(RunArgs),
     /// List your leases.
     Leases(AccountArgs),
+    /// List the network's containers (GPUs): where, what state, what price.
+    Containers(ContainersArgs),
     /// Show your balance.
     Balance(AccountArgs),
     /// Cancel a lease of yours.
@@ -252,6 +254,15 @@ pub struct IndexerArgs {
     /// The protocol key's file [default: protocol.key in the data directory].
     #[arg(long, value_name = "FILE")]
     pub protocol_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ContainersArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

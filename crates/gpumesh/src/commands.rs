@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkers(args) => checkers(args).await,
         Command::Run(args) => run_command(args).await,
         Command::Leases(args) => leases(args).await,
+        Command::Containers(args) => containers(args).await,
         Command::Balance(args) => balance(args).await,
         Command::Cancel(args) => cancel(args).await,
         Command::Wallet(command) => crate::accounts::wallet(command).await,
@@ -519,20 +520,8 @@ async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
         println!("this network has no checkers: containers need no capacity proof");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = comfy_table::Table::new();
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_header([
-            "checker",
-            "credited",
-            "minority",
-            "agreement",
-            "canaries ok/failed",
-            "periods",
-            "banned",
-        ]);
-    for c in &list {
-        table.add_row([
+    let rows = list.iter().map(|c| {
+        [
             c.address.to_string(),
             c.credited.to_string(),
             c.minority.to_string(),
@@ -544,8 +533,20 @@ async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
                 (Some(until), None) => format!("until {until}"),
                 _ => "no".into(),
             },
-        ]);
-    }
+        ]
+    });
+    let table = format::table(
+        [
+            "checker",
+            "credited",
+            "minority",
+            "agreement",
+            "canaries ok/failed",
+            "periods",
+            "banned",
+        ],
+        rows,
+    );
     println!("{table}");
     Ok(ExitCode::SUCCESS)
 }
@@ -682,24 +683,70 @@ async fn leases(args: AccountArgs) -> anyhow::Result<ExitCode> {
     }
     if leases.is_empty() {
         println!("no leases for {address}");
+        return Ok(ExitCode::SUCCESS);
     }
-    for l in leases {
-        let cost = l
-            .settlement
-            .as_ref()
-            .map_or("-".to_string(), |s| s.charged.tokens());
-        println!(
-            "{:>5}  {:<10} {:>2}×{:<10} {:<14} {:>7.0} km  cost {}{}",
-            l.id,
+    let rows = leases.iter().map(|l| {
+        [
+            l.id.to_string(),
             format!("{:?}", l.state).to_lowercase(),
-            l.gpu_count,
-            l.gpu.to_string(),
-            l.host_name,
-            l.distance_km,
-            cost,
-            l.failure.map(|f| format!("  ({f})")).unwrap_or_default()
-        );
+            format!("{}×{}", l.gpu_count, l.gpu),
+            l.host_name.clone(),
+            format!("{:.0} km", l.distance_km),
+            l.settlement
+                .as_ref()
+                .map_or("-".to_string(), |s| s.charged.tokens()),
+            l.failure.clone().unwrap_or_default(),
+        ]
+    });
+    println!(
+        "{}",
+        format::table(
+            ["lease", "state", "GPUs", "host", "distance", "cost", "note"],
+            rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn containers(args: ContainersArgs) -> anyhow::Result<ExitCode> {
+    let list = client(&args.connection, false)?.containers().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
     }
+    let rows = list.iter().map(|c| {
+        let state = serde_json::to_value(c.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        [
+            c.host_name.clone(),
+            c.index.to_string(),
+            format!("{}{}", c.gpu, if c.simulated { " (simulated)" } else { "" }),
+            format!("{} GiB", c.vram_mib / 1024),
+            c.location.country.to_string(),
+            state,
+            c.tier.to_string(),
+            c.price_per_gpu_hour.tokens(),
+        ]
+    });
+    println!(
+        "{}",
+        format::table(
+            [
+                "host",
+                "GPU",
+                "model",
+                "memory",
+                "country",
+                "state",
+                "tier",
+                "price/GPU-hour"
+            ],
+            rows
+        )
+    );
+    println!("{} containers", list.len());
     Ok(ExitCode::SUCCESS)
 }
 

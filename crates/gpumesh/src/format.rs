@@ -55,6 +55,21 @@ pub fn parse_gpu(text: &str) -> anyhow::Result<(GpuSelector, u16)> {
 }
 
 /// The buyer's receipt of an ended lease.
+/// A listing's table: a header row and aligned columns, no frame (so it pipes well).
+pub fn table<const N: usize>(
+    header: [&str; N],
+    rows: impl IntoIterator<Item = [String; N]>,
+) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header);
+    for row in rows {
+        table.add_row(row);
+    }
+    table
+}
+
 pub fn receipt(lease: &LeaseView) -> String {
     let mut out = format!(
         "lease {} {:?}{}",
