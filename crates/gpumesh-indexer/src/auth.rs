@@ -4,7 +4,7 @@
 //! limit), recovers the signer from the EIP-191 signature, checks the expiry and the
 //! nonce's freshness, refuses a nonce it has seen, and only then decodes the JSON body.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use alloy_primitives::Address;
@@ -23,18 +23,41 @@ use crate::error::{Failure, json_failure};
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Nonces seen recently, per signer, with the time each may be forgotten.
+/// Nonces seen recently, per signer, each until it could no longer be accepted anyway.
+///
+/// Every request costs O(log n): a set answers "seen?", and an index by forgetting time
+/// lets each request drop the expired entries at the front. Memory is bounded by the
+/// requests signed within the signature lifetime, at any request rate.
 #[derive(Debug)]
 pub struct NonceBook {
     started_ms: u64,
-    seen: Mutex<HashMap<(Address, u64), u64>>,
+    book: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    nonces: HashSet<(Address, u64)>,
+    /// (forget at, signer, nonce), oldest first.
+    by_expiry: BTreeSet<(u64, Address, u64)>,
+}
+
+impl Seen {
+    fn forget_until(&mut self, now_ms: u64) {
+        while let Some(&(at, signer, nonce)) = self.by_expiry.first() {
+            if at >= now_ms {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.nonces.remove(&(signer, nonce));
+        }
+    }
 }
 
 impl NonceBook {
     pub fn new(started_ms: u64) -> NonceBook {
         NonceBook {
             started_ms,
-            seen: Mutex::new(HashMap::new()),
+            book: Mutex::new(Seen::default()),
         }
     }
 
@@ -56,31 +79,34 @@ impl NonceBook {
                 "the request's nonce lies in the future; check the signer's clock",
             ));
         }
-        let mut seen = self.seen.lock().expect("nonce book lock");
-        if seen.len() > 100_000 {
-            seen.retain(|_, forget_at| *forget_at >= now_ms);
-        }
-        if seen
-            .insert(
-                (signer, nonce_us),
-                signed_ms + MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS,
-            )
-            .is_some()
-        {
+        let mut seen = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        seen.forget_until(now_ms);
+        if !seen.nonces.insert((signer, nonce_us)) {
             return Err(Failure::new(
                 ErrorCode::ReplayedRequest,
                 "this signed request was already used",
             ));
         }
+        let forget_at = signed_ms + MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS;
+        seen.by_expiry.insert((forget_at, signer, nonce_us));
         Ok(())
     }
 
     /// Forgets nonces too old to be accepted again anyway.
     pub fn prune(&self, now_ms: u64) {
-        self.seen
+        self.book
             .lock()
-            .expect("nonce book lock")
-            .retain(|_, forget_at| *forget_at >= now_ms);
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_until(now_ms);
+    }
+
+    /// How many nonces are remembered.
+    pub fn len(&self) -> usize {
+        self.book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nonces
+            .len()
     }
 }
 
@@ -199,5 +225,38 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Signed<T> {
         }
         .map_err(|e| json_failure(&e))?;
         Ok(Signed { signer, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_taken_once_and_memory_follows_the_signature_lifetime() {
+        let book = NonceBook::new(0);
+        let signer = Address::with_last_byte(1);
+        book.admit(signer, 5_000, 5).unwrap();
+        let again = book.admit(signer, 5_000, 6).unwrap_err();
+        assert_eq!(again.code, ErrorCode::ReplayedRequest);
+        book.admit(Address::with_last_byte(2), 5_000, 6).unwrap();
+
+        // One request every 10 ms for 400 s of signing times: the book never holds more
+        // than the lifetime's worth, and forgets as it goes.
+        let lifetime = MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS;
+        let mut most = 0;
+        for i in 1..=40_000u64 {
+            let now = 10 + i * 10;
+            book.admit(signer, now * 1_000, now).unwrap();
+            most = most.max(book.len());
+            assert!(
+                book.len() as u64 <= lifetime / 10 + 3,
+                "{} at {now}",
+                book.len()
+            );
+        }
+        assert!(most as u64 >= lifetime / 10 - 1, "{most}");
+        book.prune(10 + 40_000 * 10 + lifetime + 1);
+        assert_eq!(book.len(), 0);
     }
 }
