@@ -208,6 +208,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let ready = !state.failed.load(std::sync::atomic::Ordering::SeqCst);
     state.read(|c| crate::telemetry::observe(c, ready));
+    metrics::gauge!("gpumesh_replay_book_nonces").set(state.nonces.len() as f64);
     let body = crate::telemetry::handle().map_or_else(String::new, |h| h.render());
     (
         [(

@@ -101,7 +101,7 @@ impl NonceBook {
     }
 
     /// How many nonces are remembered.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.book
             .lock()
             .unwrap_or_else(|p| p.into_inner())
