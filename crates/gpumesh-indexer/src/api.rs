@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use gpumesh_types::{
     AccountView, AnchorAdded, AnchorRequest, ApiError, AssignmentView, BlockHeader,
     CheckerTasksView, CheckerView, ContainerView, DEFAULT_PAGE, HostRegistered, HostWork,
-    LeaseView, LedgerEntry, MAX_PAGE, NetworkInfo, Observation, Opening, Page, Readiness,
-    ReportAccepted, RewardProof, TreasuryView, TxAccepted,
+    LeaseView, LedgerEntry, MAX_PAGE, NetworkInfo, NetworkStats, Observation, Opening, Page,
+    Readiness, ReportAccepted, RewardProof, TreasuryView, TxAccepted,
 };
 use gpumesh_types::{
     CheckReport, LivenessAnswer, LivenessChallenge, ProofCommitRequest, ProofCommitment,
@@ -51,6 +51,9 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(ready))
         .routes(routes!(metrics))
         .routes(routes!(info))
+        .routes(routes!(stats))
+        .routes(routes!(crate::dashboard::index))
+        .routes(routes!(crate::dashboard::asset))
         .routes(routes!(containers))
         .routes(routes!(register_host))
         .routes(routes!(heartbeat))
@@ -218,6 +221,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[utoipa::path(get, path = "/v1/stats", tag = "network", summary = "The network's headline figures, with a day of samples for charts", responses((status = 200, body = NetworkStats)))]
+async fn stats(State(state): State<AppState>) -> Json<NetworkStats> {
+    Json(state.stats())
 }
 
 #[utoipa::path(get, path = "/v1/info", tag = "network", summary = "The network's parameters and size", responses((status = 200, body = NetworkInfo)))]

@@ -246,6 +246,58 @@ impl Core {
         }
     }
 
+    /// The headline figures at `now_ms` (without the history, which the service keeps).
+    pub fn stats(&self, now_ms: u64) -> gpumesh_types::NetworkStats {
+        let registry = &self.registry;
+        let ledger = &self.ledger;
+        let mut by_state = std::collections::BTreeMap::new();
+        let mut by_model = std::collections::BTreeMap::new();
+        let containers = registry.containers();
+        for c in &containers {
+            let state = serde_json::to_value(c.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            *by_state.entry(state).or_insert(0u32) += 1;
+            *by_model.entry(c.gpu.to_string()).or_insert(0u32) += 1;
+        }
+        let busy = by_state.get("busy").copied().unwrap_or(0);
+        let serving = busy + by_state.get("standby").copied().unwrap_or(0);
+        let countries: HashSet<_> = containers.iter().map(|c| c.location.country).collect();
+        let (mut delivered, mut fees) = (0u64, 0u128);
+        for (_, e) in ledger.escrows() {
+            delivered += e.gpu_ms;
+            fees += e.treasury_share.0;
+        }
+        let totals = ledger.totals();
+        let age_ms = now_ms.saturating_sub(ledger.genesis().time_ms).max(1);
+        let year_ms = gpumesh_ledger::YEAR_MS as u128;
+        let hosts = registry.host_count() as u32;
+        gpumesh_types::NetworkStats {
+            time_ms: now_ms,
+            hosts,
+            hosts_online: hosts - registry.offline_hosts().count() as u32,
+            countries: countries.len() as u32,
+            containers: containers.len() as u32,
+            containers_by_state: by_state,
+            gpus_by_model: by_model,
+            utilization_bps: (busy * 10_000).checked_div(serving).unwrap_or(0),
+            leases: registry.leases().count() as u64,
+            leases_live: registry.live_leases().count() as u64,
+            delivered_gpu_ms: delivered,
+            rewards_distributed: Amount(
+                totals.provider_emitted.0 + totals.checker_emitted.0 + totals.bonus_emitted.0,
+            ),
+            blocks: ledger.head().height,
+            transactions: ledger.transaction_count(),
+            treasury_balance: ledger.balance(&ledger.genesis().treasury),
+            fees_collected: Amount(fees),
+            annualized_fee_revenue: Amount(fees.saturating_mul(year_ms) / age_ms as u128),
+            checkers: self.checking.params().checkers.len() as u32,
+            history: Vec::new(),
+        }
+    }
+
     pub fn chain_id(&self) -> u64 {
         self.ledger.genesis().chain_id
     }

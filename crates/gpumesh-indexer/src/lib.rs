@@ -11,6 +11,7 @@
 mod api;
 mod auth;
 pub mod core;
+mod dashboard;
 mod error;
 mod limits;
 mod openapi;
@@ -42,6 +43,10 @@ pub const LOCAL_CHAIN_ID: u64 = 31337;
 /// File names inside a data directory.
 pub const PROTOCOL_KEY_FILE: &str = "protocol.key";
 pub const FAUCET_KEY_FILE: &str = "faucet.key";
+
+/// The dashboard's history: a sample a minute, a day of them.
+const HISTORY_EVERY: Duration = Duration::from_secs(60);
+const HISTORY_SAMPLES: usize = 24 * 60;
 
 /// Milliseconds since the Unix epoch, the indexer's one clock.
 pub fn now_ms() -> u64 {
@@ -152,6 +157,8 @@ pub struct Shared {
     store: Store,
     nonces: NonceBook,
     limits: limits::Limits,
+    /// The dashboard's charts: a sample a minute over the last day (soft state).
+    history: Mutex<std::collections::VecDeque<gpumesh_types::StatsSample>>,
     chain_id: u64,
     /// Bumped after every committed change; long polls and log streams wait on it.
     changed: watch::Sender<u64>,
@@ -173,6 +180,35 @@ impl AppState {
         // A panic while holding the lock would leave it poisoned; the state itself is
         // only ever changed by operations that check before they change, so go on.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a sample to the charts' history, dropping those older than a day.
+    fn sample(&self) {
+        let now = now_ms();
+        let stats = self.read(|c| c.stats(now));
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        history.push_back(gpumesh_types::StatsSample {
+            time_ms: now,
+            utilization_bps: stats.utilization_bps,
+            transactions: stats.transactions,
+        });
+        while history.len() > HISTORY_SAMPLES {
+            history.pop_front();
+        }
+    }
+
+    /// The headline figures with the charts' history.
+    pub(crate) fn stats(&self) -> gpumesh_types::NetworkStats {
+        let now = now_ms();
+        let mut stats = self.read(|c| c.stats(now));
+        stats.history = self
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        stats
     }
 
     /// Reads the state.
@@ -378,6 +414,7 @@ impl Indexer {
             store,
             nonces: NonceBook::new(now),
             limits: limits::Limits::new(config.rate_limits),
+            history: Mutex::new(std::collections::VecDeque::new()),
             chain_id: genesis.chain_id,
             changed: watch::channel(0).0,
             failed: AtomicBool::new(false),
@@ -424,6 +461,18 @@ impl Indexer {
                 },
             ),
         ];
+        let sampler = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(HISTORY_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = state.shutdown.cancelled() => break,
+                        _ = every.tick() => state.sample(),
+                    }
+                }
+            })
+        };
         let pruner = {
             let state = state.clone();
             tokio::spawn(async move {
@@ -452,6 +501,7 @@ impl Indexer {
             let _ = task.await;
         }
         let _ = pruner.await;
+        let _ = sampler.await;
         state
             .mutate(|core, now, batch| {
                 core.seal(now, batch);

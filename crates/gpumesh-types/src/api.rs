@@ -363,6 +363,48 @@ pub struct Page<T> {
 pub const MAX_PAGE: usize = 1_000;
 pub const DEFAULT_PAGE: usize = 100;
 
+/// `GET /v1/stats`: the network's headline figures, for the dashboard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkStats {
+    pub time_ms: u64,
+    pub hosts: u32,
+    pub hosts_online: u32,
+    /// Distinct countries hosts are in.
+    pub countries: u32,
+    pub containers: u32,
+    /// Containers by state (`standby`, `busy`, `offline`, …).
+    pub containers_by_state: std::collections::BTreeMap<String, u32>,
+    /// GPUs by model.
+    pub gpus_by_model: std::collections::BTreeMap<String, u32>,
+    /// Busy containers over those that can serve (busy and standby), in basis points.
+    pub utilization_bps: u32,
+    pub leases: u64,
+    pub leases_live: u64,
+    /// GPU-milliseconds settled (delivered and paid for), all time.
+    pub delivered_gpu_ms: u64,
+    /// Capacity, delivery and checker rewards emitted, all time.
+    pub rewards_distributed: Amount,
+    pub blocks: u64,
+    pub transactions: u64,
+    pub treasury_balance: Amount,
+    /// The protocol's share of settled payments, all time.
+    pub fees_collected: Amount,
+    /// Fees collected, scaled to a year from the network's age so far.
+    pub annualized_fee_revenue: Amount,
+    pub checkers: u32,
+    /// Samples of utilization and transactions over the last day, oldest first: one a
+    /// minute, kept in memory (a restarted indexer starts a new series).
+    pub history: Vec<StatsSample>,
+}
+
+/// One sample of the dashboard's charts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatsSample {
+    pub time_ms: u64,
+    pub utilization_bps: u32,
+    pub transactions: u64,
+}
+
 /// `GET /v1/health/ready`: whether the indexer takes changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Readiness {
