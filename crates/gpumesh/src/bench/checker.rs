@@ -172,7 +172,9 @@ pub fn run(args: CheckerBenchArgs) -> anyhow::Result<ExitCode> {
     let bench = ProofParams::BENCH;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut host_ms, mut checker_ms) = (Vec::new(), Vec::new());
+    let bar = super::progress(args.proofs as u64, "proofs");
     for _ in 0..args.proofs {
+        bar.inc(1);
         let mut seed = B256::ZERO;
         rng.fill_bytes(&mut seed.0);
         let challenge = Challenge {

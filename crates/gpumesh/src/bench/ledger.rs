@@ -189,7 +189,9 @@ fn usage_phase(args: &LedgerBenchArgs, dir: &std::path::Path) -> anyhow::Result<
 
     eprintln!("signing {} rounds of usage…", args.rounds);
     let mut rounds = Vec::new();
+    let bar = super::progress(args.rounds as u64, "signing rounds");
     for r in 1..=args.rounds as u64 {
+        bar.inc(1);
         let txs: Vec<(Wallet, Tx)> = hosts
             .iter()
             .enumerate()

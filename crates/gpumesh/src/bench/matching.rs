@@ -58,8 +58,13 @@ fn pass(
     let mut update_debt = 0.0;
     let mut release_debt: i64 = 0;
     let now_ms = 1_000_000;
+    // Drawn between requests, every 4096, outside the timed calls.
+    let bar = super::progress(requests as u64, "requests");
     let began = Instant::now();
     for i in 0..requests {
+        if i % 4096 == 0 {
+            bar.set_position(i as u64);
+        }
         let request = stream.next_request();
         let t = Instant::now();
         let booked = if scan {

@@ -7,6 +7,8 @@ mod startup;
 
 use std::process::ExitCode;
 
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
+
 use crate::cli::BenchCommand;
 use crate::commands::runtime_choice;
 
@@ -21,4 +23,16 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Ledger(args) => ledger::run(args),
         BenchCommand::Checker(args) => checker::run(args),
     }
+}
+
+/// A progress bar on standard error for a benchmark's long loop, drawn only on a terminal
+/// (so the JSON on standard output, and logs, stay clean).
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
+    let style =
+        ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}}, {{eta}} left"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    // Cleared when dropped, at the loop's end.
+    ProgressBar::new(len)
+        .with_style(style)
+        .with_finish(ProgressFinish::AndClear)
 }

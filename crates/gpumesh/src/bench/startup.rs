@@ -56,7 +56,9 @@ pub async fn startup(
     );
     let mut first = Vec::new();
     let mut total = Vec::new();
+    let bar = super::progress(runs as u64 + 1, "jobs");
     for i in 0..=runs {
+        bar.inc(1);
         let outcome = run_job(&client, &job, |_| {}).await?;
         let JobOutcome::Ended {
             lease,
