@@ -177,9 +177,10 @@ async function overview() {
   live.textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
-async function host(address) {
+async function host(address, after) {
+  const cursor = after ? `&after=${encodeURIComponent(after)}` : "";
   const [containers, leases, account] = await Promise.all([
-    all("/v1/containers"), api(`/v1/leases?host=${address}&limit=50`), api(`/v1/accounts/${address}`),
+    all("/v1/containers"), api(`/v1/leases?host=${address}&limit=50${cursor}`), api(`/v1/accounts/${address}`),
   ]);
   const mine = containers.filter((c) => c.host.toLowerCase() === address.toLowerCase());
   if (!mine.length) return accountPage(address);
@@ -195,7 +196,8 @@ async function host(address) {
       <dt>balance</dt><dd>${esc(tokens(account.balance))}</dd>
       <dt>rewards, all time</dt><dd>${esc(tokens(account.cumulative_rewards))}</dd></dl></div>
     <h2>GPUs</h2><div class="panel"><table><tr><th>GPU</th><th>model</th><th>state</th><th>tier</th><th>price / GPU-hour</th><th>rejected</th></tr>${gpus}</table></div>
-    <h2>Leases (latest 50)</h2><div class="panel"><table><tr><th>lease</th><th>state</th><th>GPUs</th><th>created</th><th>host's share</th></tr>${rowsOr(rows, 5)}</table></div>`;
+    <h2>Leases</h2><div class="panel"><table><tr><th>lease</th><th>state</th><th>GPUs</th><th>created</th><th>host's share</th></tr>${rowsOr(rows, 5)}</table></div>
+    <p>${leases.next === null ? "" : link(`/host/${address}/${leases.next}`, "more leases →")}</p>`;
 }
 
 async function lease(id) {
@@ -281,12 +283,12 @@ document.getElementById("search").addEventListener("submit", (event) => {
 
 async function route() {
   clearInterval(timer);
-  const [, page, arg] = location.hash.replace(/^#/, "").split("/");
+  const [, page, arg, more] = location.hash.replace(/^#/, "").split("/");
   const pages = { host, lease, block, tx, account: accountPage };
   try {
     if (pages[page] && arg) {
       live.textContent = "";
-      await pages[page](decodeURIComponent(arg));
+      await pages[page](decodeURIComponent(arg), more && decodeURIComponent(more));
     } else {
       await overview();
       timer = setInterval(() => overview().catch(() => { live.textContent = "the indexer is not answering"; }), 3000);
