@@ -31,7 +31,7 @@ async function all(path) {
     const page = await api(`${path}${sep}limit=1000${after === null ? "" : `&after=${after}`}`);
     items.push(...page.items);
     if (page.next === null || page.next === undefined) return items;
-    after = page.next;
+    after = encodeURIComponent(page.next);
   }
 }
 
@@ -57,7 +57,8 @@ function figure(key, value, shown, label) {
     <span class="value">${esc(shown)}</span><span class="label">${esc(label)}</span></div>`;
 }
 
-/** A host's state for the map: the state most of its containers are in, offline first. */
+/** A host's state for the map: the first of offline, rejected, busy, checking, awaiting
+ * stake that any of its containers is in; standby otherwise. */
 function hostState(containers) {
   for (const s of ["offline", "rejected", "busy", "checking", "awaiting_stake", "standby"]) {
     if (containers.some((c) => c.state === s)) return s;
@@ -107,7 +108,7 @@ async function mapSvg(containers) {
       data-state="${esc(state)}" cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="${4 + Math.min(list.length, 8)}"
       fill="${COLOURS[state] || "#fff"}"><title>${esc(title)}</title></circle></a>`;
   }
-  const legend = STATES.map((s) => `<span><i style="background:${COLOURS[s]}"></i>${s.replace("_", " ")}</span>`).join("");
+  const legend = STATES.map((s) => `<span><i class="dot ${s}"></i>${s.replace("_", " ")}</span>`).join("");
   return `<svg id="map" viewBox="0 0 ${width} ${height}" role="img" aria-label="hosts on a world map">
     ${paths}${dots}</svg><div class="legend">${legend}</div>`;
 }
@@ -178,7 +179,7 @@ async function overview() {
 }
 
 async function host(address, after) {
-  const cursor = after ? `&after=${encodeURIComponent(after)}` : "";
+  const cursor = after ? `&after=${after}` : "";
   const [containers, leases, account] = await Promise.all([
     all("/v1/containers"), api(`/v1/leases?host=${address}&limit=50${cursor}`), api(`/v1/accounts/${address}`),
   ]);
@@ -281,14 +282,22 @@ document.getElementById("search").addEventListener("submit", (event) => {
     "lease 12" or "tx 34"; "${esc(q)}" is none of these.</p>`;
 });
 
+/** What each page takes from the address: anything else is not looked up at all, so a
+ * crafted link cannot add parameters or path segments to the API requests. */
+const ADDRESS = /^0x[0-9a-fA-F]{40}$/;
+const NUMBER = /^\d+$/;
+const ARGUMENTS = { host: ADDRESS, account: ADDRESS, lease: NUMBER, block: NUMBER, tx: NUMBER };
+
 async function route() {
   clearInterval(timer);
   const [, page, arg, more] = location.hash.replace(/^#/, "").split("/");
   const pages = { host, lease, block, tx, account: accountPage };
   try {
-    if (pages[page] && arg) {
+    if (pages[page] && arg && !(ARGUMENTS[page].test(arg) && (more === undefined || NUMBER.test(more)))) {
+      view.innerHTML = `<h1>Not found</h1><p class="muted">"${esc(arg)}" is not a ${esc(page)} this explorer can show.</p>`;
+    } else if (pages[page] && arg) {
       live.textContent = "";
-      await pages[page](decodeURIComponent(arg), more && decodeURIComponent(more));
+      await pages[page](arg, more);
     } else {
       await overview();
       timer = setInterval(() => overview().catch(() => { live.textContent = "the indexer is not answering"; }), 3000);

@@ -254,11 +254,9 @@ impl Core {
         let mut by_model = std::collections::BTreeMap::new();
         let containers = registry.containers();
         for c in &containers {
-            let state = serde_json::to_value(c.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            *by_state.entry(state).or_insert(0u32) += 1;
+            *by_state
+                .entry(crate::telemetry::wire_name(&c.state))
+                .or_insert(0u32) += 1;
             *by_model.entry(c.gpu.to_string()).or_insert(0u32) += 1;
         }
         let busy = by_state.get("busy").copied().unwrap_or(0);
@@ -266,8 +264,8 @@ impl Core {
         let countries: HashSet<_> = containers.iter().map(|c| c.location.country).collect();
         let (mut delivered, mut fees) = (0u64, 0u128);
         for (_, e) in ledger.escrows() {
-            delivered += e.gpu_ms;
-            fees += e.treasury_share.0;
+            delivered = delivered.saturating_add(e.gpu_ms);
+            fees = fees.saturating_add(e.treasury_share.0);
         }
         let totals = ledger.totals();
         let age_ms = now_ms.saturating_sub(ledger.genesis().time_ms).max(1);
@@ -281,7 +279,9 @@ impl Core {
             containers: containers.len() as u32,
             containers_by_state: by_state,
             gpus_by_model: by_model,
-            utilization_bps: (busy * 10_000).checked_div(serving).unwrap_or(0),
+            utilization_bps: (u64::from(busy) * 10_000)
+                .checked_div(u64::from(serving))
+                .unwrap_or(0) as u32,
             leases: registry.leases().count() as u64,
             leases_live: registry.live_leases().count() as u64,
             delivered_gpu_ms: delivered,
@@ -325,15 +325,17 @@ impl Core {
             .registry
             .leases_after(after)
             .filter(|l| buyer.is_none_or(|b| l.buyer == b) && host.is_none_or(|h| l.host == h));
-        let items: Vec<LeaseView> = matching
-            .by_ref()
-            .take(limit)
-            .filter_map(|l| self.lease_view(l.id).ok())
-            .collect();
-        let next = match (items.last(), matching.next()) {
-            (Some(last), Some(_)) => Some(last.id),
+        let page: Vec<LeaseId> = matching.by_ref().take(limit).map(|l| l.id).collect();
+        // The cursor is the last lease taken, shown or not, so a page is never cut short
+        // and the listing never ends early.
+        let next = match (page.last(), matching.next()) {
+            (Some(&last), Some(_)) => Some(last),
             _ => None,
         };
+        let items = page
+            .into_iter()
+            .filter_map(|id| self.lease_view(id).ok())
+            .collect();
         (items, next)
     }
 

@@ -35,12 +35,18 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 
 const INDEX: &str = include_str!("../assets/index.html");
 
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
 #[utoipa::path(get, path = "/", tag = "dashboard", summary = "The dashboard and explorer (HTML)", responses((status = 200, description = "the page", body = String, content_type = "text/html")))]
 pub async fn index() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            // Only this indexer's own scripts and styles run, whatever a host names
+            // itself; the page cannot be framed.
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         INDEX,
     )
@@ -54,6 +60,7 @@ pub async fn asset(Path(name): Path<String>) -> Response {
             [
                 (header::CONTENT_TYPE, *content_type),
                 (header::CACHE_CONTROL, "public, max-age=3600"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             ],
             *bytes,
         )

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use gpumesh_types::{ErrorCode, LeaseState};
@@ -53,15 +54,24 @@ pub async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    // Only the methods the API knows make labels: any other token a client sends would
+    // add a series of its own.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+    .to_string();
     let began = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     if let Some(code) = response.extensions().get::<ErrorCode>() {
-        let code = serde_json::to_value(code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let code = wire_name(code);
         metrics::counter!("gpumesh_http_errors_total", "route" => route.clone(), "code" => code)
             .increment(1);
     }
@@ -97,6 +107,15 @@ pub fn heartbeat() {
     metrics::counter!("gpumesh_heartbeats_total").increment(1);
 }
 
+/// A value's name on the wire (a state or an error code as its snake_case string): what
+/// labels and listings call it.
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 /// Tokens as a gauge's float (for display only; the ledger counts base units).
 fn tokens(amount: gpumesh_types::Amount) -> f64 {
     amount.0 as f64 / gpumesh_types::ONE_TOKEN as f64
@@ -113,32 +132,28 @@ pub fn observe(core: &Core, ready: bool) {
     metrics::gauge!("gpumesh_hosts", "online" => "false").set(offline as f64);
     let mut containers = std::collections::BTreeMap::new();
     for c in registry.containers() {
-        let state = serde_json::to_value(c.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        *containers.entry(state).or_insert(0u64) += 1;
+        *containers.entry(wire_name(&c.state)).or_insert(0u64) += 1;
     }
     for (state, n) in containers {
         metrics::gauge!("gpumesh_containers", "state" => state).set(n as f64);
     }
-    let mut leases = [0u64; 6];
-    for l in registry.leases() {
-        leases[l.state as usize] += 1;
-    }
-    for state in [
+    // Every state gets its series, zero included, so a state that empties reads 0.
+    let mut leases: std::collections::BTreeMap<String, u64> = [
         LeaseState::Matched,
         LeaseState::Starting,
         LeaseState::Running,
         LeaseState::Completed,
         LeaseState::Failed,
         LeaseState::Cancelled,
-    ] {
-        let label = serde_json::to_value(state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        metrics::gauge!("gpumesh_leases", "state" => label).set(leases[state as usize] as f64);
+    ]
+    .iter()
+    .map(|s| (wire_name(s), 0))
+    .collect();
+    for l in registry.leases() {
+        *leases.entry(wire_name(&l.state)).or_default() += 1;
+    }
+    for (state, n) in leases {
+        metrics::gauge!("gpumesh_leases", "state" => state).set(n as f64);
     }
     metrics::gauge!("gpumesh_ledger_height").set(ledger.head().height as f64);
     metrics::gauge!("gpumesh_ledger_transactions").set(ledger.transaction_count() as f64);

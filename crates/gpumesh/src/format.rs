@@ -54,7 +54,6 @@ pub fn parse_gpu(text: &str) -> anyhow::Result<(GpuSelector, u16)> {
     Ok((model.parse()?, count))
 }
 
-/// The buyer's receipt of an ended lease.
 /// A listing's table: a header row and aligned columns, no frame (so it pipes well).
 pub fn table<const N: usize>(
     header: [&str; N],
@@ -70,6 +69,7 @@ pub fn table<const N: usize>(
     table
 }
 
+/// The buyer's receipt of an ended lease.
 pub fn receipt(lease: &LeaseView) -> String {
     let mut out = format!(
         "lease {} {:?}{}",
