@@ -210,7 +210,8 @@ async fn ready(State(state): State<AppState>) -> Response {
 /// `GET /metrics`: the Prometheus text exposition format.
 async fn metrics(State(state): State<AppState>) -> Response {
     let ready = !state.failed.load(std::sync::atomic::Ordering::SeqCst);
-    state.read(|c| crate::telemetry::observe(c, ready));
+    let now = crate::now_ms();
+    state.read(|c| crate::telemetry::observe(c, ready, now));
     metrics::gauge!("gpumesh_replay_book_nonces").set(state.nonces.len() as f64);
     let body = crate::telemetry::handle().map_or_else(String::new, |h| h.render());
     (

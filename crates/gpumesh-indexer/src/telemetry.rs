@@ -122,19 +122,16 @@ fn tokens(amount: gpumesh_types::Amount) -> f64 {
 }
 
 /// Sets the gauges that describe the state now.
-pub fn observe(core: &Core, ready: bool) {
+pub fn observe(core: &Core, ready: bool, now_ms: u64) {
+    // The figures the dashboard shows, counted once, by `Core::stats`.
+    let stats = core.stats(now_ms);
     let registry = core.registry();
     let ledger = core.ledger();
-    let hosts = registry.host_count();
-    let offline = registry.offline_hosts().count();
     metrics::gauge!("gpumesh_ready").set(if ready { 1.0 } else { 0.0 });
-    metrics::gauge!("gpumesh_hosts", "online" => "true").set((hosts - offline) as f64);
-    metrics::gauge!("gpumesh_hosts", "online" => "false").set(offline as f64);
-    let mut containers = std::collections::BTreeMap::new();
-    for c in registry.containers() {
-        *containers.entry(wire_name(&c.state)).or_insert(0u64) += 1;
-    }
-    for (state, n) in containers {
+    metrics::gauge!("gpumesh_hosts", "online" => "true").set(stats.hosts_online as f64);
+    metrics::gauge!("gpumesh_hosts", "online" => "false")
+        .set((stats.hosts - stats.hosts_online) as f64);
+    for (state, n) in stats.containers_by_state {
         metrics::gauge!("gpumesh_containers", "state" => state).set(n as f64);
     }
     // Every state gets its series, zero included, so a state that empties reads 0.
@@ -155,14 +152,13 @@ pub fn observe(core: &Core, ready: bool) {
     for (state, n) in leases {
         metrics::gauge!("gpumesh_leases", "state" => state).set(n as f64);
     }
-    metrics::gauge!("gpumesh_ledger_height").set(ledger.head().height as f64);
-    metrics::gauge!("gpumesh_ledger_transactions").set(ledger.transaction_count() as f64);
+    metrics::gauge!("gpumesh_ledger_height").set(stats.blocks as f64);
+    metrics::gauge!("gpumesh_ledger_transactions").set(stats.transactions as f64);
     let held: u128 = ledger
         .escrows()
         .filter(|(_, e)| !e.closed)
         .map(|(_, e)| e.held().0)
         .sum();
     metrics::gauge!("gpumesh_escrow_held_tokens").set(tokens(gpumesh_types::Amount(held)));
-    let treasury = ledger.balance(&ledger.genesis().treasury);
-    metrics::gauge!("gpumesh_treasury_tokens").set(tokens(treasury));
+    metrics::gauge!("gpumesh_treasury_tokens").set(tokens(stats.treasury_balance));
 }

@@ -105,6 +105,23 @@ impl World {
         result
     }
 
+    /// Time passes: the hosts `beats` picks (by index) send a heartbeat, then the tick.
+    fn advance(&mut self, ms: u64, beats: impl Fn(usize) -> bool) {
+        self.now += ms;
+        for (i, host) in self.hosts.clone().iter().enumerate() {
+            if beats(i) {
+                let a = host.address();
+                self.apply(|c, now, _| c.heartbeat(a, Heartbeat::default(), now))
+                    .unwrap();
+            }
+        }
+        self.apply(|c, now, b| {
+            c.tick(now, b);
+            Ok(())
+        })
+        .unwrap();
+    }
+
     /// Stops the indexer and starts it again from its store alone.
     fn restart(&mut self) {
         self.core = None;
@@ -261,19 +278,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
             advance_ms,
             host0_beats,
         } => {
-            w.now += advance_ms;
-            for (i, host) in w.hosts.clone().iter().enumerate() {
-                if i > 0 || host0_beats {
-                    let a = host.address();
-                    w.apply(|c, now, _| c.heartbeat(a, Heartbeat::default(), now))
-                        .unwrap();
-                }
-            }
-            w.apply(|c, now, b| {
-                c.tick(now, b);
-                Ok(())
-            })
-            .unwrap();
+            w.advance(advance_ms, |i| i > 0 || host0_beats);
         }
         Op::Restart => w.restart(),
     }
@@ -386,18 +391,7 @@ fn scripted_epochs(restart_at: Option<u64>) -> (Vec<SignedTx>, Vec<gpumesh_types
                 w.now = restart_at.unwrap();
                 w.restart();
             }
-            w.now += 500;
-            let beating = if host1_beats { 2 } else { 1 };
-            for host in w.hosts.clone().iter().take(beating) {
-                let a = host.address();
-                w.apply(|c, now, _| c.heartbeat(a, Heartbeat::default(), now))
-                    .unwrap();
-            }
-            w.apply(|c, now, b| {
-                c.tick(now, b);
-                Ok(())
-            })
-            .unwrap();
+            w.advance(500, |i| i == 0 || host1_beats);
         }
     };
     until(&mut w, 2_000, true);
