@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use gpumesh_types::{ErrorCode, JobRequest, LeaseView, LogEntry, LogEvent, LogStream};
+use gpumesh_types::{
+    ErrorCode, JobRequest, LeaseState, LeaseView, LogEntry, LogEvent, LogStream, ServiceHealth,
+};
 
 use crate::{Client, ClientError};
 
@@ -34,6 +36,78 @@ pub enum JobOutcome {
         first_output: Option<Duration>,
         total: Duration,
     },
+}
+
+/// How a detached start ended.
+#[derive(Debug)]
+pub enum ServiceOutcome {
+    Unmatched {
+        reason: String,
+    },
+    /// Running, and ready when it has a health check; `ready` counts from the request.
+    Ready {
+        lease: Box<LeaseView>,
+        ready: Duration,
+    },
+    /// It ended or became unhealthy before it was ready.
+    NotReady {
+        lease: Box<LeaseView>,
+    },
+}
+
+/// How often a detached start looks at its lease.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// Submits and funds a job, then waits until its workload runs and, when it has a health
+/// check, passes it (`gpumesh run --detach`). The lease runs on after this returns.
+pub async fn start_service(
+    client: &Client,
+    job: &JobRequest,
+    mut on_event: impl FnMut(JobEvent<'_>),
+) -> Result<ServiceOutcome, ClientError> {
+    let began = Instant::now();
+    let lease = match client.submit_job(job).await {
+        Ok(lease) => lease,
+        Err(ClientError::Api { error, .. }) if error.code == ErrorCode::NoMatch => {
+            return Ok(ServiceOutcome::Unmatched {
+                reason: error.message,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    on_event(JobEvent::Matched(&lease));
+    if let Err(e) = client.fund(&lease).await {
+        let _ = client.cancel(lease.id).await;
+        return Err(e);
+    }
+    on_event(JobEvent::Funded(&lease));
+    let mut failures = 0;
+    loop {
+        match client.lease(lease.id).await {
+            Ok(view) => {
+                failures = 0;
+                if view.state.is_terminal() || view.health == Some(ServiceHealth::Unhealthy) {
+                    return Ok(ServiceOutcome::NotReady {
+                        lease: Box::new(view),
+                    });
+                }
+                let ready = view.state == LeaseState::Running
+                    && view.health.is_none_or(|h| h == ServiceHealth::Ready);
+                if ready {
+                    return Ok(ServiceOutcome::Ready {
+                        lease: Box::new(view),
+                        ready: began.elapsed(),
+                    });
+                }
+            }
+            Err(e @ ClientError::Unreachable { .. }) if failures < 60 => {
+                failures += 1;
+                on_event(JobEvent::Reconnecting(&e));
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
 }
 
 /// Runs a job to its end.

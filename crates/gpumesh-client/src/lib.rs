@@ -224,6 +224,16 @@ impl Client {
         self.call(Method::POST, path, Some(body), true).await
     }
 
+    /// A signed POST of any JSON body, for requests this client has no method for (and
+    /// for tests that send what the typed methods cannot).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(path, body).await
+    }
+
     pub async fn info(&self) -> Result<NetworkInfo, ClientError> {
         self.get("/v1/info").await
     }
@@ -351,9 +361,24 @@ impl Client {
             .await
     }
 
-    pub async fn started(&self, id: LeaseId) -> Result<LeaseView, ClientError> {
-        self.post(&format!("/v1/leases/{id}/started"), &LeaseStarted {})
+    pub async fn started(
+        &self,
+        id: LeaseId,
+        endpoints: &[gpumesh_types::Endpoint],
+    ) -> Result<LeaseView, ClientError> {
+        let started = LeaseStarted {
+            endpoints: endpoints.to_vec(),
+        };
+        self.post(&format!("/v1/leases/{id}/started"), &started)
             .await
+    }
+
+    pub async fn report_health(
+        &self,
+        id: LeaseId,
+        report: &gpumesh_types::HealthReport,
+    ) -> Result<LeaseView, ClientError> {
+        self.post(&format!("/v1/leases/{id}/health"), report).await
     }
 
     pub async fn append_logs(&self, id: LeaseId, append: &LogAppend) -> Result<(), ClientError> {

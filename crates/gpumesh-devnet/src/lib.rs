@@ -181,7 +181,11 @@ async fn choose_runtime(
     if choice == RuntimeChoice::Process {
         return Ok((Arc::new(ProcessRuntime), "process runtime, as asked".into()));
     }
-    let engine = match ContainerRuntime::connect(socket, "none").await {
+    // Jobs get no network at all; services get the bridge, to publish their ports.
+    let engine = match ContainerRuntime::connect(socket, "none")
+        .await
+        .map(|r| r.with_service_network("bridge"))
+    {
         Ok(engine) => engine,
         Err(e) if choice == RuntimeChoice::Auto => {
             return Ok((
@@ -306,6 +310,8 @@ impl Devnet {
                 memory_per_gpu: Some(512 * 1024 * 1024),
                 nano_cpus_per_gpu: Some(250_000_000),
                 auto_stake: true,
+                public_address: "127.0.0.1".into(),
+                publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
                 challenge: Some(gpumesh_host::ChallengeConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                     advertise: None,

@@ -42,6 +42,10 @@ pub struct HostConfig {
     pub auto_stake: bool,
     /// The challenge endpoint checkers probe; without it the host cannot pass checks.
     pub challenge: Option<ChallengeConfig>,
+    /// The address buyers reach this host's published ports at (a name or an IP).
+    pub public_address: String,
+    /// The local address ports are published on (0.0.0.0: every interface).
+    pub publish_ip: std::net::IpAddr,
 }
 
 /// Where the agent answers checkers, and how it computes capacity proofs.
@@ -382,10 +386,14 @@ impl Agent {
 
     /// Reports a start, retrying while the indexer is away: a lease whose start is never
     /// heard of fails at the start timeout, however well its workload runs.
-    async fn report_started(&self, id: LeaseId) -> Result<(), ClientError> {
+    async fn report_started(
+        &self,
+        id: LeaseId,
+        endpoints: &[gpumesh_types::Endpoint],
+    ) -> Result<(), ClientError> {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.client.started(id).await {
+            match self.client.started(id, endpoints).await {
                 Ok(_) => return Ok(()),
                 Err(e @ ClientError::Api { .. }) => return Err(e),
                 Err(e) => {
@@ -434,7 +442,7 @@ impl Agent {
         Some(stop)
     }
 
-    fn spec(&self, a: &Assignment) -> WorkloadSpec {
+    fn spec(&self, a: &Assignment, ports: Vec<(gpumesh_types::PortSpec, u16)>) -> WorkloadSpec {
         let gpu_uuids: Vec<String> = a
             .gpu_indices
             .iter()
@@ -465,6 +473,8 @@ impl Agent {
         if !gpu_uuids.is_empty() {
             env.push(("NVIDIA_VISIBLE_DEVICES".to_string(), gpu_uuids.join(",")));
         }
+        // The buyer's own variables; the registry refused names the agent sets itself.
+        env.extend(a.env.iter().map(|v| (v.name.clone(), v.value.clone())));
         WorkloadSpec {
             lease: a.lease,
             image: a.image.clone(),
@@ -473,6 +483,44 @@ impl Agent {
             gpu_uuids,
             memory_bytes: self.config.memory_per_gpu.map(|m| m * n),
             nano_cpus: self.config.nano_cpus_per_gpu.map(|c| c * n),
+            ports,
+            publish_ip: self.config.publish_ip,
+        }
+    }
+
+    /// Where buyers reach each published port.
+    fn endpoints(&self, ports: &[(gpumesh_types::PortSpec, u16)]) -> Vec<gpumesh_types::Endpoint> {
+        let host = &self.config.public_address;
+        ports
+            .iter()
+            .map(|&(port, host_port)| gpumesh_types::Endpoint {
+                port,
+                address: if host.contains(':') {
+                    format!("[{host}]:{host_port}")
+                } else {
+                    format!("{host}:{host_port}")
+                },
+            })
+            .collect()
+    }
+
+    /// Where the agent itself probes a published port: the publish address, or loopback
+    /// when ports are published on every interface.
+    fn probe_address(&self, host_port: u16) -> std::net::SocketAddr {
+        let ip = if self.config.publish_ip.is_unspecified() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            self.config.publish_ip
+        };
+        std::net::SocketAddr::new(ip, host_port)
+    }
+
+    /// A lease's maximum duration as the indexer knows it now: a deployment's replica is
+    /// topped up period by period, which lengthens it.
+    async fn current_max_duration(&self, id: LeaseId) -> Option<u64> {
+        match self.client.lease(id).await {
+            Ok(view) if !view.state.is_terminal() => Some(view.max_duration_ms),
+            _ => None,
         }
     }
 
@@ -480,12 +528,27 @@ impl Agent {
         let id = a.lease;
         let (output, outputs) = mpsc::channel::<Output>(1024);
         let shipper = tokio::spawn(ship_logs(self.clone(), id, outputs));
-        let max = Duration::from_millis(a.max_duration_ms);
-        let started = self
-            .config
-            .runtime
-            .start(self.spec(&a), output.clone())
-            .await;
+        let mut max = Duration::from_millis(a.max_duration_ms);
+        let ports = match crate::runtime::free_host_ports(self.config.publish_ip, &a.ports) {
+            Ok(ports) => ports,
+            Err(e) => {
+                tracing::warn!(lease = %id, error = %e, "no free host ports");
+                Vec::new()
+            }
+        };
+        let started = if ports.len() != a.ports.len() {
+            Err(anyhow::anyhow!(
+                "no free host ports on {} to publish {} port(s)",
+                self.config.publish_ip,
+                a.ports.len()
+            ))
+        } else {
+            self.config
+                .runtime
+                .start(self.spec(&a, ports.clone()), output.clone())
+                .await
+        };
+        let endpoints = self.endpoints(&ports);
         let (exit_code, error) = match started {
             Err(e) => {
                 let _ = output
@@ -505,11 +568,31 @@ impl Agent {
                 // and a stop still count while the indexer is away.
                 let reporter = {
                     let (agent, stop) = (self.clone(), stop.clone());
+                    let endpoints = endpoints.clone();
+                    let health = a.health.clone().map(|check| {
+                        let target = check
+                            .port
+                            .and_then(|p| ports.iter().find(|(s, _)| s.port == p))
+                            .or_else(|| {
+                                ports
+                                    .iter()
+                                    .find(|(s, _)| s.protocol == gpumesh_types::Protocol::Tcp)
+                            })
+                            .map(|&(_, host_port)| self.probe_address(host_port));
+                        (check, target)
+                    });
                     tokio::spawn(async move {
                         let reported = tokio::select! {
-                            reported = agent.report_started(id) => reported,
+                            reported = agent.report_started(id, &endpoints) => reported,
                             _ = stop.cancelled() => return,
                         };
+                        if reported.is_ok()
+                            && let Some((check, Some(target))) = health
+                        {
+                            crate::health::watch(&agent.client, id, check, target, began, stop)
+                                .await;
+                            return;
+                        }
                         match reported {
                             Ok(()) => {}
                             // Refused: the lease ended before its start counted (the buyer
@@ -530,10 +613,26 @@ impl Agent {
                         }
                     })
                 };
-                let stopped = tokio::select! {
-                    code = workload.wait() => Some(code),
-                    _ = tokio::time::sleep(max) => None,
-                    _ = stop.cancelled() => None,
+                let stopped = loop {
+                    let at_max = tokio::time::sleep_until((began + max).into());
+                    tokio::select! {
+                        code = workload.wait() => break Some(code),
+                        _ = at_max => {}
+                        _ = stop.cancelled() => break None,
+                    };
+                    // At the maximum duration: run on only if the escrow was topped up.
+                    match self.current_max_duration(id).await {
+                        Some(now_max) if now_max > max.as_millis() as u64 => {
+                            max = Duration::from_millis(now_max);
+                            if let Some(l) =
+                                self.leases.lock().expect("lease table lock").get_mut(&id)
+                            {
+                                l.max_gpu_ms = now_max.saturating_mul(l.gpus as u64);
+                            }
+                            tracing::info!(lease = %id, max_duration_ms = now_max, "the escrow was topped up; running on");
+                        }
+                        _ => break None,
+                    }
                 };
                 // The end is reported next; a start still unreported is moot.
                 reporter.abort();

@@ -1,8 +1,9 @@
 //! The demo workload image, built locally because no registry can be assumed.
 //!
 //! A root file system with one static busybox binary and links to its applets, imported
-//! into the container engine as `localhost/gpumesh-demo:1`. Enough for `sh -c '…'`
-//! workloads in devnet, examples and tests.
+//! into the container engine as `localhost/gpumesh-demo:2`. Enough for `sh -c '…'`
+//! workloads in devnet, examples and tests, and for a demo service: busybox's `httpd`
+//! ([`demo_service_command`]).
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,16 @@ use anyhow::{Context, bail};
 use crate::runtime::container::ContainerRuntime;
 
 /// The demo image's name.
-pub const DEMO_IMAGE: &str = "localhost/gpumesh-demo:1";
+pub const DEMO_IMAGE: &str = "localhost/gpumesh-demo:2";
+
+/// The demo service: an HTTP server on `port` whose page names its lease, so a request
+/// to an endpoint shows which replica answered.
+pub fn demo_service_command(port: u16) -> Vec<String> {
+    let script = format!(
+        "mkdir -p /tmp/www && echo \"hello from lease $GPUMESH_LEASE_ID\" > /tmp/www/index.html && echo serving on {port} && exec httpd -f -p {port} -h /tmp/www"
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
 
 /// Places a static busybox is found (Debian's busybox-static puts it in /bin).
 const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox", "/usr/local/bin/busybox"];
@@ -40,6 +50,12 @@ const APPLETS: &[&str] = &[
     "grep",
     "tr",
     "dd",
+    "httpd",
+    "nc",
+    "wget",
+    "mkdir",
+    "rm",
+    "kill",
 ];
 
 /// Whether an ELF file is statically linked (has no PT_INTERP program header).

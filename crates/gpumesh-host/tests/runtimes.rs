@@ -21,6 +21,8 @@ fn spec(image: &str, script: &str) -> WorkloadSpec {
         gpu_uuids: vec![],
         memory_bytes: Some(64 * 1024 * 1024),
         nano_cpus: Some(500_000_000),
+        ports: Vec::new(),
+        publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
     }
 }
 

@@ -20,8 +20,8 @@ use gpumesh_types::{
     ProofOpenRequest,
 };
 use gpumesh_types::{
-    ErrorCode, FaucetRequest, Heartbeat, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LogAppend,
-    LogEvent, RegisterHost, SignedTx, WorkPoll,
+    ErrorCode, FaucetRequest, HealthReport, Heartbeat, JobRequest, LeaseFinish, LeaseId,
+    LeaseStarted, LogAppend, LogEvent, RegisterHost, SignedTx, WorkPoll,
 };
 use serde::Deserialize;
 
@@ -63,6 +63,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(lease))
         .routes(routes!(cancel))
         .routes(routes!(started))
+        .routes(routes!(health_report))
         .routes(routes!(append_logs, logs))
         .routes(routes!(finish))
         .routes(routes!(submit_tx))
@@ -403,7 +404,20 @@ async fn started(
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
     let lease = state
-        .mutate(move |c, now, _| c.started(req.signer, id, now))
+        .mutate(move |c, now, _| c.started(req.signer, id, req.body.endpoints, now))
+        .await?;
+    Ok(Json(lease).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/leases/{id}/health", tag = "leases", summary = "The host reports a change of a service's health", request_body = HealthReport, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn health_report(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Signed<HealthReport>,
+) -> Result<Response, Failure> {
+    let id = lease_id(&id)?;
+    let lease = state
+        .mutate(move |c, _, _| c.health_report(req.signer, id, req.body))
         .await?;
     Ok(Json(lease).into_response())
 }

@@ -800,9 +800,22 @@ impl Core {
         &mut self,
         host: Address,
         id: LeaseId,
+        endpoints: Vec<gpumesh_types::Endpoint>,
         now_ms: u64,
     ) -> Result<LeaseView, Failure> {
-        self.registry.started(&host, id, now_ms)?;
+        self.registry.started(&host, id, endpoints, now_ms)?;
+        self.lease_view(id)
+    }
+
+    /// The host reports a change of a running service's health.
+    pub fn health_report(
+        &mut self,
+        host: Address,
+        id: LeaseId,
+        report: gpumesh_types::HealthReport,
+    ) -> Result<LeaseView, Failure> {
+        self.registry
+            .health_report(&host, id, report.healthy, report.detail)?;
         self.lease_view(id)
     }
 
@@ -907,10 +920,14 @@ impl Core {
                 &stx.tx.kind,
                 now_ms,
             )?),
-            TxKind::CloseEscrow { .. } | TxKind::Epoch(_) | TxKind::Slash { .. } => {
+            TxKind::CloseEscrow { .. }
+            | TxKind::Epoch(_)
+            | TxKind::Slash { .. }
+            | TxKind::OpenEscrowFor { .. }
+            | TxKind::ExtendEscrow { .. } => {
                 return Err(Failure::new(
                     ErrorCode::InvalidTransaction,
-                    "escrow closes, epochs and slashes are the protocol's, not submitted through the API",
+                    "escrow closes, replica escrows, epochs and slashes are the protocol's, not submitted through the API",
                 ));
             }
             TxKind::SettleUsage { records } if records.iter().any(|r| r.is_final) => {
@@ -941,7 +958,8 @@ impl Core {
             | TxKind::Stake { .. }
             | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }
-            | TxKind::Withdraw { .. } => None,
+            | TxKind::Withdraw { .. }
+            | TxKind::Allow { .. } => None,
         };
         let applied = self.apply_tx(&stx, now_ms, batch)?;
         if let Some(lease) = lease {

@@ -32,7 +32,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
         InvalidJson | InvalidRequest | UnknownGpuModel | InvalidPrice | InvalidLocation
-        | InvalidTransaction | Overflow => StatusCode::BAD_REQUEST,
+        | InvalidTransaction | Overflow | InvalidPort | InvalidEnv | InvalidHealthCheck
+        | InvalidRegion => StatusCode::BAD_REQUEST,
         BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         MissingSignature | BadSignature | SignatureExpired | ReplayedRequest => {
             StatusCode::UNAUTHORIZED
@@ -44,12 +45,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ProcessRuntimeNotAllowed
         | NotAChecker
         | CheckerBanned
-        | NotAssigned => StatusCode::FORBIDDEN,
+        | NotAssigned
+        | NotYourDeployment => StatusCode::FORBIDDEN,
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
         TimedOut => StatusCode::SERVICE_UNAVAILABLE,
-        UnknownLease | UnknownHost | UnknownAccount | NotFound => StatusCode::NOT_FOUND,
+        UnknownLease | UnknownHost | UnknownAccount | NotFound | UnknownDeployment
+        | UnknownSession => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult => {
+        InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult | NoSessions => {
             StatusCode::CONFLICT
         }
         Internal | Unknown => StatusCode::INTERNAL_SERVER_ERROR,
@@ -110,7 +113,7 @@ impl From<LedgerError> for Failure {
             Overflow(_) => ErrorCode::Overflow,
             UnknownAccount(_) => ErrorCode::UnknownAccount,
             WrongNonce { .. } => ErrorCode::WrongNonce,
-            InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+            InsufficientFunds { .. } | AllowanceExceeded { .. } => ErrorCode::InsufficientFunds,
             UnknownEscrow(_) => ErrorCode::UnknownLease,
             NotEscrowHost { .. } => ErrorCode::NotYourLease,
         };
@@ -127,6 +130,10 @@ pub fn json_failure(error: &serde_json::Error) -> Failure {
         ErrorCode::InvalidPrice
     } else if message.starts_with("country ") {
         ErrorCode::InvalidLocation
+    } else if message.starts_with("port ") {
+        ErrorCode::InvalidPort
+    } else if message.starts_with("health check ") {
+        ErrorCode::InvalidHealthCheck
     } else {
         ErrorCode::InvalidJson
     };

@@ -87,6 +87,7 @@ pub(crate) enum Key {
     Escrow(LeaseId),
     Stake(Address, u16),
     Totals,
+    Allowance(Address, u64),
 }
 
 impl Key {
@@ -116,6 +117,12 @@ impl Key {
                 b[23..25].copy_from_slice(&i.to_be_bytes());
             }
             Key::Totals => b[2] = 4,
+            Key::Allowance(a, deployment) => {
+                b[..2].copy_from_slice(&a[..2]);
+                b[2] = 5;
+                b[3..23].copy_from_slice(a.as_slice());
+                b[23..31].copy_from_slice(&deployment.to_be_bytes());
+            }
         }
         B256::new(b)
     }
@@ -197,6 +204,13 @@ pub enum LedgerError {
     EpochOutOfOrder { expected: u64, got: u64 },
     #[error("invalid epoch: {0}")]
     InvalidEpoch(String),
+    #[error("{owner} allows {allowed} base units for deployment {deployment}; {needed} are needed")]
+    AllowanceExceeded {
+        owner: Address,
+        deployment: u64,
+        needed: Amount,
+        allowed: Amount,
+    },
 }
 
 /// Proof that a transaction's signature was checked: only [`Verified::check`] makes one,
@@ -242,6 +256,8 @@ pub struct Ledger {
     pub(crate) accounts: Map<Address, Account>,
     pub(crate) escrows: Map<LeaseId, Escrow>,
     pub(crate) stakes: Map<(Address, u16), Stake>,
+    /// What the protocol may still spend of an owner's balance on a deployment's escrows.
+    pub(crate) allowances: Map<(Address, u64), Amount>,
     pub(crate) vesting: Map<Address, Vesting>,
     /// Everything each account was ever granted in rewards.
     pub(crate) cumulative: Map<Address, Amount>,
@@ -315,6 +331,7 @@ impl Ledger {
             accounts,
             escrows: Map::default(),
             stakes: Map::default(),
+            allowances: Map::default(),
             vesting: Map::default(),
             cumulative: Map::default(),
             totals: Totals::default(),
@@ -454,6 +471,47 @@ impl Ledger {
             TxKind::StakeMany { stakes } => self.stake_more(tx.from, stakes)?,
             TxKind::Unstake { index } => self.unstake(tx.from, *index, time_ms)?,
             TxKind::Withdraw { index } => self.withdraw(tx.from, *index, time_ms)?,
+            TxKind::Allow { deployment, amount } => {
+                if *amount == Amount::ZERO {
+                    self.allowances.remove(&(tx.from, *deployment));
+                } else {
+                    self.allowances.insert((tx.from, *deployment), *amount);
+                }
+                self.touch(Key::Allowance(tx.from, *deployment));
+            }
+            TxKind::OpenEscrowFor {
+                buyer,
+                deployment,
+                lease,
+                host,
+                price_per_gpu_hour,
+                gpus,
+                max_duration_ms,
+                amount,
+            } => {
+                self.only_protocol(tx.from)?;
+                self.allowance_check(*buyer, *deployment, *amount)?;
+                self.open_escrow(
+                    *buyer,
+                    *lease,
+                    *host,
+                    *price_per_gpu_hour,
+                    *gpus,
+                    *max_duration_ms,
+                    *amount,
+                )?;
+                self.spend_allowance(*buyer, *deployment, *amount);
+            }
+            TxKind::ExtendEscrow {
+                buyer,
+                deployment,
+                lease,
+                extra_ms,
+                amount,
+            } => {
+                self.only_protocol(tx.from)?;
+                self.extend_escrow(*buyer, *deployment, *lease, *extra_ms, *amount)?
+            }
             TxKind::Epoch(close) => {
                 self.only_protocol(tx.from)?;
                 self.close_epoch(close, time_ms)?
@@ -673,6 +731,99 @@ impl Ledger {
         Ok(())
     }
 
+    /// What the protocol may still spend of `owner`'s balance on `deployment`'s escrows.
+    pub fn allowance(&self, owner: &Address, deployment: u64) -> Amount {
+        self.allowances
+            .get(&(*owner, deployment))
+            .copied()
+            .unwrap_or(Amount::ZERO)
+    }
+
+    fn allowance_check(
+        &self,
+        owner: Address,
+        deployment: u64,
+        needed: Amount,
+    ) -> Result<(), LedgerError> {
+        let allowed = self.allowance(&owner, deployment);
+        if allowed < needed {
+            return Err(LedgerError::AllowanceExceeded {
+                owner,
+                deployment,
+                needed,
+                allowed,
+            });
+        }
+        Ok(())
+    }
+
+    fn spend_allowance(&mut self, owner: Address, deployment: u64, amount: Amount) {
+        let key = (owner, deployment);
+        if let Some(left) = self.allowances.get_mut(&key) {
+            left.0 -= amount.0;
+            if left.0 == 0 {
+                self.allowances.remove(&key);
+            }
+        }
+        self.touch(Key::Allowance(owner, deployment));
+    }
+
+    /// Tops an open escrow up by `extra_ms` of its terms, paid by its buyer within the
+    /// deployment's allowance.
+    fn extend_escrow(
+        &mut self,
+        buyer: Address,
+        deployment: u64,
+        lease: LeaseId,
+        extra_ms: u64,
+        amount: Amount,
+    ) -> Result<(), LedgerError> {
+        let escrow = self
+            .escrows
+            .get(&lease)
+            .ok_or(LedgerError::UnknownEscrow(lease))?;
+        if escrow.closed {
+            return Err(LedgerError::EscrowClosed(lease));
+        }
+        if escrow.buyer != buyer {
+            return Err(LedgerError::EscrowTerms(
+                "a top-up is paid by the escrow's own buyer",
+            ));
+        }
+        if extra_ms == 0 {
+            return Err(LedgerError::EscrowTerms(
+                "a top-up adds more than zero time",
+            ));
+        }
+        let expected = escrow_amount(escrow.price_per_gpu_hour, escrow.gpus, extra_ms)
+            .ok_or(LedgerError::Overflow("escrow"))?;
+        if expected != amount {
+            return Err(LedgerError::EscrowAmount {
+                expected,
+                got: amount,
+            });
+        }
+        let max_gpu_ms = (escrow.gpus as u64)
+            .checked_mul(extra_ms)
+            .and_then(|extra| escrow.max_gpu_ms.checked_add(extra))
+            .ok_or(LedgerError::Overflow("GPU-ms"))?;
+        let total = escrow
+            .amount
+            .checked_add(amount)
+            .ok_or(LedgerError::Overflow("escrow"))?;
+        usage_cost(escrow.price_per_gpu_hour, max_gpu_ms)
+            .ok_or(LedgerError::Overflow("usage cost"))?;
+        self.allowance_check(buyer, deployment, amount)?;
+        self.debit_check(buyer, amount)?;
+        self.debit(buyer, amount.0);
+        self.spend_allowance(buyer, deployment, amount);
+        let escrow = self.escrows.get_mut(&lease).expect("looked up above");
+        escrow.amount = total;
+        escrow.max_gpu_ms = max_gpu_ms;
+        self.touch(Key::Escrow(lease));
+        Ok(())
+    }
+
     fn settle_usage(&mut self, host: Address, records: &[UsageRecord]) -> Result<(), LedgerError> {
         if records.is_empty() {
             return Err(LedgerError::EmptyUsage);
@@ -834,6 +985,13 @@ impl Ledger {
                 bytes.extend_from_slice(&s.bonded.0.to_be_bytes());
                 bytes.extend_from_slice(&s.unbonding.0.to_be_bytes());
                 bytes.extend_from_slice(&s.unbond_at_ms.to_be_bytes());
+            }
+            Key::Allowance(owner, deployment) => {
+                let left = self.allowances.get(&(*owner, *deployment))?;
+                bytes.extend_from_slice(b"allow");
+                bytes.extend_from_slice(owner.as_slice());
+                bytes.extend_from_slice(&deployment.to_be_bytes());
+                bytes.extend_from_slice(&left.0.to_be_bytes());
             }
             Key::Totals => {
                 let t = &self.totals;

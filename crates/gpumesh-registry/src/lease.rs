@@ -1,7 +1,8 @@
 //! The lease lifecycle: funding, start, end, cancellation, and how a lease is shown.
 
 use gpumesh_types::{
-    Address, Amount, GeoPoint, GpuModel, LeaseId, LeaseState, LeaseView, SettlementView, TxKind,
+    Address, Amount, DeploymentId, Endpoint, EnvVar, GeoPoint, GpuModel, HealthCheck, LeaseId,
+    LeaseState, LeaseView, PortSpec, ServiceHealth, SettlementView, TxKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,25 @@ pub struct LeaseRecord {
     /// this. 0 otherwise.
     #[serde(default)]
     pub deadline_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// Given to the host that runs the lease, never shown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Reported by the host with the start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// For a lease with a health check, once running: what the host last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ServiceHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_detail: Option<String>,
+    /// The deployment this lease is a replica of (funded by the protocol from the
+    /// owner's allowance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentId>,
 }
 
 impl Registry {
@@ -150,20 +170,40 @@ impl Registry {
         Ok(())
     }
 
-    /// The host started the workload. Repeating it is harmless.
+    /// The host started the workload, and says where its published ports are reached.
+    /// Repeating it is harmless.
     pub fn started(
         &mut self,
         host: &Address,
         id: LeaseId,
+        endpoints: Vec<Endpoint>,
         now_ms: u64,
     ) -> Result<(), RegistryError> {
         let lease = self.lease_of_host(host, id)?;
+        let published = endpoints.len() == lease.ports.len()
+            && endpoints.iter().all(|e| {
+                lease.ports.contains(&e.port)
+                    && !e.address.is_empty()
+                    && e.address.len() <= 256
+                    && e.address.chars().all(|c| c.is_ascii_graphic())
+            });
+        if !published {
+            return Err(RegistryError::invalid(
+                gpumesh_types::ErrorCode::InvalidPort,
+                format!(
+                    "lease {id} publishes {} port(s); the start must give one endpoint (host:port) for each",
+                    lease.ports.len()
+                ),
+            ));
+        }
         match lease.state {
             LeaseState::Running => Ok(()),
             LeaseState::Starting => {
                 let lease = self.leases.get_mut(&id).expect("looked up above");
                 lease.state = LeaseState::Running;
                 lease.started_ms = Some(now_ms);
+                lease.endpoints = endpoints;
+                lease.health = lease.health_check.as_ref().map(|_| ServiceHealth::Pending);
                 let end_by = now_ms + lease.max_duration_ms + self.params.end_grace_ms;
                 self.dirty.push(Dirty::Lease(id));
                 self.set_deadline(id, end_by);
@@ -175,6 +215,37 @@ impl Registry {
                 action: "start",
             }),
         }
+    }
+
+    /// The host reports a change of a running service's health. Returns whether it
+    /// changed.
+    pub fn health_report(
+        &mut self,
+        host: &Address,
+        id: LeaseId,
+        healthy: bool,
+        detail: Option<String>,
+    ) -> Result<bool, RegistryError> {
+        let lease = self.lease_of_host(host, id)?;
+        if lease.state != LeaseState::Running || lease.health_check.is_none() {
+            return Err(RegistryError::InvalidState {
+                lease: id,
+                state: lease.state,
+                action: "report health (only a running lease with a health check has it)",
+            });
+        }
+        let health = if healthy {
+            ServiceHealth::Ready
+        } else {
+            ServiceHealth::Unhealthy
+        };
+        let detail = detail.map(|d| d.chars().take(256).collect::<String>());
+        let lease = self.leases.get_mut(&id).expect("looked up above");
+        let changed = lease.health != Some(health);
+        lease.health = Some(health);
+        lease.health_detail = detail;
+        self.dirty.push(Dirty::Lease(id));
+        Ok(changed)
     }
 
     /// Checks that the host may report the end of this lease.
@@ -315,6 +386,11 @@ impl Registry {
             failure: l.failure.clone(),
             cancel_requested: l.cancel_requested,
             settlement,
+            endpoints: l.endpoints.clone(),
+            env_names: l.env.iter().map(|v| v.name.clone()).collect(),
+            health: l.health,
+            health_detail: l.health_detail.clone(),
+            deployment: l.deployment,
         })
     }
 }

@@ -885,6 +885,9 @@ impl Registry {
                     command: lease.command.clone(),
                     max_duration_ms: lease.max_duration_ms,
                     price_per_gpu_hour: lease.price_per_gpu_hour,
+                    ports: lease.ports.clone(),
+                    env: lease.env.clone(),
+                    health: lease.health_check.clone(),
                 }),
                 LeaseState::Starting | LeaseState::Running if lease.cancel_requested => {
                     work.stop.push(lease.id)
@@ -1284,6 +1287,13 @@ impl Registry {
             cancel_requested: false,
             funded: false,
             deadline_ms: 0,
+            ports: job.ports,
+            env: job.env,
+            health_check: job.health,
+            endpoints: Vec::new(),
+            health: None,
+            health_detail: None,
+            deployment: None,
         };
         self.dirty.push(Dirty::Lease(id));
         *self.unfunded.entry(buyer).or_default() += 1;

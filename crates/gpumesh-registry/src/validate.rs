@@ -215,6 +215,142 @@ pub(crate) fn job(job: &JobRequest, params: &Params) -> Result<(), RegistryError
             ),
         ));
     }
+    service(&job.ports, &job.env, job.health.as_ref())
+}
+
+/// Ports a lease may publish at most.
+pub const MAX_PORTS: usize = 16;
+/// Container ports below this are privileged: a workload, which runs with every
+/// capability dropped, cannot listen on them.
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+const MAX_ENV_VARS: usize = 64;
+const MAX_ENV_BYTES: usize = 32 * 1024;
+/// Environment names the host agent sets itself start with this.
+pub const RESERVED_ENV_PREFIX: &str = "GPUMESH_";
+const MAX_HEALTH_PATH: usize = 256;
+
+/// Published ports, environment and health check of a lease or a deployment.
+pub(crate) fn service(
+    ports: &[gpumesh_types::PortSpec],
+    env: &[gpumesh_types::EnvVar],
+    health: Option<&gpumesh_types::HealthCheck>,
+) -> Result<(), RegistryError> {
+    if ports.len() > MAX_PORTS {
+        return Err(invalid(
+            ErrorCode::InvalidPort,
+            format!("at most {MAX_PORTS} ports may be published"),
+        ));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if p.port < FIRST_UNPRIVILEGED_PORT {
+            return Err(invalid(
+                ErrorCode::InvalidPort,
+                format!(
+                    "port {p} is privileged (or 0): workloads run without capabilities and listen on {FIRST_UNPRIVILEGED_PORT}-65535"
+                ),
+            ));
+        }
+        if ports[..i].contains(p) {
+            return Err(invalid(
+                ErrorCode::InvalidPort,
+                format!("port {p} is listed twice"),
+            ));
+        }
+    }
+    if env.len() > MAX_ENV_VARS {
+        return Err(invalid(
+            ErrorCode::InvalidEnv,
+            format!("at most {MAX_ENV_VARS} environment variables may be given"),
+        ));
+    }
+    let mut bytes = 0;
+    for (i, var) in env.iter().enumerate() {
+        let mut chars = var.name.chars();
+        let identifier = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && var.name.len() <= 128;
+        if !identifier {
+            return Err(invalid(
+                ErrorCode::InvalidEnv,
+                format!(
+                    "environment name {:?} is not an identifier (letters, digits and _, not starting with a digit, at most 128)",
+                    var.name
+                ),
+            ));
+        }
+        if var.name.starts_with(RESERVED_ENV_PREFIX) {
+            return Err(invalid(
+                ErrorCode::InvalidEnv,
+                format!(
+                    "environment name {} is reserved: the host agent sets {RESERVED_ENV_PREFIX}* itself",
+                    var.name
+                ),
+            ));
+        }
+        if env[..i].iter().any(|o| o.name == var.name) {
+            return Err(invalid(
+                ErrorCode::InvalidEnv,
+                format!("environment name {} is given twice", var.name),
+            ));
+        }
+        if var.value.contains('\0') {
+            return Err(invalid(
+                ErrorCode::InvalidEnv,
+                format!("the value of {} holds a NUL byte", var.name),
+            ));
+        }
+        bytes += var.name.len() + var.value.len();
+    }
+    if bytes > MAX_ENV_BYTES {
+        return Err(invalid(
+            ErrorCode::InvalidEnv,
+            format!("the environment is over {MAX_ENV_BYTES} bytes"),
+        ));
+    }
+    let Some(health) = health else {
+        return Ok(());
+    };
+    let bad = |why: String| Err(invalid(ErrorCode::InvalidHealthCheck, why));
+    if let gpumesh_types::Probe::Http(path) = &health.probe {
+        let is_path = path.starts_with('/')
+            && path.len() <= MAX_HEALTH_PATH
+            && path.chars().all(|c| c.is_ascii_graphic());
+        if !is_path {
+            return bad(format!(
+                "health check path {path:?} is not a path: it starts with / and has at most {MAX_HEALTH_PATH} printable characters, no spaces"
+            ));
+        }
+    }
+    let tcp = |port: u16| {
+        ports.contains(&gpumesh_types::PortSpec {
+            port,
+            protocol: gpumesh_types::Protocol::Tcp,
+        })
+    };
+    match health.port {
+        Some(port) if !tcp(port) => {
+            return bad(format!(
+                "health check port {port} is not a published TCP port"
+            ));
+        }
+        None if !ports
+            .iter()
+            .any(|p| p.protocol == gpumesh_types::Protocol::Tcp) =>
+        {
+            return bad("a health check needs a published TCP port to probe".into());
+        }
+        _ => {}
+    }
+    if !(100..=600_000).contains(&health.interval_ms) || health.grace_ms > 3_600_000 {
+        return bad(
+            "health check interval must be 100 ms to 10 min, and its grace at most 1 h".into(),
+        );
+    }
+    if !(1..=100).contains(&health.failures) {
+        return bad("health check failures must be 1 to 100".into());
+    }
     Ok(())
 }
 

@@ -6,7 +6,10 @@
 use alloy_primitives::{Address, B256};
 use serde::{Deserialize, Serialize};
 
-use crate::{Amount, Country, GeoPoint, GpuClass, GpuModel, Location, SignedTx};
+use crate::{
+    Amount, Country, Endpoint, EnvVar, GeoPoint, GpuClass, GpuModel, HealthCheck, Location,
+    PortSpec, ServiceHealth, SignedTx,
+};
 
 /// A lease's identifier, unique within one indexer.
 #[derive(
@@ -122,12 +125,24 @@ pub struct Assignment {
     pub command: Vec<String>,
     pub max_duration_ms: u64,
     pub price_per_gpu_hour: Amount,
+    /// Container ports to publish.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 /// `POST /v1/leases/{id}/started`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LeaseStarted {}
+pub struct LeaseStarted {
+    /// Where each published port is reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+}
 
 /// `POST /v1/leases/{id}/logs`: output the workload printed, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -291,6 +306,16 @@ pub struct JobRequest {
     pub image_policy: ImagePolicy,
     #[serde(default)]
     pub policy: RankPolicy,
+    /// Container ports to publish on the host (`8080`, `8080/tcp`, `5000/udp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub ports: Vec<PortSpec>,
+    /// Environment for the workload; values are never shown or logged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// The lease is `ready` only once this check passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 impl JobRequest {
@@ -319,6 +344,9 @@ impl JobRequest {
             max_rtt_ms: None,
             image_policy: ImagePolicy::Any,
             policy: RankPolicy::Balanced,
+            ports: Vec::new(),
+            env: Vec::new(),
+            health: None,
         }
     }
 }
@@ -443,6 +471,20 @@ pub struct LeaseView {
     pub cancel_requested: bool,
     /// Present once the escrow is open.
     pub settlement: Option<SettlementView>,
+    /// Where the published ports are reached, once the host started the workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// Names of the environment variables given (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
+    /// For a lease with a health check: what the host last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ServiceHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_detail: Option<String>,
+    /// The deployment this lease is a replica of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<crate::DeploymentId>,
 }
 
 /// Money of one lease, all in base units; once closed, `host_share + treasury_share + refund == escrow`.
@@ -651,6 +693,20 @@ pub enum ErrorCode {
     LateReport,
     /// A result the checker already gave for this period.
     DuplicateResult,
+    /// A port that is 0, privileged, repeated or out of range.
+    InvalidPort,
+    /// An environment variable whose name is not an identifier, or that is too large.
+    InvalidEnv,
+    /// A health check whose path is not a path, or that names no published port.
+    InvalidHealthCheck,
+    /// A region that names no place, or whose minimum is above its maximum.
+    InvalidRegion,
+    UnknownDeployment,
+    /// The deployment belongs to another owner.
+    NotYourDeployment,
+    /// The deployment takes no sessions.
+    NoSessions,
+    UnknownSession,
     Internal,
     /// A code this client does not know yet.
     #[serde(other)]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod checking;
 mod geo;
 mod gpu;
+pub mod service;
 mod tx;
 
 pub use alloy_primitives::{Address, B256};
@@ -18,6 +19,7 @@ pub use api::*;
 pub use checking::*;
 pub use geo::{Country, EARTH_RADIUS_KM, GeoError, GeoPoint, Location};
 pub use gpu::{CATALOG, GpuClass, GpuModel, GpuSpec, UnknownGpuModel};
+pub use service::*;
 pub use tx::{
     BlockHeader, CheckerTasks, CloseReason, EpochClose, HostCapacity, HostDelivery, LedgerEntry,
     Offence, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,

@@ -53,6 +53,31 @@ pub enum TxKind {
     Unstake { index: u16 },
     /// A host takes back an unbonded stake.
     Withdraw { index: u16 },
+    /// The signer lets the protocol spend up to `amount` of its balance on the escrows
+    /// of its deployment `deployment` (replicas opened and topped up period by period).
+    /// Replaces any earlier allowance for it; zero revokes it.
+    Allow { deployment: u64, amount: Amount },
+    /// The protocol opens a deployment replica's escrow from the owner's balance, within
+    /// the owner's allowance for that deployment. Signed by the protocol key.
+    OpenEscrowFor {
+        buyer: Address,
+        deployment: u64,
+        lease: LeaseId,
+        host: Address,
+        price_per_gpu_hour: Amount,
+        gpus: u16,
+        max_duration_ms: u64,
+        amount: Amount,
+    },
+    /// The protocol tops a replica's open escrow up by `extra_ms` of its terms, from the
+    /// owner's balance within the allowance. Signed by the protocol key.
+    ExtendEscrow {
+        buyer: Address,
+        deployment: u64,
+        lease: LeaseId,
+        extra_ms: u64,
+        amount: Amount,
+    },
     /// The protocol closes an epoch and pays its rewards. Signed by the protocol key.
     Epoch(Box<EpochClose>),
     /// The protocol slashes a container, with the hash of the evidence. Signed by the
@@ -161,6 +186,8 @@ impl Tx {
         match &self.kind {
             TxKind::Transfer { to, .. } => to == account,
             TxKind::OpenEscrow { host, .. } | TxKind::Slash { host, .. } => host == account,
+            TxKind::OpenEscrowFor { buyer, host, .. } => buyer == account || host == account,
+            TxKind::ExtendEscrow { buyer, .. } => buyer == account,
             TxKind::Epoch(e) => {
                 e.capacity.binary_search_by_key(account, |c| c.0).is_ok()
                     || e.delivery.binary_search_by_key(account, |d| d.0).is_ok()
@@ -171,7 +198,8 @@ impl Tx {
             | TxKind::Stake { .. }
             | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }
-            | TxKind::Withdraw { .. } => false,
+            | TxKind::Withdraw { .. }
+            | TxKind::Allow { .. } => false,
         }
     }
 

@@ -59,6 +59,29 @@ fn describe(entry: &LedgerEntry) -> String {
         }
         TxKind::SettleUsage { records } => format!("usage of {} leases", records.len()),
         TxKind::CloseEscrow { lease, reason } => format!("close lease {lease} ({reason:?})"),
+        TxKind::Allow { deployment, amount } => format!(
+            "allow up to {} tokens for deployment {deployment}",
+            amount.tokens()
+        ),
+        TxKind::OpenEscrowFor {
+            lease,
+            deployment,
+            amount,
+            ..
+        } => format!(
+            "escrow {} tokens for lease {lease} of deployment {deployment}",
+            amount.tokens()
+        ),
+        TxKind::ExtendEscrow {
+            lease,
+            extra_ms,
+            amount,
+            ..
+        } => format!(
+            "top up lease {lease} by {} s for {} tokens",
+            extra_ms / 1000,
+            amount.tokens()
+        ),
         TxKind::Stake { index, amount } => {
             format!("stake {} tokens on GPU {index}", amount.tokens())
         }

@@ -324,6 +324,10 @@ pub struct HostArgs {
     /// Network for containers: bridge (isolated, with outbound access) or none.
     #[arg(long, default_value = "bridge")]
     pub container_network: String,
+    /// Network for containers that publish ports (services); default: the same as
+    /// --container-network. Services cannot run with none.
+    #[arg(long)]
+    pub service_network: Option<String>,
     /// Memory limit per leased GPU, in MiB.
     #[arg(long, default_value_t = 16 * 1024)]
     pub memory_per_gpu_mib: i64,
@@ -341,6 +345,13 @@ pub struct HostArgs {
     /// address); set it when checkers come from other machines.
     #[arg(long)]
     pub challenge_url: Option<String>,
+    /// The address buyers reach services' published ports at (default: the host of
+    /// --challenge-url, else 127.0.0.1).
+    #[arg(long)]
+    pub public_address: Option<String>,
+    /// The local address services' ports are published on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub publish_ip: std::net::IpAddr,
 }
 
 #[derive(Debug, Args)]
@@ -386,9 +397,49 @@ pub struct RunArgs {
     /// Print the receipt as JSON on stdout (the workload's output goes to stderr).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Return once the workload runs (and passes its health check) instead of following
+    /// it to the end; prints its endpoints. Stop it with `gpumesh cancel`.
+    #[arg(long)]
+    pub detach: bool,
     /// The command to run, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// What makes a workload a service: published ports, environment, a health check.
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// A port the workload listens on, published on the host: PORT[/tcp|/udp]. Repeat.
+    #[arg(long = "port", value_name = "PORT[/PROTO]")]
+    pub ports: Vec<gpumesh_types::PortSpec>,
+    /// An environment variable for the workload: KEY=VALUE (never logged). Repeat.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<gpumesh_types::EnvVar>,
+    /// A health check: http:/PATH (a GET answering 2xx or 3xx) or tcp (a connection);
+    /// the lease is ready only once it passes.
+    #[arg(long, value_name = "http:/PATH|tcp")]
+    pub health: Option<gpumesh_types::Probe>,
+    /// How often the health check runs, such as 2s.
+    #[arg(long, default_value = "2s")]
+    pub health_interval: String,
+    /// How long after the start the first check may take to pass, such as 30s.
+    #[arg(long, default_value = "30s")]
+    pub health_grace: String,
+}
+
+impl ServiceArgs {
+    /// The health check these arguments ask for.
+    pub fn health_check(&self) -> anyhow::Result<Option<gpumesh_types::HealthCheck>> {
+        let Some(probe) = self.health.clone() else {
+            return Ok(None);
+        };
+        let mut check = gpumesh_types::HealthCheck::new(probe);
+        check.interval_ms = crate::format::parse_duration_ms(&self.health_interval)?;
+        check.grace_ms = crate::format::parse_duration_ms(&self.health_grace)?;
+        Ok(Some(check))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use gpumesh_client::Client;
-use gpumesh_client::buyer::{JobEvent, JobOutcome, run_job};
+use gpumesh_client::buyer::{JobEvent, JobOutcome, ServiceOutcome, run_job, start_service};
 use gpumesh_devnet::{Devnet, DevnetConfig, RuntimeChoice, demo};
 use gpumesh_host::discovery;
 use gpumesh_host::runtime::Runtime;
@@ -421,12 +421,19 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         RuntimeArg::Process => Arc::new(ProcessRuntime),
         RuntimeArg::Container => Arc::new(
             ContainerRuntime::connect(args.docker_socket.as_deref(), &args.container_network)
-                .await?,
+                .await
+                .map(|r| match &args.service_network {
+                    Some(n) => r.with_service_network(n),
+                    None => r,
+                })?,
         ),
         RuntimeArg::Auto => {
             match ContainerRuntime::connect(args.docker_socket.as_deref(), &args.container_network)
                 .await
-            {
+                .map(|r| match &args.service_network {
+                    Some(n) => r.with_service_network(n),
+                    None => r,
+                }) {
                 Ok(engine) => Arc::new(engine),
                 Err(e) if args.dev => {
                     eprintln!("warning: {e}; using the process runtime (--dev)");
@@ -439,6 +446,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         }
     };
     eprintln!("runtime: {}", runtime.describe());
+    let public_address = public_address(&args)?;
     let config = gpumesh_host::HostConfig {
         indexer_url: args.connection.indexer.clone(),
         wallet,
@@ -451,6 +459,8 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         memory_per_gpu: Some(args.memory_per_gpu_mib.saturating_mul(1024 * 1024)),
         nano_cpus_per_gpu: Some(args.cpus_per_gpu.saturating_mul(1_000_000_000)),
         auto_stake: !args.no_stake,
+        public_address,
+        publish_ip: args.publish_ip,
         challenge: Some(gpumesh_host::ChallengeConfig {
             listen: args.challenge_listen,
             advertise: args.challenge_url.clone(),
@@ -462,6 +472,38 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         "stopping: ending running leases…",
     )
     .await
+}
+
+/// Where buyers reach a host's published ports: `--public-address`, else the host of
+/// `--challenge-url`, else loopback (a host on one machine).
+fn public_address(args: &HostArgs) -> anyhow::Result<String> {
+    if let Some(address) = &args.public_address {
+        let valid = !address.is_empty()
+            && address.len() <= 253
+            && address
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+        anyhow::ensure!(
+            valid,
+            "--public-address {address:?} is not a host name or an IP address"
+        );
+        return Ok(address.clone());
+    }
+    let from_url = args.challenge_url.as_deref().and_then(|url| {
+        let rest = url.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next()?,
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        (!host.is_empty()).then(|| host.to_string())
+    });
+    Ok(from_url.unwrap_or_else(|| {
+        eprintln!(
+            "note: published ports are announced on 127.0.0.1; pass --public-address for buyers on other machines"
+        );
+        "127.0.0.1".into()
+    }))
 }
 
 /// Runs a service until it ends by itself or Ctrl-C; then asks it to stop and waits for
@@ -551,6 +593,69 @@ async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gpumesh run --detach`: starts the workload and returns once it is ready.
+async fn run_detached(client: &Client, job: &JobRequest, json: bool) -> anyhow::Result<ExitCode> {
+    let outcome = start_service(client, job, |event| {
+        if let JobEvent::Matched(lease) = event {
+            eprintln!(
+                "matched lease {}: {} × {} on {} ({}, about {:.0} ms away) at {} per GPU-hour; escrow {} tokens",
+                lease.id,
+                lease.gpu_count,
+                lease.gpu,
+                lease.host_name,
+                lease.host_location.country,
+                lease.rtt_ms,
+                lease.price_per_gpu_hour.tokens(),
+                lease.escrow.tokens()
+            );
+        }
+    })
+    .await?;
+    match outcome {
+        ServiceOutcome::Unmatched { reason } => {
+            eprintln!("no match: {reason}");
+            Ok(ExitCode::from(2))
+        }
+        ServiceOutcome::NotReady { lease } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lease)?);
+            }
+            eprintln!(
+                "lease {} is {:?}{}: {}",
+                lease.id,
+                lease.state,
+                match lease.health {
+                    Some(h) => format!(" ({h:?})"),
+                    None => String::new(),
+                },
+                lease
+                    .health_detail
+                    .as_deref()
+                    .or(lease.failure.as_deref())
+                    .unwrap_or("it never became ready")
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        ServiceOutcome::Ready { lease, ready } => {
+            if json {
+                let mut value = serde_json::to_value(&lease)?;
+                value["ready_ms"] = serde_json::json!(ready.as_millis() as u64);
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+            eprintln!(
+                "lease {} is ready {} ms after the request",
+                lease.id,
+                ready.as_millis()
+            );
+            for e in &lease.endpoints {
+                eprintln!("  {} → {}", e.port, e.address);
+            }
+            eprintln!("stop it with: gpumesh cancel {}", lease.id);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = client(&args.connection, true)?;
     let (gpu, gpu_count) = format::parse_gpu(&args.gpu)?;
@@ -586,6 +691,12 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         PolicyArg::Experience => gpumesh_types::RankPolicy::Experience,
         PolicyArg::Balanced => gpumesh_types::RankPolicy::Balanced,
     };
+    job.ports = args.service.ports.clone();
+    job.env = args.service.env.clone();
+    job.health = args.service.health_check()?;
+    if args.detach {
+        return run_detached(&client, &job, args.json).await;
+    }
     let json = args.json;
     let lease_id: std::sync::Mutex<Option<LeaseId>> = std::sync::Mutex::new(None);
     let job_run = run_job(&client, &job, |event| match event {

@@ -4,7 +4,9 @@
 //! Each lease gets a fresh container: the buyer's image and command, a memory and CPU
 //! limit, no privileges (all capabilities dropped, no new privileges), no host network
 //! (Docker's bridge by default, or none), the lease's GPUs passed through by UUID on real
-//! hardware, and labels that name the lease. The container is removed when it ends.
+//! hardware, and labels that name the lease. A service's ports are published through the
+//! engine's port bindings on the host ports the agent chose; a host whose containers have
+//! no network refuses them. The container is removed when it ends.
 
 use std::path::Path;
 
@@ -37,6 +39,8 @@ pub struct ContainerRuntime {
     endpoint: String,
     engine: String,
     network: String,
+    /// The network of containers that publish ports (a service needs one).
+    service_network: String,
 }
 
 /// The sockets to try: `DOCKER_HOST` (unix only), then the usual places.
@@ -90,6 +94,7 @@ impl ContainerRuntime {
                         endpoint: path,
                         engine,
                         network: network.to_string(),
+                        service_network: network.to_string(),
                     });
                 }
                 Ok(Err(e)) => tried.push(format!("{path} ({e})")),
@@ -103,6 +108,12 @@ impl ContainerRuntime {
             "no Docker Engine API is reachable; tried {}",
             tried.join(", ")
         ))
+    }
+
+    /// Containers that publish ports join `network` instead of the default one.
+    pub fn with_service_network(mut self, network: &str) -> ContainerRuntime {
+        self.service_network = network.to_string();
+        self
     }
 
     pub fn endpoint(&self) -> &str {
@@ -166,8 +177,8 @@ impl Runtime for ContainerRuntime {
 
     fn describe(&self) -> String {
         format!(
-            "container runtime ({} at unix://{}, network {})",
-            self.engine, self.endpoint, self.network
+            "container runtime ({} at unix://{}, network {}, services on {})",
+            self.engine, self.endpoint, self.network, self.service_network
         )
     }
 
@@ -191,12 +202,31 @@ impl Runtime for ContainerRuntime {
                     ..Default::default()
                 }]
             });
+            let network = if spec.ports.is_empty() { &self.network } else { &self.service_network };
+            if !spec.ports.is_empty() && network == "none" {
+                return Err(anyhow!(
+                    "this host runs services without a network (--service-network none) and cannot publish ports {:?}",
+                    spec.ports.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>()
+                ));
+            }
+            let port_bindings: bollard::models::PortMap = spec
+                .ports
+                .iter()
+                .map(|(p, host_port)| {
+                    let binding = bollard::models::PortBinding {
+                        host_ip: Some(spec.publish_ip.to_string()),
+                        host_port: Some(host_port.to_string()),
+                    };
+                    (p.to_string(), Some(vec![binding]))
+                })
+                .collect();
             let host_config = HostConfig {
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
                 memory: spec.memory_bytes,
                 memory_swap: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
                 pids_limit: Some(1024),
-                network_mode: Some(self.network.clone()),
+                network_mode: Some(network.clone()),
                 privileged: Some(false),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
@@ -208,6 +238,8 @@ impl Runtime for ContainerRuntime {
                 cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
                 env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                 labels: Some([("gpumesh.lease".to_string(), spec.lease.to_string())].into_iter().collect()),
+                exposed_ports: (!spec.ports.is_empty())
+                    .then(|| spec.ports.iter().map(|(p, _)| p.to_string()).collect()),
                 host_config: Some(host_config),
                 ..Default::default()
             };

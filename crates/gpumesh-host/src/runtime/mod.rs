@@ -10,7 +10,7 @@ pub mod container;
 pub mod process;
 
 use futures_util::future::BoxFuture;
-use gpumesh_types::{LeaseId, LogStream, RuntimeKind};
+use gpumesh_types::{LeaseId, LogStream, PortSpec, Protocol, RuntimeKind};
 use tokio::sync::mpsc;
 
 /// What to run for one lease.
@@ -27,6 +27,42 @@ pub struct WorkloadSpec {
     pub memory_bytes: Option<i64>,
     /// CPU limit in billionths of a CPU.
     pub nano_cpus: Option<i64>,
+    /// Ports to publish, each on the host port given (chosen by [`free_host_ports`]).
+    pub ports: Vec<(PortSpec, u16)>,
+    /// The host address ports are published on.
+    pub publish_ip: std::net::IpAddr,
+}
+
+/// Picks a free host port for each container port: bound on `ip` with port 0 and
+/// released, so the kernel chooses among ports nothing else holds (another program could
+/// still take one before the workload does; the start then fails and the lease is
+/// refunded).
+pub fn free_host_ports(
+    ip: std::net::IpAddr,
+    ports: &[PortSpec],
+) -> std::io::Result<Vec<(PortSpec, u16)>> {
+    let mut held_tcp = Vec::new();
+    let mut held_udp = Vec::new();
+    let mut out = Vec::with_capacity(ports.len());
+    for &spec in ports {
+        // Keep each socket open until all are chosen, so no two ports come out alike.
+        let port = match spec.protocol {
+            Protocol::Tcp => {
+                let socket = std::net::TcpListener::bind((ip, 0))?;
+                let port = socket.local_addr()?.port();
+                held_tcp.push(socket);
+                port
+            }
+            Protocol::Udp => {
+                let socket = std::net::UdpSocket::bind((ip, 0))?;
+                let port = socket.local_addr()?.port();
+                held_udp.push(socket);
+                port
+            }
+        };
+        out.push((spec, port));
+    }
+    Ok(out)
 }
 
 /// A piece of output from a workload.

@@ -1,7 +1,10 @@
 //! Workloads as plain processes on the host: for local development networks only.
 //!
 //! There is no isolation and no image: the command runs as the agent's user. The process
-//! runs in its own process group, so a kill stops everything it started.
+//! runs in its own process group, so a kill stops everything it started. A service
+//! cannot be given a port from outside, so it is told where to listen instead:
+//! `GPUMESH_PORT_<port>_<TCP|UDP>` holds the host port chosen for each container port,
+//! and `PORT` the first one's.
 
 use std::process::Stdio;
 
@@ -42,9 +45,25 @@ impl Runtime for ProcessRuntime {
                 );
             };
             let mut command = Command::new(program);
+            let ports = spec.ports.iter().map(|(p, host_port)| {
+                let proto = match p.protocol {
+                    gpumesh_types::Protocol::Tcp => "TCP",
+                    gpumesh_types::Protocol::Udp => "UDP",
+                };
+                (
+                    format!("GPUMESH_PORT_{}_{proto}", p.port),
+                    host_port.to_string(),
+                )
+            });
+            let first = spec
+                .ports
+                .first()
+                .map(|(_, host_port)| ("PORT".to_string(), host_port.to_string()));
             command
                 .args(args)
                 .envs(spec.env.iter().cloned())
+                .envs(ports)
+                .envs(first)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
