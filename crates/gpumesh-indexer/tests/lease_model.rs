@@ -246,7 +246,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         Op::Start(i) => {
             let Some(id) = pick(i) else { return };
             let host = w.host_wallet(id).address();
-            let _ = w.apply(|c, now, _| c.started(host, id, now));
+            let _ = w.apply(|c, now, _| c.started(host, id, Vec::new(), now));
         }
         Op::Settle(i) => {
             let Some(id) = pick(i) else { return };

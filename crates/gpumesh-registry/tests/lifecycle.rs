@@ -124,10 +124,10 @@ fn a_lease_runs_from_match_to_completion() {
     assert_eq!(work.start[0].gpu_indices, vec![0, 1]);
 
     assert!(matches!(
-        r.started(&addr(2), id, 3_000),
+        r.started(&addr(2), id, Vec::new(), 3_000),
         Err(RegistryError::NotYours { .. })
     ));
-    r.started(&addr(1), id, 3_000).unwrap();
+    r.started(&addr(1), id, Vec::new(), 3_000).unwrap();
     assert_eq!(
         r.finished(&addr(1), id, Some(0), None, 9_000).unwrap(),
         LeaseState::Completed
@@ -265,7 +265,7 @@ fn a_lost_host_fails_its_leases_and_returns_to_standby_when_it_beats_again() {
         .unwrap()
         .id;
     r.escrow_opened(running, 0).unwrap();
-    r.started(&addr(1), running, 100).unwrap();
+    r.started(&addr(1), running, Vec::new(), 100).unwrap();
     let unfunded = r
         .submit_job(buyer, job(GpuModel::H100, 1, "3"), 0)
         .unwrap()
@@ -347,7 +347,7 @@ fn matches_expire_and_cancels_reach_the_host() {
         )
     );
     assert_eq!(r.work(&addr(1)).unwrap(), Default::default());
-    assert!(r.started(&addr(1), id, 30_004).is_err());
+    assert!(r.started(&addr(1), id, Vec::new(), 30_004).is_err());
 
     // Running: the host is asked to stop, and reports the end.
     let id = r
@@ -355,7 +355,7 @@ fn matches_expire_and_cancels_reach_the_host() {
         .unwrap()
         .id;
     r.escrow_opened(id, 30_005).unwrap();
-    r.started(&addr(1), id, 30_006).unwrap();
+    r.started(&addr(1), id, Vec::new(), 30_006).unwrap();
     assert_eq!(
         r.cancel(&buyer, id, 30_007).unwrap(),
         (LeaseState::Running, vec![])
@@ -390,13 +390,13 @@ fn leases_whose_host_goes_quiet_end_at_their_deadline() {
     long.max_duration_ms = 120_000;
     let silent = r.submit_job(buyer, long, 0).unwrap().id;
     r.escrow_opened(silent, 10).unwrap();
-    r.started(&addr(1), silent, 20).unwrap();
+    r.started(&addr(1), silent, Vec::new(), 20).unwrap();
     // Cancelled while running, and the host never stops it: ends at the grace.
     let mut longer = job(GpuModel::H100, 1, "3");
     longer.max_duration_ms = 3_600_000;
     let stubborn = r.submit_job(buyer, longer, 0).unwrap().id;
     r.escrow_opened(stubborn, 10).unwrap();
-    r.started(&addr(1), stubborn, 20).unwrap();
+    r.started(&addr(1), stubborn, Vec::new(), 20).unwrap();
     r.cancel(&buyer, stubborn, 1_000).unwrap();
 
     let start_by = 10 + p.start_timeout_ms;
@@ -661,7 +661,7 @@ fn only_a_quorum_brings_back_a_host_it_found_down() {
         .unwrap()
         .id;
     r.escrow_opened(id, 0).unwrap();
-    r.started(&addr(1), id, 40).unwrap();
+    r.started(&addr(1), id, Vec::new(), 40).unwrap();
     r.take_dirty();
 
     let effects = r.liveness_verdict(&addr(1), false, 100);
