@@ -234,6 +234,83 @@ impl Client {
         self.post(path, body).await
     }
 
+    pub async fn create_deployment(
+        &self,
+        request: &gpumesh_types::DeploymentRequest,
+    ) -> Result<gpumesh_types::DeploymentView, ClientError> {
+        self.post("/v1/deployments", request).await
+    }
+
+    pub async fn deployment(
+        &self,
+        id: gpumesh_types::DeploymentId,
+    ) -> Result<gpumesh_types::DeploymentView, ClientError> {
+        self.get(&format!("/v1/deployments/{id}")).await
+    }
+
+    pub async fn deployments_of(
+        &self,
+        owner: Address,
+    ) -> Result<Vec<gpumesh_types::DeploymentView>, ClientError> {
+        self.get(&format!("/v1/deployments?owner={owner}")).await
+    }
+
+    pub async fn scale_deployment(
+        &self,
+        id: gpumesh_types::DeploymentId,
+        scale: &gpumesh_types::ScaleRequest,
+    ) -> Result<gpumesh_types::DeploymentView, ClientError> {
+        self.post(&format!("/v1/deployments/{id}/scale"), scale)
+            .await
+    }
+
+    pub async fn stop_deployment(
+        &self,
+        id: gpumesh_types::DeploymentId,
+    ) -> Result<gpumesh_types::DeploymentView, ClientError> {
+        self.post(
+            &format!("/v1/deployments/{id}/stop"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Lets the protocol spend up to `amount` of this wallet's balance on the
+    /// deployment's escrows (replaces the earlier allowance).
+    pub async fn allow(
+        &self,
+        deployment: gpumesh_types::DeploymentId,
+        amount: Amount,
+    ) -> Result<TxAccepted, ClientError> {
+        self.send_tx(TxKind::Allow {
+            deployment: deployment.0,
+            amount,
+        })
+        .await
+    }
+
+    pub async fn request_session(
+        &self,
+        request: &gpumesh_types::SessionRequest,
+    ) -> Result<gpumesh_types::SessionView, ClientError> {
+        self.post("/v1/sessions", request).await
+    }
+
+    pub async fn session(
+        &self,
+        id: gpumesh_types::SessionId,
+    ) -> Result<gpumesh_types::SessionView, ClientError> {
+        self.get(&format!("/v1/sessions/{id}")).await
+    }
+
+    pub async fn end_session(
+        &self,
+        id: gpumesh_types::SessionId,
+    ) -> Result<gpumesh_types::SessionView, ClientError> {
+        self.post(&format!("/v1/sessions/{id}/end"), &serde_json::json!({}))
+            .await
+    }
+
     pub async fn info(&self) -> Result<NetworkInfo, ClientError> {
         self.get("/v1/info").await
     }

@@ -20,8 +20,9 @@ use gpumesh_types::{
     ProofOpenRequest,
 };
 use gpumesh_types::{
-    ErrorCode, FaucetRequest, HealthReport, Heartbeat, JobRequest, LeaseFinish, LeaseId,
-    LeaseStarted, LogAppend, LogEvent, RegisterHost, SignedTx, WorkPoll,
+    DeploymentId, DeploymentRequest, DeploymentView, ErrorCode, FaucetRequest, HealthReport,
+    Heartbeat, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LogAppend, LogEvent, RegisterHost,
+    ScaleRequest, SessionId, SessionRequest, SessionView, SignedTx, WorkPoll,
 };
 use serde::Deserialize;
 
@@ -64,6 +65,13 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel))
         .routes(routes!(started))
         .routes(routes!(health_report))
+        .routes(routes!(create_deployment, deployments))
+        .routes(routes!(deployment))
+        .routes(routes!(scale_deployment))
+        .routes(routes!(stop_deployment))
+        .routes(routes!(request_session))
+        .routes(routes!(session))
+        .routes(routes!(end_session))
         .routes(routes!(append_logs, logs))
         .routes(routes!(finish))
         .routes(routes!(submit_tx))
@@ -162,6 +170,24 @@ fn lease_id(text: &str) -> Result<LeaseId, Failure> {
         Failure::new(
             ErrorCode::UnknownLease,
             format!("lease {text:?} does not exist"),
+        )
+    })
+}
+
+fn deployment_id(text: &str) -> Result<DeploymentId, Failure> {
+    text.parse().map(DeploymentId).map_err(|_| {
+        Failure::new(
+            ErrorCode::UnknownDeployment,
+            format!("deployment {text:?} does not exist"),
+        )
+    })
+}
+
+fn session_id(text: &str) -> Result<SessionId, Failure> {
+    text.parse().map(SessionId).map_err(|_| {
+        Failure::new(
+            ErrorCode::UnknownSession,
+            format!("session {text:?} does not exist"),
         )
     })
 }
@@ -835,4 +861,95 @@ async fn decoy_open(
         })
         .collect();
     Ok(Json(gpumesh_types::Opening { rows }).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/deployments", tag = "deployments", summary = "Create a deployment: replicas across regions, funded under an allowance", request_body = DeploymentRequest, params(SignatureHeaders), responses((status = 200, body = DeploymentView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn create_deployment(
+    State(state): State<AppState>,
+    req: Signed<DeploymentRequest>,
+) -> Result<Response, Failure> {
+    let view = state
+        .mutate(move |c, now, _| c.create_deployment(req.signer, req.body, now))
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments", summary = "Deployments, of one owner when asked (at most 1000)", params(("owner" = Option<String>, Query, description = "only this owner's")), responses((status = 200, body = Vec<DeploymentView>), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn deployments(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, Failure> {
+    let owner = query
+        .get("owner")
+        .map(|o| address("owner", o))
+        .transpose()?;
+    Ok(Json(state.read(|c| c.deployments(owner))).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/deployments/{id}", tag = "deployments", summary = "One deployment: regions, replicas, sessions served", params(("id" = u64, Path, description = "the deployment id")), responses((status = 200, body = DeploymentView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let id = deployment_id(&id)?;
+    Ok(Json(state.read(|c| c.deployment_view(id))?).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{id}/scale", tag = "deployments", summary = "New replica bounds for one region (its owner)", request_body = ScaleRequest, params(("id" = u64, Path, description = "the deployment id"), SignatureHeaders), responses((status = 200, body = DeploymentView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn scale_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Signed<ScaleRequest>,
+) -> Result<Response, Failure> {
+    let id = deployment_id(&id)?;
+    let view = state
+        .mutate(move |c, _, _| c.scale_deployment(req.signer, id, req.body))
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/deployments/{id}/stop", tag = "deployments", summary = "Stop a deployment and all its replicas (its owner)", request_body = Object, params(("id" = u64, Path, description = "the deployment id"), SignatureHeaders), responses((status = 200, body = DeploymentView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn stop_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Signed<serde_json::Value>,
+) -> Result<Response, Failure> {
+    let id = deployment_id(&id)?;
+    let view = state
+        .mutate(move |c, now, batch| c.stop_deployment(req.signer, id, now, batch))
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/sessions", tag = "deployments", summary = "A slot for a player on the deployment's nearest free replica within a round-trip bound (its owner)", request_body = SessionRequest, params(SignatureHeaders), responses((status = 200, body = SessionView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn request_session(
+    State(state): State<AppState>,
+    req: Signed<SessionRequest>,
+) -> Result<Response, Failure> {
+    let view = state
+        .mutate(move |c, now, _| c.request_session(req.signer, req.body, now))
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "deployments", summary = "One session", params(("id" = u64, Path, description = "the session id")), responses((status = 200, body = SessionView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let id = session_id(&id)?;
+    Ok(Json(state.read(|c| c.session_view(id))?).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/end", tag = "deployments", summary = "The player left: free the slot (the deployment's owner)", request_body = Object, params(("id" = u64, Path, description = "the session id"), SignatureHeaders), responses((status = 200, body = SessionView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn end_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Signed<serde_json::Value>,
+) -> Result<Response, Failure> {
+    let id = session_id(&id)?;
+    let view = state
+        .mutate(move |c, now, _| c.end_session(req.signer, id, now))
+        .await?;
+    Ok(Json(view).into_response())
 }

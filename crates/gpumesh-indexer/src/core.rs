@@ -137,7 +137,8 @@ impl Core {
                 .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
         let mut params = snapshot.params;
         params.checked = checking.enabled();
-        let registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
+        let mut registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
+        registry.restore_services(snapshot.deployments, snapshot.sessions);
         let canary_seed = alloy_primitives::keccak256(
             protocol.sign_message(b"gpumesh-canary-seed-v1").as_bytes(),
         );
@@ -221,6 +222,10 @@ impl Core {
             match dirty {
                 Dirty::Host(a) => batch.hosts.extend(self.registry.host(&a).cloned()),
                 Dirty::Lease(id) => batch.leases.extend(self.registry.lease(id).cloned()),
+                Dirty::Deployment(id) => batch
+                    .deployments
+                    .extend(self.registry.deployment(id).cloned()),
+                Dirty::Session(id) => batch.sessions.extend(self.registry.session(id).cloned()),
             }
         }
     }
@@ -448,6 +453,67 @@ impl Core {
                 }
                 Effect::HostOffline { host, .. } => {
                     self.epoch.lost(host);
+                }
+                Effect::FundReplica {
+                    deployment,
+                    owner,
+                    lease,
+                    host,
+                    price_per_gpu_hour,
+                    gpus,
+                    max_duration_ms,
+                    amount,
+                } => {
+                    let kind = TxKind::OpenEscrowFor {
+                        buyer: owner,
+                        deployment: deployment.0,
+                        lease,
+                        host,
+                        price_per_gpu_hour,
+                        gpus,
+                        max_duration_ms,
+                        amount,
+                    };
+                    match self.protocol_tx(kind, now_ms, batch) {
+                        Ok(_) => {
+                            if let Err(e) = self.registry.replica_funded(deployment, lease, now_ms)
+                            {
+                                tracing::error!(%lease, error = %e, "a funded replica could not start");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::info!(%deployment, %lease, error = %e, "a replica could not be funded");
+                            self.registry.replica_unfunded(
+                                deployment,
+                                lease,
+                                &e.to_string(),
+                                now_ms,
+                            );
+                        }
+                    }
+                }
+                Effect::ExtendReplica {
+                    deployment,
+                    owner,
+                    lease,
+                    extra_ms,
+                    amount,
+                } => {
+                    let kind = TxKind::ExtendEscrow {
+                        buyer: owner,
+                        deployment: deployment.0,
+                        lease,
+                        extra_ms,
+                        amount,
+                    };
+                    match self.protocol_tx(kind, now_ms, batch) {
+                        Ok(_) => self.registry.extended(lease, extra_ms, amount),
+                        Err(e) => {
+                            tracing::info!(%deployment, %lease, error = %e, "a replica's escrow could not be topped up");
+                            self.registry
+                                .underfunded(deployment, &e.to_string(), now_ms);
+                        }
+                    }
                 }
                 Effect::SlashDowntime {
                     host,
@@ -807,6 +873,92 @@ impl Core {
         self.lease_view(id)
     }
 
+    pub fn create_deployment(
+        &mut self,
+        owner: Address,
+        request: gpumesh_types::DeploymentRequest,
+        now_ms: u64,
+    ) -> Result<gpumesh_types::DeploymentView, Failure> {
+        let id = self.registry.create_deployment(owner, request, now_ms)?;
+        self.deployment_view(id)
+    }
+
+    pub fn deployment_view(
+        &self,
+        id: gpumesh_types::DeploymentId,
+    ) -> Result<gpumesh_types::DeploymentView, Failure> {
+        self.registry.deployment_view(id).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownDeployment,
+                format!("deployment {id} does not exist"),
+            )
+        })
+    }
+
+    /// Deployments, of one owner when given, in id order.
+    pub fn deployments(&self, owner: Option<Address>) -> Vec<gpumesh_types::DeploymentView> {
+        self.registry
+            .deployments()
+            .filter(|d| owner.is_none_or(|o| o == d.owner))
+            .take(gpumesh_types::MAX_PAGE)
+            .filter_map(|d| self.registry.deployment_view(d.id))
+            .collect()
+    }
+
+    pub fn scale_deployment(
+        &mut self,
+        owner: Address,
+        id: gpumesh_types::DeploymentId,
+        scale: gpumesh_types::ScaleRequest,
+    ) -> Result<gpumesh_types::DeploymentView, Failure> {
+        self.registry.scale_deployment(&owner, id, &scale)?;
+        self.deployment_view(id)
+    }
+
+    pub fn stop_deployment(
+        &mut self,
+        owner: Address,
+        id: gpumesh_types::DeploymentId,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<gpumesh_types::DeploymentView, Failure> {
+        let effects = self.registry.stop_deployment(&owner, id, now_ms)?;
+        self.close_escrows(effects, now_ms, batch);
+        self.deployment_view(id)
+    }
+
+    pub fn request_session(
+        &mut self,
+        owner: Address,
+        request: gpumesh_types::SessionRequest,
+        now_ms: u64,
+    ) -> Result<gpumesh_types::SessionView, Failure> {
+        let id = self.registry.request_session(&owner, &request, now_ms)?;
+        self.session_view(id)
+    }
+
+    pub fn end_session(
+        &mut self,
+        owner: Address,
+        id: gpumesh_types::SessionId,
+        now_ms: u64,
+    ) -> Result<gpumesh_types::SessionView, Failure> {
+        self.registry.end_session(&owner, id, now_ms)?;
+        self.session_view(id)
+    }
+
+    pub fn session_view(
+        &self,
+        id: gpumesh_types::SessionId,
+    ) -> Result<gpumesh_types::SessionView, Failure> {
+        self.registry.session_view(id).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownSession,
+                format!("session {id} does not exist"),
+            )
+        })
+    }
+
     /// The host reports a change of a running service's health.
     pub fn health_report(
         &mut self,
@@ -1164,6 +1316,8 @@ impl Core {
     /// matches expire.
     pub fn tick(&mut self, now_ms: u64, batch: &mut Batch) {
         let effects = self.registry.tick(now_ms);
+        self.close_escrows(effects, now_ms, batch);
+        let effects = self.registry.deployments_tick(now_ms);
         self.close_escrows(effects, now_ms, batch);
         self.advance_checking(now_ms, batch);
         self.maybe_close_epoch(now_ms, batch);

@@ -15,6 +15,7 @@ use utoipa::OpenApi;
         (name = "network", description = "the network's parameters, containers and coordinates"),
         (name = "hosts", description = "what host agents call"),
         (name = "leases", description = "jobs and their leases"),
+        (name = "deployments", description = "services across regions, their replicas and sessions"),
         (name = "ledger", description = "the settlement ledger"),
         (name = "accounts", description = "balances, stakes and history"),
         (name = "checking", description = "checkers' tasks, reports and canaries"),

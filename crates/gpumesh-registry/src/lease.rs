@@ -135,7 +135,7 @@ impl Registry {
         Ok(*lease)
     }
 
-    fn set_deadline(&mut self, id: LeaseId, at_ms: u64) {
+    pub(crate) fn set_deadline(&mut self, id: LeaseId, at_ms: u64) {
         let Some(lease) = self.leases.get_mut(&id) else {
             return;
         };

@@ -11,6 +11,8 @@
 //! back; the heartbeat timer stays as a slower fallback. Without checkers, containers
 //! serve once staked and the heartbeat timer alone decides liveness.
 
+pub mod autoscale;
+mod deploy;
 mod lease;
 mod validate;
 
@@ -23,6 +25,7 @@ use gpumesh_types::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use deploy::{DeploymentRecord, MAX_QUEUE_MS, RegionState, Replica, SessionRecord};
 pub use lease::LeaseRecord;
 pub use validate::{MAX_GPUS_PER_MODEL, MAX_PRICE_TOKENS};
 
@@ -220,6 +223,8 @@ struct Host {
 pub enum Dirty {
     Host(Address),
     Lease(LeaseId),
+    Deployment(gpumesh_types::DeploymentId),
+    Session(gpumesh_types::SessionId),
 }
 
 /// Ledger work the caller must do on the registry's behalf.
@@ -234,6 +239,28 @@ pub enum Effect {
     HostOffline {
         host: Address,
         last_heartbeat_ms: u64,
+    },
+    /// Open a new replica's escrow from its deployment owner's balance (the protocol
+    /// signs, within the owner's allowance); on failure call
+    /// [`Registry::replica_unfunded`], on success [`Registry::escrow_opened`].
+    FundReplica {
+        deployment: gpumesh_types::DeploymentId,
+        owner: Address,
+        lease: LeaseId,
+        host: Address,
+        price_per_gpu_hour: Amount,
+        gpus: u16,
+        max_duration_ms: u64,
+        amount: Amount,
+    },
+    /// Top a running replica's escrow up by `extra_ms`; on success call
+    /// [`Registry::extended`], on failure [`Registry::underfunded`].
+    ExtendReplica {
+        deployment: gpumesh_types::DeploymentId,
+        owner: Address,
+        lease: LeaseId,
+        extra_ms: u64,
+        amount: Amount,
     },
     /// A container was down while serving a lease: slash it for downtime.
     SlashDowntime {
@@ -324,12 +351,19 @@ pub struct Registry {
     anchors: usize,
     next_lease: u64,
     dirty: Vec<Dirty>,
+    deployments: BTreeMap<gpumesh_types::DeploymentId, DeploymentRecord>,
+    sessions: BTreeMap<gpumesh_types::SessionId, SessionRecord>,
+    /// Sessions waiting for a slot, and the active sessions of each replica.
+    queued: BTreeSet<gpumesh_types::SessionId>,
+    sessions_by_replica: HashMap<LeaseId, Vec<gpumesh_types::SessionId>>,
+    next_deployment: u64,
+    next_session: u64,
+    autoscale_policy: autoscale::Policy,
 }
 
 impl Registry {
     pub fn new(params: Params) -> Registry {
         Registry {
-            params,
             hosts: Vec::new(),
             by_address: HashMap::new(),
             matcher: Matcher::default(),
@@ -341,6 +375,18 @@ impl Registry {
             anchors: 0,
             next_lease: 1,
             dirty: Vec::new(),
+            deployments: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            queued: BTreeSet::new(),
+            sessions_by_replica: HashMap::new(),
+            next_deployment: 1,
+            next_session: 1,
+            autoscale_policy: if params.local {
+                autoscale::Policy::local()
+            } else {
+                autoscale::Policy::network()
+            },
+            params,
         }
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use gpumesh_checking::CheckerRecord;
 use gpumesh_ledger::Genesis;
-use gpumesh_registry::{HostRecord, LeaseRecord, Params};
+use gpumesh_registry::{DeploymentRecord, HostRecord, LeaseRecord, Params, SessionRecord};
 use gpumesh_types::{
     Address, BlockHeader, ContainerRef, LeaseId, LedgerEntry, LogEntry, RewardProof,
 };
@@ -28,6 +28,8 @@ const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 const CHECKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkers");
 /// The current epoch's work per container (host address ‖ GPU index, big-endian).
 const EPOCH_CONTAINERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("epoch_containers");
+const DEPLOYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deployments");
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 
 const GENESIS_KEY: &str = "genesis";
 const PARAMS_KEY: &str = "params";
@@ -70,6 +72,8 @@ pub struct Snapshot {
     /// The current epoch's start and lost hosts, once recorded.
     pub epoch: Option<EpochStart>,
     pub epoch_containers: Vec<(ContainerRef, ContainerWork)>,
+    pub deployments: Vec<DeploymentRecord>,
+    pub sessions: Vec<SessionRecord>,
 }
 
 /// What the current epoch has seen beyond the ledger: when it began and which hosts were
@@ -114,6 +118,8 @@ pub struct Batch {
     pub epoch_reset: bool,
     pub epoch: Option<EpochStart>,
     pub epoch_containers: Vec<(ContainerRef, ContainerWork)>,
+    pub deployments: Vec<DeploymentRecord>,
+    pub sessions: Vec<SessionRecord>,
 }
 
 impl Batch {
@@ -127,6 +133,8 @@ impl Batch {
             && self.logs.is_empty()
             && self.txs.is_empty()
             && self.blocks.is_empty()
+            && self.deployments.is_empty()
+            && self.sessions.is_empty()
     }
 }
 
@@ -278,6 +286,16 @@ impl Store {
                     .insert(c.address.as_slice(), encode(c).as_slice())
                     .map_err(s)?;
             }
+            let mut deployments = txn.open_table(DEPLOYMENTS).map_err(e)?;
+            for d in &batch.deployments {
+                deployments
+                    .insert(d.id.0, encode(d).as_slice())
+                    .map_err(s)?;
+            }
+            let mut sessions = txn.open_table(SESSIONS).map_err(e)?;
+            for x in &batch.sessions {
+                sessions.insert(x.id.0, encode(x).as_slice()).map_err(s)?;
+            }
         }
         txn.commit().map_err(|e| self.db_err(e))
     }
@@ -347,6 +365,21 @@ impl Store {
                     .push((c, self.decode(|| format!("epoch work of {c}"), v.value())?));
             }
         }
+        let mut deployments = Vec::new();
+        let mut sessions = Vec::new();
+        // Stores from before services have neither table.
+        if let Ok(table) = txn.open_table(DEPLOYMENTS) {
+            for row in table.iter().map_err(s)? {
+                let (k, v) = row.map_err(s)?;
+                deployments.push(self.decode(|| format!("deployment {}", k.value()), v.value())?);
+            }
+        }
+        if let Ok(table) = txn.open_table(SESSIONS) {
+            for row in table.iter().map_err(s)? {
+                let (k, v) = row.map_err(s)?;
+                sessions.push(self.decode(|| format!("session {}", k.value()), v.value())?);
+            }
+        }
         let Chain {
             genesis,
             blocks,
@@ -363,6 +396,8 @@ impl Store {
             checkers,
             epoch,
             epoch_containers,
+            deployments,
+            sessions,
         })
     }
 }
