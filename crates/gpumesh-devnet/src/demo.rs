@@ -154,6 +154,24 @@ pub struct Summary {
     pub ban_reasons: Vec<String>,
     /// Rewards the ledger paid checkers (cumulative, base units).
     pub checker_rewards: Amount,
+    /// The demo service's endpoint answered an HTTP request with its page.
+    pub service_reachable: bool,
+    /// From `run --detach`'s request to a ready endpoint.
+    pub service_ready_ms: Option<u64>,
+    pub deployments: u32,
+    pub sessions_served: u64,
+    pub sessions_rejected: u64,
+    /// Rejected sessions by reason.
+    pub sessions_rejected_reasons: std::collections::BTreeMap<String, u64>,
+    /// Estimated round trip of the sessions served, 95th percentile.
+    pub session_rtt_p95_ms: Option<f64>,
+    /// Session requests answered with a slot at once, through the API: latency.
+    pub session_assign_p50_ms: Option<f64>,
+    pub session_assign_p99_ms: Option<f64>,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+    /// Replicas re-placed after their host was lost (or they turned unhealthy).
+    pub replicas_replaced: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -361,6 +379,18 @@ pub async fn run(
         banned_checkers: 0,
         ban_reasons: Vec::new(),
         checker_rewards: Amount::ZERO,
+        service_reachable: false,
+        service_ready_ms: None,
+        deployments: 0,
+        sessions_served: 0,
+        sessions_rejected: 0,
+        sessions_rejected_reasons: Default::default(),
+        session_rtt_p95_ms: None,
+        session_assign_p50_ms: None,
+        session_assign_p99_ms: None,
+        scale_ups: 0,
+        scale_downs: 0,
+        replicas_replaced: 0,
     };
     for (job, outcome, output) in results {
         match outcome? {
@@ -456,4 +486,291 @@ pub fn check_ledger(summary: &mut Summary, data_dir: &std::path::Path) {
         && check.supply_conserved
         && summary.receipts.iter().all(|r| r.balanced);
     summary.ledger = Some(check);
+}
+
+/// Players of the session burst: (city, latitude, longitude).
+const PLAYERS: &[(&str, f64, f64)] = &[
+    ("Paris", 48.8566, 2.3522),
+    ("Berlin", 52.52, 13.405),
+    ("Madrid", 40.4168, -3.7038),
+    ("London", 51.5074, -0.1278),
+    ("Milan", 45.4642, 9.19),
+    ("Vienna", 48.2082, 16.3738),
+    ("New York", 40.7128, -74.006),
+    ("Boston", 42.3601, -71.0589),
+    ("Toronto", 43.6532, -79.3832),
+    ("Chicago", 41.8781, -87.6298),
+];
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some((sorted[rank - 1] * 10.0).round() / 10.0)
+}
+
+async fn wait_for<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let began = std::time::Instant::now();
+    loop {
+        if let Some(found) = check().await? {
+            return Ok(found);
+        }
+        if began.elapsed() > within {
+            anyhow::bail!("{what}: not within {} s", within.as_secs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Services: a service started detached and fetched over HTTP at its endpoint; a
+/// deployment in two regions serving a burst of players, growing and shrinking with them;
+/// a host lost under a replica, which is re-placed.
+pub async fn services(
+    devnet: &mut Devnet,
+    summary: &mut Summary,
+    print: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<()> {
+    use gpumesh_host::demo_image::demo_service_command;
+    use gpumesh_types::{
+        DeploymentRequest, GpuSelector, HealthCheck, PortSpec, Probe, Protocol, RegionSpec,
+        SessionRequest, SessionState,
+    };
+    let client = devnet.buyer_client();
+    let port = PortSpec {
+        port: 8080,
+        protocol: Protocol::Tcp,
+    };
+    let health = HealthCheck {
+        interval_ms: 300,
+        grace_ms: 30_000,
+        failures: 3,
+        ..HealthCheck::new(Probe::Http("/".into()))
+    };
+
+    // One service, started detached, reached at its endpoint.
+    let mut job = JobRequest::new(
+        GpuModel::H100,
+        1,
+        GeoPoint {
+            lat: 48.8566,
+            lon: 2.3522,
+        },
+        Amount::from_tokens(5),
+        120_000,
+        DEMO_IMAGE,
+        demo_service_command(8080),
+    );
+    job.ports = vec![port];
+    job.health = Some(health.clone());
+    match gpumesh_client::buyer::start_service(&client, &job, |_| {}).await? {
+        gpumesh_client::buyer::ServiceOutcome::Ready { lease, ready } => {
+            summary.service_ready_ms = Some(ready.as_millis() as u64);
+            let address = lease
+                .endpoints
+                .first()
+                .map(|e| e.address.clone())
+                .unwrap_or_default();
+            let page = reqwest::Client::new()
+                .get(format!("http://{address}/"))
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await;
+            let page = match page {
+                Ok(answer) => answer.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            summary.service_reachable = page.contains(&format!("hello from lease {}", lease.id));
+            print(format!(
+                "[service] lease {} ready in {} ms at {address}; GET / answered {:?}",
+                lease.id,
+                ready.as_millis(),
+                page.trim()
+            ));
+            client.cancel(lease.id).await?;
+        }
+        other => print(format!("[service] did not become ready: {other:?}")),
+    }
+
+    // A deployment in two regions that takes sessions.
+    let region = |name: &str, lat, lon, min, max| RegionSpec {
+        name: name.into(),
+        near: GeoPoint { lat, lon },
+        country: None,
+        min,
+        max,
+    };
+    let request = DeploymentRequest {
+        gpu: GpuSelector::Model(GpuModel::H100),
+        gpu_count: 1,
+        image: DEMO_IMAGE.into(),
+        command: demo_service_command(8080),
+        ports: vec![port],
+        env: Vec::new(),
+        health: Some(health),
+        regions: vec![
+            region("europe", 50.1109, 8.6821, 1, 3),
+            region("us-east", 39.0438, -77.4874, 1, 2),
+        ],
+        max_price_per_gpu_hour: Amount::from_tokens(5),
+        period_ms: 30_000,
+        sessions_per_replica: 4,
+    };
+    let deployment = client.create_deployment(&request).await?;
+    client
+        .allow(deployment.id, Amount::from_tokens(200))
+        .await?;
+    summary.deployments = 1;
+    let id = deployment.id;
+    let ready_replicas = |d: &gpumesh_types::DeploymentView| {
+        d.replicas
+            .iter()
+            .filter(|r| r.health == Some(gpumesh_types::ServiceHealth::Ready))
+            .count()
+    };
+    wait_for(
+        "two replicas ready",
+        std::time::Duration::from_secs(60),
+        async || {
+            let d = client.deployment(id).await?;
+            Ok((ready_replicas(&d) >= 2).then_some(()))
+        },
+    )
+    .await?;
+    print(format!("[deployment {id}] ready in europe and us-east"));
+
+    // A burst of players from several cities; some must queue while replicas are added.
+    let mut sessions = Vec::new();
+    let mut assign_ms = Vec::new();
+    for i in 0..20 {
+        let (city, lat, lon) = PLAYERS[i % PLAYERS.len()];
+        let asked = std::time::Instant::now();
+        let s = client
+            .request_session(&SessionRequest {
+                deployment: id,
+                near: GeoPoint { lat, lon },
+                max_rtt_ms: 40,
+                queue_ms: 40_000,
+            })
+            .await?;
+        if s.state == SessionState::Active {
+            assign_ms.push(asked.elapsed().as_secs_f64() * 1_000.0);
+        }
+        print(format!("[session {}] {city}: {:?}", s.id, s.state));
+        sessions.push(s.id);
+    }
+    // Two players too far from every replica for a 40 ms round trip.
+    let mut far_away = Vec::new();
+    for (city, lat, lon) in [("Sydney", -33.8688, 151.2093), ("Tokyo", 35.6762, 139.6503)] {
+        let s = client
+            .request_session(&SessionRequest {
+                deployment: id,
+                near: GeoPoint { lat, lon },
+                max_rtt_ms: 40,
+                queue_ms: 0,
+            })
+            .await?;
+        print(format!(
+            "[session {}] {city}: {:?} ({:?})",
+            s.id, s.state, s.rejected
+        ));
+        far_away.push(s.id);
+    }
+    let mut rtts = Vec::new();
+    wait_for(
+        "every player seated",
+        std::time::Duration::from_secs(60),
+        async || {
+            rtts.clear();
+            for s in &sessions {
+                let view = client.session(*s).await?;
+                if view.state != SessionState::Active {
+                    return Ok(None);
+                }
+                rtts.push(view.rtt_ms.unwrap_or_default());
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    let grown = client.deployment(id).await?;
+    print(format!(
+        "[deployment {id}] {} players seated on {} replicas; scaled up {} time(s)",
+        sessions.len(),
+        grown.replicas.len(),
+        grown.scale_ups
+    ));
+    rtts.sort_by(f64::total_cmp);
+    summary.session_rtt_p95_ms = percentile(&rtts, 0.95);
+    assign_ms.sort_by(f64::total_cmp);
+    summary.session_assign_p50_ms = percentile(&assign_ms, 0.50);
+    summary.session_assign_p99_ms = percentile(&assign_ms, 0.99);
+
+    // The players leave; idle replicas go after the cool-down.
+    for s in &sessions {
+        client.end_session(*s).await?;
+    }
+    wait_for(
+        "scaled down",
+        std::time::Duration::from_secs(60),
+        async || {
+            let d = client.deployment(id).await?;
+            Ok((d.scale_downs >= 1 && d.regions.iter().all(|r| r.desired == r.min)).then_some(()))
+        },
+    )
+    .await?;
+    print(format!("[deployment {id}] idle replicas removed"));
+
+    // The host under the us-east replica is lost; the replica is re-placed elsewhere.
+    let d = client.deployment(id).await?;
+    let victim = d
+        .replicas
+        .iter()
+        .find(|r| r.region == "us-east" && r.state == LeaseState::Running)
+        .map(|r| r.lease);
+    if let Some(victim) = victim {
+        let host = client.lease(victim).await?.host_name;
+        devnet.kill_host(&host)?;
+        let killed = std::time::Instant::now();
+        print(format!(
+            "[deployment {id}] {host} is lost under replica {victim}…"
+        ));
+        wait_for(
+            "re-placed",
+            std::time::Duration::from_secs(60),
+            async || {
+                let d = client.deployment(id).await?;
+                let back = d.replacements >= 1
+                    && d.replicas.iter().any(|r| {
+                        r.region == "us-east"
+                            && r.lease != victim
+                            && r.health == Some(gpumesh_types::ServiceHealth::Ready)
+                    });
+                Ok(back.then_some(()))
+            },
+        )
+        .await?;
+        print(format!(
+            "[deployment {id}] replica re-placed and ready {} ms after {host} was lost",
+            killed.elapsed().as_millis()
+        ));
+    }
+    let d = client.stop_deployment(id).await?;
+    summary.sessions_served = d.sessions_served;
+    summary.sessions_rejected = d.sessions_rejected;
+    summary.scale_ups = d.scale_ups;
+    summary.scale_downs = d.scale_downs;
+    summary.replicas_replaced = d.replacements;
+    let mut reasons = std::collections::BTreeMap::new();
+    for far in far_away {
+        if let Some(r) = client.session(far).await?.rejected {
+            *reasons.entry(r.describe().to_string()).or_default() += 1;
+        }
+    }
+    summary.sessions_rejected_reasons = reasons;
+    Ok(())
 }

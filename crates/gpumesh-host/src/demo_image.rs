@@ -15,10 +15,13 @@ use crate::runtime::container::ContainerRuntime;
 pub const DEMO_IMAGE: &str = "localhost/gpumesh-demo:2";
 
 /// The demo service: an HTTP server on `port` whose page names its lease, so a request
-/// to an endpoint shows which replica answered.
+/// to an endpoint shows which replica answered. Under the process runtime it listens on
+/// `$PORT` (the host port the agent chose) with the host's busybox.
 pub fn demo_service_command(port: u16) -> Vec<String> {
     let script = format!(
-        "mkdir -p /tmp/www && echo \"hello from lease $GPUMESH_LEASE_ID\" > /tmp/www/index.html && echo serving on {port} && exec httpd -f -p {port} -h /tmp/www"
+        "www=/tmp/www-$GPUMESH_LEASE_ID; mkdir -p $www && echo \"hello from lease $GPUMESH_LEASE_ID\" > $www/index.html && \
+         echo serving on ${{PORT:-{port}}} && \
+         if command -v httpd >/dev/null; then exec httpd -f -p ${{PORT:-{port}}} -h $www; else exec busybox httpd -f -p ${{PORT:-{port}}} -h $www; fi"
     );
     vec!["/bin/sh".into(), "-c".into(), script]
 }

@@ -3,7 +3,7 @@
 //! and gaming requests. Deterministic for a seed (ChaCha8), so benchmarks and the
 //! simulator can be rerun exactly.
 
-mod countries;
+pub mod countries;
 
 use gpumesh_matcher::{
     GpuSelector, GroupSpec, HostSpec, ImagePolicy, Matcher, RankPolicy, Request, ReservationId,

@@ -46,6 +46,17 @@ pub enum Command {
     /// Rent GPUs and run a workload on them: match, pay into escrow, stream its output,
     /// print the receipt.
     Run(RunArgs),
+    /// Deploy a service: replicas across regions, each a lease, kept at the size demand
+    /// asks for and paid period by period from your balance under an allowance.
+    Deploy(DeployArgs),
+    /// List your deployments.
+    Deployments(AccountArgs),
+    /// Show, scale, fund or stop one of your deployments.
+    #[command(subcommand)]
+    Deployment(DeploymentCommand),
+    /// Ask one of your deployments for a player's session: the replica with a free slot
+    /// and the lowest estimated round trip within the bound.
+    Session(SessionArgs),
     /// List your leases.
     Leases(AccountArgs),
     /// List the network's containers (GPUs): where, what state, what price.
@@ -463,6 +474,105 @@ pub struct AccountArgs {
     /// Another account's address instead of your key's.
     #[arg(long)]
     pub address: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    /// GPU model or class and count per replica, such as H100 or RTX4090:2.
+    #[arg(long, value_name = "MODEL[:COUNT]")]
+    pub gpu: String,
+    /// The container image (present on the hosts).
+    #[arg(long, default_value = gpumesh_host::demo_image::DEMO_IMAGE)]
+    pub image: String,
+    /// Where replicas run: CC (a country's point, in that country) or LAT,LON, then
+    /// optionally :MIN-MAX replicas (default 1-1). Repeat, or separate with ';'.
+    #[arg(
+        long = "region",
+        alias = "regions",
+        value_delimiter = ';',
+        required = true,
+        allow_hyphen_values = true
+    )]
+    pub regions: Vec<String>,
+    /// The most you pay per GPU-hour, in tokens.
+    #[arg(long)]
+    pub max_price: String,
+    /// Each replica's escrow covers one period and is topped up a period at a time.
+    #[arg(long, default_value = "1h")]
+    pub period: String,
+    /// Sessions one replica serves at once (0: the deployment takes no sessions).
+    #[arg(long, default_value_t = 0)]
+    pub sessions_per_replica: u16,
+    /// The most the network may spend from your balance on this deployment, in tokens
+    /// (an allowance you can raise later with `gpumesh deployment allow`).
+    #[arg(long)]
+    pub budget: String,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[arg(long)]
+    pub json: bool,
+    /// The command to run, after `--` (default: the image's own).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// Regions, replicas, endpoints and sessions of a deployment.
+    Show {
+        #[command(flatten)]
+        connection: Connection,
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// New replica bounds for one region.
+    Scale {
+        #[command(flatten)]
+        connection: Connection,
+        id: u64,
+        /// The region's name as given at deploy time (such as DE or 48.1,11.6).
+        #[arg(long, allow_hyphen_values = true)]
+        region: String,
+        #[arg(long)]
+        min: u16,
+        #[arg(long)]
+        max: u16,
+    },
+    /// Set how much of your balance the network may still spend on it, in tokens.
+    Allow {
+        #[command(flatten)]
+        connection: Connection,
+        id: u64,
+        tokens: String,
+    },
+    /// Stop every replica and end its sessions.
+    Stop {
+        #[command(flatten)]
+        connection: Connection,
+        id: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[arg(long)]
+    pub deployment: u64,
+    /// Where the player is, as LAT,LON.
+    #[arg(long, allow_hyphen_values = true)]
+    pub near: String,
+    /// The worst estimated round trip the player accepts, in ms.
+    #[arg(long, default_value_t = 40)]
+    pub max_rtt: u32,
+    /// How long to wait in the queue for a slot, such as 10s (at most 60s).
+    #[arg(long, default_value = "10s")]
+    pub queue: String,
     #[arg(long)]
     pub json: bool,
 }

@@ -29,6 +29,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checker(args) => checker(args).await,
         Command::Checkers(args) => checkers(args).await,
         Command::Run(args) => run_command(args).await,
+        Command::Deploy(args) => crate::services::deploy(args).await,
+        Command::Deployments(args) => crate::services::deployments(args).await,
+        Command::Deployment(command) => crate::services::deployment(command).await,
+        Command::Session(args) => crate::services::session(args).await,
         Command::Leases(args) => leases(args).await,
         Command::Containers(args) => containers(args).await,
         Command::Balance(args) => balance(args).await,
@@ -171,6 +175,11 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     let script = demo::script();
     let mut result = demo::run(&net, &script, &print).await;
     if let Ok(summary) = &mut result
+        && let Err(e) = demo::services(&mut net, summary, &print).await
+    {
+        result = Err(e);
+    }
+    if let Ok(summary) = &mut result
         && let Err(e) = demo::checks(&mut net, summary, &print).await
     {
         result = Err(e);
@@ -187,7 +196,11 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         && !summary.rejected_hosts.is_empty()
         && summary.offline_detected >= 1
         && summary.banned_checkers >= 1
-        && summary.checker_rewards > gpumesh_types::Amount::ZERO;
+        && summary.checker_rewards > gpumesh_types::Amount::ZERO
+        && summary.service_reachable
+        && summary.sessions_served >= 20
+        && summary.scale_ups >= 1
+        && summary.scale_downs >= 1;
     if quiet {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -212,6 +225,23 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
                 if r.balanced { "" } else { "  NOT BALANCED" }
             );
         }
+        println!(
+            "service reachable: {}{}; deployments: {}; sessions served {}, rejected {} {:?}; session round trip p95 {} ms; scaled up {}, down {}; replicas re-placed {}",
+            summary.service_reachable,
+            summary.service_ready_ms.map_or(String::new(), |ms| format!(
+                " (ready {ms} ms after the request)"
+            )),
+            summary.deployments,
+            summary.sessions_served,
+            summary.sessions_rejected,
+            summary.sessions_rejected_reasons,
+            summary
+                .session_rtt_p95_ms
+                .map_or("-".to_string(), |v| format!("{v:.1}")),
+            summary.scale_ups,
+            summary.scale_downs,
+            summary.replicas_replaced
+        );
         println!(
             "treasury balance: {} tokens (fees, slashes and rounding)",
             summary.treasury_balance.tokens()
@@ -806,13 +836,23 @@ async fn leases(args: AccountArgs) -> anyhow::Result<ExitCode> {
             l.settlement
                 .as_ref()
                 .map_or("-".to_string(), |s| s.charged.tokens()),
+            format::endpoints(l),
             l.failure.clone().unwrap_or_default(),
         ]
     });
     println!(
         "{}",
         format::table(
-            ["lease", "state", "GPUs", "host", "distance", "cost", "note"],
+            [
+                "lease",
+                "state",
+                "GPUs",
+                "host",
+                "distance",
+                "cost",
+                "endpoints",
+                "note"
+            ],
             rows
         )
     );

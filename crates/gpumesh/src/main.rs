@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod commands;
 mod format;
+mod services;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
