@@ -111,6 +111,20 @@ pub fn receipt(lease: &LeaseView) -> String {
     out
 }
 
+/// A lease's endpoints and health, for a table cell: `8080/tcp → 1.2.3.4:31000 (ready)`.
+pub fn endpoints(lease: &gpumesh_types::LeaseView) -> String {
+    let mut cell = lease
+        .endpoints
+        .iter()
+        .map(|e| format!("{} → {}", e.port, e.address))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(health) = lease.health {
+        cell.push_str(&format!(" ({})", format!("{health:?}").to_lowercase()));
+    }
+    cell
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,18 +157,4 @@ mod tests {
         assert!(parse_gpu("H100:x").is_err());
         assert!(parse_gpu("Z9").is_err());
     }
-}
-
-/// A lease's endpoints and health, for a table cell: `8080/tcp → 1.2.3.4:31000 (ready)`.
-pub fn endpoints(lease: &gpumesh_types::LeaseView) -> String {
-    let mut cell = lease
-        .endpoints
-        .iter()
-        .map(|e| format!("{} → {}", e.port, e.address))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Some(health) = lease.health {
-        cell.push_str(&format!(" ({})", format!("{health:?}").to_lowercase()));
-    }
-    cell
 }
