@@ -953,3 +953,108 @@ fn delivery_is_paid_by_the_stake_of_the_k_it_was_live_with() {
     );
     assert!(w.ledger.supply_conserved());
 }
+
+#[test]
+fn deployment_escrows_are_paid_from_the_owners_balance_within_the_allowance() {
+    let mut w = World::new();
+    let price = Amount::from_tokens(3);
+    let buyer = w.buyer.address();
+    let host = w.host.address();
+    let protocol = w.protocol.clone();
+    let period = 600_000; // 10 minutes: 0.5 tokens at 3 tokens per GPU-hour
+    let per_period = escrow_amount(price, 1, period).unwrap();
+    let open = |lease: u64| TxKind::OpenEscrowFor {
+        buyer,
+        deployment: 7,
+        lease: LeaseId(lease),
+        host,
+        price_per_gpu_hour: price,
+        gpus: 1,
+        max_duration_ms: period,
+        amount: per_period,
+    };
+    let extend = |lease: u64, amount: Amount| TxKind::ExtendEscrow {
+        buyer,
+        deployment: 7,
+        lease: LeaseId(lease),
+        extra_ms: period,
+        amount,
+    };
+    // Without an allowance the protocol cannot spend the owner's balance.
+    assert!(matches!(
+        w.send(&protocol, open(1)),
+        Err(LedgerError::AllowanceExceeded { .. })
+    ));
+    // Only the owner sets it, only the protocol spends it.
+    w.send(
+        &w.buyer.clone(),
+        TxKind::Allow {
+            deployment: 7,
+            amount: Amount(per_period.0 * 2),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        w.send(&w.host.clone(), open(1)),
+        Err(LedgerError::NotProtocol)
+    ));
+    let before = w.ledger.balance(&buyer);
+    w.send(&protocol, open(1)).unwrap();
+    assert_eq!(w.ledger.balance(&buyer).0, before.0 - per_period.0);
+    assert_eq!(w.ledger.allowance(&buyer, 7), per_period);
+    // A top-up must be exactly one more period of the escrow's own terms.
+    assert!(matches!(
+        w.send(&protocol, extend(1, Amount(per_period.0 - 1))),
+        Err(LedgerError::EscrowAmount { .. })
+    ));
+    w.send(&protocol, extend(1, per_period)).unwrap();
+    let e = w.ledger.escrow(LeaseId(1)).unwrap().clone();
+    assert_eq!(e.amount.0, per_period.0 * 2);
+    assert_eq!(e.max_gpu_ms, 2 * period);
+    // The allowance is spent: no third period.
+    assert!(matches!(
+        w.send(&protocol, extend(1, per_period)),
+        Err(LedgerError::AllowanceExceeded { .. })
+    ));
+    // Usage over both periods settles; the final record refunds the rest to the owner.
+    w.usage(1, period + 60_000, false).unwrap();
+    w.usage(1, period + 120_000, true).unwrap();
+    let e = w.ledger.escrow(LeaseId(1)).unwrap().view();
+    assert!(e.closed);
+    assert_eq!(e.host_share.0 + e.treasury_share.0 + e.refund.0, e.escrow.0);
+    assert_eq!(w.ledger.balance(&buyer).0, before.0 - e.charged.0);
+    // A closed escrow takes no top-up, and a revoked allowance opens nothing.
+    w.send(
+        &w.buyer.clone(),
+        TxKind::Allow {
+            deployment: 7,
+            amount: Amount::from_tokens(100),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        w.send(&protocol, extend(1, per_period)),
+        Err(LedgerError::EscrowClosed(_))
+    ));
+    w.send(
+        &w.buyer.clone(),
+        TxKind::Allow {
+            deployment: 7,
+            amount: Amount::ZERO,
+        },
+    )
+    .unwrap();
+    assert_eq!(w.ledger.allowance(&buyer, 7), Amount::ZERO);
+    assert!(w.ledger.supply_conserved());
+    // Replayed from genesis, the chain reaches the same state.
+    w.seal();
+    let root = w.ledger.head().state_root;
+    let (replayed, _) = replay(
+        w.ledger.genesis().clone(),
+        w.sealed.clone(),
+        Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(replayed.head().state_root, root);
+    assert_eq!(replayed.allowance(&buyer, 7), Amount::ZERO);
+}

@@ -390,3 +390,47 @@ async fn an_unhealthy_replica_in_a_container_is_replaced() {
     client.stop_deployment(created.id).await.unwrap();
     let _ = net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployments_and_sessions_survive_an_indexer_restart() {
+    let mut net = devnet(2, RuntimeChoice::Process).await;
+    let client = net.buyer_client();
+    let created = client
+        .create_deployment(&deployment("sleep 600", vec![region("eu", PARIS, 1, 2)], 2))
+        .await
+        .unwrap();
+    client
+        .allow(created.id, Amount::from_tokens(50))
+        .await
+        .unwrap();
+    until(&client, created.id, Duration::from_secs(30), "one replica", |v| {
+        running(v).len() == 1
+    })
+    .await;
+    let session = client
+        .request_session(&SessionRequest {
+            deployment: created.id,
+            near: PARIS,
+            max_rtt_ms: 40,
+            queue_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(session.state, SessionState::Active);
+    let before = client.deployment(created.id).await.unwrap();
+    net.restart_indexer().await.unwrap();
+    let client = net.buyer_client();
+    let after = client.deployment(created.id).await.unwrap();
+    assert_eq!(after.replicas, before.replicas);
+    assert_eq!(after.sessions_served, 1);
+    assert_eq!(
+        client.session(session.id).await.unwrap().state,
+        SessionState::Active
+    );
+    // The replica's slot is still held, and freed when the player leaves.
+    client.end_session(session.id).await.unwrap();
+    let freed = client.deployment(created.id).await.unwrap();
+    assert_eq!(freed.replicas[0].sessions, 0);
+    assert_eq!(running(&freed), running(&before));
+    let _ = net.stop().await;
+}

@@ -88,6 +88,20 @@ pub enum BenchCommand {
         #[arg(long)]
         docker_socket: Option<String>,
     },
+    /// Services on a one-host devnet: from `run --detach`'s request to a ready endpoint
+    /// (health checked over HTTP), and session assignment latency through the API.
+    Services {
+        #[arg(long, value_enum, default_value = "auto")]
+        runtime: RuntimeArg,
+        /// Services to start, one after another (after one untimed warm-up).
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Session requests to time, one after another.
+        #[arg(long, default_value_t = 1_000)]
+        sessions: u32,
+        #[arg(long)]
+        docker_socket: Option<String>,
+    },
     /// The matching engine on a synthetic world at network scale: booked matches per
     /// second on one thread with state updates alongside, latency percentiles, memory,
     /// rebuild time, and a plain scan answering the same requests as the baseline.

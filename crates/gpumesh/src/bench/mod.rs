@@ -3,6 +3,7 @@
 mod checker;
 mod ledger;
 mod matching;
+mod services;
 mod startup;
 
 use std::process::ExitCode;
@@ -19,6 +20,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             runs,
             docker_socket,
         } => startup::startup(runtime_choice(runtime), runs, docker_socket).await,
+        BenchCommand::Services {
+            runtime,
+            runs,
+            sessions,
+            docker_socket,
+        } => services::services(runtime_choice(runtime), runs, sessions, docker_socket).await,
         BenchCommand::Match(args) => matching::run(args),
         BenchCommand::Ledger(args) => ledger::run(args),
         BenchCommand::Checker(args) => checker::run(args),
