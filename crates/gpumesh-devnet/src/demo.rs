@@ -768,7 +768,7 @@ pub async fn services(
     let mut reasons = std::collections::BTreeMap::new();
     for far in far_away {
         if let Some(r) = client.session(far).await?.rejected {
-            *reasons.entry(r.describe().to_string()).or_default() += 1;
+            *reasons.entry(r.code().to_string()).or_default() += 1;
         }
     }
     summary.sessions_rejected_reasons = reasons;

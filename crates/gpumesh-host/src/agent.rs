@@ -450,7 +450,14 @@ impl Agent {
             .collect();
         let simulated = self.config.gpus.iter().any(|g| g.simulated);
         let n = a.gpu_indices.len() as i64;
-        let mut env = vec![
+        // The buyer's own variables first, so that the agent's below win should a name
+        // repeat (the registry refuses the names the agent sets, too).
+        let mut env: Vec<(String, String)> = a
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        env.extend([
             ("GPUMESH_LEASE_ID".to_string(), a.lease.to_string()),
             ("GPUMESH_GPU_MODEL".to_string(), a.gpu.to_string()),
             (
@@ -469,12 +476,10 @@ impl Agent {
                 "GPUMESH_SIMULATED".to_string(),
                 if simulated { "1" } else { "0" }.to_string(),
             ),
-        ];
+        ]);
         if !gpu_uuids.is_empty() {
             env.push(("NVIDIA_VISIBLE_DEVICES".to_string(), gpu_uuids.join(",")));
         }
-        // The buyer's own variables; the registry refused names the agent sets itself.
-        env.extend(a.env.iter().map(|v| (v.name.clone(), v.value.clone())));
         WorkloadSpec {
             lease: a.lease,
             image: a.image.clone(),
@@ -572,7 +577,11 @@ impl Agent {
                     let health = a.health.clone().map(|check| {
                         let target = check
                             .port
-                            .and_then(|p| ports.iter().find(|(s, _)| s.port == p))
+                            .and_then(|p| {
+                                ports.iter().find(|(s, _)| {
+                                    s.port == p && s.protocol == gpumesh_types::Protocol::Tcp
+                                })
+                            })
                             .or_else(|| {
                                 ports
                                     .iter()

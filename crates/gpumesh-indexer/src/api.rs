@@ -868,6 +868,7 @@ async fn create_deployment(
     State(state): State<AppState>,
     req: Signed<DeploymentRequest>,
 ) -> Result<Response, Failure> {
+    state.limits.check(Limited::Job, req.signer)?;
     let view = state
         .mutate(move |c, now, _| c.create_deployment(req.signer, req.body, now))
         .await?;
@@ -926,6 +927,7 @@ async fn request_session(
     State(state): State<AppState>,
     req: Signed<SessionRequest>,
 ) -> Result<Response, Failure> {
+    state.limits.check(Limited::Job, req.signer)?;
     let view = state
         .mutate(move |c, now, _| c.request_session(req.signer, req.body, now))
         .await?;

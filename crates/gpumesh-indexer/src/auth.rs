@@ -18,7 +18,7 @@ use gpumesh_types::{ErrorCode, Sig};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
-use crate::error::{Failure, json_failure};
+use crate::error::{Failure, decode_body};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -219,11 +219,10 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Signed<T> {
         }
         state.nonces.admit(signer, nonce, now)?;
         let body = if bytes.is_empty() {
-            serde_json::from_slice(b"null").or_else(|_| serde_json::from_slice(b"{}"))
+            decode_body(b"null").or_else(|_| decode_body(b"{}"))?
         } else {
-            serde_json::from_slice(&bytes)
-        }
-        .map_err(|e| json_failure(&e))?;
+            decode_body(&bytes)?
+        };
         Ok(Signed { signer, body })
     }
 }

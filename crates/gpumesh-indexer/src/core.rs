@@ -1317,7 +1317,11 @@ impl Core {
     pub fn tick(&mut self, now_ms: u64, batch: &mut Batch) {
         let effects = self.registry.tick(now_ms);
         self.close_escrows(effects, now_ms, batch);
-        let effects = self.registry.deployments_tick(now_ms);
+        let ledger = &self.ledger;
+        let spendable = |owner: Address, d: gpumesh_types::DeploymentId| {
+            ledger.allowance(&owner, d.0).min(ledger.balance(&owner))
+        };
+        let effects = self.registry.deployments_tick(now_ms, &spendable);
         self.close_escrows(effects, now_ms, batch);
         self.advance_checking(now_ms, batch);
         self.maybe_close_epoch(now_ms, batch);

@@ -121,21 +121,33 @@ impl From<LedgerError> for Failure {
     }
 }
 
-/// Names the code of a JSON body that failed to decode, from the field type that refused it.
-pub fn json_failure(error: &serde_json::Error) -> Failure {
-    let message = error.to_string();
-    let code = if message.contains("unknown GPU model") {
-        ErrorCode::UnknownGpuModel
-    } else if message.starts_with("amount ") {
-        ErrorCode::InvalidPrice
-    } else if message.starts_with("country ") {
-        ErrorCode::InvalidLocation
-    } else if message.starts_with("port ") {
-        ErrorCode::InvalidPort
-    } else if message.starts_with("health check ") {
-        ErrorCode::InvalidHealthCheck
-    } else {
-        ErrorCode::InvalidJson
+/// Decodes a request body; a failure's code comes from the field that refused it.
+pub fn decode_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| json_failure(&e))
+}
+
+/// Names the code of a JSON body that failed to decode, from the innermost named field
+/// on the path to the value that refused it.
+fn json_failure(error: &serde_path_to_error::Error<serde_json::Error>) -> Failure {
+    let field = error
+        .path()
+        .iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+            serde_path_to_error::Segment::Seq { .. }
+            | serde_path_to_error::Segment::Enum { .. }
+            | serde_path_to_error::Segment::Unknown => None,
+        })
+        .next_back();
+    let code = match field {
+        Some("gpu" | "model") => ErrorCode::UnknownGpuModel,
+        Some("max_price_per_gpu_hour" | "price_per_gpu_hour" | "amount") => ErrorCode::InvalidPrice,
+        Some("country" | "countries" | "exclude_countries") => ErrorCode::InvalidLocation,
+        Some("ports") => ErrorCode::InvalidPort,
+        Some("env") => ErrorCode::InvalidEnv,
+        Some("health" | "probe") => ErrorCode::InvalidHealthCheck,
+        _ => ErrorCode::InvalidJson,
     };
-    Failure::new(code, format!("request body is not valid: {message}"))
+    Failure::new(code, format!("request body is not valid: {error}"))
 }

@@ -1,5 +1,6 @@
 //! Per-key rate limits on the routes where one signer could crowd out everyone else:
-//! host registration, the faucet and job submission. Counted after the signature is
+//! host registration, the faucet, and job submission (with deployments and session
+//! requests, which cost alike). Counted after the signature is
 //! checked, so a limit is always some key's own; refused requests change nothing and say
 //! `rate_limited` (HTTP 429). Keys cost nothing to make, so these bound what one key
 //! does, not what a swarm of keys does; the route timeouts and the body limit bound that.

@@ -1049,12 +1049,7 @@ fn deployment_escrows_are_paid_from_the_owners_balance_within_the_allowance() {
     // Replayed from genesis, the chain reaches the same state.
     w.seal();
     let root = w.ledger.head().state_root;
-    let (replayed, _) = replay(
-        w.ledger.genesis().clone(),
-        w.sealed.clone(),
-        Vec::new(),
-    )
-    .unwrap();
+    let (replayed, _) = replay(w.ledger.genesis().clone(), w.sealed.clone(), Vec::new()).unwrap();
     assert_eq!(replayed.head().state_root, root);
     assert_eq!(replayed.allowance(&buyer, 7), Amount::ZERO);
 }

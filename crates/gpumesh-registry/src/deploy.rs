@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use gpumesh_types::{
-    Address, DeploymentId, DeploymentRequest, DeploymentState, DeploymentView, ErrorCode, GeoPoint,
-    JobRequest, LeaseId, LeaseState, RegionView, RejectReason, ReplicaView, ScaleRequest,
+    Address, Amount, DeploymentId, DeploymentRequest, DeploymentState, DeploymentView, ErrorCode,
+    GeoPoint, JobRequest, LeaseId, LeaseState, RegionView, RejectReason, ReplicaView, ScaleRequest,
     ServiceHealth, SessionId, SessionRequest, SessionState, SessionView,
 };
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,10 @@ const PLACEMENTS_PER_TICK: usize = 4;
 const RETRY_MS: u64 = 2_000;
 /// The longest a session request may queue.
 pub const MAX_QUEUE_MS: u64 = 60_000;
+/// Deployments one owner may hold that are not stopped.
+pub const MAX_DEPLOYMENTS_PER_OWNER: usize = 64;
+/// Sessions one deployment may hold queued at once.
+pub const MAX_QUEUED_PER_DEPLOYMENT: usize = 10_000;
 
 /// A region of a deployment as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +90,24 @@ pub struct SessionRecord {
     pub assigned_ms: Option<u64>,
     pub ended_ms: Option<u64>,
     pub rejected: Option<RejectReason>,
+}
+
+/// A replica a session could take.
+struct Candidate {
+    rtt_ms: f64,
+    sessions: u16,
+    lease: LeaseId,
+}
+
+impl Candidate {
+    /// The lower estimated round trip, then fewer sessions, then the lower lease id.
+    fn better_than(&self, other: &Candidate) -> bool {
+        self.rtt_ms
+            .total_cmp(&other.rtt_ms)
+            .then(self.sessions.cmp(&other.sessions))
+            .then(self.lease.cmp(&other.lease))
+            .is_lt()
+    }
 }
 
 fn invalid(code: ErrorCode, message: impl Into<String>) -> RegistryError {
@@ -187,6 +209,17 @@ impl Registry {
         // Each replica is a job: the same checks, region by region.
         for r in &spec.regions {
             validate::job(&Self::replica_job(&spec, r), &self.params)?;
+        }
+        let held = self
+            .deployments
+            .values()
+            .filter(|d| d.owner == owner && d.state != DeploymentState::Stopped)
+            .count();
+        if held >= MAX_DEPLOYMENTS_PER_OWNER {
+            return Err(invalid(
+                ErrorCode::RateLimited,
+                format!("{owner} holds {held} deployments, the most allowed; stop one first"),
+            ));
         }
         let id = DeploymentId(self.next_deployment);
         self.next_deployment += 1;
@@ -292,12 +325,7 @@ impl Registry {
             self.end_sessions_on(lease, RejectReason::DeploymentStopped, now_ms);
             effects.extend(self.retire(owner, lease, now_ms));
         }
-        let queued: Vec<SessionId> = self
-            .queued
-            .iter()
-            .copied()
-            .filter(|s| self.sessions[s].deployment == id)
-            .collect();
+        let queued: Vec<SessionId> = self.queued_of(id).collect();
         for s in queued {
             self.reject_session(s, RejectReason::DeploymentStopped, now_ms);
         }
@@ -314,9 +342,16 @@ impl Registry {
     }
 
     /// Keeps every deployment at its size: drops ended replicas (counting losses as
-    /// replacements), retires unhealthy ones, asks the autoscaler, places what is
-    /// missing and tops up escrows that near their end. Returns the ledger work.
-    pub fn deployments_tick(&mut self, now_ms: u64) -> Vec<Effect> {
+    /// replacements), retires unhealthy ones and those above the size wanted, asks the
+    /// autoscaler, places what is missing and tops up escrows that near their end.
+    /// `spendable` says what the ledger lets the protocol spend on a deployment now (the
+    /// owner's allowance, capped by the balance): nothing is placed or topped up that it
+    /// cannot pay. Returns the ledger work.
+    pub fn deployments_tick(
+        &mut self,
+        now_ms: u64,
+        spendable: &dyn Fn(Address, DeploymentId) -> Amount,
+    ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let ids: Vec<DeploymentId> = self
             .deployments
@@ -331,8 +366,10 @@ impl Registry {
                 continue;
             }
             self.autoscale(id, now_ms, &mut effects);
-            self.place(id, now_ms, &mut effects);
-            self.top_up(id, now_ms, &mut effects);
+            let owner = self.deployments[&id].owner;
+            let mut funds = spendable(owner, id);
+            self.top_up(id, now_ms, &mut funds, &mut effects);
+            self.place(id, now_ms, &mut funds, &mut effects);
         }
         effects
     }
@@ -348,9 +385,19 @@ impl Registry {
                 ended.push((r.lease, r.retiring));
                 continue;
             };
+            // A replica that never passed its check within the grace (and two more
+            // checks) counts as unhealthy, whether or not its host says so.
+            let never_ready = lease.health == Some(ServiceHealth::Pending)
+                && match (&lease.health_check, lease.started_ms) {
+                    (Some(check), Some(started)) => {
+                        now_ms > started + check.grace_ms + 2 * check.interval_ms
+                    }
+                    _ => false,
+                };
             if lease.state.is_terminal() {
                 ended.push((r.lease, r.retiring));
-            } else if !r.retiring && lease.health == Some(ServiceHealth::Unhealthy) {
+            } else if !r.retiring && (lease.health == Some(ServiceHealth::Unhealthy) || never_ready)
+            {
                 unhealthy.push(r.lease);
             }
         }
@@ -385,11 +432,8 @@ impl Registry {
         let slots = d.spec.sessions_per_replica;
         let policy = self.autoscale_policy;
         let mut queued = vec![0u32; d.regions.len()];
-        for s in &self.queued {
-            let session = &self.sessions[s];
-            if session.deployment == id {
-                queued[session.region as usize] += 1;
-            }
+        for s in self.queued_of(id) {
+            queued[self.sessions[&s].region as usize] += 1;
         }
         let mut decisions = Vec::with_capacity(d.regions.len());
         for (i, region) in d.regions.iter().enumerate() {
@@ -454,8 +498,45 @@ impl Registry {
                 }
             }
         }
+        // More replicas than wanted (the owner lowered the bounds): the extra ones go,
+        // those starting or holding the fewest sessions first, then the newest.
+        let mut excess = Vec::new();
+        for (i, region) in d.regions.iter().enumerate() {
+            let mut live: Vec<&Replica> = d
+                .replicas
+                .iter()
+                .filter(|r| r.region as usize == i && !r.retiring)
+                .collect();
+            let over = live.len().saturating_sub(region.desired as usize);
+            if over == 0 {
+                continue;
+            }
+            live.sort_by_key(|r| {
+                (
+                    r.sessions,
+                    self.leases
+                        .get(&r.lease)
+                        .is_some_and(|l| l.state == LeaseState::Running),
+                    std::cmp::Reverse(r.lease),
+                )
+            });
+            excess.extend(live.iter().take(over).map(|r| r.lease));
+        }
+        for lease in &excess {
+            if let Some(r) = d.replicas.iter_mut().find(|r| r.lease == *lease) {
+                r.retiring = true;
+            }
+        }
+        if !excess.is_empty() {
+            d.scale_downs += excess.len() as u64;
+            changed = true;
+        }
         if changed {
             self.dirty.push(Dirty::Deployment(id));
+        }
+        for lease in excess {
+            self.end_sessions_on(lease, RejectReason::ReplicaLost, now_ms);
+            effects.extend(self.retire(&owner, lease, now_ms));
         }
         for lease in retire {
             effects.extend(self.retire(&owner, lease, now_ms));
@@ -471,7 +552,13 @@ impl Registry {
         })
     }
 
-    fn place(&mut self, id: DeploymentId, now_ms: u64, effects: &mut Vec<Effect>) {
+    fn place(
+        &mut self,
+        id: DeploymentId,
+        now_ms: u64,
+        funds: &mut Amount,
+        effects: &mut Vec<Effect>,
+    ) {
         let d = &self.deployments[&id];
         // An underfunded deployment tries again after a pause: a new replica's first
         // period is paid before it starts, so trying never runs anything unpaid.
@@ -496,11 +583,35 @@ impl Registry {
             let d = &self.deployments[&id];
             let job = Self::replica_job(&d.spec, &d.regions[region].spec);
             let name = d.regions[region].spec.name.clone();
+            // Matched only when a period at the price cap can be paid: a match that its
+            // escrow then fails would hold a host for nothing.
+            let most = gpumesh_ledger::escrow_amount(
+                job.max_price_per_gpu_hour,
+                job.gpu_count,
+                job.max_duration_ms,
+            )
+            .unwrap_or(Amount(u128::MAX));
+            if *funds < most {
+                let d = self.deployments.get_mut(&id).expect("listed");
+                if d.state != DeploymentState::Underfunded {
+                    self.underfunded(
+                        id,
+                        &format!(
+                            "a new replica's period costs up to {} tokens and the allowance (or the balance) leaves {}",
+                            most.tokens(),
+                            funds.tokens()
+                        ),
+                        now_ms,
+                    );
+                }
+                return;
+            }
             match self.submit_job(owner, job, now_ms) {
                 Ok(lease) => {
                     let lease = lease.id;
                     let l = self.leases.get_mut(&lease).expect("just made");
                     l.deployment = Some(id);
+                    *funds = Amount(funds.0.saturating_sub(l.escrow.0));
                     effects.push(Effect::FundReplica {
                         deployment: id,
                         owner,
@@ -542,12 +653,19 @@ impl Registry {
 
     /// Asks the ledger to top up every running replica whose paid time ends within half
     /// a period.
-    fn top_up(&mut self, id: DeploymentId, now_ms: u64, effects: &mut Vec<Effect>) {
+    fn top_up(
+        &mut self,
+        id: DeploymentId,
+        now_ms: u64,
+        funds: &mut Amount,
+        effects: &mut Vec<Effect>,
+    ) {
         let d = &self.deployments[&id];
         if now_ms < d.retry_at_ms {
             return;
         }
         let period = d.spec.period_ms;
+        let mut short = None;
         for r in d.replicas.iter().filter(|r| !r.retiring) {
             let Some(lease) = self.leases.get(&r.lease) else {
                 continue;
@@ -567,6 +685,11 @@ impl Registry {
             else {
                 continue;
             };
+            if *funds < amount {
+                short = Some((amount, *funds));
+                continue;
+            }
+            *funds = Amount(funds.0 - amount.0);
             effects.push(Effect::ExtendReplica {
                 deployment: id,
                 owner: d.owner,
@@ -574,6 +697,17 @@ impl Registry {
                 extra_ms: period,
                 amount,
             });
+        }
+        if let Some((amount, left)) = short {
+            self.underfunded(
+                id,
+                &format!(
+                    "a period costs {} tokens and the allowance (or the balance) leaves {}",
+                    amount.tokens(),
+                    left.tokens()
+                ),
+                now_ms,
+            );
         }
     }
 
@@ -708,6 +842,18 @@ impl Registry {
                 format!("a session queues for at most {} s", MAX_QUEUE_MS / 1_000),
             ));
         }
+        if request.queue_ms > 0 {
+            let queued = self.queued_of(request.deployment).count();
+            if queued >= MAX_QUEUED_PER_DEPLOYMENT {
+                return Err(invalid(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "deployment {} has {queued} sessions queued, the most allowed",
+                        request.deployment
+                    ),
+                ));
+            }
+        }
         let region = d
             .regions
             .iter()
@@ -742,7 +888,7 @@ impl Registry {
         match self.try_assign(id, now_ms) {
             Ok(()) => {}
             Err(_) if request.queue_ms > 0 => {
-                self.queued.insert(id);
+                self.queued.insert((request.deployment, id));
             }
             Err(why) => self.reject_session(id, why, now_ms),
         }
@@ -756,7 +902,7 @@ impl Registry {
         let slots = d.spec.sessions_per_replica;
         let latency = *self.matcher.latency();
         let mut in_bound = false;
-        let mut best: Option<(f64, u16, LeaseId)> = None;
+        let mut best: Option<Candidate> = None;
         for r in d.replicas.iter().filter(|r| !r.retiring) {
             if !self.serving(r.lease) {
                 continue;
@@ -772,12 +918,19 @@ impl Registry {
             if r.sessions >= slots {
                 continue;
             }
-            let key = (rtt, r.sessions, r.lease);
-            if best.is_none_or(|b| (key.0, key.1, key.2) < b) {
-                best = Some(key);
+            let candidate = Candidate {
+                rtt_ms: rtt,
+                sessions: r.sessions,
+                lease: r.lease,
+            };
+            if best.as_ref().is_none_or(|b| candidate.better_than(b)) {
+                best = Some(candidate);
             }
         }
-        let Some((rtt, _, lease)) = best else {
+        let Some(Candidate {
+            rtt_ms: rtt, lease, ..
+        }) = best
+        else {
             return Err(if in_bound {
                 RejectReason::AllFull
             } else {
@@ -804,17 +957,17 @@ impl Registry {
         session.rtt_ms = Some(rtt);
         session.assigned_ms = Some(now_ms);
         self.sessions_by_replica.entry(lease).or_default().push(id);
-        self.queued.remove(&id);
+        self.queued.remove(&(deployment, id));
         self.dirty.push(Dirty::Session(id));
         self.dirty.push(Dirty::Deployment(deployment));
         Ok(())
     }
 
     fn reject_session(&mut self, id: SessionId, why: RejectReason, now_ms: u64) {
-        self.queued.remove(&id);
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        self.queued.remove(&(session.deployment, id));
         session.state = SessionState::Rejected;
         session.rejected = Some(why);
         session.ended_ms = Some(now_ms);
@@ -830,7 +983,7 @@ impl Registry {
     /// Gives queued sessions the slots that opened; those past their wait are rejected
     /// with the reason that still holds.
     fn assign_queued(&mut self, now_ms: u64) {
-        let queued: Vec<SessionId> = self.queued.iter().copied().collect();
+        let queued: Vec<SessionId> = self.queued.iter().map(|&(_, s)| s).collect();
         for id in queued {
             if let Err(why) = self.try_assign(id, now_ms)
                 && self.sessions[&id].queued_until_ms <= now_ms
@@ -857,7 +1010,7 @@ impl Registry {
         match session.state {
             SessionState::Active => {}
             SessionState::Queued => {
-                self.queued.remove(&id);
+                self.queued.remove(&(session.deployment, id));
                 let s = self.sessions.get_mut(&id).expect("looked up above");
                 s.state = SessionState::Ended;
                 s.ended_ms = Some(now_ms);
@@ -888,6 +1041,13 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// The deployment's queued sessions, oldest first.
+    fn queued_of(&self, id: DeploymentId) -> impl Iterator<Item = SessionId> + '_ {
+        self.queued
+            .range((id, SessionId(0))..=(id, SessionId(u64::MAX)))
+            .map(|&(_, s)| s)
     }
 
     pub fn deployment(&self, id: DeploymentId) -> Option<&DeploymentRecord> {
@@ -921,12 +1081,8 @@ impl Registry {
                     .filter(|x| x.region as usize == i && !x.retiring)
                     .count() as u16,
                 queued_sessions: self
-                    .queued
-                    .iter()
-                    .filter(|s| {
-                        let s = &self.sessions[s];
-                        s.deployment == id && s.region as usize == i
-                    })
+                    .queued_of(id)
+                    .filter(|s| self.sessions[s].region as usize == i)
                     .count() as u32,
             })
             .collect();
@@ -982,7 +1138,6 @@ impl Registry {
             id,
             deployment: s.deployment,
             state: s.state,
-            near: s.near,
             max_rtt_ms: s.max_rtt_ms,
             created_ms: s.created_ms,
             queued_until_ms: s.queued_until_ms,
@@ -1009,7 +1164,7 @@ impl Registry {
             self.next_session = self.next_session.max(s.id.0 + 1);
             match (s.state, s.replica) {
                 (SessionState::Queued, _) => {
-                    self.queued.insert(s.id);
+                    self.queued.insert((s.deployment, s.id));
                 }
                 (SessionState::Active, Some(lease)) => {
                     self.sessions_by_replica

@@ -353,8 +353,9 @@ pub struct Registry {
     dirty: Vec<Dirty>,
     deployments: BTreeMap<gpumesh_types::DeploymentId, DeploymentRecord>,
     sessions: BTreeMap<gpumesh_types::SessionId, SessionRecord>,
-    /// Sessions waiting for a slot, and the active sessions of each replica.
-    queued: BTreeSet<gpumesh_types::SessionId>,
+    /// Sessions waiting for a slot (by deployment, oldest first), and the active sessions
+    /// of each replica.
+    queued: BTreeSet<(gpumesh_types::DeploymentId, gpumesh_types::SessionId)>,
     sessions_by_replica: HashMap<LeaseId, Vec<gpumesh_types::SessionId>>,
     next_deployment: u64,
     next_session: u64,

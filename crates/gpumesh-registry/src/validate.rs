@@ -225,8 +225,10 @@ pub const MAX_PORTS: usize = 16;
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 const MAX_ENV_VARS: usize = 64;
 const MAX_ENV_BYTES: usize = 32 * 1024;
-/// Environment names the host agent sets itself start with this.
-pub const RESERVED_ENV_PREFIX: &str = "GPUMESH_";
+/// Environment names the host agent or the container toolkit read or set: a buyer's
+/// value must not choose the GPUs a container sees, nor where it listens.
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["GPUMESH_", "NVIDIA_"];
+pub const RESERVED_ENV_NAMES: &[&str] = &["CUDA_VISIBLE_DEVICES", "PORT"];
 const MAX_HEALTH_PATH: usize = 256;
 
 /// Published ports, environment and health check of a lease or a deployment.
@@ -280,12 +282,22 @@ pub(crate) fn service(
                 ),
             ));
         }
-        if var.name.starts_with(RESERVED_ENV_PREFIX) {
+        if RESERVED_ENV_PREFIXES
+            .iter()
+            .any(|p| var.name.starts_with(p))
+            || RESERVED_ENV_NAMES.contains(&var.name.as_str())
+        {
             return Err(invalid(
                 ErrorCode::InvalidEnv,
                 format!(
-                    "environment name {} is reserved: the host agent sets {RESERVED_ENV_PREFIX}* itself",
-                    var.name
+                    "environment name {} is reserved: the host agent and the container toolkit set {} and {} themselves",
+                    var.name,
+                    RESERVED_ENV_PREFIXES
+                        .iter()
+                        .map(|p| format!("{p}*"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    RESERVED_ENV_NAMES.join(", ")
                 ),
             ));
         }

@@ -367,14 +367,19 @@ impl Store {
         }
         let mut deployments = Vec::new();
         let mut sessions = Vec::new();
-        // Stores from before services have neither table.
-        if let Ok(table) = txn.open_table(DEPLOYMENTS) {
+        // Stores from before services have neither table; any other error is one.
+        let open = |table| match txn.open_table(table) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(other) => Err(self.db_err(other)),
+        };
+        if let Some(table) = open(DEPLOYMENTS)? {
             for row in table.iter().map_err(s)? {
                 let (k, v) = row.map_err(s)?;
                 deployments.push(self.decode(|| format!("deployment {}", k.value()), v.value())?);
             }
         }
-        if let Ok(table) = txn.open_table(SESSIONS) {
+        if let Some(table) = open(SESSIONS)? {
             for row in table.iter().map_err(s)? {
                 let (k, v) = row.map_err(s)?;
                 sessions.push(self.decode(|| format!("session {}", k.value()), v.value())?);

@@ -403,9 +403,13 @@ async fn deployments_and_sessions_survive_an_indexer_restart() {
         .allow(created.id, Amount::from_tokens(50))
         .await
         .unwrap();
-    until(&client, created.id, Duration::from_secs(30), "one replica", |v| {
-        running(v).len() == 1
-    })
+    until(
+        &client,
+        created.id,
+        Duration::from_secs(30),
+        "one replica",
+        |v| running(v).len() == 1,
+    )
     .await;
     let session = client
         .request_session(&SessionRequest {
@@ -432,5 +436,28 @@ async fn deployments_and_sessions_survive_an_indexer_restart() {
     let freed = client.deployment(created.id).await.unwrap();
     assert_eq!(freed.replicas[0].sessions, 0);
     assert_eq!(running(&freed), running(&before));
+    // Lowered bounds retire the replicas above them.
+    let lease = running(&freed)[0];
+    client
+        .scale_deployment(
+            created.id,
+            &ScaleRequest {
+                region: "eu".into(),
+                min: 0,
+                max: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let shrunk = until(
+        &client,
+        created.id,
+        Duration::from_secs(20),
+        "retired",
+        |v| v.replicas.is_empty(),
+    )
+    .await;
+    assert!(shrunk.scale_downs >= 1);
+    assert!(client.lease(lease).await.unwrap().state.is_terminal());
     let _ = net.stop().await;
 }

@@ -213,6 +213,16 @@ async fn bad_service_input_is_refused_with_its_code() {
             ErrorCode::InvalidEnv,
         ),
         (
+            "env name that picks the GPUs",
+            with(&|j| {
+                j.env = vec![EnvVar {
+                    name: "NVIDIA_VISIBLE_DEVICES".into(),
+                    value: "all".into(),
+                }]
+            }),
+            ErrorCode::InvalidEnv,
+        ),
+        (
             "health path not a path",
             with(&|j| j.health = Some(HealthCheck::new(Probe::Http("healthz".into())))),
             ErrorCode::InvalidHealthCheck,

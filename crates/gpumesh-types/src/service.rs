@@ -437,6 +437,16 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// The wire name, as in JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::NoReplicaInBound => "no_replica_in_bound",
+            RejectReason::AllFull => "all_full",
+            RejectReason::ReplicaLost => "replica_lost",
+            RejectReason::DeploymentStopped => "deployment_stopped",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             RejectReason::NoReplicaInBound => "no ready replica is within the round-trip bound",
@@ -447,13 +457,12 @@ impl RejectReason {
     }
 }
 
-/// `GET /v1/sessions/{id}`.
+/// `GET /v1/sessions/{id}`. Public, so it does not show where the player is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub id: SessionId,
     pub deployment: DeploymentId,
     pub state: SessionState,
-    pub near: GeoPoint,
     pub max_rtt_ms: u32,
     pub created_ms: u64,
     /// Until when a queued session waits.

@@ -623,6 +623,31 @@ async fn checkers(args: CheckersArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Waits for the matched lease to run, then prints where its ports are reached.
+async fn print_endpoints(
+    client: Client,
+    mut matched: tokio::sync::watch::Receiver<Option<LeaseId>>,
+) {
+    let Ok(id) = matched.wait_for(Option::is_some).await.map(|id| *id) else {
+        return;
+    };
+    let Some(id) = id else {
+        return;
+    };
+    loop {
+        match client.lease(id).await {
+            Ok(lease) if lease.state.is_terminal() => return,
+            Ok(lease) if !lease.endpoints.is_empty() => {
+                for e in &lease.endpoints {
+                    eprintln!("lease {id}: {} → {}", e.port, e.address);
+                }
+                return;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// `gpumesh run --detach`: starts the workload and returns once it is ready.
 async fn run_detached(client: &Client, job: &JobRequest, json: bool) -> anyhow::Result<ExitCode> {
     let outcome = start_service(client, job, |event| {
@@ -729,9 +754,18 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let json = args.json;
     let lease_id: std::sync::Mutex<Option<LeaseId>> = std::sync::Mutex::new(None);
+    // A service's endpoints are printed once its host reports them.
+    let (matched, matched_rx) = tokio::sync::watch::channel(None);
+    let endpoints = (!job.ports.is_empty()).then(|| {
+        tokio::spawn(print_endpoints(
+            Client::new(&args.connection.indexer, None),
+            matched_rx,
+        ))
+    });
     let job_run = run_job(&client, &job, |event| match event {
         JobEvent::Matched(lease) => {
             *lease_id.lock().expect("lease id lock") = Some(lease.id);
+            matched.send_replace(Some(lease.id));
             eprintln!(
                 "matched lease {}: {} × {} on {} ({}, {:.0} km, about {:.0} ms away{}) at {} per GPU-hour; escrow {} tokens",
                 lease.id,
@@ -762,7 +796,12 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     tokio::pin!(job_run);
     let outcome = tokio::select! {
-        outcome = &mut job_run => outcome?,
+        outcome = &mut job_run => {
+            if let Some(task) = &endpoints {
+                task.abort();
+            }
+            outcome?
+        }
         _ = interrupted() => {
             let id = *lease_id.lock().expect("lease id lock");
             if let Some(id) = id {

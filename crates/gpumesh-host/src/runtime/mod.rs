@@ -13,8 +13,9 @@ use futures_util::future::BoxFuture;
 use gpumesh_types::{LeaseId, LogStream, PortSpec, Protocol, RuntimeKind};
 use tokio::sync::mpsc;
 
-/// What to run for one lease.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What to run for one lease. Its `Debug` shows environment names only: values may be
+/// the buyer's secrets.
+#[derive(Clone, PartialEq, Eq)]
 pub struct WorkloadSpec {
     pub lease: LeaseId,
     pub image: String,
@@ -31,6 +32,25 @@ pub struct WorkloadSpec {
     pub ports: Vec<(PortSpec, u16)>,
     /// The host address ports are published on.
     pub publish_ip: std::net::IpAddr,
+}
+
+impl std::fmt::Debug for WorkloadSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadSpec")
+            .field("lease", &self.lease)
+            .field("image", &self.image)
+            .field("command", &self.command)
+            .field(
+                "env",
+                &self.env.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .field("gpu_uuids", &self.gpu_uuids)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("nano_cpus", &self.nano_cpus)
+            .field("ports", &self.ports)
+            .field("publish_ip", &self.publish_ip)
+            .finish()
+    }
 }
 
 /// Picks a free host port for each container port: bound on `ip` with port 0 and

@@ -9,8 +9,8 @@ use gpumesh_client::buyer::{ServiceOutcome, start_service};
 use gpumesh_devnet::{Devnet, DevnetConfig, world};
 use gpumesh_host::demo_image::{DEMO_IMAGE, demo_service_command};
 use gpumesh_types::{
-    Amount, DeploymentRequest, GeoPoint, GpuModel, GpuSelector, HealthCheck, JobRequest,
-    PortSpec, Probe, Protocol, RegionSpec, SessionRequest, SessionState,
+    Amount, DeploymentRequest, GeoPoint, GpuModel, GpuSelector, HealthCheck, JobRequest, PortSpec,
+    Probe, Protocol, RegionSpec, SessionRequest, SessionState,
 };
 use serde_json::json;
 
@@ -117,7 +117,9 @@ pub async fn services(
             sessions_per_replica: 100,
         })
         .await?;
-    client.allow(deployment.id, Amount::from_tokens(100)).await?;
+    client
+        .allow(deployment.id, Amount::from_tokens(100))
+        .await?;
     let began = Instant::now();
     loop {
         let d = client.deployment(deployment.id).await?;
