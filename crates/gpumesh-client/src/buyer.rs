@@ -55,6 +55,33 @@ pub enum ServiceOutcome {
     },
 }
 
+/// Submits a job and funds its escrow: the funded lease, or why nothing matched.
+async fn submit_and_fund(
+    client: &Client,
+    job: &JobRequest,
+    on_event: &mut impl FnMut(JobEvent<'_>),
+) -> Result<Result<LeaseView, String>, ClientError> {
+    let lease = match client.submit_job(job).await {
+        Ok(lease) => lease,
+        Err(ClientError::Api { error, .. }) if error.code == ErrorCode::NoMatch => {
+            return Ok(Err(error.message));
+        }
+        Err(e) => return Err(e),
+    };
+    on_event(JobEvent::Matched(&lease));
+    if let Err(e) = client.fund(&lease).await {
+        // Give the GPUs back at once rather than holding them for the match's lifetime.
+        // Should the escrow have opened after all (an answer lost on the way), the
+        // cancellation ends the lease unstarted and refunds it in full.
+        // The funding error is the one to report; if the cancellation fails too, the
+        // match still ends at its time-to-live.
+        let _ = client.cancel(lease.id).await;
+        return Err(e);
+    }
+    on_event(JobEvent::Funded(&lease));
+    Ok(Ok(lease))
+}
+
 /// How often a detached start looks at its lease.
 const READY_POLL: Duration = Duration::from_millis(100);
 
@@ -66,21 +93,10 @@ pub async fn start_service(
     mut on_event: impl FnMut(JobEvent<'_>),
 ) -> Result<ServiceOutcome, ClientError> {
     let began = Instant::now();
-    let lease = match client.submit_job(job).await {
+    let lease = match submit_and_fund(client, job, &mut on_event).await? {
         Ok(lease) => lease,
-        Err(ClientError::Api { error, .. }) if error.code == ErrorCode::NoMatch => {
-            return Ok(ServiceOutcome::Unmatched {
-                reason: error.message,
-            });
-        }
-        Err(e) => return Err(e),
+        Err(reason) => return Ok(ServiceOutcome::Unmatched { reason }),
     };
-    on_event(JobEvent::Matched(&lease));
-    if let Err(e) = client.fund(&lease).await {
-        let _ = client.cancel(lease.id).await;
-        return Err(e);
-    }
-    on_event(JobEvent::Funded(&lease));
     let mut failures = 0;
     loop {
         match client.lease(lease.id).await {
@@ -117,26 +133,10 @@ pub async fn run_job(
     mut on_event: impl FnMut(JobEvent<'_>),
 ) -> Result<JobOutcome, ClientError> {
     let began = Instant::now();
-    let lease = match client.submit_job(job).await {
+    let lease = match submit_and_fund(client, job, &mut on_event).await? {
         Ok(lease) => lease,
-        Err(ClientError::Api { error, .. }) if error.code == ErrorCode::NoMatch => {
-            return Ok(JobOutcome::Unmatched {
-                reason: error.message,
-            });
-        }
-        Err(e) => return Err(e),
+        Err(reason) => return Ok(JobOutcome::Unmatched { reason }),
     };
-    on_event(JobEvent::Matched(&lease));
-    if let Err(e) = client.fund(&lease).await {
-        // Give the GPUs back at once rather than holding them for the match's lifetime.
-        // Should the escrow have opened after all (an answer lost on the way), the
-        // cancellation ends the lease unstarted and refunds it in full.
-        // The funding error is the one to report; if the cancellation fails too, the
-        // match still ends at its time-to-live.
-        let _ = client.cancel(lease.id).await;
-        return Err(e);
-    }
-    on_event(JobEvent::Funded(&lease));
     let mut first_output = None;
     let mut next_seq = 0;
     let mut failures = 0;

@@ -67,6 +67,27 @@ async fn until(
     }
 }
 
+/// A deployment taking two sessions per replica, allowed `tokens`, once its first replica
+/// runs.
+async fn one_replica_running(client: &Client, region: RegionSpec, tokens: u64) -> DeploymentView {
+    let created = client
+        .create_deployment(&deployment("sleep 600", vec![region], 2))
+        .await
+        .unwrap();
+    client
+        .allow(created.id, Amount::from_tokens(tokens))
+        .await
+        .unwrap();
+    until(
+        client,
+        created.id,
+        Duration::from_secs(30),
+        "one replica",
+        |v| running(v).len() == 1,
+    )
+    .await
+}
+
 fn running(view: &DeploymentView) -> Vec<gpumesh_types::LeaseId> {
     view.replicas
         .iter()
@@ -191,22 +212,7 @@ async fn a_replica_on_a_lost_host_is_replaced_and_refunded_and_escrows_are_toppe
 async fn sessions_are_placed_within_their_bound_and_the_autoscaler_follows_them() {
     let net = devnet(3, RuntimeChoice::Process).await;
     let client = net.buyer_client();
-    let created = client
-        .create_deployment(&deployment("sleep 600", vec![region("eu", PARIS, 1, 3)], 2))
-        .await
-        .unwrap();
-    client
-        .allow(created.id, Amount::from_tokens(100))
-        .await
-        .unwrap();
-    until(
-        &client,
-        created.id,
-        Duration::from_secs(30),
-        "one replica",
-        |v| running(v).len() == 1,
-    )
-    .await;
+    let created = one_replica_running(&client, region("eu", PARIS, 1, 3), 100).await;
     let ask = |near: GeoPoint, queue_ms: u64| SessionRequest {
         deployment: created.id,
         near,
@@ -395,22 +401,7 @@ async fn an_unhealthy_replica_in_a_container_is_replaced() {
 async fn deployments_and_sessions_survive_an_indexer_restart() {
     let mut net = devnet(2, RuntimeChoice::Process).await;
     let client = net.buyer_client();
-    let created = client
-        .create_deployment(&deployment("sleep 600", vec![region("eu", PARIS, 1, 2)], 2))
-        .await
-        .unwrap();
-    client
-        .allow(created.id, Amount::from_tokens(50))
-        .await
-        .unwrap();
-    until(
-        &client,
-        created.id,
-        Duration::from_secs(30),
-        "one replica",
-        |v| running(v).len() == 1,
-    )
-    .await;
+    let created = one_replica_running(&client, region("eu", PARIS, 1, 2), 50).await;
     let session = client
         .request_session(&SessionRequest {
             deployment: created.id,

@@ -11,28 +11,10 @@ use crate::{
     PortSpec, ServiceHealth, SignedTx,
 };
 
-/// A lease's identifier, unique within one indexer.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-pub struct LeaseId(pub u64);
-
-impl std::fmt::Display for LeaseId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+id_type!(
+    /// A lease's identifier, unique within one indexer.
+    LeaseId
+);
 
 /// How a host runs workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -4,6 +4,34 @@
 //! API, the ledger's transactions and blocks, the store's records. Logic that decides
 //! things lives in the pure crates (`gpumesh-matcher`, `gpumesh-registry`, `gpumesh-ledger`).
 
+/// A numeric identifier: transparent on the wire, shown as its number.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Clone,
+            Copy,
+            Debug,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            serde::Serialize,
+            serde::Deserialize,
+            utoipa::ToSchema,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
 mod amount;
 pub mod api;
 pub mod auth;

@@ -235,28 +235,10 @@ pub struct HealthReport {
     pub detail: Option<String>,
 }
 
-/// A deployment's identifier.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-pub struct DeploymentId(pub u64);
-
-impl std::fmt::Display for DeploymentId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+id_type!(
+    /// A deployment's identifier.
+    DeploymentId
+);
 
 /// Where a deployment's replicas run: near a point (a country's, or one given), in that
 /// country only when one is named, between `min` and `max` replicas.
@@ -375,28 +357,10 @@ pub struct ScaleRequest {
     pub max: u16,
 }
 
-/// A session's identifier.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-pub struct SessionId(pub u64);
-
-impl std::fmt::Display for SessionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+id_type!(
+    /// A session's identifier.
+    SessionId
+);
 
 /// `POST /v1/sessions`: the deployment's owner (its matchmaker) asks for a slot for a
 /// player near a point, within a round-trip bound.
