@@ -603,6 +603,7 @@ pub async fn services(
         country: None,
         min,
         max,
+        max_rtt_ms: None,
     };
     let request = DeploymentRequest {
         gpu: GpuSelector::Model(GpuModel::H100),

@@ -152,6 +152,38 @@ pub fn observe(core: &Core, ready: bool, now_ms: u64) {
     for (state, n) in leases {
         metrics::gauge!("gpumesh_leases", "state" => state).set(n as f64);
     }
+    let mut deployments: std::collections::BTreeMap<String, u64> = [
+        gpumesh_types::DeploymentState::Active,
+        gpumesh_types::DeploymentState::Underfunded,
+        gpumesh_types::DeploymentState::Stopped,
+    ]
+    .iter()
+    .map(|s| (wire_name(s), 0))
+    .collect();
+    let mut replicas = 0u64;
+    for d in registry.deployments() {
+        *deployments.entry(wire_name(&d.state)).or_default() += 1;
+        replicas += d.replicas.iter().filter(|r| !r.retiring).count() as u64;
+    }
+    for (state, n) in deployments {
+        metrics::gauge!("gpumesh_deployments", "state" => state).set(n as f64);
+    }
+    metrics::gauge!("gpumesh_deployment_replicas").set(replicas as f64);
+    let mut sessions: std::collections::BTreeMap<String, u64> = [
+        gpumesh_types::SessionState::Queued,
+        gpumesh_types::SessionState::Active,
+        gpumesh_types::SessionState::Ended,
+        gpumesh_types::SessionState::Rejected,
+    ]
+    .iter()
+    .map(|s| (wire_name(s), 0))
+    .collect();
+    for s in registry.sessions() {
+        *sessions.entry(wire_name(&s.state)).or_default() += 1;
+    }
+    for (state, n) in sessions {
+        metrics::gauge!("gpumesh_sessions", "state" => state).set(n as f64);
+    }
     metrics::gauge!("gpumesh_ledger_height").set(stats.blocks as f64);
     metrics::gauge!("gpumesh_ledger_transactions").set(stats.transactions as f64);
     let held: u128 = ledger

@@ -150,6 +150,7 @@ impl Registry {
             spec.command.clone(),
         );
         job.countries = region.country.into_iter().collect();
+        job.max_rtt_ms = region.max_rtt_ms;
         job.ports = spec.ports.clone();
         job.env = spec.env.clone();
         job.health = spec.health.clone();
@@ -1052,6 +1053,11 @@ impl Registry {
 
     pub fn deployment(&self, id: DeploymentId) -> Option<&DeploymentRecord> {
         self.deployments.get(&id)
+    }
+
+    /// Every session, in id order.
+    pub fn sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.values()
     }
 
     pub fn session(&self, id: SessionId) -> Option<&SessionRecord> {

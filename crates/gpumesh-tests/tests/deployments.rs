@@ -26,6 +26,7 @@ fn region(name: &str, near: GeoPoint, min: u16, max: u16) -> RegionSpec {
         country: None,
         min,
         max,
+        max_rtt_ms: None,
     }
 }
 
@@ -325,6 +326,29 @@ async fn sessions_are_placed_within_their_bound_and_the_autoscaler_follows_them(
             "{what}"
         );
     }
+    // A region with a round-trip bound places nothing outside it, and says why.
+    let mut bounded = region(
+        "sydney",
+        GeoPoint {
+            lat: -33.87,
+            lon: 151.21,
+        },
+        1,
+        1,
+    );
+    bounded.max_rtt_ms = Some(40);
+    let far = client
+        .create_deployment(&deployment("sleep 600", vec![bounded], 0))
+        .await
+        .unwrap();
+    client.allow(far.id, Amount::from_tokens(10)).await.unwrap();
+    let waiting = until(&client, far.id, Duration::from_secs(10), "a notice", |v| {
+        v.notice
+            .as_deref()
+            .is_some_and(|n| n.contains("region sydney"))
+    })
+    .await;
+    assert!(waiting.replicas.is_empty(), "{waiting:#?}");
     let scale = ScaleRequest {
         region: "mars".into(),
         min: 0,

@@ -75,6 +75,30 @@ async fn metrics_parse_as_prometheus_text_and_move_with_what_happens() {
     );
     let lease = client.submit_job(&job).await.unwrap();
     client.cancel(lease.id).await.unwrap();
+    // A deployment whose owner has allowed nothing waits, underfunded.
+    client
+        .create_deployment(&gpumesh_types::DeploymentRequest {
+            gpu: gpumesh_types::GpuSelector::Model(gpumesh_types::GpuModel::H100),
+            gpu_count: 1,
+            image: job.image.clone(),
+            command: job.command.clone(),
+            ports: Vec::new(),
+            env: Vec::new(),
+            health: None,
+            regions: vec![gpumesh_types::RegionSpec {
+                name: "eu".into(),
+                near: job.near,
+                country: None,
+                min: 1,
+                max: 1,
+                max_rtt_ms: None,
+            }],
+            max_price_per_gpu_hour: job.max_price_per_gpu_hour,
+            period_ms: 60_000,
+            sessions_per_replica: 0,
+        })
+        .await
+        .unwrap();
     // Hosts beat every second on a local network.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let after = scrape(&http, &base).await;
@@ -109,6 +133,15 @@ async fn metrics_parse_as_prometheus_text_and_move_with_what_happens() {
         1.0
     );
     assert_eq!(sample(&after, "gpumesh_ready", &[]), 1.0);
+    assert_eq!(
+        sample(&after, "gpumesh_deployments", &[("state", "underfunded")]),
+        1.0
+    );
+    assert_eq!(sample(&after, "gpumesh_deployment_replicas", &[]), 0.0);
+    assert_eq!(
+        sample(&after, "gpumesh_sessions", &[("state", "active")]),
+        0.0
+    );
     assert!(
         sample(&after, "gpumesh_ledger_transactions", &[])
             <= status["transactions"].as_f64().unwrap()

@@ -241,7 +241,8 @@ id_type!(
 );
 
 /// Where a deployment's replicas run: near a point (a country's, or one given), in that
-/// country only when one is named, between `min` and `max` replicas.
+/// country only when one is named, within a round trip of it when one is given, between
+/// `min` and `max` replicas.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionSpec {
@@ -252,6 +253,9 @@ pub struct RegionSpec {
     pub country: Option<Country>,
     pub min: u16,
     pub max: u16,
+    /// Replicas are placed only on hosts within this estimated round trip of `near`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rtt_ms: Option<u32>,
 }
 
 /// `POST /v1/deployments`: replicas of one service across regions, each a lease of its

@@ -512,6 +512,10 @@ pub struct DeployArgs {
         allow_hyphen_values = true
     )]
     pub regions: Vec<String>,
+    /// Place replicas only on hosts within this estimated round trip (ms) of their
+    /// region's point (by default anywhere, nearest first).
+    #[arg(long)]
+    pub region_max_rtt: Option<u32>,
     /// The most you pay per GPU-hour, in tokens.
     #[arg(long)]
     pub max_price: String,

@@ -57,6 +57,7 @@ pub fn parse_region(text: &str) -> anyhow::Result<RegionSpec> {
         country,
         min,
         max,
+        max_rtt_ms: None,
     })
 }
 
@@ -67,7 +68,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .regions
         .iter()
         .filter(|r| !r.trim().is_empty())
-        .map(|r| parse_region(r))
+        .map(|r| {
+            parse_region(r).map(|mut region| {
+                region.max_rtt_ms = args.region_max_rtt;
+                region
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let budget = Amount::parse_tokens(&args.budget).context("--budget")?;
     let request = DeploymentRequest {

@@ -111,6 +111,7 @@ pub async fn services(
                 country: None,
                 min: 2,
                 max: 2,
+                max_rtt_ms: None,
             }],
             max_price_per_gpu_hour: Amount::from_tokens(10),
             period_ms: 600_000,
