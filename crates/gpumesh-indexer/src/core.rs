@@ -409,10 +409,8 @@ impl Core {
         // A host that comes back with leases still live lost their workloads when it went away.
         let orphaned: Vec<LeaseId> = self
             .registry
-            .leases()
-            .filter(|l| {
-                l.host == signer && matches!(l.state, LeaseState::Starting | LeaseState::Running)
-            })
+            .live_leases_of(&signer)
+            .filter(|l| matches!(l.state, LeaseState::Starting | LeaseState::Running))
             .map(|l| l.id)
             .collect();
         let registered = self.registry.register_host(signer, request, now_ms)?;

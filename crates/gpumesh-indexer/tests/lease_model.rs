@@ -341,6 +341,23 @@ fn check(w: &mut World) -> Result<(), TestCaseError> {
         .filter(|c| c.state == ContainerState::Busy)
         .count();
     prop_assert_eq!(busy, online_held);
+    // A host's work, read from the per-host index, is what a scan of every lease finds.
+    let hosts: HashSet<_> = core.registry().leases().map(|l| l.host).collect();
+    for host in hosts {
+        let work = core.work(&host).unwrap();
+        let mut start = Vec::new();
+        let mut stop = Vec::new();
+        for l in core.registry().leases().filter(|l| l.host == host) {
+            match (l.state, l.cancel_requested) {
+                (LeaseState::Starting, false) => start.push(l.id),
+                (LeaseState::Starting | LeaseState::Running, true) => stop.push(l.id),
+                _ => {}
+            }
+        }
+        let started: Vec<_> = work.start.iter().map(|a| a.lease).collect();
+        prop_assert_eq!(started, start, "work to start for {}", host);
+        prop_assert_eq!(work.stop, stop, "work to stop for {}", host);
+    }
     // The registry and the ledger tell one story: reconciliation finds nothing to repair.
     let found = w.apply(|c, now, b| Ok(c.reconcile(now, b))).unwrap();
     prop_assert!(found.is_empty(), "reconciliation found {:?}", found);

@@ -342,6 +342,9 @@ pub struct Registry {
     /// The matcher's reservation of each lease that holds GPUs, and back.
     reservations: HashMap<LeaseId, ReservationId>,
     reserved_for: HashMap<ReservationId, LeaseId>,
+    /// Each host's live leases (matched, starting, running), so that a host's work poll
+    /// and its loss cost what it holds, not what the network ever leased.
+    live_by_host: HashMap<Address, BTreeSet<LeaseId>>,
     /// Funded live leases by the time they must have moved on (`LeaseRecord::deadline_ms`),
     /// so that the tick finds overdue ones without scanning every lease.
     deadlines: BTreeSet<(u64, LeaseId)>,
@@ -371,6 +374,7 @@ impl Registry {
             leases: BTreeMap::new(),
             reservations: HashMap::new(),
             reserved_for: HashMap::new(),
+            live_by_host: HashMap::new(),
             deadlines: BTreeSet::new(),
             unfunded: HashMap::new(),
             anchors: 0,
@@ -436,6 +440,11 @@ impl Registry {
                     .map_err(|e| format!("lease {} cannot hold its GPUs: {e:?}", lease.id))?;
                 registry.reservations.insert(lease.id, reservation);
                 registry.reserved_for.insert(reservation, lease.id);
+                registry
+                    .live_by_host
+                    .entry(lease.host)
+                    .or_default()
+                    .insert(lease.id);
             }
             if lease.state == LeaseState::Matched {
                 *registry.unfunded.entry(lease.buyer).or_default() += 1;
@@ -480,6 +489,15 @@ impl Registry {
     pub fn live_leases(&self) -> impl Iterator<Item = &LeaseRecord> {
         self.reservations
             .keys()
+            .filter_map(|id| self.leases.get(id))
+    }
+
+    /// One host's live leases (matched, starting, running), in id order.
+    pub fn live_leases_of(&self, host: &Address) -> impl Iterator<Item = &LeaseRecord> {
+        self.live_by_host
+            .get(host)
+            .into_iter()
+            .flatten()
             .filter_map(|id| self.leases.get(id))
     }
 
@@ -921,7 +939,7 @@ impl Registry {
         self.host_by_address(host)
             .ok_or(RegistryError::UnknownHost(*host))?;
         let mut work = HostWork::default();
-        for lease in self.leases.values().filter(|l| l.host == *host) {
+        for lease in self.live_leases_of(host) {
             match lease.state {
                 LeaseState::Starting if !lease.cancel_requested => work.start.push(Assignment {
                     lease: lease.id,
@@ -1032,7 +1050,12 @@ impl Registry {
         if lost.is_empty() {
             return effects;
         }
-        let ids: Vec<LeaseId> = self.leases.keys().copied().collect();
+        let ids: Vec<LeaseId> = lost
+            .iter()
+            .filter_map(|h| self.live_by_host.get(h))
+            .flatten()
+            .copied()
+            .collect();
         for id in ids {
             let lease = &self.leases[&id];
             let host_lost = lost.contains(&lease.host);
@@ -1078,9 +1101,7 @@ impl Registry {
         // A GPU serving a lease is not proven again until it is free: the proof would
         // share the device with the buyer's workload.
         let leased: std::collections::HashSet<(Address, u16)> = self
-            .leases
-            .values()
-            .filter(|l| l.state.holds_capacity())
+            .live_leases()
             .flat_map(|l| l.gpu_indices.iter().map(move |&i| (l.host, i)))
             .collect();
         let mut out = Vec::with_capacity(self.container_count());
@@ -1248,6 +1269,13 @@ impl Registry {
         let deadline = std::mem::take(&mut lease.deadline_ms);
         self.deadlines.remove(&(deadline, id));
         self.dirty.push(Dirty::Lease(id));
+        let host = lease.host;
+        if let Some(live) = self.live_by_host.get_mut(&host) {
+            live.remove(&id);
+            if live.is_empty() {
+                self.live_by_host.remove(&host);
+            }
+        }
         if let Some(reservation) = self.reservations.remove(&id) {
             self.reserved_for.remove(&reservation);
             // The lease held this reservation, so releasing it cannot fail.
@@ -1346,6 +1374,7 @@ impl Registry {
         *self.unfunded.entry(buyer).or_default() += 1;
         self.reservations.insert(id, booking.reservation);
         self.reserved_for.insert(booking.reservation, id);
+        self.live_by_host.entry(lease.host).or_default().insert(id);
         Ok(self.leases.entry(id).or_insert(lease))
     }
 }
