@@ -535,38 +535,20 @@ pub async fn services(
     summary: &mut Summary,
     print: &(dyn Fn(String) + Sync),
 ) -> anyhow::Result<()> {
-    use gpumesh_host::demo_image::demo_service_command;
-    use gpumesh_types::{
-        DeploymentRequest, GpuSelector, HealthCheck, PortSpec, Probe, Protocol, RegionSpec,
-        SessionRequest, SessionState,
-    };
+    use gpumesh_host::demo_image::{demo_service_command, demo_service_job};
+    use gpumesh_types::{DeploymentRequest, GpuSelector, RegionSpec, SessionRequest, SessionState};
     let client = devnet.buyer_client();
-    let port = PortSpec {
-        port: 8080,
-        protocol: Protocol::Tcp,
-    };
-    let health = HealthCheck {
-        interval_ms: 300,
-        grace_ms: 30_000,
-        failures: 3,
-        ..HealthCheck::new(Probe::Http("/".into()))
-    };
 
     // One service, started detached, reached at its endpoint.
-    let mut job = JobRequest::new(
+    let job = demo_service_job(
         GpuModel::H100,
-        1,
         GeoPoint {
             lat: 48.8566,
             lon: 2.3522,
         },
         Amount::from_tokens(5),
-        120_000,
-        DEMO_IMAGE,
-        demo_service_command(8080),
+        300,
     );
-    job.ports = vec![port];
-    job.health = Some(health.clone());
     match gpumesh_client::buyer::start_service(&client, &job, |_| {}).await? {
         gpumesh_client::buyer::ServiceOutcome::Ready { lease, ready } => {
             summary.service_ready_ms = Some(ready.as_millis() as u64);
@@ -610,9 +592,9 @@ pub async fn services(
         gpu_count: 1,
         image: DEMO_IMAGE.into(),
         command: demo_service_command(8080),
-        ports: vec![port],
+        ports: job.ports.clone(),
         env: Vec::new(),
-        health: Some(health),
+        health: job.health.clone(),
         regions: vec![
             region("europe", 50.1109, 8.6821, 1, 3),
             region("us-east", 39.0438, -77.4874, 1, 2),

@@ -26,6 +26,38 @@ pub fn demo_service_command(port: u16) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script]
 }
 
+/// The demo service as a job: one GPU of `gpu` near `near` under `cap` per GPU-hour for at
+/// most two minutes, serving HTTP on container port 8080, ready once `GET /` answers
+/// (probed every `probe_every_ms`).
+pub fn demo_service_job(
+    gpu: gpumesh_types::GpuModel,
+    near: gpumesh_types::GeoPoint,
+    cap: gpumesh_types::Amount,
+    probe_every_ms: u64,
+) -> gpumesh_types::JobRequest {
+    use gpumesh_types::{HealthCheck, PortSpec, Probe, Protocol};
+    let mut job = gpumesh_types::JobRequest::new(
+        gpu,
+        1,
+        near,
+        cap,
+        120_000,
+        DEMO_IMAGE,
+        demo_service_command(8080),
+    );
+    job.ports = vec![PortSpec {
+        port: 8080,
+        protocol: Protocol::Tcp,
+    }];
+    job.health = Some(HealthCheck {
+        interval_ms: probe_every_ms,
+        grace_ms: 30_000,
+        failures: 3,
+        ..HealthCheck::new(Probe::Http("/".into()))
+    });
+    job
+}
+
 /// Places a static busybox is found (Debian's busybox-static puts it in /bin).
 const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox", "/usr/local/bin/busybox"];
 

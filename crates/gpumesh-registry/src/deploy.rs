@@ -1064,7 +1064,7 @@ impl Registry {
         self.sessions.get(&id)
     }
 
-    /// Deployments of one owner, or all, in id order.
+    /// Every deployment, in id order.
     pub fn deployments(&self) -> impl Iterator<Item = &DeploymentRecord> {
         self.deployments.values()
     }

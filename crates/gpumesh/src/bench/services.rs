@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use gpumesh_client::buyer::{ServiceOutcome, start_service};
 use gpumesh_devnet::{Devnet, DevnetConfig, world};
-use gpumesh_host::demo_image::{DEMO_IMAGE, demo_service_command};
+use gpumesh_host::demo_image::{DEMO_IMAGE, demo_service_command, demo_service_job};
 use gpumesh_types::{
-    Amount, DeploymentRequest, GeoPoint, GpuModel, GpuSelector, HealthCheck, JobRequest, PortSpec,
-    Probe, Protocol, RegionSpec, SessionRequest, SessionState,
+    Amount, DeploymentRequest, GeoPoint, GpuModel, GpuSelector, RegionSpec, SessionRequest,
+    SessionState,
 };
 use serde_json::json;
 
@@ -50,27 +50,7 @@ pub async fn services(
         lat: 50.11,
         lon: 8.68,
     };
-    let port = PortSpec {
-        port: 8080,
-        protocol: Protocol::Tcp,
-    };
-    let health = HealthCheck {
-        interval_ms: 100,
-        grace_ms: 30_000,
-        failures: 3,
-        ..HealthCheck::new(Probe::Http("/".into()))
-    };
-    let mut job = JobRequest::new(
-        GpuModel::H100,
-        1,
-        frankfurt,
-        Amount::from_tokens(10),
-        120_000,
-        DEMO_IMAGE,
-        demo_service_command(8080),
-    );
-    job.ports = vec![port];
-    job.health = Some(health.clone());
+    let job = demo_service_job(GpuModel::H100, frankfurt, Amount::from_tokens(10), 100);
     // The first start warms the engine's caches and is not counted.
     let mut ready = Vec::new();
     let bar = super::progress(runs as u64 + 1, "services");
@@ -102,9 +82,9 @@ pub async fn services(
             gpu_count: 1,
             image: DEMO_IMAGE.into(),
             command: demo_service_command(8080),
-            ports: vec![port],
+            ports: job.ports.clone(),
             env: Vec::new(),
-            health: Some(health),
+            health: job.health.clone(),
             regions: vec![RegionSpec {
                 name: "frankfurt".into(),
                 near: frankfurt,
