@@ -1,9 +1,11 @@
 //! Identities: secp256k1 key pairs whose addresses are Ethereum addresses.
 //!
-//! A [`Wallet`] signs EIP-191 messages, which is how gpumesh signs both HTTP requests
-//! ([`gpumesh_types::auth`]) and ledger transactions ([`gpumesh_types::Tx`]); the same
-//! key works unchanged in an Ethereum wallet. Key files hold the secret in hex, are
-//! created readable by their owner only, and are never overwritten.
+//! A [`Wallet`] signs EIP-191 messages, which is how gpumesh signs HTTP requests
+//! ([`gpumesh_types::auth`]), and EIP-712 typed data, which is how it signs ledger
+//! transactions ([`gpumesh_types::Tx`]); the same key works unchanged in an Ethereum
+//! wallet. Key files are Ethereum keystores (version 3: scrypt and AES-128-CTR, as geth,
+//! Foundry and MetaMask write them), created readable by their owner only and never
+//! overwritten.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -12,7 +14,9 @@ use std::path::{Path, PathBuf};
 use alloy_primitives::{Address, B256, Signature, eip191_hash_message, hex, keccak256};
 use gpumesh_types::{Sig, SignedTx, Tx};
 use k256::ecdsa::SigningKey;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+mod keystore;
 
 /// A secp256k1 key pair.
 #[derive(Clone)]
@@ -41,15 +45,21 @@ pub enum KeyFileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("key file {path} is not a gpumesh key file: {reason}")]
+    #[error("key file {path} is not an Ethereum keystore (version 3): {reason}")]
     Malformed { path: PathBuf, reason: String },
     #[error("key file {path} is readable by others (mode {mode:o}); run `chmod 600 {path}` first")]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error("wrong password for key file {path}")]
+    WrongPassword { path: PathBuf },
+    #[error(
+        "key file {path} holds its secret unencrypted (the key format of gpumesh before keystores); encrypt it with `gpumesh wallet import --private-key-file {path} --out NEW_FILE`"
+    )]
+    Unencrypted { path: PathBuf },
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeyFile {
-    address: Address,
+/// The key file format of gpumesh before keystores: the secret in hex, unencrypted.
+#[derive(Deserialize)]
+struct PlainKeyFile {
     secret_key: String,
 }
 
@@ -112,86 +122,174 @@ impl Wallet {
             tx.from, self.address,
             "signing a transaction of another account"
         );
-        let signature = Sig(self.sign_message(tx.hash()));
+        let signature = Sig(self.sign_prehash(&tx.hash()));
         SignedTx { tx, signature }
     }
 
-    /// Writes a new key file readable by its owner only; never overwrites.
-    pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
-        let io = |action, source| KeyFileError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| io("create the folder of", e))?;
-        }
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyFileError::Exists {
+    /// Writes the key as a new Ethereum keystore (version 3, scrypt, AES-128-CTR),
+    /// encrypted with `password`; the file is readable by its owner only and never
+    /// overwrites another.
+    pub fn save(&self, path: &Path, password: &str, kdf: Kdf) -> Result<(), KeyFileError> {
+        let text = keystore::encrypt(
+            &self.key.to_bytes().into(),
+            self.address,
+            password,
+            kdf,
+            &mut rand::rngs::OsRng,
+        );
+        write_private(path, text.as_bytes())
+    }
+
+    /// Reads and decrypts a keystore, refusing one that others can read.
+    pub fn load(path: &Path, password: &str) -> Result<Wallet, KeyFileError> {
+        check_private(path)?;
+        let text = read(path)?;
+        let address = keystore::inspect(&text).map_err(|reason| {
+            if serde_json::from_str::<PlainKeyFile>(&text).is_ok() {
+                KeyFileError::Unencrypted {
                     path: path.to_path_buf(),
                 }
             } else {
-                io("create", e)
+                KeyFileError::Malformed {
+                    path: path.to_path_buf(),
+                    reason,
+                }
             }
         })?;
-        let body = KeyFile {
-            address: self.address,
-            secret_key: self.secret_hex(),
-        };
-        let mut text = serde_json::to_string_pretty(&body).expect("key file serialises");
-        text.push('\n');
-        file.write_all(text.as_bytes())
-            .map_err(|e| io("write", e))?;
-        file.sync_all().map_err(|e| io("sync", e))
+        let secret = keystore::decrypt(path, password).map_err(|e| match e {
+            keystore::DecryptError::Mac => KeyFileError::WrongPassword {
+                path: path.to_path_buf(),
+            },
+            keystore::DecryptError::Malformed(reason) => KeyFileError::Malformed {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })?;
+        let wallet = SigningKey::from_slice(&secret)
+            .map(Wallet::from_key)
+            .map_err(|_| KeyFileError::Malformed {
+                path: path.to_path_buf(),
+                reason: "its secret is not a valid secp256k1 key".into(),
+            })?;
+        if let Some(address) = address
+            && address != wallet.address
+        {
+            return Err(KeyFileError::Malformed {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "its address {address} does not match its key ({})",
+                    wallet.address
+                ),
+            });
+        }
+        Ok(wallet)
     }
 
-    /// Reads a key file, refusing one that others can read.
-    pub fn load(path: &Path) -> Result<Wallet, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|source| KeyFileError::Io {
-                    action: "inspect",
-                    path: path.to_path_buf(),
-                    source,
-                })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::TooOpen {
-                    path: path.to_path_buf(),
-                    mode: mode & 0o777,
-                });
-            }
-        }
+    /// The address a keystore names, read without its password.
+    pub fn address_of(path: &Path) -> Result<Address, KeyFileError> {
+        let text = read(path)?;
         let malformed = |reason: String| KeyFileError::Malformed {
             path: path.to_path_buf(),
             reason,
         };
-        let file: KeyFile = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
-        let wallet = Wallet::from_secret_hex(&file.secret_key).map_err(malformed)?;
-        if wallet.address != file.address {
-            return Err(malformed(format!(
-                "its address {} does not match its key ({})",
-                file.address, wallet.address
-            )));
+        match keystore::inspect(&text) {
+            Ok(Some(address)) => Ok(address),
+            Ok(None) => Err(malformed(
+                "it does not name its address; its password is needed to find it".into(),
+            )),
+            Err(reason) => match serde_json::from_str::<PlainKeyFile>(&text) {
+                Ok(_) => Err(KeyFileError::Unencrypted {
+                    path: path.to_path_buf(),
+                }),
+                Err(_) => Err(malformed(reason)),
+            },
         }
-        Ok(wallet)
     }
+
+    /// A private key from a file as wallets export it: 64 hex digits (with or without
+    /// `0x`), or an unencrypted key file of gpumesh before keystores.
+    pub fn from_private_key_file(path: &Path) -> Result<Wallet, KeyFileError> {
+        let text = read(path)?;
+        let secret = match serde_json::from_str::<PlainKeyFile>(&text) {
+            Ok(plain) => plain.secret_key,
+            Err(_) => text.trim().to_string(),
+        };
+        Wallet::from_secret_hex(&secret).map_err(|reason| KeyFileError::Malformed {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+}
+
+/// How hard a keystore's password is to guess from the file: scrypt's cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kdf {
+    /// scrypt N = 2^18, r = 8, p = 1 (geth's and eth-account's default): about a second
+    /// and 256 MiB to open. For keys that hold value.
+    Standard,
+    /// scrypt N = 2^12, r = 8, p = 1 (geth's `--lightkdf`): milliseconds. For local
+    /// networks and tests, whose keys hold no value.
+    Light,
+}
+
+fn read(path: &Path) -> Result<String, KeyFileError> {
+    std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn check_private(path: &Path) -> Result<(), KeyFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| KeyFileError::Io {
+                action: "inspect",
+                path: path.to_path_buf(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::TooOpen {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a new file readable by its owner only, synced; never overwrites.
+fn write_private(path: &Path, body: &[u8]) -> Result<(), KeyFileError> {
+    let io = |action, source| KeyFileError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| io("create the folder of", e))?;
+    }
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyFileError::Exists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            io("create", e)
+        }
+    })?;
+    file.write_all(body).map_err(|e| io("write", e))?;
+    file.sync_all().map_err(|e| io("sync", e))
 }
 
 #[cfg(test)]
@@ -256,24 +354,37 @@ mod tests {
     }
 
     #[test]
-    fn key_files_are_private_and_never_overwritten() {
+    fn key_files_are_private_keystores_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/host.key");
         let wallet = Wallet::generate();
-        wallet.save(&path).unwrap();
+        wallet.save(&path, "hunter2", Kdf::Light).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        assert_eq!(Wallet::load(&path).unwrap().address(), wallet.address());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(&wallet.secret_hex()[2..]),
+            "the secret is encrypted"
+        );
+        assert_eq!(Wallet::address_of(&path).unwrap(), wallet.address());
+        assert_eq!(
+            Wallet::load(&path, "hunter2").unwrap().address(),
+            wallet.address()
+        );
         assert!(matches!(
-            Wallet::generate().save(&path),
+            Wallet::load(&path, "hunter3"),
+            Err(KeyFileError::WrongPassword { .. })
+        ));
+        assert!(matches!(
+            Wallet::generate().save(&path, "x", Kdf::Light),
             Err(KeyFileError::Exists { .. })
         ));
         assert_eq!(
-            Wallet::load(&path).unwrap().address(),
+            Wallet::load(&path, "hunter2").unwrap().address(),
             wallet.address(),
             "unchanged"
         );
@@ -282,9 +393,54 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
             assert!(matches!(
-                Wallet::load(&path),
+                Wallet::load(&path, "hunter2"),
                 Err(KeyFileError::TooOpen { .. })
             ));
         }
+    }
+
+    /// The PBKDF2 test vector of the Web3 Secret Storage definition, written by another
+    /// implementation.
+    #[test]
+    fn a_keystore_of_the_specification_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vector.json");
+        write_private(
+            &path,
+            br#"{"crypto":{"cipher":"aes-128-ctr","cipherparams":{"iv":"6087dab2f9fdbbfaddc31a909735c1e6"},"ciphertext":"5318b4d5bcd28de64ee5559e671353e16f075ecae9f99c7a79a38af5f869aa46","kdf":"pbkdf2","kdfparams":{"c":262144,"dklen":32,"prf":"hmac-sha256","salt":"ae3cd4e7013836a3df6bd7241b12db061dbe2c6785853cce422d148a624ce0bd"},"mac":"517ead924a9d0dc3124507e3393d175ce3ff7c1e96529c6c555ce9e51205e9b2"},"id":"3198bc9c-6672-5ab3-d995-4942343ae5b6","version":3}"#,
+        )
+        .unwrap();
+        let wallet = Wallet::load(&path, "testpassword").unwrap();
+        assert_eq!(
+            wallet.secret_hex(),
+            "0x7a28b5ba57c53603b0b07b56bba752f7784bf506fa95edc395f5cf6c7514fe9d"
+        );
+    }
+
+    #[test]
+    fn unencrypted_key_files_are_refused_and_imported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.key");
+        let wallet = Wallet::generate();
+        let old = format!(
+            r#"{{"address":"{}","secret_key":"{}"}}"#,
+            wallet.address(),
+            wallet.secret_hex()
+        );
+        write_private(&path, old.as_bytes()).unwrap();
+        assert!(matches!(
+            Wallet::load(&path, ""),
+            Err(KeyFileError::Unencrypted { .. })
+        ));
+        assert_eq!(
+            Wallet::from_private_key_file(&path).unwrap().address(),
+            wallet.address()
+        );
+        let hex_only = dir.path().join("exported.txt");
+        write_private(&hex_only, format!("{}\n", &wallet.secret_hex()[2..]).as_bytes()).unwrap();
+        assert_eq!(
+            Wallet::from_private_key_file(&hex_only).unwrap().address(),
+            wallet.address()
+        );
     }
 }

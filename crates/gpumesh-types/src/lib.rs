@@ -36,6 +36,7 @@ mod amount;
 pub mod api;
 pub mod auth;
 pub mod checking;
+pub mod eip712;
 mod geo;
 mod gpu;
 pub mod service;

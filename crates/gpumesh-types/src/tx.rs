@@ -1,17 +1,15 @@
 //! Ledger transactions as they cross the wire and sit in blocks.
 //!
 //! A [`Tx`] is what an account authorises; [`SignedTx`] adds its secp256k1 signature.
-//! The signature is an EIP-191 `personal_sign` over the 32-byte [`Tx::hash`], so an
-//! Ethereum wallet can sign a gpumesh transaction unchanged. The hash covers the chain id,
-//! so a transaction signed for one network is void on another.
+//! The signature is over [`Tx::hash`], the transaction's EIP-712 signing hash
+//! (`crate::eip712`), exactly as `eth_signTypedData_v4` signs, so an Ethereum wallet can
+//! show and sign a gpumesh transaction unchanged. The hash covers the chain id, so a
+//! transaction signed for one network is void on another.
 
-use alloy_primitives::{Address, B256, Keccak256, Signature, keccak256};
+use alloy_primitives::{Address, B256, Signature, keccak256};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{Amount, LeaseId};
-
-/// Domain separator hashed in front of every transaction.
-const TX_DOMAIN: &[u8] = b"gpumesh-tx-v1";
 
 /// A transaction before its signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -162,20 +160,6 @@ pub enum CloseReason {
     Reconciled,
 }
 
-/// `io::Write` into a keccak256 hasher.
-struct HashWriter(Keccak256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Tx {
     /// Whether the transaction moves tokens of `account` or names it: as signer, payee,
     /// host of an escrow, slashed host, or a host or checker rewarded by an epoch.
@@ -201,21 +185,6 @@ impl Tx {
             | TxKind::Withdraw { .. }
             | TxKind::Allow { .. } => false,
         }
-    }
-
-    /// The hash the signature covers: keccak256 over a domain tag and the canonical JSON.
-    pub fn hash(&self) -> B256 {
-        // Streamed into the hasher through a small buffer: an epoch's transaction is tens
-        // of megabytes of JSON, which need not sit in memory to be hashed.
-        let mut hasher = HashWriter(Keccak256::new());
-        hasher.0.update(TX_DOMAIN);
-        {
-            let mut buffered = std::io::BufWriter::with_capacity(8 * 1024, &mut hasher);
-            // Serialising a struct of plain fields into a hasher cannot fail.
-            serde_json::to_writer(&mut buffered, self).expect("transactions serialise");
-            std::io::Write::flush(&mut buffered).expect("hashing does not fail");
-        }
-        hasher.0.finalize()
     }
 }
 
@@ -249,7 +218,7 @@ impl SignedTx {
         let recovered = self
             .signature
             .0
-            .recover_address_from_msg(hash)
+            .recover_address_from_prehash(&hash)
             .map_err(|e| SignatureCheck::Unrecoverable(e.to_string()))?;
         if recovered != self.tx.from {
             return Err(SignatureCheck::WrongSigner {
