@@ -42,7 +42,7 @@ revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 root=$context/rootfs
-mkdir -p "$root/usr/local/bin" "$root/bin" "$root/etc" "$root/tmp" "$context/data"
+mkdir -p "$root/usr/local/bin" "$root/bin" "$root/etc" "$root/tmp" "$root/var/lib" "$context/data"
 chmod 1777 "$root/tmp"
 
 # The binary, without its debug sections (a third of the size; function names stay).
@@ -66,7 +66,7 @@ done < <(awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}' <<<"$libs" | sort
 # busybox and a link per applet (bin/sh, usr/sbin/httpd, usr/bin/wget…).
 cp "$busybox" "$root/bin/busybox"
 while read -r applet; do
-  [ "$applet" = bin/busybox ] && continue
+  case $applet in bin/busybox | linuxrc) continue ;; esac
   mkdir -p "$root/$(dirname "$applet")"
   ln -sf /bin/busybox "$root/$applet"
 done < <("$busybox" --list-full)

@@ -21,7 +21,7 @@ use gpumesh_host::demo_image::ensure_demo_image;
 use gpumesh_host::runtime::Runtime;
 use gpumesh_host::runtime::container::ContainerRuntime;
 use gpumesh_host::runtime::process::ProcessRuntime;
-use gpumesh_identity::Wallet;
+use gpumesh_identity::{Kdf, Wallet};
 use gpumesh_indexer::Indexer;
 use gpumesh_types::{Address, Amount, GeoPoint, GpuModel, GpuOffer, Location, RuntimeKind};
 use tokio::task::JoinHandle;
@@ -163,13 +163,18 @@ impl std::fmt::Debug for Devnet {
     }
 }
 
+/// The password of a local network's keys: they hold nothing of value, and its users and
+/// tests open them without asking.
+pub const LOCAL_KEY_PASSWORD: &str = "";
+
 fn key(path: &Path) -> anyhow::Result<Wallet> {
     if path.exists() {
-        return Wallet::load(path).with_context(|| format!("failed to load {}", path.display()));
+        return Wallet::load(path, LOCAL_KEY_PASSWORD)
+            .with_context(|| format!("failed to load {}", path.display()));
     }
     let wallet = Wallet::generate();
     wallet
-        .save(path)
+        .save(path, LOCAL_KEY_PASSWORD, Kdf::Light)
         .with_context(|| format!("failed to create {}", path.display()))?;
     Ok(wallet)
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gpumesh_identity::Wallet;
+use gpumesh_identity::{Kdf, Wallet};
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::Params;
 use gpumesh_store::{Batch, Store};
@@ -115,6 +115,10 @@ pub struct Config {
     pub genesis: Option<GenesisFile>,
     /// The protocol key's file; `protocol.key` in the data directory when `None`.
     pub protocol_key: Option<PathBuf>,
+    /// The password of the protocol key (and of a local network's faucet key). A local
+    /// network's own keys, created with it, use the empty password when `None`; a public
+    /// network's protocol key needs one.
+    pub key_password: Option<String>,
     /// How often transactions are sealed into a block.
     pub seal_interval: Duration,
     /// How often lost hosts and expired matches are looked for.
@@ -137,6 +141,7 @@ impl Config {
             create_local: Some(Params::local()),
             genesis: None,
             protocol_key: None,
+            key_password: None,
             seal_interval: Duration::from_secs(1),
             tick_interval: Duration::from_millis(250),
             reconcile_interval: Duration::from_secs(60),
@@ -311,9 +316,21 @@ pub struct Indexer {
     config: Config,
 }
 
-fn load_or_create_key(path: &Path, create: bool) -> anyhow::Result<Wallet> {
+/// The password of the network's keys: a public network's protocol key needs one.
+fn key_password<'a>(config: &'a Config, genesis: &Genesis) -> anyhow::Result<&'a str> {
+    match (&config.key_password, genesis.local) {
+        (Some(password), _) => Ok(password),
+        (None, true) => Ok(""),
+        (None, false) => bail!(
+            "the protocol key is encrypted: give its password with --password-file FILE or GPUMESH_PASSWORD"
+        ),
+    }
+}
+
+/// Loads a key, or creates a local network's (light scrypt: it holds nothing of value).
+fn load_or_create_key(path: &Path, create: bool, password: &str) -> anyhow::Result<Wallet> {
     if path.exists() {
-        return Wallet::load(path)
+        return Wallet::load(path, password)
             .with_context(|| format!("failed to load key {}", path.display()));
     }
     if !create {
@@ -321,7 +338,7 @@ fn load_or_create_key(path: &Path, create: bool) -> anyhow::Result<Wallet> {
     }
     let wallet = Wallet::generate();
     wallet
-        .save(path)
+        .save(path, password, Kdf::Light)
         .with_context(|| format!("failed to create key {}", path.display()))?;
     Ok(wallet)
 }
@@ -357,7 +374,8 @@ impl Indexer {
                 (genesis, params)
             }
             (None, Some(GenesisFile { genesis, params })) => {
-                let protocol = load_or_create_key(&protocol_path, false)?;
+                let protocol =
+                    load_or_create_key(&protocol_path, false, key_password(&config, &genesis)?)?;
                 if protocol.address() != genesis.protocol {
                     bail!(
                         "the protocol key {} is {}, but the genesis names {}",
@@ -383,8 +401,9 @@ impl Indexer {
                         dir.display()
                     );
                 };
-                let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), true)?;
-                let faucet = load_or_create_key(&dir.join(FAUCET_KEY_FILE), true)?;
+                let password = config.key_password.as_deref().unwrap_or("");
+                let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), true, password)?;
+                let faucet = load_or_create_key(&dir.join(FAUCET_KEY_FILE), true, password)?;
                 let genesis =
                     Genesis::local(LOCAL_CHAIN_ID, now, protocol.address(), faucet.address())
                         .with_checkers(config.local_checkers.clone());
@@ -398,9 +417,14 @@ impl Indexer {
                 (genesis, params)
             }
         };
-        let protocol = load_or_create_key(&protocol_path, false)?;
+        let password = key_password(&config, &genesis)?;
+        let protocol = load_or_create_key(&protocol_path, false, password)?;
         let faucet = match genesis.faucet {
-            Some(_) => Some(load_or_create_key(&dir.join(FAUCET_KEY_FILE), false)?),
+            Some(_) => Some(load_or_create_key(
+                &dir.join(FAUCET_KEY_FILE),
+                false,
+                password,
+            )?),
             None => None,
         };
         let snapshot = store.load().context("failed to read the store")?;

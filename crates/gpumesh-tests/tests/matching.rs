@@ -49,7 +49,7 @@ async fn gaming_sessions_are_bounded_explained_and_refined_by_measurements() {
     // Singapore measures 20 ms to a measuring point in Mumbai. Light in fibre needs 39 ms for
     // that distance, so the estimate becomes the physical bound: within 40 ms, but not 35.
     let anchor = buyer.add_anchor(MUMBAI).await.unwrap();
-    let singapore = Wallet::load(&net.data_dir.join("keys/host-singapore.key")).unwrap();
+    let singapore = Wallet::load(&net.data_dir.join("keys/host-singapore.key"), "").unwrap();
     let host = Client::new(&net.api_url, Some(singapore));
     for _ in 0..200 {
         host.observe(&Observation {

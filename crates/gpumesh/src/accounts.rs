@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use gpumesh_identity::Wallet;
+use anyhow::{Context, bail};
+use gpumesh_identity::{Kdf, Wallet};
 use gpumesh_types::{AccountView, Address, Amount, LedgerEntry, TxKind};
 
-use crate::cli::{LedgerCommand, WalletCommand};
+use crate::cli::{KdfArg, LedgerCommand, NewPassword, WalletCommand};
 use crate::commands::{account_of, client};
 
 fn parse_address(text: &str) -> anyhow::Result<Address> {
@@ -104,15 +104,88 @@ fn describe(entry: &LedgerEntry) -> String {
     }
 }
 
+fn kdf(arg: KdfArg) -> Kdf {
+    match arg {
+        KdfArg::Standard => Kdf::Standard,
+        KdfArg::Light => Kdf::Light,
+    }
+}
+
+/// Writes `wallet` as a new keystore at `out`, with a password from `password`.
+fn write_key(wallet: &Wallet, out: &std::path::Path, password: &NewPassword) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!("{} already exists; refusing to overwrite a key", out.display());
+    }
+    let secret = crate::password::get(
+        &format!("the new key file {}", out.display()),
+        password.password_file.as_deref(),
+        true,
+    )?;
+    wallet.save(out, &secret, kdf(password.kdf))?;
+    println!("{}", wallet.address());
+    eprintln!("key written to {} (readable by you only)", out.display());
+    Ok(())
+}
+
 pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
     match command {
-        WalletCommand::New { out } => {
-            let wallet = Wallet::generate();
-            wallet.save(&out)?;
-            println!("{}", wallet.address());
-            eprintln!("key written to {} (readable by you only)", out.display());
+        WalletCommand::New { out, password } => {
+            write_key(&Wallet::generate(), &out, &password)?;
         }
-        WalletCommand::Address { key } => println!("{}", Wallet::load(&key)?.address()),
+        WalletCommand::Address { key } => println!("{}", Wallet::address_of(&key)?),
+        WalletCommand::Import {
+            out,
+            keystore,
+            private_key_file,
+            password,
+        } => {
+            if out.exists() {
+                bail!("{} already exists; refusing to overwrite a key", out.display());
+            }
+            match (keystore, private_key_file) {
+                (Some(keystore), _) => {
+                    let secret = crate::password::get(
+                        &format!("keystore {}", keystore.display()),
+                        password.password_file.as_deref(),
+                        false,
+                    )?;
+                    let wallet = Wallet::load(&keystore, &secret).or_else(|e| match e {
+                        // Another tool's keystore may be readable by others; it is copied
+                        // into a private file.
+                        gpumesh_identity::KeyFileError::TooOpen { .. } => {
+                            let copy = tempfile::NamedTempFile::new()?;
+                            std::fs::copy(&keystore, copy.path())?;
+                            Ok(Wallet::load(copy.path(), &secret)?)
+                        }
+                        other => Err(anyhow::Error::from(other)),
+                    })?;
+                    wallet.save(&out, &secret, kdf(password.kdf))?;
+                    println!("{}", wallet.address());
+                    eprintln!("key written to {} (readable by you only)", out.display());
+                }
+                (None, Some(file)) => {
+                    write_key(&Wallet::from_private_key_file(&file)?, &out, &password)?;
+                }
+                (None, None) => unreachable!("clap requires one of them"),
+            }
+        }
+        WalletCommand::Export {
+            key,
+            private_key,
+            password_file,
+        } => {
+            if private_key {
+                let wallet = crate::commands::open_key(&key, password_file.as_deref())?;
+                println!("{}", wallet.secret_hex());
+                eprintln!("this is the private key: anyone who sees it owns {}", wallet.address());
+            } else {
+                // Checked first, so that only a keystore is printed.
+                Wallet::address_of(&key)?;
+                let text = std::fs::read_to_string(&key)
+                    .with_context(|| format!("failed to read {}", key.display()))?;
+                print!("{text}");
+            }
+        }
         WalletCommand::Faucet { connection, amount } => {
             let client = client(&connection, true)?;
             let amount = Amount::parse_tokens(&amount).context("--amount")?;

@@ -215,6 +215,9 @@ pub struct Connection {
     /// Your key file (made by `gpumesh wallet new`).
     #[arg(long, env = "GPUMESH_KEY")]
     pub key: Option<PathBuf>,
+    /// A file holding your key's password (else $GPUMESH_PASSWORD, else a prompt).
+    #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -279,6 +282,10 @@ pub struct IndexerArgs {
     /// The protocol key's file [default: protocol.key in the data directory].
     #[arg(long, value_name = "FILE")]
     pub protocol_key: Option<PathBuf>,
+    /// A file holding the protocol key's password (else $GPUMESH_PASSWORD). A local
+    /// network's own keys have the empty password.
+    #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -309,6 +316,9 @@ pub struct GenesisNewArgs {
     /// The protocol key, which signs escrow closes, epochs and slashes; created if missing.
     #[arg(long, value_name = "FILE", default_value = "protocol.key")]
     pub protocol_key: PathBuf,
+    /// A file holding the protocol key's password (else $GPUMESH_PASSWORD, else a prompt).
+    #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// A first balance, ADDRESS=TOKENS. Repeat for several.
     #[arg(long = "alloc", value_name = "ADDRESS=TOKENS")]
     pub allocations: Vec<String>,
@@ -602,18 +612,67 @@ pub struct CancelArgs {
     pub lease: u64,
 }
 
+/// The password of a key file being written.
+#[derive(Debug, Args)]
+pub struct NewPassword {
+    /// A file holding the new key's password (else $GPUMESH_PASSWORD, else a prompt, twice).
+    #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// scrypt's cost: `standard` (N = 2^18, about a second to open) for keys that hold
+    /// value; `light` (N = 2^12) for test keys.
+    #[arg(long, value_enum, default_value = "standard")]
+    pub kdf: KdfArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum KdfArg {
+    Standard,
+    Light,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum WalletCommand {
-    /// Make a new key pair and print its address.
+    /// Make a new key pair, write it as an Ethereum keystore (scrypt and AES-128-CTR, as
+    /// geth, Foundry and MetaMask read them) and print its address.
     New {
         /// Where to write the key (readable by you only); never overwrites.
         #[arg(long, default_value = "gpumesh.key")]
         out: PathBuf,
+        #[command(flatten)]
+        password: NewPassword,
     },
-    /// Print the address of a key file.
+    /// Print the address of a key file (no password needed).
     Address {
         #[arg(long, env = "GPUMESH_KEY")]
         key: PathBuf,
+    },
+    /// Make a gpumesh key file from another wallet's key: a keystore of geth, Foundry
+    /// (`cast wallet`) or MetaMask, or a private key in hex (as MetaMask exports it).
+    Import {
+        /// Where to write the key (readable by you only); never overwrites.
+        #[arg(long, default_value = "gpumesh.key")]
+        out: PathBuf,
+        /// A keystore to import; it keeps its password.
+        #[arg(long, value_name = "FILE", conflicts_with = "private_key_file", required_unless_present = "private_key_file")]
+        keystore: Option<PathBuf>,
+        /// A file holding a private key in hex (or an unencrypted key file of an older
+        /// gpumesh); the new keystore gets the password you give.
+        #[arg(long, value_name = "FILE")]
+        private_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        password: NewPassword,
+    },
+    /// Print a key for another wallet: the keystore itself (geth, Foundry and MetaMask
+    /// import it as is), or with --private-key the secret in hex.
+    Export {
+        #[arg(long, env = "GPUMESH_KEY")]
+        key: PathBuf,
+        /// Print the private key in hex (asks for the password). Anyone who sees it owns
+        /// the account.
+        #[arg(long)]
+        private_key: bool,
+        #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
     /// Get tokens from a local network's faucet.
     Faucet {

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,12 +14,13 @@ use gpumesh_host::discovery;
 use gpumesh_host::runtime::Runtime;
 use gpumesh_host::runtime::container::ContainerRuntime;
 use gpumesh_host::runtime::process::ProcessRuntime;
-use gpumesh_identity::Wallet;
+use gpumesh_identity::{Kdf, Wallet};
 use gpumesh_types::{Address, Amount, GeoPoint, JobRequest, LeaseId, Location, LogStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::*;
 use crate::format;
+use crate::password;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -67,19 +69,21 @@ pub(crate) fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
             "this command needs your key: pass --key FILE or set GPUMESH_KEY (make one with `gpumesh wallet new`)"
         );
     };
-    Ok(Wallet::load(path)?)
+    open_key(path, connection.password_file.as_deref())
+}
+
+/// Opens a keystore, asking for its password where `password::get` finds it.
+pub(crate) fn open_key(path: &Path, password_file: Option<&Path>) -> anyhow::Result<Wallet> {
+    // An unencrypted or malformed file is reported before a password is asked for.
+    Wallet::address_of(path)?;
+    let password = password::get(&format!("key file {}", path.display()), password_file, false)?;
+    Ok(Wallet::load(path, &password)?)
 }
 
 pub(crate) fn client(connection: &Connection, needs_key: bool) -> anyhow::Result<Client> {
-    let wallet = if needs_key {
-        Some(load_key(connection)?)
-    } else {
-        connection
-            .key
-            .as_ref()
-            .map(|_| load_key(connection))
-            .transpose()?
-    };
+    // Reads are anonymous: only a command that signs opens the key (and asks for its
+    // password).
+    let wallet = needs_key.then(|| load_key(connection)).transpose()?;
     Ok(Client::new(&connection.indexer, wallet))
 }
 
@@ -139,7 +143,7 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
             net.api_url
         );
         println!(
-            "  buyer key    {} ({})",
+            "  buyer key    {} ({}; a local network's keys have the empty password)",
             net.buyer_key.display(),
             net.buyer.address()
         );
@@ -153,7 +157,7 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         println!();
         println!("Submit a job (from another terminal):");
         println!(
-            "  gpumesh run --indexer {} --key {} --gpu RTX4090 --near 19.07,72.88 --max-price 1 --max-duration 60s -- /bin/sh -c 'echo hello from $GPUMESH_GPU_MODEL'",
+            "  GPUMESH_PASSWORD= gpumesh run --indexer {} --key {} --gpu RTX4090 --near 19.07,72.88 --max-price 1 --max-duration 60s -- /bin/sh -c 'echo hello from $GPUMESH_GPU_MODEL'",
             net.api_url,
             net.buyer_key.display()
         );
@@ -295,6 +299,12 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
     }
     config.public_url = args.public_url.clone();
     config.protocol_key = args.protocol_key.clone();
+    // The indexer is a service: its password comes from a file or the environment, never
+    // a prompt.
+    config.key_password = match &args.password_file {
+        Some(file) => Some(password::get("the protocol key", Some(file), false)?),
+        None => std::env::var(password::PASSWORD_ENV).ok(),
+    };
     if let Some(path) = &args.genesis {
         config.genesis = Some(gpumesh_indexer::GenesisFile::read(path)?);
     }
@@ -313,6 +323,10 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
+    // Refused before any key is made or opened.
+    if args.out.exists() {
+        bail!("{} already exists (it must not exist yet)", args.out.display());
+    }
     let address = |text: &str, what: &str| -> anyhow::Result<Address> {
         text.parse()
             .map_err(|_| anyhow::anyhow!("{what} {text:?} is not a 0x address"))
@@ -335,12 +349,17 @@ fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
         .map(|c| address(c, "--checker"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let protocol = if args.protocol_key.exists() {
-        Wallet::load(&args.protocol_key)
+        open_key(&args.protocol_key, args.password_file.as_deref())
             .with_context(|| format!("failed to load {}", args.protocol_key.display()))?
     } else {
         let wallet = Wallet::generate();
+        let secret = password::get(
+            &format!("the new protocol key {}", args.protocol_key.display()),
+            args.password_file.as_deref(),
+            true,
+        )?;
         wallet
-            .save(&args.protocol_key)
+            .save(&args.protocol_key, &secret, Kdf::Standard)
             .with_context(|| format!("failed to create {}", args.protocol_key.display()))?;
         wallet
     };
@@ -848,7 +867,12 @@ pub(crate) fn account_of(args: &AccountArgs) -> anyhow::Result<Address> {
         Some(a) => a
             .parse()
             .with_context(|| format!("{a:?} is not a 0x address")),
-        None => Ok(load_key(&args.connection)?.address()),
+        None => {
+            let Some(key) = &args.connection.key else {
+                bail!("give --address ADDRESS, or your key with --key FILE or GPUMESH_KEY");
+            };
+            Ok(Wallet::address_of(key)?)
+        }
     }
 }
 

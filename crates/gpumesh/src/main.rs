@@ -8,6 +8,7 @@ mod bench;
 mod cli;
 mod commands;
 mod format;
+mod password;
 mod services;
 
 fn main() -> std::process::ExitCode {

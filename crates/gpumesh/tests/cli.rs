@@ -8,7 +8,9 @@ use std::process::Command;
 /// Runs `gpumesh ARGS` and returns (success, stdout, stderr).
 fn gpumesh(url: &str, key: Option<&Path>, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(common::BIN);
-    cmd.args(args).env("GPUMESH_INDEXER", url);
+    cmd.args(args)
+        .env("GPUMESH_INDEXER", url)
+        .env("GPUMESH_PASSWORD", common::PASSWORD);
     match key {
         Some(k) => cmd.env("GPUMESH_KEY", k),
         None => cmd.env_remove("GPUMESH_KEY"),
@@ -41,14 +43,42 @@ fn wallet_and_ledger_commands_work_against_an_indexer() {
     ok(
         &url,
         none,
-        &["wallet", "new", "--out", alice.to_str().unwrap()],
+        &["wallet", "new", "--kdf", "light", "--out", alice.to_str().unwrap()],
     );
     let bob_address = ok(
         &url,
         none,
-        &["wallet", "new", "--out", bob.to_str().unwrap()],
+        &["wallet", "new", "--kdf", "light", "--out", bob.to_str().unwrap()],
     );
     let bob_address = bob_address.trim();
+    assert_eq!(
+        ok(&url, Some(&bob), &["wallet", "address"]).trim(),
+        bob_address
+    );
+    // A key file is never overwritten, and a wrong password opens nothing.
+    let (success, _, err) = gpumesh(
+        &url,
+        none,
+        &["wallet", "new", "--kdf", "light", "--out", bob.to_str().unwrap()],
+    );
+    assert!(!success && err.contains("already exists"), "{err}");
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let (success, _, err) = gpumesh(
+        &url,
+        Some(&bob),
+        &[
+            "wallet",
+            "transfer",
+            "--to",
+            bob_address,
+            "--amount",
+            "1",
+            "--password-file",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    assert!(!success && err.contains("wrong password"), "{err}");
 
     // An account that never held tokens cannot send.
     let (success, _, err) = gpumesh(

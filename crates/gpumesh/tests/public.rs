@@ -12,7 +12,11 @@ use gpumesh_types::{
 };
 
 fn gpumesh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(common::BIN).args(args).output().unwrap();
+    let out = Command::new(common::BIN)
+        .args(args)
+        .env("GPUMESH_PASSWORD", common::PASSWORD)
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -70,8 +74,18 @@ fn a_public_network_starts_from_its_genesis_and_takes_only_real_gpus_in_containe
     assert!(ok, "{out}");
     assert!(out.contains("chain 4242"), "{out}");
     // Never overwritten.
-    let (ok, out) = gpumesh(&["genesis", "new", "--out", &genesis, "--chain-id", "1"]);
+    let (ok, out) = gpumesh(&[
+        "genesis",
+        "new",
+        "--out",
+        &genesis,
+        "--chain-id",
+        "1",
+        "--protocol-key",
+        &path("other.key"),
+    ]);
     assert!(!ok && out.contains("must not exist"), "{out}");
+    assert!(!dir.path().join("other.key").exists(), "no key made");
 
     let (mut indexer, url) = common::start_with(&[
         "--genesis",

@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gpumesh");
 
+/// The password of the keys these tests make, given as `GPUMESH_PASSWORD`.
+pub const PASSWORD: &str = "correct horse battery staple";
+
 /// Starts a local network's indexer on `data` and returns it with its API address.
 pub fn start(data: &Path) -> (Child, String) {
     let data = data.to_str().unwrap();
@@ -18,6 +21,7 @@ pub fn start_with(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["indexer", "--listen", "127.0.0.1:0"])
         .args(args)
+        .env("GPUMESH_PASSWORD", PASSWORD)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
