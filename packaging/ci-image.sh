@@ -26,7 +26,7 @@ podman run --rm "$tag" --version
 echo "running gpumesh devnet --demo --json in $tag (limit $limit s)"
 start=$SECONDS
 status=0
-timeout --kill-after=15 "$limit" podman run --rm --name "$name" "$tag" devnet --demo --json \
+timeout --kill-after=15 "$limit" podman run --rm --name "$name" -e NO_COLOR=1 "$tag" devnet --demo --json \
   >"$work/demo.json" 2>"$work/demo.log" || status=$?
 took=$((SECONDS - start))
 if [ "$status" -ne 0 ]; then

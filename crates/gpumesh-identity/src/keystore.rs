@@ -39,13 +39,22 @@ struct Crypto {
 pub(crate) fn inspect(text: &str) -> Result<Option<Address>, String> {
     let header: Header = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if header.version != 3 {
-        return Err(format!("version {} (only version 3 is read)", header.version));
+        return Err(format!(
+            "version {} (only version 3 is read)",
+            header.version
+        ));
     }
     if header.crypto.cipher != "aes-128-ctr" {
-        return Err(format!("cipher {:?} (only aes-128-ctr)", header.crypto.cipher));
+        return Err(format!(
+            "cipher {:?} (only aes-128-ctr)",
+            header.crypto.cipher
+        ));
     }
     if !matches!(header.crypto.kdf.as_str(), "scrypt" | "pbkdf2") {
-        return Err(format!("kdf {:?} (only scrypt or pbkdf2)", header.crypto.kdf));
+        return Err(format!(
+            "kdf {:?} (only scrypt or pbkdf2)",
+            header.crypto.kdf
+        ));
     }
     header
         .address

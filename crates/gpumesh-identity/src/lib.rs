@@ -143,6 +143,11 @@ impl Wallet {
     /// Reads and decrypts a keystore, refusing one that others can read.
     pub fn load(path: &Path, password: &str) -> Result<Wallet, KeyFileError> {
         check_private(path)?;
+        Wallet::open_keystore(path, password)
+    }
+
+    /// Reads and decrypts a keystore whoever can read it: another wallet's, to import.
+    pub fn open_keystore(path: &Path, password: &str) -> Result<Wallet, KeyFileError> {
         let text = read(path)?;
         let address = keystore::inspect(&text).map_err(|reason| {
             if serde_json::from_str::<PlainKeyFile>(&text).is_ok() {
@@ -437,7 +442,11 @@ mod tests {
             wallet.address()
         );
         let hex_only = dir.path().join("exported.txt");
-        write_private(&hex_only, format!("{}\n", &wallet.secret_hex()[2..]).as_bytes()).unwrap();
+        write_private(
+            &hex_only,
+            format!("{}\n", &wallet.secret_hex()[2..]).as_bytes(),
+        )
+        .unwrap();
         assert_eq!(
             Wallet::from_private_key_file(&hex_only).unwrap().address(),
             wallet.address()

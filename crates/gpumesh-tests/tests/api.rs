@@ -62,7 +62,11 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
     };
     let buyer = net.buyer.clone();
     let host = |name: &str| {
-        Wallet::load(&net.data_dir.join("keys").join(format!("host-{name}.key")), "").unwrap()
+        Wallet::load(
+            &net.data_dir.join("keys").join(format!("host-{name}.key")),
+            "",
+        )
+        .unwrap()
     };
     let (frankfurt, amsterdam) = (host("frankfurt"), host("amsterdam"));
     // A matched lease on Frankfurt, for the cases about leases.

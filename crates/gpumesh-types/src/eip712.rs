@@ -410,8 +410,7 @@ mod tests {
         let tx = transfer(31337, 5);
         assert_eq!(tx.typed_data().eip712_signing_hash().unwrap(), tx.hash());
         // Computed by hand from the EIP-712 definition, independently of sol!.
-        let type_hash =
-            keccak256("Transfer(address from,uint64 nonce,address to,uint256 amount)");
+        let type_hash = keccak256("Transfer(address from,uint64 nonce,address to,uint256 amount)");
         let mut encoded = type_hash.to_vec();
         for word in [
             B256::left_padding_from(Address::repeat_byte(1).as_slice()),
@@ -421,8 +420,7 @@ mod tests {
         ] {
             encoded.extend_from_slice(word.as_slice());
         }
-        let domain_type =
-            keccak256("EIP712Domain(string name,string version,uint256 chainId)");
+        let domain_type = keccak256("EIP712Domain(string name,string version,uint256 chainId)");
         let mut domain_encoded = domain_type.to_vec();
         domain_encoded.extend_from_slice(keccak256("gpumesh").as_slice());
         domain_encoded.extend_from_slice(keccak256("1").as_slice());

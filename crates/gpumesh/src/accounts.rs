@@ -114,7 +114,10 @@ fn kdf(arg: KdfArg) -> Kdf {
 /// Writes `wallet` as a new keystore at `out`, with a password from `password`.
 fn write_key(wallet: &Wallet, out: &std::path::Path, password: &NewPassword) -> anyhow::Result<()> {
     if out.exists() {
-        bail!("{} already exists; refusing to overwrite a key", out.display());
+        bail!(
+            "{} already exists; refusing to overwrite a key",
+            out.display()
+        );
     }
     let secret = crate::password::get(
         &format!("the new key file {}", out.display()),
@@ -140,7 +143,10 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
             password,
         } => {
             if out.exists() {
-                bail!("{} already exists; refusing to overwrite a key", out.display());
+                bail!(
+                    "{} already exists; refusing to overwrite a key",
+                    out.display()
+                );
             }
             match (keystore, private_key_file) {
                 (Some(keystore), _) => {
@@ -149,16 +155,7 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
                         password.password_file.as_deref(),
                         false,
                     )?;
-                    let wallet = Wallet::load(&keystore, &secret).or_else(|e| match e {
-                        // Another tool's keystore may be readable by others; it is copied
-                        // into a private file.
-                        gpumesh_identity::KeyFileError::TooOpen { .. } => {
-                            let copy = tempfile::NamedTempFile::new()?;
-                            std::fs::copy(&keystore, copy.path())?;
-                            Ok(Wallet::load(copy.path(), &secret)?)
-                        }
-                        other => Err(anyhow::Error::from(other)),
-                    })?;
+                    let wallet = Wallet::open_keystore(&keystore, &secret)?;
                     wallet.save(&out, &secret, kdf(password.kdf))?;
                     println!("{}", wallet.address());
                     eprintln!("key written to {} (readable by you only)", out.display());
@@ -177,7 +174,10 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
             if private_key {
                 let wallet = crate::commands::open_key(&key, password_file.as_deref())?;
                 println!("{}", wallet.secret_hex());
-                eprintln!("this is the private key: anyone who sees it owns {}", wallet.address());
+                eprintln!(
+                    "this is the private key: anyone who sees it owns {}",
+                    wallet.address()
+                );
             } else {
                 // Checked first, so that only a keystore is printed.
                 Wallet::address_of(&key)?;
@@ -366,8 +366,19 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", crate::format::table(header, rows));
             }
         }
-        LedgerCommand::Tx { connection, seq } => {
-            print_json(&client(&connection, false)?.ledger_tx(seq).await?)?;
+        LedgerCommand::Tx {
+            connection,
+            seq,
+            typed_data,
+        } => {
+            let found = client(&connection, false)?.ledger_tx(seq).await?;
+            if typed_data {
+                let entry: LedgerEntry = serde_json::from_value(found["entry"].clone())
+                    .context("the indexer's transaction is not one this version reads")?;
+                print_json(&entry.tx.tx.typed_data())?;
+            } else {
+                print_json(&found)?;
+            }
         }
         LedgerCommand::Treasury { connection, json } => {
             let t = client(&connection, false)?.treasury().await?;

@@ -653,7 +653,12 @@ pub enum WalletCommand {
         #[arg(long, default_value = "gpumesh.key")]
         out: PathBuf,
         /// A keystore to import; it keeps its password.
-        #[arg(long, value_name = "FILE", conflicts_with = "private_key_file", required_unless_present = "private_key_file")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "private_key_file",
+            required_unless_present = "private_key_file"
+        )]
         keystore: Option<PathBuf>,
         /// A file holding a private key in hex (or an unencrypted key file of an older
         /// gpumesh); the new keystore gets the password you give.
@@ -757,6 +762,10 @@ pub enum LedgerCommand {
         #[command(flatten)]
         connection: Connection,
         seq: u64,
+        /// Print what its signer signed instead: the EIP-712 typed data
+        /// (eth_signTypedData_v4's JSON), which any Ethereum wallet shows and hashes.
+        #[arg(long)]
+        typed_data: bool,
     },
     /// The treasury, the reward pool and what has been emitted so far.
     Treasury {

@@ -76,7 +76,11 @@ pub(crate) fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
 pub(crate) fn open_key(path: &Path, password_file: Option<&Path>) -> anyhow::Result<Wallet> {
     // An unencrypted or malformed file is reported before a password is asked for.
     Wallet::address_of(path)?;
-    let password = password::get(&format!("key file {}", path.display()), password_file, false)?;
+    let password = password::get(
+        &format!("key file {}", path.display()),
+        password_file,
+        false,
+    )?;
     Ok(Wallet::load(path, &password)?)
 }
 
@@ -325,7 +329,10 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
 fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
     // Refused before any key is made or opened.
     if args.out.exists() {
-        bail!("{} already exists (it must not exist yet)", args.out.display());
+        bail!(
+            "{} already exists (it must not exist yet)",
+            args.out.display()
+        );
     }
     let address = |text: &str, what: &str| -> anyhow::Result<Address> {
         text.parse()

@@ -43,12 +43,26 @@ fn wallet_and_ledger_commands_work_against_an_indexer() {
     ok(
         &url,
         none,
-        &["wallet", "new", "--kdf", "light", "--out", alice.to_str().unwrap()],
+        &[
+            "wallet",
+            "new",
+            "--kdf",
+            "light",
+            "--out",
+            alice.to_str().unwrap(),
+        ],
     );
     let bob_address = ok(
         &url,
         none,
-        &["wallet", "new", "--kdf", "light", "--out", bob.to_str().unwrap()],
+        &[
+            "wallet",
+            "new",
+            "--kdf",
+            "light",
+            "--out",
+            bob.to_str().unwrap(),
+        ],
     );
     let bob_address = bob_address.trim();
     assert_eq!(
@@ -59,7 +73,14 @@ fn wallet_and_ledger_commands_work_against_an_indexer() {
     let (success, _, err) = gpumesh(
         &url,
         none,
-        &["wallet", "new", "--kdf", "light", "--out", bob.to_str().unwrap()],
+        &[
+            "wallet",
+            "new",
+            "--kdf",
+            "light",
+            "--out",
+            bob.to_str().unwrap(),
+        ],
     );
     assert!(!success && err.contains("already exists"), "{err}");
     let wrong = dir.path().join("wrong-password");
