@@ -33,6 +33,14 @@ const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 
 const GENESIS_KEY: &str = "genesis";
 const PARAMS_KEY: &str = "params";
+const SCHEMA_KEY: &str = "schema_version";
+
+/// The layout of a data directory this version reads and writes. A store initialised
+/// before versions were recorded is version 1.
+///
+/// - 1: ledger transactions hashed as keccak256 over their JSON, signed with EIP-191.
+/// - 2: ledger transactions hashed and signed as EIP-712 typed data.
+pub const SCHEMA_VERSION: u32 = 2;
 const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
 pub const STORE_FILE: &str = "gpumesh.redb";
@@ -53,6 +61,15 @@ pub enum StoreError {
     },
     #[error("store {path} has no genesis; it was never initialised")]
     NoGenesis { path: PathBuf },
+    #[error(
+        "store {path} has layout version {found}, and this gpumesh reads only version {expected}{hint}"
+    )]
+    Schema {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+        hint: &'static str,
+    },
 }
 
 /// Everything the store holds, read back at start.
@@ -163,7 +180,34 @@ impl Store {
         let store = Store { db, path };
         // Create every table so that readers never meet a missing one.
         store.write(Batch::default())?;
+        store.check_schema()?;
         Ok(store)
+    }
+
+    /// Refuses a store of another layout before anything reads or writes it.
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
+        if meta.get(GENESIS_KEY).map_err(|e| self.db_err(e))?.is_none() {
+            return Ok(());
+        }
+        let found = match meta.get(SCHEMA_KEY).map_err(|e| self.db_err(e))? {
+            Some(v) => self.decode(|| "schema version".into(), v.value())?,
+            None => 1,
+        };
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        Err(StoreError::Schema {
+            path: self.path.clone(),
+            found,
+            expected: SCHEMA_VERSION,
+            hint: if found < SCHEMA_VERSION {
+                ": its transactions were signed over JSON, which this version no longer accepts. A local network can start afresh in a new data directory; a public network needs its genesis restarted by its operators, since its signatures cannot be converted"
+            } else {
+                ": it was written by a newer gpumesh"
+            },
+        })
     }
 
     /// Opens an existing store without creating anything.
@@ -231,6 +275,8 @@ impl Store {
             meta.insert(GENESIS_KEY, encode(genesis).as_slice())
                 .map_err(|e| self.db_err(e))?;
             meta.insert(PARAMS_KEY, encode(params).as_slice())
+                .map_err(|e| self.db_err(e))?;
+            meta.insert(SCHEMA_KEY, encode(&SCHEMA_VERSION).as_slice())
                 .map_err(|e| self.db_err(e))?;
         }
         txn.commit().map_err(|e| self.db_err(e))
@@ -639,5 +685,44 @@ mod tests {
             store.init(&other, &Params::local()).is_err(),
             "a store belongs to one network"
         );
+    }
+
+    #[test]
+    fn a_store_of_another_layout_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let protocol = Wallet::from_label("protocol");
+        let genesis = Genesis::local(5, 0, protocol.address(), protocol.address());
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.init(&genesis, &Params::local()).unwrap();
+            // As a store of gpumesh before versions were recorded.
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(SCHEMA_KEY).unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Schema {
+                    found: 1,
+                    expected: SCHEMA_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("new data directory"), "{err}");
+        // A newer one is refused too.
+        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_KEY, encode(&(SCHEMA_VERSION + 1)).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("newer gpumesh"), "{err}");
     }
 }
