@@ -45,23 +45,27 @@ root=$context/rootfs
 mkdir -p "$root/usr/local/bin" "$root/bin" "$root/etc" "$root/tmp" "$root/var/lib" "$context/data"
 chmod 1777 "$root/tmp"
 
-# The binary, without its debug sections (a third of the size; function names stay).
+# The binary, without its debug sections (under a third of the size; function names,
+# and so backtraces, stay).
 if [ "${GPUMESH_IMAGE_STRIP:-1}" != 0 ] && command -v strip >/dev/null; then
   strip --strip-debug -o "$root/usr/local/bin/gpumesh" "$binary"
 else
   cp "$binary" "$root/usr/local/bin/gpumesh"
 fi
 
-# Its shared libraries and the loader, each at the path the binary will look for it.
-libs=$(ldd "$binary") || fail "ldd $binary failed"
-if grep -q 'not found' <<<"$libs"; then
-  fail "$binary needs libraries this machine lacks: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
+# Its shared libraries and the loader, each at the path the binary will look for it
+# (nothing, for a statically linked binary).
+if ! is_static "$binary"; then
+  libs=$(ldd "$binary") || fail "ldd $binary failed"
+  if grep -q 'not found' <<<"$libs"; then
+    fail "$binary needs libraries this machine lacks: $(grep 'not found' <<<"$libs" | tr -s ' \t' ' ')"
+  fi
+  while read -r path; do
+    mkdir -p "$root$(dirname "$path")"
+    cp -L "$path" "$root$path"
+  done < <(awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}' <<<"$libs" | sort -u)
+  [ -n "$(find "$root" -name 'ld-linux*' -print -quit)" ] || fail "ldd named no dynamic loader for $binary"
 fi
-while read -r path; do
-  mkdir -p "$root$(dirname "$path")"
-  cp -L "$path" "$root$path"
-done < <(awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}' <<<"$libs" | sort -u)
-[ -n "$(find "$root" -name 'ld-linux*' -print -quit)" ] || fail "ldd named no dynamic loader for $binary"
 
 # busybox and a link per applet (bin/sh, usr/sbin/httpd, usr/bin/wget…).
 cp "$busybox" "$root/bin/busybox"

@@ -15,7 +15,7 @@ tag=localhost/gpumesh:ci
 limit=300
 name=gpumesh-ci-demo-$$
 work=$(mktemp -d)
-trap 'podman rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap 'podman rm -f -v "$name" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 packaging/build-image.sh "$binary" "$tag"
 

@@ -42,8 +42,9 @@ pids+=($!)
 for _ in $(seq 1 100); do curl -sf "$GPUMESH_INDEXER/v1/health" >/dev/null && break; sleep 0.1; done
 curl -sf "$GPUMESH_INDEXER/v1/health" >/dev/null || fail "the indexer did not start"
 
-"$bin" wallet new --out "$work/host.key" >/dev/null
-"$bin" wallet new --out "$work/buyer.key" >/dev/null
+export GPUMESH_PASSWORD=netns-test
+"$bin" wallet new --kdf light --out "$work/host.key" >/dev/null
+"$bin" wallet new --kdf light --out "$work/buyer.key" >/dev/null
 "$bin" wallet faucet --key "$work/host.key" --amount 1000 >/dev/null
 "$bin" wallet faucet --key "$work/buyer.key" --amount 1000 >/dev/null
 host=$("$bin" wallet address --key "$work/host.key")

@@ -42,6 +42,8 @@ pub enum Behaviour {
 #[derive(Clone, Debug)]
 pub struct CheckerConfig {
     pub indexer_url: String,
+    /// The certificates to trust for an `https://` indexer instead of the system's roots.
+    pub indexer_ca: Vec<gpumesh_client::Certificate>,
     pub wallet: Wallet,
     /// Where the checker measures from; its round trips refine the network coordinates.
     pub location: Option<GeoPoint>,
@@ -54,6 +56,7 @@ impl CheckerConfig {
     pub fn new(indexer_url: &str, wallet: Wallet) -> CheckerConfig {
         CheckerConfig {
             indexer_url: indexer_url.to_string(),
+            indexer_ca: Vec::new(),
             wallet,
             location: None,
             behaviour: Behaviour::Honest,
@@ -71,7 +74,11 @@ struct Checker {
 
 /// Runs the checker until `shutdown`: a report a period.
 pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = Client::new(&config.indexer_url, Some(config.wallet.clone()));
+    let client = Client::with_ca(
+        &config.indexer_url,
+        Some(config.wallet.clone()),
+        config.indexer_ca.clone(),
+    );
     let chain_id = loop {
         match client.network_chain_id().await {
             Ok(id) => break id,
@@ -82,7 +89,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    let http = reqwest::Client::builder()
+    let http = gpumesh_client::http_builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let checker = Arc::new(Checker {

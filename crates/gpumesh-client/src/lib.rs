@@ -70,13 +70,82 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+pub use reqwest::Certificate;
+
+/// Installs rustls's ring provider as the process's TLS provider (once; later calls do
+/// nothing). Every HTTP client and TLS server of gpumesh is made after it.
+pub fn install_tls() {
+    // An error means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client builder with TLS ready: where every HTTP client of gpumesh starts.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    install_tls();
+    reqwest::Client::builder()
+}
+
+/// An HTTP client with the default settings and TLS ready.
+pub fn http() -> reqwest::Client {
+    http_builder()
+        .build()
+        .expect("an HTTP client with default settings builds")
+}
+
+/// Why a CA file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("failed to read the CA file {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA file {path} holds no PEM certificate: {reason}")]
+    Malformed {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// The certificates of a PEM file, to trust instead of the system's roots (an indexer
+/// whose certificate a private CA signed).
+pub fn read_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaError> {
+    let pem = std::fs::read(path).map_err(|source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let malformed = |reason: String| CaError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| malformed(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(malformed("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
 impl Client {
     pub fn new(base_url: &str, wallet: Option<Wallet>) -> Client {
+        Client::with_ca(base_url, wallet, Vec::new())
+    }
+
+    /// A client that trusts only `ca` (when not empty) for `https://` indexers, instead
+    /// of the system's roots.
+    pub fn with_ca(
+        base_url: &str,
+        wallet: Option<Wallet>,
+        ca: Vec<reqwest::Certificate>,
+    ) -> Client {
+        let mut builder = http_builder().connect_timeout(Duration::from_secs(5));
+        if !ca.is_empty() {
+            builder = builder.tls_certs_only(ca);
+        }
         Client {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
+            http: builder
                 .build()
-                .expect("an HTTP client with default TLS-less settings builds"),
+                .expect("an HTTP client with parsed certificates builds"),
             base: base_url.trim_end_matches('/').to_string(),
             wallet,
             chain_id: tokio::sync::OnceCell::new(),

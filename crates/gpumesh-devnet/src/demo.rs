@@ -557,7 +557,7 @@ pub async fn services(
                 .first()
                 .map(|e| e.address.clone())
                 .unwrap_or_default();
-            let page = reqwest::Client::new()
+            let page = gpumesh_client::http()
                 .get(format!("http://{address}/"))
                 .timeout(std::time::Duration::from_secs(5))
                 .send()

@@ -297,6 +297,7 @@ impl Devnet {
             }
             let host_config = gpumesh_host::HostConfig {
                 indexer_url: api_url.clone(),
+                indexer_ca: Vec::new(),
                 wallet,
                 name: spec.name.clone(),
                 location: Location {

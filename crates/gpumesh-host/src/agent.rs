@@ -26,6 +26,8 @@ const MAX_LOG_POST_BYTES: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub indexer_url: String,
+    /// The certificates to trust for an `https://` indexer instead of the system's roots.
+    pub indexer_ca: Vec<gpumesh_client::Certificate>,
     pub wallet: Wallet,
     pub name: String,
     pub location: Location,
@@ -87,7 +89,11 @@ struct Agent {
 
 /// Runs the agent until `shutdown` is cancelled; then stops running leases and reports them.
 pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = Client::new(&config.indexer_url, Some(config.wallet.clone()));
+    let client = Client::with_ca(
+        &config.indexer_url,
+        Some(config.wallet.clone()),
+        config.indexer_ca.clone(),
+    );
     // Every task the agent starts lives in a JoinSet, so that dropping `run` (a crash, in
     // tests) ends them all, as the death of the process would.
     let mut background = tokio::task::JoinSet::new();
@@ -123,7 +129,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         tracing::info!(%bound, prover = %challenge.prover.describe(), "answering checkers");
         let licences = crate::challenge::Licences::default();
         background.spawn(refresh_licences(
-            Client::new(&config.indexer_url, None),
+            Client::with_ca(&config.indexer_url, None, config.indexer_ca.clone()),
             licences.clone(),
             challenge_stop.clone(),
         ));

@@ -16,6 +16,7 @@ mod error;
 mod limits;
 mod openapi;
 pub mod telemetry;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,6 +120,8 @@ pub struct Config {
     /// network's own keys, created with it, use the empty password when `None`; a public
     /// network's protocol key needs one.
     pub key_password: Option<String>,
+    /// Serve HTTPS with these files instead of plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
     /// How often transactions are sealed into a block.
     pub seal_interval: Duration,
     /// How often lost hosts and expired matches are looked for.
@@ -142,6 +145,7 @@ impl Config {
             genesis: None,
             protocol_key: None,
             key_password: None,
+            tls: None,
             seal_interval: Duration::from_secs(1),
             tick_interval: Duration::from_millis(250),
             reconcile_interval: Duration::from_secs(60),
@@ -458,10 +462,12 @@ impl Indexer {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Indexer { state, config } = self;
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let public = match &config.public_url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!(
-                "http://{}",
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
                 listener
                     .local_addr()
                     .context("failed to read the listener's address")?
@@ -517,9 +523,33 @@ impl Indexer {
             shutdown.await;
             stop.cancel();
         });
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .await;
+        let served = match tls {
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(token.clone().cancelled_owned())
+                    .await
+            }
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let stopping = (handle.clone(), token.clone());
+                tokio::spawn(async move {
+                    stopping.1.cancelled().await;
+                    stopping.0.graceful_shutdown(Some(Duration::from_secs(10)));
+                });
+                match listener.into_std() {
+                    Ok(listener) => match axum_server::from_tcp_rustls(listener, tls) {
+                        Ok(server) => {
+                            server
+                                .handle(handle)
+                                .serve(router.into_make_service())
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+        };
         token.cancel();
         for task in tasks {
             let _ = task.await;

@@ -47,13 +47,13 @@ fn job_json(gpu: &str, count: u16, price: &str, lat: f64) -> Vec<u8> {
 async fn bad_requests_get_a_stable_code_and_change_nothing() {
     let net = devnet(2, RuntimeChoice::Process).await;
     let base = net.api_url.clone();
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     let chain_id = net.buyer_client().info().await.unwrap().chain_id;
     // The probes get connections of their own, never pooled: the server answers an
     // oversized body early and closes that connection, which a pooled client could
     // otherwise pick for the next request.
     let probe = Probe {
-        http: reqwest::Client::builder()
+        http: gpumesh_client::http_builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap(),

@@ -198,7 +198,7 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
 
     // Bad reports: each refused with its code, and none taken (checked below).
     let probe = Probe {
-        http: reqwest::Client::new(),
+        http: gpumesh_client::http(),
         base: net.api_url.clone(),
         chain_id: client.info().await.unwrap().chain_id,
     };
@@ -348,7 +348,7 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
     assert_eq!(again.code, ErrorCode::DuplicateResult);
 
     // Malformed challenges at the agent: a clear code, no proof.
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     let endpoint = mine.endpoint.trim_end_matches('/');
     // Proof requests must be signed, in time, by a licensed checker.
     let chain_id = probe.chain_id;

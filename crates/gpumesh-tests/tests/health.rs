@@ -20,7 +20,7 @@ fn immutable(path: &std::path::Path, on: bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_false_when_the_store_fails_and_liveness_stays_true() {
     let net = devnet(1, RuntimeChoice::Process).await;
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     let get = |path: &str| http.get(format!("{}{path}", net.api_url)).send();
     let ready = get("/v1/health/ready").await.unwrap();
     assert_eq!(ready.status(), 200);

@@ -26,7 +26,7 @@ async fn pages<T: DeserializeOwned>(http: &reqwest::Client, url: &str) -> Vec<Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_are_paginated_and_the_client_follows_the_cursor() {
     let net = devnet(3, RuntimeChoice::Process).await;
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     let base = &net.api_url;
     let client = net.buyer_client();
 

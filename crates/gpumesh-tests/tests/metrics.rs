@@ -49,7 +49,7 @@ async fn scrape(http: &reqwest::Client, base: &str) -> Scrape {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_move_with_what_happens() {
     let net = devnet(1, RuntimeChoice::Process).await;
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     let base = net.api_url.clone();
     let before = scrape(&http, &base).await;
 

@@ -30,7 +30,7 @@ fn no_route_bypasses_the_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_lists_every_route_and_each_is_served() {
     let net = devnet(1, RuntimeChoice::Process).await;
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     let served: serde_json::Value = http
         .get(format!("{}/openapi.json", net.api_url))
         .send()

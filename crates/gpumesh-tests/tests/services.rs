@@ -40,7 +40,7 @@ async fn ready(client: &Client, job: &JobRequest) -> (Box<LeaseView>, Duration) 
 }
 
 async fn get(address: &str) -> Result<String, reqwest::Error> {
-    reqwest::Client::new()
+    gpumesh_client::http()
         .get(format!("http://{address}/"))
         .timeout(Duration::from_secs(5))
         .send()
@@ -250,7 +250,7 @@ async fn bad_service_input_is_refused_with_its_code() {
     // A port above 65535 never parses.
     let mut raw = serde_json::to_value(base()).unwrap();
     raw["ports"] = serde_json::json!(["70000/tcp"]);
-    let answer = reqwest::Client::new()
+    let answer = gpumesh_client::http()
         .post(format!("{}/v1/jobs", net.api_url))
         .json(&raw)
         .send()

@@ -218,6 +218,10 @@ pub struct Connection {
     /// A file holding your key's password (else $GPUMESH_PASSWORD, else a prompt).
     #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// For an https:// indexer: trust the certificates in this PEM file instead of the
+    /// system's roots (an indexer whose certificate your own CA signed).
+    #[arg(long, env = "GPUMESH_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -286,6 +290,12 @@ pub struct IndexerArgs {
     /// network's own keys have the empty password.
     #[arg(long, env = "GPUMESH_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -88,7 +88,21 @@ pub(crate) fn client(connection: &Connection, needs_key: bool) -> anyhow::Result
     // Reads are anonymous: only a command that signs opens the key (and asks for its
     // password).
     let wallet = needs_key.then(|| load_key(connection)).transpose()?;
-    Ok(Client::new(&connection.indexer, wallet))
+    Ok(Client::with_ca(
+        &connection.indexer,
+        wallet,
+        indexer_ca(connection)?,
+    ))
+}
+
+/// The certificates `--ca-cert` names, or none (the system's roots).
+pub(crate) fn indexer_ca(
+    connection: &Connection,
+) -> anyhow::Result<Vec<gpumesh_client::Certificate>> {
+    match &connection.ca_cert {
+        Some(path) => Ok(gpumesh_client::read_ca(path)?),
+        None => Ok(Vec::new()),
+    }
 }
 
 pub fn runtime_choice(arg: RuntimeArg) -> RuntimeChoice {
@@ -312,12 +326,26 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.genesis {
         config.genesis = Some(gpumesh_indexer::GenesisFile::read(path)?);
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = gpumesh_indexer::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        // Read now, so that a bad file stops the indexer before it says it serves.
+        gpumesh_indexer::tls::server_config(&files)?;
+        config.tls = Some(files);
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let indexer = gpumesh_indexer::Indexer::open(config)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
     eprintln!(
-        "indexer serving http://{} (chain {}, data {})",
+        "indexer serving {scheme}://{} (chain {}, data {})",
         listener.local_addr()?,
         indexer.chain_id(),
         args.data.display()
@@ -505,6 +533,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
     let public_address = public_address(&args)?;
     let config = gpumesh_host::HostConfig {
         indexer_url: args.connection.indexer.clone(),
+        indexer_ca: indexer_ca(&args.connection)?,
         wallet,
         name: args.name,
         location,
@@ -584,13 +613,18 @@ async fn until_interrupted(
 async fn checker(args: CheckerArgs) -> anyhow::Result<ExitCode> {
     let wallet = load_key(&args.connection)?;
     let mut config = gpumesh_checker::CheckerConfig::new(&args.connection.indexer, wallet);
+    config.indexer_ca = indexer_ca(&args.connection)?;
     config.location = args
         .location
         .as_deref()
         .map(|l| l.parse::<GeoPoint>())
         .transpose()
         .context("--location")?;
-    let client = Client::new(&args.connection.indexer, None);
+    let client = Client::with_ca(
+        &args.connection.indexer,
+        None,
+        indexer_ca(&args.connection)?,
+    );
     let me = config.wallet.address();
     match client.checkers().await {
         Ok(list) if !list.iter().any(|c| c.address == me) => bail!(
@@ -782,12 +816,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let lease_id: std::sync::Mutex<Option<LeaseId>> = std::sync::Mutex::new(None);
     // A service's endpoints are printed once its host reports them.
     let (matched, matched_rx) = tokio::sync::watch::channel(None);
-    let endpoints = (!job.ports.is_empty()).then(|| {
-        tokio::spawn(print_endpoints(
-            Client::new(&args.connection.indexer, None),
-            matched_rx,
-        ))
-    });
+    let reader = self::client(&args.connection, false)?;
+    let endpoints =
+        (!job.ports.is_empty()).then(|| tokio::spawn(print_endpoints(reader, matched_rx)));
     let job_run = run_job(&client, &job, |event| match event {
         JobEvent::Matched(lease) => {
             *lease_id.lock().expect("lease id lock") = Some(lease.id);

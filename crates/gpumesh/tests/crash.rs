@@ -43,7 +43,7 @@ async fn write_until_killed(
 
 /// Asks the restarted indexer for every acknowledged transaction.
 async fn check_all_there(url: &str, acked: &[(u64, B256)]) {
-    let http = reqwest::Client::new();
+    let http = gpumesh_client::http();
     for (seq, hash) in acked {
         let body: serde_json::Value = http
             .get(format!("{url}/v1/ledger/txs/{seq}"))

@@ -38,7 +38,7 @@ fn json_logs_carry_the_request_id_the_response_returns() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let response = runtime.block_on(async {
-        reqwest::Client::new()
+        gpumesh_client::http()
             .get(format!("{url}/v1/info"))
             .header("x-request-id", "probe-42")
             .send()
