@@ -79,10 +79,34 @@ pub fn install_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// An HTTP client builder with TLS ready: where every HTTP client of gpumesh starts.
+/// Whether the system's CA store has certificates (a `FROM scratch` image has none, and
+/// reqwest then refuses to build a client that trusts it).
+fn system_roots() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        install_tls();
+        let loaded = reqwest::Client::builder().build().is_ok();
+        if !loaded {
+            tracing::warn!(
+                "no CA certificates in the system's store; https:// trusts Mozilla's roots (or --ca-cert)"
+            );
+        }
+        loaded
+    })
+}
+
+/// An HTTP client builder with TLS ready: where every HTTP client of gpumesh starts. It
+/// trusts the system's CA store, or Mozilla's roots where the system has none.
 pub fn http_builder() -> reqwest::ClientBuilder {
     install_tls();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    if system_roots() {
+        builder
+    } else {
+        builder.tls_certs_only(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter_map(
+            |der| reqwest::Certificate::from_der(der.as_ref()).ok(),
+        ))
+    }
 }
 
 /// An HTTP client with the default settings and TLS ready.
@@ -138,10 +162,13 @@ impl Client {
         wallet: Option<Wallet>,
         ca: Vec<reqwest::Certificate>,
     ) -> Client {
-        let mut builder = http_builder().connect_timeout(Duration::from_secs(5));
-        if !ca.is_empty() {
-            builder = builder.tls_certs_only(ca);
+        let builder = if ca.is_empty() {
+            http_builder()
+        } else {
+            install_tls();
+            reqwest::Client::builder().tls_certs_only(ca)
         }
+        .connect_timeout(Duration::from_secs(5));
         Client {
             http: builder
                 .build()

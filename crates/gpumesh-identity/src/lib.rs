@@ -245,7 +245,8 @@ fn read(path: &Path) -> Result<String, KeyFileError> {
     })
 }
 
-fn check_private(path: &Path) -> Result<(), KeyFileError> {
+/// Refuses a key file that others can read (checked before a password is asked for).
+pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -110,6 +110,68 @@ impl NonceBook {
     }
 }
 
+/// Checks a request's signature envelope, without its nonce's freshness: the signer named
+/// in the headers signed this method, path and body for this chain, and the signature's
+/// expiry is in the allowed window at `now`. Returns the signer and the nonce. Pure, so
+/// that the fuzz target drives the same code.
+pub fn authenticate(
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    chain_id: u64,
+    now: u64,
+) -> Result<(Address, u64), Failure> {
+    let signer: Address = header(headers, HEADER_SIGNER)?.parse().map_err(|_| {
+        Failure::new(
+            ErrorCode::BadSignature,
+            format!("header {HEADER_SIGNER} is not an address"),
+        )
+    })?;
+    let nonce = number(headers, HEADER_NONCE)?;
+    let expires_ms = number(headers, HEADER_EXPIRES)?;
+    let signature: Sig = header(headers, HEADER_SIGNATURE)?.parse().map_err(|e| {
+        Failure::new(
+            ErrorCode::BadSignature,
+            format!("header {HEADER_SIGNATURE}: {e}"),
+        )
+    })?;
+    let message = request_message(chain_id, method, path, nonce, expires_ms, body);
+    let recovered = signature
+        .0
+        .recover_address_from_msg(message.as_bytes())
+        .map_err(|e| {
+            Failure::new(
+                ErrorCode::BadSignature,
+                format!("signature does not recover: {e}"),
+            )
+        })?;
+    if recovered != signer {
+        return Err(Failure::new(
+            ErrorCode::BadSignature,
+            format!(
+                "signature is by {recovered}, not by the claimed signer {signer} (or the request was altered)"
+            ),
+        ));
+    }
+    if expires_ms < now {
+        return Err(Failure::new(
+            ErrorCode::SignatureExpired,
+            "the request's signature has expired",
+        ));
+    }
+    if expires_ms > now.saturating_add(MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS) {
+        return Err(Failure::new(
+            ErrorCode::SignatureExpired,
+            format!(
+                "a request signature may be valid for at most {} s",
+                MAX_SIGNATURE_TTL_MS / 1000
+            ),
+        ));
+    }
+    Ok((signer, nonce))
+}
+
 /// A request whose signer was authenticated, with its decoded JSON body.
 #[derive(Debug)]
 pub struct Signed<T> {
@@ -150,20 +212,6 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Signed<T> {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
         let headers = &parts.headers;
-        let signer: Address = header(headers, HEADER_SIGNER)?.parse().map_err(|_| {
-            Failure::new(
-                ErrorCode::BadSignature,
-                format!("header {HEADER_SIGNER} is not an address"),
-            )
-        })?;
-        let nonce = number(headers, HEADER_NONCE)?;
-        let expires_ms = number(headers, HEADER_EXPIRES)?;
-        let signature: Sig = header(headers, HEADER_SIGNATURE)?.parse().map_err(|e| {
-            Failure::new(
-                ErrorCode::BadSignature,
-                format!("header {HEADER_SIGNATURE}: {e}"),
-            )
-        })?;
         let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
             .await
             .map_err(|_| {
@@ -176,47 +224,15 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for Signed<T> {
             .uri
             .path_and_query()
             .map_or(parts.uri.path(), |p| p.as_str());
-        let message = request_message(
-            state.chain_id,
+        let now = crate::now_ms();
+        let (signer, nonce) = authenticate(
+            headers,
             parts.method.as_str(),
             path,
-            nonce,
-            expires_ms,
             &bytes,
-        );
-        let recovered = signature
-            .0
-            .recover_address_from_msg(message.as_bytes())
-            .map_err(|e| {
-                Failure::new(
-                    ErrorCode::BadSignature,
-                    format!("signature does not recover: {e}"),
-                )
-            })?;
-        if recovered != signer {
-            return Err(Failure::new(
-                ErrorCode::BadSignature,
-                format!(
-                    "signature is by {recovered}, not by the claimed signer {signer} (or the request was altered)"
-                ),
-            ));
-        }
-        let now = crate::now_ms();
-        if expires_ms < now {
-            return Err(Failure::new(
-                ErrorCode::SignatureExpired,
-                "the request's signature has expired",
-            ));
-        }
-        if expires_ms > now + MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS {
-            return Err(Failure::new(
-                ErrorCode::SignatureExpired,
-                format!(
-                    "a request signature may be valid for at most {} s",
-                    MAX_SIGNATURE_TTL_MS / 1000
-                ),
-            ));
-        }
+            state.chain_id,
+            now,
+        )?;
         state.nonces.admit(signer, nonce, now)?;
         let body = if bytes.is_empty() {
             decode_body(b"null").or_else(|_| decode_body(b"{}"))?

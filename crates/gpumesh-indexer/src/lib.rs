@@ -18,6 +18,10 @@ mod openapi;
 pub mod telemetry;
 pub mod tls;
 
+// The decoders of outside input, for the fuzz targets (fuzz/).
+pub use auth::authenticate;
+pub use error::decode_body;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -74,7 +74,9 @@ pub(crate) fn load_key(connection: &Connection) -> anyhow::Result<Wallet> {
 
 /// Opens a keystore, asking for its password where `password::get` finds it.
 pub(crate) fn open_key(path: &Path, password_file: Option<&Path>) -> anyhow::Result<Wallet> {
-    // An unencrypted or malformed file is reported before a password is asked for.
+    // A file others can read, an unencrypted or a malformed one is reported before a
+    // password is asked for.
+    gpumesh_identity::check_private(path)?;
     Wallet::address_of(path)?;
     let password = password::get(
         &format!("key file {}", path.display()),
