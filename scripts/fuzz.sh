@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(request_body signed_envelope ledger_tx usage_records check_report)
+[ ${#targets[@]} -gt 0 ] || targets=(request_body signed_envelope ledger_tx usage_records check_report keystore)
 
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

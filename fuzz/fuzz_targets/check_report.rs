@@ -30,7 +30,14 @@ fn world() -> &'static (Checking, Vec<Address>) {
                 capacity_due: i % 2 == 0,
             })
             .collect();
-        checking.begin_period(0, 0, B256::repeat_byte(1), targets, B256::repeat_byte(7), "http://indexer/v1/decoy");
+        checking.begin_period(
+            0,
+            0,
+            B256::repeat_byte(1),
+            targets,
+            B256::repeat_byte(7),
+            "http://indexer/v1/decoy",
+        );
         (checking, checkers)
     })
 }

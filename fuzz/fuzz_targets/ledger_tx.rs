@@ -85,5 +85,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let signed = signer.sign_tx(tx);
     let _ = ledger.apply(&signed, 3_000);
-    assert!(ledger.supply_conserved(), "supply not conserved after {signed:?}");
+    assert!(
+        ledger.supply_conserved(),
+        "supply not conserved after {signed:?}"
+    );
 });

@@ -6,8 +6,7 @@
 use gpumesh_indexer::decode_body;
 use gpumesh_types::{
     AnchorRequest, CheckReport, DeploymentRequest, FaucetRequest, Heartbeat, JobRequest,
-    LeaseFinish, ProofCommitRequest, ProofOpenRequest, RegisterHost, ScaleRequest,
-    SessionRequest,
+    LeaseFinish, ProofCommitRequest, ProofOpenRequest, RegisterHost, ScaleRequest, SessionRequest,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;

@@ -5,7 +5,8 @@
 
 use gpumesh_identity::Wallet;
 use gpumesh_types::auth::{
-    HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, request_message,
+    HEADER_EXPIRES, HEADER_NONCE, HEADER_SIGNATURE, HEADER_SIGNER, MAX_CLOCK_SKEW_MS,
+    MAX_SIGNATURE_TTL_MS, request_message,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -24,8 +25,15 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(8, |&b| b == 0xff);
     let flags = parts.next().and_then(|f| f.first().copied()).unwrap_or(0);
     let mut field = || parts.next().unwrap_or_default();
-    let (method, path, signer, nonce, expires, signature, body) =
-        (field(), field(), field(), field(), field(), field(), field());
+    let (method, path, signer, nonce, expires, signature, body) = (
+        field(),
+        field(),
+        field(),
+        field(),
+        field(),
+        field(),
+        field(),
+    );
     let method = String::from_utf8_lossy(method);
     let path = String::from_utf8_lossy(path);
     let mut headers = HeaderMap::new();
@@ -37,18 +45,31 @@ fuzz_target!(|data: &[u8]| {
         let expires = u64::from_le_bytes(pad(expires));
         let message = request_message(CHAIN, &method, &path, nonce, expires, body);
         let sig = gpumesh_types::Sig(wallet.sign_message(message.as_bytes()));
-        put(&mut headers, HEADER_SIGNER, wallet.address().to_string().as_bytes());
+        put(
+            &mut headers,
+            HEADER_SIGNER,
+            wallet.address().to_string().as_bytes(),
+        );
         put(&mut headers, HEADER_NONCE, nonce.to_string().as_bytes());
         put(&mut headers, HEADER_EXPIRES, expires.to_string().as_bytes());
         let sig = serde_json::to_value(sig).unwrap();
-        put(&mut headers, HEADER_SIGNATURE, sig.as_str().unwrap().as_bytes());
+        put(
+            &mut headers,
+            HEADER_SIGNATURE,
+            sig.as_str().unwrap().as_bytes(),
+        );
         if flags & 2 == 2 {
             put(&mut headers, HEADER_SIGNATURE, signature);
         }
         let result = gpumesh_indexer::authenticate(&headers, &method, &path, body, CHAIN, NOW);
-        let in_window = expires >= NOW && expires <= NOW + 330_000;
+        let in_window = expires >= NOW && expires <= NOW + MAX_SIGNATURE_TTL_MS + MAX_CLOCK_SKEW_MS;
         if flags & 2 == 0 {
-            assert_eq!(result.is_ok(), in_window, "{:?}", result.err().map(|e| e.message));
+            assert_eq!(
+                result.is_ok(),
+                in_window,
+                "{:?}",
+                result.err().map(|e| e.message)
+            );
             if let Ok((signer, n)) = result {
                 assert_eq!((signer, n), (wallet.address(), nonce));
             }

@@ -71,5 +71,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = ledger.apply(&settle, 3_000);
     assert!(ledger.supply_conserved());
     let after = ledger.balance(&host.address()).0 + ledger.balance(&ledger.genesis().treasury).0;
-    assert!(after - before <= 2 * ESCROW, "paid {} from two escrows of {ESCROW}", after - before);
+    assert!(
+        after - before <= 2 * ESCROW,
+        "paid {} from two escrows of {ESCROW}",
+        after - before
+    );
 });

@@ -89,7 +89,10 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    // Canary tasks point at the indexer, which may serve a certificate of the operator's
+    // own CA.
     let http = gpumesh_client::http_builder()
+        .tls_certs_merge(config.indexer_ca.iter().cloned())
         .timeout(Duration::from_secs(120))
         .build()?;
     let checker = Arc::new(Checker {

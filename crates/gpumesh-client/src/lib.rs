@@ -103,9 +103,11 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     if system_roots() {
         builder
     } else {
-        builder.tls_certs_only(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().filter_map(
-            |der| reqwest::Certificate::from_der(der.as_ref()).ok(),
-        ))
+        builder.tls_certs_only(
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                .iter()
+                .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok()),
+        )
     }
 }
 
@@ -142,12 +144,24 @@ pub fn read_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaEr
         path: path.to_path_buf(),
         reason,
     };
-    let certs =
-        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| malformed(e.to_string()))?;
-    if certs.is_empty() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| malformed(e.to_string()))?;
+    if ders.is_empty() {
         return Err(malformed("no certificate in it".into()));
     }
-    Ok(certs)
+    // Each is parsed as a trust anchor now, so that a client built from them cannot fail.
+    let mut roots = rustls::RootCertStore::empty();
+    ders.iter()
+        .map(|der| {
+            roots
+                .add(der.clone())
+                .map_err(|e| malformed(format!("a certificate in it does not parse: {e}")))?;
+            reqwest::Certificate::from_der(der.as_ref()).map_err(|e| malformed(e.to_string()))
+        })
+        .collect()
 }
 
 impl Client {
@@ -165,6 +179,7 @@ impl Client {
         let builder = if ca.is_empty() {
             http_builder()
         } else {
+            // Only the operator's CA: not the system's roots nor Mozilla's.
             install_tls();
             reqwest::Client::builder().tls_certs_only(ca)
         }

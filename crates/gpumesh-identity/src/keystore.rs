@@ -4,10 +4,9 @@
 //! ciphertext) that tells a wrong password from a right one.
 //!
 //! gpumesh writes them itself, to choose scrypt's cost and to name the address (which
-//! `gpumesh wallet address` reads without the password); it opens them, scrypt or PBKDF2,
-//! with the `eth-keystore` crate.
-
-use std::path::Path;
+//! `gpumesh wallet address` reads without the password), and opens them itself (scrypt or
+//! PBKDF2), checking every size and cost a file asks for before doing any work: keystores
+//! come from other tools and are outside input.
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use alloy_primitives::{Address, hex, keccak256};
@@ -19,9 +18,9 @@ use crate::Kdf;
 
 type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
 
-/// The fields read before decrypting.
+/// A keystore as read: the fields decryption needs, checked before any work is done.
 #[derive(Deserialize)]
-struct Header {
+struct Keystore {
     version: u8,
     #[serde(default)]
     address: Option<String>,
@@ -31,32 +30,70 @@ struct Header {
 #[derive(Deserialize)]
 struct Crypto {
     cipher: String,
+    cipherparams: CipherParams,
+    ciphertext: String,
     kdf: String,
+    kdfparams: serde_json::Value,
+    mac: String,
+}
+
+#[derive(Deserialize)]
+struct CipherParams {
+    iv: String,
+}
+
+#[derive(Deserialize)]
+struct ScryptParams {
+    dklen: u32,
+    n: u64,
+    r: u32,
+    p: u32,
+    salt: String,
+}
+
+#[derive(Deserialize)]
+struct Pbkdf2Params {
+    c: u32,
+    dklen: u32,
+    prf: String,
+    salt: String,
+}
+
+/// The most memory scrypt may take to open a keystore (128 × r × N bytes): 1 GiB, four
+/// times geth's standard cost; a file asking for more is refused, not obeyed.
+const MAX_SCRYPT_BYTES: u64 = 1 << 30;
+/// The most PBKDF2 rounds a keystore may ask for (geth's PBKDF2 files use 262,144).
+const MAX_PBKDF2_ROUNDS: u32 = 10_000_000;
+
+fn parse(text: &str) -> Result<Keystore, String> {
+    let keystore: Keystore = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if keystore.version != 3 {
+        return Err(format!(
+            "version {} (only version 3 is read)",
+            keystore.version
+        ));
+    }
+    if keystore.crypto.cipher != "aes-128-ctr" {
+        return Err(format!(
+            "cipher {:?} (only aes-128-ctr)",
+            keystore.crypto.cipher
+        ));
+    }
+    Ok(keystore)
+}
+
+fn hex_field(name: &str, text: &str, len: usize) -> Result<Vec<u8>, String> {
+    let bytes = hex::decode(text).map_err(|_| format!("its {name} is not hex"))?;
+    if bytes.len() != len {
+        return Err(format!("its {name} is {} bytes, not {len}", bytes.len()));
+    }
+    Ok(bytes)
 }
 
 /// Checks that `text` is a version 3 keystore gpumesh can open and returns the address it
 /// names, if any.
 pub(crate) fn inspect(text: &str) -> Result<Option<Address>, String> {
-    let header: Header = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    if header.version != 3 {
-        return Err(format!(
-            "version {} (only version 3 is read)",
-            header.version
-        ));
-    }
-    if header.crypto.cipher != "aes-128-ctr" {
-        return Err(format!(
-            "cipher {:?} (only aes-128-ctr)",
-            header.crypto.cipher
-        ));
-    }
-    if !matches!(header.crypto.kdf.as_str(), "scrypt" | "pbkdf2") {
-        return Err(format!(
-            "kdf {:?} (only scrypt or pbkdf2)",
-            header.crypto.kdf
-        ));
-    }
-    header
+    parse(text)?
         .address
         .map(|a| {
             let a = a.strip_prefix("0x").unwrap_or(&a).to_string();
@@ -73,12 +110,75 @@ pub(crate) enum DecryptError {
     Malformed(String),
 }
 
-/// The 32-byte secret of the keystore at `path`.
-pub(crate) fn decrypt(path: &Path, password: &str) -> Result<Vec<u8>, DecryptError> {
-    eth_keystore::decrypt_key(path, password).map_err(|e| match e {
-        eth_keystore::KeystoreError::MacMismatch => DecryptError::Mac,
-        other => DecryptError::Malformed(other.to_string()),
-    })
+/// The 32-byte secret of a keystore. Every size and cost is checked before any work, so a
+/// hostile file gets an error, never a panic or an unbounded computation.
+pub(crate) fn decrypt(text: &str, password: &str) -> Result<[u8; 32], DecryptError> {
+    let bad = DecryptError::Malformed;
+    let keystore = parse(text).map_err(bad)?;
+    let crypto = keystore.crypto;
+    let iv = hex_field("iv", &crypto.cipherparams.iv, 16).map_err(bad)?;
+    let ciphertext = hex_field("ciphertext", &crypto.ciphertext, 32).map_err(bad)?;
+    let mac = hex_field("mac", &crypto.mac, 32).map_err(bad)?;
+    let mut derived = [0u8; 32];
+    match crypto.kdf.as_str() {
+        "scrypt" => {
+            let p: ScryptParams = serde_json::from_value(crypto.kdfparams)
+                .map_err(|e| bad(format!("its scrypt parameters: {e}")))?;
+            let salt = hex::decode(&p.salt).map_err(|_| bad("its salt is not hex".into()))?;
+            if p.dklen != 32 {
+                return Err(bad(format!("scrypt dklen {} (only 32)", p.dklen)));
+            }
+            if !p.n.is_power_of_two() || p.n < 2 {
+                return Err(bad(format!("scrypt n {} is not a power of two", p.n)));
+            }
+            if p.r == 0
+                || p.p == 0
+                || p.p > 16
+                || 128u64.saturating_mul(u64::from(p.r)).saturating_mul(p.n) > MAX_SCRYPT_BYTES
+            {
+                return Err(bad(format!(
+                    "scrypt n {} r {} p {} would take more than 1 GiB or 16 passes",
+                    p.n, p.r, p.p
+                )));
+            }
+            let params = scrypt::Params::new(p.n.trailing_zeros() as u8, p.r, p.p)
+                .map_err(|e| bad(format!("scrypt parameters: {e}")))?;
+            scrypt::scrypt(password.as_bytes(), &salt, &params, &mut derived)
+                .map_err(|e| bad(format!("scrypt: {e}")))?;
+        }
+        "pbkdf2" => {
+            let p: Pbkdf2Params = serde_json::from_value(crypto.kdfparams)
+                .map_err(|e| bad(format!("its pbkdf2 parameters: {e}")))?;
+            let salt = hex::decode(&p.salt).map_err(|_| bad("its salt is not hex".into()))?;
+            if p.dklen != 32 || p.prf != "hmac-sha256" || p.c == 0 || p.c > MAX_PBKDF2_ROUNDS {
+                return Err(bad(format!(
+                    "pbkdf2 with dklen {}, prf {:?}, {} rounds (only 32, hmac-sha256, at most {MAX_PBKDF2_ROUNDS})",
+                    p.dklen, p.prf, p.c
+                )));
+            }
+            pbkdf2::pbkdf2::<hmac::Hmac<sha2::Sha256>>(
+                password.as_bytes(),
+                &salt,
+                p.c,
+                &mut derived,
+            );
+        }
+        other => return Err(bad(format!("kdf {other:?} (only scrypt or pbkdf2)"))),
+    }
+    let expected = keccak256([&derived[16..], &ciphertext[..]].concat());
+    // In constant time: how much of the MAC matched says nothing.
+    let differs = expected
+        .iter()
+        .zip(&mac)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if differs != 0 {
+        return Err(DecryptError::Mac);
+    }
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(&ciphertext);
+    let iv: [u8; 16] = iv.try_into().expect("checked to be 16 bytes");
+    Aes128Ctr::new(derived[..16].into(), (&iv).into()).apply_keystream(&mut secret);
+    Ok(secret)
 }
 
 /// A keystore of `secret` (whose address is `address`) as JSON text.

@@ -52,14 +52,31 @@ pub enum KeyFileError {
     #[error("wrong password for key file {path}")]
     WrongPassword { path: PathBuf },
     #[error(
+        "key file {path} does not name its address (the field is optional in keystores); import it with `gpumesh wallet import --keystore {path} --out NEW_FILE`"
+    )]
+    NoAddress { path: PathBuf },
+    #[error(
         "key file {path} holds its secret unencrypted (the key format of gpumesh before keystores); encrypt it with `gpumesh wallet import --private-key-file {path} --out NEW_FILE`"
     )]
     Unencrypted { path: PathBuf },
 }
 
+/// Why a keystore's text does not open.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeystoreError {
+    #[error("an unencrypted key of gpumesh before keystores")]
+    Unencrypted,
+    #[error("wrong password")]
+    WrongPassword,
+    #[error("not an Ethereum keystore (version 3): {0}")]
+    Malformed(String),
+}
+
 /// The key file format of gpumesh before keystores: the secret in hex, unencrypted.
 #[derive(Deserialize)]
 struct PlainKeyFile {
+    #[serde(default)]
+    address: Option<Address>,
     secret_key: String,
 }
 
@@ -140,6 +157,18 @@ impl Wallet {
         write_private(path, text.as_bytes())
     }
 
+    /// The key as a keystore's text, encrypted with `password` at the light cost (for
+    /// round trips in tests and fuzzing; `save` is how keys are written).
+    pub fn to_keystore(&self, password: &str) -> String {
+        keystore::encrypt(
+            &self.key.to_bytes().into(),
+            self.address,
+            password,
+            Kdf::Light,
+            &mut rand::rngs::OsRng,
+        )
+    }
+
     /// Reads and decrypts a keystore, refusing one that others can read.
     pub fn load(path: &Path, password: &str) -> Result<Wallet, KeyFileError> {
         check_private(path)?;
@@ -149,80 +178,93 @@ impl Wallet {
     /// Reads and decrypts a keystore whoever can read it: another wallet's, to import.
     pub fn open_keystore(path: &Path, password: &str) -> Result<Wallet, KeyFileError> {
         let text = read(path)?;
-        let address = keystore::inspect(&text).map_err(|reason| {
-            if serde_json::from_str::<PlainKeyFile>(&text).is_ok() {
-                KeyFileError::Unencrypted {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                KeyFileError::Malformed {
-                    path: path.to_path_buf(),
-                    reason,
-                }
-            }
-        })?;
-        let secret = keystore::decrypt(path, password).map_err(|e| match e {
-            keystore::DecryptError::Mac => KeyFileError::WrongPassword {
+        Wallet::from_keystore(&text, password).map_err(|e| match e {
+            KeystoreError::Unencrypted => KeyFileError::Unencrypted {
                 path: path.to_path_buf(),
             },
-            keystore::DecryptError::Malformed(reason) => KeyFileError::Malformed {
+            KeystoreError::WrongPassword => KeyFileError::WrongPassword {
+                path: path.to_path_buf(),
+            },
+            KeystoreError::Malformed(reason) => KeyFileError::Malformed {
                 path: path.to_path_buf(),
                 reason,
             },
+        })
+    }
+
+    /// Decrypts a keystore's text: the decoder of key files, which come from other tools.
+    pub fn from_keystore(text: &str, password: &str) -> Result<Wallet, KeystoreError> {
+        let address = keystore::inspect(text).map_err(|reason| {
+            if serde_json::from_str::<PlainKeyFile>(text).is_ok() {
+                KeystoreError::Unencrypted
+            } else {
+                KeystoreError::Malformed(reason)
+            }
+        })?;
+        let secret = keystore::decrypt(text, password).map_err(|e| match e {
+            keystore::DecryptError::Mac => KeystoreError::WrongPassword,
+            keystore::DecryptError::Malformed(reason) => KeystoreError::Malformed(reason),
         })?;
         let wallet = SigningKey::from_slice(&secret)
             .map(Wallet::from_key)
-            .map_err(|_| KeyFileError::Malformed {
-                path: path.to_path_buf(),
-                reason: "its secret is not a valid secp256k1 key".into(),
+            .map_err(|_| {
+                KeystoreError::Malformed("its secret is not a valid secp256k1 key".into())
             })?;
         if let Some(address) = address
             && address != wallet.address
         {
-            return Err(KeyFileError::Malformed {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "its address {address} does not match its key ({})",
-                    wallet.address
-                ),
-            });
+            return Err(KeystoreError::Malformed(format!(
+                "its address {address} does not match its key ({})",
+                wallet.address
+            )));
         }
         Ok(wallet)
     }
 
     /// The address a keystore names, read without its password.
     pub fn address_of(path: &Path) -> Result<Address, KeyFileError> {
-        let text = read(path)?;
-        let malformed = |reason: String| KeyFileError::Malformed {
+        Wallet::keystore_address(path)?.ok_or_else(|| KeyFileError::NoAddress {
             path: path.to_path_buf(),
-            reason,
-        };
-        match keystore::inspect(&text) {
-            Ok(Some(address)) => Ok(address),
-            Ok(None) => Err(malformed(
-                "it does not name its address; its password is needed to find it".into(),
-            )),
-            Err(reason) => match serde_json::from_str::<PlainKeyFile>(&text) {
-                Ok(_) => Err(KeyFileError::Unencrypted {
+        })
+    }
+
+    /// Checks that `path` is a keystore gpumesh can open, before its password is asked
+    /// for, and returns the address it names (the field is optional in the format).
+    pub fn keystore_address(path: &Path) -> Result<Option<Address>, KeyFileError> {
+        let text = read(path)?;
+        keystore::inspect(&text).map_err(|reason| {
+            match serde_json::from_str::<PlainKeyFile>(&text) {
+                Ok(_) => KeyFileError::Unencrypted {
                     path: path.to_path_buf(),
-                }),
-                Err(_) => Err(malformed(reason)),
-            },
-        }
+                },
+                Err(_) => KeyFileError::Malformed {
+                    path: path.to_path_buf(),
+                    reason,
+                },
+            }
+        })
     }
 
     /// A private key from a file as wallets export it: 64 hex digits (with or without
     /// `0x`), or an unencrypted key file of gpumesh before keystores.
     pub fn from_private_key_file(path: &Path) -> Result<Wallet, KeyFileError> {
         let text = read(path)?;
-        let secret = match serde_json::from_str::<PlainKeyFile>(&text) {
-            Ok(plain) => plain.secret_key,
-            Err(_) => text.trim().to_string(),
-        };
-        Wallet::from_secret_hex(&secret).map_err(|reason| KeyFileError::Malformed {
+        let malformed = |reason: String| KeyFileError::Malformed {
             path: path.to_path_buf(),
             reason,
-        })
+        };
+        let (secret, named) = match serde_json::from_str::<PlainKeyFile>(&text) {
+            Ok(plain) => (plain.secret_key, plain.address),
+            Err(_) => (text.trim().to_string(), None),
+        };
+        let wallet = Wallet::from_secret_hex(&secret).map_err(malformed)?;
+        match named {
+            Some(named) if named != wallet.address => Err(malformed(format!(
+                "its address {named} does not match its key ({})",
+                wallet.address
+            ))),
+            _ => Ok(wallet),
+        }
     }
 }
 
@@ -268,15 +310,27 @@ pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
     Ok(())
 }
 
-/// Writes a new file readable by its owner only, synced; never overwrites.
+/// Writes a new file readable by its owner only, atomically: the whole file or none, and
+/// never over another. It is written and synced under a temporary name in the same folder,
+/// then linked to its name (which fails if the name exists), and the folder is synced, so
+/// a key that was reported written survives a crash.
 fn write_private(path: &Path, body: &[u8]) -> Result<(), KeyFileError> {
     let io = |action, source| KeyFileError::Io {
         action,
         path: path.to_path_buf(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| io("create the folder of", e))?;
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => {
+            std::fs::create_dir_all(parent).map_err(|e| io("create the folder of", e))?;
+            parent.to_path_buf()
+        }
+        None => PathBuf::from("."),
+    };
+    if path.exists() {
+        return Err(KeyFileError::Exists {
+            path: path.to_path_buf(),
+        });
     }
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
@@ -285,17 +339,29 @@ fn write_private(path: &Path, body: &[u8]) -> Result<(), KeyFileError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            KeyFileError::Exists {
-                path: path.to_path_buf(),
+    let name = path
+        .file_name()
+        .map_or_else(|| "key".into(), |n| n.to_string_lossy().into_owned());
+    let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = options.open(&temp).map_err(|e| io("create", e))?;
+        file.write_all(body).map_err(|e| io("write", e))?;
+        file.sync_all().map_err(|e| io("sync", e))?;
+        std::fs::hard_link(&temp, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyFileError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io("link", e)
             }
-        } else {
-            io("create", e)
-        }
-    })?;
-    file.write_all(body).map_err(|e| io("write", e))?;
-    file.sync_all().map_err(|e| io("sync", e))
+        })
+    })();
+    let _ = std::fs::remove_file(&temp);
+    written?;
+    std::fs::File::open(&parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| io("sync the folder of", e))
 }
 
 #[cfg(test)]
@@ -451,6 +517,67 @@ mod tests {
         assert_eq!(
             Wallet::from_private_key_file(&hex_only).unwrap().address(),
             wallet.address()
+        );
+    }
+
+    /// Keystores come from other tools: sizes and costs that would panic or run without
+    /// bound are refused as malformed before any work.
+    #[test]
+    fn hostile_keystores_are_refused_not_obeyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = keystore::encrypt(
+            &[7u8; 32],
+            Wallet::from_secret_hex(&"07".repeat(32)).unwrap().address(),
+            "pw",
+            Kdf::Light,
+            &mut rand::rngs::OsRng,
+        );
+        let mut cases = Vec::new();
+        let mut edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+            f(&mut v);
+            let path = dir.path().join(name);
+            write_private(&path, v.to_string().as_bytes()).unwrap();
+            cases.push(path);
+        };
+        edit("short-dklen", &|v| {
+            v["crypto"]["kdfparams"]["dklen"] = 16.into()
+        });
+        edit("short-iv", &|v| {
+            v["crypto"]["cipherparams"]["iv"] = "00".into()
+        });
+        edit("short-ciphertext", &|v| {
+            v["crypto"]["ciphertext"] = "00".into()
+        });
+        edit("huge-n", &|v| {
+            v["crypto"]["kdfparams"]["n"] = (1u64 << 40).into()
+        });
+        edit("odd-n", &|v| v["crypto"]["kdfparams"]["n"] = 4095.into());
+        edit("many-passes", &|v| {
+            v["crypto"]["kdfparams"]["p"] = 1_000_000.into()
+        });
+        edit("other-kdf", &|v| v["crypto"]["kdf"] = "argon2".into());
+        edit("pbkdf2-rounds", &|v| {
+            v["crypto"]["kdf"] = "pbkdf2".into();
+            v["crypto"]["kdfparams"] =
+                serde_json::json!({"c": u32::MAX, "dklen": 32, "prf": "hmac-sha256", "salt": "00"});
+        });
+        edit("bad-mac", &|v| v["crypto"]["mac"] = "00".into());
+        for path in &cases {
+            let started = std::time::Instant::now();
+            let err = Wallet::load(path, "pw").unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::Malformed { .. }),
+                "{}: {err}",
+                path.display()
+            );
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        let ok = dir.path().join("good");
+        write_private(&ok, good.as_bytes()).unwrap();
+        assert_eq!(
+            Wallet::load(&ok, "pw").unwrap().secret_hex(),
+            format!("0x{}", "07".repeat(32))
         );
     }
 }

@@ -120,10 +120,9 @@ pub struct Config {
     pub genesis: Option<GenesisFile>,
     /// The protocol key's file; `protocol.key` in the data directory when `None`.
     pub protocol_key: Option<PathBuf>,
-    /// The password of the protocol key (and of a local network's faucet key). A local
-    /// network's own keys, created with it, use the empty password when `None`; a public
-    /// network's protocol key needs one.
-    pub key_password: Option<String>,
+    /// The password of a public network's protocol key. A local network's own keys always
+    /// have the empty password.
+    pub key_password: Option<Password>,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<tls::TlsFiles>,
     /// How often transactions are sealed into a block.
@@ -324,11 +323,22 @@ pub struct Indexer {
     config: Config,
 }
 
-/// The password of the network's keys: a public network's protocol key needs one.
+/// A password, never shown by `Debug`.
+#[derive(Clone)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(…)")
+    }
+}
+
+/// The password of the network's keys: a local network's have the empty password; a
+/// public network's protocol key needs one.
 fn key_password<'a>(config: &'a Config, genesis: &Genesis) -> anyhow::Result<&'a str> {
     match (&config.key_password, genesis.local) {
-        (Some(password), _) => Ok(password),
-        (None, true) => Ok(""),
+        (_, true) => Ok(""),
+        (Some(password), false) => Ok(&password.0),
         (None, false) => bail!(
             "the protocol key is encrypted: give its password with --password-file FILE or GPUMESH_PASSWORD"
         ),
@@ -409,7 +419,7 @@ impl Indexer {
                         dir.display()
                     );
                 };
-                let password = config.key_password.as_deref().unwrap_or("");
+                let password = "";
                 let protocol = load_or_create_key(&dir.join(PROTOCOL_KEY_FILE), true, password)?;
                 let faucet = load_or_create_key(&dir.join(FAUCET_KEY_FILE), true, password)?;
                 let genesis =

@@ -178,16 +178,21 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| db_err(redb::Error::Io(e)))?;
         let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
         let store = Store { db, path };
+        store.check_schema()?;
         // Create every table so that readers never meet a missing one.
         store.write(Batch::default())?;
-        store.check_schema()?;
         Ok(store)
     }
 
     /// Refuses a store of another layout before anything reads or writes it.
     fn check_schema(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            // A new store: nothing to check.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(self.db_err(e)),
+        };
         if meta.get(GENESIS_KEY).map_err(|e| self.db_err(e))?.is_none() {
             return Ok(());
         }

@@ -181,15 +181,17 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
     let draw = gpumesh_checking::Draw::new(seed, licensed);
     assert_eq!(view.containers.len(), 12, "two hosts of 8 and 4 GPUs");
     // The API serves it in pages; the client followed them.
-    let page: gpumesh_types::AssignmentView = reqwest::get(format!(
-        "{}/v1/checking/assignment?period={}&limit=5",
-        net.api_url, view.period
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let page: gpumesh_types::AssignmentView = gpumesh_client::http()
+        .get(format!(
+            "{}/v1/checking/assignment?period={}&limit=5",
+            net.api_url, view.period
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!((page.containers.len(), page.next), (5, Some(5)));
     assert_eq!(page.containers[..], view.containers[..5]);
     for a in &view.containers {

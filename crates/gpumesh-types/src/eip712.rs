@@ -154,7 +154,21 @@ struct Json;
 impl Visit for Json {
     type Output = TypedData;
     fn visit<S: SolStruct + Serialize>(self, message: S, domain: Eip712Domain) -> TypedData {
-        TypedData::from_struct(&message, Some(domain))
+        let mut typed = TypedData::from_struct(&message, Some(domain));
+        decimal_strings(&mut typed.message);
+        typed
+    }
+}
+
+/// Every number of a message as a decimal string: JavaScript wallets read JSON numbers as
+/// doubles, exact only below 2^53, and `eth_signTypedData_v4` takes integers as strings.
+/// (The message's only numbers are unsigned integers.)
+fn decimal_strings(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => *value = serde_json::Value::String(n.to_string()),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(decimal_strings),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(decimal_strings),
+        _ => {}
     }
 }
 
@@ -438,6 +452,7 @@ mod tests {
         assert_ne!(tx.hash(), transfer(1, 6).hash());
         let json = serde_json::to_value(tx.typed_data()).unwrap();
         assert_eq!(json["primaryType"], "Transfer");
+        assert_eq!(json["message"]["nonce"], "7", "integers as decimal strings");
         assert_eq!(json["domain"]["name"], "gpumesh");
     }
 }

@@ -124,6 +124,11 @@ fn write_key(wallet: &Wallet, out: &std::path::Path, password: &NewPassword) -> 
         password.password_file.as_deref(),
         true,
     )?;
+    if secret.is_empty() && password.kdf == KdfArg::Standard {
+        bail!(
+            "an empty password protects nothing: give one, or --kdf light for a test key that holds nothing of value"
+        );
+    }
     wallet.save(out, &secret, kdf(password.kdf))?;
     println!("{}", wallet.address());
     eprintln!("key written to {} (readable by you only)", out.display());
@@ -141,31 +146,33 @@ pub async fn wallet(command: WalletCommand) -> anyhow::Result<ExitCode> {
             keystore,
             private_key_file,
             password,
-        } => {
-            if out.exists() {
-                bail!(
-                    "{} already exists; refusing to overwrite a key",
-                    out.display()
+        } => match (keystore, private_key_file) {
+            (Some(keystore), _) => {
+                let secret = crate::password::get(
+                    &format!("keystore {}", keystore.display()),
+                    password.password_file.as_deref(),
+                    false,
+                )?;
+                if out.exists() {
+                    bail!(
+                        "{} already exists; refusing to overwrite a key",
+                        out.display()
+                    );
+                }
+                let wallet = Wallet::open_keystore(&keystore, &secret)?;
+                wallet.save(&out, &secret, kdf(password.kdf))?;
+                println!("{}", wallet.address());
+                eprintln!("key written to {} (readable by you only)", out.display());
+            }
+            (None, Some(file)) => {
+                write_key(&Wallet::from_private_key_file(&file)?, &out, &password)?;
+                eprintln!(
+                    "{} still holds the key unencrypted: delete it once you have checked the new file",
+                    file.display()
                 );
             }
-            match (keystore, private_key_file) {
-                (Some(keystore), _) => {
-                    let secret = crate::password::get(
-                        &format!("keystore {}", keystore.display()),
-                        password.password_file.as_deref(),
-                        false,
-                    )?;
-                    let wallet = Wallet::open_keystore(&keystore, &secret)?;
-                    wallet.save(&out, &secret, kdf(password.kdf))?;
-                    println!("{}", wallet.address());
-                    eprintln!("key written to {} (readable by you only)", out.display());
-                }
-                (None, Some(file)) => {
-                    write_key(&Wallet::from_private_key_file(&file)?, &out, &password)?;
-                }
-                (None, None) => unreachable!("clap requires one of them"),
-            }
-        }
+            (None, None) => unreachable!("clap requires one of them"),
+        },
         WalletCommand::Export {
             key,
             private_key,
@@ -375,6 +382,14 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
             if typed_data {
                 let entry: LedgerEntry = serde_json::from_value(found["entry"].clone())
                     .context("the indexer's transaction is not one this version reads")?;
+                // Typed data that would not hash to what was signed is worse than none.
+                let hash = entry.tx.tx.hash();
+                if found["hash"].as_str() != Some(hash.to_string().as_str()) {
+                    bail!(
+                        "transaction {seq} hashes to {hash} here but to {} at the indexer: another version of gpumesh; its typed data would not be what was signed",
+                        found["hash"]
+                    );
+                }
                 print_json(&entry.tx.tx.typed_data())?;
             } else {
                 print_json(&found)?;

@@ -77,7 +77,7 @@ pub(crate) fn open_key(path: &Path, password_file: Option<&Path>) -> anyhow::Res
     // A file others can read, an unencrypted or a malformed one is reported before a
     // password is asked for.
     gpumesh_identity::check_private(path)?;
-    Wallet::address_of(path)?;
+    Wallet::keystore_address(path)?;
     let password = password::get(
         &format!("key file {}", path.display()),
         password_file,
@@ -324,7 +324,8 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
     config.key_password = match &args.password_file {
         Some(file) => Some(password::get("the protocol key", Some(file), false)?),
         None => std::env::var(password::PASSWORD_ENV).ok(),
-    };
+    }
+    .map(gpumesh_indexer::Password);
     if let Some(path) = &args.genesis {
         config.genesis = Some(gpumesh_indexer::GenesisFile::read(path)?);
     }
@@ -395,6 +396,11 @@ fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
             args.password_file.as_deref(),
             true,
         )?;
+        if secret.is_empty() {
+            bail!(
+                "the protocol key holds the network's funds: give it a password that is not empty"
+            );
+        }
         wallet
             .save(&args.protocol_key, &secret, Kdf::Standard)
             .with_context(|| format!("failed to create {}", args.protocol_key.display()))?;

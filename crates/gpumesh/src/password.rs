@@ -15,6 +15,18 @@ pub const PASSWORD_ENV: &str = "GPUMESH_PASSWORD";
 /// password typed at the prompt is asked for twice.
 pub fn get(what: &str, file: Option<&Path>, confirm: bool) -> anyhow::Result<String> {
     if let Some(file) = file {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(file)
+                && meta.permissions().mode() & 0o007 != 0
+            {
+                eprintln!(
+                    "warning: the password file {} is readable by every user; chmod o-rwx it",
+                    file.display()
+                );
+            }
+        }
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("failed to read the password file {}", file.display()))?;
         // One trailing line ending is the file's, not the password's.

@@ -115,7 +115,8 @@ fn every_kind(from: Address) -> Vec<Tx> {
         TxKind::Unstake { index: 3 },
         TxKind::Withdraw { index: 3 },
         TxKind::Allow {
-            deployment: 9,
+            // Past 2^53, where a JSON number read as a double would be off.
+            deployment: u64::MAX - 1,
             amount: Amount(5),
         },
         TxKind::OpenEscrowFor {
@@ -214,6 +215,11 @@ fn keys_and_transaction_signatures_agree_with_eth_account() {
     let file = dir.path().join("cases.json");
     std::fs::write(&file, serde_json::to_vec(&cases).unwrap()).unwrap();
     let checked = eth(&python, &["typed", text(&file)]);
+    assert_eq!(
+        checked["cases"].as_array().unwrap().len(),
+        txs.len(),
+        "one answer per transaction"
+    );
     for (tx, theirs) in txs.iter().zip(checked["cases"].as_array().unwrap()) {
         let kind = tx.typed_data().primary_type;
         assert_eq!(

@@ -61,6 +61,10 @@ impl Runtime for ProcessRuntime {
                 .map(|(_, host_port)| ("PORT".to_string(), host_port.to_string()));
             command
                 .args(args)
+                // The agent's own key and its password are not the workload's.
+                .env_remove("GPUMESH_PASSWORD")
+                .env_remove("GPUMESH_PASSWORD_FILE")
+                .env_remove("GPUMESH_KEY")
                 .envs(spec.env.iter().cloned())
                 .envs(ports)
                 .envs(first)
