@@ -62,6 +62,9 @@ struct Pbkdf2Params {
 /// The most memory scrypt may take to open a keystore (128 × r × N bytes): 1 GiB, four
 /// times geth's standard cost; a file asking for more is refused, not obeyed.
 const MAX_SCRYPT_BYTES: u64 = 1 << 30;
+/// The most work (128 × r × N × p) scrypt may do: eight times geth's standard cost, some
+/// seconds, so that no file keeps a command busy for minutes.
+const MAX_SCRYPT_WORK: u64 = 1 << 31;
 /// The most PBKDF2 rounds a keystore may ask for (geth's PBKDF2 files use 262,144).
 const MAX_PBKDF2_ROUNDS: u32 = 10_000_000;
 
@@ -131,13 +134,14 @@ pub(crate) fn decrypt(text: &str, password: &str) -> Result<[u8; 32], DecryptErr
             if !p.n.is_power_of_two() || p.n < 2 {
                 return Err(bad(format!("scrypt n {} is not a power of two", p.n)));
             }
+            let memory = 128u64.saturating_mul(u64::from(p.r)).saturating_mul(p.n);
             if p.r == 0
                 || p.p == 0
-                || p.p > 16
-                || 128u64.saturating_mul(u64::from(p.r)).saturating_mul(p.n) > MAX_SCRYPT_BYTES
+                || memory > MAX_SCRYPT_BYTES
+                || memory.saturating_mul(u64::from(p.p)) > MAX_SCRYPT_WORK
             {
                 return Err(bad(format!(
-                    "scrypt n {} r {} p {} would take more than 1 GiB or 16 passes",
+                    "scrypt n {} r {} p {} would take more than 1 GiB, or eight times geth's standard work",
                     p.n, p.r, p.p
                 )));
             }

@@ -556,6 +556,10 @@ mod tests {
         edit("many-passes", &|v| {
             v["crypto"]["kdfparams"]["p"] = 1_000_000.into()
         });
+        edit("heavy-work", &|v| {
+            v["crypto"]["kdfparams"]["n"] = (1u64 << 20).into();
+            v["crypto"]["kdfparams"]["p"] = 16.into();
+        });
         edit("other-kdf", &|v| v["crypto"]["kdf"] = "argon2".into());
         edit("pbkdf2-rounds", &|v| {
             v["crypto"]["kdf"] = "pbkdf2".into();
