@@ -154,6 +154,11 @@ pub struct Summary {
     pub ban_reasons: Vec<String>,
     /// Rewards the ledger paid checkers (cumulative, base units).
     pub checker_rewards: Amount,
+    /// A paid checker's proof for the first epoch, from the indexer's stored reward
+    /// tree, with whether it folds to its root and how long the request took.
+    pub reward_proof: Option<gpumesh_types::RewardProof>,
+    pub reward_proof_ok: bool,
+    pub reward_proof_ms: Option<u64>,
     /// The demo service's endpoint answered an HTTP request with its page.
     pub service_reachable: bool,
     /// From `run --detach`'s request to a ready endpoint.
@@ -300,15 +305,35 @@ pub async fn checks(
     print("waiting for the first epoch to pay checkers…".into());
     while began.elapsed() < std::time::Duration::from_secs(90) {
         let mut paid = Amount::ZERO;
+        let mut first_paid = None;
         for &c in &checkers {
-            paid = Amount(paid.0 + client.account(c).await?.cumulative_rewards.0);
+            let reward = client.account(c).await?.cumulative_rewards;
+            if reward > Amount::ZERO {
+                first_paid.get_or_insert(c);
+            }
+            paid = Amount(paid.0 + reward.0);
         }
-        if paid > Amount::ZERO {
+        if let Some(checker) = first_paid {
             summary.checker_rewards = paid;
             print(format!(
                 "epoch closed: checkers were paid {} tokens",
                 paid.tokens()
             ));
+            let asked = std::time::Instant::now();
+            let proof = client.reward_proof(checker, 0).await?;
+            summary.reward_proof_ms = Some(asked.elapsed().as_millis() as u64);
+            summary.reward_proof_ok = proof.cumulative > Amount::ZERO
+                && gpumesh_ledger::merkle::process_proof(proof.leaf, &proof.proof) == proof.root;
+            print(format!(
+                "checker {checker}'s reward proof for epoch 0: {} siblings, {}",
+                proof.proof.len(),
+                if summary.reward_proof_ok {
+                    "folds to the reward root"
+                } else {
+                    "DOES NOT fold to the reward root"
+                }
+            ));
+            summary.reward_proof = Some(proof);
             break;
         }
         pause().await;
@@ -379,6 +404,9 @@ pub async fn run(
         banned_checkers: 0,
         ban_reasons: Vec::new(),
         checker_rewards: Amount::ZERO,
+        reward_proof: None,
+        reward_proof_ok: false,
+        reward_proof_ms: None,
         service_reachable: false,
         service_ready_ms: None,
         deployments: 0,

@@ -334,9 +334,10 @@ async fn heartbeat(
 async fn work(State(state): State<AppState>, req: Signed<WorkPoll>) -> Result<Response, Failure> {
     let wait = Duration::from_millis(req.body.wait_ms).min(MAX_POLL);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changed = state.changed.subscribe();
+    let waiting = state.host_waiters.subscribe(req.signer);
+    let bell = waiting.bell();
     loop {
-        changed.mark_unchanged();
+        let rung = bell.notified();
         let work = state.read(|c| c.work(&req.signer))?;
         if !work.start.is_empty()
             || !work.stop.is_empty()
@@ -347,7 +348,7 @@ async fn work(State(state): State<AppState>, req: Signed<WorkPoll>) -> Result<Re
         tokio::select! {
             _ = state.shutdown.cancelled() => return Ok(Json(work).into_response()),
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = changed.changed() => {}
+            _ = rung => {}
         }
     }
 }
@@ -490,14 +491,14 @@ async fn logs(
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
     struct Cursor {
         state: AppState,
-        changed: tokio::sync::watch::Receiver<u64>,
+        waiting: crate::notify::Subscription<LeaseId>,
         next: u64,
         done: bool,
     }
-    let changed = state.changed.subscribe();
+    let waiting = state.lease_waiters.subscribe(id);
     let cursor = Cursor {
         state,
-        changed,
+        waiting,
         next: from,
         done: false,
     };
@@ -506,7 +507,8 @@ async fn logs(
             if cur.done {
                 return None;
             }
-            cur.changed.mark_unchanged();
+            let bell = cur.waiting.bell();
+            let rung = bell.notified();
             let (entries, ended) = cur.state.read(|c| c.logs(id, cur.next));
             let mut out = Vec::new();
             for entry in entries {
@@ -540,7 +542,7 @@ async fn logs(
             }
             tokio::select! {
                 _ = cur.state.shutdown.cancelled() => return None,
-                _ = cur.changed.changed() => {}
+                _ = rung => {}
             }
         }
     });

@@ -14,6 +14,7 @@ pub mod core;
 mod dashboard;
 mod error;
 mod limits;
+mod notify;
 mod openapi;
 pub mod telemetry;
 pub mod tls;
@@ -32,7 +33,7 @@ use gpumesh_identity::{Kdf, Wallet};
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::Params;
 use gpumesh_store::{Batch, Store};
-use tokio::sync::watch;
+use gpumesh_types::{Address, LeaseId};
 use tokio_util::sync::CancellationToken;
 
 pub use api::openapi;
@@ -172,8 +173,10 @@ pub struct Shared {
     /// The dashboard's charts: a sample a minute over the last day (soft state).
     history: Mutex<std::collections::VecDeque<gpumesh_types::StatsSample>>,
     chain_id: u64,
-    /// Bumped after every committed change; long polls and log streams wait on it.
-    changed: watch::Sender<u64>,
+    /// Hosts' work polls wait here; woken when a commit touched one of their leases.
+    host_waiters: notify::Topics<Address>,
+    /// Lease log streams wait here; woken when a commit touched the lease or its log.
+    lease_waiters: notify::Topics<LeaseId>,
     /// Set when a store write failed or an operation panicked: memory may be ahead of
     /// disk, so no more changes.
     failed: AtomicBool,
@@ -295,6 +298,11 @@ impl AppState {
             }
         };
         if !batch.is_empty() {
+            // Whom the change concerns, woken once it is durable.
+            let hosts: Vec<Address> = batch.leases.iter().map(|l| l.host).collect();
+            let leases: Vec<LeaseId> = (batch.leases.iter().map(|l| l.id))
+                .chain(batch.logs.iter().map(|(id, _)| *id))
+                .collect();
             let writing = std::time::Instant::now();
             let written = self.store.write(batch);
             telemetry::store_commit(writing.elapsed(), written.is_ok());
@@ -307,7 +315,8 @@ impl AppState {
             }
             drop(core);
             telemetry::lock_times(locked - asked, locked.elapsed());
-            self.changed.send_modify(|v| *v += 1);
+            self.host_waiters.wake(hosts);
+            self.lease_waiters.wake(leases);
             return result;
         }
         drop(core);
@@ -458,7 +467,8 @@ impl Indexer {
             limits: limits::Limits::new(config.rate_limits),
             history: Mutex::new(std::collections::VecDeque::new()),
             chain_id: genesis.chain_id,
-            changed: watch::channel(0).0,
+            host_waiters: notify::Topics::new(),
+            lease_waiters: notify::Topics::new(),
             failed: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
         }));

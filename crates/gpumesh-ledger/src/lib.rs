@@ -20,7 +20,7 @@ pub use genesis::{
     Allocation, DAY_MS, DEFAULT_FEE_BPS, Economics, Genesis, GenesisError, TOTAL_SUPPLY, YEAR_MS,
     system_address,
 };
-pub use replay::{ProofError, ReplayError, ReplayReport, replay, reward_proof};
+pub use replay::{ProofError, ReplayError, ReplayReport, prove_reward, replay, reward_proof};
 pub use rewards::{reward_leaf, reward_tree};
 pub use state::{
     Account, Applied, Escrow, Ledger, LedgerError, Stake, Totals, Verified, Vesting, escrow_amount,

@@ -78,7 +78,9 @@ impl MerkleTree {
     /// The siblings from `leaf` up to the root, or `None` if it is not a leaf of this tree.
     pub fn proof(&self, leaf: &B256) -> Option<Vec<B256>> {
         let len = self.nodes.len();
-        let mut i = (len - self.leaves..len).find(|&i| self.nodes[i] == *leaf)?;
+        // The leaves sit at the end in descending order.
+        let first = len - self.leaves;
+        let mut i = first + self.nodes[first..].binary_search_by(|x| leaf.cmp(x)).ok()?;
         let mut proof = Vec::new();
         while i > 0 {
             let sibling = if i % 2 == 1 { i + 1 } else { i - 1 };

@@ -6,7 +6,7 @@
 //! checks that balances plus escrows still add up to the total supply after each block.
 
 use alloy_primitives::{Address, B256};
-use gpumesh_types::{BlockHeader, LedgerEntry, RewardProof, TxKind};
+use gpumesh_types::{Amount, BlockHeader, LedgerEntry, RewardProof, TxKind};
 
 use crate::genesis::{Genesis, GenesisError};
 use crate::rewards::{reward_leaf, reward_tree};
@@ -213,6 +213,35 @@ pub enum ProofError {
     NoRewards { account: Address, epoch: u64 },
 }
 
+/// Proves `account`'s cumulative reward after `epoch` in the reward tree over `leaves`:
+/// every account rewarded by then with its cumulative reward, as the ledger held them
+/// when the epoch closed (and as the store keeps them per epoch).
+pub fn prove_reward<I>(epoch: u64, leaves: I, account: Address) -> Result<RewardProof, ProofError>
+where
+    I: IntoIterator<Item = (Address, Amount)>,
+{
+    let leaves: Vec<(Address, Amount)> = leaves.into_iter().collect();
+    let cumulative = leaves
+        .iter()
+        .find(|(a, _)| *a == account)
+        .map(|(_, v)| *v)
+        .filter(|v| v.0 > 0)
+        .ok_or(ProofError::NoRewards { account, epoch })?;
+    let tree = reward_tree(leaves);
+    let leaf = reward_leaf(&account, cumulative);
+    let proof = tree
+        .proof(&leaf)
+        .expect("every rewarded account has a leaf in the reward tree");
+    Ok(RewardProof {
+        account,
+        epoch,
+        cumulative,
+        leaf,
+        proof,
+        root: tree.root(),
+    })
+}
+
 /// Replays `entries` from genesis up to the close of `epoch` and proves `account`'s
 /// cumulative reward against the reward root recorded then.
 pub fn reward_proof<I>(
@@ -231,24 +260,9 @@ where
             reason: e.to_string(),
         })?;
         if matches!(&entry.tx.tx.kind, TxKind::Epoch(e) if e.epoch == epoch) {
-            let cumulative = ledger.cumulative_reward(&account);
-            if cumulative.0 == 0 {
-                return Err(ProofError::NoRewards { account, epoch });
-            }
-            let tree = reward_tree(ledger.cumulative_rewards());
-            let leaf = reward_leaf(&account, cumulative);
-            let proof = tree
-                .proof(&leaf)
-                .expect("every rewarded account has a leaf in the reward tree");
-            debug_assert_eq!(tree.root(), ledger.reward_root());
-            return Ok(RewardProof {
-                account,
-                epoch,
-                cumulative,
-                leaf,
-                proof,
-                root: tree.root(),
-            });
+            let proof = prove_reward(epoch, ledger.cumulative_rewards(), account)?;
+            debug_assert_eq!(proof.root, ledger.reward_root());
+            return Ok(proof);
         }
     }
     Err(ProofError::EpochNotClosed {

@@ -13,7 +13,7 @@ use gpumesh_checking::CheckerRecord;
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::{DeploymentRecord, HostRecord, LeaseRecord, Params, SessionRecord};
 use gpumesh_types::{
-    Address, BlockHeader, ContainerRef, LeaseId, LedgerEntry, LogEntry, RewardProof,
+    Address, Amount, B256, BlockHeader, ContainerRef, LeaseId, LedgerEntry, LogEntry, RewardProof,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -30,6 +30,11 @@ const CHECKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("checkers")
 const EPOCH_CONTAINERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("epoch_containers");
 const DEPLOYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deployments");
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+/// An account's history: (account, transaction sequence number) for every account a
+/// transaction involves ([`gpumesh_types::Tx::accounts`]).
+const ACCOUNT_TXS: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("account_txs");
+/// Each closed epoch's reward tree: its root, then its leaves ([`EpochRewards`]).
+const REWARD_TREES: TableDefinition<u64, &[u8]> = TableDefinition::new("reward_trees");
 
 const GENESIS_KEY: &str = "genesis";
 const PARAMS_KEY: &str = "params";
@@ -40,7 +45,9 @@ const SCHEMA_KEY: &str = "schema_version";
 ///
 /// - 1: ledger transactions hashed as keccak256 over their JSON, signed with EIP-191.
 /// - 2: ledger transactions hashed and signed as EIP-712 typed data.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: accounts' histories indexed and each epoch's reward tree stored; a version 2
+///   store is migrated on open (its chain replayed once to build both).
+pub const SCHEMA_VERSION: u32 = 3;
 const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
 pub const STORE_FILE: &str = "gpumesh.redb";
@@ -137,6 +144,70 @@ pub struct Batch {
     pub epoch_containers: Vec<(ContainerRef, ContainerWork)>,
     pub deployments: Vec<DeploymentRecord>,
     pub sessions: Vec<SessionRecord>,
+    /// The reward trees of epochs closed by `txs`.
+    pub rewards: Vec<EpochRewards>,
+}
+
+/// A closed epoch's reward tree as stored: every account rewarded by then with its
+/// cumulative reward, in address order, and the tree's root. A proof is built from it
+/// without replaying the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochRewards {
+    pub epoch: u64,
+    pub root: B256,
+    pub leaves: Vec<(Address, Amount)>,
+}
+
+impl EpochRewards {
+    /// The tree the ledger holds right after it closed `epoch`.
+    pub fn of(ledger: &gpumesh_ledger::Ledger, epoch: u64) -> EpochRewards {
+        EpochRewards {
+            epoch,
+            root: ledger.reward_root(),
+            leaves: ledger.cumulative_rewards().collect(),
+        }
+    }
+
+    const LEAF: usize = 20 + 16;
+
+    /// The root, then 20 address bytes and 16 big-endian amount bytes per leaf.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.leaves.len() * Self::LEAF);
+        out.extend_from_slice(self.root.as_slice());
+        for (account, amount) in &self.leaves {
+            out.extend_from_slice(account.as_slice());
+            out.extend_from_slice(&amount.0.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(epoch: u64, bytes: &[u8]) -> Result<EpochRewards, String> {
+        let (root, rest) = bytes
+            .split_first_chunk::<32>()
+            .ok_or_else(|| format!("{} bytes, shorter than a root", bytes.len()))?;
+        if rest.len() % Self::LEAF != 0 {
+            return Err(format!(
+                "{} leaf bytes, not a whole number of leaves",
+                rest.len()
+            ));
+        }
+        let leaves = rest
+            .chunks_exact(Self::LEAF)
+            .map(|leaf| {
+                let (account, amount) = leaf.split_at(20);
+                let amount: [u8; 16] = amount.try_into().expect("16 bytes by the chunk size");
+                (
+                    Address::from_slice(account),
+                    Amount(u128::from_be_bytes(amount)),
+                )
+            })
+            .collect();
+        Ok(EpochRewards {
+            epoch,
+            root: B256::from(*root),
+            leaves,
+        })
+    }
 }
 
 impl Batch {
@@ -152,6 +223,7 @@ impl Batch {
             && self.blocks.is_empty()
             && self.deployments.is_empty()
             && self.sessions.is_empty()
+            && self.rewards.is_empty()
     }
 }
 
@@ -178,30 +250,36 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| db_err(redb::Error::Io(e)))?;
         let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
         let store = Store { db, path };
-        store.check_schema()?;
+        let migrate = store.check_schema()?;
         // Create every table so that readers never meet a missing one.
         store.write(Batch::default())?;
+        if migrate {
+            store.migrate_from_2()?;
+        }
         Ok(store)
     }
 
-    /// Refuses a store of another layout before anything reads or writes it.
-    fn check_schema(&self) -> Result<(), StoreError> {
+    /// Refuses a store of another layout before anything reads or writes it; true when
+    /// it is of version 2, which [`Store::migrate_from_2`] brings up to date.
+    fn check_schema(&self) -> Result<bool, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
             // A new store: nothing to check.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
             Err(e) => return Err(self.db_err(e)),
         };
         if meta.get(GENESIS_KEY).map_err(|e| self.db_err(e))?.is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let found = match meta.get(SCHEMA_KEY).map_err(|e| self.db_err(e))? {
             Some(v) => self.decode(|| "schema version".into(), v.value())?,
             None => 1,
         };
-        if found == SCHEMA_VERSION {
-            return Ok(());
+        match found {
+            SCHEMA_VERSION => return Ok(false),
+            2 => return Ok(true),
+            _ => {}
         }
         Err(StoreError::Schema {
             path: self.path.clone(),
@@ -213,6 +291,50 @@ impl Store {
                 ": it was written by a newer gpumesh"
             },
         })
+    }
+
+    /// Version 2 to 3: replays the chain once (checking every signature again) to index
+    /// the accounts' histories and store each closed epoch's reward tree, and writes
+    /// both with the new version in one transaction, so a crash leaves version 2.
+    fn migrate_from_2(&self) -> Result<(), StoreError> {
+        let chain = self.chain()?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: "chain, while migrating to layout 3".into(),
+            reason,
+        };
+        tracing::info!(store = %self.path.display(), "migrating the store from layout 2 to 3: indexing histories and reward trees");
+        let mut ledger =
+            gpumesh_ledger::Ledger::new(chain.genesis).map_err(|e| corrupt(e.to_string()))?;
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let e = |e: redb::TableError| self.db_err(e);
+            let s = |e: redb::StorageError| self.db_err(e);
+            let mut history = txn.open_table(ACCOUNT_TXS).map_err(e)?;
+            let mut trees = txn.open_table(REWARD_TREES).map_err(e)?;
+            let entries = chain.blocks.into_iter().flat_map(|(_, e)| e);
+            for entry in entries.chain(chain.unsealed) {
+                ledger
+                    .apply_entry(&entry)
+                    .map_err(|e| corrupt(format!("transaction {}: {e}", entry.seq)))?;
+                for account in entry.tx.tx.accounts() {
+                    history
+                        .insert((account.as_slice(), entry.seq), ())
+                        .map_err(s)?;
+                }
+                if let gpumesh_types::TxKind::Epoch(close) = &entry.tx.tx.kind {
+                    let rewards = EpochRewards::of(&ledger, close.epoch);
+                    trees
+                        .insert(close.epoch, rewards.encode().as_slice())
+                        .map_err(s)?;
+                }
+            }
+            txn.open_table(META)
+                .map_err(e)?
+                .insert(SCHEMA_KEY, encode(&SCHEMA_VERSION).as_slice())
+                .map_err(s)?;
+        }
+        txn.commit().map_err(|e| self.db_err(e))
     }
 
     /// Opens an existing store without creating anything.
@@ -322,8 +444,20 @@ impl Store {
                     .map_err(s)?;
             }
             let mut txs = txn.open_table(TXS).map_err(e)?;
+            let mut history = txn.open_table(ACCOUNT_TXS).map_err(e)?;
             for entry in &batch.txs {
                 txs.insert(entry.seq, encode(entry).as_slice()).map_err(s)?;
+                for account in entry.tx.tx.accounts() {
+                    history
+                        .insert((account.as_slice(), entry.seq), ())
+                        .map_err(s)?;
+                }
+            }
+            let mut trees = txn.open_table(REWARD_TREES).map_err(e)?;
+            for rewards in &batch.rewards {
+                trees
+                    .insert(rewards.epoch, rewards.encode().as_slice())
+                    .map_err(s)?;
             }
             let mut blocks = txn.open_table(BLOCKS).map_err(e)?;
             for header in &batch.blocks {
@@ -545,29 +679,90 @@ impl Store {
         }
     }
 
-    /// The transactions that involve `account` ([`gpumesh_types::Tx::involves`]), newest
-    /// first, at most `limit`. Scans the chain from its end: fine for a local network
-    /// and for recent history, an index per account is the way at scale.
+    /// The transactions that involve `account` ([`gpumesh_types::Tx::accounts`]), newest
+    /// first, at most `limit`: read from the account's index, so the cost is what is
+    /// returned, not the chain's length.
     pub fn history(&self, account: &Address, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let index = txn.open_table(ACCOUNT_TXS).map_err(|e| self.db_err(e))?;
         let table = txn.open_table(TXS).map_err(|e| self.db_err(e))?;
+        let key = account.as_slice();
+        let rows = index
+            .range((key, 0)..=(key, u64::MAX))
+            .map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| self.db_err(e))?.rev() {
-            if out.len() == limit {
-                break;
-            }
-            let (k, v) = row.map_err(|e| self.db_err(e))?;
-            let entry: LedgerEntry =
-                self.decode(|| format!("transaction {}", k.value()), v.value())?;
-            if entry.tx.tx.involves(account) {
-                out.push(entry);
-            }
+        for row in rows.rev().take(limit) {
+            let (k, _) = row.map_err(|e| self.db_err(e))?;
+            let seq = k.value().1;
+            let v =
+                table
+                    .get(seq)
+                    .map_err(|e| self.db_err(e))?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what: format!("history of {account}"),
+                        reason: format!("indexed transaction {seq} is missing"),
+                    })?;
+            out.push(self.decode(|| format!("transaction {seq}"), v.value())?);
         }
         Ok(out)
     }
 
-    /// Proves `account`'s cumulative reward after `epoch` by replaying the stored chain.
+    /// The reward tree stored when `epoch` closed.
+    pub fn epoch_rewards(&self, epoch: u64) -> Result<Option<EpochRewards>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(REWARD_TREES).map_err(|e| self.db_err(e))?;
+        let Some(v) = table.get(epoch).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        EpochRewards::decode(epoch, v.value())
+            .map(Some)
+            .map_err(|reason| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("reward tree of epoch {epoch}"),
+                reason,
+            })
+    }
+
+    /// The next epoch to close: one past the last stored reward tree.
+    fn next_epoch(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(REWARD_TREES).map_err(|e| self.db_err(e))?;
+        let last = table.last().map_err(|e| self.db_err(e))?;
+        Ok(last.map_or(0, |(k, _)| k.value() + 1))
+    }
+
+    /// Proves `account`'s cumulative reward after `epoch` from the epoch's stored reward
+    /// tree: a lookup and the tree's hashing, without replaying the chain. The root is
+    /// checked against the one stored with the tree.
     pub fn reward_proof(&self, account: Address, epoch: u64) -> Result<RewardProof, ProofError> {
+        let Some(rewards) = self.epoch_rewards(epoch)? else {
+            return Err(gpumesh_ledger::ProofError::EpochNotClosed {
+                epoch,
+                next: self.next_epoch()?,
+            }
+            .into());
+        };
+        let root = rewards.root;
+        let proof = gpumesh_ledger::prove_reward(epoch, rewards.leaves, account)?;
+        if proof.root != root {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("reward tree of epoch {epoch}"),
+                reason: format!("its leaves hash to {}, not to its root {root}", proof.root),
+            }
+            .into());
+        }
+        Ok(proof)
+    }
+
+    /// Proves as [`Store::reward_proof`] does, by replaying the stored chain from genesis
+    /// instead: the audit of the stored trees.
+    pub fn reward_proof_by_replay(
+        &self,
+        account: Address,
+        epoch: u64,
+    ) -> Result<RewardProof, ProofError> {
         let chain = self.chain()?;
         let entries = chain
             .blocks
@@ -729,5 +924,196 @@ mod tests {
         drop(db);
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("newer gpumesh"), "{err}");
+    }
+
+    /// Writes `kind`, signed by `by`, as the indexer would: the transaction and, for an
+    /// epoch, its reward tree in the same batch.
+    fn commit(store: &Store, ledger: &mut Ledger, by: &Wallet, kind: TxKind, now: u64) {
+        let stx = by.sign_tx(Tx {
+            chain_id: 5,
+            from: by.address(),
+            nonce: ledger.account(&by.address()).nonce,
+            kind,
+        });
+        let applied = ledger.apply(&stx, now).unwrap();
+        let mut batch = Batch::default();
+        if let TxKind::Epoch(close) = &stx.tx.kind {
+            batch.rewards.push(EpochRewards::of(ledger, close.epoch));
+        }
+        batch.txs.push(applied.entry);
+        store.write(batch).unwrap();
+    }
+
+    fn close(epoch: u64, checkers: &[Address]) -> TxKind {
+        TxKind::Epoch(Box::new(gpumesh_types::EpochClose {
+            epoch,
+            end_ms: (epoch + 1) * 60_000,
+            evidence: B256::ZERO,
+            capacity: vec![],
+            delivery: vec![],
+            checkers: checkers.iter().map(|&c| (c, 10, 10_000)).collect(),
+            quarter_bonus: false,
+        }))
+    }
+
+    #[test]
+    fn proofs_come_from_stored_trees_and_histories_from_the_index_as_a_replay_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let protocol = Wallet::from_label("protocol");
+        let faucet = Wallet::from_label("faucet");
+        let (a, b) = (
+            Wallet::from_label("checker a"),
+            Wallet::from_label("checker b"),
+        );
+        let genesis = Genesis::local(5, 0, protocol.address(), faucet.address());
+        let mut ledger = Ledger::new(genesis.clone()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.init(&genesis, &Params::local()).unwrap();
+        let (mut checkers, now) = (vec![a.address(), b.address()], 1);
+        checkers.sort();
+        let transfer = |to: Address| TxKind::Transfer {
+            to,
+            amount: Amount(7),
+        };
+        commit(&store, &mut ledger, &faucet, transfer(a.address()), now);
+        commit(&store, &mut ledger, &protocol, close(0, &checkers), 60_000);
+        commit(&store, &mut ledger, &faucet, transfer(b.address()), 61_000);
+        commit(
+            &store,
+            &mut ledger,
+            &protocol,
+            close(1, &[a.address()]),
+            120_000,
+        );
+        commit(&store, &mut ledger, &a, transfer(b.address()), 121_000);
+
+        for (who, epoch) in [(&a, 0), (&b, 0), (&a, 1), (&b, 1)] {
+            let stored = store.reward_proof(who.address(), epoch).unwrap();
+            let replayed = store.reward_proof_by_replay(who.address(), epoch).unwrap();
+            assert_eq!(stored, replayed, "epoch {epoch}");
+            assert_eq!(
+                gpumesh_ledger::merkle::process_proof(stored.leaf, &stored.proof),
+                stored.root
+            );
+        }
+        assert!(
+            store.reward_proof(a.address(), 1).unwrap().cumulative
+                > store.reward_proof(a.address(), 0).unwrap().cumulative
+        );
+        assert_eq!(
+            store.reward_proof(a.address(), 1).unwrap().root,
+            ledger.reward_root()
+        );
+        let err = store.reward_proof(a.address(), 2).unwrap_err().to_string();
+        assert!(err.contains("next epoch to close is 2"), "{err}");
+        let err = store
+            .reward_proof(faucet.address(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("had no rewards"), "{err}");
+
+        // Each account's history is what a scan of the chain finds, newest first.
+        let chain: Vec<LedgerEntry> = (0..5)
+            .map(|seq| store.entry(seq).unwrap().unwrap())
+            .collect();
+        for who in [&a, &b, &faucet, &protocol] {
+            let scanned: Vec<u64> = chain
+                .iter()
+                .rev()
+                .filter(|e| e.tx.tx.involves(&who.address()))
+                .map(|e| e.seq)
+                .collect();
+            let indexed: Vec<u64> = store
+                .history(&who.address(), 100)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(indexed, scanned);
+            let two: Vec<u64> = store
+                .history(&who.address(), 2)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(two, scanned.iter().take(2).copied().collect::<Vec<_>>());
+        }
+        assert_eq!(
+            store
+                .history(&a.address(), 100)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            [4, 3, 1, 0]
+        );
+
+        // A stored tree whose leaves do not hash to its root is reported, not served.
+        let mut tampered = store.epoch_rewards(1).unwrap().unwrap();
+        tampered.leaves[0].1.0 += 1;
+        store
+            .write(Batch {
+                rewards: vec![tampered],
+                ..Batch::default()
+            })
+            .unwrap();
+        let err = store.reward_proof(a.address(), 1).unwrap_err().to_string();
+        assert!(err.contains("not to its root"), "{err}");
+    }
+
+    #[test]
+    fn a_version_2_store_is_migrated_by_replaying_its_chain_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let protocol = Wallet::from_label("protocol");
+        let faucet = Wallet::from_label("faucet");
+        let a = Wallet::from_label("checker a");
+        let genesis = Genesis::local(5, 0, protocol.address(), faucet.address());
+        let mut ledger = Ledger::new(genesis.clone()).unwrap();
+        let (proof, history) = {
+            let store = Store::open(dir.path()).unwrap();
+            store.init(&genesis, &Params::local()).unwrap();
+            let to_a = TxKind::Transfer {
+                to: a.address(),
+                amount: Amount(3),
+            };
+            commit(&store, &mut ledger, &faucet, to_a, 1);
+            commit(
+                &store,
+                &mut ledger,
+                &protocol,
+                close(0, &[a.address()]),
+                60_000,
+            );
+            let proof = store.reward_proof(a.address(), 0).unwrap();
+            let history = store.history(&a.address(), 10).unwrap();
+            // As version 2 wrote it: neither index nor trees.
+            let txn = store.db.begin_write().unwrap();
+            txn.delete_table(ACCOUNT_TXS).unwrap();
+            txn.delete_table(REWARD_TREES).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, encode(&2u32).as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+            (proof, history)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.reward_proof(a.address(), 0).unwrap(), proof);
+        assert_eq!(store.history(&a.address(), 10).unwrap(), history);
+        assert_eq!(history.len(), 2);
+        drop(store);
+        // Migrated once: the version is now this one.
+        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<u32>(version.value()).unwrap(),
+            SCHEMA_VERSION
+        );
     }
 }

@@ -161,21 +161,26 @@ pub enum CloseReason {
 }
 
 impl Tx {
-    /// Whether the transaction moves tokens of `account` or names it: as signer, payee,
-    /// host of an escrow, slashed host, or a host or checker rewarded by an epoch.
+    /// Whether the transaction moves tokens of `account` or names it (one of
+    /// [`Tx::accounts`]).
     pub fn involves(&self, account: &Address) -> bool {
-        if self.from == *account {
-            return true;
-        }
+        self.accounts().binary_search(account).is_ok()
+    }
+
+    /// The accounts whose tokens the transaction moves or that it names: its signer, a
+    /// payee, the host of an escrow, a slashed host, the hosts and checkers an epoch
+    /// rewards. Sorted, each once: the keys of an account's indexed history.
+    pub fn accounts(&self) -> Vec<Address> {
+        let mut out = vec![self.from];
         match &self.kind {
-            TxKind::Transfer { to, .. } => to == account,
-            TxKind::OpenEscrow { host, .. } | TxKind::Slash { host, .. } => host == account,
-            TxKind::OpenEscrowFor { buyer, host, .. } => buyer == account || host == account,
-            TxKind::ExtendEscrow { buyer, .. } => buyer == account,
+            TxKind::Transfer { to, .. } => out.push(*to),
+            TxKind::OpenEscrow { host, .. } | TxKind::Slash { host, .. } => out.push(*host),
+            TxKind::OpenEscrowFor { buyer, host, .. } => out.extend([*buyer, *host]),
+            TxKind::ExtendEscrow { buyer, .. } => out.push(*buyer),
             TxKind::Epoch(e) => {
-                e.capacity.binary_search_by_key(account, |c| c.0).is_ok()
-                    || e.delivery.binary_search_by_key(account, |d| d.0).is_ok()
-                    || e.checkers.binary_search_by_key(account, |c| c.0).is_ok()
+                out.extend(e.capacity.iter().map(|c| c.0));
+                out.extend(e.delivery.iter().map(|d| d.0));
+                out.extend(e.checkers.iter().map(|c| c.0));
             }
             TxKind::SettleUsage { .. }
             | TxKind::CloseEscrow { .. }
@@ -183,8 +188,11 @@ impl Tx {
             | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }
             | TxKind::Withdraw { .. }
-            | TxKind::Allow { .. } => false,
+            | TxKind::Allow { .. } => {}
         }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 

@@ -426,12 +426,18 @@ pub async fn ledger(command: LedgerCommand) -> anyhow::Result<ExitCode> {
             address,
             epoch,
             data,
+            replay,
             connection,
         } => {
             let account = parse_address(&address)?;
             let proof = match data {
                 Some(dir) => {
-                    gpumesh_store::Store::open_existing(&dir)?.reward_proof(account, epoch)?
+                    let store = gpumesh_store::Store::open_existing(&dir)?;
+                    if replay {
+                        store.reward_proof_by_replay(account, epoch)?
+                    } else {
+                        store.reward_proof(account, epoch)?
+                    }
                 }
                 None => {
                     client(&connection, false)?

@@ -113,6 +113,10 @@ pub enum BenchCommand {
     /// quorum verdicts per second on one core, and a capacity proof's cost to the host
     /// and to the checker.
     Checker(CheckerBenchArgs),
+    /// A restart at chain length: a local network's store filled with signed transfers
+    /// and epoch closes, then the indexer opened on it (rebuilding its state) and served,
+    /// with reward proofs and account histories timed through the API.
+    Restart(RestartBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +153,31 @@ pub struct CheckersArgs {
     #[command(flatten)]
     pub connection: Connection,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartBenchArgs {
+    /// Transactions in the chain before the restart.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub transactions: u64,
+    /// Accounts that send each other tokens.
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: usize,
+    /// An epoch closes after every this many transactions, paying this many of the
+    /// accounts as checkers (a different slice each time).
+    #[arg(long, default_value_t = 20_000)]
+    pub epoch_every: u64,
+    #[arg(long, default_value_t = 2_000)]
+    pub rewarded_per_epoch: usize,
+    /// Transactions per block; each block is written durably before the next.
+    #[arg(long, default_value_t = 5_000)]
+    pub block_txs: usize,
+    /// Reward proofs (and account histories) to time through the API after the restart.
+    #[arg(long, default_value_t = 200)]
+    pub proofs: usize,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -795,6 +824,10 @@ pub enum LedgerCommand {
         /// Read a stopped network's data directory instead of asking the indexer.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// With --data: prove by replaying the chain from genesis rather than from the
+        /// epoch's stored reward tree (an audit of the stored tree; slow on long chains).
+        #[arg(long, requires = "data")]
+        replay: bool,
         #[command(flatten)]
         connection: Connection,
     },

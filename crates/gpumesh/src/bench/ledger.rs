@@ -19,7 +19,10 @@ use crate::cli::LedgerBenchArgs;
 const CHAIN: u64 = 7;
 
 /// Runs `f` over `items` on every core, keeping order.
-fn par_map<'a, T: Sync, R: Send>(items: &'a [T], f: impl Fn(&'a T) -> R + Sync) -> Vec<R> {
+pub(super) fn par_map<'a, T: Sync, R: Send>(
+    items: &'a [T],
+    f: impl Fn(&'a T) -> R + Sync,
+) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
@@ -58,7 +61,7 @@ fn genesis(protocol: Address, funded: &[Address], each: Amount) -> Genesis {
 }
 
 /// Applies signed transactions: signatures checked on every core, applied in order.
-fn apply_all(
+pub(super) fn apply_all(
     ledger: &mut Ledger,
     txs: &[SignedTx],
     time_ms: u64,

@@ -3,6 +3,7 @@
 mod checker;
 mod ledger;
 mod matching;
+mod restart;
 mod services;
 mod startup;
 
@@ -29,6 +30,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Match(args) => matching::run(args),
         BenchCommand::Ledger(args) => ledger::run(args),
         BenchCommand::Checker(args) => checker::run(args),
+        BenchCommand::Restart(args) => restart::run(args).await,
     }
 }
 

@@ -37,7 +37,12 @@ pub fn start_with(args: &[&str]) -> (Child, String) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
-    // Keep draining stderr so that the indexer never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining stderr so that the indexer never blocks on a full pipe, passing it on
+    // to this test's output (shown when the test fails: why an indexer stopped early).
+    std::thread::spawn(move || {
+        for line in lines {
+            eprintln!("indexer: {}", line.unwrap_or_default());
+        }
+    });
     (child, url)
 }
