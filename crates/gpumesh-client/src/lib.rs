@@ -164,6 +164,36 @@ pub fn read_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, CaEr
         .collect()
 }
 
+/// The four headers that sign a request (docs/wallets.md): who signs, the nonce (a signing
+/// time in microseconds, unique per signer), the expiry (milliseconds since the epoch),
+/// and the EIP-191 signature over [`request_message`]. Public for load generators that
+/// sign requests ahead of sending them.
+pub fn signature_headers(
+    wallet: &Wallet,
+    chain_id: u64,
+    method: &str,
+    path: &str,
+    nonce_us: u64,
+    expires_ms: u64,
+    body: &[u8],
+) -> [(&'static str, String); 4] {
+    let message = request_message(chain_id, method, path, nonce_us, expires_ms, body);
+    let signature = Sig(wallet.sign_message(message.as_bytes()));
+    [
+        (HEADER_SIGNER, wallet.address().to_string()),
+        (HEADER_NONCE, nonce_us.to_string()),
+        (HEADER_EXPIRES, expires_ms.to_string()),
+        (
+            HEADER_SIGNATURE,
+            serde_json::to_value(signature)
+                .expect("signatures serialise")
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+    ]
+}
+
 impl Client {
     pub fn new(base_url: &str, wallet: Option<Wallet>) -> Client {
         Client::with_ca(base_url, wallet, Vec::new())
@@ -262,19 +292,17 @@ impl Client {
             let chain_id = self.chain_id().await?;
             let nonce = self.next_nonce();
             let expires = now_us() / 1_000 + SIGNATURE_TTL.as_millis() as u64;
-            let message = request_message(chain_id, method.as_str(), path, nonce, expires, &body);
-            let signature = Sig(wallet.sign_message(message.as_bytes()));
-            builder = builder
-                .header(HEADER_SIGNER, wallet.address().to_string())
-                .header(HEADER_NONCE, nonce.to_string())
-                .header(HEADER_EXPIRES, expires.to_string())
-                .header(
-                    HEADER_SIGNATURE,
-                    serde_json::to_value(signature)
-                        .expect("signatures serialise")
-                        .as_str()
-                        .unwrap_or_default(),
-                );
+            for (name, value) in signature_headers(
+                wallet,
+                chain_id,
+                method.as_str(),
+                path,
+                nonce,
+                expires,
+                &body,
+            ) {
+                builder = builder.header(name, value);
+            }
         }
         if !body.is_empty() {
             builder = builder

@@ -557,8 +557,10 @@ async fn submit_tx(
     State(state): State<AppState>,
     req: Signed<SignedTx>,
 ) -> Result<Response, Failure> {
+    // The signature is checked here, on this request's worker, not under the state lock.
+    let checked = gpumesh_ledger::CheckedTx::check(req.body).map_err(Failure::from)?;
     let accepted = state
-        .mutate(move |c, now, batch| c.submit_tx(req.body, now, batch))
+        .mutate(move |c, now, batch| c.submit_tx(checked, now, batch))
         .await?;
     Ok(Json(accepted).into_response())
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use gpumesh_checking::epoch::{self, ContainerEpoch};
 use gpumesh_checking::{Checking, PeriodOutcome};
 use gpumesh_identity::Wallet;
-use gpumesh_ledger::{Applied, Ledger};
+use gpumesh_ledger::{Applied, CheckedTx, Ledger, Verified};
 use gpumesh_registry::{Dirty, Effect, Registry};
 use gpumesh_store::{Batch, ContainerWork, EpochStart, Snapshot};
 use gpumesh_types::{
@@ -54,7 +54,16 @@ pub struct Core {
     reconciled_once: bool,
     /// Leases whose escrow close failed, for reconciliation to retry.
     unclosed: std::collections::BTreeSet<LeaseId>,
+    /// A ledger snapshot is written with the first block sealed this many transactions
+    /// after the last one.
+    snapshot_every: u64,
+    /// The transaction count at the newest snapshot (0: none).
+    snapshot_seq: u64,
 }
+
+/// Transactions between ledger snapshots by default: a restart replays at most about
+/// this many (under a second here) after loading the newest snapshot.
+pub const SNAPSHOT_EVERY: u64 = 20_000;
 
 /// What the current epoch has seen, for its rewards, beyond the ledger: stored as it
 /// changes, so a restart mid-epoch pays exactly what an uninterrupted run would.
@@ -132,9 +141,21 @@ impl Core {
             snapshot.genesis.time_ms,
             snapshot.checkers,
         );
-        let (ledger, _) =
-            gpumesh_ledger::replay(snapshot.genesis, snapshot.blocks, snapshot.unsealed)
-                .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
+        let snapshot_seq = snapshot
+            .ledger
+            .as_ref()
+            .map_or(0, |l| l.transaction_count());
+        let start = match snapshot.ledger {
+            Some(at) => {
+                let height = at.height();
+                Ledger::from_snapshot(snapshot.genesis, at)
+                    .map_err(|e| format!("the ledger snapshot at block {height} is refused: {e}"))?
+            }
+            None => Ledger::new(snapshot.genesis)
+                .map_err(|e| format!("the stored genesis is invalid: {e}"))?,
+        };
+        let (ledger, _) = gpumesh_ledger::replay_from(start, snapshot.blocks, snapshot.unsealed)
+            .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
         let mut params = snapshot.params;
         params.checked = checking.enabled();
         let mut registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
@@ -169,6 +190,8 @@ impl Core {
             checker_anchors: HashMap::new(),
             reconciled_once: false,
             unclosed: Default::default(),
+            snapshot_every: SNAPSHOT_EVERY,
+            snapshot_seq,
         };
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
@@ -182,6 +205,7 @@ impl Core {
     pub fn reloaded(&self, snapshot: Snapshot, now_ms: u64) -> Result<Core, String> {
         let mut core = Core::restore(snapshot, self.protocol.clone(), self.faucet.clone(), now_ms)?;
         core.decoy_base = self.decoy_base.clone();
+        core.snapshot_every = self.snapshot_every;
         Ok(core)
     }
 
@@ -203,6 +227,12 @@ impl Core {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Writes a ledger snapshot with the first block sealed `every` transactions after
+    /// the last one.
+    pub fn set_snapshot_every(&mut self, every: u64) {
+        self.snapshot_every = every.max(1);
     }
 
     /// Where the indexer serves its decoy agent, for canary tasks.
@@ -1060,10 +1090,11 @@ impl Core {
     /// A transaction submitted through the API.
     pub fn submit_tx(
         &mut self,
-        stx: SignedTx,
+        checked: CheckedTx,
         now_ms: u64,
         batch: &mut Batch,
     ) -> Result<TxAccepted, Failure> {
+        let stx = checked.tx();
         let lease = match &stx.tx.kind {
             TxKind::OpenEscrow { .. } => Some(self.registry.check_escrow(
                 stx.tx.from,
@@ -1111,7 +1142,7 @@ impl Core {
             | TxKind::Withdraw { .. }
             | TxKind::Allow { .. } => None,
         };
-        let applied = self.apply_tx(&stx, now_ms, batch)?;
+        let applied = self.apply_verified(checked.verified(), now_ms, batch)?;
         if let Some(lease) = lease {
             self.registry
                 .escrow_opened(lease, now_ms)
@@ -1165,6 +1196,17 @@ impl Core {
         now_ms: u64,
         batch: &mut Batch,
     ) -> Result<Applied, Failure> {
+        self.apply_verified(Verified::check(stx)?, now_ms, batch)
+    }
+
+    /// Applies a transaction whose signature was checked (before the state was locked).
+    fn apply_verified(
+        &mut self,
+        verified: Verified<'_>,
+        now_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<Applied, Failure> {
+        let stx = verified.tx();
         // Usage settled before this transaction, for this epoch's delivery.
         let before: Vec<(LeaseId, u64)> = match &stx.tx.kind {
             TxKind::SettleUsage { records } => records
@@ -1173,7 +1215,7 @@ impl Core {
                 .collect(),
             _ => Vec::new(),
         };
-        let applied = self.ledger.apply(stx, now_ms)?;
+        let applied = self.ledger.apply_verified(verified, now_ms)?;
         batch.txs.push(applied.entry.clone());
         match &stx.tx.kind {
             TxKind::SettleUsage { records } => {
@@ -1333,6 +1375,11 @@ impl Core {
     pub fn seal(&mut self, now_ms: u64, batch: &mut Batch) {
         if let Some((header, _)) = self.ledger.seal(now_ms) {
             batch.blocks.push(header);
+            let count = self.ledger.transaction_count();
+            if count - self.snapshot_seq >= self.snapshot_every {
+                batch.snapshot = self.ledger.snapshot();
+                self.snapshot_seq = count;
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 
 mod api;
 mod auth;
+mod commit;
 pub mod core;
 mod dashboard;
 mod error;
@@ -132,6 +133,9 @@ pub struct Config {
     pub tick_interval: Duration,
     /// How often the registry's leases are reconciled with the ledger's escrows.
     pub reconcile_interval: Duration,
+    /// A ledger snapshot is written with the first block sealed this many transactions
+    /// after the last one; a restart replays only the blocks after the newest.
+    pub snapshot_every: u64,
     /// Per-key limits on registrations, faucet requests and jobs.
     pub rate_limits: RateLimits,
     /// Checker licences of a new local network.
@@ -153,6 +157,7 @@ impl Config {
             seal_interval: Duration::from_secs(1),
             tick_interval: Duration::from_millis(250),
             reconcile_interval: Duration::from_secs(60),
+            snapshot_every: core::SNAPSHOT_EVERY,
             rate_limits: RateLimits::default(),
             local_checkers: Vec::new(),
             public_url: None,
@@ -167,6 +172,8 @@ pub struct AppState(Arc<Shared>);
 #[derive(Debug)]
 pub struct Shared {
     core: Mutex<Core>,
+    /// Operations waiting for the committer thread (`commit`).
+    queue: std::sync::mpsc::Sender<commit::Op>,
     store: Store,
     nonces: NonceBook,
     limits: limits::Limits,
@@ -190,13 +197,31 @@ impl std::ops::Deref for AppState {
     }
 }
 
-impl AppState {
+impl Shared {
     fn core(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock would leave it poisoned; the state itself is
         // only ever changed by operations that check before they change, so go on.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Puts back the state the store holds (after a failed write or operation).
+    fn reload(&self, core: &mut Core, now: u64) {
+        match self
+            .store
+            .load()
+            .map_err(|e| e.to_string())
+            .and_then(|snapshot| core.reloaded(snapshot, now))
+        {
+            Ok(reloaded) => *core = reloaded,
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not reload the state from the store; reads may show changes that are not durable"
+            ),
+        }
+    }
+}
+
+impl AppState {
     /// Adds a sample to the charts' history, dropping those older than a day.
     fn sample(&self) {
         let now = now_ms();
@@ -231,97 +256,46 @@ impl AppState {
         f(&self.core())
     }
 
-    /// Runs one operation on the state and makes its changes durable before returning.
+    /// Runs one operation on the state and answers once its changes are durable: the
+    /// committer runs it with whatever else is waiting and writes them together.
     pub(crate) async fn mutate<T, F>(&self, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
     {
-        let state = self.clone();
-        tokio::task::spawn_blocking(move || state.mutate_now(f))
+        self.enqueue(f)?
             .await
-            .map_err(|e| Failure::internal(format!("operation panicked: {e}")))?
+            .map_err(|_| Failure::internal("the committer stopped before answering"))?
     }
 
-    /// Puts back the state the store holds (after a failed write or operation).
-    fn reload(&self, core: &mut Core, now: u64) {
-        match self
-            .store
-            .load()
-            .map_err(|e| e.to_string())
-            .and_then(|snapshot| core.reloaded(snapshot, now))
-        {
-            Ok(reloaded) => *core = reloaded,
-            Err(e) => tracing::error!(
-                error = %e,
-                "could not reload the state from the store; reads may show changes that are not durable"
-            ),
-        }
-    }
-
-    fn mutate_now<T>(
+    fn enqueue<T, F>(
         &self,
-        f: impl FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
+        f: F,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<T, Failure>>, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
+    {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(Failure::internal(
-                "the indexer stopped taking changes after a store failure or a failed operation; restart it",
-            ));
+            return Err(commit::stopped());
         }
-        let asked = std::time::Instant::now();
-        let mut core = self.core();
-        let locked = std::time::Instant::now();
-        let now = now_ms();
-        let mut batch = Batch::default();
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let result = f(&mut core, now, &mut batch);
-            core.collect_dirty(&mut batch);
-            result
-        }));
-        let result = match ran {
-            Ok(result) => result,
-            Err(panic) => {
-                // A bug: the operation stopped halfway, so memory may hold half a change
-                // that is on no disk. Write nothing, refuse changes from now on, and put
-                // back what the store holds, so that reads show only what is durable.
-                self.failed.store(true, Ordering::SeqCst);
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %what, "an operation panicked; the indexer stopped taking changes");
-                self.reload(&mut core, now);
-                return Err(Failure::internal(
-                    "an operation failed unexpectedly; the indexer stopped taking changes until it is restarted",
-                ));
-            }
-        };
-        if !batch.is_empty() {
-            // Whom the change concerns, woken once it is durable.
-            let hosts: Vec<Address> = batch.leases.iter().map(|l| l.host).collect();
-            let leases: Vec<LeaseId> = (batch.leases.iter().map(|l| l.id))
-                .chain(batch.logs.iter().map(|(id, _)| *id))
-                .collect();
-            let writing = std::time::Instant::now();
-            let written = self.store.write(batch);
-            telemetry::store_commit(writing.elapsed(), written.is_ok());
-            if let Err(e) = written {
-                self.failed.store(true, Ordering::SeqCst);
-                // What failed to write must not be shown either: back to what is durable,
-                // if the store can still be read.
-                self.reload(&mut core, now);
-                return Err(Failure::internal(format!("failed to write the store: {e}")));
-            }
-            drop(core);
-            telemetry::lock_times(locked - asked, locked.elapsed());
-            self.host_waiters.wake(hosts);
-            self.lease_waiters.wake(leases);
-            return result;
-        }
-        drop(core);
-        telemetry::lock_times(locked - asked, locked.elapsed());
-        result
+        let (op, answered) = commit::op(f);
+        self.queue
+            .send(op)
+            .map_err(|_| Failure::internal("the committer has stopped"))?;
+        Ok(answered)
+    }
+
+    /// [`AppState::mutate`] for callers outside the async runtime.
+    #[cfg(test)]
+    fn mutate_now<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
+    {
+        self.enqueue(f)?
+            .blocking_recv()
+            .map_err(|_| Failure::internal("the committer stopped before answering"))?
     }
 }
 
@@ -454,14 +428,14 @@ impl Indexer {
             )?),
             None => None,
         };
-        let snapshot = store.load().context("failed to read the store")?;
-        let core = Core::restore(snapshot, protocol, faucet, now)
-            .map_err(|e| anyhow::anyhow!(e))
-            .context("failed to rebuild the state from the store")?;
+        let mut core = restore(&store, protocol, faucet, now)?;
+        core.set_snapshot_every(config.snapshot_every);
         // The metrics recorder, before the first request.
         telemetry::handle();
+        let (queue, queued) = std::sync::mpsc::channel();
         let state = AppState(Arc::new(Shared {
             core: Mutex::new(core),
+            queue,
             store,
             nonces: NonceBook::new(now),
             limits: limits::Limits::new(config.rate_limits),
@@ -472,6 +446,8 @@ impl Indexer {
             failed: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
         }));
+        commit::spawn(Arc::downgrade(&state.0), queued)
+            .context("failed to start the committer thread")?;
         Ok(Indexer { state, config })
     }
 
@@ -599,6 +575,48 @@ impl Indexer {
     }
 }
 
+/// Rebuilds the state from the store: from the newest ledger snapshot and the blocks
+/// after it, or, when no snapshot is usable, by replaying the chain from genesis.
+fn restore(
+    store: &Store,
+    protocol: Wallet,
+    faucet: Option<Wallet>,
+    now: u64,
+) -> anyhow::Result<Core> {
+    let began = std::time::Instant::now();
+    let snapshot = store.load().context("failed to read the store")?;
+    for (height, why) in &snapshot.snapshots_skipped {
+        tracing::warn!(height, why = %why, "passed over a ledger snapshot that does not decode");
+    }
+    let from = snapshot.ledger.as_ref().map(|l| l.height());
+    let replayed = snapshot.blocks.len();
+    let restored = Core::restore(snapshot, protocol.clone(), faucet.clone(), now);
+    let core = match (restored, from) {
+        (Ok(core), _) => core,
+        (Err(e), Some(height)) => {
+            tracing::warn!(height, error = %e, "the ledger snapshot is not usable; replaying the chain from genesis");
+            let snapshot = store
+                .load_from_genesis()
+                .context("failed to read the store")?;
+            Core::restore(snapshot, protocol, faucet, now)
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("failed to rebuild the state from the store")?
+        }
+        (Err(e), None) => {
+            return Err(anyhow::anyhow!(e)).context("failed to rebuild the state from the store");
+        }
+    };
+    tracing::info!(
+        from_snapshot = from.is_some(),
+        snapshot_height = from.unwrap_or(0),
+        blocks_replayed = replayed,
+        transactions = core.ledger().transaction_count(),
+        took_ms = began.elapsed().as_millis() as u64,
+        "rebuilt the state from the store"
+    );
+    Ok(core)
+}
+
 fn spawn_every(
     period: Duration,
     state: AppState,
@@ -627,6 +645,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn operations_queued_while_a_group_writes_are_written_together_and_all_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let indexer = Indexer::open(Config::local(dir.path())).unwrap();
+        let state = &indexer.state;
+        let one = Amount::from_tokens(1);
+        let people: Vec<Address> = (1..=50u8).map(Address::with_last_byte).collect();
+        // Hold the state, as a group being written would, while 50 operations queue.
+        let held = state.core();
+        let answers: Vec<_> = people
+            .iter()
+            .map(|&who| {
+                state
+                    .enqueue(move |core, now, batch| {
+                        let before = batch.txs.len();
+                        core.faucet(who, one, now, batch).map(|_| before)
+                    })
+                    .unwrap()
+            })
+            .collect();
+        drop(held);
+        // One group: each operation found the transactions of those before it in the
+        // same batch.
+        let found: Vec<usize> = answers
+            .into_iter()
+            .map(|a| a.blocking_recv().unwrap().unwrap())
+            .collect();
+        assert_eq!(found, (0..50).collect::<Vec<_>>());
+        drop(indexer);
+        let restarted = Indexer::open(Config::local(dir.path())).unwrap();
+        for who in &people {
+            assert_eq!(restarted.state.read(|c| c.ledger().balance(who)), one);
+        }
+    }
+
+    #[test]
     fn a_panicking_operation_stops_changes_and_leaves_only_what_is_durable() {
         let dir = tempfile::tempdir().unwrap();
         let someone = alloy_primitives::Address::with_last_byte(7);
@@ -635,10 +688,10 @@ mod tests {
             let indexer = Indexer::open(Config::local(dir.path())).unwrap();
             let state = &indexer.state;
             state
-                .mutate_now(|core, now, batch| core.faucet(someone, five, now, batch))
+                .mutate_now(move |core, now, batch| core.faucet(someone, five, now, batch))
                 .unwrap();
             let failed = state
-                .mutate_now(|core, now, batch| -> Result<(), Failure> {
+                .mutate_now(move |core, now, batch| -> Result<(), Failure> {
                     core.faucet(someone, five, now, batch)?;
                     panic!("a bug, after the ledger moved");
                 })
@@ -648,7 +701,7 @@ mod tests {
             assert_eq!(state.read(|c| c.ledger().balance(&someone)), five);
             // And nothing changes until a restart.
             let refused = state
-                .mutate_now(|core, now, batch| core.faucet(someone, five, now, batch))
+                .mutate_now(move |core, now, batch| core.faucet(someone, five, now, batch))
                 .unwrap_err();
             assert!(
                 refused.message.contains("stopped taking changes"),
@@ -660,7 +713,7 @@ mod tests {
         assert_eq!(restarted.state.read(|c| c.ledger().balance(&someone)), five);
         restarted
             .state
-            .mutate_now(|core, now, batch| core.faucet(someone, five, now, batch))
+            .mutate_now(move |core, now, batch| core.faucet(someone, five, now, batch))
             .unwrap();
     }
 }

@@ -66,6 +66,11 @@ impl<K: Eq + Hash + Copy> Topics<K> {
         }
     }
 
+    /// Whether nobody waits on any topic (then a commit need not say whom it concerns).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Topics with at least one subscriber.
     #[cfg(test)]
     fn len(&self) -> usize {

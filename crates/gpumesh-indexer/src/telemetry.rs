@@ -88,6 +88,11 @@ pub fn lock_times(wait: Duration, hold: Duration) {
     metrics::histogram!("gpumesh_state_lock_hold_seconds").record(hold.as_secs_f64());
 }
 
+/// How many operations one durable write carried.
+pub fn group_commit(operations: usize) {
+    metrics::histogram!("gpumesh_commit_group_operations").record(operations as f64);
+}
+
 /// One durable store write.
 pub fn store_commit(took: Duration, ok: bool) {
     metrics::histogram!("gpumesh_store_commit_seconds").record(took.as_secs_f64());

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use gpumesh_identity::Wallet;
 use gpumesh_indexer::core::Core;
-use gpumesh_ledger::Genesis;
+use gpumesh_ledger::{CheckedTx, Genesis};
 use gpumesh_registry::Params;
 use gpumesh_store::{Batch, Store};
 use gpumesh_types::{
@@ -16,6 +16,11 @@ use gpumesh_types::{
     LeaseId, LeaseState, Location, RegisterHost, RuntimeKind, SignedTx, Tx, TxKind, UsageRecord,
 };
 use proptest::prelude::*;
+
+/// A transaction as the API hands it to the core: its signature checked.
+fn checked(stx: gpumesh_types::SignedTx) -> CheckedTx {
+    CheckedTx::check(stx).expect("the model signs its transactions correctly")
+}
 
 struct World {
     dir: tempfile::TempDir,
@@ -241,7 +246,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
                     amount: view.escrow,
                 },
             );
-            let _ = w.apply(|c, now, b| c.submit_tx(stx, now, b));
+            let _ = w.apply(|c, now, b| c.submit_tx(checked(stx), now, b));
         }
         Op::Start(i) => {
             let Some(id) = pick(i) else { return };
@@ -251,7 +256,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         Op::Settle(i) => {
             let Some(id) = pick(i) else { return };
             let (_, stx) = w.usage_tx(id, false);
-            let _ = w.apply(|c, now, b| c.submit_tx(stx, now, b));
+            let _ = w.apply(|c, now, b| c.submit_tx(checked(stx), now, b));
         }
         Op::Finish(i) => {
             let Some(id) = pick(i) else { return };
@@ -266,7 +271,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         Op::FinalThroughLedger(i) => {
             let Some(id) = pick(i) else { return };
             let (_, stx) = w.usage_tx(id, true);
-            let refused = w.apply(|c, now, b| c.submit_tx(stx, now, b));
+            let refused = w.apply(|c, now, b| c.submit_tx(checked(stx), now, b));
             assert!(refused.is_err(), "a final record through the ledger route");
         }
         Op::Cancel(i) => {

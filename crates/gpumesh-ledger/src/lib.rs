@@ -14,15 +14,20 @@ pub mod merkle;
 mod par;
 mod replay;
 mod rewards;
+mod snapshot;
 mod state;
 
 pub use genesis::{
     Allocation, DAY_MS, DEFAULT_FEE_BPS, Economics, Genesis, GenesisError, TOTAL_SUPPLY, YEAR_MS,
     system_address,
 };
-pub use replay::{ProofError, ReplayError, ReplayReport, prove_reward, replay, reward_proof};
+pub use replay::{
+    ProofError, ReplayError, ReplayReport, prove_reward, prove_reward_in, replay, replay_from,
+    reward_proof,
+};
 pub use rewards::{reward_leaf, reward_tree};
+pub use snapshot::LedgerSnapshot;
 pub use state::{
-    Account, Applied, Escrow, Ledger, LedgerError, Stake, Totals, Verified, Vesting, escrow_amount,
-    fee_split, usage_cost,
+    Account, Applied, CheckedTx, Escrow, Ledger, LedgerError, Stake, Totals, Verified, Vesting,
+    escrow_amount, fee_split, usage_cost,
 };

@@ -62,6 +62,24 @@ impl MerkleTree {
         MerkleTree { nodes, leaves: n }
     }
 
+    /// A tree from its nodes as [`MerkleTree::nodes`] gave them (stored, read back):
+    /// `None` when their count is not that of a tree (2n - 1 for n leaves, or none).
+    pub fn from_nodes(nodes: Vec<B256>) -> Option<MerkleTree> {
+        if nodes.is_empty() {
+            return Some(MerkleTree { nodes, leaves: 0 });
+        }
+        if nodes.len().is_multiple_of(2) {
+            return None;
+        }
+        let leaves = nodes.len().div_ceil(2);
+        Some(MerkleTree { nodes, leaves })
+    }
+
+    /// Every node, root first, in OpenZeppelin's array layout.
+    pub fn nodes(&self) -> &[B256] {
+        &self.nodes
+    }
+
     /// The root; zero for an empty tree.
     pub fn root(&self) -> B256 {
         self.nodes.first().copied().unwrap_or(B256::ZERO)

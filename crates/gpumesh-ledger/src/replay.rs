@@ -9,6 +9,7 @@ use alloy_primitives::{Address, B256};
 use gpumesh_types::{Amount, BlockHeader, LedgerEntry, RewardProof, TxKind};
 
 use crate::genesis::{Genesis, GenesisError};
+use crate::merkle::MerkleTree;
 use crate::rewards::{reward_leaf, reward_tree};
 use crate::state::{Ledger, LedgerError};
 
@@ -171,7 +172,20 @@ where
     B: IntoIterator<Item = (BlockHeader, Vec<LedgerEntry>)>,
     U: IntoIterator<Item = LedgerEntry>,
 {
-    let mut ledger = Ledger::new(genesis)?;
+    replay_from(Ledger::new(genesis)?, blocks, unsealed)
+}
+
+/// Replays `blocks` (in height order, starting right after `ledger`'s head: a new ledger's
+/// or a snapshot's) and then the unsealed entries. The report counts the blocks replayed.
+pub fn replay_from<B, U>(
+    mut ledger: Ledger,
+    blocks: B,
+    unsealed: U,
+) -> Result<(Ledger, ReplayReport), ReplayError>
+where
+    B: IntoIterator<Item = (BlockHeader, Vec<LedgerEntry>)>,
+    U: IntoIterator<Item = LedgerEntry>,
+{
     let mut blocks_seen = 0;
     for (header, entries) in blocks {
         ledger
@@ -211,6 +225,8 @@ pub enum ProofError {
     EpochNotClosed { epoch: u64, next: u64 },
     #[error("{account} had no rewards by the end of epoch {epoch}")]
     NoRewards { account: Address, epoch: u64 },
+    #[error("the reward tree of epoch {epoch} has no leaf for the reward of {account}")]
+    NotInTree { account: Address, epoch: u64 },
 }
 
 /// Proves `account`'s cumulative reward after `epoch` in the reward tree over `leaves`:
@@ -221,17 +237,30 @@ where
     I: IntoIterator<Item = (Address, Amount)>,
 {
     let leaves: Vec<(Address, Amount)> = leaves.into_iter().collect();
+    let tree = reward_tree(leaves.iter().copied());
+    prove_reward_in(epoch, &leaves, &tree, account)
+}
+
+/// [`prove_reward`] with the tree over `leaves` already built (stored with its epoch):
+/// a lookup, no hashing beyond the account's leaf.
+pub fn prove_reward_in(
+    epoch: u64,
+    leaves: &[(Address, Amount)],
+    tree: &MerkleTree,
+    account: Address,
+) -> Result<RewardProof, ProofError> {
     let cumulative = leaves
         .iter()
         .find(|(a, _)| *a == account)
         .map(|(_, v)| *v)
         .filter(|v| v.0 > 0)
         .ok_or(ProofError::NoRewards { account, epoch })?;
-    let tree = reward_tree(leaves);
     let leaf = reward_leaf(&account, cumulative);
+    // A tree built from `leaves` always has the leaf; a stored one that does not is not
+    // the tree of these leaves.
     let proof = tree
         .proof(&leaf)
-        .expect("every rewarded account has a leaf in the reward tree");
+        .ok_or(ProofError::NotInTree { account, epoch })?;
     Ok(RewardProof {
         account,
         epoch,

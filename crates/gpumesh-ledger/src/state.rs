@@ -19,14 +19,14 @@ use crate::genesis::{Genesis, GenesisError};
 use crate::merkle;
 
 /// A balance and the count of transactions the account has signed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Account {
     pub balance: Amount,
     pub nonce: u64,
 }
 
 /// Funds a buyer locked for one lease, and what has been paid out of them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Escrow {
     pub buyer: Address,
     pub host: Address,
@@ -62,7 +62,7 @@ impl Escrow {
 }
 
 /// A container's stake: bonded, and what is unbonding until when.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stake {
     pub bonded: Amount,
     pub unbonding: Amount,
@@ -71,7 +71,7 @@ pub struct Stake {
 
 /// Rewards an account has still to receive: each grant releases in equal steps, one per
 /// epoch, the last step taking the remainder.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Vesting {
     pub locked: Amount,
     /// What the next epoch releases from grants that are not ending then.
@@ -129,7 +129,7 @@ impl Key {
 }
 
 /// What the reward pools have paid so far, and the next epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub provider_emitted: Amount,
     pub checker_emitted: Amount,
@@ -239,6 +239,34 @@ impl<'a> Verified<'a> {
     /// The transaction that was checked.
     pub fn tx(&self) -> &'a SignedTx {
         self.stx
+    }
+}
+
+/// A transaction whose signature was checked, owned: checked on one thread (an API
+/// worker), applied on another (the one that holds the ledger), so the check costs the
+/// ledger's holder nothing. [`CheckedTx::verified`] lends it as a [`Verified`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedTx {
+    stx: SignedTx,
+    hash: B256,
+}
+
+impl CheckedTx {
+    /// Recovers the signer and checks it is the transaction's `from`.
+    pub fn check(stx: SignedTx) -> Result<CheckedTx, LedgerError> {
+        let hash = Verified::check(&stx)?.hash;
+        Ok(CheckedTx { stx, hash })
+    }
+
+    pub fn verified(&self) -> Verified<'_> {
+        Verified {
+            stx: &self.stx,
+            hash: self.hash,
+        }
+    }
+
+    pub fn tx(&self) -> &SignedTx {
+        &self.stx
     }
 }
 
@@ -1047,6 +1075,13 @@ impl Ledger {
     }
 
     /// Restores a head read from the store after replaying up to it.
+    /// Takes `header` as the head with every transaction up to it applied (a snapshot's
+    /// state was just put in place).
+    pub(crate) fn restart_at(&mut self, header: BlockHeader) {
+        self.next_seq = header.first_seq + header.tx_count as u64;
+        self.set_head(header);
+    }
+
     pub(crate) fn set_head(&mut self, header: BlockHeader) {
         self.head = header;
         self.unsealed.clear();

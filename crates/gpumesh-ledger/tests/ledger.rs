@@ -1,7 +1,9 @@
 //! The ledger driven as the indexer drives it: escrows, usage, closes, blocks, replay.
 
 use gpumesh_identity::Wallet;
-use gpumesh_ledger::{Genesis, Ledger, LedgerError, escrow_amount, replay};
+use gpumesh_ledger::{
+    Genesis, Ledger, LedgerError, LedgerSnapshot, escrow_amount, replay, replay_from,
+};
 use gpumesh_types::{
     Address, Amount, B256, CloseReason, EpochClose, LeaseId, Offence, SignedTx, Tx, TxKind,
     UsageRecord,
@@ -435,6 +437,8 @@ proptest! {
         let mut w = World::new();
         let (faucet, host) = (w.faucet.clone(), w.host.address());
         w.send(&faucet, TxKind::Transfer { to: host, amount: Amount::from_tokens(100) }).unwrap();
+        // (blocks sealed by then, the encoded snapshot of the ledger after them)
+        let mut snapshots: Vec<(usize, Vec<u8>)> = Vec::new();
         for op in ops {
             let before = w.ledger.state_root();
             let result = match op {
@@ -450,7 +454,12 @@ proptest! {
                     let protocol = w.protocol.clone();
                     w.send(&protocol, TxKind::CloseEscrow { lease: LeaseId(lease), reason: CloseReason::HostLost })
                 }
-                Op::Seal => { w.seal(); Ok(()) }
+                Op::Seal => {
+                    w.seal();
+                    let snapshot = w.ledger.snapshot().expect("nothing is unsealed right after a seal");
+                    snapshots.push((w.sealed.len(), snapshot.encode()));
+                    Ok(())
+                }
                 Op::Stake { index, tokens } => {
                     let host = w.host.clone();
                     w.stake(&host, index, tokens)
@@ -508,6 +517,19 @@ proptest! {
         let (_, report) = replay(w.ledger.genesis().clone(), w.sealed.clone(), vec![]).unwrap();
         prop_assert_eq!(report.state_root, w.ledger.state_root());
         prop_assert!(report.supply_conserved);
+        // A restart from the first or the last snapshot, replaying only the blocks after
+        // it, reaches the same state and head as the ledger that never stopped.
+        for (sealed, bytes) in [snapshots.first(), snapshots.last()].into_iter().flatten() {
+            let snapshot = LedgerSnapshot::decode(bytes).unwrap();
+            prop_assert_eq!(snapshot.height(), *sealed as u64);
+            let start = Ledger::from_snapshot(w.ledger.genesis().clone(), snapshot).unwrap();
+            let (restarted, _) = replay_from(start, w.sealed[*sealed..].to_vec(), vec![]).unwrap();
+            let mut restarted = restarted;
+            prop_assert_eq!(restarted.state_root(), w.ledger.state_root());
+            prop_assert_eq!(restarted.head(), w.ledger.head());
+            prop_assert_eq!(restarted.transaction_count(), w.ledger.transaction_count());
+            prop_assert_eq!(restarted.reward_root(), w.ledger.reward_root());
+        }
     }
 }
 
@@ -1052,4 +1074,47 @@ fn deployment_escrows_are_paid_from_the_owners_balance_within_the_allowance() {
     let (replayed, _) = replay(w.ledger.genesis().clone(), w.sealed.clone(), Vec::new()).unwrap();
     assert_eq!(replayed.head().state_root, root);
     assert_eq!(replayed.allowance(&buyer, 7), Amount::ZERO);
+}
+
+#[test]
+fn a_snapshot_that_does_not_match_its_block_is_refused() {
+    let mut w = World::new();
+    let host = w.host.address();
+    w.fund(host, 50);
+    w.open(1, Amount::from_tokens(1), 1, 3_600_000).unwrap();
+    w.seal();
+    let genesis = w.ledger.genesis().clone();
+    let snapshot = w.ledger.snapshot().unwrap();
+    assert!(Ledger::from_snapshot(genesis.clone(), snapshot.clone()).is_ok());
+    // Nothing unsealed may be left out of a snapshot.
+    w.fund(host, 1);
+    assert!(w.ledger.snapshot().is_none());
+
+    // A balance changed in the stored bytes: the state root no longer matches the block.
+    let honest = snapshot.encode();
+    let buyer = w.buyer.address();
+    let mut json = serde_json::to_value(&snapshot).unwrap();
+    for account in json["accounts"].as_array_mut().unwrap() {
+        if account[0] == serde_json::json!(buyer) {
+            account[1]["balance"] = serde_json::json!("1");
+        }
+    }
+    let forged: LedgerSnapshot = serde_json::from_value(json).unwrap();
+    assert_ne!(forged.encode(), honest);
+    let refused = Ledger::from_snapshot(genesis.clone(), forged).unwrap_err();
+    assert!(
+        refused.contains("state root") || refused.contains("root"),
+        "{refused}"
+    );
+
+    // Bytes that are not a snapshot, or of another layout, are refused when decoded.
+    assert!(LedgerSnapshot::decode(&honest[..honest.len() / 2]).is_err());
+    let mut other = honest.clone();
+    other[0] = 9;
+    assert!(
+        LedgerSnapshot::decode(&other)
+            .unwrap_err()
+            .contains("layout 9")
+    );
+    assert_eq!(LedgerSnapshot::decode(&honest).unwrap(), snapshot);
 }

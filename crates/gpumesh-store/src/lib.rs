@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use gpumesh_checking::CheckerRecord;
-use gpumesh_ledger::Genesis;
+use gpumesh_ledger::merkle::MerkleTree;
+use gpumesh_ledger::{Genesis, LedgerSnapshot};
 use gpumesh_registry::{DeploymentRecord, HostRecord, LeaseRecord, Params, SessionRecord};
 use gpumesh_types::{
     Address, Amount, B256, BlockHeader, ContainerRef, LeaseId, LedgerEntry, LogEntry, RewardProof,
@@ -35,6 +36,14 @@ const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const ACCOUNT_TXS: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("account_txs");
 /// Each closed epoch's reward tree: its root, then its leaves ([`EpochRewards`]).
 const REWARD_TREES: TableDefinition<u64, &[u8]> = TableDefinition::new("reward_trees");
+/// Every node of each epoch's reward tree (32 bytes each, root first), so that a proof is a
+/// lookup; epochs without a row (migrated from layout 2) rebuild the tree from its leaves.
+const REWARD_NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("reward_nodes");
+/// Ledger snapshots by block height (`gpumesh_ledger::LedgerSnapshot`); the newest two
+/// are kept.
+const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_snapshots");
+/// How many snapshots are kept: the newest and the one before it.
+pub const SNAPSHOTS_KEPT: usize = 2;
 
 const GENESIS_KEY: &str = "genesis";
 const PARAMS_KEY: &str = "params";
@@ -87,7 +96,13 @@ pub struct Snapshot {
     pub hosts: Vec<HostRecord>,
     pub leases: Vec<LeaseRecord>,
     pub logs: Vec<(LeaseId, LogEntry)>,
-    /// Sealed blocks in height order, each with its transactions.
+    /// The newest ledger snapshot that decodes, when one was asked for and there is one;
+    /// `blocks` then start right after it.
+    pub ledger: Option<LedgerSnapshot>,
+    /// Newer snapshots that did not decode, passed over: (height, why).
+    pub snapshots_skipped: Vec<(u64, String)>,
+    /// Sealed blocks in height order, each with its transactions: all of them, or those
+    /// after `ledger`'s block.
     pub blocks: Vec<(BlockHeader, Vec<LedgerEntry>)>,
     /// Transactions after the last sealed block.
     pub unsealed: Vec<LedgerEntry>,
@@ -146,25 +161,33 @@ pub struct Batch {
     pub sessions: Vec<SessionRecord>,
     /// The reward trees of epochs closed by `txs`.
     pub rewards: Vec<EpochRewards>,
+    /// The ledger's state after the last of `blocks`, to restart from; older snapshots
+    /// beyond [`SNAPSHOTS_KEPT`] are removed in the same transaction.
+    pub snapshot: Option<LedgerSnapshot>,
 }
 
 /// A closed epoch's reward tree as stored: every account rewarded by then with its
-/// cumulative reward, in address order, and the tree's root. A proof is built from it
-/// without replaying the chain.
+/// cumulative reward, the tree's root, and (when written by this version) every node of
+/// the tree. A proof is read from it without replaying the chain or hashing the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochRewards {
     pub epoch: u64,
     pub root: B256,
     pub leaves: Vec<(Address, Amount)>,
+    /// The whole tree over `leaves`, when known.
+    pub tree: Option<MerkleTree>,
 }
 
 impl EpochRewards {
     /// The tree the ledger holds right after it closed `epoch`.
     pub fn of(ledger: &gpumesh_ledger::Ledger, epoch: u64) -> EpochRewards {
+        let leaves: Vec<(Address, Amount)> = ledger.cumulative_rewards().collect();
+        let tree = gpumesh_ledger::reward_tree(leaves.iter().copied());
         EpochRewards {
             epoch,
             root: ledger.reward_root(),
-            leaves: ledger.cumulative_rewards().collect(),
+            leaves,
+            tree: Some(tree),
         }
     }
 
@@ -206,6 +229,7 @@ impl EpochRewards {
             epoch,
             root: B256::from(*root),
             leaves,
+            tree: None,
         })
     }
 }
@@ -224,6 +248,7 @@ impl Batch {
             && self.deployments.is_empty()
             && self.sessions.is_empty()
             && self.rewards.is_empty()
+            && self.snapshot.is_none()
     }
 }
 
@@ -454,10 +479,28 @@ impl Store {
                 }
             }
             let mut trees = txn.open_table(REWARD_TREES).map_err(e)?;
+            let mut nodes = txn.open_table(REWARD_NODES).map_err(e)?;
             for rewards in &batch.rewards {
                 trees
                     .insert(rewards.epoch, rewards.encode().as_slice())
                     .map_err(s)?;
+                if let Some(tree) = &rewards.tree {
+                    let bytes: Vec<u8> = tree.nodes().iter().flat_map(|n| n.0).collect();
+                    nodes.insert(rewards.epoch, bytes.as_slice()).map_err(s)?;
+                }
+            }
+            if let Some(snapshot) = &batch.snapshot {
+                let mut snapshots = txn.open_table(SNAPSHOTS).map_err(e)?;
+                snapshots
+                    .insert(snapshot.height(), snapshot.encode().as_slice())
+                    .map_err(s)?;
+                let heights: Vec<u64> = (snapshots.iter().map_err(s)?)
+                    .map(|row| row.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()
+                    .map_err(s)?;
+                for old in heights.iter().rev().skip(SNAPSHOTS_KEPT) {
+                    snapshots.remove(*old).map_err(s)?;
+                }
             }
             let mut blocks = txn.open_table(BLOCKS).map_err(e)?;
             for header in &batch.blocks {
@@ -485,8 +528,43 @@ impl Store {
         txn.commit().map_err(|e| self.db_err(e))
     }
 
-    /// Reads everything back.
+    /// Reads everything back, the ledger as its newest snapshot and the blocks after it:
+    /// what a restart needs.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
+        self.load_with(true)
+    }
+
+    /// Reads everything back, the ledger as its whole chain from genesis (when a snapshot
+    /// does not match its block, or to audit).
+    pub fn load_from_genesis(&self) -> Result<Snapshot, StoreError> {
+        self.load_with(false)
+    }
+
+    /// The newest snapshot that decodes, with the newer ones that did not.
+    fn newest_snapshot(&self, txn: &redb::ReadTransaction) -> Result<NewestSnapshot, StoreError> {
+        let mut skipped = Vec::new();
+        let table = match txn.open_table(SNAPSHOTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((None, skipped)),
+            Err(other) => return Err(self.db_err(other)),
+        };
+        for row in table.iter().map_err(|e| self.db_err(e))?.rev() {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            match LedgerSnapshot::decode(v.value()) {
+                Ok(snapshot) if snapshot.height() == k.value() => {
+                    return Ok((Some(snapshot), skipped));
+                }
+                Ok(snapshot) => skipped.push((
+                    k.value(),
+                    format!("it holds block {} instead", snapshot.height()),
+                )),
+                Err(why) => skipped.push((k.value(), why)),
+            }
+        }
+        Ok((None, skipped))
+    }
+
+    fn load_with(&self, from_snapshot: bool) -> Result<Snapshot, StoreError> {
         let (genesis, params) = self.genesis()?.ok_or_else(|| StoreError::NoGenesis {
             path: self.path.clone(),
         })?;
@@ -570,17 +648,27 @@ impl Store {
                 sessions.push(self.decode(|| format!("session {}", k.value()), v.value())?);
             }
         }
+        let (ledger, snapshots_skipped) = if from_snapshot {
+            self.newest_snapshot(&txn)?
+        } else {
+            (None, Vec::new())
+        };
+        let after = ledger
+            .as_ref()
+            .map_or((0, 0), |l| (l.height(), l.transaction_count()));
         let Chain {
             genesis,
             blocks,
             unsealed,
-        } = self.read_chain(&txn, genesis)?;
+        } = self.read_chain(&txn, genesis, after)?;
         Ok(Snapshot {
             genesis,
             params,
             hosts,
             leases,
             logs,
+            ledger,
+            snapshots_skipped,
             blocks,
             unsealed,
             checkers,
@@ -591,6 +679,9 @@ impl Store {
         })
     }
 }
+
+/// The newest snapshot that decodes, if any, and the newer ones passed over: (height, why).
+type NewestSnapshot = (Option<LedgerSnapshot>, Vec<(u64, String)>);
 
 /// The ledger's part of a store: what replays need, without hosts, leases and logs.
 struct Chain {
@@ -603,20 +694,31 @@ struct Chain {
 
 impl Store {
     /// Reads the chain in one read transaction: transactions grouped under their blocks.
+    /// The blocks after height `after.0` and the transactions from sequence `after.1` on
+    /// (`(0, 0)`: the whole chain).
     fn read_chain(
         &self,
         txn: &redb::ReadTransaction,
         genesis: Genesis,
+        after: (u64, u64),
     ) -> Result<Chain, StoreError> {
         let e = |e: redb::TableError| self.db_err(e);
         let s = |e: redb::StorageError| self.db_err(e);
         let mut entries: Vec<LedgerEntry> = Vec::new();
-        for row in txn.open_table(TXS).map_err(e)?.iter().map_err(s)? {
+        for row in txn
+            .open_table(TXS)
+            .map_err(e)?
+            .range(after.1..)
+            .map_err(s)?
+        {
             let (k, v) = row.map_err(s)?;
             entries.push(self.decode(|| format!("transaction {}", k.value()), v.value())?);
         }
         let mut headers: Vec<BlockHeader> = Vec::new();
-        for row in txn.open_table(BLOCKS).map_err(e)?.iter().map_err(s)? {
+        for row in (txn.open_table(BLOCKS).map_err(e)?)
+            .range(after.0 + 1..)
+            .map_err(s)?
+        {
             let (k, v) = row.map_err(s)?;
             headers.push(self.decode(|| format!("block {}", k.value()), v.value())?);
         }
@@ -644,7 +746,7 @@ impl Store {
             path: self.path.clone(),
         })?;
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        self.read_chain(&txn, genesis)
+        self.read_chain(&txn, genesis, (0, 0))
     }
 
     /// Block headers, newest first, from height `below - 1` down (from the head when
@@ -732,9 +834,32 @@ impl Store {
         Ok(last.map_or(0, |(k, _)| k.value() + 1))
     }
 
+    /// The stored nodes of `epoch`'s reward tree, if this version wrote them.
+    fn reward_nodes(&self, epoch: u64) -> Result<Option<Vec<B256>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = match txn.open_table(REWARD_NODES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(other) => return Err(self.db_err(other)),
+        };
+        let Some(v) = table.get(epoch).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        let bytes = v.value();
+        if bytes.len() % 32 != 0 {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("reward tree nodes of epoch {epoch}"),
+                reason: format!("{} bytes, not a whole number of nodes", bytes.len()),
+            });
+        }
+        Ok(Some(bytes.chunks_exact(32).map(B256::from_slice).collect()))
+    }
+
     /// Proves `account`'s cumulative reward after `epoch` from the epoch's stored reward
-    /// tree: a lookup and the tree's hashing, without replaying the chain. The root is
-    /// checked against the one stored with the tree.
+    /// tree: a lookup of its leaf and siblings (or, for an epoch stored without its
+    /// nodes, the tree's hashing), without replaying the chain. The tree is checked
+    /// against the root stored with it.
     pub fn reward_proof(&self, account: Address, epoch: u64) -> Result<RewardProof, ProofError> {
         let Some(rewards) = self.epoch_rewards(epoch)? else {
             return Err(gpumesh_ledger::ProofError::EpochNotClosed {
@@ -744,16 +869,35 @@ impl Store {
             .into());
         };
         let root = rewards.root;
-        let proof = gpumesh_ledger::prove_reward(epoch, rewards.leaves, account)?;
-        if proof.root != root {
-            return Err(StoreError::Corrupt {
-                path: self.path.clone(),
-                what: format!("reward tree of epoch {epoch}"),
-                reason: format!("its leaves hash to {}, not to its root {root}", proof.root),
-            }
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            what: format!("reward tree of epoch {epoch}"),
+            reason,
+        };
+        let tree = match self.reward_nodes(epoch)? {
+            Some(nodes) => MerkleTree::from_nodes(nodes)
+                .filter(|t| t.len() == rewards.leaves.len())
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "its nodes are not a tree over its {} leaves",
+                        rewards.leaves.len()
+                    ))
+                })?,
+            None => gpumesh_ledger::reward_tree(rewards.leaves.iter().copied()),
+        };
+        if tree.root() != root {
+            return Err(corrupt(format!(
+                "its tree's root is {}, not its stored root {root}",
+                tree.root()
+            ))
             .into());
         }
-        Ok(proof)
+        Ok(gpumesh_ledger::prove_reward_in(
+            epoch,
+            &rewards.leaves,
+            &tree,
+            account,
+        )?)
     }
 
     /// Proves as [`Store::reward_proof`] does, by replaying the stored chain from genesis
@@ -957,6 +1101,81 @@ mod tests {
     }
 
     #[test]
+    fn a_load_starts_from_the_newest_snapshot_and_only_two_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let protocol = Wallet::from_label("protocol");
+        let faucet = Wallet::from_label("faucet");
+        let genesis = Genesis::local(5, 0, protocol.address(), faucet.address());
+        let mut ledger = Ledger::new(genesis.clone()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.init(&genesis, &Params::local()).unwrap();
+        let someone = Address::with_last_byte(9);
+        // Five blocks of one transfer each, a snapshot with each of them.
+        for height in 1..=5u64 {
+            let kind = TxKind::Transfer {
+                to: someone,
+                amount: Amount(height as u128),
+            };
+            commit(&store, &mut ledger, &faucet, kind, height * 1_000);
+            let (header, _) = ledger.seal(height * 1_000).unwrap();
+            store
+                .write(Batch {
+                    blocks: vec![header],
+                    snapshot: ledger.snapshot(),
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        // One more transaction, unsealed.
+        let kind = TxKind::Transfer {
+            to: someone,
+            amount: Amount(6),
+        };
+        commit(&store, &mut ledger, &faucet, kind, 6_000);
+
+        let kept: Vec<u64> = {
+            let txn = store.db.begin_read().unwrap();
+            let table = txn.open_table(SNAPSHOTS).unwrap();
+            table
+                .iter()
+                .unwrap()
+                .map(|r| r.unwrap().0.value())
+                .collect()
+        };
+        assert_eq!(kept, vec![4, 5], "the newest two snapshots are kept");
+
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.ledger.as_ref().map(|l| l.height()), Some(5));
+        assert!(loaded.blocks.is_empty(), "no block after the snapshot's");
+        assert_eq!(loaded.unsealed.len(), 1);
+        let start = Ledger::from_snapshot(genesis.clone(), loaded.ledger.unwrap()).unwrap();
+        let (restored, _) =
+            gpumesh_ledger::replay_from(start, loaded.blocks, loaded.unsealed).unwrap();
+        assert_eq!(restored.balance(&someone), ledger.balance(&someone));
+        assert_eq!(restored.transaction_count(), 6);
+
+        let whole = store.load_from_genesis().unwrap();
+        assert!(whole.ledger.is_none());
+        assert_eq!(whole.blocks.len(), 5);
+        assert_eq!(whole.unsealed.len(), 1);
+
+        // A newest snapshot that does not decode is passed over for the one before it.
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(SNAPSHOTS)
+                .unwrap()
+                .insert(5, b"\x01garbage".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.ledger.as_ref().map(|l| l.height()), Some(4));
+        assert_eq!(loaded.blocks.len(), 1, "block 5 is replayed");
+        assert_eq!(loaded.snapshots_skipped.len(), 1);
+        assert_eq!(loaded.snapshots_skipped[0].0, 5);
+    }
+
+    #[test]
     fn proofs_come_from_stored_trees_and_histories_from_the_index_as_a_replay_finds_them() {
         let dir = tempfile::tempdir().unwrap();
         let protocol = Wallet::from_label("protocol");
@@ -1048,17 +1267,42 @@ mod tests {
             [4, 3, 1, 0]
         );
 
-        // A stored tree whose leaves do not hash to its root is reported, not served.
-        let mut tampered = store.epoch_rewards(1).unwrap().unwrap();
+        // Without stored nodes (an epoch migrated from layout 2) the tree is rebuilt from
+        // its leaves: the same proofs.
+        let with_nodes: Vec<RewardProof> = [(&a, 0), (&b, 0), (&a, 1)]
+            .iter()
+            .map(|(who, epoch)| store.reward_proof(who.address(), *epoch).unwrap())
+            .collect();
+        let drop_nodes = || {
+            let txn = store.db.begin_write().unwrap();
+            txn.delete_table(REWARD_NODES).unwrap();
+            txn.commit().unwrap();
+        };
+        drop_nodes();
+        let rebuilt: Vec<RewardProof> = [(&a, 0), (&b, 0), (&a, 1)]
+            .iter()
+            .map(|(who, epoch)| store.reward_proof(who.address(), *epoch).unwrap())
+            .collect();
+        assert_eq!(with_nodes, rebuilt);
+
+        // A stored tree whose leaves do not match its nodes or its root is reported, not
+        // served.
+        let honest = store.epoch_rewards(1).unwrap().unwrap();
+        let mut tampered = honest.clone();
         tampered.leaves[0].1.0 += 1;
+        let account = tampered.leaves[0].0;
+        tampered.tree = Some(gpumesh_ledger::reward_tree(honest.leaves.iter().copied()));
         store
             .write(Batch {
                 rewards: vec![tampered],
                 ..Batch::default()
             })
             .unwrap();
-        let err = store.reward_proof(a.address(), 1).unwrap_err().to_string();
-        assert!(err.contains("not to its root"), "{err}");
+        let err = store.reward_proof(account, 1).unwrap_err().to_string();
+        assert!(err.contains("has no leaf"), "{err}");
+        drop_nodes();
+        let err = store.reward_proof(account, 1).unwrap_err().to_string();
+        assert!(err.contains("not its stored root"), "{err}");
     }
 
     #[test]

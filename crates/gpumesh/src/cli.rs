@@ -117,6 +117,66 @@ pub enum BenchCommand {
     /// and epoch closes, then the indexer opened on it (rebuilding its state) and served,
     /// with reward proofs and account histories timed through the API.
     Restart(RestartBenchArgs),
+    /// The indexer's HTTP path under a network's load: a real indexer process on
+    /// loopback, driven by a separate load-generating process with requests signed ahead
+    /// (host registrations, heartbeats on schedule, jobs and cancels, transfers); then a
+    /// restart on the same data and reward proofs.
+    Load(LoadBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadBenchArgs {
+    /// Hosts that register and heartbeat (8 simulated GPUs each).
+    #[arg(long, default_value_t = 10_000)]
+    pub hosts: usize,
+    /// Buyers that send jobs and transfers.
+    #[arg(long, default_value_t = 100)]
+    pub buyers: usize,
+    /// Seconds of load after the setup.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Each host's heartbeat period in seconds (the public network's is 60).
+    #[arg(long, default_value_t = 60)]
+    pub heartbeat_s: u64,
+    /// Only heartbeats, as fast as they are accepted (closed loop, --job-concurrency at a
+    /// time), instead of on schedule alongside jobs and transfers.
+    #[arg(long)]
+    pub heartbeats_only: bool,
+    /// Jobs in flight at once (each sent as soon as the last is answered).
+    #[arg(long, default_value_t = 64)]
+    pub job_concurrency: usize,
+    /// Every this many jobs, the buyer cancels the lease once matched; the others'
+    /// matches expire unfunded.
+    #[arg(long, default_value_t = 4)]
+    pub cancel_every: u64,
+    /// Transfers between buyers per second, on schedule (0: none).
+    #[arg(long, default_value_t = 200)]
+    pub transfer_rate: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: be the load generator for the indexer at this URL.
+    #[arg(long, hide = true)]
+    pub drive: Option<String>,
+}
+
+impl LoadBenchArgs {
+    /// The arguments the load generator needs, as given to this command.
+    pub fn passed_on(&self) -> Vec<String> {
+        let mut out = vec![
+            format!("--hosts={}", self.hosts),
+            format!("--buyers={}", self.buyers),
+            format!("--duration={}", self.duration),
+            format!("--heartbeat-s={}", self.heartbeat_s),
+            format!("--job-concurrency={}", self.job_concurrency),
+            format!("--cancel-every={}", self.cancel_every),
+            format!("--transfer-rate={}", self.transfer_rate),
+        ];
+        if self.heartbeats_only {
+            out.push("--heartbeats-only".into());
+        }
+        out
+    }
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +234,10 @@ pub struct RestartBenchArgs {
     /// Transactions per block; each block is written durably before the next.
     #[arg(long, default_value_t = 5_000)]
     pub block_txs: usize,
+    /// A ledger snapshot is written with the first block this many transactions after
+    /// the last one, as the indexer writes them (`gpumesh indexer --snapshot-every`).
+    #[arg(long, value_name = "TRANSACTIONS", default_value_t = gpumesh_indexer::core::SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
     /// Reward proofs (and account histories) to time through the API after the restart.
     #[arg(long, default_value_t = 200)]
     pub proofs: usize,
@@ -325,6 +389,14 @@ pub struct IndexerArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Seal the transactions waiting into a block this often (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub block_ms: u64,
+    /// Write a snapshot of the ledger's state with the first block sealed this many
+    /// transactions after the last snapshot; a restart loads the newest and replays only
+    /// the blocks after it.
+    #[arg(long, value_name = "TRANSACTIONS", default_value_t = gpumesh_indexer::core::SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, Args)]

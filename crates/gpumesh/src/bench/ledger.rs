@@ -107,13 +107,7 @@ pub fn run(args: LedgerBenchArgs) -> anyhow::Result<ExitCode> {
         "verify_transactions_per_s": (verify.txs as f64 / verify.seconds).round(),
         "verify_supply_conserved": verify.supply_conserved,
     });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for (k, v) in report.as_object().into_iter().flatten() {
-            println!("{k:>26}  {v}");
-        }
-    }
+    super::print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -373,12 +373,6 @@ pub fn run(args: MatchBenchArgs) -> anyhow::Result<ExitCode> {
             "groups_per_request": (*groups as f64 / h.len() as f64).round(),
         }))).collect::<serde_json::Map<_, _>>(),
     });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for (k, v) in report.as_object().into_iter().flatten() {
-            println!("{k:>24}  {v}");
-        }
-    }
+    super::print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 mod checker;
 mod ledger;
+mod load;
 mod matching;
 mod restart;
 mod services;
@@ -31,6 +32,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Ledger(args) => ledger::run(args),
         BenchCommand::Checker(args) => checker::run(args),
         BenchCommand::Restart(args) => restart::run(args).await,
+        BenchCommand::Load(args) => load::run(args).await,
     }
 }
 
@@ -44,4 +46,16 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     ProgressBar::new(len)
         .with_style(style)
         .with_finish(ProgressFinish::AndClear)
+}
+
+/// Prints a benchmark's report: one JSON object, or a line per field for people.
+pub(crate) fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        for (k, v) in report.as_object().into_iter().flatten() {
+            println!("{k:>30}  {v}");
+        }
+    }
+    Ok(())
 }

@@ -7,7 +7,9 @@
 //! indexer writes them: the faucet funds the accounts, the accounts send each other
 //! tokens, and every `--epoch-every` transactions the protocol closes an epoch that pays a
 //! slice of the accounts as checkers. Then the indexer is opened on the store (the
-//! restart: it rebuilds its state), served on loopback, and asked for reward proofs of
+//! restart: it rebuilds its state from the newest ledger snapshot, written every
+//! `--snapshot-every` transactions as the indexer writes them, and the blocks after it),
+//! served on loopback, and asked for reward proofs of
 //! epochs spread over the chain and for account histories.
 
 use std::process::ExitCode;
@@ -92,19 +94,15 @@ pub async fn run(args: RestartBenchArgs) -> anyhow::Result<ExitCode> {
         "store_bytes": store_bytes,
         "restart_s": round(restart_s, 2),
         "restart_us_per_transaction": round(restart_s * 1e6 / chain.transactions as f64, 1),
+        "snapshot_every": args.snapshot_every,
+        "replayed_after_snapshot": chain.transactions - chain.snapshot_seq,
         "proofs": proof_ms.len(),
         "proof_ms_p50": round(percentile(&mut proof_ms, 0.5), 2),
         "proof_ms_max": round(percentile(&mut proof_ms, 1.0), 2),
         "history_ms_p50": round(percentile(&mut history_ms, 0.5), 2),
         "history_ms_max": round(percentile(&mut history_ms, 1.0), 2),
     });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for (k, v) in report.as_object().into_iter().flatten() {
-            println!("{k:>30}  {v}");
-        }
-    }
+    super::print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -128,6 +126,8 @@ struct Chain {
     /// Each epoch's rewarded accounts.
     rewarded: Vec<Vec<Address>>,
     last_leaves: usize,
+    /// The transaction count at the newest snapshot (0: none).
+    snapshot_seq: u64,
 }
 
 /// Fills the store with `args.transactions` signed transactions, a block at a time.
@@ -154,6 +154,7 @@ fn fill(args: &RestartBenchArgs, data: &std::path::Path) -> anyhow::Result<Chain
         blocks: 0,
         rewarded: Vec::new(),
         last_leaves: 0,
+        snapshot_seq: 0,
     };
     let bar = super::progress(
         args.transactions,
@@ -234,10 +235,17 @@ fn fill(args: &RestartBenchArgs, data: &std::path::Path) -> anyhow::Result<Chain
             rewards.push(tree);
         }
         let (header, _) = ledger.seal(time).context("a block")?;
+        let snapshot = if ledger.transaction_count() - chain.snapshot_seq >= args.snapshot_every {
+            chain.snapshot_seq = ledger.transaction_count();
+            ledger.snapshot()
+        } else {
+            None
+        };
         store.write(Batch {
             txs,
             blocks: vec![header],
             rewards,
+            snapshot,
             ..Batch::default()
         })?;
         chain.transactions += n;

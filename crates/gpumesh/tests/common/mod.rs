@@ -18,6 +18,12 @@ pub fn start(data: &Path) -> (Child, String) {
 
 /// Starts `gpumesh indexer ARGS` on a free port and returns it with its API address.
 pub fn start_with(args: &[&str]) -> (Child, String) {
+    let (child, url, _) = start_logged(args);
+    (child, url)
+}
+
+/// [`start_with`], also returning what the indexer logged before it served.
+pub fn start_logged(args: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["indexer", "--listen", "127.0.0.1:0"])
         .args(args)
@@ -28,14 +34,21 @@ pub fn start_with(args: &[&str]) -> (Child, String) {
         .expect("the gpumesh binary starts");
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let mut before = Vec::new();
     let url = loop {
         let line = lines
             .next()
-            .expect("the indexer says where it serves before it exits")
+            .unwrap_or_else(|| {
+                panic!(
+                    "the indexer exited before it served; it said:\n{}",
+                    before.join("\n")
+                )
+            })
             .unwrap();
         if let Some(rest) = line.split("indexer serving ").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
+        before.push(line);
     };
     // Keep draining stderr so that the indexer never blocks on a full pipe, passing it on
     // to this test's output (shown when the test fails: why an indexer stopped early).
@@ -44,5 +57,5 @@ pub fn start_with(args: &[&str]) -> (Child, String) {
             eprintln!("indexer: {}", line.unwrap_or_default());
         }
     });
-    (child, url)
+    (child, url, before)
 }
