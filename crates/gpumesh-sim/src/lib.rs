@@ -179,22 +179,42 @@ pub struct World {
     pub busy: Vec<ReservationId>,
 }
 
-/// Builds a world of about `config.containers` GPUs.
-pub fn build(config: WorldConfig) -> World {
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let geo = Geography::new();
-    let pick_model = WeightedIndex::new(MIX.iter().map(|m| m.share)).expect("shares are positive");
-    let popular = WeightedIndex::new((0..GAME_IMAGES).map(|i| 1.0 / (i as f64 + 1.0)))
-        .expect("weights are positive");
-    let mut matcher = Matcher::default();
-    let mut containers = 0;
-    let mut groups = Vec::new();
-    while containers < config.containers {
-        let mix = &MIX[pick_model.sample(&mut rng)];
+/// One synthetic host: where it is, its GPUs (one model), its price and tier, and the
+/// images it has cached.
+#[derive(Clone, Debug)]
+pub struct SimHost {
+    pub spec: HostSpec,
+    pub model: GpuModel,
+    pub count: u8,
+}
+
+/// Hosts shaped like the network's, one after another, deterministic for a seed.
+pub struct Hosts {
+    rng: ChaCha8Rng,
+    geo: Geography,
+    pick_model: WeightedIndex<f64>,
+    popular: WeightedIndex<f64>,
+}
+
+impl Hosts {
+    pub fn new(seed: u64) -> Hosts {
+        Hosts {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            geo: Geography::new(),
+            pick_model: WeightedIndex::new(MIX.iter().map(|m| m.share))
+                .expect("shares are positive"),
+            popular: WeightedIndex::new((0..GAME_IMAGES).map(|i| 1.0 / (i as f64 + 1.0)))
+                .expect("weights are positive"),
+        }
+    }
+
+    pub fn next_host(&mut self) -> SimHost {
+        let rng = &mut self.rng;
+        let mix = &MIX[self.pick_model.sample(rng)];
         let sizes =
             WeightedIndex::new(mix.sizes.iter().map(|s| s.1)).expect("weights are positive");
-        let count = mix.sizes[sizes.sample(&mut rng)].0;
-        let (country, point) = geo.point(&mut rng);
+        let count = mix.sizes[sizes.sample(rng)].0;
+        let (country, point) = self.geo.point(rng);
         let price =
             mix.price_milli as f64 * Geography::price_factor(country) * rng.gen_range(0.85..1.15);
         let tier = match rng.gen_range(0..10) {
@@ -205,7 +225,7 @@ pub fn build(config: WorldConfig) -> World {
         let images = if mix.model.class() == GpuClass::Consumer {
             let n = rng.gen_range(2..10);
             (0..n)
-                .map(|_| game_image(popular.sample(&mut rng)))
+                .map(|_| game_image(self.popular.sample(rng)))
                 .collect()
         } else {
             vec![
@@ -213,25 +233,41 @@ pub fn build(config: WorldConfig) -> World {
                 "vllm/vllm-openai:latest".to_string(),
             ]
         };
-        let spec = HostSpec {
-            point,
-            country,
-            price_per_gpu_hour: milli_tokens(price),
-            tier,
-            images,
-        };
-        let group = GroupSpec {
+        SimHost {
+            spec: HostSpec {
+                point,
+                country,
+                price_per_gpu_hour: milli_tokens(price),
+                tier,
+                images,
+            },
             model: mix.model,
-            vram_mib: mix.model.spec().vram_mib,
-            first_index: 0,
             count,
+        }
+    }
+}
+
+/// Builds a world of about `config.containers` GPUs.
+pub fn build(config: WorldConfig) -> World {
+    let mut hosts = Hosts::new(config.seed);
+    let mut matcher = Matcher::default();
+    let mut containers = 0;
+    let mut groups = Vec::new();
+    while containers < config.containers {
+        let host = hosts.next_host();
+        let group = GroupSpec {
+            model: host.model,
+            vram_mib: host.model.spec().vram_mib,
+            first_index: 0,
+            count: host.count,
         };
         let (_, ids) = matcher
-            .add_host(&spec, &[group])
+            .add_host(&host.spec, &[group])
             .expect("synthetic hosts fit the matcher");
-        groups.push((ids[0], count));
-        containers += count as usize;
+        groups.push((ids[0], host.count));
+        containers += host.count as usize;
     }
+    let mut rng = hosts.rng;
     // Busy GPUs: random groups take random leases until the busy share is reached.
     let target = (containers as f64 * config.busy) as usize;
     let mut busy = Vec::new();

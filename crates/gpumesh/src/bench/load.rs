@@ -8,13 +8,17 @@
 //! network's heartbeat period, no stake requirement, and no cap on a buyer's unfunded
 //! matches (the generator's buyers are few and busy); the report says so.
 //!
-//! The generator registers every host, funds the buyers, stakes a few hosts (so that
-//! epochs pay someone and reward proofs exist), then runs for `--duration` seconds:
+//! The generator registers every host (the simulator's world, as `bench match` uses:
+//! 95 countries, the network's GPU mix, sizes and prices), funds the buyers, stakes a few
+//! hosts (so that epochs pay someone and reward proofs exist), then runs for `--duration`
+//! seconds:
 //!
 //! - heartbeats from every host, each every `--heartbeat-s` seconds, on schedule (or, with
 //!   `--heartbeats-only`, as fast as they are accepted);
-//! - jobs (match and reserve, durable) from the buyers, `--job-concurrency` at a time,
-//!   every `--cancel-every`-th one cancelled by its buyer once matched;
+//! - jobs (match and reserve, durable) from the buyers, `--job-concurrency` at a time, the
+//!   simulator's stream of AI jobs and game servers; every `--cancel-every`-th one is
+//!   cancelled by its buyer once matched; `no_match` answers are counted apart (a correct
+//!   answer, not an error);
 //! - transfers between the buyers at `--transfer-rate` a second.
 //!
 //! Every request is signed ahead of its sending by signer threads (signing is the
@@ -36,8 +40,7 @@ use gpumesh_indexer::{FAUCET_KEY_FILE, GenesisFile, LOCAL_CHAIN_ID, PROTOCOL_KEY
 use gpumesh_ledger::Genesis;
 use gpumesh_registry::Params;
 use gpumesh_types::{
-    Amount, Country, GeoPoint, GpuModel, GpuOffer, GpuSelector, JobRequest, Location, RegisterHost,
-    RuntimeKind, Tx, TxKind,
+    Amount, GpuOffer, JobRequest, Location, RegisterHost, RuntimeKind, Tx, TxKind,
 };
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -50,38 +53,11 @@ use crate::cli::LoadBenchArgs;
 const SIGNED_FOR: Duration = Duration::from_secs(240);
 /// Requests signed ahead, per kind: enough for a few seconds at full rate.
 const AHEAD: usize = 20_000;
-/// GPUs per host, of one model (models alternate between hosts).
-const GPUS_PER_HOST: u16 = 8;
-const MODELS: [GpuModel; 3] = [GpuModel::H100, GpuModel::A100_80, GpuModel::Rtx4090];
 /// Hosts that stake, so that epochs pay rewards and proofs can be asked for.
 const STAKERS: usize = 16;
-/// Where hosts are and jobs ask to be near: (country, latitude, longitude).
-const PLACES: [(&str, f64, f64); 24] = [
-    ("US", 39.0, -77.5),
-    ("US", 37.4, -122.1),
-    ("US", 41.9, -87.6),
-    ("US", 32.8, -96.8),
-    ("CA", 43.7, -79.4),
-    ("BR", -23.5, -46.6),
-    ("MX", 19.4, -99.1),
-    ("DE", 50.1, 8.7),
-    ("NL", 52.4, 4.9),
-    ("FR", 48.9, 2.35),
-    ("GB", 51.5, -0.1),
-    ("SE", 59.3, 18.1),
-    ("PL", 52.2, 21.0),
-    ("ES", 40.4, -3.7),
-    ("IT", 45.5, 9.2),
-    ("FI", 60.2, 24.9),
-    ("IN", 19.1, 72.9),
-    ("SG", 1.35, 103.8),
-    ("JP", 35.7, 139.7),
-    ("KR", 37.6, 127.0),
-    ("AU", -33.9, 151.2),
-    ("ZA", -26.2, 28.0),
-    ("AE", 25.2, 55.3),
-    ("TW", 25.0, 121.5),
-];
+/// The seeds of the synthetic world (hosts) and of the request stream, as `bench match`.
+const WORLD_SEED: u64 = 7;
+const REQUEST_SEED: u64 = 11;
 
 pub async fn run(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     if args.hosts == 0 || args.buyers == 0 || args.duration == 0 {
@@ -381,6 +357,8 @@ struct Tally {
     per_second: Vec<AtomicU64>,
     heartbeats: AtomicU64,
     jobs: AtomicU64,
+    /// Jobs answered `no_match`: a correct answer (no suitable GPU was free), not an error.
+    unmatched: AtomicU64,
     cancels: AtomicU64,
     transfers: AtomicU64,
     errors: AtomicU64,
@@ -445,13 +423,29 @@ async fn send(http: &reqwest::Client, url: &str, request: &Signed) -> Result<Vec
     }
 }
 
-fn place(i: u64) -> (Country, GeoPoint) {
-    let (country, lat, lon) = PLACES[(i % PLACES.len() as u64) as usize];
-    // Spread within about a degree of the city, deterministically.
-    let jitter = |k: u64| ((i.wrapping_mul(k) >> 7) % 200) as f64 / 100.0 - 1.0;
-    let point = GeoPoint::new(lat + jitter(0x9E37_79B9), lon + jitter(0xC2B2_AE35))
-        .expect("places are on the globe");
-    (country.parse().expect("places have ISO codes"), point)
+/// A job as a buyer would send it for one of the simulator's requests. Tiers come from
+/// checkers' verdicts, which this benchmark does not run, so no tier bound is asked.
+fn job_of(r: gpumesh_matcher::Request) -> JobRequest {
+    let image = r
+        .image
+        .clone()
+        .unwrap_or_else(|| "pytorch/pytorch:2.5".to_string());
+    let mut job = JobRequest::new(
+        r.gpu,
+        r.count,
+        r.near,
+        r.max_price_per_gpu_hour,
+        3_600_000,
+        &image,
+        vec!["true".into()],
+    );
+    job.min_vram_mib = (r.min_vram_mib > 0).then_some(r.min_vram_mib);
+    job.countries = r.countries;
+    job.exclude_countries = r.exclude_countries;
+    job.max_rtt_ms = r.max_rtt_ms.map(|ms| ms as u32);
+    job.image_policy = r.image_policy;
+    job.policy = r.policy;
+    job
 }
 
 fn host_wallet(i: usize) -> Wallet {
@@ -517,21 +511,29 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
     }));
     let buyers: Arc<Vec<Wallet>> = Arc::new((0..args.buyers).map(buyer_wallet).collect());
 
-    // Setup: every host registers, the buyers are funded, a few hosts stake.
+    // Setup: every host registers, the buyers are funded, a few hosts stake. Hosts are
+    // the simulator's: 95 countries, the network's GPU mix, sizes and prices.
+    let world: Vec<gpumesh_sim::SimHost> = {
+        let mut hosts = gpumesh_sim::Hosts::new(WORLD_SEED);
+        (0..args.hosts).map(|_| hosts.next_host()).collect()
+    };
     let registrations = par_map(&(0..args.hosts).collect::<Vec<_>>(), |&i| {
-        let (country, point) = place(i as u64);
+        let host = &world[i];
         let body = RegisterHost {
             name: format!("bench-{i}"),
-            location: Location { point, country },
-            price_per_gpu_hour: Amount::from_tokens(2),
+            location: Location {
+                point: host.spec.point,
+                country: host.spec.country,
+            },
+            price_per_gpu_hour: host.spec.price_per_gpu_hour,
             gpus: vec![GpuOffer {
-                model: MODELS[i % MODELS.len()],
-                count: GPUS_PER_HOST,
+                model: host.model,
+                count: host.count as u16,
                 vram_mib: None,
                 simulated: true,
             }],
             runtime: RuntimeKind::Container,
-            images: vec![],
+            images: host.spec.images.clone(),
             challenge_url: None,
         };
         let body = serde_json::to_vec(&body).expect("requests serialise");
@@ -555,10 +557,9 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
     for i in 0..STAKERS.min(args.hosts) {
         let host = Client::new(&url, Some(hosts[i].clone()));
         host.faucet(Amount::from_tokens(10_000)).await?;
-        let need = Amount(
-            info.staking_coefficient.0 * MODELS[i % MODELS.len()].spec().k_factor as u128 / 100,
-        );
-        let stakes = (0..GPUS_PER_HOST).map(|g| (g, need)).collect();
+        let model = world[i].model;
+        let need = Amount(info.staking_coefficient.0 * model.spec().k_factor as u128 / 100);
+        let stakes = (0..world[i].count as u16).map(|g| (g, need)).collect();
         host.send_tx(TxKind::StakeMany { stakes }).await?;
         stakers.push(json!(hosts[i].address()));
     }
@@ -596,25 +597,17 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    // Jobs: from the buyers in turn, near one of the places, for one GPU.
+    // Jobs: from the buyers in turn, the simulator's stream of AI jobs and game servers.
     let (jobs, jobs_rx) = mpsc::channel::<Signed>(AHEAD);
     if !args.heartbeats_only {
         let (signer, buyers, stop) = (signer.clone(), buyers.clone(), stop.clone());
         std::thread::spawn(move || {
+            let mut requests = gpumesh_sim::Requests::new(REQUEST_SEED);
             for n in 0u64.. {
                 if stop.is_cancelled() {
                     return;
                 }
-                let (_, near) = place(n.wrapping_mul(7) + 3);
-                let body = JobRequest::new(
-                    GpuSelector::Model(MODELS[(n % 3) as usize]),
-                    1,
-                    near,
-                    Amount::from_tokens(10),
-                    3_600_000,
-                    "docker.io/library/busybox:1.36",
-                    vec!["true".into()],
-                );
+                let body = job_of(requests.next_request());
                 let body = serde_json::to_vec(&body).expect("requests serialise");
                 let buyer = &buyers[(n % buyers.len() as u64) as usize];
                 if jobs
@@ -669,6 +662,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         per_second: (0..args.duration + 1).map(|_| AtomicU64::new(0)).collect(),
         heartbeats: AtomicU64::new(0),
         jobs: AtomicU64::new(0),
+        unmatched: AtomicU64::new(0),
         cancels: AtomicU64::new(0),
         transfers: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -747,6 +741,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         "registrations_per_s": round(registered_per_s, 1),
         "heartbeats_per_s": per_s(&tally.heartbeats),
         "jobs_per_s": per_s(&tally.jobs),
+        "jobs_unmatched_per_s": per_s(&tally.unmatched),
         "job_p50_ms": ms(0.5),
         "job_p99_ms": ms(0.99),
         "job_max_ms": ms(1.0),
@@ -876,6 +871,7 @@ async fn closed_loop(sender: Sender, queue: Queue, kind: Kind) {
             }
             (Ok(_), Kind::Transfer) => tally.ok(&tally.transfers),
             (Ok(_), Kind::Heartbeat) => tally.ok(&tally.heartbeats),
+            (Err(e), Kind::Job) if e.ends_with(" no_match") => tally.ok(&tally.unmatched),
             (Err(e), _) => tally.error(e),
         }
     }
