@@ -123,71 +123,79 @@ fn commit_group(
     let locked = Instant::now();
     let now = now_ms();
     let mut batch = Batch::default();
+    // An operation is in `ran` before it runs, so one that panics is answered too.
     let mut ran: Vec<Op> = Vec::new();
-    let mut next = Some(first);
-    while let Some(mut op) = next.take() {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            op.run(&mut core, now, &mut batch)
-        }));
-        ran.push(op);
-        match outcome {
-            Ok(()) => {}
-            Err(panic) => {
-                // A bug: the operation stopped halfway, so memory may hold half a change
-                // that is on no disk. Write nothing of this group, refuse changes from
-                // now on, and put back what the store holds, so that reads show only
-                // what is durable.
-                shared.failed.store(true, Ordering::SeqCst);
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %what, "an operation panicked; the indexer stopped taking changes");
-                shared.reload(&mut core, now);
-                drop(core);
-                let failure = Failure::internal(
-                    "an operation failed unexpectedly; the indexer stopped taking changes until it is restarted",
-                );
-                return ran
-                    .into_iter()
-                    .map(|op| (op, Some(failure.clone())))
-                    .collect();
+    // Everything from the first operation to the write may panic (a bug): the group is
+    // then treated as one that failed to write.
+    let group = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            ran.push(op);
+            ran.last_mut()
+                .expect("just pushed")
+                .run(&mut core, now, &mut batch);
+            if ran.len() < MAX_GROUP {
+                next = queue.try_recv().ok();
             }
         }
-        if ran.len() < MAX_GROUP {
-            next = queue.try_recv().ok();
+        core.collect_dirty(&mut batch);
+        let batch = std::mem::take(&mut batch);
+        if batch.is_empty() {
+            return Ok(WakeList::default());
         }
-    }
-    core.collect_dirty(&mut batch);
-    telemetry::group_commit(ran.len());
-    let mut failure = None;
-    let mut woken = (Vec::new(), Vec::new());
-    if !batch.is_empty() {
-        woken = wake_list(shared, &batch);
+        let woken = wake_list(shared, &batch);
         let writing = Instant::now();
         let written = shared.store.write(batch);
         telemetry::store_commit(writing.elapsed(), written.is_ok());
-        if let Err(e) = written {
-            shared.failed.store(true, Ordering::SeqCst);
-            // What failed to write must not be shown either: back to what is durable,
-            // if the store can still be read.
-            shared.reload(&mut core, now);
-            failure = Some(Failure::internal(format!("failed to write the store: {e}")));
+        written.map(|()| woken)
+    }));
+    telemetry::group_commit(ran.len());
+    let failure = match group {
+        Ok(Ok(woken)) => {
+            drop(core);
+            telemetry::lock_times(locked - asked, locked.elapsed());
+            shared.host_waiters.wake(woken.hosts);
+            shared.lease_waiters.wake(woken.leases);
+            None
         }
-    }
-    drop(core);
-    telemetry::lock_times(locked - asked, locked.elapsed());
-    if failure.is_none() {
-        shared.host_waiters.wake(woken.0);
-        shared.lease_waiters.wake(woken.1);
-    }
+        Ok(Err(e)) => {
+            // What failed to write must not be shown either: back to what is durable,
+            // if the store can still be read, and no more changes.
+            shared.failed.store(true, Ordering::SeqCst);
+            shared.reload(&mut core, now);
+            Some(Failure::internal(format!("failed to write the store: {e}")))
+        }
+        Err(panic) => {
+            // A bug: an operation (or the write) stopped halfway, so memory may hold half
+            // a change that is on no disk. Write nothing of this group, refuse changes
+            // from now on, and put back what the store holds, so that reads show only
+            // what is durable.
+            shared.failed.store(true, Ordering::SeqCst);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "an operation panicked; the indexer stopped taking changes");
+            shared.reload(&mut core, now);
+            Some(Failure::internal(
+                "an operation failed unexpectedly; the indexer stopped taking changes until it is restarted",
+            ))
+        }
+    };
     ran.into_iter().map(|op| (op, failure.clone())).collect()
+}
+
+/// Whom a durable batch concerns: the hosts and leases to wake.
+#[derive(Default)]
+struct WakeList {
+    hosts: Vec<Address>,
+    leases: Vec<LeaseId>,
 }
 
 /// Whom a batch concerns, to wake once it is durable: the hosts and leases its lease
 /// records and log lines name. Nothing is collected when nobody waits.
-fn wake_list(shared: &Shared, batch: &Batch) -> (Vec<Address>, Vec<LeaseId>) {
+fn wake_list(shared: &Shared, batch: &Batch) -> WakeList {
     let hosts = if shared.host_waiters.is_empty() {
         Vec::new()
     } else {
@@ -200,7 +208,7 @@ fn wake_list(shared: &Shared, batch: &Batch) -> (Vec<Address>, Vec<LeaseId>) {
             .chain(batch.logs.iter().map(|(id, _)| *id))
             .collect()
     };
-    (hosts, leases)
+    WakeList { hosts, leases }
 }
 
 /// Refuses `first` and everything queued now, running none of them: the indexer stopped

@@ -564,7 +564,7 @@ impl Indexer {
             .await
             .map_err(|e| anyhow::anyhow!(e.message))
             .context("failed to seal the last block")?;
-        // An operation whose client went away still finishes on its blocking thread,
+        // An operation whose client went away still finishes on the committer thread,
         // holding the state; wait for those, so the store is closed when this returns
         // (a restart or `ledger verify` opens it next). Bounded, in case a reader lingers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -588,16 +588,17 @@ fn restore(
     for (height, why) in &snapshot.snapshots_skipped {
         tracing::warn!(height, why = %why, "passed over a ledger snapshot that does not decode");
     }
-    let from = snapshot.ledger.as_ref().map(|l| l.height());
-    let replayed = snapshot.blocks.len();
+    let mut from = snapshot.ledger.as_ref().map(|l| l.height());
+    let mut replayed = snapshot.blocks.len();
     let restored = Core::restore(snapshot, protocol.clone(), faucet.clone(), now);
     let core = match (restored, from) {
         (Ok(core), _) => core,
         (Err(e), Some(height)) => {
-            tracing::warn!(height, error = %e, "the ledger snapshot is not usable; replaying the chain from genesis");
+            tracing::warn!(height, error = %e, "could not restore from the ledger snapshot; replaying the chain from genesis");
             let snapshot = store
                 .load_from_genesis()
                 .context("failed to read the store")?;
+            (from, replayed) = (None, snapshot.blocks.len());
             Core::restore(snapshot, protocol, faucet, now)
                 .map_err(|e| anyhow::anyhow!(e))
                 .context("failed to rebuild the state from the store")?

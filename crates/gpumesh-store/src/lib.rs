@@ -548,17 +548,26 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok((None, skipped)),
             Err(other) => return Err(self.db_err(other)),
         };
+        let blocks = txn.open_table(BLOCKS).map_err(|e| self.db_err(e))?;
         for row in table.iter().map_err(|e| self.db_err(e))?.rev() {
             let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let height = k.value();
+            // The snapshot must name the very block the chain holds at its height; its
+            // state is then checked against that block's roots when loaded.
+            let stored: Option<BlockHeader> =
+                match blocks.get(height).map_err(|e| self.db_err(e))? {
+                    Some(b) => Some(self.decode(|| format!("block {height}"), b.value())?),
+                    None => None,
+                };
             match LedgerSnapshot::decode(v.value()) {
-                Ok(snapshot) if snapshot.height() == k.value() => {
+                Ok(snapshot) if stored.as_ref() == Some(&snapshot.head) => {
                     return Ok((Some(snapshot), skipped));
                 }
-                Ok(snapshot) => skipped.push((
-                    k.value(),
-                    format!("it holds block {} instead", snapshot.height()),
+                Ok(_) => skipped.push((
+                    height,
+                    format!("its block header is not the stored block {height}'s"),
                 )),
-                Err(why) => skipped.push((k.value(), why)),
+                Err(why) => skipped.push((height, why)),
             }
         }
         Ok((None, skipped))
@@ -1160,6 +1169,11 @@ mod tests {
         assert_eq!(whole.unsealed.len(), 1);
 
         // A newest snapshot that does not decode is passed over for the one before it.
+        let fifth: Vec<u8> = {
+            let txn = store.db.begin_read().unwrap();
+            let table = txn.open_table(SNAPSHOTS).unwrap();
+            table.get(5).unwrap().unwrap().value().to_vec()
+        };
         {
             let txn = store.db.begin_write().unwrap();
             txn.open_table(SNAPSHOTS)
@@ -1173,6 +1187,28 @@ mod tests {
         assert_eq!(loaded.blocks.len(), 1, "block 5 is replayed");
         assert_eq!(loaded.snapshots_skipped.len(), 1);
         assert_eq!(loaded.snapshots_skipped[0].0, 5);
+
+        // One that names another block than the chain holds at its height is passed over
+        // too: with none left, the chain is loaded from genesis.
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(SNAPSHOTS)
+                .unwrap()
+                .insert(4, fifth.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let loaded = store.load().unwrap();
+        assert!(loaded.ledger.is_none());
+        assert_eq!(loaded.blocks.len(), 5);
+        assert_eq!(loaded.snapshots_skipped.len(), 2);
+        assert!(
+            loaded.snapshots_skipped[1]
+                .1
+                .contains("not the stored block 4"),
+            "{:?}",
+            loaded.snapshots_skipped
+        );
     }
 
     #[test]

@@ -126,7 +126,8 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct LoadBenchArgs {
-    /// Hosts that register and heartbeat (8 simulated GPUs each).
+    /// Hosts that register and heartbeat (the simulator's world: 1 to 8 simulated GPUs
+    /// each, the network's mix of models, places and prices).
     #[arg(long, default_value_t = 10_000)]
     pub hosts: usize,
     /// Buyers that send jobs and transfers.

@@ -19,8 +19,8 @@ fn a_small_load_run_is_accepted_whole_and_reported() {
             "6",
             "--heartbeat-s",
             "2",
-            // Few jobs at once, each cancelled once matched: 960 GPUs never run out, and
-            // no buyer nears its rate limit.
+            // Few jobs at once, each cancelled once matched: the hosts' GPUs never run
+            // out, and no buyer nears its rate limit.
             "--job-concurrency",
             "2",
             "--cancel-every",
@@ -46,9 +46,10 @@ fn a_small_load_run_is_accepted_whole_and_reported() {
     ] {
         assert!(report[field].as_f64().unwrap() > 0.0, "{field}: {report}");
     }
-    // 120 hosts beating every 2 s: about 60 a second, on schedule.
+    // 120 hosts beating every 2 s are 60 a second on schedule; never more (each heartbeat
+    // is sent once, at its time), and the run's 6 s hold three rounds of them.
     let beats = report["heartbeats_per_s"].as_f64().unwrap();
-    assert!((40.0..=70.0).contains(&beats), "{report}");
+    assert!((20.0..=61.0).contains(&beats), "{report}");
     assert!(report["job_p99_ms"].as_f64().unwrap() >= report["job_p50_ms"].as_f64().unwrap());
     assert!(
         report["server_cpu_cores"].as_f64().unwrap() > 0.0,

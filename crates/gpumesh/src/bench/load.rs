@@ -47,12 +47,17 @@ use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use super::ledger::par_map;
+use super::round;
 use crate::cli::LoadBenchArgs;
 
 /// How long a request signed ahead stays valid (the indexer takes up to five minutes).
 const SIGNED_FOR: Duration = Duration::from_secs(240);
-/// Requests signed ahead, per kind: enough for a few seconds at full rate.
+/// Requests signed ahead of the senders, at most: heartbeats and transfers (whose
+/// schedule is known) are also signed no more than [`LOOKAHEAD`] before they are due, so
+/// a signature never outlives its wait; jobs (closed loop) only this many.
 const AHEAD: usize = 20_000;
+const JOBS_AHEAD: usize = 2_000;
+const LOOKAHEAD: Duration = Duration::from_secs(30);
 /// Hosts that stake, so that epochs pay rewards and proofs can be asked for.
 const STAKERS: usize = 16;
 /// The seeds of the synthetic world (hosts) and of the request stream, as `bench match`.
@@ -191,6 +196,8 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
 
     let (indexer, url, _) = start_indexer(&genesis_path, &data)?;
     let pid = indexer.id();
+    // The empty indexer's memory, so that what the hosts and their traffic add is apart.
+    let (_, rss_empty) = cpu_and_rss(pid)?;
     eprintln!("indexer serving {url} (pid {pid}); starting the load generator");
     let mut generator = std::process::Command::new(std::env::current_exe()?)
         .args(["bench", "load", "--drive", &url])
@@ -245,9 +252,10 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     object.remove("stakers");
     object.insert("server_cpu_cores".into(), json!(round(server_cpu, 2)));
     object.insert("indexer_rss_bytes".into(), json!(rss));
+    object.insert("indexer_rss_bytes_empty".into(), json!(rss_empty));
     object.insert(
         "indexer_rss_bytes_per_host".into(),
-        json!(rss / args.hosts as u64),
+        json!(rss.saturating_sub(rss_empty) / args.hosts as u64),
     );
     object.insert("store_bytes_after".into(), json!(store_bytes));
     object.insert("restart_s".into(), json!(round(restart_s, 2)));
@@ -297,11 +305,6 @@ async fn proof_times(url: &str, stakers: Vec<Value>) -> Result<(f64, u64), Strin
     Ok((times[times.len() / 2], epoch))
 }
 
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
-}
-
 // ---------------------------------------------------------------------------------------
 // The load generator.
 
@@ -346,6 +349,42 @@ impl Signer {
             headers,
             due_ms,
             n,
+        }
+    }
+}
+
+/// When the run started, for signers of scheduled traffic to keep within [`LOOKAHEAD`]
+/// of it, and whether each has signed all it may before the start.
+#[derive(Default)]
+struct Pace {
+    started: std::sync::OnceLock<Instant>,
+    /// The heartbeat and transfer signers, ready for the clock to start.
+    beats_ready: std::sync::atomic::AtomicBool,
+    transfers_ready: std::sync::atomic::AtomicBool,
+}
+
+impl Pace {
+    /// Waits until `due_ms` (after the start) is within the lookahead; says it is ready
+    /// through `ready` when it first has to wait. False when stopped.
+    fn wait_for(
+        &self,
+        due_ms: u64,
+        ready: &std::sync::atomic::AtomicBool,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        loop {
+            if stop.is_cancelled() {
+                return false;
+            }
+            let elapsed = self
+                .started
+                .get()
+                .map_or(0, |s| s.elapsed().as_millis() as u64);
+            if due_ms <= elapsed + LOOKAHEAD.as_millis() as u64 {
+                return true;
+            }
+            ready.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -569,10 +608,12 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
     let stop = tokio_util::sync::CancellationToken::new();
     let mut tasks = Vec::new();
 
+    let pace = Arc::new(Pace::default());
     // Heartbeats: host i's k-th at k periods plus its share of one, signed ahead.
     let (beats, beats_rx) = mpsc::channel::<Signed>(AHEAD);
     {
-        let (signer, hosts, stop) = (signer.clone(), hosts.clone(), stop.clone());
+        let (signer, hosts, stop, pace) =
+            (signer.clone(), hosts.clone(), stop.clone(), pace.clone());
         let (period_ms, only) = (args.heartbeat_s * 1_000, args.heartbeats_only);
         let run_ms = args.duration * 1_000;
         std::thread::spawn(move || {
@@ -581,6 +622,10 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
                 for i in 0..n {
                     let due = k * period_ms + i * period_ms / n;
                     if (!only && due >= run_ms) || stop.is_cancelled() {
+                        pace.beats_ready.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    if !only && !pace.wait_for(due, &pace.beats_ready, &stop) {
                         return;
                     }
                     let beat = signer.sign(
@@ -598,7 +643,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         });
     }
     // Jobs: from the buyers in turn, the simulator's stream of AI jobs and game servers.
-    let (jobs, jobs_rx) = mpsc::channel::<Signed>(AHEAD);
+    let (jobs, jobs_rx) = mpsc::channel::<Signed>(JOBS_AHEAD);
     if !args.heartbeats_only {
         let (signer, buyers, stop) = (signer.clone(), buyers.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -623,12 +668,17 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
     // buyer's next ledger nonce (signed twice: the transaction and the request).
     let (transfers, transfers_rx) = mpsc::channel::<Signed>(AHEAD.min(5_000));
     if !args.heartbeats_only && args.transfer_rate > 0 {
-        let (signer, buyers, stop) = (signer.clone(), buyers.clone(), stop.clone());
+        let (signer, buyers, stop, pace) =
+            (signer.clone(), buyers.clone(), stop.clone(), pace.clone());
         let rate = args.transfer_rate;
         std::thread::spawn(move || {
             let mut nonces = vec![0u64; buyers.len()];
             for n in 0u64.. {
                 if stop.is_cancelled() {
+                    return;
+                }
+                let due = n * 1_000 / rate;
+                if !pace.wait_for(due, &pace.transfers_ready, &stop) {
                     return;
                 }
                 let from = (n % buyers.len() as u64) as usize;
@@ -644,7 +694,6 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
                 });
                 nonces[from] += 1;
                 let body = serde_json::to_vec(&tx).expect("transactions serialise");
-                let due = n * 1_000 / rate;
                 let signed = signer.sign(&buyers[from], "/v1/ledger/txs".into(), body, due, n);
                 if transfers.blocking_send(signed).is_err() {
                     return;
@@ -652,9 +701,21 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    // Let the signers get ahead before the clock starts (or sign all there is to sign).
-    let ahead = |rx: &mpsc::Receiver<Signed>| rx.len() >= AHEAD / 2 || rx.is_closed();
-    while !ahead(&beats_rx) || !(args.heartbeats_only || ahead(&jobs_rx)) {
+    // Let the signers get ahead before the clock starts: each has signed what it may
+    // (its lookahead, or all there is), or filled half its queue.
+    let ahead = |rx: &mpsc::Receiver<Signed>, ready: &std::sync::atomic::AtomicBool, of: usize| {
+        rx.len() >= of / 2 || rx.is_closed() || ready.load(Ordering::SeqCst)
+    };
+    let (never, scheduled) = (
+        std::sync::atomic::AtomicBool::new(false),
+        !args.heartbeats_only,
+    );
+    while !ahead(&beats_rx, &pace.beats_ready, AHEAD)
+        || !(args.heartbeats_only || ahead(&jobs_rx, &never, JOBS_AHEAD))
+        || !(!scheduled
+            || args.transfer_rate == 0
+            || ahead(&transfers_rx, &pace.transfers_ready, AHEAD.min(5_000)))
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let tally = Arc::new(Tally {
@@ -669,6 +730,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         error_kinds: Default::default(),
         job_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
     });
+    let _ = pace.started.set(tally.began);
     println!("run started");
 
     let sender = Sender {

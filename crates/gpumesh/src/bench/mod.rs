@@ -59,3 +59,9 @@ pub(crate) fn print_report(report: &serde_json::Value, json: bool) -> anyhow::Re
     }
     Ok(())
 }
+
+/// `x` rounded to `digits` decimals, for reports.
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}

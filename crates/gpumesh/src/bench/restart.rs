@@ -24,6 +24,7 @@ use gpumesh_types::{Address, Amount, B256, EpochClose, SignedTx, Tx, TxKind};
 use serde_json::json;
 
 use super::ledger::{apply_all, par_map};
+use super::round;
 use crate::cli::RestartBenchArgs;
 
 /// Milliseconds of ledger time per transaction: the chain's clock, not the wall's.
@@ -104,11 +105,6 @@ pub async fn run(args: RestartBenchArgs) -> anyhow::Result<ExitCode> {
     });
     super::print_report(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
 }
 
 fn percentile(values: &mut [f64], q: f64) -> f64 {
