@@ -188,17 +188,17 @@ pub struct SimHost {
     pub count: u8,
 }
 
-/// Hosts shaped like the network's, one after another, deterministic for a seed.
-pub struct Hosts {
+/// The random stream and the weighted tables that hosts and requests are drawn with.
+struct Draws {
     rng: ChaCha8Rng,
     geo: Geography,
     pick_model: WeightedIndex<f64>,
     popular: WeightedIndex<f64>,
 }
 
-impl Hosts {
-    pub fn new(seed: u64) -> Hosts {
-        Hosts {
+impl Draws {
+    fn new(seed: u64) -> Draws {
+        Draws {
             rng: ChaCha8Rng::seed_from_u64(seed),
             geo: Geography::new(),
             pick_model: WeightedIndex::new(MIX.iter().map(|m| m.share))
@@ -207,14 +207,23 @@ impl Hosts {
                 .expect("weights are positive"),
         }
     }
+}
+
+/// Hosts shaped like the network's, one after another, deterministic for a seed.
+pub struct Hosts(Draws);
+
+impl Hosts {
+    pub fn new(seed: u64) -> Hosts {
+        Hosts(Draws::new(seed))
+    }
 
     pub fn next_host(&mut self) -> SimHost {
-        let rng = &mut self.rng;
-        let mix = &MIX[self.pick_model.sample(rng)];
+        let rng = &mut self.0.rng;
+        let mix = &MIX[self.0.pick_model.sample(rng)];
         let sizes =
             WeightedIndex::new(mix.sizes.iter().map(|s| s.1)).expect("weights are positive");
         let count = mix.sizes[sizes.sample(rng)].0;
-        let (country, point) = self.geo.point(rng);
+        let (country, point) = self.0.geo.point(rng);
         let price =
             mix.price_milli as f64 * Geography::price_factor(country) * rng.gen_range(0.85..1.15);
         let tier = match rng.gen_range(0..10) {
@@ -225,7 +234,7 @@ impl Hosts {
         let images = if mix.model.class() == GpuClass::Consumer {
             let n = rng.gen_range(2..10);
             (0..n)
-                .map(|_| game_image(self.popular.sample(rng)))
+                .map(|_| game_image(self.0.popular.sample(rng)))
                 .collect()
         } else {
             vec![
@@ -267,7 +276,7 @@ pub fn build(config: WorldConfig) -> World {
         groups.push((ids[0], host.count));
         containers += host.count as usize;
     }
-    let mut rng = hosts.rng;
+    let mut rng = hosts.0.rng;
     // Busy GPUs: random groups take random leases until the busy share is reached.
     let target = (containers as f64 * config.busy) as usize;
     let mut busy = Vec::new();
@@ -297,12 +306,7 @@ pub fn build(config: WorldConfig) -> World {
 }
 
 /// A stream of requests shaped like the network's: AI jobs and gaming sessions.
-pub struct Requests {
-    rng: ChaCha8Rng,
-    geo: Geography,
-    pick_model: WeightedIndex<f64>,
-    popular: WeightedIndex<f64>,
-}
+pub struct Requests(Draws);
 
 const EU: &[&str] = &[
     "DE", "FR", "NL", "IE", "SE", "FI", "PL", "IT", "ES", "BE", "AT", "DK", "CZ", "PT",
@@ -310,22 +314,15 @@ const EU: &[&str] = &[
 
 impl Requests {
     pub fn new(seed: u64) -> Requests {
-        Requests {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            geo: Geography::new(),
-            pick_model: WeightedIndex::new(MIX.iter().map(|m| m.share))
-                .expect("shares are positive"),
-            popular: WeightedIndex::new((0..GAME_IMAGES).map(|i| 1.0 / (i as f64 + 1.0)))
-                .expect("weights are positive"),
-        }
+        Requests(Draws::new(seed))
     }
 
     /// The next request: 55% AI jobs, 45% gaming sessions.
     pub fn next_request(&mut self) -> Request {
-        let rng = &mut self.rng;
-        let (_, near) = self.geo.point(rng);
+        let rng = &mut self.0.rng;
+        let (_, near) = self.0.geo.point(rng);
         if rng.gen_bool(0.55) {
-            let mix = &MIX[self.pick_model.sample(rng)];
+            let mix = &MIX[self.0.pick_model.sample(rng)];
             let datacenter = mix.model.class() != GpuClass::Consumer;
             let count = if datacenter {
                 [1, 1, 2, 4, 8][rng.gen_range(0..5)]
@@ -376,7 +373,7 @@ impl Requests {
             request.min_vram_mib = if rng.gen_bool(0.5) { 12_000 } else { 0 };
             request.max_rtt_ms = Some([30.0, 40.0, 60.0, 80.0][rng.gen_range(0..4)]);
             request.policy = RankPolicy::Experience;
-            request.image = Some(game_image(self.popular.sample(rng)));
+            request.image = Some(game_image(self.0.popular.sample(rng)));
             request.image_policy = match rng.gen_range(0..10) {
                 0..=3 => ImagePolicy::Require,
                 4..=6 => ImagePolicy::Prefer,
@@ -388,16 +385,16 @@ impl Requests {
 
     /// A random number below `n`, from the same stream (for picking what to release).
     pub fn below(&mut self, n: usize) -> usize {
-        self.rng.gen_range(0..n.max(1))
+        self.0.rng.gen_range(0..n.max(1))
     }
 
     /// A price in thousandths of a token, for price updates.
     pub fn price_update(&mut self) -> Amount {
-        milli_tokens(self.rng.gen_range(150.0..3_500.0))
+        milli_tokens(self.0.rng.gen_range(150.0..3_500.0))
     }
 
     pub fn coin(&mut self, p: f64) -> bool {
-        self.rng.gen_bool(p)
+        self.0.rng.gen_bool(p)
     }
 }
 
