@@ -25,10 +25,15 @@ use gpumesh_types::{
 use rand::{RngCore, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+mod delivery;
+mod probe;
+
 /// How many probes run at once.
 const PARALLEL_PROBES: usize = 32;
-/// The most an agent's answer may be: an opening of a network-sized proof is about 1 MB.
-const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// The most a proof opening may be: a network-sized proof's is about 1 MB.
+const MAX_OPENING_BYTES: usize = 16 * 1024 * 1024;
+/// The most any other answer of an agent may be: each is a signature or a root.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How a checker answers. Anything but `Honest` exists to show that the network catches
 /// it, in demos and tests; the command line offers only `Honest`.
@@ -70,6 +75,9 @@ struct Checker {
     http: reqwest::Client,
     config: CheckerConfig,
     chain_id: u64,
+    /// A local network: its agents and services are on this machine's own addresses.
+    /// Elsewhere only globally routable addresses are probed.
+    local: bool,
 }
 
 /// Runs the checker until `shutdown`: a report a period.
@@ -79,9 +87,9 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
         Some(config.wallet.clone()),
         config.indexer_ca.clone(),
     );
-    let chain_id = loop {
-        match client.network_chain_id().await {
-            Ok(id) => break id,
+    let (chain_id, local) = loop {
+        match client.info().await {
+            Ok(info) => break (info.chain_id, info.local),
             Err(e) => tracing::warn!(error = %e, "cannot reach the indexer; retrying"),
         }
         tokio::select! {
@@ -89,17 +97,13 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    // Canary tasks point at the indexer, which may serve a certificate of the operator's
-    // own CA.
-    let http = gpumesh_client::http_builder()
-        .tls_certs_merge(config.indexer_ca.iter().cloned())
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    let http = probe::client(&config.indexer_ca, local)?;
     let checker = Arc::new(Checker {
         client,
         http,
         config,
         chain_id,
+        local,
     });
     let me = checker.config.wallet.address();
     tracing::info!(checker = %me, behaviour = ?checker.config.behaviour, "checking");
@@ -130,7 +134,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
                     // Liveness first, in its own report: it is quick, and a checker that
                     // has reported early keeps its tasks; capacity proofs take longer.
                     let (liveness, capacity): (Vec<CheckTask>, Vec<CheckTask>) =
-                        new.into_iter().partition(|t| t.kind == TaskKind::Liveness);
+                        new.into_iter().partition(|t| t.kind != TaskKind::Capacity);
                     for t in liveness.iter().chain(&capacity) {
                         done.1.insert((t.container, t.kind));
                     }
@@ -235,7 +239,10 @@ impl Checker {
 
     async fn check(&self, task: &CheckTask, timeout: Duration) -> CheckOutcome {
         match (self.config.behaviour, task.kind) {
-            (Behaviour::Lazy, TaskKind::Liveness) => CheckOutcome::Up { rtt_us: 1_000 },
+            (Behaviour::Lazy, TaskKind::Liveness | TaskKind::Delivery) => {
+                CheckOutcome::Up { rtt_us: 1_000 }
+            }
+            (Behaviour::Honest, TaskKind::Delivery) => self.delivery(task, timeout).await,
             (Behaviour::Lazy, TaskKind::Capacity) => CheckOutcome::Valid { host_ms: 1 },
             (Behaviour::Honest, TaskKind::Liveness) => self.liveness(task, timeout).await,
             (Behaviour::Honest, TaskKind::Capacity) => {
@@ -351,9 +358,10 @@ impl Checker {
         timeout: Duration,
     ) -> Result<T, ProbeError> {
         let url = format!("{}/{path}", task.endpoint.trim_end_matches('/'));
+        let url = probe::url(&url, self.local).ok_or(ProbeError::Other)?;
         let response = self
             .http
-            .post(&url)
+            .post(url)
             .json(body)
             .timeout(timeout)
             .send()
@@ -362,16 +370,13 @@ impl Checker {
         if !response.status().is_success() {
             return Err(ProbeError::Refused);
         }
-        // Read at most MAX_ANSWER_BYTES: a host cannot fill the checker's memory.
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(ProbeError::from)?;
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(ProbeError::Refused);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        // Read no more than the answer needs: a host cannot fill the checker's memory.
+        let limit = if path == "proof/open" {
+            MAX_OPENING_BYTES
+        } else {
+            MAX_ANSWER_BYTES
+        };
+        let body = probe::body(response, limit).await?;
         serde_json::from_slice(&body).map_err(|_| ProbeError::Refused)
     }
 }
@@ -382,7 +387,7 @@ enum ProbeError {
     Timeout,
     /// The agent answered, but with an error, too much, or nothing that parses.
     Refused,
-    /// No connection.
+    /// No connection, or an address this checker may not be sent to.
     Other,
 }
 

@@ -1,11 +1,12 @@
 //! The epoch's reward inputs, decided from verdicts: which containers earn capacity
-//! rewards, and how delivered work is split by container and tier. The ledger pays
-//! from these lists; the indexer only gathers the facts.
+//! rewards, and how delivered work and its payments are split by container and tier. The
+//! ledger pays from these lists (by what buyers paid, capped: docs/economics.md); the
+//! indexer only gathers the facts.
 
 use std::collections::BTreeMap;
 
 use alloy_primitives::Address;
-use gpumesh_types::{ContainerRef, HostCapacity, HostDelivery};
+use gpumesh_types::{Amount, ContainerRef, GpuDelivery, HostCapacity, HostDelivery};
 
 /// What an epoch saw of one container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,40 +56,96 @@ pub fn capacity_list(containers: &[ContainerEpoch], by_quorum: bool) -> Vec<Host
         .collect()
 }
 
-/// Splits a lease's newly settled GPU-milliseconds evenly over its GPUs; the remainder
-/// goes to the first GPUs, so the parts add up to the whole.
-pub fn split_delivery(gpu_ms: u64, gpus: &[u16]) -> Vec<(u16, u64)> {
-    let n = gpus.len() as u64;
-    if n == 0 {
-        return Vec::new();
+/// What a container delivered: settled GPU-milliseconds, what its buyers were charged
+/// for them, and the part of that the treasury kept as its fee.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    pub gpu_ms: u64,
+    pub paid: Amount,
+    pub fee: Amount,
+}
+
+impl Delivered {
+    /// Adds `other`, saturating (an epoch's sums stay far below the limits).
+    pub fn add(&mut self, other: Delivered) {
+        self.gpu_ms = self.gpu_ms.saturating_add(other.gpu_ms);
+        self.paid = Amount(self.paid.0.saturating_add(other.paid.0));
+        self.fee = Amount(self.fee.0.saturating_add(other.fee.0));
     }
-    let (each, rest) = (gpu_ms / n, gpu_ms % n);
+
+    /// What was added since `earlier` (a lease's settled totals before a settlement).
+    pub fn since(self, earlier: Delivered) -> Delivered {
+        Delivered {
+            gpu_ms: self.gpu_ms.saturating_sub(earlier.gpu_ms),
+            paid: self.paid.saturating_sub(earlier.paid),
+            fee: self.fee.saturating_sub(earlier.fee),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.gpu_ms == 0 && self.paid.0 == 0
+    }
+}
+
+/// Splits `whole` evenly over `n` parts; the remainder goes to the first parts.
+fn split_evenly(whole: u128, n: usize) -> impl Iterator<Item = u128> {
+    let (each, rest) = (whole / n.max(1) as u128, whole % n.max(1) as u128);
+    (0..n).map(move |i| each + u128::from((i as u128) < rest))
+}
+
+/// Splits a lease's newly settled work (GPU-milliseconds, payment and fee) evenly over its
+/// GPUs; each remainder goes to the first GPUs, so the parts add up to the whole, and no
+/// GPU's fee is above its payment when the whole's is not.
+pub fn split_delivery(whole: Delivered, gpus: &[u16]) -> Vec<(u16, Delivered)> {
+    let n = gpus.len();
+    let gpu_ms = split_evenly(whole.gpu_ms as u128, n);
+    let paid = split_evenly(whole.paid.0, n);
+    let fee = split_evenly(whole.fee.0, n);
     gpus.iter()
-        .enumerate()
-        .map(|(i, &g)| (g, each + u64::from((i as u64) < rest)))
+        .zip(gpu_ms.zip(paid).zip(fee))
+        .map(|(&g, ((gpu_ms, paid), fee))| {
+            let part = Delivered {
+                // A part of a u64 fits a u64.
+                gpu_ms: gpu_ms as u64,
+                paid: Amount(paid),
+                fee: Amount(fee),
+            };
+            (g, part)
+        })
         .collect()
 }
 
 /// The delivery list in the ledger's canonical order, each container with its host's tier.
 pub fn delivery_list(
-    delivered: impl IntoIterator<Item = (ContainerRef, u64)>,
+    delivered: impl IntoIterator<Item = (ContainerRef, Delivered)>,
     tier_of: impl Fn(&Address) -> u8,
 ) -> Vec<HostDelivery> {
-    let mut by_host: BTreeMap<Address, BTreeMap<u16, u64>> = BTreeMap::new();
-    for (c, gpu_ms) in delivered {
-        if gpu_ms > 0 {
-            *by_host
+    let mut by_host: BTreeMap<Address, BTreeMap<u16, Delivered>> = BTreeMap::new();
+    for (c, d) in delivered {
+        if !d.is_empty() {
+            by_host
                 .entry(c.host)
                 .or_default()
                 .entry(c.index)
-                .or_default() += gpu_ms;
+                .or_default()
+                .add(d);
         }
     }
     by_host
         .into_iter()
         .map(|(h, v)| {
             let tier = tier_of(&h).clamp(1, 3);
-            (h, v.into_iter().map(|(i, ms)| (i, ms, tier)).collect())
+            let gpus = v
+                .into_iter()
+                .map(|(index, d)| GpuDelivery {
+                    index,
+                    gpu_ms: d.gpu_ms,
+                    paid: d.paid,
+                    fee: d.fee,
+                    tier,
+                })
+                .collect();
+            (h, gpus)
         })
         .collect()
 }
@@ -106,14 +163,23 @@ mod tests {
     }
 
     proptest! {
-        /// Delivery parts add up to the whole and differ by at most one.
+        /// Delivery parts add up to the whole and differ by at most one, and no part's
+        /// fee is above its payment.
         #[test]
-        fn delivery_splits_exactly(gpu_ms in any::<u64>(), n in 1usize..9) {
+        fn delivery_splits_exactly(gpu_ms in any::<u64>(), a in any::<u128>(), b in any::<u128>(), n in 1usize..9) {
+            let (paid, fee) = (a.max(b), a.min(b));
+            let whole = Delivered { gpu_ms, paid: Amount(paid), fee: Amount(fee) };
             let gpus: Vec<u16> = (0..n as u16).collect();
-            let parts = split_delivery(gpu_ms, &gpus);
-            prop_assert_eq!(parts.iter().map(|p| p.1 as u128).sum::<u128>(), gpu_ms as u128);
-            let (lo, hi) = (parts.iter().map(|p| p.1).min().unwrap(), parts.iter().map(|p| p.1).max().unwrap());
+            let parts = split_delivery(whole, &gpus);
+            prop_assert_eq!(parts.iter().map(|p| p.0).collect::<Vec<_>>(), gpus);
+            prop_assert_eq!(parts.iter().map(|p| p.1.gpu_ms as u128).sum::<u128>(), gpu_ms as u128);
+            prop_assert_eq!(parts.iter().map(|p| p.1.paid.0).sum::<u128>(), paid);
+            prop_assert_eq!(parts.iter().map(|p| p.1.fee.0).sum::<u128>(), fee);
+            let (lo, hi) = (parts.iter().map(|p| p.1.gpu_ms).min().unwrap(), parts.iter().map(|p| p.1.gpu_ms).max().unwrap());
             prop_assert!(hi - lo <= 1);
+            for (_, p) in &parts {
+                prop_assert!(p.fee <= p.paid);
+            }
         }
 
         /// Only verified, staked, live containers earn; the list is canonical (hosts and
@@ -159,18 +225,51 @@ mod tests {
         assert!(!earns_capacity(&x, false));
     }
 
+    fn delivered(gpu_ms: u64, paid: u128, fee: u128) -> Delivered {
+        Delivered {
+            gpu_ms,
+            paid: Amount(paid),
+            fee: Amount(fee),
+        }
+    }
+
     #[test]
-    fn delivery_is_grouped_by_host_with_its_tier() {
+    fn delivery_is_grouped_by_host_with_its_tier_and_payments() {
         let list = delivery_list(
-            [(c(2, 1), 10), (c(1, 0), 5), (c(2, 1), 7), (c(2, 0), 0)],
+            [
+                (c(2, 1), delivered(10, 100, 20)),
+                (c(1, 0), delivered(5, 50, 10)),
+                (c(2, 1), delivered(7, 70, 14)),
+                (c(2, 0), delivered(0, 0, 0)),
+            ],
             |h| if h.0[0] == 1 { 1 } else { 3 },
         );
+        let gpu = |index, gpu_ms, paid, fee, tier| GpuDelivery {
+            index,
+            gpu_ms,
+            paid: Amount(paid),
+            fee: Amount(fee),
+            tier,
+        };
         assert_eq!(
             list,
             vec![
-                (Address::repeat_byte(1), vec![(0, 5, 1)]),
-                (Address::repeat_byte(2), vec![(1, 17, 3)]),
+                (Address::repeat_byte(1), vec![gpu(0, 5, 50, 10, 1)]),
+                (Address::repeat_byte(2), vec![gpu(1, 17, 170, 34, 3)]),
             ]
         );
+    }
+
+    #[test]
+    fn a_lease_split_over_its_gpus_gives_the_remainders_to_the_first() {
+        assert_eq!(
+            split_delivery(delivered(7, 5, 1), &[4, 2, 9]),
+            vec![
+                (4, delivered(3, 2, 1)),
+                (2, delivered(2, 2, 0)),
+                (9, delivered(2, 1, 0)),
+            ]
+        );
+        assert!(split_delivery(delivered(7, 5, 1), &[]).is_empty());
     }
 }

@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use alloy_primitives::{Address, B256, keccak256};
 use gpumesh_types::{
     CheckOutcome, CheckReport, CheckTask, CheckerTasks, CheckerView, CheckingParams,
-    ContainerAssignment, ContainerRef, ErrorCode, FailReason, GpuModel, TaskKind,
+    ContainerAssignment, ContainerRef, DeliveryProbe, ErrorCode, FailReason, GpuModel, LeaseId,
+    TaskKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,8 @@ pub struct Target {
     pub simulated: bool,
     /// Its capacity proof is due (never passed, or older than the proof interval).
     pub capacity_due: bool,
+    /// A lease in progress on it to check delivery of (on the lease's first GPU only).
+    pub delivery: Option<DeliveryProbe>,
 }
 
 /// A checker's standing, as stored.
@@ -116,6 +119,10 @@ pub struct Verdict {
     pub container: ContainerRef,
     pub kind: TaskKind,
     pub passed: bool,
+    /// For a delivery verdict: the lease it is about.
+    pub lease: Option<LeaseId>,
+    /// The start of the period whose checks it decides (probes run after it).
+    pub period_start_ms: u64,
     /// The most common reason among the failing results, when it failed.
     pub reason: Option<FailReason>,
     /// Medians over the agreeing results.
@@ -352,6 +359,7 @@ impl Checking {
                         "{decoy_base}/{}",
                         alloy_primitives::hex::encode(&token[..16])
                     ),
+                    delivery: None,
                     ..like.clone()
                 };
                 let slot = (h[7] as usize) % self.params.quorum();
@@ -403,6 +411,10 @@ impl Checking {
             proof_deadline_ms: capacity
                 .then(|| self.params.proof_deadline_ms(target.gpu, target.simulated)),
             start_at_ms: capacity.then(|| start_ms + slot as u64 * self.params.proof_slot_ms()),
+            delivery: target
+                .delivery
+                .clone()
+                .filter(|_| kind == TaskKind::Delivery),
         }
     }
 
@@ -410,7 +422,7 @@ impl Checking {
     fn due_ms(&self, p: &Period, kind: TaskKind) -> u64 {
         let end = p.start_ms + self.params.period_ms + self.params.report_grace_ms;
         match kind {
-            TaskKind::Liveness => end,
+            TaskKind::Liveness | TaskKind::Delivery => end,
             TaskKind::Capacity => end + self.params.proof_window_ms,
         }
     }
@@ -438,10 +450,12 @@ impl Checking {
     }
 
     fn kinds(&self, target: &Target) -> &'static [TaskKind] {
-        if target.capacity_due {
-            &[TaskKind::Liveness, TaskKind::Capacity]
-        } else {
-            &[TaskKind::Liveness]
+        use TaskKind::{Capacity, Delivery, Liveness};
+        match (target.capacity_due, target.delivery.is_some()) {
+            (true, true) => &[Liveness, Capacity, Delivery],
+            (true, false) => &[Liveness, Capacity],
+            (false, true) => &[Liveness, Delivery],
+            (false, false) => &[Liveness],
         }
     }
 
@@ -498,7 +512,7 @@ impl Checking {
         })?;
         for r in &report.results {
             let due = self.due_ms(p, r.kind);
-            if now_ms > due || (r.kind == TaskKind::Liveness && p.liveness_decided) {
+            if now_ms > due || (r.kind != TaskKind::Capacity && p.liveness_decided) {
                 return Err(CheckingError::Late(format!(
                     "{:?} results for period {} were due by {due}",
                     r.kind, report.period
@@ -526,7 +540,7 @@ impl Checking {
                 )));
             }
             let kind_fits = |k: TaskKind, o: &CheckOutcome| match o {
-                CheckOutcome::Up { .. } => k == TaskKind::Liveness,
+                CheckOutcome::Up { .. } => k != TaskKind::Capacity,
                 CheckOutcome::Valid { .. } => k == TaskKind::Capacity,
                 CheckOutcome::Failed { reason } => k == TaskKind::Capacity || !reason.is_proof(),
             };
@@ -628,7 +642,9 @@ impl Checking {
         };
         let mut credit = vec![0u64; p.draw.checkers.len()];
         let mut minority: Vec<Vec<String>> = vec![Vec::new(); p.draw.checkers.len()];
-        let mut keys: Vec<&(u32, TaskKind)> = p.results.keys().filter(|k| k.1 == stage).collect();
+        // Delivery is decided with liveness, at the period's end and grace.
+        let in_stage = |k: TaskKind| k == stage || (stage == TaskKind::Liveness && k == TaskKind::Delivery);
+        let mut keys: Vec<&(u32, TaskKind)> = p.results.keys().filter(|k| in_stage(k.1)).collect();
         keys.sort_unstable();
         for key in keys {
             let results = &p.results[key];
@@ -673,6 +689,12 @@ impl Checking {
                 container,
                 kind,
                 passed,
+                lease: p.targets[t as usize]
+                    .delivery
+                    .as_ref()
+                    .filter(|_| kind == TaskKind::Delivery)
+                    .map(|d| d.lease),
+                period_start_ms: p.start_ms,
                 reason,
                 rtt_us: median(rtts),
                 host_ms: median(host_ms),

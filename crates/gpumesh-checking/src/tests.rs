@@ -31,8 +31,20 @@ fn targets(count: u64, capacity_due: bool) -> Vec<Target> {
             gpu: GpuModel::H100,
             simulated: true,
             capacity_due,
+            delivery: None,
         })
         .collect()
+}
+
+/// `targets`, every third with a lease in progress to check delivery of.
+fn with_leases(mut targets: Vec<Target>) -> Vec<Target> {
+    for (i, t) in targets.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
+        t.delivery = Some(DeliveryProbe {
+            lease: LeaseId(100 + i as u64),
+            service: (i % 2 == 0).then(|| format!("http://127.0.0.1:9/svc{i}")),
+        });
+    }
+    targets
 }
 
 struct World {
@@ -125,7 +137,10 @@ fn one_liar(c: &Address, t: &CheckTask, liar: &Address) -> CheckOutcome {
 fn honest(t: &CheckTask, truth_up: bool) -> CheckOutcome {
     let decoy = t.endpoint.contains("decoy");
     match (t.kind, truth_up && !decoy) {
-        (TaskKind::Liveness, true) => CheckOutcome::Up { rtt_us: 800 },
+        (TaskKind::Liveness | TaskKind::Delivery, true) => CheckOutcome::Up { rtt_us: 800 },
+        (TaskKind::Delivery, false) => CheckOutcome::Failed {
+            reason: FailReason::NotDelivered,
+        },
         (TaskKind::Capacity, true) => CheckOutcome::Valid { host_ms: 70 },
         (TaskKind::Liveness, false) => CheckOutcome::Failed {
             reason: FailReason::Unreachable,
@@ -158,7 +173,9 @@ proptest! {
     ) {
         let q = 2 * n as usize + 1;
         let mut w = World::new(params(n, q + extra, 0));
-        w.begin(targets(count, true));
+        let targets = with_leases(targets(count, true));
+        let leases = targets.iter().filter(|t| t.delivery.is_some()).count() as u64;
+        w.begin(targets);
         let assignment = w.checking.assignment(0, 0, usize::MAX).unwrap();
         // For each container, the adversary corrupts N of exactly its quorum.
         let mut colluding: std::collections::HashSet<(ContainerRef, Address)> = Default::default();
@@ -171,10 +188,12 @@ proptest! {
         }
         w.report_all(100, |c, t| if colluding.contains(&(t.container, *c)) { lie(t, truth_up) } else { honest(t, truth_up) });
         let out = w.close();
-        prop_assert_eq!(out.verdicts.len() as u64, 2 * count);
+        prop_assert_eq!(out.verdicts.len() as u64, 2 * count + leases);
         prop_assert_eq!(out.undecided, 0);
         for v in &out.verdicts {
             prop_assert_eq!(v.passed, truth_up);
+            // A delivery verdict names its lease; no other does.
+            prop_assert_eq!(v.lease.is_some(), v.kind == TaskKind::Delivery);
             prop_assert_eq!(v.agreeing.len(), n as usize + 1);
             for a in &v.agreeing {
                 prop_assert!(!colluding.contains(&(v.container, *a)));
@@ -534,7 +553,7 @@ fn a_containers_proofs_take_turns_and_are_decided_after_their_window() {
     // Liveness is decided at the end and grace; the proofs only after their window, and
     // a capacity result is still taken in between.
     w.report_all(100, |_, t| match t.kind {
-        TaskKind::Liveness => CheckOutcome::Up { rtt_us: 1 },
+        TaskKind::Liveness | TaskKind::Delivery => CheckOutcome::Up { rtt_us: 1 },
         TaskKind::Capacity => CheckOutcome::Valid { host_ms: 1 },
     });
     // While the round is out, the next period gives no capacity task for the container.

@@ -457,6 +457,9 @@ pub async fn run(
                         treasury_share: Amount::ZERO,
                         refund: Amount::ZERO,
                         closed: false,
+                        started_ms: None,
+                        max_gpu_ms: 0,
+                        bound_gpu_ms: None,
                     });
                 let balanced =
                     s.closed && s.host_share.0 + s.treasury_share.0 + s.refund.0 == s.escrow.0;

@@ -63,6 +63,7 @@ pub struct ChallengeConfig {
 struct Live {
     gpus: u16,
     max_gpu_ms: u64,
+    /// When the indexer accepted the start: billable time runs from then.
     started: Option<Instant>,
     /// Set when the workload ended: usage no longer grows.
     frozen_gpu_ms: Option<u64>,
@@ -84,6 +85,8 @@ struct Agent {
     client: Client,
     config: HostConfig,
     leases: Mutex<HashMap<LeaseId, Live>>,
+    /// The leases whose workloads run now: what the challenge endpoint states to checkers.
+    running: crate::challenge::Running,
     challenge_url: Option<String>,
 }
 
@@ -98,6 +101,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     // tests) ends them all, as the death of the process would.
     let mut background = tokio::task::JoinSet::new();
     let mut challenge_url = None;
+    let running = crate::challenge::Running::default();
     // Stops the challenge endpoint however `run` ends, a crash (the future dropped) too:
     // connections a checker still holds open must not outlive the agent.
     let challenge_stop = shutdown.child_token();
@@ -141,6 +145,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                 gpus,
                 challenge.prover.clone(),
                 licences,
+                running.clone(),
                 challenge_stop.clone(),
             )
             .map(|r| {
@@ -154,6 +159,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         client,
         config,
         leases: Mutex::new(HashMap::new()),
+        running,
         challenge_url,
     });
     let Some(registered) = agent.register(&shutdown).await? else {
@@ -572,9 +578,7 @@ impl Agent {
             }
             Ok(mut workload) => {
                 let began = Instant::now();
-                if let Some(l) = self.leases.lock().expect("lease table lock").get_mut(&id) {
-                    l.started = Some(began);
-                }
+                self.running_now(id, true);
                 // In the background, so that the workload's own end, its maximum duration
                 // and a stop still count while the indexer is away.
                 let reporter = {
@@ -601,6 +605,15 @@ impl Agent {
                             reported = agent.report_started(id, &endpoints) => reported,
                             _ = stop.cancelled() => return,
                         };
+                        // Billable time runs from the indexer's acceptance of the start,
+                        // which the ledger records: metering from the answer keeps every
+                        // claim within what the protocol observed.
+                        if reported.is_ok()
+                            && let Some(l) =
+                                agent.leases.lock().expect("lease table lock").get_mut(&id)
+                        {
+                            l.started = Some(Instant::now());
+                        }
                         if reported.is_ok()
                             && let Some((check, Some(target))) = health
                         {
@@ -651,6 +664,7 @@ impl Agent {
                 };
                 // The end is reported next; a start still unreported is moot.
                 reporter.abort();
+                self.running_now(id, false);
                 match stopped {
                     Some(Ok(code)) => (Some(code), None),
                     Some(Err(e)) => (None, Some(format!("lost track of the workload: {e:#}"))),
@@ -688,6 +702,16 @@ impl Agent {
         let _ = shipper.await;
         self.finish(id, gpu_ms, exit_code, error).await;
         self.leases.lock().expect("lease table lock").remove(&id);
+    }
+
+    /// Marks a lease's workload as running here or not, for checkers' delivery checks.
+    fn running_now(&self, id: LeaseId, running: bool) {
+        let mut set = self.running.write().unwrap_or_else(|p| p.into_inner());
+        if running {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
     }
 
     /// Reports the end with the final usage record, retrying while the indexer is away.

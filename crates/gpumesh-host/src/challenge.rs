@@ -114,6 +114,10 @@ struct Kept {
 /// agent refreshes from the indexer.
 pub type Licences = Arc<std::sync::RwLock<HashSet<Address>>>;
 
+/// The leases whose workloads run on this host now, as the agent keeps them: what the
+/// agent states, signed, to a checker asking about a batch job's delivery.
+pub type Running = Arc<std::sync::RwLock<HashSet<gpumesh_types::LeaseId>>>;
+
 /// How long ahead a challenge's signature may claim to hold.
 const MAX_CHALLENGE_TTL_MS: u64 = 5 * 60 * 1000;
 
@@ -121,6 +125,7 @@ struct Endpoint {
     /// Cancelled when the agent stops: connections still open then get no answer.
     stopped: CancellationToken,
     licences: Licences,
+    running: Running,
     wallet: Wallet,
     chain_id: u64,
     gpus: u16,
@@ -228,11 +233,13 @@ pub async fn serve(
     gpus: u16,
     prover: Arc<dyn Prover>,
     licences: Licences,
+    running: Running,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = Arc::new(Endpoint {
         stopped: shutdown.clone(),
         licences,
+        running,
         wallet,
         chain_id,
         gpus,
@@ -242,6 +249,7 @@ pub async fn serve(
     });
     let router = Router::new()
         .route("/liveness", post(liveness))
+        .route("/delivery", post(delivery))
         .route("/proof/commit", post(commit))
         .route("/proof/open", post(open))
         .with_state(state);
@@ -262,6 +270,27 @@ async fn liveness(
         .wallet
         .sign_message(liveness_message(e.chain_id, &challenge)));
     Json(LivenessAnswer { signature }).into_response()
+}
+
+/// Whether a lease's workload runs here, stated and signed for a checker's nonce. Any
+/// checker may ask (the answer costs a signature, as liveness does); the statement is
+/// evidence the host answers for.
+async fn delivery(
+    State(e): State<Arc<Endpoint>>,
+    Json(challenge): Json<gpumesh_types::DeliveryChallenge>,
+) -> Response {
+    if e.stopped.is_cancelled() {
+        return gone();
+    }
+    let running = e
+        .running
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&challenge.lease);
+    let signature = Sig(e.wallet.sign_message(gpumesh_types::delivery_message(
+        e.chain_id, &challenge, running,
+    )));
+    Json(gpumesh_types::DeliveryAnswer { running, signature }).into_response()
 }
 
 async fn commit(

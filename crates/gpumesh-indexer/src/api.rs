@@ -22,7 +22,7 @@ use gpumesh_types::{
 use gpumesh_types::{
     DeploymentId, DeploymentRequest, DeploymentView, ErrorCode, FaucetRequest, HealthReport,
     Heartbeat, JobRequest, LeaseFinish, LeaseId, LeaseStarted, LogAppend, LogEvent, RegisterHost,
-    ScaleRequest, SessionId, SessionRequest, SessionView, SignedTx, WorkPoll,
+    ScaleRequest, SessionId, SessionRequest, SessionView, SignedTx, TxKind, WorkPoll,
 };
 use serde::Deserialize;
 
@@ -312,10 +312,61 @@ async fn register_host(
     req: Signed<RegisterHost>,
 ) -> Result<Response, Failure> {
     state.limits.check(Limited::Registration, req.signer)?;
+    if let Some(url) = &req.body.challenge_url {
+        let local = state.read(|c| c.ledger().genesis().local);
+        challenge_name(url, local).await?;
+    }
     let registered = state
         .mutate(move |c, now, batch| c.register_host(req.signer, req.body, now, batch))
         .await?;
     Ok((StatusCode::CREATED, Json(registered)).into_response())
+}
+
+/// On a public network, a challenge URL whose name resolves only to addresses checkers
+/// may not be sent to (loopback, private, …) is refused before the registration is
+/// queued: the registry, which does no I/O, judges only IP literals. A name that does not
+/// resolve (yet) passes, as does anything the registry refuses for its own reasons:
+/// checkers resolve names again at every probe and reach only public addresses, which is
+/// the check that matters (a name can change after registration).
+async fn challenge_name(raw: &str, local: bool) -> Result<(), Failure> {
+    if local {
+        return Ok(());
+    }
+    let Ok(url) = gpumesh_registry::challenge_url(raw, local) else {
+        return Ok(());
+    };
+    let (Some(name), Some(port)) = (url.domain(), url.port_or_known_default()) else {
+        return Ok(());
+    };
+    let lookup = tokio::net::lookup_host((name, port));
+    let Ok(Ok(addresses)) = tokio::time::timeout(Duration::from_secs(2), lookup).await else {
+        return Ok(());
+    };
+    let addresses: Vec<std::net::IpAddr> = addresses.map(|a| a.ip()).collect();
+    resolved_challenge_name(raw, name, &addresses)
+}
+
+/// A challenge URL's name resolved to `addresses`: refused when there are some and none
+/// is public.
+fn resolved_challenge_name(
+    raw: &str,
+    name: &str,
+    addresses: &[std::net::IpAddr],
+) -> Result<(), Failure> {
+    if addresses.is_empty() || addresses.iter().copied().any(gpumesh_types::net::is_public) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        ErrorCode::InvalidChallengeUrl,
+        format!(
+            "challenge URL {raw:?} names {name}, which resolves only to addresses that are not public ({}); checkers could not reach it",
+            addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/hosts/heartbeat", tag = "hosts", summary = "A host's heartbeat", request_body = Heartbeat, params(SignatureHeaders), responses((status = 200, description = "recorded", body = Object), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
@@ -431,7 +482,7 @@ async fn started(
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
     let lease = state
-        .mutate(move |c, now, _| c.started(req.signer, id, req.body.endpoints, now))
+        .mutate(move |c, now, batch| c.started(req.signer, id, req.body.endpoints, now, batch))
         .await?;
     Ok(Json(lease).into_response())
 }
@@ -559,6 +610,11 @@ async fn submit_tx(
 ) -> Result<Response, Failure> {
     // The signature is checked here, on this request's worker, not under the state lock.
     let checked = gpumesh_ledger::CheckedTx::check(req.body).map_err(Failure::from)?;
+    // An allowance lets the protocol open escrows for a deployment: it costs what a
+    // deployment does, so it counts against the same per-key rate.
+    if let TxKind::Allow { .. } = checked.tx().tx.kind {
+        state.limits.check(Limited::Job, checked.tx().tx.from)?;
+    }
     let accepted = state
         .mutate(move |c, now, batch| c.submit_tx(checked, now, batch))
         .await?;
@@ -958,4 +1014,39 @@ async fn end_session(
         .mutate(move |c, now, _| c.end_session(req.signer, id, now))
         .await?;
     Ok(Json(view).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolved_challenge_name;
+    use gpumesh_types::ErrorCode;
+
+    #[test]
+    fn a_challenge_name_must_resolve_to_a_public_address() {
+        let ips = |list: &[&str]| -> Vec<std::net::IpAddr> {
+            list.iter().map(|ip| ip.parse().unwrap()).collect()
+        };
+        let url = "http://agent.example.org:7701";
+        let judge = |list: &[&str]| resolved_challenge_name(url, "agent.example.org", &ips(list));
+        assert!(
+            judge(&[]).is_ok(),
+            "an unresolved name is left to the checkers"
+        );
+        assert!(judge(&["8.8.8.8"]).is_ok());
+        assert!(judge(&["127.0.0.1", "2606:4700:4700::1111"]).is_ok());
+        for private in [
+            &["127.0.0.1", "::1"][..],
+            &["10.0.0.1"],
+            &["169.254.169.254"],
+            &["::ffff:192.168.1.1", "fd00::1"],
+        ] {
+            let refused = judge(private).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::InvalidChallengeUrl, "{private:?}");
+            assert!(
+                refused.message.contains("agent.example.org"),
+                "{}",
+                refused.message
+            );
+        }
+    }
 }

@@ -59,6 +59,8 @@ pub struct Core {
     snapshot_every: u64,
     /// The transaction count at the newest snapshot (0: none).
     snapshot_seq: u64,
+    /// Leases ended by a quorum's delivery verdict since this indexer started.
+    delivery_failures: u64,
 }
 
 /// Transactions between ledger snapshots by default: a restart replays at most about
@@ -158,6 +160,8 @@ impl Core {
             .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
         let mut params = snapshot.params;
         params.checked = checking.enabled();
+        let cp = checking.params();
+        params.delivery_window_ms = 2 * (cp.period_ms + cp.report_grace_ms);
         let mut registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
         registry.restore_services(snapshot.deployments, snapshot.sessions);
         let canary_seed = alloy_primitives::keccak256(
@@ -192,6 +196,7 @@ impl Core {
             unclosed: Default::default(),
             snapshot_every: SNAPSHOT_EVERY,
             snapshot_seq,
+            delivery_failures: 0,
         };
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
@@ -338,7 +343,13 @@ impl Core {
     }
 
     pub fn lease_view(&self, id: LeaseId) -> Result<LeaseView, Failure> {
-        let settlement = self.ledger.escrow(id).map(|e| e.view());
+        let slack = self.ledger.genesis().economics.usage_slack_ms;
+        let ended = self.registry.lease(id).and_then(|l| l.ended_ms);
+        let settlement = self.ledger.escrow(id).map(|e| {
+            let mut view = e.view();
+            view.bound_gpu_ms = ended.map(|at| e.billable_gpu_ms(at, slack));
+            view
+        });
         self.registry.view(id, settlement).ok_or_else(|| {
             Failure::new(
                 ErrorCode::UnknownLease,
@@ -603,11 +614,14 @@ impl Core {
             })
             .collect();
         let capacity = epoch::capacity_list(&containers, by_quorum);
-        let delivered = work
-            .containers
-            .iter()
-            .filter(|(_, w)| w.delivered_gpu_ms > 0)
-            .map(|(&c, w)| (c, w.delivered_gpu_ms));
+        let delivered = work.containers.iter().map(|(&c, w)| {
+            let d = epoch::Delivered {
+                gpu_ms: w.delivered_gpu_ms,
+                paid: w.paid,
+                fee: w.fee,
+            };
+            (c, d)
+        });
         let delivery =
             epoch::delivery_list(delivered, |h| self.registry.host(h).map_or(3, |r| r.tier));
         let checkers = self.checking.epoch_checkers(now_ms);
@@ -672,6 +686,22 @@ impl Core {
                         counts.down += 1;
                     }
                     *hosts_up.entry(v.container.host).or_insert(true) &= v.passed;
+                }
+                gpumesh_types::TaskKind::Delivery => {
+                    let Some(lease) = v.lease else { continue };
+                    let effects =
+                        self.registry
+                            .delivery_verdict(lease, v.passed, v.period_start_ms, now_ms);
+                    if !effects.is_empty() {
+                        tracing::warn!(%lease, container = %v.container, "a quorum of checkers found the lease not delivered; ended it");
+                        self.delivery_failures += 1;
+                    }
+                    self.close_escrows(effects, now_ms, batch);
+                    if let Some(r) = self.registry.host(&v.container.host) {
+                        let tier =
+                            gpumesh_checking::tier(r.up_verdicts, r.down_verdicts, r.proof_ok);
+                        self.registry.set_tier(&v.container.host, tier);
+                    }
                 }
                 gpumesh_types::TaskKind::Capacity => {
                     let Some(gpu) = self
@@ -820,11 +850,9 @@ impl Core {
                 for r in &report.results {
                     if let gpumesh_types::CheckOutcome::Up { rtt_us } = r.outcome {
                         let rtt_ms = (rtt_us.max(1) as f64) / 1000.0;
-                        let _ = self.registry.observe(
-                            r.container.host,
-                            gpumesh_types::Peer::Anchor(id),
-                            rtt_ms,
-                        );
+                        let _ = self
+                            .registry
+                            .checker_measurement(r.container.host, id, rtt_ms);
                     }
                 }
             }
@@ -849,9 +877,7 @@ impl Core {
         reporter: Address,
         observation: gpumesh_types::Observation,
     ) -> Result<(), Failure> {
-        Ok(self
-            .registry
-            .observe(reporter, observation.peer, observation.rtt_ms)?)
+        Ok(self.registry.host_observation(reporter, &observation)?)
     }
 
     pub fn add_anchor(&mut self, point: gpumesh_types::GeoPoint) -> Result<u32, Failure> {
@@ -874,7 +900,11 @@ impl Core {
         job: JobRequest,
         now_ms: u64,
     ) -> Result<LeaseView, Failure> {
-        let id = self.registry.submit_job(buyer, job, now_ms)?.id;
+        let spendable = self.ledger.balance(&buyer);
+        let id = self
+            .registry
+            .submit_job_within(buyer, job, spendable, now_ms)?
+            .id;
         self.lease_view(id)
     }
 
@@ -890,14 +920,34 @@ impl Core {
         self.lease_view(id)
     }
 
+    /// The host reports that the workload started. The first report of a funded lease
+    /// is recorded in the ledger (`StartLease`, signed by the protocol): its time, the
+    /// indexer's, is where billable time begins.
     pub fn started(
         &mut self,
         host: Address,
         id: LeaseId,
         endpoints: Vec<gpumesh_types::Endpoint>,
         now_ms: u64,
+        batch: &mut Batch,
     ) -> Result<LeaseView, Failure> {
-        self.registry.started(&host, id, endpoints, now_ms)?;
+        let starting = self
+            .registry
+            .lease(id)
+            .is_some_and(|l| l.host == host && l.state == LeaseState::Starting);
+        if starting && !self.ledger.escrow(id).is_some_and(|e| !e.closed) {
+            return Err(Failure::new(
+                ErrorCode::InvalidLeaseState,
+                format!("lease {id}'s escrow is not open; it cannot start"),
+            ));
+        }
+        if self.registry.started(&host, id, endpoints, now_ms)?
+            && self.ledger.escrow(id).is_some_and(|e| e.started_ms.is_none())
+            && let Err(e) = self.protocol_tx(TxKind::StartLease { lease: id }, now_ms, batch)
+        {
+            // Checked above; were it to fail, the host could bill nothing (the safe side).
+            tracing::error!(lease = %id, error = %e, "failed to record a lease's start in the ledger");
+        }
         self.lease_view(id)
     }
 
@@ -1105,10 +1155,11 @@ impl Core {
             | TxKind::Epoch(_)
             | TxKind::Slash { .. }
             | TxKind::OpenEscrowFor { .. }
+            | TxKind::StartLease { .. }
             | TxKind::ExtendEscrow { .. } => {
                 return Err(Failure::new(
                     ErrorCode::InvalidTransaction,
-                    "escrow closes, replica escrows, epochs and slashes are the protocol's, not submitted through the API",
+                    "escrow closes and starts, replica escrows, epochs and slashes are the protocol's, not submitted through the API",
                 ));
             }
             TxKind::SettleUsage { records } if records.iter().any(|r| r.is_final) => {
@@ -1207,27 +1258,45 @@ impl Core {
         batch: &mut Batch,
     ) -> Result<Applied, Failure> {
         let stx = verified.tx();
-        // Usage settled before this transaction, for this epoch's delivery.
-        let before: Vec<(LeaseId, u64)> = match &stx.tx.kind {
+        if let TxKind::SettleUsage { records } = &stx.tx.kind {
+            let slack = self.ledger.genesis().economics.usage_slack_ms;
+            self.registry
+                .check_delivered_usage(records, now_ms, slack)?;
+        }
+        // Usage settled before this transaction (and what it cost, and the treasury's
+        // fee), for this epoch's delivery.
+        let settled = |ledger: &Ledger, lease: LeaseId| {
+            ledger
+                .escrow(lease)
+                .map_or_else(Default::default, |e| epoch::Delivered {
+                    gpu_ms: e.gpu_ms,
+                    paid: e.charged,
+                    fee: e.treasury_share,
+                })
+        };
+        let before: Vec<(LeaseId, epoch::Delivered)> = match &stx.tx.kind {
             TxKind::SettleUsage { records } => records
                 .iter()
-                .map(|r| (r.lease, self.ledger.escrow(r.lease).map_or(0, |e| e.gpu_ms)))
+                .map(|r| (r.lease, settled(&self.ledger, r.lease)))
                 .collect(),
             _ => Vec::new(),
         };
         let applied = self.ledger.apply_verified(verified, now_ms)?;
         batch.txs.push(applied.entry.clone());
         match &stx.tx.kind {
-            TxKind::SettleUsage { records } => {
-                for (r, (lease, old)) in records.iter().zip(before) {
-                    let delta = r.gpu_ms.saturating_sub(old);
+            TxKind::SettleUsage { .. } => {
+                for (lease, old) in before {
+                    let delta = settled(&self.ledger, lease).since(old);
                     if let Some(l) = self.registry.lease(lease) {
-                        for (index, gpu_ms) in epoch::split_delivery(delta, &l.gpu_indices) {
+                        for (index, part) in epoch::split_delivery(delta, &l.gpu_indices) {
                             let c = gpumesh_types::ContainerRef {
                                 host: l.host,
                                 index,
                             };
-                            self.epoch.container(c).delivered_gpu_ms += gpu_ms;
+                            let w = self.epoch.container(c);
+                            w.delivered_gpu_ms += part.gpu_ms;
+                            w.paid.0 += part.paid.0;
+                            w.fee.0 += part.fee.0;
                         }
                     }
                 }

@@ -33,7 +33,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         InvalidJson | InvalidRequest | UnknownGpuModel | InvalidPrice | InvalidLocation
         | InvalidTransaction | Overflow | InvalidPort | InvalidEnv | InvalidHealthCheck
-        | InvalidRegion => StatusCode::BAD_REQUEST,
+        | InvalidChallengeUrl | InvalidRegion => StatusCode::BAD_REQUEST,
         BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         MissingSignature | BadSignature | SignatureExpired | ReplayedRequest => {
             StatusCode::UNAUTHORIZED
@@ -52,9 +52,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         UnknownLease | UnknownHost | UnknownAccount | NotFound | UnknownDeployment
         | UnknownSession => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult | NoSessions => {
-            StatusCode::CONFLICT
-        }
+        InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult | NoSessions
+        | UsageExceedsElapsed | UsageExceedsDelivered => StatusCode::CONFLICT,
         Internal | Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -100,6 +99,7 @@ impl From<LedgerError> for Failure {
             | EscrowTerms(_)
             | UsageDecreased { .. }
             | UsageExceedsEscrow { .. }
+            | AlreadyStarted(_)
             | DuplicateUsage(_)
             | EmptyUsage
             | NotProtocol
@@ -113,6 +113,7 @@ impl From<LedgerError> for Failure {
             Overflow(_) => ErrorCode::Overflow,
             UnknownAccount(_) => ErrorCode::UnknownAccount,
             WrongNonce { .. } => ErrorCode::WrongNonce,
+            UsageExceedsElapsed { .. } => ErrorCode::UsageExceedsElapsed,
             InsufficientFunds { .. } | AllowanceExceeded { .. } => ErrorCode::InsufficientFunds,
             UnknownEscrow(_) => ErrorCode::UnknownLease,
             NotEscrowHost { .. } => ErrorCode::NotYourLease,

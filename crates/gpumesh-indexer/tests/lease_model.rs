@@ -251,7 +251,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         Op::Start(i) => {
             let Some(id) = pick(i) else { return };
             let host = w.host_wallet(id).address();
-            let _ = w.apply(|c, now, _| c.started(host, id, Vec::new(), now));
+            let _ = w.apply(|c, now, batch| c.started(host, id, Vec::new(), now, batch));
         }
         Op::Settle(i) => {
             let Some(id) = pick(i) else { return };
@@ -466,6 +466,9 @@ fn a_restart_mid_epoch_pays_exactly_what_an_uninterrupted_run_pays() {
         .collect();
     // The run earned something to compare: delivery on host 0, capacity only for it.
     assert!(!closes[0].delivery.is_empty(), "{:?}", closes[0]);
+    // Delivery carries what its buyers paid, and the treasury's fee out of it.
+    let gpu = closes[0].delivery[0].1[0];
+    assert!(gpu.fee.0 > 0 && gpu.fee < gpu.paid, "{gpu:?}");
     for close in &closes {
         assert_eq!(
             close.capacity.len(),

@@ -41,6 +41,30 @@ pub struct Economics {
     pub vesting_ms: u64,
     /// Proof of Delivery weight of tiers 1, 2 and 3, in basis points.
     pub tier_bps: [u32; 3],
+    /// The most a container earns in delivery rewards per epoch, in basis points of what
+    /// its buyers paid in it; below the genesis `fee_bps` (or zero), so that leasing to
+    /// oneself always costs more in fees than it earns back (docs/economics.md).
+    #[serde(default = "default_delivery_cap_bps")]
+    pub delivery_cap_bps: u32,
+    /// Usage billable beyond the observed time, per GPU: the host's clock and its report
+    /// latency against the indexer's (docs/ledger.md, "Billable time").
+    #[serde(default = "default_usage_slack_ms")]
+    pub usage_slack_ms: u64,
+}
+
+/// The default [`Economics::delivery_cap_bps`]: 10% of what buyers paid, half the
+/// protocol's default fee.
+pub const DEFAULT_DELIVERY_CAP_BPS: u32 = 1_000;
+
+fn default_delivery_cap_bps() -> u32 {
+    DEFAULT_DELIVERY_CAP_BPS
+}
+
+/// The default [`Economics::usage_slack_ms`]: two seconds per GPU.
+pub const USAGE_SLACK_MS: u64 = 2_000;
+
+fn default_usage_slack_ms() -> u64 {
+    USAGE_SLACK_MS
 }
 
 impl Economics {
@@ -62,6 +86,8 @@ impl Economics {
             immediate_bps: 3_000,
             vesting_ms: 180 * DAY_MS,
             tier_bps: [10_000, 7_500, 5_000],
+            delivery_cap_bps: DEFAULT_DELIVERY_CAP_BPS,
+            usage_slack_ms: USAGE_SLACK_MS,
         }
     }
 
@@ -343,6 +369,11 @@ impl Genesis {
         if e.tier_bps.iter().any(|&t| t > 10_000) {
             return Err(GenesisError::Economics(
                 "tier weights are at most 10000 basis points",
+            ));
+        }
+        if e.delivery_cap_bps > 0 && e.delivery_cap_bps >= self.fee_bps {
+            return Err(GenesisError::Economics(
+                "the delivery cap must be below the fee (or zero), so that leasing to oneself loses money",
             ));
         }
         Ok(())

@@ -18,14 +18,16 @@ mod snapshot;
 mod state;
 
 pub use genesis::{
-    Allocation, DAY_MS, DEFAULT_FEE_BPS, Economics, Genesis, GenesisError, TOTAL_SUPPLY, YEAR_MS,
-    system_address,
+    Allocation, DAY_MS, DEFAULT_DELIVERY_CAP_BPS, DEFAULT_FEE_BPS, Economics, Genesis,
+    GenesisError, TOTAL_SUPPLY, YEAR_MS, system_address,
 };
 pub use replay::{
     ProofError, ReplayError, ReplayReport, prove_reward, prove_reward_in, replay, replay_from,
     reward_proof,
 };
-pub use rewards::{reward_leaf, reward_tree};
+pub use rewards::{
+    DeliveryClaim, DeliveryPayout, delivery_cap, pay_delivery, reward_leaf, reward_tree,
+};
 pub use snapshot::LedgerSnapshot;
 pub use state::{
     Account, Applied, CheckedTx, Escrow, Ledger, LedgerError, Stake, Totals, Verified, Vesting,

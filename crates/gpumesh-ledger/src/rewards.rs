@@ -1,7 +1,7 @@
 //! Epochs, rewards, vesting and slashing (docs/protocol.md, docs/ledger.md).
 
 use alloy_primitives::{Address, B256, U256, keccak256};
-use gpumesh_types::{Amount, EpochClose, HostCapacity, HostDelivery, Offence};
+use gpumesh_types::{Amount, EpochClose, GpuDelivery, HostCapacity, HostDelivery, Offence};
 
 use crate::genesis::YEAR_MS;
 use crate::merkle::MerkleTree;
@@ -37,6 +37,71 @@ fn split(pool: u128, weights: &[u128]) -> (Vec<u128>, u128) {
     (shares, pool - paid)
 }
 
+/// The most a container earns in delivery rewards in an epoch (docs/economics.md):
+/// `cap_bps` of what its buyers paid in it, and `cap_bps / fee_bps` of the fee the
+/// treasury kept from that payment, whichever is less, each rounded down. With `cap_bps`
+/// below `fee_bps` (the genesis requires it), the cap is less than the fee whenever the
+/// fee is more than zero, and zero when it is zero: a payment earns back less than the
+/// treasury took from it.
+pub fn delivery_cap(paid: Amount, fee: Amount, cap_bps: u32, fee_bps: u32) -> Amount {
+    if cap_bps == 0 || fee_bps == 0 {
+        return Amount::ZERO;
+    }
+    let of_paid = paid.mul_div_floor(cap_bps as u128, 10_000);
+    let of_fee = fee.mul_div_floor(cap_bps as u128, fee_bps as u128);
+    of_paid.zip(of_fee).map_or(Amount::ZERO, |(p, f)| p.min(f))
+}
+
+/// One container's claim on an epoch's delivery pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryClaim {
+    /// What its buyers paid times its tier's weight in basis points; zero when its stake
+    /// does not qualify it.
+    pub weight: u128,
+    /// The most it may receive ([`delivery_cap`]).
+    pub cap: u128,
+}
+
+/// An epoch's delivery pool, paid out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryPayout {
+    /// Each claim's reward, in the claims' order.
+    pub rewards: Vec<u128>,
+    /// What rounding down left over: emitted, to the treasury.
+    pub rest: u128,
+    /// What the caps held back: not emitted, it stays in the reward pool.
+    pub withheld: u128,
+    /// What leaves the reward pool: the rewards and the rest. Zero, with nothing paid,
+    /// when no claim's share comes to a base unit.
+    pub emitted: u128,
+}
+
+/// Splits `pool` over the claims by weight (each share rounded down), then holds each
+/// share to its claim's cap. The parts add up exactly: `rewards + rest + withheld` is the
+/// pool whenever anything is emitted. The weights must add up to no more than `u128::MAX`.
+pub fn pay_delivery(pool: u128, claims: &[DeliveryClaim]) -> DeliveryPayout {
+    let weights: Vec<u128> = claims.iter().map(|c| c.weight).collect();
+    let (shares, rest) = split(pool, &weights);
+    if rest == pool {
+        return DeliveryPayout {
+            rewards: vec![0; claims.len()],
+            ..DeliveryPayout::default()
+        };
+    }
+    let rewards: Vec<u128> = shares
+        .iter()
+        .zip(claims)
+        .map(|(&share, c)| share.min(c.cap))
+        .collect();
+    let withheld = pool - rest - rewards.iter().sum::<u128>();
+    DeliveryPayout {
+        rewards,
+        rest,
+        withheld,
+        emitted: pool - withheld,
+    }
+}
+
 /// Checks the canonical order of a per-host list: hosts strictly ascending, and each
 /// host's GPU indices strictly ascending.
 fn check_order<T>(
@@ -63,11 +128,7 @@ fn check_order<T>(
 }
 
 /// A host with its capacity and delivery lists, either of which may be absent.
-type HostLists<'a> = (
-    Address,
-    Option<&'a [(u16, u32)]>,
-    Option<&'a [(u16, u64, u8)]>,
-);
+type HostLists<'a> = (Address, Option<&'a [(u16, u32)]>, Option<&'a [GpuDelivery]>);
 
 /// Joins the capacity and delivery lists (each in ascending host order) by host.
 fn side_by_side<'a>(
@@ -176,13 +237,30 @@ impl Ledger {
         let econ = self.genesis.economics.clone();
         // Check everything first: the lists are in canonical order, so one pass each.
         check_order("capacity", &e.capacity, |c| c.0)?;
-        check_order("delivery", &e.delivery, |d| d.0)?;
+        check_order("delivery", &e.delivery, |d| d.index)?;
+        let mut paid_total = 0u128;
         for (host, containers) in &e.delivery {
-            if let Some(&(index, _, tier)) = containers.iter().find(|d| !(1..=3).contains(&d.2)) {
-                return Err(LedgerError::InvalidEpoch(format!(
-                    "tier {tier} of container {index} of {host} is not 1 to 3"
-                )));
+            for d in containers {
+                if !(1..=3).contains(&d.tier) {
+                    return Err(LedgerError::InvalidEpoch(format!(
+                        "tier {} of container {} of {host} is not 1 to 3",
+                        d.tier, d.index
+                    )));
+                }
+                if d.fee > d.paid {
+                    return Err(LedgerError::InvalidEpoch(format!(
+                        "container {} of {host} has a fee above what its buyers paid",
+                        d.index
+                    )));
+                }
+                paid_total = paid_total.saturating_add(d.paid.0);
             }
+        }
+        // So that no weight (paid × a tier weight of at most 10000) nor their sum overflows.
+        if paid_total > u128::MAX / 10_000 {
+            return Err(LedgerError::InvalidEpoch(
+                "delivery: what buyers paid adds up to more than the ledger can weigh".into(),
+            ));
         }
         for pair in e.checkers.windows(2) {
             if pair[0].0 >= pair[1].0 {
@@ -226,69 +304,74 @@ impl Ledger {
             0
         };
 
-        // Each host's weights, read on every core. Rewards need the stake in place: for
-        // capacity, the requirement of the container's K; for delivery, that of the K it
-        // was live with this epoch, or any stake at all. A host's two lists are walked
-        // side by side (both by GPU index), so each container's stake is read once.
+        // Each host's capacity weight and its containers' delivery claims, read on every
+        // core. Rewards need the stake in place: for capacity, the requirement of the
+        // container's K; for delivery, that of the K it was live with this epoch, or any
+        // stake at all. A host's two lists are walked side by side (both by GPU index), so
+        // each container's stake is read once. Delivery weighs what buyers paid by tier,
+        // capped per container by `delivery_cap` (docs/economics.md).
         let hosts = side_by_side(&e.capacity, &e.delivery);
         let stake_ok = |s: Option<&Stake>, k: u32| {
             s.is_some_and(|s| s.bonded.0 > 0 && s.bonded.0 >= econ.requirement(k).0)
         };
-        let delivered =
-            |gpu_ms: u64, tier: u8| gpu_ms as u128 * econ.tier_bps[tier as usize - 1] as u128;
-        let weights: Vec<(u128, u128)> = par::map(&hosts, |&(host, cap, del)| {
+        let fee_bps = self.genesis.fee_bps;
+        let claim = |d: &GpuDelivery, staked: bool| DeliveryClaim {
+            weight: if staked {
+                d.paid.0 * econ.tier_bps[d.tier as usize - 1] as u128
+            } else {
+                0
+            },
+            cap: delivery_cap(d.paid, d.fee, econ.delivery_cap_bps, fee_bps).0,
+        };
+        let weights: Vec<(u128, Vec<DeliveryClaim>)> = par::map(&hosts, |&(host, cap, del)| {
             let (cap, del) = (cap.unwrap_or(&[]), del.unwrap_or(&[]));
             let stake = |index: u16| self.stakes.get(&(host, index));
             // Delivery by a container that was not live: any stake will do.
-            let not_live = |&(index, gpu_ms, tier): &(u16, u64, u8)| {
-                if gpu_ms > 0 && stake_ok(stake(index), 0) {
-                    delivered(gpu_ms, tier)
-                } else {
-                    0
-                }
-            };
-            let (mut cap_w, mut del_w, mut d) = (0u128, 0u128, 0);
+            let not_live = |x: &GpuDelivery| claim(x, stake_ok(stake(x.index), 0));
+            let (mut cap_w, mut claims, mut d) = (0u128, Vec::with_capacity(del.len()), 0);
             for &(index, k) in cap {
-                while let Some(x) = del.get(d).filter(|x| x.0 < index) {
-                    del_w += not_live(x);
+                while let Some(x) = del.get(d).filter(|x| x.index < index) {
+                    claims.push(not_live(x));
                     d += 1;
                 }
                 let s = stake(index);
                 if k > 0 && stake_ok(s, k) {
                     cap_w += k as u128;
                 }
-                if let Some(&(_, gpu_ms, tier)) = del.get(d).filter(|x| x.0 == index) {
-                    if gpu_ms > 0 && stake_ok(s, k) {
-                        del_w += delivered(gpu_ms, tier);
-                    }
+                if let Some(x) = del.get(d).filter(|x| x.index == index) {
+                    claims.push(claim(x, stake_ok(s, k)));
                     d += 1;
                 }
             }
-            del_w += del[d..].iter().map(not_live).sum::<u128>();
-            (cap_w, del_w)
+            claims.extend(del[d..].iter().map(not_live));
+            (cap_w, claims)
         });
         let mut cap_weights = Vec::with_capacity(e.capacity.len());
-        let mut del_weights = Vec::with_capacity(e.delivery.len());
-        for ((_, cap, del), (cap_w, del_w)) in hosts.iter().zip(weights) {
+        let mut claims = Vec::new();
+        let mut claims_per_host = Vec::with_capacity(e.delivery.len());
+        for ((_, cap, del), (cap_w, host_claims)) in hosts.iter().zip(weights) {
             if cap.is_some() {
                 cap_weights.push(cap_w);
             }
             if del.is_some() {
-                del_weights.push(del_w);
+                claims_per_host.push(host_claims.len());
+                claims.extend(host_claims);
             }
         }
         let (cap_shares, cap_rest) = split(capacity_pool, &cap_weights);
-        let (del_shares, del_rest) = split(delivery_pool, &del_weights);
         let cap_emitted = if cap_rest < capacity_pool {
             capacity_pool
         } else {
             0
         };
-        let del_emitted = if del_rest < delivery_pool {
-            delivery_pool
-        } else {
-            0
-        };
+        // What a cap holds back is not emitted: it stays in the pool for later epochs.
+        let delivery = pay_delivery(delivery_pool, &claims);
+        let mut rewards = delivery.rewards.iter();
+        let del_shares: Vec<u128> = claims_per_host
+            .iter()
+            .map(|&n| rewards.by_ref().take(n).sum())
+            .collect();
+        let del_emitted = delivery.emitted;
 
         let tasks: Vec<u128> = e.checkers.iter().map(|c| c.1 as u128).collect();
         let (chk_shares, chk_rest) = split(checker_pool, &tasks);
@@ -319,7 +402,7 @@ impl Ledger {
         let emitted = cap_emitted + del_emitted + chk_emitted + bonus_emitted;
         let rest = |emitted: u128, rest: u128| if emitted > 0 { rest } else { 0 };
         let treasury_part = rest(cap_emitted, cap_rest)
-            + rest(del_emitted, del_rest)
+            + delivery.rest
             + rest(chk_emitted, chk_rest)
             + rest(bonus_emitted, bonus_rest);
         let pool = self.genesis.reward_pool;
@@ -396,5 +479,88 @@ impl Ledger {
         }
         let treasury = self.genesis.treasury;
         self.credit(treasury, taken);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn claims() -> impl Strategy<Value = Vec<DeliveryClaim>> {
+        proptest::collection::vec(
+            (0u128..1 << 100, 0u128..1 << 90)
+                .prop_map(|(weight, cap)| DeliveryClaim { weight, cap }),
+            0..8,
+        )
+    }
+
+    proptest! {
+        /// The delivery pool's parts add up exactly; no reward is above its cap or its
+        /// share by weight; the caps hold back exactly what exceeds them; and nothing is
+        /// emitted when no share comes to a base unit.
+        #[test]
+        fn delivery_pays_by_weight_within_caps_and_adds_up(pool in 0u128..1 << 100, claims in claims()) {
+            let payout = pay_delivery(pool, &claims);
+            prop_assert_eq!(payout.rewards.len(), claims.len());
+            let weights: Vec<u128> = claims.iter().map(|c| c.weight).collect();
+            let (shares, _) = split(pool, &weights);
+            let paid: u128 = payout.rewards.iter().sum();
+            if shares.iter().all(|&s| s == 0) {
+                prop_assert_eq!(payout, DeliveryPayout { rewards: vec![0; claims.len()], ..DeliveryPayout::default() });
+                return Ok(());
+            }
+            prop_assert_eq!(paid + payout.rest + payout.withheld, pool);
+            prop_assert_eq!(payout.emitted, paid + payout.rest);
+            let mut held = 0;
+            for ((reward, share), c) in payout.rewards.iter().zip(&shares).zip(&claims) {
+                prop_assert!(*reward <= c.cap && reward <= share);
+                prop_assert_eq!(*reward, (*share).min(c.cap));
+                held += share - reward;
+            }
+            prop_assert_eq!(held, payout.withheld);
+        }
+
+        /// The cap is at most `cap_bps` of the payment and, with `cap_bps` below
+        /// `fee_bps`, less than any fee above zero (zero with a zero fee).
+        #[test]
+        fn the_delivery_cap_is_below_the_fee(paid in any::<u64>(), fee_bps in 1u32..=10_000, cap_of_fee in 0u32..10_000, extra_fee in 0u128..3) {
+            let cap_bps = cap_of_fee * fee_bps / 10_000;
+            let paid = Amount(paid as u128);
+            // A fee as the ledger takes it, or a base unit or two more from settling a
+            // lease's cumulative cost in steps.
+            let fee = Amount((crate::fee_split(paid, fee_bps).1.0 + extra_fee).min(paid.0));
+            let cap = delivery_cap(paid, fee, cap_bps, fee_bps);
+            prop_assert!(cap.0 <= paid.0 * cap_bps as u128 / 10_000);
+            if fee.0 > 0 {
+                prop_assert!(cap < fee);
+            } else {
+                prop_assert_eq!(cap, Amount::ZERO);
+            }
+        }
+    }
+
+    #[test]
+    fn a_pool_no_one_earns_stays_whole() {
+        let payout = pay_delivery(1_000, &[DeliveryClaim { weight: 0, cap: 5 }]);
+        assert_eq!(payout.emitted, 0);
+        assert_eq!(payout.rewards, vec![0]);
+        // Two equal claims, one capped: 500 and 200 paid, 300 held back.
+        let claims = [
+            DeliveryClaim {
+                weight: 7,
+                cap: 1_000,
+            },
+            DeliveryClaim {
+                weight: 7,
+                cap: 200,
+            },
+        ];
+        let payout = pay_delivery(1_001, &claims);
+        assert_eq!(payout.rewards, vec![500, 200]);
+        assert_eq!(
+            (payout.rest, payout.withheld, payout.emitted),
+            (1, 300, 701)
+        );
     }
 }

@@ -40,9 +40,27 @@ pub struct Escrow {
     pub treasury_share: Amount,
     pub refund: Amount,
     pub closed: bool,
+    /// When the indexer accepted the host's report that the workload started (the
+    /// time of the protocol's `StartLease`); `None` while it has not started. Usage is
+    /// billable only from then.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
 }
 
 impl Escrow {
+    /// The most GPU-milliseconds that may be billed at `now_ms`: every GPU from the
+    /// observed start until now, plus the network's stated slack per GPU; nothing before
+    /// a start. Never more than the escrow covers.
+    pub fn billable_gpu_ms(&self, now_ms: u64, slack_ms: u64) -> u64 {
+        let Some(start) = self.started_ms else {
+            return 0;
+        };
+        let elapsed = now_ms.saturating_sub(start).saturating_add(slack_ms);
+        (self.gpus as u64)
+            .saturating_mul(elapsed)
+            .min(self.max_gpu_ms)
+    }
+
     /// Still locked in the escrow: what is neither paid out nor refunded.
     pub fn held(&self) -> Amount {
         Amount(self.amount.0 - self.charged.0 - self.refund.0)
@@ -57,6 +75,9 @@ impl Escrow {
             treasury_share: self.treasury_share,
             refund: self.refund,
             closed: self.closed,
+            started_ms: self.started_ms,
+            max_gpu_ms: self.max_gpu_ms,
+            bound_gpu_ms: None,
         }
     }
 }
@@ -186,6 +207,16 @@ pub enum LedgerError {
         reported: u64,
         max: u64,
     },
+    #[error(
+        "usage of lease {lease} ({reported} GPU-ms) exceeds the time observed since its start: at most {bound} GPU-ms are billable now"
+    )]
+    UsageExceedsElapsed {
+        lease: LeaseId,
+        reported: u64,
+        bound: u64,
+    },
+    #[error("lease {0} has already started")]
+    AlreadyStarted(LeaseId),
     #[error("lease {0} appears twice in one usage batch")]
     DuplicateUsage(LeaseId),
     #[error("a usage batch must hold at least one record")]
@@ -493,13 +524,22 @@ impl Ledger {
                 *max_duration_ms,
                 *amount,
             )?,
-            TxKind::SettleUsage { records } => self.settle_usage(tx.from, records)?,
+            TxKind::SettleUsage { records } => self.settle_usage(tx.from, records, time_ms)?,
             TxKind::CloseEscrow { lease, reason } => self.close_escrow(tx.from, *lease, *reason)?,
+            TxKind::StartLease { lease } => {
+                self.only_protocol(tx.from)?;
+                self.start_lease(*lease, time_ms)?
+            }
             TxKind::Stake { index, amount } => self.stake_more(tx.from, &[(*index, *amount)])?,
             TxKind::StakeMany { stakes } => self.stake_more(tx.from, stakes)?,
             TxKind::Unstake { index } => self.unstake(tx.from, *index, time_ms)?,
             TxKind::Withdraw { index } => self.withdraw(tx.from, *index, time_ms)?,
             TxKind::Allow { deployment, amount } => {
+                // An allowance no balance backs would let the protocol match replicas
+                // that nobody can pay for.
+                if *amount > Amount::ZERO {
+                    self.debit_check(tx.from, *amount)?;
+                }
                 if *amount == Amount::ZERO {
                     self.allowances.remove(&(tx.from, *deployment));
                 } else {
@@ -754,8 +794,27 @@ impl Ledger {
                 treasury_share: Amount::ZERO,
                 refund: Amount::ZERO,
                 closed: false,
+                started_ms: None,
             },
         );
+        Ok(())
+    }
+
+    /// The workload of an open escrow's lease started (as the indexer observed it) at
+    /// `now_ms`: billable time runs from here.
+    fn start_lease(&mut self, lease: LeaseId, now_ms: u64) -> Result<(), LedgerError> {
+        let escrow = self
+            .escrows
+            .get_mut(&lease)
+            .ok_or(LedgerError::UnknownEscrow(lease))?;
+        if escrow.closed {
+            return Err(LedgerError::EscrowClosed(lease));
+        }
+        if escrow.started_ms.is_some() {
+            return Err(LedgerError::AlreadyStarted(lease));
+        }
+        escrow.started_ms = Some(now_ms);
+        self.touch(Key::Escrow(lease));
         Ok(())
     }
 
@@ -852,11 +911,17 @@ impl Ledger {
         Ok(())
     }
 
-    fn settle_usage(&mut self, host: Address, records: &[UsageRecord]) -> Result<(), LedgerError> {
+    fn settle_usage(
+        &mut self,
+        host: Address,
+        records: &[UsageRecord],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
         if records.is_empty() {
             return Err(LedgerError::EmptyUsage);
         }
         let fee_bps = self.genesis.fee_bps;
+        let slack_ms = self.genesis.economics.usage_slack_ms;
         let mut plans = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             if records[..i].iter().any(|o| o.lease == r.lease) {
@@ -887,6 +952,17 @@ impl Ledger {
                     lease: r.lease,
                     reported: r.gpu_ms,
                     max: escrow.max_gpu_ms,
+                });
+            }
+            // Only time the protocol observed is billable: from the accepted start until
+            // now, per GPU, plus the stated slack. A host's signature says who claims,
+            // not that the work happened.
+            let bound = escrow.billable_gpu_ms(now_ms, slack_ms);
+            if r.gpu_ms > bound {
+                return Err(LedgerError::UsageExceedsElapsed {
+                    lease: r.lease,
+                    reported: r.gpu_ms,
+                    bound,
                 });
             }
             // Cumulative arithmetic: every settlement recomputes totals, so rounding never drifts.
@@ -1004,6 +1080,13 @@ impl Ledger {
                 bytes.extend_from_slice(&e.max_gpu_ms.to_be_bytes());
                 bytes.extend_from_slice(&e.gpu_ms.to_be_bytes());
                 bytes.push(e.closed as u8);
+                match e.started_ms {
+                    Some(at) => {
+                        bytes.push(1);
+                        bytes.extend_from_slice(&at.to_be_bytes());
+                    }
+                    None => bytes.push(0),
+                }
             }
             Key::Stake(host, index) => {
                 let s = self.stakes.get(&(*host, *index))?;

@@ -2,11 +2,12 @@
 
 use gpumesh_identity::Wallet;
 use gpumesh_ledger::{
-    Genesis, Ledger, LedgerError, LedgerSnapshot, escrow_amount, replay, replay_from,
+    DEFAULT_FEE_BPS, Genesis, Ledger, LedgerError, LedgerSnapshot, escrow_amount, fee_split,
+    replay, replay_from,
 };
 use gpumesh_types::{
-    Address, Amount, B256, CloseReason, EpochClose, LeaseId, Offence, SignedTx, Tx, TxKind,
-    UsageRecord,
+    Address, Amount, B256, CloseReason, EpochClose, GpuDelivery, LeaseId, Offence, SignedTx, Tx,
+    TxKind, UsageRecord,
 };
 use proptest::prelude::*;
 
@@ -107,10 +108,26 @@ impl World {
                 max_duration_ms: max_ms,
                 amount,
             },
+        )?;
+        // The workload starts at once: billable time runs from here (tests/billing.rs
+        // covers leases that never start).
+        let protocol = self.protocol.clone();
+        self.send(
+            &protocol,
+            TxKind::StartLease {
+                lease: LeaseId(lease),
+            },
         )
     }
 
+    /// Settles usage, the clock first moved on as far as the claim needs (as it would
+    /// have while a real workload ran).
     fn usage(&mut self, lease: u64, gpu_ms: u64, is_final: bool) -> Result<(), LedgerError> {
+        if let Some(e) = self.ledger.escrow(LeaseId(lease))
+            && let Some(start) = e.started_ms
+        {
+            self.now = self.now.max(start + gpu_ms.div_ceil(e.gpus as u64));
+        }
         let records = vec![UsageRecord {
             lease: LeaseId(lease),
             gpu_ms,
@@ -326,13 +343,14 @@ fn replay_reproduces_the_chain_and_finds_tampering() {
     let genesis = w.ledger.genesis().clone();
     let (ledger, report) = replay(genesis.clone(), w.sealed.clone(), vec![]).unwrap();
     assert_eq!(report.blocks, 3);
-    assert_eq!(report.transactions, 4);
+    // The buyer's funding, the escrow, its start and two settlements.
+    assert_eq!(report.transactions, 5);
     assert!(report.supply_conserved);
     assert_eq!(report.state_root, w.ledger.state_root());
     assert_eq!(ledger.head(), w.ledger.head());
 
     let mut tampered = w.sealed.clone();
-    if let gpumesh_types::TxKind::SettleUsage { records } = &mut tampered[1].1[1].tx.tx.kind {
+    if let gpumesh_types::TxKind::SettleUsage { records } = &mut tampered[1].1[2].tx.tx.kind {
         records[0].gpu_ms = 1; // changes the transaction, so its signature no longer holds
     }
     let err = replay(genesis.clone(), tampered, vec![]).unwrap_err();
@@ -358,7 +376,7 @@ enum Op {
     },
     Epoch {
         capacity: Vec<(u16, u32)>,
-        delivery: Vec<(u16, u64, u8)>,
+        delivery: Vec<GpuDelivery>,
         checker_tasks: u32,
         bonus: bool,
         advance_ms: u64,
@@ -388,6 +406,25 @@ enum Op {
     Seal,
 }
 
+/// A container's delivery in an epoch, some with a fee above their payment and some with a
+/// tier out of range: refused.
+fn gpu_delivery() -> impl Strategy<Value = GpuDelivery> {
+    (
+        0u16..3,
+        0u64..10_000_000,
+        0u64..1_000_000,
+        0u64..1_000_000,
+        0u8..5,
+    )
+        .prop_map(|(index, gpu_ms, paid_milli, fee_milli, tier)| GpuDelivery {
+            index,
+            gpu_ms,
+            paid: Amount(paid_milli as u128 * 1_000_000_000_000_000),
+            fee: Amount(fee_milli as u128 * 200_000_000_000_000),
+            tier,
+        })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (any::<bool>(), 0u64..2_000).prop_map(|(to_host, tokens)| Op::Transfer { to_host, tokens }),
@@ -411,7 +448,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u16..3).prop_map(|index| Op::Withdraw { index }),
         (
             proptest::collection::vec((0u16..3, 0u32..300), 0..3),
-            proptest::collection::vec((0u16..3, 0u64..10_000_000, 0u8..5), 0..3),
+            proptest::collection::vec(gpu_delivery(), 0..3),
             0u32..50,
             any::<bool>(),
             0u64..600_000,
@@ -479,8 +516,8 @@ proptest! {
                     // The canonical order; tiers stay as drawn, some of them invalid.
                     capacity.sort_unstable_by_key(|c| c.0);
                     capacity.dedup_by_key(|c| c.0);
-                    delivery.sort_unstable_by_key(|d| d.0);
-                    delivery.dedup_by_key(|d| d.0);
+                    delivery.sort_unstable_by_key(|d| d.index);
+                    delivery.dedup_by_key(|d| d.index);
                     let host = w.host.address();
                     let close = EpochClose {
                         epoch: w.ledger.totals().next_epoch,
@@ -532,6 +569,23 @@ proptest! {
         }
     }
 }
+
+/// A container's delivery in an epoch: its buyers paid `paid_tokens`, the treasury kept its
+/// fee out of it.
+fn gpu(index: u16, gpu_ms: u64, paid_tokens: u64, tier: u8) -> GpuDelivery {
+    let paid = Amount::from_tokens(paid_tokens);
+    let (_, fee) = fee_split(paid, DEFAULT_FEE_BPS);
+    GpuDelivery {
+        index,
+        gpu_ms,
+        paid,
+        fee,
+        tier,
+    }
+}
+
+/// Paid enough that no container's share of a local epoch's delivery pool reaches its cap.
+const UNCAPPED: u64 = 1_000_000;
 
 /// A per-host list in the canonical order the ledger requires: hosts ascending.
 fn by_host<T>(mut list: Vec<(Address, Vec<T>)>) -> Vec<(Address, Vec<T>)> {
@@ -586,8 +640,8 @@ fn an_epoch_pays_by_weight_vests_linearly_and_conserves_supply() {
             (b.address(), vec![(0, 200)]),
         ]),
         by_host(vec![
-            (a.address(), vec![(0, 3_600_000, 3)]),
-            (b.address(), vec![(0, 3_600_000, 1)]),
+            (a.address(), vec![gpu(0, 3_600_000, UNCAPPED, 3)]),
+            (b.address(), vec![gpu(0, 3_600_000, UNCAPPED, 1)]),
         ]),
         vec![(checker, 7, 9_000)],
         false,
@@ -773,7 +827,7 @@ fn an_epoch_out_of_canonical_order_is_refused_whole() {
         (
             "a host twice",
             EpochClose {
-                delivery: vec![(lo, vec![(0, 1, 1)]), (lo, vec![(1, 1, 1)])],
+                delivery: vec![(lo, vec![gpu(0, 1, 1, 1)]), (lo, vec![gpu(1, 1, 1, 1)])],
                 ..empty_epoch(&w)
             },
         ),
@@ -787,7 +841,40 @@ fn an_epoch_out_of_canonical_order_is_refused_whole() {
         (
             "tier 4",
             EpochClose {
-                delivery: vec![(lo, vec![(0, 1, 4)])],
+                delivery: vec![(lo, vec![gpu(0, 1, 1, 4)])],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "a fee above the payment",
+            EpochClose {
+                delivery: vec![(
+                    lo,
+                    vec![GpuDelivery {
+                        fee: Amount(2),
+                        paid: Amount(1),
+                        ..gpu(0, 1, 0, 1)
+                    }],
+                )],
+                ..empty_epoch(&w)
+            },
+        ),
+        (
+            "payments too large to weigh",
+            EpochClose {
+                delivery: vec![(
+                    lo,
+                    vec![
+                        GpuDelivery {
+                            paid: Amount(u128::MAX / 20_000 + 1),
+                            ..gpu(0, 1, 0, 1)
+                        },
+                        GpuDelivery {
+                            paid: Amount(u128::MAX / 20_000 + 1),
+                            ..gpu(1, 1, 0, 1)
+                        },
+                    ],
+                )],
                 ..empty_epoch(&w)
             },
         ),
@@ -956,8 +1043,15 @@ fn delivery_is_paid_by_the_stake_of_the_k_it_was_live_with() {
         &mut w,
         vec![(a.address(), vec![(0, 100), (1, 100)])],
         by_host(vec![
-            (a.address(), vec![(0, hour, 1), (1, hour, 1), (2, hour, 1)]),
-            (b.address(), vec![(0, hour, 1)]),
+            (
+                a.address(),
+                vec![
+                    gpu(0, hour, UNCAPPED, 1),
+                    gpu(1, hour, UNCAPPED, 1),
+                    gpu(2, hour, UNCAPPED, 1),
+                ],
+            ),
+            (b.address(), vec![gpu(0, hour, UNCAPPED, 1)]),
         ]),
         vec![],
         false,
@@ -968,10 +1062,11 @@ fn delivery_is_paid_by_the_stake_of_the_k_it_was_live_with() {
     let delivery = provider - capacity;
     // Capacity: only A's GPU 0 (GPU 1's stake is under its requirement). Delivery: A's
     // GPU 0 (live, staked for its K) and GPU 2 (not live, staked), not GPU 1; B's GPU 0.
+    // Each container's share is rounded down on its own.
     assert_eq!(w.ledger.cumulative_reward(&b.address()).0, delivery / 3);
     assert_eq!(
         w.ledger.cumulative_reward(&a.address()).0,
-        capacity + delivery * 2 / 3
+        capacity + delivery / 3 * 2
     );
     assert!(w.ledger.supply_conserved());
 }
@@ -1038,7 +1133,10 @@ fn deployment_escrows_are_paid_from_the_owners_balance_within_the_allowance() {
         w.send(&protocol, extend(1, per_period)),
         Err(LedgerError::AllowanceExceeded { .. })
     ));
-    // Usage over both periods settles; the final record refunds the rest to the owner.
+    // Usage over both periods settles once the workload started; the final record
+    // refunds the rest to the owner.
+    w.send(&protocol, TxKind::StartLease { lease: LeaseId(1) })
+        .unwrap();
     w.usage(1, period + 60_000, false).unwrap();
     w.usage(1, period + 120_000, true).unwrap();
     let e = w.ledger.escrow(LeaseId(1)).unwrap().view();

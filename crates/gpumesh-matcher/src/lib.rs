@@ -54,6 +54,17 @@ pub enum NetNode {
     Anchor(u32),
 }
 
+impl NetNode {
+    /// A number unique to the node, which picks the direction a coordinate moves in when
+    /// it coincides with this node's, so that updates stay deterministic.
+    fn tiebreak(self) -> u64 {
+        match self {
+            NetNode::Host(h) => h.0 as u64 * 2,
+            NetNode::Anchor(x) => x as u64 * 2 + 1,
+        }
+    }
+}
+
 /// The catalog models a selector accepts, as a bitmask over `GpuModel as usize`.
 pub fn models_mask(selector: GpuSelector) -> u32 {
     CATALOG
@@ -693,7 +704,8 @@ impl Matcher {
         id
     }
 
-    fn coord(&self, node: NetNode) -> Option<Coord> {
+    /// Where a node is in network coordinates.
+    pub fn coord(&self, node: NetNode) -> Option<Coord> {
         match node {
             NetNode::Host(h) => self.hosts.get(h.0 as usize).map(|h| h.coord),
             NetNode::Anchor(a) => self.anchors.points.get(a as usize).map(|a| a.2),
@@ -707,20 +719,32 @@ impl Matcher {
         }
     }
 
+    /// A round trip that `node` reports to `peer`: only `node`'s coordinate moves, as in
+    /// Vivaldi where each node updates its own. For measurements one end reports alone,
+    /// which must not move the other end.
+    pub fn observe_from(&mut self, node: NetNode, peer: NetNode, rtt_ms: f64) -> bool {
+        let Some(other) = self.coord(peer) else {
+            return false;
+        };
+        match self.coord_mut(node) {
+            Some(c) => {
+                c.observe(&other, rtt_ms as f32, peer.tiebreak());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A measured round trip between two nodes: both coordinates move (Vivaldi).
     pub fn observe(&mut self, a: NetNode, b: NetNode, rtt_ms: f64) -> bool {
         let (Some(ca), Some(cb)) = (self.coord(a), self.coord(b)) else {
             return false;
         };
-        let tiebreak = |n: NetNode| match n {
-            NetNode::Host(h) => h.0 as u64 * 2,
-            NetNode::Anchor(x) => x as u64 * 2 + 1,
-        };
         if let Some(c) = self.coord_mut(a) {
-            c.observe(&cb, rtt_ms as f32, tiebreak(b));
+            c.observe(&cb, rtt_ms as f32, b.tiebreak());
         }
         if let Some(c) = self.coord_mut(b) {
-            c.observe(&ca, rtt_ms as f32, tiebreak(a));
+            c.observe(&ca, rtt_ms as f32, a.tiebreak());
         }
         true
     }

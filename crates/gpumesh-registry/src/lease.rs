@@ -60,6 +60,82 @@ pub struct LeaseRecord {
     /// owner's allowance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<DeploymentId>,
+    /// On a checked network, once running: the start of the last period whose delivery
+    /// check a quorum passed (the start itself until one has). Usage is billable up to
+    /// the delivery window past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<u64>,
+}
+
+/// How long after its start a service without a health check has before checkers
+/// expect it to answer (one with a check has its check's grace).
+pub const SERVICE_GRACE_MS: u64 = 30_000;
+
+impl LeaseRecord {
+    /// When checkers begin to check this running lease's delivery: at its start for a
+    /// batch job; for a service once its host reports it ready, and at the latest when
+    /// its health check's grace (or [`SERVICE_GRACE_MS`]) is over, so a service that is
+    /// still loading is not failed and one that never answers is not spared.
+    pub fn delivery_checked_from(&self) -> Option<u64> {
+        let start = self.started_ms?;
+        if self.ports.is_empty() {
+            return Some(start);
+        }
+        let grace = self
+            .health_check
+            .as_ref()
+            .map_or(SERVICE_GRACE_MS, |h| h.grace_ms);
+        Some(start.saturating_add(grace))
+    }
+
+    /// Whether checkers should check this lease's delivery at `now_ms`.
+    pub fn delivery_due(&self, now_ms: u64) -> bool {
+        self.state == LeaseState::Running
+            && (self.health == Some(ServiceHealth::Ready)
+                || self.delivery_checked_from().is_some_and(|at| now_ms >= at))
+    }
+
+    /// How checkers probe this lease's delivery: a service at its first published TCP
+    /// endpoint (the health check's path when it has an HTTP one), a batch job through
+    /// its agent's signed statement.
+    pub fn delivery_probe(&self) -> gpumesh_types::DeliveryProbe {
+        let probed_port = self
+            .health_check
+            .as_ref()
+            .and_then(|h| h.port)
+            .or_else(|| {
+                self.ports
+                    .iter()
+                    .find(|p| p.protocol == gpumesh_types::Protocol::Tcp)
+                    .map(|p| p.port)
+            });
+        let endpoint = self
+            .endpoints
+            .iter()
+            .find(|e| Some(e.port.port) == probed_port && e.port.protocol == gpumesh_types::Protocol::Tcp);
+        let service = endpoint.map(|e| match self.health_check.as_ref().map(|h| &h.probe) {
+            Some(gpumesh_types::Probe::Http(path)) => format!("http://{}{path}", e.address),
+            _ => format!("tcp://{}", e.address),
+        });
+        gpumesh_types::DeliveryProbe {
+            lease: self.id,
+            service,
+        }
+    }
+
+    /// The most GPU-milliseconds billable at `now_ms` by what checkers saw delivered:
+    /// its GPUs × (the last passed check, or when checks begin if later, + `window_ms` −
+    /// the start) + `slack_ms` per GPU,
+    /// and never past now. `None` when delivery is not checked (no checkers on this
+    /// network) or the lease has not started.
+    pub fn delivered_gpu_ms(&self, now_ms: u64, window_ms: u64, slack_ms: u64) -> Option<u64> {
+        let (start, delivered) = (self.started_ms?, self.delivered_ms?);
+        // Before checks begin (a service's grace) nothing can have been seen failing.
+        let seen = delivered.max(self.delivery_checked_from().unwrap_or(start));
+        let until = now_ms.min(seen.saturating_add(window_ms));
+        let elapsed = until.saturating_sub(start).saturating_add(slack_ms);
+        Some((self.gpu_count as u64).saturating_mul(elapsed))
+    }
 }
 
 impl Registry {
@@ -159,7 +235,7 @@ impl Registry {
         }
         lease.state = LeaseState::Starting;
         lease.funded = true;
-        crate::unfund(&mut self.unfunded, lease.buyer);
+        crate::unfund(&mut self.unfunded, lease.buyer, lease.escrow);
         self.dirty.push(Dirty::Lease(id));
         // Funded: the GPUs stay reserved until the lease ends, not until the match's TTL.
         if let Some(&reservation) = self.reservations.get(&id) {
@@ -171,14 +247,15 @@ impl Registry {
     }
 
     /// The host started the workload, and says where its published ports are reached.
-    /// Repeating it is harmless.
+    /// Repeating it is harmless. Returns whether this report started the lease (the
+    /// ledger then records the start: billable time runs from it).
     pub fn started(
         &mut self,
         host: &Address,
         id: LeaseId,
         endpoints: Vec<Endpoint>,
         now_ms: u64,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let lease = self.lease_of_host(host, id)?;
         let published = endpoints.len() == lease.ports.len()
             && endpoints.iter().all(|e| {
@@ -197,17 +274,18 @@ impl Registry {
             ));
         }
         match lease.state {
-            LeaseState::Running => Ok(()),
+            LeaseState::Running => Ok(false),
             LeaseState::Starting => {
                 let lease = self.leases.get_mut(&id).expect("looked up above");
                 lease.state = LeaseState::Running;
                 lease.started_ms = Some(now_ms);
+                lease.delivered_ms = self.params.checked.then_some(now_ms);
                 lease.endpoints = endpoints;
                 lease.health = lease.health_check.as_ref().map(|_| ServiceHealth::Pending);
                 let end_by = now_ms + lease.max_duration_ms + self.params.end_grace_ms;
                 self.dirty.push(Dirty::Lease(id));
                 self.set_deadline(id, end_by);
-                Ok(())
+                Ok(true)
             }
             state => Err(RegistryError::InvalidState {
                 lease: id,
@@ -239,7 +317,7 @@ impl Registry {
         } else {
             ServiceHealth::Unhealthy
         };
-        let detail = detail.map(|d| d.chars().take(256).collect::<String>());
+        let detail = detail.map(|d| crate::validate::cut(d, crate::validate::MAX_HEALTH_DETAIL));
         let lease = self.leases.get_mut(&id).expect("looked up above");
         let changed = lease.health != Some(health);
         lease.health = Some(health);
@@ -344,6 +422,95 @@ impl Registry {
         }
     }
 
+    /// Refuses usage above what checkers saw delivered ([`LeaseRecord::delivered_gpu_ms`]).
+    pub fn check_delivered_usage(
+        &self,
+        records: &[gpumesh_types::UsageRecord],
+        now_ms: u64,
+        slack_ms: u64,
+    ) -> Result<(), RegistryError> {
+        for r in records {
+            let Some(lease) = self.leases.get(&r.lease) else {
+                continue;
+            };
+            if let Some(bound) = lease.delivered_gpu_ms(now_ms, self.params.delivery_window_ms, slack_ms)
+                && r.gpu_ms > bound
+            {
+                return Err(RegistryError::invalid(
+                    gpumesh_types::ErrorCode::UsageExceedsDelivered,
+                    format!(
+                        "usage of lease {} ({} GPU-ms) exceeds what checkers saw delivered: at most {bound} GPU-ms are billable now",
+                        r.lease, r.gpu_ms
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A quorum's delivery verdict on a running lease. A pass moves its delivered time
+    /// to the checked period's start; a failure ends it (`failed`), closes its escrow
+    /// with what was not settled refunded, and slashes its GPUs for downtime while
+    /// serving (the effects). A verdict about a lease no longer running changes nothing.
+    pub fn delivery_verdict(
+        &mut self,
+        id: LeaseId,
+        passed: bool,
+        period_start_ms: u64,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let Some(lease) = self.leases.get(&id) else {
+            return Vec::new();
+        };
+        if lease.state != LeaseState::Running {
+            return Vec::new();
+        }
+        // A delivery check is a check of the host's quality of service: it counts
+        // toward its tier as liveness does.
+        let host = lease.host;
+        if let Some(h) = self.host_by_address(&host) {
+            let r = &mut self.hosts[h as usize].record;
+            if passed {
+                r.up_verdicts += 1;
+            } else {
+                r.down_verdicts += 1;
+            }
+            if r.up_verdicts + r.down_verdicts > crate::QUALITY_WINDOW {
+                r.up_verdicts /= 2;
+                r.down_verdicts /= 2;
+            }
+            self.dirty.push(Dirty::Host(host));
+        }
+        let lease = self.leases.get_mut(&id).expect("looked up above");
+        if passed {
+            if let Some(d) = lease.delivered_ms.as_mut()
+                && period_start_ms > *d
+            {
+                *d = period_start_ms;
+                self.dirty.push(Dirty::Lease(id));
+            }
+            return Vec::new();
+        }
+        let (host, model, indices) = (lease.host, lease.gpu, lease.gpu_indices.clone());
+        let last_heartbeat_ms = self
+            .host_by_address(&host)
+            .map_or(0, |h| self.hosts[h as usize].last_heartbeat_ms);
+        let why = "a quorum of checkers found the lease not delivered (its service did not answer, or its workload was not running); time after its last passed check is refunded";
+        self.end_lease(id, LeaseState::Failed, None, Some(why.into()), now_ms);
+        let mut effects = vec![Effect::CloseEscrow {
+            lease: id,
+            reason: gpumesh_types::CloseReason::Undelivered,
+        }];
+        effects.extend(indices.into_iter().map(|index| Effect::SlashDowntime {
+            host,
+            index,
+            model,
+            lease: id,
+            last_heartbeat_ms,
+        }));
+        effects
+    }
+
     /// Reconciliation's repair: ends a live lease that the ledger no longer backs (its
     /// escrow closed or missing). Returns whether it was live.
     pub fn end_unbacked(&mut self, id: LeaseId, why: &str, now_ms: u64) -> bool {
@@ -391,6 +558,7 @@ impl Registry {
             health: l.health,
             health_detail: l.health_detail.clone(),
             deployment: l.deployment,
+            delivered_ms: l.delivered_ms,
         })
     }
 }

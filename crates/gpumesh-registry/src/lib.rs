@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use deploy::{DeploymentRecord, MAX_QUEUE_MS, RegionState, Replica, SessionRecord};
 pub use lease::LeaseRecord;
-pub use validate::{MAX_GPUS_PER_MODEL, MAX_PRICE_TOKENS};
+pub use validate::{MAX_GPUS_PER_MODEL, MAX_PRICE_TOKENS, challenge_url};
 
 /// Protocol parameters the registry enforces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +62,12 @@ pub struct Params {
     /// time-to-live without paying, so one buyer must not be able to hold them all.
     #[serde(default = "default_max_unfunded_matches")]
     pub max_unfunded_matches: u32,
+    /// On a checked network: how far past a lease's last passed delivery check (or its
+    /// start) its usage may be billed. Checks come once a period and are decided after
+    /// its end and grace, so an honest host is never held back: two periods and two
+    /// graces. Set from the checking parameters when the indexer starts.
+    #[serde(default)]
+    pub delivery_window_ms: u64,
 }
 
 fn default_max_unfunded_matches() -> u32 {
@@ -98,6 +104,7 @@ impl Params {
             start_timeout_ms: 15 * 60_000,
             end_grace_ms: 2 * 60_000,
             max_unfunded_matches: 16,
+            delivery_window_ms: 0,
         }
     }
 
@@ -314,11 +321,39 @@ impl RegistryError {
     }
 }
 
-/// One fewer unfunded match for `buyer`.
-fn unfund(unfunded: &mut HashMap<Address, u32>, buyer: Address) {
+/// A measured round trip must be a time a network could take.
+fn round_trip(rtt_ms: f64) -> Result<(), RegistryError> {
+    if rtt_ms.is_finite() && rtt_ms > 0.0 && rtt_ms <= 10_000.0 {
+        Ok(())
+    } else {
+        Err(RegistryError::invalid(
+            ErrorCode::InvalidRequest,
+            "round-trip time must be more than 0 and at most 10000 ms",
+        ))
+    }
+}
+
+/// What one buyer's matched, unfunded leases hold: how many, and the escrows they need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Unfunded {
+    matches: u32,
+    escrow: u128,
+}
+
+/// One more unfunded match for `buyer`, needing `escrow`.
+fn hold_unfunded(unfunded: &mut HashMap<Address, Unfunded>, buyer: Address, escrow: Amount) {
+    let held = unfunded.entry(buyer).or_default();
+    held.matches += 1;
+    held.escrow = held.escrow.saturating_add(escrow.0);
+}
+
+/// One fewer unfunded match for `buyer`, which needed `escrow`.
+fn unfund(unfunded: &mut HashMap<Address, Unfunded>, buyer: Address, escrow: Amount) {
     if let std::collections::hash_map::Entry::Occupied(mut held) = unfunded.entry(buyer) {
-        *held.get_mut() -= 1;
-        if *held.get() == 0 {
+        let h = held.get_mut();
+        h.matches -= 1;
+        h.escrow = h.escrow.saturating_sub(escrow.0);
+        if h.matches == 0 {
             held.remove();
         }
     }
@@ -349,7 +384,7 @@ pub struct Registry {
     /// so that the tick finds overdue ones without scanning every lease.
     deadlines: BTreeSet<(u64, LeaseId)>,
     /// Each buyer's matched, unfunded leases.
-    unfunded: HashMap<Address, u32>,
+    unfunded: HashMap<Address, Unfunded>,
     /// Measuring points added (network coordinates are soft state, not stored).
     anchors: usize,
     next_lease: u64,
@@ -447,7 +482,7 @@ impl Registry {
                     .insert(lease.id);
             }
             if lease.state == LeaseState::Matched {
-                *registry.unfunded.entry(lease.buyer).or_default() += 1;
+                hold_unfunded(&mut registry.unfunded, lease.buyer, lease.escrow);
             }
             registry.next_lease = registry.next_lease.max(lease.id.0 + 1);
             registry.leases.insert(lease.id, lease);
@@ -884,45 +919,97 @@ impl Registry {
         (out, None)
     }
 
-    /// A round trip measured between a host and a peer: the network coordinates move.
-    pub fn observe(
+    /// A round trip a host reports it measured to a peer (`POST /v1/observations`).
+    ///
+    /// Only the reporter's own coordinate moves: what one host says must not move
+    /// another host's or a measuring point's, or a host could push its competitors away
+    /// from buyers, or drag an anchor (which places every request near it) wherever it
+    /// liked. And only a local network takes these at all: on a public network a host
+    /// that moved even its own coordinate could lie itself closer to buyers and win
+    /// round-trip-bound matches it cannot serve, so there coordinates move only from the
+    /// round trips checkers measure ([`Registry::checker_measurement`]), and a host's
+    /// report is refused with `not_local_network`. A local network keeps them because its
+    /// operator runs every host and tests and demos place coordinates with them.
+    pub fn host_observation(
         &mut self,
         reporter: Address,
-        peer: gpumesh_types::Peer,
-        rtt_ms: f64,
+        observation: &gpumesh_types::Observation,
     ) -> Result<(), RegistryError> {
         let from = self
             .host_by_address(&reporter)
             .ok_or(RegistryError::UnknownHost(reporter))?;
-        if !(rtt_ms.is_finite() && rtt_ms > 0.0 && rtt_ms <= 10_000.0) {
+        if !self.params.local {
             return Err(RegistryError::invalid(
-                ErrorCode::InvalidRequest,
-                "round-trip time must be more than 0 and at most 10000 ms",
+                ErrorCode::NotLocalNetwork,
+                "a public network takes no round trips from hosts: network coordinates move only from checkers' measurements",
             ));
         }
-        let to = match peer {
+        round_trip(observation.rtt_ms)?;
+        let to = match observation.peer {
+            gpumesh_types::Peer::Host(address) if address == reporter => {
+                return Err(RegistryError::invalid(
+                    ErrorCode::InvalidRequest,
+                    "a host cannot measure a round trip to itself",
+                ));
+            }
             gpumesh_types::Peer::Host(address) => {
                 gpumesh_matcher::NetNode::Host(gpumesh_matcher::HostId(
                     self.host_by_address(&address)
                         .ok_or(RegistryError::UnknownHost(address))?,
                 ))
             }
-            gpumesh_types::Peer::Anchor(a) if (a as usize) < self.anchors => {
-                gpumesh_matcher::NetNode::Anchor(a)
-            }
-            gpumesh_types::Peer::Anchor(a) => {
-                return Err(RegistryError::invalid(
-                    ErrorCode::InvalidRequest,
-                    format!("anchor {a} does not exist"),
-                ));
-            }
+            gpumesh_types::Peer::Anchor(a) => self.anchor(a)?,
         };
-        self.matcher.observe(
+        self.matcher.observe_from(
             gpumesh_matcher::NetNode::Host(gpumesh_matcher::HostId(from)),
             to,
+            observation.rtt_ms,
+        );
+        Ok(())
+    }
+
+    /// A round trip a checker measured from its measuring point `anchor` to `host`'s
+    /// agent: both coordinates move. The checker timed it itself, so neither end chose
+    /// the number (a host can only make itself look farther away).
+    pub fn checker_measurement(
+        &mut self,
+        host: Address,
+        anchor: u32,
+        rtt_ms: f64,
+    ) -> Result<(), RegistryError> {
+        let h = self
+            .host_by_address(&host)
+            .ok_or(RegistryError::UnknownHost(host))?;
+        round_trip(rtt_ms)?;
+        let anchor = self.anchor(anchor)?;
+        self.matcher.observe(
+            gpumesh_matcher::NetNode::Host(gpumesh_matcher::HostId(h)),
+            anchor,
             rtt_ms,
         );
         Ok(())
+    }
+
+    /// Where a node is in network coordinates: a host's or a measuring point's.
+    pub fn coordinate(&self, node: gpumesh_types::Peer) -> Option<gpumesh_matcher::Coord> {
+        let node = match node {
+            gpumesh_types::Peer::Host(address) => gpumesh_matcher::NetNode::Host(
+                gpumesh_matcher::HostId(self.host_by_address(&address)?),
+            ),
+            gpumesh_types::Peer::Anchor(a) => gpumesh_matcher::NetNode::Anchor(a),
+        };
+        self.matcher.coord(node)
+    }
+
+    fn anchor(&self, a: u32) -> Result<gpumesh_matcher::NetNode, RegistryError> {
+        if (a as usize) < self.anchors {
+            Ok(gpumesh_matcher::NetNode::Anchor(a))
+        } else {
+            Err(RegistryError::invalid(
+                ErrorCode::InvalidRequest,
+                format!("anchor {a} does not exist"),
+            ))
+        }
     }
 
     /// Adds a measuring point; its id names it in observations.
@@ -1104,6 +1191,12 @@ impl Registry {
             .live_leases()
             .flat_map(|l| l.gpu_indices.iter().map(move |&i| (l.host, i)))
             .collect();
+        // Running leases are checked for delivery on their first GPU.
+        let delivering: HashMap<(Address, u16), gpumesh_types::DeliveryProbe> = self
+            .live_leases()
+            .filter(|l| l.delivery_due(now_ms))
+            .filter_map(|l| Some(((l.host, *l.gpu_indices.first()?), l.delivery_probe())))
+            .collect();
         let mut out = Vec::with_capacity(self.container_count());
         for host in &self.hosts {
             let r = &host.record;
@@ -1128,6 +1221,7 @@ impl Registry {
                     gpu: gpu.model,
                     simulated: gpu.simulated,
                     capacity_due,
+                    delivery: delivering.get(&(r.address, i as u16)).cloned(),
                 });
             }
         }
@@ -1260,11 +1354,12 @@ impl Registry {
         };
         debug_assert!(!lease.state.is_terminal());
         if lease.state == LeaseState::Matched {
-            unfund(&mut self.unfunded, lease.buyer);
+            unfund(&mut self.unfunded, lease.buyer, lease.escrow);
         }
         lease.state = state;
         lease.exit_code = exit_code;
-        lease.failure = failure;
+        // A host's `finish` error among them: cut to a bound before it is stored.
+        lease.failure = failure.map(|f| validate::cut(f, validate::MAX_HOST_TEXT));
         lease.ended_ms = Some(now_ms);
         let deadline = std::mem::take(&mut lease.deadline_ms);
         self.deadlines.remove(&(deadline, id));
@@ -1285,14 +1380,32 @@ impl Registry {
     }
 
     /// Matches a job and reserves its GPUs; the lease waits for its escrow until the TTL.
+    /// Matches a job for a buyer who funds escrows by other means (a deployment's
+    /// replicas, funded by the protocol within the owner's allowance), and for tests:
+    /// no balance is asked. Buyers' own jobs go through [`Registry::submit_job_within`].
     pub fn submit_job(
         &mut self,
         buyer: Address,
         job: gpumesh_types::JobRequest,
         now_ms: u64,
     ) -> Result<&LeaseRecord, RegistryError> {
+        self.submit_job_within(buyer, job, Amount(u128::MAX), now_ms)
+    }
+
+    /// Matches a job and reserves its GPUs for the match's time-to-live, only if the
+    /// buyer's `spendable` balance covers its escrow on top of the escrows its other
+    /// unfunded matches need: a key with no funds holds no GPUs, however many keys
+    /// there are.
+    pub fn submit_job_within(
+        &mut self,
+        buyer: Address,
+        job: gpumesh_types::JobRequest,
+        spendable: Amount,
+        now_ms: u64,
+    ) -> Result<&LeaseRecord, RegistryError> {
         validate::job(&job, &self.params)?;
-        let held = self.unfunded.get(&buyer).copied().unwrap_or(0);
+        let pending = self.unfunded.get(&buyer).copied().unwrap_or_default();
+        let held = pending.matches;
         if held >= self.params.max_unfunded_matches {
             return Err(RegistryError::invalid(
                 ErrorCode::RateLimited,
@@ -1335,6 +1448,17 @@ impl Registry {
             job.max_duration_ms,
         )
         .expect("validated price and duration keep the escrow in range");
+        let needed = escrow.0.saturating_add(pending.escrow);
+        if needed > spendable.0 {
+            let _ = self.matcher.release(booking.reservation);
+            return Err(RegistryError::invalid(
+                ErrorCode::InsufficientFunds,
+                format!(
+                    "{buyer} has {spendable} base units; this match's escrow of {escrow} on top of {} held by its unfunded matches needs {needed}",
+                    pending.escrow
+                ),
+            ));
+        }
         let id = LeaseId(self.next_lease);
         self.next_lease += 1;
         let lease = LeaseRecord {
@@ -1369,9 +1493,10 @@ impl Registry {
             health: None,
             health_detail: None,
             deployment: None,
+            delivered_ms: None,
         };
         self.dirty.push(Dirty::Lease(id));
-        *self.unfunded.entry(buyer).or_default() += 1;
+        hold_unfunded(&mut self.unfunded, buyer, escrow);
         self.reservations.insert(id, booking.reservation);
         self.reserved_for.insert(booking.reservation, id);
         self.live_by_host.entry(lease.host).or_default().insert(id);

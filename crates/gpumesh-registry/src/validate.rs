@@ -17,6 +17,21 @@ const MAX_ARGS: usize = 256;
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 const MAX_URL: usize = 256;
 
+/// The most characters of free text from a host that is stored and shown to buyers: a
+/// lease's failure (`finish`'s `error`). Longer text is cut, not refused: the report it
+/// comes with (the end of a lease, with its final usage) must not be lost over its prose.
+pub const MAX_HOST_TEXT: usize = 512;
+/// The most characters of a service's health detail as its host reports it.
+pub const MAX_HEALTH_DETAIL: usize = 256;
+
+/// `text` cut to at most `max` characters, on a character boundary.
+pub(crate) fn cut(mut text: String, max: usize) -> String {
+    if let Some((end, _)) = text.char_indices().nth(max) {
+        text.truncate(end);
+    }
+    text
+}
+
 fn invalid(code: ErrorCode, message: impl Into<String>) -> RegistryError {
     RegistryError::Invalid {
         code,
@@ -366,83 +381,163 @@ pub(crate) fn service(
     Ok(())
 }
 
-/// A host's challenge URL: http(s), short, and, outside a local network, not an address
-/// that would turn checkers against their own machine or network (loopback, private,
-/// link-local).
-fn challenge_url(url: &str, local: bool) -> Result<(), RegistryError> {
+/// A host's challenge URL, parsed as a browser (and the checker's HTTP client) parses
+/// it: http(s), at most [`MAX_URL`] characters, without user info, query or fragment
+/// (checkers append their own paths). Outside a local network it must not name an
+/// address that would turn checkers against their own machine or network: an IP literal
+/// must be public ([`gpumesh_types::net::is_public`]), whatever form it is written in
+/// (`127.1`, `0x7f.0.0.1`, `2130706433`, `[::ffff:127.0.0.1]` all name loopback), and
+/// `localhost` names are refused. Other names are not resolved here (the registry does no
+/// I/O): checkers on a public network resolve them to public addresses only, at each
+/// probe, so a name that later points somewhere private reaches nothing.
+pub fn challenge_url(raw: &str, local: bool) -> Result<url::Url, RegistryError> {
     let bad = |why: &str| {
         Err(invalid(
-            ErrorCode::InvalidRequest,
-            format!("challenge URL {url:?} {why}"),
+            ErrorCode::InvalidChallengeUrl,
+            format!("challenge URL {raw:?} {why}"),
         ))
     };
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return bad("must start with http:// or https://");
-    };
-    if url.len() > MAX_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    // The parser drops tabs and newlines and trims spaces silently: refuse them first,
+    // so what is stored is what was judged.
+    if raw.chars().count() > MAX_URL || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return bad(&format!(
             "must be at most {MAX_URL} characters, without spaces"
         ));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    let url = match url::Url::parse(raw) {
+        Ok(url) => url,
+        Err(e) => return bad(&format!("is not a URL: {e}")),
     };
-    if host.is_empty() {
-        return bad("names no host");
+    if !matches!(url.scheme(), "http" | "https") {
+        return bad("must start with http:// or https://");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("must not carry user information (user@host)");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return bad("must not have a query or a fragment: checkers append their own paths");
     }
     if local {
-        return Ok(());
+        return Ok(url);
     }
-    let internal = match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+    let internal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => !gpumesh_types::net::is_public(ip.into()),
+        Some(url::Host::Ipv6(ip)) => !gpumesh_types::net::is_public(ip.into()),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.');
+            name == "localhost" || name.ends_with(".localhost")
         }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-        }
-        Err(_) => host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost"),
+        None => return bad("names no host"),
     };
     if internal {
-        return bad("points at a loopback, private or link-local address");
+        return bad(
+            "points at an address that is not public (loopback, private, link-local, shared, documentation, multicast or reserved)",
+        );
     }
-    Ok(())
+    Ok(url)
 }
 
 #[cfg(test)]
 mod tests {
     use super::challenge_url;
 
+    /// Each URL on a public network and on a local one: accepted, or refused with
+    /// `invalid_challenge_url`.
+    #[test]
+    fn host_text_is_cut_on_a_character_boundary() {
+        use super::cut;
+        assert_eq!(cut("abc".into(), 5), "abc");
+        assert_eq!(cut("abc".into(), 3), "abc");
+        assert_eq!(cut("abcdef".into(), 3), "abc");
+        assert_eq!(cut("ééééé".into(), 2), "éé");
+        assert_eq!(cut("a🦀b".into(), 2), "a🦀");
+        assert_eq!(cut(String::new(), 0), "");
+        assert_eq!(
+            cut("x".repeat(10_000), super::MAX_HOST_TEXT)
+                .chars()
+                .count(),
+            512
+        );
+    }
+
     #[test]
     fn challenge_urls() {
-        for ok in [
-            "http://gpu.example.org:7701",
-            "https://203.0.113.7/agent",
-            "http://[2001:db8::1]:80",
-        ] {
-            assert!(challenge_url(ok, false).is_ok(), "{ok}");
+        const OK: bool = true;
+        const NO: bool = false;
+        let cases: &[(&str, bool, bool)] = &[
+            // (url, public network, local network)
+            ("http://gpu.example.org:7701", OK, OK),
+            ("https://gpu.example.org/agent/", OK, OK),
+            ("http://8.8.8.8:7701", OK, OK),
+            ("https://93.184.215.14/agent", OK, OK),
+            ("http://[2606:4700:4700::1111]:80", OK, OK),
+            ("http://[::ffff:8.8.8.8]:80", OK, OK),
+            // Not http(s), or no URL at all.
+            ("ftp://gpu.example.org", NO, NO),
+            ("file:///etc/passwd", NO, NO),
+            ("gopher://gpu.example.org:70/", NO, NO),
+            ("gpu.example.org:7701", NO, NO),
+            ("http://", NO, NO),
+            ("http://a b", NO, NO),
+            ("http://gpu.example.org\t:1", NO, NO),
+            ("http://[::1", NO, NO),
+            // User info, queries and fragments: never.
+            ("http://x@127.0.0.1:9", NO, NO),
+            ("http://x@gpu.example.org:9", NO, NO),
+            ("http://x:y@8.8.8.8:9", NO, NO),
+            ("http://8.8.8.8:9/?next=http://127.0.0.1/", NO, NO),
+            ("http://8.8.8.8:9/#x", NO, NO),
+            // Loopback in every spelling the parser accepts.
+            ("http://127.0.0.1:7701", NO, OK),
+            ("http://127.1:9", NO, OK),
+            ("http://0x7f.0.0.1:9", NO, OK),
+            ("http://0177.0.0.1:9", NO, OK),
+            ("http://2130706433:9", NO, OK),
+            ("http://0x7f000001:9", NO, OK),
+            ("http://[::1]:7701", NO, OK),
+            ("http://[::ffff:127.0.0.1]:9", NO, OK),
+            ("http://[0:0:0:0:0:ffff:7f00:1]:9", NO, OK),
+            ("http://[::127.0.0.1]:9", NO, OK),
+            ("http://localhost:1", NO, OK),
+            ("http://LOCALHOST.:1", NO, OK),
+            ("http://agent.localhost:1", NO, OK),
+            // Other addresses that are not public.
+            ("http://0.0.0.0:9", NO, OK),
+            ("http://0:9", NO, OK),
+            ("http://10.1.2.3", NO, OK),
+            ("http://012.1.2.3", NO, OK),
+            ("http://172.16.0.1", NO, OK),
+            ("http://192.168.0.2:80/x", NO, OK),
+            ("http://100.64.0.1", NO, OK),
+            ("http://169.254.169.254/latest", NO, OK),
+            ("http://[::ffff:169.254.169.254]/latest", NO, OK),
+            ("http://192.0.2.1", NO, OK),
+            ("http://203.0.113.7/agent", NO, OK),
+            ("http://224.0.0.1", NO, OK),
+            ("http://255.255.255.255", NO, OK),
+            ("http://[fd00::1]", NO, OK),
+            ("http://[fe80::1]", NO, OK),
+            ("http://[2001:db8::1]:80", NO, OK),
+            ("http://[ff02::1]", NO, OK),
+            ("http://[64:ff9b::a00:1]", NO, OK),
+        ];
+        for &(url, public, local) in cases {
+            for (is_local, expected) in [(false, public), (true, local)] {
+                let got = challenge_url(url, is_local);
+                match (&got, expected) {
+                    (Ok(_), true) => {}
+                    (Err(e), false) => assert_eq!(
+                        e.code(),
+                        gpumesh_types::ErrorCode::InvalidChallengeUrl,
+                        "{url} (local: {is_local}): {e}"
+                    ),
+                    _ => {
+                        panic!("{url} (local: {is_local}): {got:?}, expected accepted: {expected}")
+                    }
+                }
+            }
         }
-        for bad in [
-            "ftp://gpu.example.org",
-            "http://",
-            "http://127.0.0.1:7701",
-            "http://localhost:1",
-            "http://10.1.2.3",
-            "http://192.168.0.2:80/x",
-            "http://169.254.169.254/latest",
-            "http://[::1]:7701",
-            "http://[fd00::1]",
-            "http://a b",
-        ] {
-            assert!(challenge_url(bad, false).is_err(), "{bad}");
-        }
-        assert!(challenge_url("http://127.0.0.1:7701", true).is_ok());
+        let long = format!("http://gpu.example.org/{}", "a".repeat(super::MAX_URL));
+        assert!(challenge_url(&long, true).is_err());
     }
 }

@@ -54,9 +54,11 @@ const SCHEMA_KEY: &str = "schema_version";
 ///
 /// - 1: ledger transactions hashed as keccak256 over their JSON, signed with EIP-191.
 /// - 2: ledger transactions hashed and signed as EIP-712 typed data.
-/// - 3: accounts' histories indexed and each epoch's reward tree stored; a version 2
-///   store is migrated on open (its chain replayed once to build both).
-pub const SCHEMA_VERSION: u32 = 3;
+/// - 3: accounts' histories indexed and each epoch's reward tree stored.
+/// - 4: usage billable only from a lease's observed start (`StartLease`): a chain of an
+///   earlier layout holds usage with no recorded start, which this version's replay
+///   refuses, so earlier layouts are refused rather than migrated.
+pub const SCHEMA_VERSION: u32 = 4;
 const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
 pub const STORE_FILE: &str = "gpumesh.redb";
@@ -131,6 +133,13 @@ pub struct EpochStart {
 pub struct ContainerWork {
     /// GPU-milliseconds delivered (settled) during the epoch.
     pub delivered_gpu_ms: u64,
+    /// What its buyers were charged for that usage (the growth of their escrows'
+    /// charges), and the treasury's fee out of it: what its delivery reward is weighed
+    /// and capped by (docs/economics.md). Absent in records written before they were kept.
+    #[serde(default)]
+    pub paid: Amount,
+    #[serde(default)]
+    pub fee: Amount,
     /// Liveness verdicts during the epoch.
     pub up: u32,
     pub down: u32,
@@ -275,91 +284,43 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| db_err(redb::Error::Io(e)))?;
         let db = Database::create(&path).map_err(|e| db_err(e.into()))?;
         let store = Store { db, path };
-        let migrate = store.check_schema()?;
+        store.check_schema()?;
         // Create every table so that readers never meet a missing one.
         store.write(Batch::default())?;
-        if migrate {
-            store.migrate_from_2()?;
-        }
         Ok(store)
     }
 
-    /// Refuses a store of another layout before anything reads or writes it; true when
-    /// it is of version 2, which [`Store::migrate_from_2`] brings up to date.
-    fn check_schema(&self) -> Result<bool, StoreError> {
+    /// Refuses a store of another layout before anything reads or writes it.
+    fn check_schema(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
             // A new store: nothing to check.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
             Err(e) => return Err(self.db_err(e)),
         };
         if meta.get(GENESIS_KEY).map_err(|e| self.db_err(e))?.is_none() {
-            return Ok(false);
+            return Ok(());
         }
         let found = match meta.get(SCHEMA_KEY).map_err(|e| self.db_err(e))? {
             Some(v) => self.decode(|| "schema version".into(), v.value())?,
             None => 1,
         };
-        match found {
-            SCHEMA_VERSION => return Ok(false),
-            2 => return Ok(true),
-            _ => {}
+        if found == SCHEMA_VERSION {
+            return Ok(());
         }
         Err(StoreError::Schema {
             path: self.path.clone(),
             found,
             expected: SCHEMA_VERSION,
-            hint: if found < SCHEMA_VERSION {
+            hint: if found == 2 || found == 3 {
+                ": its chain bills usage without recorded starts, which this version refuses (usage is billable only from a lease's observed start). A local network can start afresh in a new data directory; a public network needs its genesis restarted by its operators"
+            } else if found < SCHEMA_VERSION {
                 ": its transactions were signed over JSON, which this version no longer accepts. A local network can start afresh in a new data directory; a public network needs its genesis restarted by its operators, since its signatures cannot be converted"
             } else {
                 ": it was written by a newer gpumesh"
             },
         })
-    }
-
-    /// Version 2 to 3: replays the chain once (checking every signature again) to index
-    /// the accounts' histories and store each closed epoch's reward tree, and writes
-    /// both with the new version in one transaction, so a crash leaves version 2.
-    fn migrate_from_2(&self) -> Result<(), StoreError> {
-        let chain = self.chain()?;
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: self.path.clone(),
-            what: "chain, while migrating to layout 3".into(),
-            reason,
-        };
-        tracing::info!(store = %self.path.display(), "migrating the store from layout 2 to 3: indexing histories and reward trees");
-        let mut ledger =
-            gpumesh_ledger::Ledger::new(chain.genesis).map_err(|e| corrupt(e.to_string()))?;
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        {
-            let e = |e: redb::TableError| self.db_err(e);
-            let s = |e: redb::StorageError| self.db_err(e);
-            let mut history = txn.open_table(ACCOUNT_TXS).map_err(e)?;
-            let mut trees = txn.open_table(REWARD_TREES).map_err(e)?;
-            let entries = chain.blocks.into_iter().flat_map(|(_, e)| e);
-            for entry in entries.chain(chain.unsealed) {
-                ledger
-                    .apply_entry(&entry)
-                    .map_err(|e| corrupt(format!("transaction {}: {e}", entry.seq)))?;
-                for account in entry.tx.tx.accounts() {
-                    history
-                        .insert((account.as_slice(), entry.seq), ())
-                        .map_err(s)?;
-                }
-                if let gpumesh_types::TxKind::Epoch(close) = &entry.tx.tx.kind {
-                    let rewards = EpochRewards::of(&ledger, close.epoch);
-                    trees
-                        .insert(close.epoch, rewards.encode().as_slice())
-                        .map_err(s)?;
-                }
-            }
-            txn.open_table(META)
-                .map_err(e)?
-                .insert(SCHEMA_KEY, encode(&SCHEMA_VERSION).as_slice())
-                .map_err(s)?;
-        }
-        txn.commit().map_err(|e| self.db_err(e))
     }
 
     /// Opens an existing store without creating anything.
@@ -1339,61 +1300,5 @@ mod tests {
         drop_nodes();
         let err = store.reward_proof(account, 1).unwrap_err().to_string();
         assert!(err.contains("not its stored root"), "{err}");
-    }
-
-    #[test]
-    fn a_version_2_store_is_migrated_by_replaying_its_chain_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let protocol = Wallet::from_label("protocol");
-        let faucet = Wallet::from_label("faucet");
-        let a = Wallet::from_label("checker a");
-        let genesis = Genesis::local(5, 0, protocol.address(), faucet.address());
-        let mut ledger = Ledger::new(genesis.clone()).unwrap();
-        let (proof, history) = {
-            let store = Store::open(dir.path()).unwrap();
-            store.init(&genesis, &Params::local()).unwrap();
-            let to_a = TxKind::Transfer {
-                to: a.address(),
-                amount: Amount(3),
-            };
-            commit(&store, &mut ledger, &faucet, to_a, 1);
-            commit(
-                &store,
-                &mut ledger,
-                &protocol,
-                close(0, &[a.address()]),
-                60_000,
-            );
-            let proof = store.reward_proof(a.address(), 0).unwrap();
-            let history = store.history(&a.address(), 10).unwrap();
-            // As version 2 wrote it: neither index nor trees.
-            let txn = store.db.begin_write().unwrap();
-            txn.delete_table(ACCOUNT_TXS).unwrap();
-            txn.delete_table(REWARD_TREES).unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(SCHEMA_KEY, encode(&2u32).as_slice())
-                .unwrap();
-            txn.commit().unwrap();
-            (proof, history)
-        };
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.reward_proof(a.address(), 0).unwrap(), proof);
-        assert_eq!(store.history(&a.address(), 10).unwrap(), history);
-        assert_eq!(history.len(), 2);
-        drop(store);
-        // Migrated once: the version is now this one.
-        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
-        let txn = db.begin_read().unwrap();
-        let version = txn
-            .open_table(META)
-            .unwrap()
-            .get(SCHEMA_KEY)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            serde_json::from_slice::<u32>(version.value()).unwrap(),
-            SCHEMA_VERSION
-        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use gpumesh_devnet::RuntimeChoice;
 use gpumesh_identity::Wallet;
 use gpumesh_tests::{Probe, Signing, devnet, job, nonce};
-use gpumesh_types::{Amount, ApiError, ErrorCode, GpuModel, Tx, TxKind};
+use gpumesh_types::{Amount, ApiError, ErrorCode, GpuModel, Observation, Peer, Tx, TxKind};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -85,6 +85,16 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         }))
         .unwrap()
     };
+    let register_at = |challenge_url: &str| {
+        serde_json::to_vec(&json!({
+            "name": "x", "location": { "lat": 1.0, "lon": 2.0, "country": "NL" },
+            "price_per_gpu_hour": "1", "runtime": "process",
+            "gpus": [{ "model": "H100", "count": 1, "simulated": true }],
+            "challenge_url": challenge_url,
+        }))
+        .unwrap()
+    };
+    let observation = |peer: Peer| serde_json::to_vec(&Observation { peer, rtt_ms: 5.0 }).unwrap();
     let stale_tx = buyer.sign_tx(Tx {
         chain_id,
         from: buyer.address(),
@@ -256,6 +266,66 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
             Signing::Good,
             400,
             ErrorCode::UnknownGpuModel,
+        ),
+        (
+            "challenge URL with user information",
+            &amsterdam,
+            Method::POST,
+            "/v1/hosts".into(),
+            register_at("http://x@127.0.0.1:9"),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidChallengeUrl,
+        ),
+        (
+            "challenge URL that is not http(s)",
+            &amsterdam,
+            Method::POST,
+            "/v1/hosts".into(),
+            register_at("ftp://127.0.0.1:9"),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidChallengeUrl,
+        ),
+        (
+            "challenge URL with a fragment",
+            &amsterdam,
+            Method::POST,
+            "/v1/hosts".into(),
+            register_at("http://127.0.0.1:9/#agent"),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidChallengeUrl,
+        ),
+        (
+            "a host observes itself",
+            &amsterdam,
+            Method::POST,
+            "/v1/observations".into(),
+            observation(Peer::Host(amsterdam.address())),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "an observation of an anchor that does not exist",
+            &amsterdam,
+            Method::POST,
+            "/v1/observations".into(),
+            observation(Peer::Anchor(999_999)),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "an observation from a key that is no host",
+            &stranger,
+            Method::POST,
+            "/v1/observations".into(),
+            observation(Peer::Host(frankfurt.address())),
+            Signing::Good,
+            404,
+            ErrorCode::UnknownHost,
         ),
         (
             "unknown lease",

@@ -467,6 +467,10 @@ pub struct LeaseView {
     /// The deployment this lease is a replica of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<crate::DeploymentId>,
+    /// On a network with checkers, once running: the start of the last checking period
+    /// whose delivery check a quorum passed (the start until one has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<u64>,
 }
 
 /// Money of one lease, all in base units; once closed, `host_share + treasury_share + refund == escrow`.
@@ -479,6 +483,17 @@ pub struct SettlementView {
     pub treasury_share: Amount,
     pub refund: Amount,
     pub closed: bool,
+    /// When the ledger recorded the start (the indexer's acceptance of the host's
+    /// report); absent while the workload has not started. Nothing before it is billable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// The most GPU-milliseconds the escrow covers.
+    #[serde(default)]
+    pub max_gpu_ms: u64,
+    /// Once the lease has ended: the most GPU-milliseconds that could be billed, its GPUs
+    /// × (end − start) plus the network's slack; `gpu_ms` is never above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_gpu_ms: Option<u64>,
 }
 
 /// One line of `GET /v1/leases/{id}/logs?follow=true` (newline-delimited JSON).
@@ -675,12 +690,22 @@ pub enum ErrorCode {
     LateReport,
     /// A result the checker already gave for this period.
     DuplicateResult,
+    /// Usage above what the protocol observed: the lease's GPUs × the time since the
+    /// indexer accepted its start, plus the network's slack (nothing before a start).
+    UsageExceedsElapsed,
+    /// Usage past what checkers saw delivered: the lease's last passed delivery check
+    /// (or its start) plus the delivery window.
+    UsageExceedsDelivered,
     /// A port that is 0, privileged, repeated or out of range.
     InvalidPort,
     /// An environment variable whose name is not an identifier, or that is too large.
     InvalidEnv,
     /// A health check whose path is not a path, or that names no published port.
     InvalidHealthCheck,
+    /// A host's challenge URL that is not a plain http(s) URL (user info, a query or a
+    /// fragment, another scheme), or, on a public network, that names an address checkers
+    /// must not be sent to (loopback, private, link-local and other non-public ones).
+    InvalidChallengeUrl,
     /// A region that names no place, or whose minimum is above its maximum.
     InvalidRegion,
     UnknownDeployment,

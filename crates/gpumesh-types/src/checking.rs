@@ -194,6 +194,21 @@ pub enum TaskKind {
     Liveness,
     /// Does the GPU have the throughput it claims (a capacity proof).
     Capacity,
+    /// Is the lease on this container being delivered: its service's endpoint answers
+    /// from the checker's side, or its agent signs that its workload is running.
+    Delivery,
+}
+
+/// What a delivery task checks: a lease in progress on the task's container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryProbe {
+    pub lease: crate::LeaseId,
+    /// A service's endpoint as the checker probes it: `http://host:port/path` for an
+    /// HTTP health check, `tcp://host:port` for a TCP one or a service without a check.
+    /// Absent for a batch job: the checker asks the agent for a signed statement that
+    /// the lease's workload is running (`POST {endpoint}/delivery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// One task of a checker in a period.
@@ -214,6 +229,9 @@ pub struct CheckTask {
     /// container's proofs do not share its GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at_ms: Option<u64>,
+    /// For delivery tasks: the lease and how to probe it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryProbe>,
 }
 
 /// `GET /v1/checking/tasks?checker=0x…`: a checker's tasks for the current period.
@@ -261,6 +279,9 @@ pub enum FailReason {
     BadPath,
     /// Rows asked for were missing, extra, or of the wrong length; or the answer was malformed.
     BadOpening,
+    /// A lease was not being delivered: its service did not answer from the checker's
+    /// side, or its agent said (signed) that its workload is not running.
+    NotDelivered,
 }
 
 impl FailReason {
@@ -278,12 +299,18 @@ impl FailReason {
                 "capacity proof: an opened row's Merkle path does not reach the committed root"
             }
             FailReason::BadOpening => "capacity proof: the opening was malformed or incomplete",
+            FailReason::NotDelivered => {
+                "delivery: the lease's service did not answer, or its workload was not running"
+            }
         }
     }
 
     /// Whether the failure is a capacity proof's.
     pub fn is_proof(self) -> bool {
-        !matches!(self, FailReason::Unreachable | FailReason::BadSignature)
+        !matches!(
+            self,
+            FailReason::Unreachable | FailReason::BadSignature | FailReason::NotDelivered
+        )
     }
 }
 
@@ -391,6 +418,36 @@ pub fn liveness_message(chain_id: u64, challenge: &LivenessChallenge) -> Vec<u8>
     m.extend_from_slice(challenge.checker.as_slice());
     m.extend_from_slice(&challenge.index.to_be_bytes());
     m.extend_from_slice(challenge.nonce.as_slice());
+    m
+}
+
+/// The challenge endpoint of a host agent: `POST {endpoint}/delivery`, a checker asking
+/// whether a batch job's workload is running, with a fresh nonce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryChallenge {
+    pub checker: Address,
+    pub lease: crate::LeaseId,
+    pub nonce: B256,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveryAnswer {
+    /// Whether the lease's workload is running on this host now.
+    pub running: bool,
+    /// EIP-191 signature by the host over [`delivery_message`]: a statement the host
+    /// answers for.
+    pub signature: crate::Sig,
+}
+
+/// What a host signs to state whether a lease's workload runs, for a checker's nonce.
+pub fn delivery_message(chain_id: u64, challenge: &DeliveryChallenge, running: bool) -> Vec<u8> {
+    let mut m = b"gpumesh-delivery-v1".to_vec();
+    m.extend_from_slice(&chain_id.to_be_bytes());
+    m.extend_from_slice(challenge.checker.as_slice());
+    m.extend_from_slice(&challenge.lease.0.to_be_bytes());
+    m.extend_from_slice(challenge.nonce.as_slice());
+    m.push(running as u8);
     m
 }
 

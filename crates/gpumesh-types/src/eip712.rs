@@ -43,6 +43,9 @@ pub mod types {
         struct CloseEscrow { address from; uint64 nonce; uint64 lease; string reason; }
 
         #[derive(Debug, serde::Serialize)]
+        struct StartLease { address from; uint64 nonce; uint64 lease; }
+
+        #[derive(Debug, serde::Serialize)]
         struct Stake { address from; uint64 nonce; uint16 index; uint256 amount; }
 
         #[derive(Debug, serde::Serialize)]
@@ -80,7 +83,7 @@ pub mod types {
         struct HostCapacity { address host; GpuCapacity[] gpus; }
 
         #[derive(Debug, serde::Serialize)]
-        struct GpuDelivery { uint16 index; uint64 gpuMs; uint8 tier; }
+        struct GpuDelivery { uint16 index; uint64 gpuMs; uint256 paid; uint256 fee; uint8 tier; }
 
         #[derive(Debug, serde::Serialize)]
         struct HostDelivery { address host; GpuDelivery[] gpus; }
@@ -123,6 +126,7 @@ fn close_reason(reason: CloseReason) -> &'static str {
         CloseReason::StartFailed => "start_failed",
         CloseReason::Overdue => "overdue",
         CloseReason::Reconciled => "reconciled",
+        CloseReason::Undelivered => "undelivered",
     }
 }
 
@@ -238,6 +242,14 @@ impl Tx {
                     nonce,
                     lease: lease.0,
                     reason: close_reason(*reason).to_string(),
+                },
+                domain,
+            ),
+            TxKind::StartLease { lease } => v.visit(
+                t::StartLease {
+                    from,
+                    nonce,
+                    lease: lease.0,
                 },
                 domain,
             ),
@@ -359,10 +371,12 @@ impl Tx {
                             host: *host,
                             gpus: gpus
                                 .iter()
-                                .map(|&(index, gpu_ms, tier)| t::GpuDelivery {
-                                    index,
-                                    gpuMs: gpu_ms,
-                                    tier,
+                                .map(|d| t::GpuDelivery {
+                                    index: d.index,
+                                    gpuMs: d.gpu_ms,
+                                    paid: amount(d.paid),
+                                    fee: amount(d.fee),
+                                    tier: d.tier,
                                 })
                                 .collect(),
                         })

@@ -39,6 +39,7 @@ pub mod checking;
 pub mod eip712;
 mod geo;
 mod gpu;
+pub mod net;
 pub mod service;
 mod tx;
 
@@ -50,8 +51,8 @@ pub use geo::{Country, EARTH_RADIUS_KM, GeoError, GeoPoint, Location};
 pub use gpu::{CATALOG, GpuClass, GpuModel, GpuSpec, UnknownGpuModel};
 pub use service::*;
 pub use tx::{
-    BlockHeader, CheckerTasks, CloseReason, EpochClose, HostCapacity, HostDelivery, LedgerEntry,
-    Offence, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,
+    BlockHeader, CheckerTasks, CloseReason, EpochClose, GpuDelivery, HostCapacity, HostDelivery,
+    LedgerEntry, Offence, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,
 };
 
 /// Milliseconds in one hour, the unit prices are quoted in.

@@ -42,6 +42,10 @@ pub enum TxKind {
     /// The protocol ends an escrow without further charge (host lost, never started)
     /// and refunds what is left to the buyer. Signed by the protocol key.
     CloseEscrow { lease: LeaseId, reason: CloseReason },
+    /// The protocol records that the indexer accepted the host's report that the lease's
+    /// workload started: billable time runs from this transaction's time. Signed by the
+    /// protocol key.
+    StartLease { lease: LeaseId },
     /// A host stakes (or tops up) for one of its GPUs (containers).
     Stake { index: u16, amount: Amount },
     /// A host stakes for several of its GPUs at once.
@@ -104,8 +108,25 @@ pub enum Offence {
 
 /// A host's containers whose liveness passed: (GPU index, spec weight K in hundredths).
 pub type HostCapacity = (Address, Vec<(u16, u32)>);
-/// A host's delivered work: (GPU index, GPU-milliseconds, tier 1–3).
-pub type HostDelivery = (Address, Vec<(u16, u64, u8)>);
+/// A host's delivered work, one entry per container (GPU), by GPU index ascending.
+pub type HostDelivery = (Address, Vec<GpuDelivery>);
+
+/// What one container (GPU) delivered in an epoch, and what its buyers paid for it: the
+/// inputs of its delivery reward (docs/economics.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GpuDelivery {
+    /// The GPU index on its host.
+    pub index: u16,
+    /// GPU-milliseconds settled during the epoch.
+    pub gpu_ms: u64,
+    /// What its buyers were charged for that usage, in base units.
+    pub paid: Amount,
+    /// The part of `paid` the treasury kept as its fee.
+    pub fee: Amount,
+    /// The host's delivery tier, 1 to 3.
+    pub tier: u8,
+}
+
 /// A checker's epoch: (address, correct tasks, uptime in basis points).
 pub type CheckerTasks = (Address, u32, u16);
 
@@ -121,7 +142,7 @@ pub struct EpochClose {
     /// hundredths).
     #[schema(value_type = Vec<Vec<Object>>)]
     pub capacity: Vec<HostCapacity>,
-    /// Delivered work by host: (GPU index, GPU-milliseconds, tier 1–3).
+    /// Delivered work and what buyers paid for it, by host and GPU.
     #[schema(value_type = Vec<Vec<Object>>)]
     pub delivery: Vec<HostDelivery>,
     /// Checkers: (address, correct tasks, uptime in basis points).
@@ -158,6 +179,10 @@ pub enum CloseReason {
     /// The registry and the ledger disagreed about the lease (found by reconciliation):
     /// the lease had ended, or never existed, while its escrow stayed open.
     Reconciled,
+    /// A quorum of checkers found the lease not delivered (its service did not answer,
+    /// or its workload was not running): the host keeps what it settled, the rest is
+    /// refunded.
+    Undelivered,
 }
 
 impl Tx {
@@ -184,6 +209,7 @@ impl Tx {
             }
             TxKind::SettleUsage { .. }
             | TxKind::CloseEscrow { .. }
+            | TxKind::StartLease { .. }
             | TxKind::Stake { .. }
             | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }

@@ -59,6 +59,7 @@ fn describe(entry: &LedgerEntry) -> String {
         }
         TxKind::SettleUsage { records } => format!("usage of {} leases", records.len()),
         TxKind::CloseEscrow { lease, reason } => format!("close lease {lease} ({reason:?})"),
+        TxKind::StartLease { lease } => format!("lease {lease} started: billable from now"),
         TxKind::Allow { deployment, amount } => format!(
             "allow up to {} tokens for deployment {deployment}",
             amount.tokens()

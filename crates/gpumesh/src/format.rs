@@ -86,10 +86,28 @@ pub fn receipt(lease: &LeaseView) -> String {
     out.push('\n');
     match &lease.settlement {
         Some(s) => {
+            let at = |ms: Option<u64>| {
+                ms.map_or("-".to_string(), |ms| {
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                    humantime::format_rfc3339_millis(t).to_string()
+                })
+            };
             out.push_str(&format!(
-                "  GPU time       {:.3} GPU-seconds\n",
+                "  started        {} (recorded in the ledger)\n",
+                at(s.started_ms)
+            ));
+            out.push_str(&format!("  ended          {}\n", at(lease.ended_ms)));
+            out.push_str(&format!(
+                "  GPU time       {:.3} GPU-seconds billed",
                 s.gpu_ms as f64 / 1000.0
             ));
+            match s.bound_gpu_ms {
+                Some(bound) => out.push_str(&format!(
+                    " of at most {:.3} observed (GPUs × (end − start) + slack)\n",
+                    bound as f64 / 1000.0
+                )),
+                None => out.push('\n'),
+            }
             out.push_str(&format!("  escrow         {} tokens\n", s.escrow.tokens()));
             out.push_str(&format!("  cost           {} tokens\n", s.charged.tokens()));
             out.push_str(&format!(

@@ -105,6 +105,11 @@ fn every_kind(from: Address) -> Vec<Tx> {
             lease: LeaseId(42),
             reason: CloseReason::HostLost,
         },
+        TxKind::CloseEscrow {
+            lease: LeaseId(42),
+            reason: CloseReason::Undelivered,
+        },
+        TxKind::StartLease { lease: LeaseId(42) },
         TxKind::Stake {
             index: 3,
             amount: Amount(u128::MAX),
@@ -141,7 +146,16 @@ fn every_kind(from: Address) -> Vec<Tx> {
             end_ms: 1_800_000_000_000,
             evidence: B256::repeat_byte(0x11),
             capacity: vec![(host, vec![(0, 100), (1, 250)]), (buyer, vec![])],
-            delivery: vec![(host, vec![(0, 3_600_000, 2)])],
+            delivery: vec![(
+                host,
+                vec![gpumesh_types::GpuDelivery {
+                    index: 0,
+                    gpu_ms: 3_600_000,
+                    paid: Amount(1_000_000_000_000_000_000_007),
+                    fee: Amount(200_000_000_000_000_000_001),
+                    tier: 2,
+                }],
+            )],
             checkers: vec![(buyer, 17, 9_950)],
             quarter_bonus: true,
         })),

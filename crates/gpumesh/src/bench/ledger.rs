@@ -9,8 +9,8 @@ use gpumesh_identity::Wallet;
 use gpumesh_ledger::{Allocation, Economics, Genesis, Ledger, Verified, escrow_amount};
 use gpumesh_store::{Batch, Store};
 use gpumesh_types::{
-    Address, Amount, B256, EpochClose, HostCapacity, HostDelivery, LeaseId, SignedTx, Tx, TxKind,
-    UsageRecord,
+    Address, Amount, B256, EpochClose, GpuDelivery, HostCapacity, HostDelivery, LeaseId, SignedTx,
+    Tx, TxKind, UsageRecord,
 };
 use serde_json::json;
 
@@ -175,7 +175,25 @@ fn usage_phase(args: &LedgerBenchArgs, dir: &std::path::Path) -> anyhow::Result<
             nonces[b] += 1;
         }
     }
-    let opens = sign_all(&opens);
+    // Each workload starts at once: the protocol records the starts, from which usage
+    // is billable.
+    let starts: Vec<(Wallet, Tx)> = (0..(hosts.len() * args.leases_per_host) as u64)
+        .map(|lease| {
+            (
+                protocol.clone(),
+                Tx {
+                    chain_id: CHAIN,
+                    from: protocol.address(),
+                    nonce: lease,
+                    kind: TxKind::StartLease {
+                        lease: LeaseId(lease),
+                    },
+                },
+            )
+        })
+        .collect();
+    let mut opens = sign_all(&opens);
+    opens.extend(sign_all(&starts));
     let entries = apply_all(&mut ledger, &opens, 1)?;
     let (header, _) = ledger.seal(1).context("a block")?;
     store.write(Batch {
@@ -359,7 +377,17 @@ fn epoch_phase(args: &LedgerBenchArgs) -> anyhow::Result<EpochRun> {
         .map(|(h, &a)| {
             let list = (0..per_host as u16)
                 .filter(|i| (h * per_host + *i as usize) % 10 < 7)
-                .map(|i| (i, 86_400_000 - (h as u64 % 1000) * 1000, 1 + (h % 3) as u8))
+                .map(|i| {
+                    // A day of a GPU at about 2 tokens an hour, 20% of it in fees.
+                    let paid = Amount::from_tokens(48).0 - (h as u128 % 1000) * 1_000_000;
+                    GpuDelivery {
+                        index: i,
+                        gpu_ms: 86_400_000 - (h as u64 % 1000) * 1000,
+                        paid: Amount(paid),
+                        fee: Amount(paid / 5),
+                        tier: 1 + (h % 3) as u8,
+                    }
+                })
                 .collect();
             (a, list)
         })
