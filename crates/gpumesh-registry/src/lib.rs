@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 
 pub use deploy::{DeploymentRecord, MAX_QUEUE_MS, RegionState, Replica, SessionRecord};
 pub use lease::LeaseRecord;
-pub use validate::{MAX_GPUS_PER_MODEL, MAX_PRICE_TOKENS, challenge_url};
+pub use validate::{
+    MAX_GPUS_PER_MODEL, MAX_HEALTH_DETAIL, MAX_HOST_TEXT, MAX_PRICE_TOKENS, challenge_url,
+};
 
 /// Protocol parameters the registry enforces.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
