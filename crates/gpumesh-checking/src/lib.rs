@@ -643,7 +643,8 @@ impl Checking {
         let mut credit = vec![0u64; p.draw.checkers.len()];
         let mut minority: Vec<Vec<String>> = vec![Vec::new(); p.draw.checkers.len()];
         // Delivery is decided with liveness, at the period's end and grace.
-        let in_stage = |k: TaskKind| k == stage || (stage == TaskKind::Liveness && k == TaskKind::Delivery);
+        let in_stage =
+            |k: TaskKind| k == stage || (stage == TaskKind::Liveness && k == TaskKind::Delivery);
         let mut keys: Vec<&(u32, TaskKind)> = p.results.keys().filter(|k| in_stage(k.1)).collect();
         keys.sort_unstable();
         for key in keys {

@@ -2,7 +2,9 @@
 //! several places, at least one that no host can take, and a summary with a receipt per
 //! lease that must balance to the base unit. Then the checkers at work: two cheating
 //! hosts rejected by their capacity proofs, a host that goes silent marked offline by the
-//! quorum, a lazy checker banned by canaries, and an epoch that pays checkers.
+//! quorum, a lazy checker banned by canaries, and an epoch that pays checkers. And Proof
+//! of Delivery: a host that bills its lease's whole escrow has every bill refused and its
+//! buyer refunded, and a service that stops answering is ended by the checkers.
 
 use futures_util::future::join_all;
 use gpumesh_client::buyer::{JobEvent, JobOutcome, run_job};
@@ -177,6 +179,34 @@ pub struct Summary {
     pub scale_downs: u64,
     /// Replicas re-placed after their host was lost (or they turned unhealthy).
     pub replicas_replaced: u64,
+    /// Usage records the indexer refused as above the time it observed or checkers saw
+    /// delivered (`usage_exceeds_elapsed`, `usage_exceeds_delivered`), from the
+    /// over-billing host.
+    pub overbilling_refused: u64,
+    /// The over-billing host's lease ended with its buyer refunded everything unsettled.
+    pub overbilled_buyer_refunded: bool,
+    /// Leases a quorum of checkers ended as not delivered.
+    pub delivery_failures_detected: u32,
+    /// What the undelivered service's buyer got back.
+    pub undelivered_refund: Amount,
+}
+
+/// What the delivery part of the demo saw.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryReport {
+    pub overbilling_refused: u64,
+    pub overbilled_buyer_refunded: bool,
+    pub delivery_failures_detected: u32,
+    pub undelivered_refund: Amount,
+}
+
+impl Summary {
+    pub fn add_delivery(&mut self, report: DeliveryReport) {
+        self.overbilling_refused = report.overbilling_refused;
+        self.overbilled_buyer_refunded = report.overbilled_buyer_refunded;
+        self.delivery_failures_detected = report.delivery_failures_detected;
+        self.undelivered_refund = report.undelivered_refund;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -197,6 +227,7 @@ pub fn hosts() -> Vec<crate::HostSpec> {
         count: 2,
         price: "0.20".into(),
         prover,
+        claims: gpumesh_host::UsageClaims::Metered,
     };
     // Claims two H100s, computes at a T4's speed.
     hosts.push(cheat(
@@ -207,6 +238,18 @@ pub fn hosts() -> Vec<crate::HostSpec> {
         GpuModel::H100,
         crate::SimulatedDevice::Actually(GpuModel::T4),
     ));
+    // Proves its A10 honestly, then bills every lease's whole escrow, whatever ran.
+    hosts.push(crate::HostSpec {
+        name: OVERBILLING_HOST.into(),
+        lat: 30.0444,
+        lon: 31.2357,
+        country: "EG".into(),
+        gpu: GpuModel::A10,
+        count: 1,
+        price: "0.40".into(),
+        prover: crate::SimulatedDevice::AsClaimed,
+        claims: gpumesh_host::UsageClaims::WholeEscrow,
+    });
     // Claims its RTX 4090s honestly but skips a tenth of the work.
     hosts.push(cheat(
         "warsaw-skipper",
@@ -217,6 +260,113 @@ pub fn hosts() -> Vec<crate::HostSpec> {
         crate::SimulatedDevice::SkipsRows(100),
     ));
     hosts
+}
+
+/// The demo's host that bills more than it ran.
+pub const OVERBILLING_HOST: &str = "cairo-overbill";
+
+/// Proof of Delivery at work, alongside the checks: a short job on the over-billing host,
+/// whose every bill is refused until the protocol ends the lease at its deadline and
+/// refunds the buyer; and a service that answers for a few seconds, then stops while its
+/// workload runs on, which the checkers' quorum ends with the rest refunded.
+pub async fn delivery(
+    client: gpumesh_client::Client,
+    api: String,
+    print: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<DeliveryReport> {
+    let mut report = DeliveryReport::default();
+    let overbilled = async {
+        let mut request = JobRequest::new(
+            GpuModel::A10,
+            1,
+            GeoPoint {
+                lat: 30.0444,
+                lon: 31.2357,
+            },
+            Amount::from_tokens(1),
+            5_000,
+            DEMO_IMAGE,
+            vec!["/bin/sh".into(), "-c".into(), "sleep 1; echo done".into()],
+        );
+        request.max_rtt_ms = None;
+        run_job(&client, &request, |_| {}).await
+    };
+    let undelivered = async {
+        let mut job = gpumesh_host::demo_image::demo_service_job(
+            GpuModel::H100,
+            GeoPoint {
+                lat: 39.0438,
+                lon: -77.4874,
+            },
+            Amount::from_tokens(5),
+            300,
+        );
+        // Serves for a few seconds, then its server stops while the workload runs on.
+        job.command = gpumesh_host::demo_image::failing_service_command(8080, 6);
+        job.max_duration_ms = 300_000;
+        let lease = match client.submit_job(&job).await {
+            Ok(lease) => lease,
+            Err(e) => return Err(anyhow::anyhow!("the failing service was not matched: {e}")),
+        };
+        client.fund(&lease).await?;
+        print(format!(
+            "a service on {} will stop answering while its workload runs on…",
+            lease.host_name
+        ));
+        let began = std::time::Instant::now();
+        loop {
+            let view = client.lease(lease.id).await?;
+            if view.state.is_terminal() || began.elapsed() > std::time::Duration::from_secs(60) {
+                return Ok(view);
+            }
+            pause().await;
+        }
+    };
+    let (overbilled, undelivered) = tokio::join!(overbilled, undelivered);
+    if let Ok(JobOutcome::Ended { lease, .. }) = &overbilled {
+        let s = lease.settlement.clone();
+        report.overbilled_buyer_refunded = s
+            .as_ref()
+            .is_some_and(|s| s.closed && s.charged == Amount::ZERO && s.refund == s.escrow);
+        print(format!(
+            "{OVERBILLING_HOST} billed lease {}'s whole escrow: refused; the lease ended {:?} and its buyer got back {} of {} tokens",
+            lease.id,
+            lease.state,
+            s.as_ref().map_or("0".into(), |s| s.refund.tokens()),
+            s.as_ref().map_or("0".into(), |s| s.escrow.tokens()),
+        ));
+    }
+    let metrics = gpumesh_client::http()
+        .get(format!("{api}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    report.overbilling_refused = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gpumesh_http_errors_total{")
+                && (l.contains("code=\"usage_exceeds_elapsed\"")
+                    || l.contains("code=\"usage_exceeds_delivered\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    let lease = undelivered?;
+    if lease.state == LeaseState::Failed
+        && lease
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("not delivered"))
+    {
+        report.delivery_failures_detected = 1;
+        report.undelivered_refund = lease.settlement.as_ref().map_or(Amount::ZERO, |s| s.refund);
+        print(format!(
+            "the checkers found lease {} not delivered and ended it; its buyer got back {} tokens",
+            lease.id,
+            report.undelivered_refund.tokens()
+        ));
+    }
+    Ok(report)
 }
 
 async fn pause() {
@@ -418,6 +568,10 @@ pub async fn run(
         session_assign_p99_ms: None,
         scale_ups: 0,
         scale_downs: 0,
+        overbilling_refused: 0,
+        overbilled_buyer_refunded: false,
+        delivery_failures_detected: 0,
+        undelivered_refund: Amount::ZERO,
         replicas_replaced: 0,
     };
     for (job, outcome, output) in results {

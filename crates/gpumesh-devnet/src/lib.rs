@@ -49,6 +49,8 @@ pub struct HostSpec {
     pub price: String,
     /// How its simulated GPUs answer capacity proofs.
     pub prover: SimulatedDevice,
+    /// What usage its agent claims (`Metered` but for the demo's over-billing host).
+    pub claims: gpumesh_host::UsageClaims,
 }
 
 /// What a simulated host's GPUs really are. Anything but `AsClaimed` is a cheat that the
@@ -74,6 +76,7 @@ pub fn world() -> Vec<HostSpec> {
         count,
         price: price.into(),
         prover: SimulatedDevice::AsClaimed,
+        claims: gpumesh_host::UsageClaims::Metered,
     };
     use GpuModel::*;
     vec![
@@ -318,6 +321,7 @@ impl Devnet {
                 auto_stake: true,
                 public_address: "127.0.0.1".into(),
                 publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+                claims: spec.claims,
                 challenge: Some(gpumesh_host::ChallengeConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                     advertise: None,

@@ -48,6 +48,19 @@ pub struct HostConfig {
     pub public_address: String,
     /// The local address ports are published on (0.0.0.0: every interface).
     pub publish_ip: std::net::IpAddr,
+    /// What usage the agent claims: what it metered, always, on a real host.
+    pub claims: UsageClaims,
+}
+
+/// What usage an agent claims. Anything but `Metered` exists only to show that the
+/// network refuses it, in demos and tests; the command line offers only `Metered`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UsageClaims {
+    /// What ran since the indexer accepted the start, per GPU.
+    #[default]
+    Metered,
+    /// The lease's whole escrow, whatever ran: an over-billing host.
+    WholeEscrow,
 }
 
 /// Where the agent answers checkers, and how it computes capacity proofs.
@@ -72,6 +85,14 @@ struct Live {
 }
 
 impl Live {
+    /// The usage claimed for the lease now.
+    fn claim(&self, claims: UsageClaims) -> u64 {
+        match claims {
+            UsageClaims::Metered => self.gpu_ms(),
+            UsageClaims::WholeEscrow => self.max_gpu_ms,
+        }
+    }
+
     fn gpu_ms(&self) -> u64 {
         if let Some(frozen) = self.frozen_gpu_ms {
             return frozen;
@@ -358,7 +379,7 @@ impl Agent {
                     .filter(|(_, l)| l.frozen_gpu_ms.is_none() && l.started.is_some())
                     .map(|(id, l)| UsageRecord {
                         lease: *id,
-                        gpu_ms: l.gpu_ms(),
+                        gpu_ms: l.claim(self.config.claims),
                         is_final: false,
                     })
                     .filter(|r| leases[&r.lease].settled_gpu_ms < r.gpu_ms)
@@ -664,7 +685,6 @@ impl Agent {
                 };
                 // The end is reported next; a start still unreported is moot.
                 reporter.abort();
-                self.running_now(id, false);
                 match stopped {
                     Some(Ok(code)) => (Some(code), None),
                     Some(Err(e)) => (None, Some(format!("lost track of the workload: {e:#}"))),
@@ -696,11 +716,14 @@ impl Agent {
                 .expect("admitted leases stay until they finish");
             let gpu_ms = live.gpu_ms();
             live.frozen_gpu_ms = Some(gpu_ms);
-            gpu_ms
+            live.claim(self.config.claims)
         };
         drop(output);
         let _ = shipper.await;
         self.finish(id, gpu_ms, exit_code, error).await;
+        // Stated running to checkers until its end is reported (its usage frozen since
+        // the workload stopped): a check between the two must not fail an honest lease.
+        self.running_now(id, false);
         self.leases.lock().expect("lease table lock").remove(&id);
     }
 

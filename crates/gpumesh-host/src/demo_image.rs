@@ -26,6 +26,19 @@ pub fn demo_service_command(port: u16) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script]
 }
 
+/// A service that serves like [`demo_service_command`] for `serve_s` seconds, then stops
+/// its server while the workload runs on: what a host that keeps billing for a dead
+/// service looks like to checkers.
+pub fn failing_service_command(port: u16, serve_s: u32) -> Vec<String> {
+    let script = format!(
+        "www=/tmp/www-$GPUMESH_LEASE_ID; mkdir -p $www && echo \"hello from lease $GPUMESH_LEASE_ID\" > $www/index.html && \
+         if command -v httpd >/dev/null; then h=httpd; else h='busybox httpd'; fi; \
+         $h -f -p ${{PORT:-{port}}} -h $www & pid=$!; sleep {serve_s}; kill $pid; \
+         echo stopped serving; exec sleep 3600"
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
 /// The demo service as a job: one GPU of `gpu` near `near` under `cap` per GPU-hour for at
 /// most two minutes, serving HTTP on container port 8080, ready once `GET /` answers
 /// (probed every `probe_every_ms`).

@@ -13,4 +13,4 @@ pub mod discovery;
 pub mod health;
 pub mod runtime;
 
-pub use agent::{ChallengeConfig, HostConfig, run};
+pub use agent::{ChallengeConfig, HostConfig, UsageClaims, run};

@@ -935,14 +935,17 @@ impl Core {
             .registry
             .lease(id)
             .is_some_and(|l| l.host == host && l.state == LeaseState::Starting);
-        if starting && !self.ledger.escrow(id).is_some_and(|e| !e.closed) {
+        if starting && self.ledger.escrow(id).is_none_or(|e| e.closed) {
             return Err(Failure::new(
                 ErrorCode::InvalidLeaseState,
                 format!("lease {id}'s escrow is not open; it cannot start"),
             ));
         }
         if self.registry.started(&host, id, endpoints, now_ms)?
-            && self.ledger.escrow(id).is_some_and(|e| e.started_ms.is_none())
+            && self
+                .ledger
+                .escrow(id)
+                .is_some_and(|e| e.started_ms.is_none())
             && let Err(e) = self.protocol_tx(TxKind::StartLease { lease: id }, now_ms, batch)
         {
             // Checked above; were it to fail, the host could bill nothing (the safe side).

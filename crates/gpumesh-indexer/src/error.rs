@@ -52,8 +52,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         UnknownLease | UnknownHost | UnknownAccount | NotFound | UnknownDeployment
         | UnknownSession => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        InvalidLeaseState | WrongNonce | NoMatch | LateReport | DuplicateResult | NoSessions
-        | UsageExceedsElapsed | UsageExceedsDelivered => StatusCode::CONFLICT,
+        InvalidLeaseState
+        | WrongNonce
+        | NoMatch
+        | LateReport
+        | DuplicateResult
+        | NoSessions
+        | UsageExceedsElapsed
+        | UsageExceedsDelivered => StatusCode::CONFLICT,
         Internal | Unknown => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

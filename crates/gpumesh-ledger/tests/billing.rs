@@ -199,7 +199,11 @@ fn usage_above_the_time_since_the_start_is_refused_and_changes_nothing() {
             bound,
         })
     );
-    assert_eq!(net.ledger.state_root(), root, "a refused record changed the state");
+    assert_eq!(
+        net.ledger.state_root(),
+        root,
+        "a refused record changed the state"
+    );
     assert_eq!(net.ledger.transaction_count(), count);
     // Exactly the bound is fine, and the buyer gets the rest back.
     net.settle(1, bound, true).unwrap();
@@ -258,20 +262,44 @@ fn replay_refuses_a_chain_that_holds_an_over_bill() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Open { lease: u64, gpus: u16, max_s: u64 },
-    Start { lease: u64 },
-    Advance { ms: u64 },
-    Settle { lease: u64, gpu_ms: u64, is_final: bool },
-    Close { lease: u64 },
+    Open {
+        lease: u64,
+        gpus: u16,
+        max_s: u64,
+    },
+    Start {
+        lease: u64,
+    },
+    Advance {
+        ms: u64,
+    },
+    Settle {
+        lease: u64,
+        gpu_ms: u64,
+        is_final: bool,
+    },
+    Close {
+        lease: u64,
+    },
     Seal,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u64..4, 1u16..5, 1u64..600).prop_map(|(lease, gpus, max_s)| Op::Open { lease, gpus, max_s }),
+        (0u64..4, 1u16..5, 1u64..600).prop_map(|(lease, gpus, max_s)| Op::Open {
+            lease,
+            gpus,
+            max_s
+        }),
         (0u64..4).prop_map(|lease| Op::Start { lease }),
         (0u64..120_000).prop_map(|ms| Op::Advance { ms }),
-        (0u64..4, 0u64..2_500_000, any::<bool>()).prop_map(|(lease, gpu_ms, is_final)| Op::Settle { lease, gpu_ms, is_final }),
+        (0u64..4, 0u64..2_500_000, any::<bool>()).prop_map(|(lease, gpu_ms, is_final)| {
+            Op::Settle {
+                lease,
+                gpu_ms,
+                is_final,
+            }
+        }),
         (0u64..4).prop_map(|lease| Op::Close { lease }),
         Just(Op::Seal),
     ]

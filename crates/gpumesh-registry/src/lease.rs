@@ -99,20 +99,15 @@ impl LeaseRecord {
     /// endpoint (the health check's path when it has an HTTP one), a batch job through
     /// its agent's signed statement.
     pub fn delivery_probe(&self) -> gpumesh_types::DeliveryProbe {
-        let probed_port = self
-            .health_check
-            .as_ref()
-            .and_then(|h| h.port)
-            .or_else(|| {
-                self.ports
-                    .iter()
-                    .find(|p| p.protocol == gpumesh_types::Protocol::Tcp)
-                    .map(|p| p.port)
-            });
-        let endpoint = self
-            .endpoints
-            .iter()
-            .find(|e| Some(e.port.port) == probed_port && e.port.protocol == gpumesh_types::Protocol::Tcp);
+        let probed_port = self.health_check.as_ref().and_then(|h| h.port).or_else(|| {
+            self.ports
+                .iter()
+                .find(|p| p.protocol == gpumesh_types::Protocol::Tcp)
+                .map(|p| p.port)
+        });
+        let endpoint = self.endpoints.iter().find(|e| {
+            Some(e.port.port) == probed_port && e.port.protocol == gpumesh_types::Protocol::Tcp
+        });
         let service = endpoint.map(|e| match self.health_check.as_ref().map(|h| &h.probe) {
             Some(gpumesh_types::Probe::Http(path)) => format!("http://{}{path}", e.address),
             _ => format!("tcp://{}", e.address),
@@ -433,7 +428,8 @@ impl Registry {
             let Some(lease) = self.leases.get(&r.lease) else {
                 continue;
             };
-            if let Some(bound) = lease.delivered_gpu_ms(now_ms, self.params.delivery_window_ms, slack_ms)
+            if let Some(bound) =
+                lease.delivered_gpu_ms(now_ms, self.params.delivery_window_ms, slack_ms)
                 && r.gpu_ms > bound
             {
                 return Err(RegistryError::invalid(

@@ -1301,4 +1301,17 @@ mod tests {
         let err = store.reward_proof(account, 1).unwrap_err().to_string();
         assert!(err.contains("not its stored root"), "{err}");
     }
+
+    #[test]
+    fn container_work_stored_before_payments_were_kept_still_reads() {
+        let old: ContainerWork =
+            serde_json::from_slice(br#"{"delivered_gpu_ms":7,"up":2,"down":1}"#).unwrap();
+        let expected = ContainerWork {
+            delivered_gpu_ms: 7,
+            up: 2,
+            down: 1,
+            ..ContainerWork::default()
+        };
+        assert_eq!(old, expected);
+    }
 }

@@ -140,6 +140,26 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         ..too_much
     });
     forged_tx.tx.from = buyer.address();
+    // An allowance above the buyer's balance, and a start the protocol alone records.
+    let buyer_balance = net
+        .buyer_client()
+        .account(buyer.address())
+        .await
+        .unwrap()
+        .balance;
+    let unbacked_allow = buyer.sign_tx(Tx {
+        kind: TxKind::Allow {
+            deployment: 1,
+            amount: Amount(buyer_balance.0 + 1),
+        },
+        ..too_much.clone()
+    });
+    let start_tx = frankfurt.sign_tx(Tx {
+        chain_id,
+        from: frankfurt.address(),
+        nonce: 0,
+        kind: TxKind::StartLease { lease: id },
+    });
 
     let cases: Vec<Case> = vec![
         (
@@ -496,6 +516,36 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
             Signing::None,
             404,
             ErrorCode::NotFound,
+        ),
+        (
+            "a job from a key whose balance cannot cover its escrow",
+            &stranger,
+            Method::POST,
+            "/v1/jobs".into(),
+            job_json("H100", 1, "5000000000000000000", 48.0),
+            Signing::Good,
+            402,
+            ErrorCode::InsufficientFunds,
+        ),
+        (
+            "an allowance above the signer's balance",
+            &buyer,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&unbacked_allow).unwrap(),
+            Signing::Good,
+            402,
+            ErrorCode::InsufficientFunds,
+        ),
+        (
+            "a lease start submitted by a host (the protocol records starts)",
+            &frankfurt,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&start_tx).unwrap(),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidTransaction,
         ),
         (
             "unknown route",

@@ -24,6 +24,7 @@ fn cheat(name: &str, gpu: GpuModel, prover: SimulatedDevice) -> HostSpec {
         count: 1,
         price: "0.20".into(),
         prover,
+        claims: gpumesh_host::UsageClaims::Metered,
     }
 }
 

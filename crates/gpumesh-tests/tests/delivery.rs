@@ -12,8 +12,7 @@ use gpumesh_identity::Wallet;
 use gpumesh_tests::{devnet, job, small_world};
 use gpumesh_types::{
     Amount, ErrorCode, GpuModel, GpuOffer, HealthCheck, Heartbeat, LeaseFinish, LeaseState,
-    LeaseView, Location, PortSpec, Probe, Protocol, RegisterHost, RuntimeKind, TxKind,
-    UsageRecord,
+    LeaseView, Location, PortSpec, Probe, Protocol, RegisterHost, RuntimeKind, TxKind, UsageRecord,
 };
 
 /// A host with one simulated T4 in Sydney that sends only what the test says, and a
@@ -208,10 +207,12 @@ async fn keys_without_funds_hold_no_gpus_and_allow_nothing() {
             ErrorCode::InsufficientFunds,
         );
         refused_with(
-            broke.send_tx(TxKind::Allow {
-                deployment: 1,
-                amount: Amount::from_tokens(1),
-            }).await,
+            broke
+                .send_tx(TxKind::Allow {
+                    deployment: 1,
+                    amount: Amount::from_tokens(1),
+                })
+                .await,
             ErrorCode::UnknownAccount,
         );
     }
@@ -291,7 +292,11 @@ async fn checkers_end_a_service_that_stops_answering_and_the_buyer_is_refunded()
     );
     assert_eq!(ended.state, LeaseState::Failed);
     assert!(
-        ended.failure.as_deref().unwrap_or("").contains("not delivered"),
+        ended
+            .failure
+            .as_deref()
+            .unwrap_or("")
+            .contains("not delivered"),
         "{:?}",
         ended.failure
     );

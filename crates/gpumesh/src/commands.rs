@@ -203,10 +203,14 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
     {
         result = Err(e);
     }
-    if let Ok(summary) = &mut result
-        && let Err(e) = demo::checks(&mut net, summary, &print).await
-    {
-        result = Err(e);
+    if let Ok(summary) = &mut result {
+        // Proof of Delivery runs while the checks wait on their verdicts and the epoch.
+        let delivery = demo::delivery(net.buyer_client(), net.api_url.clone(), &print);
+        let (checked, delivered) = tokio::join!(demo::checks(&mut net, summary, &print), delivery);
+        match (checked, delivered) {
+            (Ok(()), Ok(report)) => summary.add_delivery(report),
+            (Err(e), _) | (_, Err(e)) => result = Err(e),
+        }
     }
     let temp = net.stop().await?;
     let mut summary = result?;
@@ -224,7 +228,10 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
         && summary.service_reachable
         && summary.sessions_served >= 20
         && summary.scale_ups >= 1
-        && summary.scale_downs >= 1;
+        && summary.scale_downs >= 1
+        && summary.overbilling_refused >= 1
+        && summary.overbilled_buyer_refunded
+        && summary.delivery_failures_detected >= 1;
     if quiet {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -265,6 +272,13 @@ async fn devnet(args: DevnetArgs) -> anyhow::Result<ExitCode> {
             summary.scale_ups,
             summary.scale_downs,
             summary.replicas_replaced
+        );
+        println!(
+            "delivery: {} over-bills refused (buyer refunded: {}); leases ended as not delivered by checkers: {} (refund {} tokens)",
+            summary.overbilling_refused,
+            summary.overbilled_buyer_refunded,
+            summary.delivery_failures_detected,
+            summary.undelivered_refund.tokens()
         );
         println!(
             "treasury balance: {} tokens (fees, slashes and rounding)",
@@ -556,6 +570,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         auto_stake: !args.no_stake,
         public_address,
         publish_ip: args.publish_ip,
+        claims: gpumesh_host::UsageClaims::Metered,
         challenge: Some(gpumesh_host::ChallengeConfig {
             listen: args.challenge_listen,
             advertise: args.challenge_url.clone(),

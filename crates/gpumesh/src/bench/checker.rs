@@ -108,7 +108,9 @@ pub fn run(args: CheckerBenchArgs) -> anyhow::Result<ExitCode> {
                     container: t.container,
                     kind: t.kind,
                     outcome: match t.kind {
-                        TaskKind::Liveness | TaskKind::Delivery => CheckOutcome::Up { rtt_us: 20_000 },
+                        TaskKind::Liveness | TaskKind::Delivery => {
+                            CheckOutcome::Up { rtt_us: 20_000 }
+                        }
                         // Canaries: the bench's checkers answer them as a lazy one would.
                         TaskKind::Capacity => CheckOutcome::Valid { host_ms: 900 },
                     },
