@@ -59,8 +59,6 @@ pub struct Core {
     snapshot_every: u64,
     /// The transaction count at the newest snapshot (0: none).
     snapshot_seq: u64,
-    /// Leases ended by a quorum's delivery verdict since this indexer started.
-    delivery_failures: u64,
 }
 
 /// Transactions between ledger snapshots by default: a restart replays at most about
@@ -196,7 +194,6 @@ impl Core {
             unclosed: Default::default(),
             snapshot_every: SNAPSHOT_EVERY,
             snapshot_seq,
-            delivery_failures: 0,
         };
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
@@ -687,22 +684,8 @@ impl Core {
                     }
                     *hosts_up.entry(v.container.host).or_insert(true) &= v.passed;
                 }
-                gpumesh_types::TaskKind::Delivery => {
-                    let Some(lease) = v.lease else { continue };
-                    let effects =
-                        self.registry
-                            .delivery_verdict(lease, v.passed, v.period_start_ms, now_ms);
-                    if !effects.is_empty() {
-                        tracing::warn!(%lease, container = %v.container, "a quorum of checkers found the lease not delivered; ended it");
-                        self.delivery_failures += 1;
-                    }
-                    self.close_escrows(effects, now_ms, batch);
-                    if let Some(r) = self.registry.host(&v.container.host) {
-                        let tier =
-                            gpumesh_checking::tier(r.up_verdicts, r.down_verdicts, r.proof_ok);
-                        self.registry.set_tier(&v.container.host, tier);
-                    }
-                }
+                // After the hosts' liveness (below): a lost host's leases end as lost.
+                gpumesh_types::TaskKind::Delivery => {}
                 gpumesh_types::TaskKind::Capacity => {
                     let Some(gpu) = self
                         .registry
@@ -741,6 +724,26 @@ impl Core {
             if let Some(r) = self.registry.host(&host) {
                 let tier = gpumesh_checking::tier(r.up_verdicts, r.down_verdicts, r.proof_ok);
                 self.registry.set_tier(&host, tier);
+            }
+        }
+        // Delivery: a lease whose host the same quorum found down has ended as the host's
+        // (downtime while serving); what is left are leases of live hosts.
+        for v in outcome
+            .verdicts
+            .iter()
+            .filter(|v| v.kind == gpumesh_types::TaskKind::Delivery)
+        {
+            let Some(lease) = v.lease else { continue };
+            let effects =
+                self.registry
+                    .delivery_verdict(lease, v.passed, v.period_start_ms, now_ms);
+            if !effects.is_empty() {
+                tracing::warn!(%lease, container = %v.container, "a quorum of checkers found the lease not delivered; ended it");
+            }
+            self.close_escrows(effects, now_ms, batch);
+            if let Some(r) = self.registry.host(&v.container.host) {
+                let tier = gpumesh_checking::tier(r.up_verdicts, r.down_verdicts, r.proof_ok);
+                self.registry.set_tier(&v.container.host, tier);
             }
         }
         if !outcome.banned.is_empty() {
