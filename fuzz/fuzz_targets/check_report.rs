@@ -28,6 +28,10 @@ fn world() -> &'static (Checking, Vec<Address>) {
                 gpu: GpuModel::H100,
                 simulated: true,
                 capacity_due: i % 2 == 0,
+                delivery: (i % 3 == 0).then(|| gpumesh_types::DeliveryProbe {
+                    lease: gpumesh_types::LeaseId(u64::from(i)),
+                    service: None,
+                }),
             })
             .collect();
         checking.begin_period(

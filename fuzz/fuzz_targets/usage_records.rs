@@ -14,6 +14,8 @@ use libfuzzer_sys::fuzz_target;
 
 const CHAIN: u64 = 31337;
 const ESCROW: u128 = 4_000_000_000_000_000_000;
+/// When the records are applied: half an hour after lease 1 started.
+const SETTLED_AT: u64 = 1_800_002;
 
 fn world() -> &'static (Ledger, Wallet) {
     static WORLD: OnceLock<(Ledger, Wallet)> = OnceLock::new();
@@ -48,6 +50,14 @@ fn world() -> &'static (Ledger, Wallet) {
             });
             ledger.apply(&open, 2).expect("the escrow opens");
         }
+        // Lease 1's workload started; lease 2's never did.
+        let start = protocol.sign_tx(Tx {
+            chain_id: CHAIN,
+            from: protocol.address(),
+            nonce: 0,
+            kind: TxKind::StartLease { lease: LeaseId(1) },
+        });
+        ledger.apply(&start, 2).expect("the start is recorded");
         (ledger, host)
     })
 }
@@ -68,8 +78,13 @@ fuzz_target!(|data: &[u8]| {
         nonce: ledger.account(&host.address()).nonce,
         kind: TxKind::SettleUsage { records },
     });
-    let _ = ledger.apply(&settle, 3_000);
+    let _ = ledger.apply(&settle, SETTLED_AT);
     assert!(ledger.supply_conserved());
+    // Billed only from the recorded start: nothing for the lease that never started.
+    let slack = ledger.genesis().economics.usage_slack_ms;
+    let started = ledger.escrow(LeaseId(1)).expect("lease 1");
+    assert!(started.gpu_ms <= 2 * (SETTLED_AT - 2 + slack));
+    assert_eq!(ledger.escrow(LeaseId(2)).expect("lease 2").gpu_ms, 0);
     let after = ledger.balance(&host.address()).0 + ledger.balance(&ledger.genesis().treasury).0;
     assert!(
         after - before <= 2 * ESCROW,

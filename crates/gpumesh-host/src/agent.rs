@@ -161,12 +161,14 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         background.spawn(
             crate::challenge::serve(
                 listener,
-                config.wallet.clone(),
-                chain_id,
-                gpus,
-                challenge.prover.clone(),
-                licences,
-                running.clone(),
+                crate::challenge::Answerer {
+                    wallet: config.wallet.clone(),
+                    chain_id,
+                    gpus,
+                    prover: challenge.prover.clone(),
+                    licences,
+                    running: running.clone(),
+                },
                 challenge_stop.clone(),
             )
             .map(|r| {

@@ -225,17 +225,31 @@ fn gone() -> Response {
     )
 }
 
+/// Who answers on the challenge endpoint, and what it answers from.
+pub struct Answerer {
+    /// The host's key: it signs liveness answers and delivery statements.
+    pub wallet: Wallet,
+    pub chain_id: u64,
+    pub gpus: u16,
+    pub prover: Arc<dyn Prover>,
+    pub licences: Licences,
+    pub running: Running,
+}
+
 /// Serves the challenge endpoint on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    wallet: Wallet,
-    chain_id: u64,
-    gpus: u16,
-    prover: Arc<dyn Prover>,
-    licences: Licences,
-    running: Running,
+    answerer: Answerer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Answerer {
+        wallet,
+        chain_id,
+        gpus,
+        prover,
+        licences,
+        running,
+    } = answerer;
     let state = Arc::new(Endpoint {
         stopped: shutdown.clone(),
         licences,
