@@ -1,9 +1,11 @@
 //! Delivery checks: is a lease in progress being delivered? A service is probed at its
 //! published endpoint from the checker's side (its HTTP health check, or a TCP
 //! connection), with the round trip measured from here; a batch job's agent is asked for
-//! a signed statement that the lease's workload is running. A host can fake neither
-//! cheaply: the first is what the buyer's users see, the second is signed evidence the
-//! host answers for.
+//! a statement, signed by the host for the checker's fresh nonce, that the lease's
+//! workload is running. The first is what the buyer's users see, from outside the host,
+//! at the address the host must serve from; the second is only the host's word, but a
+//! fresh, signed one: it proves the agent is there and answering for that lease, and a
+//! job whose agent says it is not running is ended and refunded.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +28,10 @@ impl Checker {
         }
     }
 
-    /// The service answers its health check (2xx or 3xx, not followed), or accepts a
-    /// TCP connection, within `timeout`.
+    /// The service answers its health check by the check's own rule (2xx or 3xx; a
+    /// redirect is not followed), or accepts a TCP connection, within `timeout`. The
+    /// endpoint is on the host's own address (the registry refuses others outside a
+    /// local network), so the answer is the service's.
     async fn service(&self, service: &str, timeout: Duration) -> CheckOutcome {
         let began = Instant::now();
         let answered = if let Some(address) = service.strip_prefix("tcp://") {

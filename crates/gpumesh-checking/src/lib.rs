@@ -142,6 +142,9 @@ pub struct PeriodOutcome {
     pub banned: Vec<Address>,
     /// Containers that got results but no majority.
     pub undecided: u32,
+    /// Leases whose delivery was to be checked in the period but got no verdict (no
+    /// majority, or no results): nobody saw them fail. With the period's start.
+    pub delivery_unknown: Vec<(LeaseId, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -345,10 +348,10 @@ impl Checking {
                 // neither gives the other away.
                 let host = keccak256([h.as_slice(), b"host"].concat());
                 let token = keccak256([h.as_slice(), b"token"].concat());
-                let kind = if h[6] & 1 == 0 {
-                    TaskKind::Liveness
-                } else {
-                    TaskKind::Capacity
+                let kind = match h[6] % 3 {
+                    0 => TaskKind::Liveness,
+                    1 => TaskKind::Capacity,
+                    _ => TaskKind::Delivery,
                 };
                 let decoy = Target {
                     container: ContainerRef {
@@ -359,7 +362,14 @@ impl Checking {
                         "{decoy_base}/{}",
                         alloy_primitives::hex::encode(&token[..16])
                     ),
-                    delivery: None,
+                    // A delivery canary asks the decoy agent for its statement on a
+                    // lease that is not there.
+                    delivery: (kind == TaskKind::Delivery).then(|| DeliveryProbe {
+                        lease: LeaseId(u64::from_be_bytes([
+                            h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15],
+                        ])),
+                        service: None,
+                    }),
                     ..like.clone()
                 };
                 let slot = (h[7] as usize) % self.params.quorum();
@@ -647,6 +657,7 @@ impl Checking {
             |k: TaskKind| k == stage || (stage == TaskKind::Liveness && k == TaskKind::Delivery);
         let mut keys: Vec<&(u32, TaskKind)> = p.results.keys().filter(|k| in_stage(k.1)).collect();
         keys.sort_unstable();
+        let mut delivery_decided = std::collections::HashSet::new();
         for key in keys {
             let results = &p.results[key];
             let (t, kind) = *key;
@@ -661,6 +672,9 @@ impl Checking {
                 continue;
             };
             let container = p.targets[t as usize].container;
+            if kind == TaskKind::Delivery {
+                delivery_decided.insert(t);
+            }
             let mut reasons: BTreeMap<FailReason, usize> = BTreeMap::new();
             let mut agreeing = Vec::new();
             let (mut rtts, mut host_ms) = (Vec::new(), Vec::new());
@@ -703,10 +717,19 @@ impl Checking {
                 votes: results.len() as u8,
             });
         }
+        if stage == TaskKind::Liveness {
+            outcome.delivery_unknown = p
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|(t, _)| !delivery_decided.contains(&(*t as u32)))
+                .filter_map(|(_, target)| Some((target.delivery.as_ref()?.lease, p.start_ms)))
+                .collect();
+        }
         let mut canary_results: Vec<(u32, bool, &Canary)> = p
             .canaries
             .values()
-            .filter(|k| k.kind == stage)
+            .filter(|k| in_stage(k.kind))
             .filter_map(|k| k.result.map(|r| (k.checker, r, k)))
             .collect();
         canary_results.sort_by_key(|(c, ..)| *c);

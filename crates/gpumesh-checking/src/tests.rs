@@ -627,3 +627,44 @@ fn the_assignment_comes_in_pages() {
     );
     assert!(w.checking.assignment(7, 0, 10).is_none());
 }
+
+#[test]
+fn a_lease_no_quorum_decided_is_reported_unknown_and_a_decided_one_is_not() {
+    let mut w = World::new(params(1, 6, 0));
+    let first_targets = with_leases(targets(9, false));
+    let leases: Vec<LeaseId> = first_targets
+        .iter()
+        .filter_map(|t| Some(t.delivery.as_ref()?.lease))
+        .collect();
+    assert_eq!(leases.len(), 3);
+    w.begin(first_targets);
+    let start = w.start();
+    // Checkers answer everything but the first lease's delivery.
+    let first = leases[0];
+    w.report_all(100, |_, t| {
+        if t.delivery.as_ref().is_some_and(|d| d.lease == first) {
+            CheckOutcome::Failed {
+                reason: FailReason::Unreachable,
+            }
+        } else {
+            honest(t, true)
+        }
+    });
+    let out = w.close();
+    let decided: Vec<LeaseId> = out.verdicts.iter().filter_map(|v| v.lease).collect();
+    assert_eq!(decided.len(), 3, "every lease's delivery decided");
+    assert!(out.delivery_unknown.is_empty());
+    assert!(
+        out.verdicts
+            .iter()
+            .filter(|v| v.lease == Some(first))
+            .all(|v| !v.passed && v.reason == Some(FailReason::Unreachable))
+    );
+    // A period in which nobody reported decides nothing: every lease is unknown.
+    w.begin(with_leases(targets(9, false)));
+    let out = w.close();
+    assert!(out.verdicts.is_empty());
+    let unknown: Vec<LeaseId> = out.delivery_unknown.iter().map(|u| u.0).collect();
+    assert_eq!(unknown, leases);
+    assert!(out.delivery_unknown.iter().all(|u| u.1 > start));
+}

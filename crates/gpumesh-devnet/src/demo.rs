@@ -180,8 +180,8 @@ pub struct Summary {
     /// Replicas re-placed after their host was lost (or they turned unhealthy).
     pub replicas_replaced: u64,
     /// Usage records the indexer refused as above the time it observed or checkers saw
-    /// delivered (`usage_exceeds_elapsed`, `usage_exceeds_delivered`), from the
-    /// over-billing host.
+    /// delivered (`usage_exceeds_elapsed`, `usage_exceeds_delivered`), as its metrics
+    /// count them network-wide: in the demo only the over-billing host over-claims.
     pub overbilling_refused: u64,
     /// The over-billing host's lease ended with its buyer refunded everything unsettled.
     pub overbilled_buyer_refunded: bool,
@@ -284,7 +284,9 @@ pub async fn delivery(
                 lon: 31.2357,
             },
             Amount::from_tokens(1),
-            5_000,
+            // Long enough that the whole escrow stays far above what ran (a second,
+            // plus the slack) whenever the claim arrives.
+            20_000,
             DEMO_IMAGE,
             vec!["/bin/sh".into(), "-c".into(), "sleep 1; echo done".into()],
         );

@@ -779,6 +779,13 @@ impl Agent {
                     tracing::info!(lease = %id, state = ?lease.state, exit_code, gpu_ms, "lease finished");
                     return;
                 }
+                // Checkers have not yet decided the last periods of the lease's delivery:
+                // the bound moves on as they do.
+                Err(ClientError::Api { error, .. })
+                    if error.code == ErrorCode::UsageExceedsDelivered =>
+                {
+                    tracing::info!(lease = %id, error = %error.message, "the end waits for the checkers' last verdicts; retrying");
+                }
                 Err(ClientError::Api { error, .. }) => {
                     tracing::warn!(lease = %id, error = %error.message, "the indexer refused the lease's end");
                     return;

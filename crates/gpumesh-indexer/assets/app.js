@@ -209,7 +209,7 @@ async function lease(id) {
     <dt>refund</dt><dd>${esc(tokens(s.refund))}</dd>
     <dt>start in the ledger</dt><dd>${esc(time(s.started_ms))}</dd>
     <dt>GPU time billed</dt><dd>${esc((s.gpu_ms / 1000).toFixed(1))} s</dd>
-    <dt>at most billable</dt><dd>${s.bound_gpu_ms == null ? "–" : esc((s.bound_gpu_ms / 1000).toFixed(1)) + " s (GPUs × (end − start) + slack)"}</dd>
+    <dt>at most billable</dt><dd>${s.bound_gpu_ms == null ? "–" : esc((s.bound_gpu_ms / 1000).toFixed(1)) +  " s (GPUs × (end − start + slack))"}</dd>
     <dt>closed</dt><dd>${esc(s.closed)}</dd></dl>` : `<p class="muted">not funded</p>`;
   view.innerHTML = `<h1 data-page="lease">Lease ${esc(l.id)} ${tag(l.state)}</h1>
     <div class="cols"><div class="panel"><dl>

@@ -90,6 +90,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(report))
         .routes(routes!(assignment))
         .routes(routes!(decoy_liveness))
+        .routes(routes!(decoy_delivery))
         .routes(routes!(decoy_commit))
         .routes(routes!(decoy_open))
 }
@@ -867,8 +868,9 @@ async fn assignment(
     })
 }
 
-/// The decoy agent behind canary tasks: it answers like a broken host (a liveness
-/// answer signed by the wrong key, a commitment no row opens against), so a checker that
+/// The decoy agent behind canary tasks: it answers like a broken host (a liveness answer
+/// or a delivery statement signed by the wrong key, a commitment no row opens against), so
+/// a checker that
 /// really checks reports a failure and one that does not is caught.
 fn decoy(state: &AppState, token: &str) -> Result<(), Failure> {
     if state.read(|c| c.checking().decoy(token).is_some()) {
@@ -889,6 +891,23 @@ async fn decoy_liveness(
     let message = gpumesh_types::liveness_message(state.chain_id, &challenge);
     let signature = gpumesh_types::Sig(stranger.sign_message(message));
     Ok(Json(LivenessAnswer { signature }).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/decoy/{token}/delivery", tag = "checking", summary = "A canary task's agent: a delivery statement", request_body = gpumesh_types::DeliveryChallenge, params(("token" = String, Path, description = "the canary task's token")), responses((status = 200, body = gpumesh_types::DeliveryAnswer), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
+async fn decoy_delivery(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Json(challenge): Json<gpumesh_types::DeliveryChallenge>,
+) -> Result<Response, Failure> {
+    decoy(&state, &token)?;
+    let stranger = gpumesh_identity::Wallet::from_label(&token);
+    let message = gpumesh_types::delivery_message(state.chain_id, &challenge, true);
+    let signature = gpumesh_types::Sig(stranger.sign_message(message));
+    Ok(Json(gpumesh_types::DeliveryAnswer {
+        running: true,
+        signature,
+    })
+    .into_response())
 }
 
 #[utoipa::path(post, path = "/v1/decoy/{token}/proof/commit", tag = "checking", summary = "A canary task's agent: proof commitment", request_body = ProofCommitRequest, params(("token" = String, Path, description = "the canary task's token")), responses((status = 200, body = ProofCommitment), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]

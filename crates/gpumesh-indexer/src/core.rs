@@ -734,9 +734,16 @@ impl Core {
             .filter(|v| v.kind == gpumesh_types::TaskKind::Delivery)
         {
             let Some(lease) = v.lease else { continue };
-            let effects =
-                self.registry
-                    .delivery_verdict(lease, v.passed, v.period_start_ms, now_ms);
+            let seen = if v.passed {
+                gpumesh_registry::DeliverySeen::Passed
+            } else {
+                gpumesh_registry::DeliverySeen::Failed(
+                    v.reason.unwrap_or(gpumesh_types::FailReason::NotDelivered),
+                )
+            };
+            let effects = self
+                .registry
+                .delivery_seen(lease, seen, v.period_start_ms, now_ms);
             if !effects.is_empty() {
                 tracing::warn!(%lease, container = %v.container, "a quorum of checkers found the lease not delivered; ended it");
             }
@@ -745,6 +752,14 @@ impl Core {
                 let tier = gpumesh_checking::tier(r.up_verdicts, r.down_verdicts, r.proof_ok);
                 self.registry.set_tier(&v.container.host, tier);
             }
+        }
+        for &(lease, period_start_ms) in &outcome.delivery_unknown {
+            self.registry.delivery_seen(
+                lease,
+                gpumesh_registry::DeliverySeen::Unknown,
+                period_start_ms,
+                now_ms,
+            );
         }
         if !outcome.banned.is_empty() {
             tracing::warn!(banned = ?outcome.banned, period = outcome.period, "checkers banned");
@@ -850,7 +865,13 @@ impl Core {
             };
             if let Some(id) = anchor {
                 self.checker_anchors.insert(checker, id);
-                for r in &report.results {
+                // Only the agent's own round trip places the host: a service's endpoint
+                // is whatever address the host reported, which could be anywhere.
+                let liveness = report
+                    .results
+                    .iter()
+                    .filter(|r| r.kind == gpumesh_types::TaskKind::Liveness);
+                for r in liveness {
                     if let gpumesh_types::CheckOutcome::Up { rtt_us } = r.outcome {
                         let rtt_ms = (rtt_us.max(1) as f64) / 1000.0;
                         let _ = self
@@ -906,7 +927,7 @@ impl Core {
         let spendable = self.ledger.balance(&buyer);
         let id = self
             .registry
-            .submit_job_within(buyer, job, spendable, now_ms)?
+            .submit_job_within(buyer, job, Some(spendable), now_ms)?
             .id;
         self.lease_view(id)
     }
@@ -938,20 +959,23 @@ impl Core {
             .registry
             .lease(id)
             .is_some_and(|l| l.host == host && l.state == LeaseState::Starting);
-        if starting && self.ledger.escrow(id).is_none_or(|e| e.closed) {
-            return Err(Failure::new(
-                ErrorCode::InvalidLeaseState,
-                format!("lease {id}'s escrow is not open; it cannot start"),
-            ));
-        }
-        if self.registry.started(&host, id, endpoints, now_ms)?
+        if starting
             && self
                 .ledger
                 .escrow(id)
-                .is_some_and(|e| e.started_ms.is_none())
+                .is_none_or(|e| e.closed || e.started_ms.is_some())
+        {
+            return Err(Failure::new(
+                ErrorCode::InvalidLeaseState,
+                format!("lease {id}'s escrow is not open and unstarted; it cannot start"),
+            ));
+        }
+        // Everything the ledger checks was checked above (an open escrow with no start),
+        // so the start cannot be refused once the registry has moved; were it to be, the
+        // host could bill nothing, the safe side.
+        if self.registry.started(&host, id, endpoints, now_ms)?
             && let Err(e) = self.protocol_tx(TxKind::StartLease { lease: id }, now_ms, batch)
         {
-            // Checked above; were it to fail, the host could bill nothing (the safe side).
             tracing::error!(lease = %id, error = %e, "failed to record a lease's start in the ledger");
         }
         self.lease_view(id)

@@ -956,8 +956,9 @@ impl Ledger {
             }
             // Only time the protocol observed is billable: from the accepted start until
             // now, per GPU, plus the stated slack. A host's signature says who claims,
-            // not that the work happened.
-            let bound = escrow.billable_gpu_ms(now_ms, slack_ms);
+            // not that the work happened. Now is never before the last sealed block, so
+            // a clock stepped back does not refuse an honest record.
+            let bound = escrow.billable_gpu_ms(now_ms.max(self.head.time_ms), slack_ms);
             if r.gpu_ms > bound {
                 return Err(LedgerError::UsageExceedsElapsed {
                     lease: r.lease,

@@ -71,6 +71,17 @@ pub struct LeaseRecord {
 /// expect it to answer (one with a check has its check's grace).
 pub const SERVICE_GRACE_MS: u64 = 30_000;
 
+/// What a period's checkers saw of a running lease's delivery
+/// ([`Registry::delivery_seen`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliverySeen {
+    Passed,
+    /// No majority either way, or no results.
+    Unknown,
+    /// A majority failed it, with their most common reason.
+    Failed(gpumesh_types::FailReason),
+}
+
 impl LeaseRecord {
     /// When checkers begin to check this running lease's delivery: at its start for a
     /// batch job; for a service once its host reports it ready, and at the latest when
@@ -252,18 +263,34 @@ impl Registry {
         now_ms: u64,
     ) -> Result<bool, RegistryError> {
         let lease = self.lease_of_host(host, id)?;
+        // Outside a local network a service must be served from the host checkers reach
+        // (its challenge endpoint's host): otherwise a host could name any public server
+        // as its endpoint and pass delivery checks with nothing running.
+        let served_from = (!self.params.local)
+            .then(|| self.host(host).and_then(|h| h.challenge_url.as_deref()))
+            .flatten()
+            .and_then(|u| url::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        let on_host = |address: &str| match &served_from {
+            None => true,
+            Some(expected) => url::Url::parse(&format!("tcp://{address}"))
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                .is_some_and(|h| h == *expected),
+        };
         let published = endpoints.len() == lease.ports.len()
             && endpoints.iter().all(|e| {
                 lease.ports.contains(&e.port)
                     && !e.address.is_empty()
                     && e.address.len() <= 256
                     && e.address.chars().all(|c| c.is_ascii_graphic())
+                    && on_host(&e.address)
             });
         if !published {
             return Err(RegistryError::invalid(
                 gpumesh_types::ErrorCode::InvalidPort,
                 format!(
-                    "lease {id} publishes {} port(s); the start must give one endpoint (host:port) for each",
+                    "lease {id} publishes {} port(s); the start must give one endpoint (host:port) for each, on the host checkers reach the agent at",
                     lease.ports.len()
                 ),
             ));
@@ -444,14 +471,25 @@ impl Registry {
         Ok(())
     }
 
-    /// A quorum's delivery verdict on a running lease. A pass moves its delivered time
-    /// to the checked period's start; a failure ends it (`failed`), closes its escrow
-    /// with what was not settled refunded, and slashes its GPUs for downtime while
-    /// serving (the effects). A verdict about a lease no longer running changes nothing.
-    pub fn delivery_verdict(
+    /// What a period's checkers saw of a running lease's delivery.
+    ///
+    /// - Passed: its delivered time moves to the period's start, and its host's quality
+    ///   counts an up.
+    /// - Unknown (no quorum either way): its delivered time moves too, since nobody saw
+    ///   it fail; an honest host is never held back by checkers that did not decide.
+    /// - Failed: it ends `failed`, its escrow closes with what was not settled refunded,
+    ///   and its host's quality counts a down. Its GPUs are slashed for downtime while
+    ///   serving only when the agent itself failed (did not answer, or answered with
+    ///   another key's signature): a buyer's service that stops answering, or a job its
+    ///   agent says is not running, is refunded without slashing the host, since a buyer
+    ///   could otherwise have an honest host slashed by deploying a service that goes
+    ///   quiet.
+    ///
+    /// A verdict about a lease no longer running changes nothing.
+    pub fn delivery_seen(
         &mut self,
         id: LeaseId,
-        passed: bool,
+        seen: DeliverySeen,
         period_start_ms: u64,
         now_ms: u64,
     ) -> Vec<Effect> {
@@ -461,12 +499,12 @@ impl Registry {
         if lease.state != LeaseState::Running {
             return Vec::new();
         }
-        // A delivery check is a check of the host's quality of service: it counts
-        // toward its tier as liveness does.
         let host = lease.host;
-        if let Some(h) = self.host_by_address(&host) {
+        if seen != DeliverySeen::Unknown
+            && let Some(h) = self.host_by_address(&host)
+        {
             let r = &mut self.hosts[h as usize].record;
-            if passed {
+            if seen == DeliverySeen::Passed {
                 r.up_verdicts += 1;
             } else {
                 r.down_verdicts += 1;
@@ -478,32 +516,44 @@ impl Registry {
             self.dirty.push(Dirty::Host(host));
         }
         let lease = self.leases.get_mut(&id).expect("looked up above");
-        if passed {
-            if let Some(d) = lease.delivered_ms.as_mut()
-                && period_start_ms > *d
-            {
-                *d = period_start_ms;
-                self.dirty.push(Dirty::Lease(id));
+        let reason = match seen {
+            DeliverySeen::Passed | DeliverySeen::Unknown => {
+                if let Some(d) = lease.delivered_ms.as_mut()
+                    && period_start_ms > *d
+                {
+                    *d = period_start_ms;
+                    self.dirty.push(Dirty::Lease(id));
+                }
+                return Vec::new();
             }
-            return Vec::new();
-        }
-        let (host, model, indices) = (lease.host, lease.gpu, lease.gpu_indices.clone());
+            DeliverySeen::Failed(reason) => reason,
+        };
+        let (model, indices) = (lease.gpu, lease.gpu_indices.clone());
         let last_heartbeat_ms = self
             .host_by_address(&host)
             .map_or(0, |h| self.hosts[h as usize].last_heartbeat_ms);
-        let why = "a quorum of checkers found the lease not delivered (its service did not answer, or its workload was not running); time after its last passed check is refunded";
-        self.end_lease(id, LeaseState::Failed, None, Some(why.into()), now_ms);
+        let why = format!(
+            "a quorum of checkers found the lease not delivered ({}); what was not settled is refunded",
+            reason.describe()
+        );
+        self.end_lease(id, LeaseState::Failed, None, Some(why), now_ms);
         let mut effects = vec![Effect::CloseEscrow {
             lease: id,
             reason: gpumesh_types::CloseReason::Undelivered,
         }];
-        effects.extend(indices.into_iter().map(|index| Effect::SlashDowntime {
-            host,
-            index,
-            model,
-            lease: id,
-            last_heartbeat_ms,
-        }));
+        let agent_failed = matches!(
+            reason,
+            gpumesh_types::FailReason::Unreachable | gpumesh_types::FailReason::BadSignature
+        );
+        if agent_failed {
+            effects.extend(indices.into_iter().map(|index| Effect::SlashDowntime {
+                host,
+                index,
+                model,
+                lease: id,
+                last_heartbeat_ms,
+            }));
+        }
         effects
     }
 

@@ -26,7 +26,7 @@ use gpumesh_types::{
 use serde::{Deserialize, Serialize};
 
 pub use deploy::{DeploymentRecord, MAX_QUEUE_MS, RegionState, Replica, SessionRecord};
-pub use lease::LeaseRecord;
+pub use lease::{DeliverySeen, LeaseRecord};
 pub use validate::{
     MAX_GPUS_PER_MODEL, MAX_HEALTH_DETAIL, MAX_HOST_TEXT, MAX_PRICE_TOKENS, challenge_url,
 };
@@ -67,8 +67,9 @@ pub struct Params {
     /// On a checked network: how far past a lease's last passed delivery check (or its
     /// start) its usage may be billed. Checks come once a period and are decided after
     /// its end and grace, so an honest host is never held back: two periods and two
-    /// graces. Set from the checking parameters when the indexer starts.
-    #[serde(default)]
+    /// graces. Derived from the checking parameters when the indexer starts, never
+    /// stored.
+    #[serde(skip)]
     pub delivery_window_ms: u64,
 }
 
@@ -1391,18 +1392,18 @@ impl Registry {
         job: gpumesh_types::JobRequest,
         now_ms: u64,
     ) -> Result<&LeaseRecord, RegistryError> {
-        self.submit_job_within(buyer, job, Amount(u128::MAX), now_ms)
+        self.submit_job_within(buyer, job, None, now_ms)
     }
 
     /// Matches a job and reserves its GPUs for the match's time-to-live, only if the
-    /// buyer's `spendable` balance covers its escrow on top of the escrows its other
-    /// unfunded matches need: a key with no funds holds no GPUs, however many keys
-    /// there are.
+    /// buyer's `spendable` balance (when given) covers its escrow on top of the escrows
+    /// its other unfunded matches need: a key with no funds holds no GPUs, however many
+    /// keys there are.
     pub fn submit_job_within(
         &mut self,
         buyer: Address,
         job: gpumesh_types::JobRequest,
-        spendable: Amount,
+        spendable: Option<Amount>,
         now_ms: u64,
     ) -> Result<&LeaseRecord, RegistryError> {
         validate::job(&job, &self.params)?;
@@ -1451,7 +1452,9 @@ impl Registry {
         )
         .expect("validated price and duration keep the escrow in range");
         let needed = escrow.0.saturating_add(pending.escrow);
-        if needed > spendable.0 {
+        if let Some(spendable) = spendable
+            && needed > spendable.0
+        {
             let _ = self.matcher.release(booking.reservation);
             return Err(RegistryError::invalid(
                 ErrorCode::InsufficientFunds,

@@ -441,8 +441,6 @@ pub fn challenge_url(raw: &str, local: bool) -> Result<url::Url, RegistryError> 
 mod tests {
     use super::challenge_url;
 
-    /// Each URL on a public network and on a local one: accepted, or refused with
-    /// `invalid_challenge_url`.
     #[test]
     fn host_text_is_cut_on_a_character_boundary() {
         use super::cut;
@@ -460,6 +458,8 @@ mod tests {
         );
     }
 
+    /// Each URL on a public network and on a local one: accepted, or refused with
+    /// `invalid_challenge_url`.
     #[test]
     fn challenge_urls() {
         const OK: bool = true;

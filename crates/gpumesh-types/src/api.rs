@@ -491,7 +491,8 @@ pub struct SettlementView {
     #[serde(default)]
     pub max_gpu_ms: u64,
     /// Once the lease has ended: the most GPU-milliseconds that could be billed, its GPUs
-    /// × (end − start) plus the network's slack; `gpu_ms` is never above it.
+    /// × (end − start + the network's slack), at most `max_gpu_ms`; `gpu_ms` is never
+    /// above it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_gpu_ms: Option<u64>,
 }

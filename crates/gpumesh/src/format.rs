@@ -103,7 +103,7 @@ pub fn receipt(lease: &LeaseView) -> String {
             ));
             match s.bound_gpu_ms {
                 Some(bound) => out.push_str(&format!(
-                    " of at most {:.3} observed (GPUs × (end − start) + slack)\n",
+                    " of at most {:.3} observed (GPUs × (end − start + slack))\n",
                     bound as f64 / 1000.0
                 )),
                 None => out.push('\n'),
