@@ -284,9 +284,10 @@ pub async fn delivery(
                 lon: 31.2357,
             },
             Amount::from_tokens(1),
-            // Long enough that the whole escrow stays far above what ran (a second,
-            // plus the slack) whenever the claim arrives.
-            20_000,
+            // Long enough that the whole escrow stays far above the time observed
+            // when its claim arrives: refused as such, the agent gives up its end, then
+            // states the lease not running, and the checkers end it.
+            600_000,
             DEMO_IMAGE,
             vec!["/bin/sh".into(), "-c".into(), "sleep 1; echo done".into()],
         );

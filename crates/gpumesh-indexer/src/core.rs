@@ -1289,6 +1289,9 @@ impl Core {
     ) -> Result<Applied, Failure> {
         let stx = verified.tx();
         if let TxKind::SettleUsage { records } = &stx.tx.kind {
+            // The time observed first (the ledger's own rule, checked again when it
+            // applies), then what checkers saw delivered.
+            self.ledger.check_observed_usage(records, now_ms)?;
             let slack = self.ledger.genesis().economics.usage_slack_ms;
             self.registry
                 .check_delivered_usage(records, now_ms, slack)?;

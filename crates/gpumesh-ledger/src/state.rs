@@ -911,6 +911,45 @@ impl Ledger {
         Ok(())
     }
 
+    /// Refuses usage above what the protocol observed of its lease: from the recorded
+    /// start until now, per GPU, plus the stated slack (nothing before a start). A
+    /// host's signature says who claims, not that the work happened. Now is never taken
+    /// before the last sealed block, so a clock stepped back refuses nothing honest.
+    fn check_elapsed(
+        &self,
+        r: &UsageRecord,
+        escrow: &Escrow,
+        now_ms: u64,
+        slack_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let bound = escrow.billable_gpu_ms(now_ms.max(self.head.time_ms), slack_ms);
+        if r.gpu_ms > bound {
+            return Err(LedgerError::UsageExceedsElapsed {
+                lease: r.lease,
+                reported: r.gpu_ms,
+                bound,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks usage records against the time observed of their leases, as a settlement
+    /// would, without applying anything: for callers that check other bounds after
+    /// this one (the registry's delivery bound).
+    pub fn check_observed_usage(
+        &self,
+        records: &[UsageRecord],
+        now_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let slack_ms = self.genesis.economics.usage_slack_ms;
+        for r in records {
+            if let Some(escrow) = self.escrows.get(&r.lease) {
+                self.check_elapsed(r, escrow, now_ms, slack_ms)?;
+            }
+        }
+        Ok(())
+    }
+
     fn settle_usage(
         &mut self,
         host: Address,
@@ -954,18 +993,7 @@ impl Ledger {
                     max: escrow.max_gpu_ms,
                 });
             }
-            // Only time the protocol observed is billable: from the accepted start until
-            // now, per GPU, plus the stated slack. A host's signature says who claims,
-            // not that the work happened. Now is never before the last sealed block, so
-            // a clock stepped back does not refuse an honest record.
-            let bound = escrow.billable_gpu_ms(now_ms.max(self.head.time_ms), slack_ms);
-            if r.gpu_ms > bound {
-                return Err(LedgerError::UsageExceedsElapsed {
-                    lease: r.lease,
-                    reported: r.gpu_ms,
-                    bound,
-                });
-            }
+            self.check_elapsed(r, escrow, now_ms, slack_ms)?;
             // Cumulative arithmetic: every settlement recomputes totals, so rounding never drifts.
             let charged = usage_cost(escrow.price_per_gpu_hour, r.gpu_ms)
                 .ok_or(LedgerError::Overflow("usage cost"))?;
