@@ -22,6 +22,32 @@ fn buyer() -> Address {
     Address::with_last_byte(9)
 }
 
+/// The host's registration: two H100s (simulated on a local network), and its agent's
+/// challenge endpoint when given.
+fn registration(local: bool, challenge_url: Option<&str>) -> RegisterHost {
+    RegisterHost {
+        name: "h".into(),
+        location: Location {
+            point: GeoPoint::new(50.0, 8.0).unwrap(),
+            country: "DE".parse().unwrap(),
+        },
+        price_per_gpu_hour: Amount::from_tokens(1),
+        gpus: vec![GpuOffer {
+            model: GpuModel::H100,
+            count: 2,
+            vram_mib: None,
+            simulated: local,
+        }],
+        runtime: if local {
+            RuntimeKind::Process
+        } else {
+            RuntimeKind::Container
+        },
+        images: vec![],
+        challenge_url: challenge_url.map(String::from),
+    }
+}
+
 /// A checked network (`local` as given) with one host of two H100s whose capacity
 /// proofs passed, reached by checkers at 203.0.114.5.
 fn network(local: bool) -> Registry {
@@ -34,27 +60,7 @@ fn network(local: bool) -> Registry {
     });
     r.register_host(
         host(),
-        RegisterHost {
-            name: "h".into(),
-            location: Location {
-                point: GeoPoint::new(50.0, 8.0).unwrap(),
-                country: "DE".parse().unwrap(),
-            },
-            price_per_gpu_hour: Amount::from_tokens(1),
-            gpus: vec![GpuOffer {
-                model: GpuModel::H100,
-                count: 2,
-                vram_mib: None,
-                simulated: local,
-            }],
-            runtime: if local {
-                RuntimeKind::Process
-            } else {
-                RuntimeKind::Container
-            },
-            images: vec![],
-            challenge_url: Some("http://203.0.114.5:7701".into()),
-        },
+        registration(local, Some("http://203.0.114.5:7701")),
         0,
     )
     .unwrap();
@@ -204,28 +210,8 @@ fn a_network_without_checkers_puts_no_delivery_bound_on_usage() {
         require_stake: false,
         ..Params::local()
     });
-    r.register_host(
-        host(),
-        RegisterHost {
-            name: "h".into(),
-            location: Location {
-                point: GeoPoint::new(50.0, 8.0).unwrap(),
-                country: "DE".parse().unwrap(),
-            },
-            price_per_gpu_hour: Amount::from_tokens(1),
-            gpus: vec![GpuOffer {
-                model: GpuModel::H100,
-                count: 1,
-                vram_mib: None,
-                simulated: true,
-            }],
-            runtime: RuntimeKind::Process,
-            images: vec![],
-            challenge_url: None,
-        },
-        0,
-    )
-    .unwrap();
+    r.register_host(host(), registration(true, None), 0)
+        .unwrap();
     let id = running(&mut r, false, "", 0);
     assert_eq!(lease(&r, id).delivered_ms, None);
     r.check_delivered_usage(&usage(id, 600_000), 600_000, SLACK)
