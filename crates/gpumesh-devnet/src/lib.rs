@@ -471,6 +471,13 @@ impl Devnet {
                 tracing::warn!(host = %name, error = %e, "host stopped with an error");
             }
         }
+        // The agents stopped their workloads; those of agents that were killed (the demo
+        // kills one) are still there: a local network leaves nothing running.
+        match self.runtime.reap().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed the workloads of killed agents"),
+            Err(e) => tracing::warn!(error = %e, "could not remove every workload"),
+        }
         if let Some(indexer) = self.indexer.take() {
             indexer.stop().await?;
         }

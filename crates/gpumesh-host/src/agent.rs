@@ -108,6 +108,8 @@ struct Agent {
     leases: Mutex<HashMap<LeaseId, Live>>,
     /// The leases whose workloads run now: what the challenge endpoint states to checkers.
     running: crate::challenge::Running,
+    /// The network's chain id, which labels the workloads' containers.
+    chain_id: u64,
     challenge_url: Option<String>,
 }
 
@@ -123,6 +125,18 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let mut background = tokio::task::JoinSet::new();
     let mut challenge_url = None;
     let running = crate::challenge::Running::default();
+    let chain_id = loop {
+        match client.network_chain_id().await {
+            Ok(id) => break id,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the network's chain id; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
     // Stops the challenge endpoint however `run` ends, a crash (the future dropped) too:
     // connections a checker still holds open must not outlive the agent.
     let challenge_stop = shutdown.child_token();
@@ -138,18 +152,6 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                 .clone()
                 .unwrap_or_else(|| format!("http://{bound}")),
         );
-        let chain_id = loop {
-            match client.network_chain_id().await {
-                Ok(id) => break id,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the network's chain id; retrying")
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
         let gpus: u16 = config.gpus.iter().map(|g| g.count).sum();
         tracing::info!(%bound, prover = %challenge.prover.describe(), "answering checkers");
         let licences = crate::challenge::Licences::default();
@@ -183,6 +185,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         config,
         leases: Mutex::new(HashMap::new()),
         running,
+        chain_id,
         challenge_url,
     });
     let Some(registered) = agent.register(&shutdown).await? else {
@@ -525,6 +528,21 @@ impl Agent {
             nano_cpus: self.config.nano_cpus_per_gpu.map(|c| c * n),
             ports,
             publish_ip: self.config.publish_ip,
+            labels: vec![
+                ("gpumesh.network".to_string(), self.chain_id.to_string()),
+                (
+                    "gpumesh.host".to_string(),
+                    self.config.wallet.address().to_string(),
+                ),
+                (
+                    "gpumesh.gpus".to_string(),
+                    a.gpu_indices
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ],
         }
     }
 

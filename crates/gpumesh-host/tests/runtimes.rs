@@ -23,6 +23,7 @@ fn spec(image: &str, script: &str) -> WorkloadSpec {
         nano_cpus: Some(500_000_000),
         ports: Vec::new(),
         publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        labels: vec![("gpumesh.host".into(), "a test".into())],
     }
 }
 

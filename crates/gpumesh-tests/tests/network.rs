@@ -209,3 +209,54 @@ async fn containers_run_the_buyers_workload() {
     assert_balanced(&lease);
     let _ = net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agents_container_is_labelled_and_removed_when_the_devnet_stops() {
+    let Some(mut net) = container_devnet(1).await else {
+        return;
+    };
+    let (mut lines, _task) = spawn_job(
+        net.buyer_client(),
+        job(
+            GpuModel::H100,
+            1,
+            "echo up; sleep 300",
+            Duration::from_secs(600),
+        ),
+    );
+    lines.recv().await.expect("matched");
+    assert_eq!(lines.recv().await.as_deref(), Some("up"));
+    let lease = net
+        .buyer_client()
+        .leases_of_buyer(net.buyer.address())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.state == LeaseState::Running)
+        .expect("a running lease");
+    let engine = gpumesh_host::runtime::container::ContainerRuntime::connect(None, "none")
+        .await
+        .unwrap();
+    let (host, id) = (lease.host.to_string(), lease.id.to_string());
+    let chain = net
+        .buyer_client()
+        .info()
+        .await
+        .unwrap()
+        .chain_id
+        .to_string();
+    let whose = [
+        ("gpumesh.network", chain.as_str()),
+        ("gpumesh.host", host.as_str()),
+        ("gpumesh.lease", id.as_str()),
+        ("gpumesh.gpus", "0"),
+    ];
+    assert_eq!(engine.labelled(&whose).await.unwrap().len(), 1);
+    // The agent dies with its workload running: the container outlives it...
+    net.kill_host("frankfurt").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(engine.labelled(&whose).await.unwrap().len(), 1);
+    // ...until the local network exits, which leaves nothing of its own running.
+    let _ = net.stop().await;
+    assert!(engine.labelled(&whose).await.unwrap().is_empty());
+}

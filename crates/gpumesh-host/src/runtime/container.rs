@@ -15,8 +15,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListImagesOptions,
-    LogsOptions, RemoveContainerOptions, TagImageOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    ListImagesOptions, LogsOptions, RemoveContainerOptions, TagImageOptions,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -41,6 +41,20 @@ pub struct ContainerRuntime {
     network: String,
     /// The network of containers that publish ports (a service needs one).
     service_network: String,
+    /// Labelled on every container this runtime creates (`gpumesh.runtime`), so that
+    /// [`Runtime::reap`] removes its own and nothing else.
+    instance: String,
+}
+
+/// An id for one runtime instance, unique on the engine: this process, the time and a
+/// count of the instances it made.
+fn instance_id() -> String {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}-{n}", std::process::id())
 }
 
 /// The sockets to try: `DOCKER_HOST` (unix only), then the usual places.
@@ -95,6 +109,7 @@ impl ContainerRuntime {
                         engine,
                         network: network.to_string(),
                         service_network: network.to_string(),
+                        instance: instance_id(),
                     });
                 }
                 Ok(Err(e)) => tried.push(format!("{path} ({e})")),
@@ -118,6 +133,24 @@ impl ContainerRuntime {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The ids of the containers, running or not, carrying every one of `labels`.
+    pub async fn labelled(&self, labels: &[(&str, &str)]) -> anyhow::Result<Vec<String>> {
+        let filters = std::collections::HashMap::from([(
+            "label".to_string(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .context("failed to list containers")?;
+        Ok(containers.into_iter().filter_map(|c| c.id).collect())
     }
 
     pub async fn has_image(&self, image: &str) -> bool {
@@ -237,7 +270,16 @@ impl Runtime for ContainerRuntime {
                 image: Some(spec.image.clone()),
                 cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
                 env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-                labels: Some([("gpumesh.lease".to_string(), spec.lease.to_string())].into_iter().collect()),
+                labels: Some(
+                    spec.labels
+                        .iter()
+                        .cloned()
+                        .chain([
+                            ("gpumesh.lease".to_string(), spec.lease.to_string()),
+                            ("gpumesh.runtime".to_string(), self.instance.clone()),
+                        ])
+                        .collect(),
+                ),
                 exposed_ports: (!spec.ports.is_empty())
                     .then(|| spec.ports.iter().map(|(p, _)| p.to_string()).collect()),
                 host_config: Some(host_config),
@@ -277,6 +319,29 @@ impl Runtime for ContainerRuntime {
                 })
             };
             Ok(Box::new(ContainerWorkload { docker: self.docker.clone(), id, logs: Some(logs) }) as Box<dyn Workload>)
+        }
+        .boxed()
+    }
+
+    fn reap(&self) -> BoxFuture<'_, anyhow::Result<usize>> {
+        async move {
+            let ids = self
+                .labelled(&[("gpumesh.runtime", &self.instance)])
+                .await?;
+            for id in &ids {
+                self.docker
+                    .remove_container(
+                        id,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await
+                    .with_context(|| format!("failed to remove container {id}"))?;
+                tracing::info!(container = %id, "removed a workload's container left running");
+            }
+            Ok(ids.len())
         }
         .boxed()
     }

@@ -32,6 +32,11 @@ pub struct WorkloadSpec {
     pub ports: Vec<(PortSpec, u16)>,
     /// The host address ports are published on.
     pub publish_ip: std::net::IpAddr,
+    /// Whose the workload is: the network, the host, the lease and the GPUs it holds
+    /// (`gpumesh.network`, `gpumesh.host`, `gpumesh.lease`, `gpumesh.gpus`). The
+    /// container runtime sets them as labels, so that what a host runs can be told
+    /// apart from anything else on its engine.
+    pub labels: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for WorkloadSpec {
@@ -104,6 +109,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// Images present locally (for matching on pre-installed services).
     fn images(&self) -> BoxFuture<'_, anyhow::Result<Vec<String>>>;
+
+    /// Stops and removes every workload this runtime started that is still there, and
+    /// returns how many: what a local network does when it exits, so that the agents it
+    /// killed on purpose (or a crash) leave nothing running.
+    fn reap(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
 }
 
 /// A started workload.

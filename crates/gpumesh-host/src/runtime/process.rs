@@ -28,6 +28,12 @@ impl Runtime for ProcessRuntime {
         RuntimeKind::Process
     }
 
+    /// Nothing to do: each workload runs in its own process group, killed whole when its
+    /// handle is dropped, so none outlives the agent that started it in this process.
+    fn reap(&self) -> BoxFuture<'_, anyhow::Result<usize>> {
+        async { Ok(0) }.boxed()
+    }
+
     fn describe(&self) -> String {
         "process runtime (local development only: no isolation, images are ignored)".into()
     }
