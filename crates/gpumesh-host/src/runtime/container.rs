@@ -4,7 +4,8 @@
 //! Each lease gets a fresh container: the buyer's image and command, a memory and CPU
 //! limit, no privileges (all capabilities dropped, no new privileges), no host network
 //! (Docker's bridge by default, or none), the lease's GPUs passed through by UUID on real
-//! hardware, and labels that name the lease. A service's ports are published through the
+//! hardware, and labels that say whose it is (the network, the host, the lease, its GPUs,
+//! and the runtime instance that made it). A service's ports are published through the
 //! engine's port bindings on the host ports the agent chose; a host whose containers have
 //! no network refuses them. The container is removed when it ends.
 
