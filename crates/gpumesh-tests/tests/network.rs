@@ -226,14 +226,25 @@ async fn a_killed_agents_container_is_labelled_and_removed_when_the_devnet_stops
     );
     lines.recv().await.expect("matched");
     assert_eq!(lines.recv().await.as_deref(), Some("up"));
-    let lease = net
-        .buyer_client()
-        .leases_of_buyer(net.buyer.address())
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|l| l.state == LeaseState::Running)
-        .expect("a running lease");
+    // Its output can arrive before the indexer has taken its start.
+    let began = std::time::Instant::now();
+    let lease = loop {
+        let running = net
+            .buyer_client()
+            .leases_of_buyer(net.buyer.address())
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.state == LeaseState::Running);
+        if let Some(lease) = running {
+            break lease;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "the lease never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let engine = gpumesh_host::runtime::container::ContainerRuntime::connect(None, "none")
         .await
         .unwrap();
