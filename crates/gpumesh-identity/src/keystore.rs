@@ -93,6 +93,19 @@ fn hex_field(name: &str, text: &str, len: usize) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The AES-CTR counter. Python's eth-keyfile (behind eth-account) writes it as a big-endian
+/// integer whose leading zero bytes are dropped, so one file in 256 has a 15-byte IV; it is
+/// read the same way, left-padded to 16 bytes.
+fn iv_field(text: &str) -> Result<[u8; 16], String> {
+    let bytes = hex::decode(text).map_err(|_| "its iv is not hex".to_string())?;
+    if bytes.is_empty() || bytes.len() > 16 {
+        return Err(format!("its iv is {} bytes, not 1 to 16", bytes.len()));
+    }
+    let mut iv = [0u8; 16];
+    iv[16 - bytes.len()..].copy_from_slice(&bytes);
+    Ok(iv)
+}
+
 /// Checks that `text` is a version 3 keystore gpumesh can open and returns the address it
 /// names, if any.
 pub(crate) fn inspect(text: &str) -> Result<Option<Address>, String> {
@@ -119,7 +132,7 @@ pub(crate) fn decrypt(text: &str, password: &str) -> Result<[u8; 32], DecryptErr
     let bad = DecryptError::Malformed;
     let keystore = parse(text).map_err(bad)?;
     let crypto = keystore.crypto;
-    let iv = hex_field("iv", &crypto.cipherparams.iv, 16).map_err(bad)?;
+    let iv = iv_field(&crypto.cipherparams.iv).map_err(bad)?;
     let ciphertext = hex_field("ciphertext", &crypto.ciphertext, 32).map_err(bad)?;
     let mac = hex_field("mac", &crypto.mac, 32).map_err(bad)?;
     let mut derived = [0u8; 32];
@@ -180,7 +193,6 @@ pub(crate) fn decrypt(text: &str, password: &str) -> Result<[u8; 32], DecryptErr
     }
     let mut secret = [0u8; 32];
     secret.copy_from_slice(&ciphertext);
-    let iv: [u8; 16] = iv.try_into().expect("checked to be 16 bytes");
     Aes128Ctr::new(derived[..16].into(), (&iv).into()).apply_keystream(&mut secret);
     Ok(secret)
 }

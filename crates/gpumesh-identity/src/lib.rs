@@ -489,6 +489,34 @@ mod tests {
         );
     }
 
+    /// eth-account drops the IV's leading zero bytes (it writes it as an integer): a 15-byte
+    /// IV is the 16-byte one with a zero in front.
+    #[test]
+    fn an_iv_written_without_its_leading_zero_opens_as_the_padded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = keystore::encrypt(
+            &[7u8; 32],
+            Wallet::from_secret_hex(&"07".repeat(32)).unwrap().address(),
+            "pw",
+            Kdf::Light,
+            &mut rand::rngs::OsRng,
+        );
+        let files = std::cell::Cell::new(0);
+        let with_iv = |iv: String| {
+            files.set(files.get() + 1);
+            let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+            v["crypto"]["cipherparams"]["iv"] = iv.into();
+            // Another IV opens another key: the address would not match it.
+            v.as_object_mut().unwrap().remove("address");
+            let path = dir.path().join(format!("iv-{}", files.get()));
+            write_private(&path, v.to_string().as_bytes()).unwrap();
+            Wallet::load(&path, "pw").unwrap().secret_hex()
+        };
+        let tail = "ab".repeat(15);
+        assert_eq!(with_iv(tail.clone()), with_iv(format!("00{tail}")));
+        assert_ne!(with_iv(format!("00{tail}")), with_iv(format!("01{tail}")));
+    }
+
     #[test]
     fn unencrypted_key_files_are_refused_and_imported() {
         let dir = tempfile::tempdir().unwrap();
@@ -543,8 +571,11 @@ mod tests {
         edit("short-dklen", &|v| {
             v["crypto"]["kdfparams"]["dklen"] = 16.into()
         });
-        edit("short-iv", &|v| {
-            v["crypto"]["cipherparams"]["iv"] = "00".into()
+        edit("empty-iv", &|v| {
+            v["crypto"]["cipherparams"]["iv"] = "".into()
+        });
+        edit("long-iv", &|v| {
+            v["crypto"]["cipherparams"]["iv"] = "00".repeat(17).into()
         });
         edit("short-ciphertext", &|v| {
             v["crypto"]["ciphertext"] = "00".into()
