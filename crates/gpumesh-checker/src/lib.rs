@@ -75,8 +75,9 @@ struct Checker {
     http: reqwest::Client,
     config: CheckerConfig,
     chain_id: u64,
-    /// A local network: its agents and services are on this machine's own addresses.
-    /// Elsewhere only globally routable addresses are probed.
+    /// A local network, or one whose genesis allows private endpoints: agents and
+    /// services may be on private and loopback addresses. Elsewhere only globally
+    /// routable addresses are probed.
     local: bool,
 }
 
@@ -89,7 +90,7 @@ pub async fn run(config: CheckerConfig, shutdown: CancellationToken) -> anyhow::
     );
     let (chain_id, local) = loop {
         match client.info().await {
-            Ok(info) => break (info.chain_id, info.local),
+            Ok(info) => break (info.chain_id, info.private_endpoints),
             Err(e) => tracing::warn!(error = %e, "cannot reach the indexer; retrying"),
         }
         tokio::select! {
@@ -305,8 +306,10 @@ impl Checker {
         };
         let deadline = Duration::from_millis(deadline_ms);
         let began = Instant::now();
-        // No answer by the deadline is a missed deadline; a refused connection is an
-        // absent host.
+        // No answer by the deadline is a missed deadline; a refusal signed by the host is
+        // its own word that it did not prove; anything else (no connection, a connection
+        // dropped mid-proof, an unsigned error) is an absent agent. None of these is
+        // evidence of a false proof (docs/checking.md, "Failed proofs and what they cost").
         let commitment: ProofCommitment = match self
             .post(
                 task,
@@ -318,6 +321,9 @@ impl Checker {
         {
             Ok(c) => c,
             Err(ProbeError::Timeout) => return failed(FailReason::DeadlineMissed),
+            Err(ProbeError::Answered(body)) if self.signed_refusal(task, &seed, &body) => {
+                return failed(FailReason::Refused);
+            }
             Err(_) => return failed(FailReason::Unreachable),
         };
         let host_ms = began.elapsed().as_millis() as u64;
@@ -335,7 +341,9 @@ impl Checker {
         {
             Ok(o) => o,
             // It committed, then would not open: the opening is what failed.
-            Err(ProbeError::Refused) => return failed(FailReason::BadOpening),
+            Err(ProbeError::Refused | ProbeError::Answered(_)) => {
+                return failed(FailReason::BadOpening);
+            }
             Err(_) => return failed(FailReason::Unreachable),
         };
         let verdict = tokio::task::spawn_blocking(move || {
@@ -368,7 +376,10 @@ impl Checker {
             .await
             .map_err(ProbeError::from)?;
         if !response.status().is_success() {
-            return Err(ProbeError::Refused);
+            return Err(match probe::body(response, MAX_ANSWER_BYTES).await {
+                Ok(body) => ProbeError::Answered(body),
+                Err(e) => e,
+            });
         }
         // Read no more than the answer needs: a host cannot fill the checker's memory.
         let limit = if path == "proof/open" {
@@ -381,10 +392,34 @@ impl Checker {
     }
 }
 
+impl Checker {
+    /// Whether `body` is the container's host's signed refusal of the proof for `seed`.
+    fn signed_refusal(&self, task: &CheckTask, seed: &B256, body: &[u8]) -> bool {
+        let Ok(refusal) = serde_json::from_slice::<gpumesh_types::ProofRefusal>(body) else {
+            return false;
+        };
+        let message = gpumesh_types::proof_refusal_message(
+            self.chain_id,
+            refusal.index,
+            &refusal.seed,
+            &refusal.reason,
+        );
+        refusal.index == task.container.index
+            && refusal.seed == *seed
+            && refusal
+                .signature
+                .0
+                .recover_address_from_msg(message)
+                .is_ok_and(|signer| signer == task.container.host)
+    }
+}
+
 #[derive(Debug)]
 enum ProbeError {
     /// No answer in time.
     Timeout,
+    /// The agent answered with an error status, and this body.
+    Answered(Vec<u8>),
     /// The agent answered, but with an error, too much, or nothing that parses.
     Refused,
     /// No connection, or an address this checker may not be sent to.

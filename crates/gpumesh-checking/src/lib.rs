@@ -410,17 +410,18 @@ impl Checking {
 
     /// A task for a target; a capacity task starts in its proof slot.
     fn task(&self, target: &Target, kind: TaskKind, start_ms: u64, slot: usize) -> CheckTask {
-        let capacity = kind == TaskKind::Capacity;
+        let sized = (kind == TaskKind::Capacity)
+            .then(|| self.params.proof_for(target.gpu, target.simulated))
+            .flatten();
         CheckTask {
             container: target.container,
             kind,
             endpoint: target.endpoint.clone(),
             gpu: target.gpu,
             simulated: target.simulated,
-            proof: capacity.then(|| self.params.proof_for(target.gpu, target.simulated)),
-            proof_deadline_ms: capacity
-                .then(|| self.params.proof_deadline_ms(target.gpu, target.simulated)),
-            start_at_ms: capacity.then(|| start_ms + slot as u64 * self.params.proof_slot_ms()),
+            proof: sized.map(|s| s.params),
+            proof_deadline_ms: sized.map(|s| s.deadline_ms),
+            start_at_ms: sized.map(|_| start_ms + slot as u64 * self.params.proof_slot_ms()),
             delivery: target
                 .delivery
                 .clone()
@@ -461,7 +462,14 @@ impl Checking {
 
     fn kinds(&self, target: &Target) -> &'static [TaskKind] {
         use TaskKind::{Capacity, Delivery, Liveness};
-        match (target.capacity_due, target.delivery.is_some()) {
+        // A GPU the network has no rate for cannot be asked a proof (registration
+        // refuses them on a checked network; this keeps the rule whole).
+        let capacity = target.capacity_due
+            && self
+                .params
+                .proof_for(target.gpu, target.simulated)
+                .is_some();
+        match (capacity, target.delivery.is_some()) {
             (true, true) => &[Liveness, Capacity, Delivery],
             (true, false) => &[Liveness, Capacity],
             (false, true) => &[Liveness, Delivery],
@@ -695,11 +703,23 @@ impl Checking {
                 }
             }
             agreeing.sort_unstable();
-            // The most common reason; on a tie the first in the code's order.
+            // Evidence of a false proof needs a quorum of its own: a checker or two
+            // claiming a wrong row cannot make a host malicious.
+            let evident: usize = reasons
+                .iter()
+                .filter(|(r, _)| r.class() == gpumesh_types::FailureClass::Malicious)
+                .map(|(_, n)| n)
+                .sum();
+            if evident < need {
+                reasons.retain(|r, _| r.class() != gpumesh_types::FailureClass::Malicious);
+            }
+            // The most common reason; on a tie the first in the code's order. Failing
+            // results whose evidence fell short count as a failed opening.
             let reason = reasons
                 .iter()
                 .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                .map(|(r, _)| *r);
+                .map(|(r, _)| *r)
+                .or((!passed).then_some(FailReason::BadOpening));
             outcome.verdicts.push(Verdict {
                 container,
                 kind,

@@ -626,6 +626,11 @@ impl Client {
         self.get("/v1/checkers").await
     }
 
+    /// The rule capacity proofs are sized by.
+    pub async fn proof_sizing(&self) -> Result<gpumesh_types::ProofSizing, ClientError> {
+        self.get("/v1/checking/sizing").await
+    }
+
     /// A checker's tasks in the current period.
     pub async fn checker_tasks(
         &self,

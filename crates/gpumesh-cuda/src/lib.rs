@@ -161,6 +161,7 @@ impl Cuda {
             }
             let context = CudaContext::new(ordinal).map_err(driver("context creation"))?;
             let name = context.name().map_err(driver("device name"))?;
+            let uuid = nvml_uuid(&context.uuid().map_err(driver("device UUID"))?.bytes);
             let stream = context.new_stream().map_err(driver("stream creation"))?;
             let module = context.load_module(self.ptx.clone()).map_err(driver(
                 "loading the kernel (is the driver older than NVRTC?)",
@@ -171,6 +172,7 @@ impl Cuda {
             Ok(Device {
                 ordinal,
                 name,
+                uuid,
                 stream,
                 gemm,
             })
@@ -178,10 +180,41 @@ impl Cuda {
     }
 }
 
+/// Opens the device whose UUID is `uuid` (as NVML writes it, `GPU-…`): CUDA's ordinals
+/// need not follow NVML's order, and a host names its GPUs by UUID.
+impl Cuda {
+    pub fn device_by_uuid(&self, uuid: &str) -> Result<Device, CudaError> {
+        for ordinal in 0..self.device_count()? {
+            let device = self.device(ordinal)?;
+            if device.uuid.eq_ignore_ascii_case(uuid) {
+                return Ok(device);
+            }
+        }
+        Err(CudaError::Unavailable(format!(
+            "no CUDA device has UUID {uuid}"
+        )))
+    }
+}
+
+/// A device UUID written as NVML writes it: `GPU-` and the 16 bytes as 8-4-4-4-12 hex.
+pub fn nvml_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
+    let hex: String = bytes.iter().map(|&b| format!("{:02x}", b as u8)).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// One GPU with the kernel loaded. Calls on one device run in order on its stream.
 pub struct Device {
     ordinal: usize,
     name: String,
+    /// Its UUID as NVML writes it.
+    uuid: String,
     stream: Arc<CudaStream>,
     gemm: CudaFunction,
 }
@@ -219,6 +252,10 @@ impl Device {
 
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    pub fn uuid(&self) -> &str {
+        &self.uuid
     }
 
     /// Copies `b` (`inner × inner`, row-major) to the device.
@@ -302,6 +339,18 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_are_written_as_nvml_writes_them() {
+        let bytes: [u8; 16] = [
+            0x5a, 0x3b, 0x9c, 0x01, 0x22, 0x7e, 0x40, 0x0f, 0x8d, 0x11, 0xab, 0xcd, 0xef, 0x01,
+            0x23, 0x45,
+        ];
+        assert_eq!(
+            nvml_uuid(&bytes.map(|b| b as std::ffi::c_char)),
+            "GPU-5a3b9c01-227e-400f-8d11-abcdef012345"
+        );
+    }
 
     #[test]
     fn open_fails_cleanly_or_multiplies_exactly() {

@@ -244,7 +244,7 @@ fn simulated_prover(checking: &gpumesh_types::CheckingParams, spec: &HostSpec) -
         SimulatedDevice::SkipsRows(per_mille) => (spec.gpu, per_mille),
     };
     Arc::new(SimulatedProver {
-        macs_per_s: checking.claimed_macs_per_s(model, true),
+        macs_per_s: checking.sizing.rate(model, true).unwrap_or(1),
         skip_per_mille,
     })
 }

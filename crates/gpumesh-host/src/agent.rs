@@ -137,6 +137,20 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    // The rule capacity proofs are sized by: the endpoint refuses only what it would
+    // never ask of this host's GPUs.
+    let sizing = loop {
+        match client.proof_sizing().await {
+            Ok(sizing) => break sizing,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the network's proof sizing; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
     // Stops the challenge endpoint however `run` ends, a crash (the future dropped) too:
     // connections a checker still holds open must not outlive the agent.
     let challenge_stop = shutdown.child_token();
@@ -152,7 +166,12 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                 .clone()
                 .unwrap_or_else(|| format!("http://{bound}")),
         );
-        let gpus: u16 = config.gpus.iter().map(|g| g.count).sum();
+        // One entry per GPU, in the order the registration numbers them.
+        let gpus = config
+            .gpus
+            .iter()
+            .flat_map(|g| std::iter::repeat_n((g.model, g.simulated), usize::from(g.count)))
+            .collect();
         tracing::info!(%bound, prover = %challenge.prover.describe(), "answering checkers");
         let licences = crate::challenge::Licences::default();
         background.spawn(refresh_licences(
@@ -167,6 +186,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
                     wallet: config.wallet.clone(),
                     chain_id,
                     gpus,
+                    sizing,
                     prover: challenge.prover.clone(),
                     licences,
                     running: running.clone(),

@@ -5,9 +5,11 @@
 //! answers the Merkle root of the product; `POST /proof/open` answers the rows the
 //! checker picked after the commitment, with their paths (docs/capacity-proof.md).
 //! How the product is computed is a [`Prover`]: the host's NVIDIA GPU through CUDA
-//! ([`CudaProver`]), the CPU kernel, the simulated device of a local network (the same
-//! kernel, paced to the speed its model is declared at), or, in demos and tests only, a
-//! dishonest prover.
+//! ([`CudaProver`]), the CPU kernel of the CPU reference device, the simulated device of
+//! a local network (the same kernel, paced to the speed its model is declared at), or, in
+//! demos and tests only, a dishonest prover. A challenge the network's sizing rule would
+//! never ask of a GPU, or one the prover fails, is refused with a [`ProofRefusal`] signed
+//! by the host.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,8 +23,9 @@ use axum::{Json, Router};
 use gpumesh_identity::Wallet;
 use gpumesh_proof::{Challenge, Proved};
 use gpumesh_types::{
-    Address, ApiError, ErrorCode, LivenessAnswer, LivenessChallenge, ProofCommitRequest,
-    ProofCommitment, ProofOpenRequest, Sig, liveness_message, proof_challenge_message,
+    Address, ApiError, ErrorCode, GpuModel, LivenessAnswer, LivenessChallenge, ProofCommitRequest,
+    ProofCommitment, ProofOpenRequest, ProofRefusal, ProofSizing, Sig, liveness_message,
+    proof_challenge_message, proof_refusal_message,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +35,6 @@ pub use cuda::CudaProver;
 
 /// Commitments kept for their openings, newest last.
 const KEPT_PROOFS: usize = 64;
-/// The largest proof the agent computes: a check's proof is sized to about two seconds of
-/// the claimed GPU's work, far below this.
-const MAX_PROOF_ROWS: u32 = 1 << 20;
 /// How long a commitment waits for its opening.
 const PROOF_TTL: Duration = Duration::from_secs(120);
 
@@ -46,9 +46,9 @@ pub trait Prover: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
-/// The exact INT8 kernel on this machine's CPU. What a host whose GPU prover cannot load uses;
-/// a CPU is far slower than the GPU it stands for, so its proofs miss a real GPU's
-/// deadline, which is the point.
+/// The exact INT8 kernel on this machine's CPU, at full speed: the prover of the CPU
+/// reference device ([`crate::discovery::CpuReference`]). Never a real GPU's: a CPU is far
+/// slower than the GPU it would stand for, and would miss its deadlines.
 #[derive(Debug, Default)]
 pub struct CpuProver;
 
@@ -128,7 +128,9 @@ struct Endpoint {
     running: Running,
     wallet: Wallet,
     chain_id: u64,
-    gpus: u16,
+    /// Each GPU's model and whether it is simulated, by index.
+    gpus: Vec<(GpuModel, bool)>,
+    sizing: ProofSizing,
     prover: Arc<dyn Prover>,
     proofs: Mutex<VecDeque<Kept>>,
     /// One proof at a time per GPU, as on the device itself; checkers take turns in
@@ -196,13 +198,64 @@ impl Endpoint {
         if self.stopped.is_cancelled() {
             return Some(gone());
         }
-        (index >= self.gpus).then(|| {
+        (usize::from(index) >= self.gpus.len()).then(|| {
             refuse(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidRequest,
-                format!("this host has {} GPUs; there is no GPU {index}", self.gpus),
+                format!(
+                    "this host has {} GPUs; there is no GPU {index}",
+                    self.gpus.len()
+                ),
             )
         })
+    }
+
+    /// A refusal of the proof for `seed` on GPU `index`, signed with the host's key: the
+    /// checker reports the host's own word that it did not prove (a liveness failure),
+    /// never a wrong proof.
+    fn signed_refusal(&self, index: u16, seed: &gpumesh_types::B256, reason: String) -> Response {
+        let signature = Sig(self.wallet.sign_message(proof_refusal_message(
+            self.chain_id,
+            index,
+            seed,
+            &reason,
+        )));
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ProofRefusal {
+                index,
+                seed: *seed,
+                reason,
+                signature,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Why the network's sizing rule would never ask `asked` of GPU `index` (a `model`,
+/// simulated or not), if it would not: the only proofs an agent refuses.
+pub fn unasked(
+    sizing: &ProofSizing,
+    index: u16,
+    model: GpuModel,
+    simulated: bool,
+    asked: &gpumesh_proof::ProofParams,
+) -> Option<String> {
+    match sizing.proof_for(model, simulated) {
+        None => Some(format!(
+            "the network has no proof rate for GPU {index} ({model}): no proof of it is asked"
+        )),
+        Some(rule) if rule.params != *asked => Some(format!(
+            "the network's rule asks GPU {index} ({model}) for {} rows of inner dimension {} with {} spot rows, not {} rows of {} with {}",
+            rule.params.rows,
+            rule.params.inner,
+            rule.params.spot_rows,
+            asked.rows,
+            asked.inner,
+            asked.spot_rows
+        )),
+        Some(_) => None,
     }
 }
 
@@ -230,7 +283,10 @@ pub struct Answerer {
     /// The host's key: it signs liveness answers and delivery statements.
     pub wallet: Wallet,
     pub chain_id: u64,
-    pub gpus: u16,
+    /// Each GPU's model and whether it is simulated, in the registration's order.
+    pub gpus: Vec<(GpuModel, bool)>,
+    /// The network's rule for sizing proofs (`GET /v1/checking/sizing`).
+    pub sizing: ProofSizing,
     pub prover: Arc<dyn Prover>,
     pub licences: Licences,
     pub running: Running,
@@ -246,10 +302,12 @@ pub async fn serve(
         wallet,
         chain_id,
         gpus,
+        sizing,
         prover,
         licences,
         running,
     } = answerer;
+    let count = gpus.len();
     let state = Arc::new(Endpoint {
         stopped: shutdown.clone(),
         licences,
@@ -257,9 +315,10 @@ pub async fn serve(
         wallet,
         chain_id,
         gpus,
+        sizing,
         prover,
         proofs: Mutex::new(VecDeque::new()),
-        busy: (0..gpus).map(|_| tokio::sync::Semaphore::new(1)).collect(),
+        busy: (0..count).map(|_| tokio::sync::Semaphore::new(1)).collect(),
     });
     let router = Router::new()
         .route("/liveness", post(liveness))
@@ -317,37 +376,35 @@ async fn commit(
     if let Some(refused) = e.unauthorised(&request) {
         return refused;
     }
+    let (index, seed) = (request.index, request.challenge.seed);
     if let Err(err) = request.challenge.params.validate() {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequest,
+        return e.signed_refusal(
+            index,
+            &seed,
             format!("the challenge's size is invalid: {err}"),
         );
     }
-    if request.challenge.params.rows > MAX_PROOF_ROWS {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequest,
-            format!("a proof has at most {MAX_PROOF_ROWS} rows"),
-        );
+    let (model, simulated) = e.gpus[usize::from(index)];
+    if let Some(why) = unasked(
+        &e.sizing,
+        index,
+        model,
+        simulated,
+        &request.challenge.params,
+    ) {
+        return e.signed_refusal(index, &seed, why);
     }
-    let Ok(_turn) = e.busy[request.index as usize].acquire().await else {
+    let Ok(_turn) = e.busy[usize::from(index)].acquire().await else {
         return gone();
     };
     let prover = e.prover.clone();
     let challenge = request.challenge;
-    let proved = tokio::task::spawn_blocking(move || prover.prove(request.index, &challenge)).await;
+    let proved = tokio::task::spawn_blocking(move || prover.prove(index, &challenge)).await;
     let proved = match proved {
         Ok(Ok(p)) => Arc::new(p),
-        Ok(Err(err)) => {
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, err);
-        }
+        Ok(Err(err)) => return e.signed_refusal(index, &seed, format!("the prover failed: {err}")),
         Err(err) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                format!("the prover failed: {err}"),
-            );
+            return e.signed_refusal(index, &seed, format!("the prover failed: {err}"));
         }
     };
     let root = proved.root();

@@ -86,6 +86,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(observe))
         .routes(routes!(add_anchor))
         .routes(routes!(checkers))
+        .routes(routes!(proof_sizing))
         .routes(routes!(checker_tasks))
         .routes(routes!(report))
         .routes(routes!(assignment))
@@ -314,8 +315,8 @@ async fn register_host(
 ) -> Result<Response, Failure> {
     state.limits.check(Limited::Registration, req.signer)?;
     if let Some(url) = &req.body.challenge_url {
-        let local = state.read(|c| c.ledger().genesis().local);
-        challenge_name(url, local).await?;
+        let private = state.read(|c| c.info().private_endpoints);
+        challenge_name(url, private).await?;
     }
     let registered = state
         .mutate(move |c, now, batch| c.register_host(req.signer, req.body, now, batch))
@@ -329,11 +330,11 @@ async fn register_host(
 /// resolve (yet) passes, as does anything the registry refuses for its own reasons:
 /// checkers resolve names again at every probe and reach only public addresses, which is
 /// the check that matters (a name can change after registration).
-async fn challenge_name(raw: &str, local: bool) -> Result<(), Failure> {
-    if local {
+async fn challenge_name(raw: &str, private: bool) -> Result<(), Failure> {
+    if private {
         return Ok(());
     }
-    let Ok(url) = gpumesh_registry::challenge_url(raw, local) else {
+    let Ok(url) = gpumesh_registry::challenge_url(raw, false) else {
         return Ok(());
     };
     let (Some(name), Some(port)) = (url.domain(), url.port_or_known_default()) else {
@@ -809,6 +810,13 @@ async fn checkers(State(state): State<AppState>) -> impl IntoResponse {
     }))
 }
 
+/// The rule capacity proofs are sized by: agents ask it so that they refuse only what it
+/// would never ask of their GPUs.
+#[utoipa::path(get, path = "/v1/checking/sizing", tag = "checking", summary = "How capacity proofs are sized and timed", responses((status = 200, body = gpumesh_types::ProofSizing)))]
+async fn proof_sizing(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.read(|c| c.checking().params().sizing.clone()))
+}
+
 #[utoipa::path(get, path = "/v1/checking/tasks", tag = "checking", summary = "A checker's tasks this period", params(("checker" = String, Query, description = "the checker's address")), responses((status = 200, body = CheckerTasksView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn checker_tasks(
     State(state): State<AppState>,
@@ -928,7 +936,7 @@ async fn decoy_open(
     Json(request): Json<ProofOpenRequest>,
 ) -> Result<Response, Failure> {
     decoy(&state, &token)?;
-    let params = state.read(|c| c.checking().params().proof);
+    let params = state.read(|c| c.checking().params().sizing.proof);
     let rows = request
         .rows
         .iter()

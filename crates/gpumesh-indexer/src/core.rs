@@ -12,7 +12,7 @@ use gpumesh_checking::epoch::{self, ContainerEpoch};
 use gpumesh_checking::{Checking, PeriodOutcome};
 use gpumesh_identity::Wallet;
 use gpumesh_ledger::{Applied, CheckedTx, Ledger, Verified};
-use gpumesh_registry::{Dirty, Effect, Registry};
+use gpumesh_registry::{CapacityDecision, Dirty, Effect, Registry};
 use gpumesh_store::{Batch, ContainerWork, EpochStart, Snapshot};
 use gpumesh_types::{
     AccountView, Address, Amount, ContainerRef, ErrorCode, Heartbeat, HostRegistered, HostWork,
@@ -160,6 +160,12 @@ impl Core {
         params.checked = checking.enabled();
         let cp = checking.params();
         params.delivery_window_ms = 2 * (cp.period_ms + cp.report_grace_ms);
+        params.provable_models = gpumesh_types::CATALOG
+            .iter()
+            .map(|spec| spec.model)
+            .filter(|&model| cp.proof_for(model, false).is_some())
+            .collect();
+        params.private_endpoints = cp.private_endpoints;
         let mut registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
         registry.restore_services(snapshot.deployments, snapshot.sessions);
         let canary_seed = alloy_primitives::keccak256(
@@ -280,6 +286,7 @@ impl Core {
             staking_coefficient: genesis.economics.staking_coefficient,
             epoch_ms: genesis.economics.epoch_ms,
             next_epoch: self.ledger.totals().next_epoch,
+            private_endpoints: genesis.local || genesis.checking.private_endpoints,
         }
     }
 
@@ -694,23 +701,37 @@ impl Core {
                     else {
                         continue;
                     };
-                    let params = self.checking.params();
-                    let expected = gpumesh_proof::expected_ms(
-                        &params.proof_for(gpu.model, gpu.simulated),
-                        params.claimed_macs_per_s(gpu.model, gpu.simulated),
-                    );
-                    let rejected = self.registry.capacity_verdict(
-                        v.container,
-                        v.passed,
-                        v.reason,
-                        v.host_ms,
-                        expected,
-                        now_ms,
-                    );
-                    if let Ok(Some(model)) = rejected {
-                        let reason = v.reason.unwrap_or(gpumesh_types::FailReason::BadOpening);
-                        tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof rejected by quorum");
-                        self.slash_rejected(v, model, reason, now_ms, batch);
+                    let expected = self
+                        .checking
+                        .params()
+                        .proof_for(gpu.model, gpu.simulated)
+                        .map_or(u64::MAX, |p| p.expected_ms);
+                    let verdict = if v.passed {
+                        Ok(v.host_ms.unwrap_or(0))
+                    } else {
+                        Err(v.reason.unwrap_or(gpumesh_types::FailReason::BadOpening))
+                    };
+                    match self
+                        .registry
+                        .capacity_verdict(v.container, verdict, expected, now_ms)
+                    {
+                        Ok(CapacityDecision::Down(reason)) => {
+                            // No proof was made: a liveness failure, by the downtime rules.
+                            tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof not made: the host counts as down");
+                            self.epoch.container(v.container).down += 1;
+                            hosts_up.insert(v.container.host, false);
+                        }
+                        Ok(CapacityDecision::Retry(reason)) => {
+                            tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof failed once: proven again next period");
+                        }
+                        Ok(CapacityDecision::Rejected { model, reason }) => {
+                            tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof rejected by quorum");
+                            self.slash_rejected(v, model, reason, now_ms, batch);
+                        }
+                        Ok(CapacityDecision::Passed | CapacityDecision::Unchanged) => {}
+                        Err(e) => {
+                            tracing::warn!(container = %v.container, error = %e, "capacity verdict on an unknown container")
+                        }
                     }
                 }
             }
@@ -766,9 +787,9 @@ impl Core {
         }
     }
 
-    /// A container that failed its capacity proof claimed more than it has: a missed
-    /// deadline is underperformance, a wrong row or path is malicious; both take K ×
-    /// the staking coefficient, with the verdict as evidence.
+    /// A container rejected by its capacity proofs claimed more than it has: two missed
+    /// deadlines or failed openings are underperformance, a wrong row or path is
+    /// malicious; both take K × the staking coefficient, with the verdict as evidence.
     fn slash_rejected(
         &mut self,
         v: &gpumesh_checking::Verdict,
@@ -786,10 +807,12 @@ impl Core {
         {
             return;
         }
-        let offence = if reason == gpumesh_types::FailReason::DeadlineMissed {
-            gpumesh_types::Offence::Underperformance
-        } else {
-            gpumesh_types::Offence::Malicious
+        let offence = match reason.class() {
+            gpumesh_types::FailureClass::Malicious => gpumesh_types::Offence::Malicious,
+            // A proof never made is downtime, and the registry does not reject for it.
+            gpumesh_types::FailureClass::Underperforming | gpumesh_types::FailureClass::Down => {
+                gpumesh_types::Offence::Underperformance
+            }
         };
         let evidence = alloy_primitives::keccak256(format!(
             "capacity proof rejected by quorum: container {} reason {:?} checkers {:?} at {now_ms}",

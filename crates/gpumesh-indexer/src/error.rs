@@ -42,6 +42,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         NotYourLease
         | NotLocalNetwork
         | SimulatedNotAllowed
+        | NoProofRate
         | ProcessRuntimeNotAllowed
         | NotAChecker
         | CheckerBanned

@@ -179,6 +179,8 @@ pub enum GenesisError {
     RewardPools,
     #[error("economics: {0}")]
     Economics(&'static str),
+    #[error("checking: {0}")]
+    ProofRate(String),
 }
 
 impl Genesis {
@@ -282,6 +284,39 @@ impl Genesis {
         self
     }
 
+    /// Each catalog entry is one model's, measured, and its proof fits a checker's slot
+    /// (the 2N+1 proofs of a container take turns on its GPU).
+    fn validate_proof_rates(&self) -> Result<(), GenesisError> {
+        let c = &self.checking;
+        let mut models = std::collections::BTreeSet::new();
+        for rate in &c.sizing.proof_rates {
+            let model = rate.model;
+            if !models.insert(model) {
+                return Err(GenesisError::ProofRate(format!(
+                    "{model} has two reference proof rates"
+                )));
+            }
+            if rate.measured.trim().is_empty() || rate.measured.len() > 512 {
+                return Err(GenesisError::ProofRate(format!(
+                    "{model}'s reference rate must say who measured it, on what, and when (at most 512 characters)"
+                )));
+            }
+            let Some(sized) = c.proof_for(model, false).filter(|_| rate.macs_per_s > 0) else {
+                return Err(GenesisError::ProofRate(format!(
+                    "{model}'s reference rate must be above zero"
+                )));
+            };
+            if sized.deadline_ms > c.proof_slot_ms() {
+                return Err(GenesisError::ProofRate(format!(
+                    "a proof of {model} has {} ms, more than a checker's slot of {} ms (the proof window over 2N+1)",
+                    sized.deadline_ms,
+                    c.proof_slot_ms()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), GenesisError> {
         let c = &self.checking;
         if c.period_ms == 0 || c.takeover_ms >= c.period_ms {
@@ -289,12 +324,13 @@ impl Genesis {
                 "checking: the period must be longer than zero and than the take-over time",
             ));
         }
-        if c.proof.validate().is_err() {
+        if c.sizing.proof.validate().is_err() {
             return Err(GenesisError::Economics(
                 "checking: the proof size is invalid",
             ));
         }
-        if c.simulated_macs_per_tflop > 0 && !self.local {
+        self.validate_proof_rates()?;
+        if c.sizing.simulated_macs_per_tflop > 0 && !self.local {
             return Err(GenesisError::Economics(
                 "checking: only a local network may accept simulated GPUs' speed",
             ));

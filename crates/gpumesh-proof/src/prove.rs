@@ -8,8 +8,13 @@
 //! [`Proved::open`] recomputes each opened row from its row of A and B with integers,
 //! inner² multiply-accumulates per row, which for the checker's hundred-odd rows is a small
 //! fraction of the proof.
+//!
+//! [`prove_timed`] and [`prove_with_timed`] are the same proof with the time each phase
+//! took ([`ProofTimings`]), by a clock the caller passes in: what `gpumesh bench proof`
+//! measures a device's whole-proof rate with.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use alloy_primitives::{B256, hex};
 use rand::Rng;
@@ -49,15 +54,54 @@ pub struct OpenedRow {
     pub path: Vec<B256>,
 }
 
+/// How long each phase of one proof took, by the clock passed to [`prove_timed`] or
+/// [`prove_with_timed`]. The phases interleave block by block; each is the sum over the
+/// blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProofTimings {
+    /// Deriving B and every row of A from the seed.
+    pub derive: Duration,
+    /// The product C = A·B, block by block (for a device, its copies in and out too).
+    pub product: Duration,
+    /// Hashing each row of C into its Merkle leaf.
+    pub hash_rows: Duration,
+    /// Building the Merkle tree over the leaves.
+    pub tree: Duration,
+}
+
+impl ProofTimings {
+    /// The whole proof: the sum of the phases.
+    pub fn total(&self) -> Duration {
+        self.derive + self.product + self.hash_rows + self.tree
+    }
+}
+
 /// Computes C = A·B for the challenge with this crate's CPU kernel and commits to it.
 pub fn prove(challenge: &Challenge) -> Result<Proved, ProofError> {
+    prove_timed(challenge, untimed).map(|(proved, _)| proved)
+}
+
+/// [`prove`], with the time each phase took. `now` is a monotonic clock (the time since
+/// any fixed instant, as `Instant::elapsed` of one start gives), read once before the
+/// first phase and at the end of every phase: three times per block of 256 rows and once
+/// for the tree. This crate reads no clock of its own.
+pub fn prove_timed(
+    challenge: &Challenge,
+    now: impl FnMut() -> Duration,
+) -> Result<(Proved, ProofTimings), ProofError> {
     let mut kernel = CpuKernel::default();
     let proved = prove_inner(
         challenge,
+        now,
         |_| false,
         |a, b, rows, c| kernel.multiply(a, b, rows, c),
     )?;
     Ok(proved.unwrap_or_else(|never| match never {}))
+}
+
+/// The clock of an untimed proof: it never moves, so every phase takes zero.
+fn untimed() -> Duration {
+    Duration::ZERO
 }
 
 /// Why [`prove_with`] made no proof.
@@ -83,7 +127,17 @@ pub fn prove_with(
     challenge: &Challenge,
     product: impl FnMut(&[i8], &[i8], usize, &mut [i32]) -> Result<(), String>,
 ) -> Result<Proved, ProveWithError> {
-    prove_inner(challenge, |_| false, product)?.map_err(ProveWithError::Product)
+    prove_with_timed(challenge, untimed, product).map(|(proved, _)| proved)
+}
+
+/// [`prove_with`], with the time each phase took by the clock `now` (as in
+/// [`prove_timed`]); `product`'s calls count as the product phase.
+pub fn prove_with_timed(
+    challenge: &Challenge,
+    now: impl FnMut() -> Duration,
+    product: impl FnMut(&[i8], &[i8], usize, &mut [i32]) -> Result<(), String>,
+) -> Result<(Proved, ProofTimings), ProveWithError> {
+    prove_inner(challenge, now, |_| false, product)?.map_err(ProveWithError::Product)
 }
 
 /// A dishonest host, for tests and demonstrations: skips about `skip_per_mille`/1000 of the
@@ -101,10 +155,11 @@ pub fn prove_skipping(
     let mut kernel = CpuKernel::default();
     let proved = prove_inner(
         challenge,
+        untimed,
         move |_| rng.gen_range(0..1000u16) < skip_per_mille,
         |a, b, rows, c| kernel.multiply(a, b, rows, c),
     )?;
-    Ok(proved.unwrap_or_else(|never| match never {}))
+    Ok(proved.unwrap_or_else(|never| match never {}).0)
 }
 
 /// The CPU kernel as a block product: converts to `f32` and multiplies with
@@ -141,15 +196,43 @@ impl CpuKernel {
     }
 }
 
-/// Derives, multiplies block by block with `product` and commits. The outer error is the
-/// challenge's (invalid parameters), the inner one the product's.
+/// A clock split into laps, each added to one phase of [`ProofTimings`].
+struct Laps<C> {
+    now: C,
+    last: Duration,
+    timings: ProofTimings,
+}
+
+impl<C: FnMut() -> Duration> Laps<C> {
+    fn start(mut now: C) -> Self {
+        let last = now();
+        Self {
+            now,
+            last,
+            timings: ProofTimings::default(),
+        }
+    }
+
+    /// Adds the time since the previous lap to the phase `phase` picks.
+    fn lap(&mut self, phase: impl FnOnce(&mut ProofTimings) -> &mut Duration) {
+        let now = (self.now)();
+        *phase(&mut self.timings) += now.saturating_sub(self.last);
+        self.last = now;
+    }
+}
+
+/// Derives, multiplies block by block with `product` and commits, timing each phase by
+/// `now`. The outer error is the challenge's (invalid parameters), the inner one the
+/// product's.
 fn prove_inner<E>(
     challenge: &Challenge,
+    now: impl FnMut() -> Duration,
     mut skip: impl FnMut(u32) -> bool,
     mut product: impl FnMut(&[i8], &[i8], usize, &mut [i32]) -> Result<(), E>,
-) -> Result<Result<Proved, E>, ProofError> {
+) -> Result<Result<(Proved, ProofTimings), E>, ProofError> {
     let params = challenge.params;
     params.validate()?;
+    let mut laps = Laps::start(now);
     let inner = params.inner as usize;
     let streams = Streams::new(&challenge.seed);
     let b = streams.b_i8(inner);
@@ -176,12 +259,14 @@ fn prove_inner<E>(
                 *d = byte as i8;
             }
         }
+        laps.lap(|t| &mut t.derive);
         let n = block.len();
         if n > 0
             && let Err(e) = product(&a_block[..n * inner], &b, n, &mut c_block[..n * inner])
         {
             return Ok(Err(e));
         }
+        laps.lap(|t| &mut t.product);
         let mut computed = block.iter().zip(c_block.chunks_exact(inner));
         let mut next = computed.next();
         for row in start..end {
@@ -193,13 +278,17 @@ fn prove_inner<E>(
                 _ => leaves.push(merkle::leaf(row, &zero_row, &mut leaf_buf)),
             }
         }
+        laps.lap(|t| &mut t.hash_rows);
         start = end;
     }
-    Ok(Ok(Proved {
+    let tree = Tree::new(leaves);
+    laps.lap(|t| &mut t.tree);
+    let proved = Proved {
         challenge: *challenge,
-        tree: Tree::new(leaves),
+        tree,
         skipped,
-    }))
+    };
+    Ok(Ok((proved, laps.timings)))
 }
 
 impl Proved {

@@ -602,3 +602,77 @@ proptest! {
         }
     }
 }
+
+/// A clock that moves only when told: `tick` readings apart, plus what `product` adds.
+struct FakeClock(std::cell::Cell<std::time::Duration>);
+
+impl FakeClock {
+    fn read(&self, tick: std::time::Duration) -> std::time::Duration {
+        self.0.set(self.0.get() + tick);
+        self.0.get()
+    }
+}
+
+#[test]
+fn timed_proofs_commit_what_untimed_ones_do_and_time_each_phase_per_block() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    // 600 rows: blocks of 256, 256 and 88, so each per-block phase is timed three times.
+    let params = ProofParams {
+        rows: 600,
+        inner: 64,
+        spot_rows: 16,
+    };
+    let ch = challenge(14, params);
+    let root = prove(&ch).unwrap().root();
+
+    // Every reading advances the clock 1 ms: the phases count the laps they were given.
+    let clock = FakeClock(Default::default());
+    let (proved, timings) = prove_timed(&ch, || clock.read(ms(1))).unwrap();
+    assert_eq!(proved.root(), root);
+    let laps = ProofTimings {
+        derive: ms(3),
+        product: ms(3),
+        hash_rows: ms(3),
+        tree: ms(1),
+    };
+    assert_eq!(timings, laps);
+    assert_eq!(timings.total(), ms(10));
+
+    // A product that takes 100 ms a block is charged to the product phase alone.
+    let clock = FakeClock(Default::default());
+    let (proved, timings) = prove_with_timed(
+        &ch,
+        || clock.read(ms(1)),
+        |a, b, rows, c| {
+            clock.read(ms(100));
+            naive_block(a, b, rows, c)
+        },
+    )
+    .unwrap();
+    assert_eq!(proved.root(), root);
+    assert_eq!(
+        timings,
+        ProofTimings {
+            product: ms(303),
+            ..laps
+        }
+    );
+
+    // Bad parameters and a failed product give the untimed variants' errors.
+    let bad = challenge(
+        14,
+        ProofParams {
+            inner: 10,
+            ..params
+        },
+    );
+    assert_eq!(
+        prove_timed(&bad, || ms(0)).unwrap_err(),
+        ProofError::Inner(10)
+    );
+    assert_eq!(
+        prove_with_timed(&ch, || ms(0), |_, _, _, _| Err("device lost".into())).unwrap_err(),
+        ProveWithError::Product("device lost".into())
+    );
+}

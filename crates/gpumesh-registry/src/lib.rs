@@ -71,6 +71,15 @@ pub struct Params {
     /// stored.
     #[serde(skip)]
     pub delivery_window_ms: u64,
+    /// On a checked network: the models a real (unsimulated) GPU may be, those the
+    /// genesis gives a reference proof rate (no other can be proven). Derived from the
+    /// checking parameters when the indexer starts, never stored.
+    #[serde(skip)]
+    pub provable_models: Vec<GpuModel>,
+    /// Checkers may be sent to private addresses (the genesis's `private_endpoints`), so
+    /// challenge URLs may name them. Derived when the indexer starts, never stored.
+    #[serde(skip)]
+    pub private_endpoints: bool,
 }
 
 fn default_max_unfunded_matches() -> u32 {
@@ -108,6 +117,8 @@ impl Params {
             end_grace_ms: 2 * 60_000,
             max_unfunded_matches: 16,
             delivery_window_ms: 0,
+            provable_models: Vec::new(),
+            private_endpoints: false,
         }
     }
 
@@ -194,11 +205,34 @@ pub enum Capacity {
         at_ms: u64,
         host_ms: u64,
     },
+    /// Failed once for a reason that is no evidence of a false proof (a missed deadline,
+    /// a failed opening): proven again the next period, and not offered meanwhile.
+    Retry {
+        at_ms: u64,
+        reason: gpumesh_types::FailReason,
+    },
     /// Final: a machine that failed keeps failing; new hardware registers anew.
     Rejected {
         at_ms: u64,
         reason: gpumesh_types::FailReason,
     },
+}
+
+/// What a capacity verdict did to a container ([`Registry::capacity_verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapacityDecision {
+    Passed,
+    /// No proof was made: the host counts as down, and is asked again next period.
+    Down(gpumesh_types::FailReason),
+    /// Failed once without evidence: asked again next period.
+    Retry(gpumesh_types::FailReason),
+    /// Rejected now, for good: the caller slashes by the reason's class.
+    Rejected {
+        model: GpuModel,
+        reason: gpumesh_types::FailReason,
+    },
+    /// Already rejected.
+    Unchanged,
 }
 
 impl Capacity {
@@ -689,11 +723,38 @@ impl Registry {
         request: RegisterHost,
         now_ms: u64,
     ) -> Result<HostRegistered, RegistryError> {
-        let gpus = validate::host(&request, self.params.local)?;
+        let gpus = validate::host(
+            &request,
+            self.params.local,
+            self.params.local || self.params.private_endpoints,
+        )?;
         if self.params.checked && request.challenge_url.is_none() {
             return Err(RegistryError::invalid(
                 ErrorCode::InvalidRequest,
                 "this network checks its hosts: give the agent's challenge URL (challenge_url)",
+            ));
+        }
+        if self.params.checked
+            && let Some(gpu) = gpus
+                .iter()
+                .find(|g| !g.simulated && !self.params.provable_models.contains(&g.model))
+        {
+            return Err(RegistryError::invalid(
+                ErrorCode::NoProofRate,
+                format!(
+                    "this network's genesis has no reference proof rate for {}, so checkers cannot prove its capacity; models it can prove: {}",
+                    gpu.model,
+                    if self.params.provable_models.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.params
+                            .provable_models
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
             ));
         }
         let record = HostRecord {
@@ -1213,7 +1274,7 @@ impl Registry {
                         at_ms + capacity_every_ms <= now_ms
                             && !leased.contains(&(r.address, i as u16))
                     }
-                    Some(Capacity::Pending) | None => true,
+                    Some(Capacity::Pending | Capacity::Retry { .. }) | None => true,
                 };
                 out.push(gpumesh_checking::Target {
                     container: gpumesh_types::ContainerRef {
@@ -1231,17 +1292,19 @@ impl Registry {
         out
     }
 
-    /// A quorum's capacity verdict on a container. Returns the GPU's model when it was
-    /// rejected now (the caller slashes), `None` otherwise.
+    /// A quorum's capacity verdict on a container, judged by what its failure is
+    /// evidence of (docs/checking.md, "Failed proofs and what they cost"): a proof that
+    /// was never made leaves the capacity as it was (the caller takes the host as down);
+    /// a missed deadline or a failed opening gets a second proof; a second such failure,
+    /// or a wrong row or path at once, rejects it for good.
     pub fn capacity_verdict(
         &mut self,
         c: gpumesh_types::ContainerRef,
-        passed: bool,
-        reason: Option<gpumesh_types::FailReason>,
-        host_ms: Option<u64>,
+        verdict: Result<u64, gpumesh_types::FailReason>,
         expected_ms: u64,
         now_ms: u64,
-    ) -> Result<Option<GpuModel>, RegistryError> {
+    ) -> Result<CapacityDecision, RegistryError> {
+        use gpumesh_types::FailureClass;
         let h = self
             .host_by_address(&c.host)
             .ok_or(RegistryError::UnknownHost(c.host))?;
@@ -1257,28 +1320,46 @@ impl Registry {
         host.record
             .capacity
             .resize(host.record.gpus.len(), Capacity::Pending);
-        let rejected = if matches!(host.record.capacity[i], Capacity::Rejected { .. }) {
+        let state = &mut host.record.capacity[i];
+        let decision = match (&*state, verdict) {
             // A rejection stands.
-            None
-        } else if passed {
-            let host_ms = host_ms.unwrap_or(0);
-            host.record.capacity[i] = Capacity::Passed {
-                at_ms: now_ms,
-                host_ms,
-            };
-            host.record.proof_ok = Some(host_ms <= expected_ms);
-            None
-        } else {
-            let reason = reason.unwrap_or(gpumesh_types::FailReason::BadOpening);
-            host.record.capacity[i] = Capacity::Rejected {
-                at_ms: now_ms,
-                reason,
-            };
-            Some(model)
+            (Capacity::Rejected { .. }, _) => CapacityDecision::Unchanged,
+            (_, Ok(host_ms)) => {
+                *state = Capacity::Passed {
+                    at_ms: now_ms,
+                    host_ms,
+                };
+                host.record.proof_ok = Some(host_ms <= expected_ms);
+                CapacityDecision::Passed
+            }
+            (_, Err(reason)) if reason.class() == FailureClass::Down => {
+                CapacityDecision::Down(reason)
+            }
+            (Capacity::Retry { .. }, Err(reason)) => {
+                *state = Capacity::Rejected {
+                    at_ms: now_ms,
+                    reason,
+                };
+                CapacityDecision::Rejected { model, reason }
+            }
+            (_, Err(reason)) if reason.class() == FailureClass::Malicious => {
+                *state = Capacity::Rejected {
+                    at_ms: now_ms,
+                    reason,
+                };
+                CapacityDecision::Rejected { model, reason }
+            }
+            (_, Err(reason)) => {
+                *state = Capacity::Retry {
+                    at_ms: now_ms,
+                    reason,
+                };
+                CapacityDecision::Retry(reason)
+            }
         };
         self.dirty.push(Dirty::Host(c.host));
         self.sync_enabled(h);
-        Ok(rejected)
+        Ok(decision)
     }
 
     /// A quorum's liveness verdict on a host (down when any of its containers was found

@@ -93,8 +93,13 @@ fn assigned(country: gpumesh_types::Country) -> Result<(), RegistryError> {
     ))
 }
 
-/// Checks a registration and expands its offers into one record per GPU.
-pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>, RegistryError> {
+/// Checks a registration and expands its offers into one record per GPU. `private`: the
+/// challenge URL may name a private address (a local network, or a genesis that allows it).
+pub(crate) fn host(
+    request: &RegisterHost,
+    local: bool,
+    private: bool,
+) -> Result<Vec<GpuRecord>, RegistryError> {
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(invalid(
@@ -111,7 +116,7 @@ pub(crate) fn host(request: &RegisterHost, local: bool) -> Result<Vec<GpuRecord>
     price("price per GPU-hour", request.price_per_gpu_hour)?;
     images(&request.images)?;
     if let Some(url) = &request.challenge_url {
-        challenge_url(url, local)?;
+        challenge_url(url, private)?;
     }
     if request.runtime == RuntimeKind::Process && !local {
         return Err(invalid(

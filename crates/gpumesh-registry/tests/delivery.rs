@@ -56,6 +56,7 @@ fn network(local: bool) -> Registry {
         checked: true,
         local,
         delivery_window_ms: WINDOW,
+        provable_models: vec![GpuModel::H100],
         ..Params::local()
     });
     r.register_host(
@@ -69,7 +70,7 @@ fn network(local: bool) -> Registry {
             host: host(),
             index,
         };
-        r.capacity_verdict(c, true, None, Some(10), 100, 0).unwrap();
+        r.capacity_verdict(c, Ok(10), 100, 0).unwrap();
     }
     r
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use gpumesh_registry::{Dirty, Effect, Params, Registry, RegistryError};
+use gpumesh_registry::{CapacityDecision, Dirty, Effect, Params, Registry, RegistryError};
 use gpumesh_types::{
     Address, Amount, CloseReason, ErrorCode, GeoPoint, GpuModel, GpuOffer, Heartbeat, JobRequest,
     LeaseId, LeaseState, Location, RegisterHost, RuntimeKind, TxKind,
@@ -568,6 +568,7 @@ fn containers_serve_only_once_staked() {
 fn checked_network() -> Registry {
     let mut r = Registry::new(Params {
         checked: true,
+        provable_models: vec![GpuModel::H100],
         ..test_params()
     });
     let mut request = host_request("frankfurt", 50.11, 8.68, GpuModel::H100, 2, "2.5");
@@ -600,20 +601,35 @@ fn containers_serve_once_their_proof_passes_and_a_rejection_stands() {
     assert!(r.check_targets(60_000, 10).iter().all(|t| t.capacity_due));
 
     assert_eq!(
-        r.capacity_verdict(c(1, 0), true, None, Some(50), 100, 20),
-        Ok(None)
+        r.capacity_verdict(c(1, 0), Ok(50), 100, 20),
+        Ok(CapacityDecision::Passed)
+    );
+    // A proof never made leaves the container as it was: the host counts as down.
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), Err(FailReason::Unreachable), 100, 20),
+        Ok(CapacityDecision::Down(FailReason::Unreachable))
     );
     assert_eq!(
-        r.capacity_verdict(
-            c(1, 1),
-            false,
-            Some(FailReason::DeadlineMissed),
-            None,
-            100,
-            20
-        ),
-        Ok(Some(GpuModel::H100)),
-        "a first rejection asks for a slash"
+        r.capacity_verdict(c(1, 1), Err(FailReason::Refused), 100, 20),
+        Ok(CapacityDecision::Down(FailReason::Refused))
+    );
+    // A missed deadline gets a second proof, still checking; a second failure rejects.
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), Err(FailReason::DeadlineMissed), 100, 20),
+        Ok(CapacityDecision::Retry(FailReason::DeadlineMissed))
+    );
+    assert_eq!(
+        states(&r),
+        vec![ContainerState::Standby, ContainerState::Checking]
+    );
+    assert!(r.check_targets(60_000, 25)[1].capacity_due);
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), Err(FailReason::BadOpening), 100, 30),
+        Ok(CapacityDecision::Rejected {
+            model: GpuModel::H100,
+            reason: FailReason::BadOpening
+        }),
+        "a second failure rejects and asks for a slash"
     );
     assert_eq!(
         states(&r),
@@ -621,12 +637,12 @@ fn containers_serve_once_their_proof_passes_and_a_rejection_stands() {
     );
     // A later pass does not bring a rejected GPU back, nor does a second rejection slash again.
     assert_eq!(
-        r.capacity_verdict(c(1, 1), true, None, Some(50), 100, 30),
-        Ok(None)
+        r.capacity_verdict(c(1, 1), Ok(50), 100, 30),
+        Ok(CapacityDecision::Unchanged)
     );
     assert_eq!(
-        r.capacity_verdict(c(1, 1), false, Some(FailReason::WrongRow), None, 100, 30),
-        Ok(None)
+        r.capacity_verdict(c(1, 1), Err(FailReason::WrongRow), 100, 30),
+        Ok(CapacityDecision::Unchanged)
     );
     assert_eq!(
         states(&r),
@@ -649,13 +665,37 @@ fn containers_serve_once_their_proof_passes_and_a_rejection_stands() {
 }
 
 #[test]
+fn a_wrong_row_rejects_at_once_and_an_unprovable_model_is_not_registered() {
+    use gpumesh_types::FailReason;
+    let mut r = checked_network();
+    assert_eq!(
+        r.capacity_verdict(c(1, 0), Err(FailReason::BadPath), 100, 20),
+        Ok(CapacityDecision::Rejected {
+            model: GpuModel::H100,
+            reason: FailReason::BadPath
+        })
+    );
+    // A passed container that fails a later proof once is suspended, not rejected.
+    r.capacity_verdict(c(1, 1), Ok(50), 100, 20).unwrap();
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), Err(FailReason::DeadlineMissed), 100, 90_000),
+        Ok(CapacityDecision::Retry(FailReason::DeadlineMissed))
+    );
+    let mut request = host_request("tokyo", 35.6, 139.7, GpuModel::Rtx4090, 1, "0.5");
+    request.challenge_url = Some("http://127.0.0.1:7702".into());
+    request.gpus[0].simulated = false;
+    let refused = r.register_host(addr(2), request, 100).unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::NoProofRate);
+    assert!(refused.to_string().contains("RTX4090"), "{refused}");
+    assert!(refused.to_string().contains("H100"), "{refused}");
+}
+
+#[test]
 fn only_a_quorum_brings_back_a_host_it_found_down() {
     use gpumesh_types::ContainerState;
     let mut r = checked_network();
-    r.capacity_verdict(c(1, 0), true, None, Some(50), 100, 20)
-        .unwrap();
-    r.capacity_verdict(c(1, 1), true, None, Some(50), 100, 20)
-        .unwrap();
+    r.capacity_verdict(c(1, 0), Ok(50), 100, 20).unwrap();
+    r.capacity_verdict(c(1, 1), Ok(50), 100, 20).unwrap();
     let id = r
         .submit_job(addr(9), job(GpuModel::H100, 1, "3"), 30)
         .unwrap()

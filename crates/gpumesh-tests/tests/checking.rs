@@ -385,20 +385,37 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
         })
         .unwrap()
     };
+    // A challenge the sizing rule would never ask (a shape that is invalid, or not the
+    // rule's for the GPU) is refused with the host's signature: a checker reports it as
+    // the host's own refusal, never as a wrong proof.
+    for (rows, inner, why) in [
+        (8, 17, "size is invalid"),
+        (4_000_000, 1024, "the network's rule asks GPU 0"),
+    ] {
+        let response = http
+            .post(format!("{endpoint}/proof/commit"))
+            .json(&commit(&idle, &idle, 0, rows, inner, 60_000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 422);
+        let refusal: gpumesh_types::ProofRefusal = response.json().await.unwrap();
+        assert!(refusal.reason.contains(why), "{}", refusal.reason);
+        let message = gpumesh_types::proof_refusal_message(
+            chain_id,
+            refusal.index,
+            &refusal.seed,
+            &refusal.reason,
+        );
+        assert_eq!(
+            refusal.signature.0.recover_address_from_msg(message).unwrap(),
+            mine.container.host
+        );
+    }
     let bad = [
         (
             "proof/commit",
-            commit(&idle, &idle, 0, 8, 17, 60_000),
-            (400, ErrorCode::InvalidRequest),
-        ),
-        (
-            "proof/commit",
             commit(&idle, &idle, 999, 8, 16, 60_000),
-            (400, ErrorCode::InvalidRequest),
-        ),
-        (
-            "proof/commit",
-            commit(&idle, &idle, 0, 4_000_000, 1024, 60_000),
             (400, ErrorCode::InvalidRequest),
         ),
         (

@@ -559,6 +559,10 @@ pub struct NetworkInfo {
     pub staking_coefficient: Amount,
     pub epoch_ms: u64,
     pub next_epoch: u64,
+    /// Checkers may be sent to private and loopback addresses (a local network, or a
+    /// genesis for one organisation's private network).
+    #[serde(default)]
+    pub private_endpoints: bool,
 }
 
 /// A container (one GPU on one host) as listed by `GET /v1/containers`.
@@ -675,6 +679,9 @@ pub enum ErrorCode {
     InvalidTransaction,
     NotLocalNetwork,
     SimulatedNotAllowed,
+    /// A real GPU of a model this network's genesis gives no reference proof rate:
+    /// checkers could not prove its capacity.
+    NoProofRate,
     /// A public network runs workloads only in containers, never as host processes.
     ProcessRuntimeNotAllowed,
     /// The signer sent more requests of this kind than its rate allows; retry later.

@@ -56,19 +56,15 @@ pub struct CheckingParams {
     pub proof_window_ms: u64,
     /// How often a verified container proves its capacity again.
     pub capacity_every_ms: u64,
-    /// The shape of a capacity proof: its inner dimension, spot rows and fewest rows. The
-    /// rows of each proof are sized to the claimed throughput ([`CheckingParams::proof_for`]).
-    pub proof: ProofParams,
-    /// How long a proof should take at the claimed throughput, so that the work, not the
-    /// network, dominates the time measured.
-    pub proof_target_ms: u64,
-    /// The proof's deadline: the time the claimed throughput needs, times this percentage,
-    /// plus `proof_grace_ms` for the network.
-    pub proof_slack_pct: u32,
-    pub proof_grace_ms: u64,
-    /// Simulated GPUs (local networks only) compute at this many multiply-accumulates a
-    /// second per claimed FP16 TFLOP/s; real GPUs are held to 10^12 per TFLOP/s.
-    pub simulated_macs_per_tflop: u64,
+    /// How capacity proofs are sized and timed: the rule the indexer, the checkers and
+    /// the agents share.
+    #[serde(flatten)]
+    pub sizing: ProofSizing,
+    /// Checkers may be sent to private and loopback addresses: a network inside one
+    /// organisation's private network, or a test on one machine. A local network always
+    /// may; a public one only when its genesis says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private_endpoints: bool,
     /// A checker with this many results against the majority (or a canary) within
     /// `ban_window_ms` is banned from tasks and rewards for `ban_ms`.
     pub ban_minority: u32,
@@ -78,9 +74,93 @@ pub struct CheckingParams {
     pub canary_per_mille: u16,
 }
 
-/// Multiply-accumulates a second a real GPU is held to per claimed FP16 TFLOP/s: an INT8
-/// tensor core does twice the FP16 operations, and a multiply-accumulate is two.
-pub const REAL_MACS_PER_TFLOP: u64 = 1_000_000_000_000;
+/// A GPU model's reference proof rate: multiply-accumulates a second over a whole proof
+/// (deriving A and B, the product, hashing the rows of C and building their tree), as
+/// `gpumesh bench proof` measures it on reference hardware of the model
+/// (docs/capacity-proof.md, "Reference proof rates").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProofRate {
+    pub model: GpuModel,
+    pub macs_per_s: u64,
+    /// Who measured it, on which card, driver and date: what a reviewer re-runs.
+    pub measured: String,
+}
+
+/// The protocol's one rule for sizing and timing capacity proofs (part of the genesis,
+/// served at `GET /v1/checking/sizing`). The indexer sizes each task with it, checkers
+/// time the commitment against its deadline, and an agent refuses only a challenge this
+/// rule would never ask of its GPU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProofSizing {
+    /// The shape of a capacity proof: its inner dimension, spot rows and fewest rows. The
+    /// rows of each proof are sized to the GPU's rate ([`ProofSizing::proof_for`]).
+    pub proof: ProofParams,
+    /// How long a proof should take at the GPU's rate, so that the work, not the
+    /// network, dominates the time measured.
+    pub proof_target_ms: u64,
+    /// The proof's deadline: the time the rate needs, times this percentage, plus
+    /// `proof_grace_ms` for the network.
+    pub proof_slack_pct: u32,
+    pub proof_grace_ms: u64,
+    /// Simulated GPUs (local networks only) compute at this many multiply-accumulates a
+    /// second per claimed FP16 TFLOP/s.
+    pub simulated_macs_per_tflop: u64,
+    /// The catalog's reference proof rates: a real GPU is held to its model's; a model
+    /// without one cannot be checked, so a checked network does not register it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proof_rates: Vec<ProofRate>,
+}
+
+/// One capacity proof as the rule sizes it for a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizedProof {
+    pub params: ProofParams,
+    /// The proof's time at the rate the GPU is held to.
+    pub expected_ms: u64,
+    /// How long the host has from the challenge to its commitment.
+    pub deadline_ms: u64,
+}
+
+impl ProofSizing {
+    /// The rate a GPU of this model is held to: a simulated one's declared speed, a real
+    /// one's reference rate; `None` when this network cannot check it.
+    pub fn rate(&self, model: GpuModel, simulated: bool) -> Option<u64> {
+        if simulated {
+            let per_tflop = self.simulated_macs_per_tflop;
+            (per_tflop > 0).then(|| (model.spec().tflops_fp16 as u64).saturating_mul(per_tflop))
+        } else {
+            self.proof_rates
+                .iter()
+                .find(|r| r.model == model)
+                .map(|r| r.macs_per_s)
+        }
+    }
+
+    /// The proof a GPU of this model is given: `proof`'s shape with as many rows as its
+    /// rate computes in `proof_target_ms` (at least `proof.rows`, at most the protocol's
+    /// limit), and its deadline. `None` when the network has no rate for it.
+    pub fn proof_for(&self, model: GpuModel, simulated: bool) -> Option<SizedProof> {
+        let rate = self.rate(model, simulated)?;
+        let per_row = u128::from(self.proof.inner) * u128::from(self.proof.inner);
+        let macs = u128::from(rate) * u128::from(self.proof_target_ms) / 1000;
+        let rows = (macs / per_row.max(1)).clamp(
+            u128::from(self.proof.rows),
+            u128::from(ProofParams::MAX_ROWS),
+        ) as u32;
+        let params = ProofParams { rows, ..self.proof };
+        Some(SizedProof {
+            params,
+            expected_ms: gpumesh_proof::expected_ms(&params, rate),
+            deadline_ms: gpumesh_proof::deadline_ms(
+                &params,
+                rate,
+                self.proof_slack_pct,
+                self.proof_grace_ms,
+            ),
+        })
+    }
+}
 
 impl CheckingParams {
     /// The public network's defaults: 2N+1 = 3, one-minute periods, a daily capacity
@@ -94,11 +174,15 @@ impl CheckingParams {
             report_grace_ms: 15_000,
             proof_window_ms: 45_000,
             capacity_every_ms: 24 * 3_600_000,
-            proof: ProofParams::NETWORK,
-            proof_target_ms: 2_000,
-            proof_slack_pct: 150,
-            proof_grace_ms: 2_000,
-            simulated_macs_per_tflop: 0,
+            sizing: ProofSizing {
+                proof: ProofParams::NETWORK,
+                proof_target_ms: 2_000,
+                proof_slack_pct: 150,
+                proof_grace_ms: 2_000,
+                simulated_macs_per_tflop: 0,
+                proof_rates: Vec::new(),
+            },
+            private_endpoints: false,
             ban_minority: 2,
             ban_window_ms: 7 * 24 * 3_600_000,
             ban_ms: 30 * 24 * 3_600_000,
@@ -117,51 +201,62 @@ impl CheckingParams {
             report_grace_ms: 1_000,
             proof_window_ms: 8_000,
             capacity_every_ms: 60_000,
-            // As few rows as spot rows: a slow model's proof stays short.
-            proof: ProofParams {
-                rows: ProofParams::LOCAL.spot_rows as u32,
-                ..ProofParams::LOCAL
+            sizing: ProofSizing {
+                // As few rows as spot rows: a slow model's proof stays short.
+                proof: ProofParams {
+                    rows: ProofParams::LOCAL.spot_rows as u32,
+                    ..ProofParams::LOCAL
+                },
+                proof_target_ms: 300,
+                proof_slack_pct: 300,
+                proof_grace_ms: 400,
+                simulated_macs_per_tflop: 100_000,
+                proof_rates: Vec::new(),
             },
-            proof_target_ms: 300,
-            proof_slack_pct: 300,
-            proof_grace_ms: 400,
-            simulated_macs_per_tflop: 100_000,
             canary_per_mille: 1_000,
             ..CheckingParams::network(checkers)
         }
     }
 
-    /// The rate a capacity proof holds a GPU of this model to.
-    pub fn claimed_macs_per_s(&self, model: GpuModel, simulated: bool) -> u64 {
-        let per_tflop = if simulated {
-            self.simulated_macs_per_tflop
-        } else {
-            REAL_MACS_PER_TFLOP
-        };
-        (model.spec().tflops_fp16 as u64).saturating_mul(per_tflop)
+    /// A public network's rules for CPU reference devices on one machine (tests, and
+    /// trying the unsimulated path without a GPU): real proofs of about half a second
+    /// at `macs_per_s`, the catalog's only rate, on a fast clock (three-second periods,
+    /// each of the 2N+1 = 3 proofs in a one-second slot), and private endpoints.
+    pub fn cpu_reference(
+        checkers: Vec<Address>,
+        macs_per_s: u64,
+        measured: impl Into<String>,
+    ) -> CheckingParams {
+        CheckingParams {
+            period_ms: 3_000,
+            takeover_ms: 1_800,
+            report_grace_ms: 1_000,
+            proof_window_ms: 3_000,
+            capacity_every_ms: 60_000,
+            sizing: ProofSizing {
+                proof: ProofParams {
+                    rows: 64,
+                    inner: 1024,
+                    spot_rows: 64,
+                },
+                proof_target_ms: 500,
+                proof_slack_pct: 150,
+                proof_grace_ms: 150,
+                simulated_macs_per_tflop: 0,
+                proof_rates: vec![ProofRate {
+                    model: GpuModel::CpuReference,
+                    macs_per_s,
+                    measured: measured.into(),
+                }],
+            },
+            private_endpoints: true,
+            ..CheckingParams::network(checkers)
+        }
     }
 
-    /// The proof a GPU of this model is given: `proof`'s shape with as many rows as the
-    /// claimed throughput computes in `proof_target_ms` (at least `proof.rows`, at most
-    /// the protocol's limit).
-    pub fn proof_for(&self, model: GpuModel, simulated: bool) -> ProofParams {
-        let per_row = self.proof.inner as u128 * self.proof.inner as u128;
-        let macs =
-            self.claimed_macs_per_s(model, simulated) as u128 * self.proof_target_ms as u128 / 1000;
-        let rows = (macs / per_row.max(1))
-            .clamp(self.proof.rows as u128, ProofParams::MAX_ROWS as u128)
-            as u32;
-        ProofParams { rows, ..self.proof }
-    }
-
-    /// How long a host has, from the challenge to its commitment.
-    pub fn proof_deadline_ms(&self, model: GpuModel, simulated: bool) -> u64 {
-        gpumesh_proof::deadline_ms(
-            &self.proof_for(model, simulated),
-            self.claimed_macs_per_s(model, simulated),
-            self.proof_slack_pct,
-            self.proof_grace_ms,
-        )
+    /// The proof a GPU of this model is given ([`ProofSizing::proof_for`]).
+    pub fn proof_for(&self, model: GpuModel, simulated: bool) -> Option<SizedProof> {
+        self.sizing.proof_for(model, simulated)
     }
 
     pub fn quorum(&self) -> usize {
@@ -271,6 +366,10 @@ pub enum FailReason {
     Unreachable,
     /// The liveness answer was not signed by the container's host.
     BadSignature,
+    /// The agent refused the proof, with a refusal signed by the host (a challenge the
+    /// sizing rule would not ask of its GPU, a GPU it does not have, or its prover
+    /// failing): the host's own word that it did not prove, no evidence of a false one.
+    Refused,
     /// The commitment came after the deadline the claimed throughput sets.
     DeadlineMissed,
     /// An opened row does not equal the product of the seeded matrices.
@@ -289,6 +388,7 @@ impl FailReason {
         match self {
             FailReason::Unreachable => "the host agent did not answer",
             FailReason::BadSignature => "the liveness answer was not signed by the host",
+            FailReason::Refused => "capacity proof: the agent refused it, signed",
             FailReason::DeadlineMissed => {
                 "capacity proof: the commitment missed the deadline the claimed throughput sets"
             }
@@ -312,6 +412,37 @@ impl FailReason {
             FailReason::Unreachable | FailReason::BadSignature | FailReason::NotDelivered
         )
     }
+
+    /// What a capacity proof failing for this reason is evidence of.
+    pub fn class(self) -> FailureClass {
+        match self {
+            FailReason::Unreachable
+            | FailReason::BadSignature
+            | FailReason::Refused
+            | FailReason::NotDelivered => FailureClass::Down,
+            FailReason::DeadlineMissed | FailReason::BadOpening => FailureClass::Underperforming,
+            FailReason::WrongRow | FailReason::BadPath => FailureClass::Malicious,
+        }
+    }
+}
+
+/// What a failed capacity proof is evidence of, and so what it costs (docs/checking.md,
+/// "Failed proofs and what they cost").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// No proof was made: the agent could not be reached, went away mid-proof, or
+    /// refused. A liveness failure: the host is down by the downtime rules, and the
+    /// proof is asked again the next period.
+    Down,
+    /// A proof was started but not delivered in time or in full: the GPU does less than
+    /// its model's reference rate. A second proof decides; a second failure rejects the
+    /// container and slashes it for underperformance.
+    Underperforming,
+    /// An opened row that is not the product, or a path that does not reach the
+    /// committed root: cryptographic evidence of a false commitment. Rejected and
+    /// slashed as malicious at once.
+    Malicious,
 }
 
 /// What a checker found.
@@ -489,6 +620,28 @@ pub fn proof_challenge_message(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProofCommitment {
     pub root: B256,
+}
+
+/// The body of an agent's refusal of `POST {endpoint}/proof/commit` (HTTP 422): why,
+/// signed with the host's key over [`proof_refusal_message`] for the challenge's seed, so
+/// a checker can report it as the host's own refusal rather than as an unreachable agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProofRefusal {
+    pub index: u16,
+    pub seed: B256,
+    pub reason: String,
+    pub signature: crate::Sig,
+}
+
+/// What an agent signs to refuse a capacity proof.
+pub fn proof_refusal_message(chain_id: u64, index: u16, seed: &B256, reason: &str) -> Vec<u8> {
+    let mut m = b"gpumesh-proof-refusal-v1".to_vec();
+    m.extend_from_slice(&chain_id.to_be_bytes());
+    m.extend_from_slice(&index.to_be_bytes());
+    m.extend_from_slice(seed.as_slice());
+    m.extend_from_slice(reason.as_bytes());
+    m
 }
 
 /// `POST {endpoint}/proof/open`: the rows the checker picked after the commitment.

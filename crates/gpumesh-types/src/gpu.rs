@@ -84,6 +84,11 @@ catalog! {
     Rtx4080 => "RTX4080", Consumer, 16_376, 20, 195, ["4080"];
     Rtx3090 => "RTX3090", Consumer, 24_576, 18, 142, ["3090"];
     Rtx3080 => "RTX3080", Consumer, 10_240, 12, 119, ["3080"];
+    // Not a GPU: a machine's CPU running the real (unsimulated) proof path, so that a
+    // network's full checking can be exercised on machines without one. NVML never
+    // reports it; a host offers it only with `--device cpu-reference`, and only a
+    // genesis that lists its reference proof rate registers it.
+    CpuReference => "cpu-reference", Consumer, 1_024, 1, 1, [];
 }
 
 impl GpuModel {

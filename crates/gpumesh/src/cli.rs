@@ -122,6 +122,10 @@ pub enum BenchCommand {
     /// (host registrations, heartbeats on schedule, jobs and cancels, transfers); then a
     /// restart on the same data and reward proofs.
     Load(LoadBenchArgs),
+    /// A device's whole capacity-proof rate: proofs timed end to end (deriving A and B,
+    /// the INT8 product, hashing C's rows, the Merkle tree), with each phase's share; the
+    /// figure a GPU model's reference proof rate is taken from (docs/capacity-proof.md).
+    Proof(ProofBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +182,41 @@ impl LoadBenchArgs {
         }
         out
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ProofBenchArgs {
+    /// What computes the product: this crate's CPU kernel, or an NVIDIA GPU through CUDA
+    /// (the driver and NVRTC loaded at run time). Deriving, hashing and the tree run on
+    /// one CPU core either way, as in the host agent.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: ProofDevice,
+    /// The CUDA device ordinal, with --device cuda.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+    /// Rows of A and of C.
+    #[arg(long, default_value_t = gpumesh_proof::ProofParams::BENCH.rows)]
+    pub rows: u32,
+    /// The inner dimension: A is rows × inner, B inner × inner.
+    #[arg(long, default_value_t = gpumesh_proof::ProofParams::BENCH.inner)]
+    pub inner: u32,
+    /// Rows opened and checked (Freivalds) on the warm-up proof, which checks the
+    /// device's product before its speed is reported.
+    #[arg(long, default_value_t = gpumesh_proof::ProofParams::BENCH.spot_rows)]
+    pub spot_rows: u16,
+    /// Proofs to time, one after another (after one untimed warm-up).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `gpumesh bench proof` multiplies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProofDevice {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +479,13 @@ pub struct GenesisNewArgs {
     pub checkers: Vec<String>,
 }
 
+/// Where a host's real GPUs and their prover come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Nvml,
+    CpuReference,
+}
+
 #[derive(Debug, Args)]
 pub struct HostArgs {
     #[command(flatten)]
@@ -458,8 +504,18 @@ pub struct HostArgs {
     pub price: String,
     /// Declare simulated GPUs (MODEL:COUNT) instead of discovering real ones; only a
     /// local network accepts them. Repeat for several models.
-    #[arg(long = "simulate-gpu", value_name = "MODEL:COUNT")]
+    #[arg(
+        long = "simulate-gpu",
+        value_name = "MODEL:COUNT",
+        conflicts_with = "device"
+    )]
     pub simulate_gpu: Vec<String>,
+    /// Where the real GPUs come from: nvml (NVIDIA GPUs, proven through CUDA; a host
+    /// whose CUDA cannot load does not start), or cpu-reference (this machine's CPU as
+    /// one device of the catalog's cpu-reference model, for networks whose genesis lists
+    /// it, such as tests; never a real GPU).
+    #[arg(long, value_enum, default_value = "nvml")]
+    pub device: DeviceArg,
     #[arg(long, value_enum, default_value = "auto")]
     pub runtime: RuntimeArg,
     /// Allow the process runtime (local development networks only).

@@ -459,68 +459,63 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         country: args.country.parse()?,
     };
     let price = Amount::parse_tokens(&args.price).context("--price")?;
-    let (gpus, gpu_uuids) = if args.simulate_gpu.is_empty() {
-        let found = discovery::discover_nvml().map_err(|reason| {
-            anyhow::anyhow!(
-                "{reason}; on a local network, declare GPUs with --simulate-gpu MODEL:COUNT"
-            )
-        })?;
-        let (offers, unknown) = discovery::offers_from(&found);
-        for gpu in unknown {
-            eprintln!(
-                "warning: GPU {} ({}) is not in the catalog; it is not offered",
-                gpu.index, gpu.name
-            );
-        }
-        if offers.is_empty() {
-            bail!("NVML found no GPU of a known model");
-        }
-        let uuids = found
-            .iter()
-            .filter(|g| g.model.is_some())
-            .map(|g| g.uuid.clone())
-            .collect();
-        eprintln!(
-            "discovered through NVML: {}",
-            found
-                .iter()
-                .map(|g| g.name.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        (offers, uuids)
-    } else {
-        let offers = args
-            .simulate_gpu
-            .iter()
-            .map(|s| discovery::parse_simulated(s).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        eprintln!(
-            "simulated GPUs (local networks only): {}",
-            args.simulate_gpu.join(", ")
-        );
-        (offers, Vec::new())
-    };
-    // Capacity proofs: simulated GPUs compute at their model's declared local speed;
-    // real ones on the GPU through CUDA, or on the CPU kernel when CUDA cannot be loaded
-    // (docs/capacity-proof.md).
-    let prover: Arc<dyn gpumesh_host::challenge::Prover> = match gpus.first() {
-        Some(offer) if offer.simulated => Arc::new(gpumesh_host::challenge::SimulatedProver {
-            macs_per_s: gpumesh_types::CheckingParams::local(Vec::new())
-                .claimed_macs_per_s(offer.model, true),
-            skip_per_mille: 0,
-        }),
-        _ => match gpumesh_host::challenge::CudaProver::open() {
-            Ok(cuda) => Arc::new(cuda),
-            Err(reason) => {
+    let (gpus, gpu_uuids, prover): (_, _, Arc<dyn gpumesh_host::challenge::Prover>) =
+        if args.simulate_gpu.is_empty() {
+            let devices: Box<dyn discovery::Devices> = match args.device {
+                DeviceArg::Nvml => Box::new(discovery::Nvml),
+                DeviceArg::CpuReference => Box::new(discovery::CpuReference),
+            };
+            let found = devices.discover().map_err(|reason| {
+                anyhow::anyhow!(
+                    "{reason}; on a local network, declare GPUs with --simulate-gpu MODEL:COUNT"
+                )
+            })?;
+            let offered = discovery::offers_from(&found);
+            for gpu in &offered.unknown {
                 eprintln!(
-                    "warning: no CUDA prover ({reason}); capacity proofs fall back to the \
-                     CPU kernel and will miss a GPU's deadline"
+                    "warning: GPU {} ({}) is not in the catalog; it is not offered",
+                    gpu.index, gpu.name
                 );
-                Arc::new(gpumesh_host::challenge::CpuProver)
             }
-        },
-    };
+            if offered.offers.is_empty() {
+                bail!("no GPU of a known model was found");
+            }
+            eprintln!(
+                "discovered: {}",
+                found
+                    .iter()
+                    .map(|g| format!("{} ({})", g.name, g.uuid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            // Capacity proofs run on the GPUs themselves (docs/capacity-proof.md).
+            let prover = devices.prover(&offered.uuids).map_err(anyhow::Error::msg)?;
+            let uuids = if devices.passes_gpus() {
+                offered.uuids
+            } else {
+                Vec::new()
+            };
+            (offered.offers, uuids, prover)
+        } else {
+            let offers = args
+                .simulate_gpu
+                .iter()
+                .map(|s| discovery::parse_simulated(s).map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            eprintln!(
+                "simulated GPUs (local networks only): {}",
+                args.simulate_gpu.join(", ")
+            );
+            // Simulated GPUs compute at their model's declared local speed.
+            let prover = Arc::new(gpumesh_host::challenge::SimulatedProver {
+                macs_per_s: gpumesh_types::CheckingParams::local(Vec::new())
+                    .sizing
+                    .rate(offers[0].model, true)
+                    .unwrap_or(1),
+                skip_per_mille: 0,
+            });
+            (offers, Vec::new(), prover)
+        };
     eprintln!("capacity proofs: {}", prover.describe());
     let runtime: Arc<dyn Runtime> = match args.runtime {
         RuntimeArg::Process if !args.dev => bail!(

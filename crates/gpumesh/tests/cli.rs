@@ -228,3 +228,32 @@ fn wallet_and_ledger_commands_work_against_an_indexer() {
     );
     assert_eq!(verify["supply_conserved"], true);
 }
+
+#[test]
+fn bench_proof_reports_a_whole_proof_rate_and_refuses_a_bad_shape() {
+    // No indexer: the benchmark runs alone.
+    let shape = ["--rows", "64", "--inner", "64", "--spot-rows", "8"];
+    let args = [&["bench", "proof", "--json", "--runs", "1"][..], &shape].concat();
+    let report = json("", None, &args);
+    assert_eq!(report["bench"], "proof", "{report}");
+    assert_eq!(report["device"], "cpu", "{report}");
+    assert_eq!(report["rows"], 64, "{report}");
+    assert_eq!(report["macs_per_proof"], 64 * 64 * 64, "{report}");
+    assert!(report["macs_per_s"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["rows_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    for field in ["ms_median", "ms_min", "ms_max", "device_name"] {
+        assert!(!report[field].is_null(), "{field} missing: {report}");
+    }
+    let shares: f64 = ["derive_pct", "product_pct", "hash_rows_pct", "tree_pct"]
+        .iter()
+        .map(|field| report[field].as_f64().unwrap())
+        .sum();
+    assert!(
+        (shares - 100.0).abs() < 1.0,
+        "phase shares add to {shares}: {report}"
+    );
+
+    let (success, out, err) = gpumesh("", None, &["bench", "proof", "--json", "--inner", "10"]);
+    assert!(!success, "inner 10 was accepted: {out}");
+    assert!(err.contains("inner dimension 10"), "{err}");
+}

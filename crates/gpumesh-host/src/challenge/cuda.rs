@@ -3,8 +3,8 @@
 //! `gpumesh-proof` derives A and B and commits to the rows ([`gpumesh_proof::prove_with`]),
 //! so the root is the CPU kernel's whenever the device's product is right; the GPU only
 //! multiplies, block by block, through `gpumesh-cuda` (the driver and NVRTC loaded at run
-//! time). GPU `index` is CUDA device ordinal `index`; each device's context, stream and
-//! kernel are set up on its first proof and kept.
+//! time). GPU `index` is the CUDA device whose UUID the registration gave that index;
+//! each device's context, stream and kernel are set up on its first proof and kept.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,34 +18,47 @@ use super::Prover;
 #[derive(Debug)]
 pub struct CudaProver {
     cuda: Cuda,
-    /// The name of device 0, opened by [`CudaProver::open`] to show the kernel loads.
+    /// The UUID of each GPU the host registered, by the registration's index.
+    uuids: Vec<String>,
+    /// The name of the first GPU, opened by [`CudaProver::open`] to show the kernel loads.
     name: String,
     devices: Mutex<BTreeMap<u16, Arc<Device>>>,
 }
 
 impl CudaProver {
-    /// Loads the CUDA driver and NVRTC, compiles the kernel and opens device 0. Fails
-    /// with the reason (a missing or old library, no device) rather than panicking.
-    pub fn open() -> Result<Self, String> {
+    /// Loads the CUDA driver and NVRTC, compiles the kernel and opens the first GPU (by
+    /// its UUID). Fails with the reason (a missing or old library, no device) rather than
+    /// panicking.
+    pub fn open(uuids: Vec<String>) -> Result<Self, String> {
         let cuda = Cuda::open().map_err(|e| e.to_string())?;
-        let first = cuda.device(0).map_err(|e| format!("CUDA device 0: {e}"))?;
+        let first_uuid = uuids.first().ok_or("no GPU to prove on")?;
+        let first = cuda
+            .device_by_uuid(first_uuid)
+            .map_err(|e| format!("CUDA device {first_uuid}: {e}"))?;
         let name = first.name().to_string();
         Ok(Self {
             cuda,
+            uuids,
             name,
             devices: Mutex::new(BTreeMap::from([(0, Arc::new(first))])),
         })
     }
 
+    /// GPU `index` of the registration: the CUDA device with its UUID (CUDA's ordinals
+    /// need not follow NVML's order, nor the registration's grouping by model).
     fn device(&self, index: u16) -> Result<Arc<Device>, String> {
         let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(device) = devices.get(&index) {
             return Ok(device.clone());
         }
+        let uuid = self
+            .uuids
+            .get(usize::from(index))
+            .ok_or_else(|| format!("this host registered no GPU {index}"))?;
         let device = Arc::new(
             self.cuda
-                .device(usize::from(index))
-                .map_err(|e| format!("CUDA device {index}: {e}"))?,
+                .device_by_uuid(uuid)
+                .map_err(|e| format!("CUDA device {uuid}: {e}"))?,
         );
         devices.insert(index, device.clone());
         Ok(device)
@@ -88,16 +101,24 @@ mod tests {
     /// test instead of skipping it.
     const REQUIRE: &str = "GPUMESH_REQUIRE_CUDA";
 
+    /// This machine's GPUs' UUIDs in the order a registration numbers them; none without
+    /// a driver.
+    fn machine_uuids() -> Vec<String> {
+        crate::discovery::discover_nvml()
+            .map(|gpus| crate::discovery::offers_from(&gpus).uuids)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn cuda_open_fails_with_a_reason_or_opens_a_device() {
-        match CudaProver::open() {
+        match CudaProver::open(machine_uuids()) {
             Err(reason) => {
                 assert!(
                     std::env::var_os(REQUIRE).is_none(),
                     "{REQUIRE} is set: {reason}"
                 );
                 assert!(
-                    ["libcuda", "libnvrtc", "CUDA device"]
+                    ["libcuda", "libnvrtc", "CUDA device", "no GPU"]
                         .iter()
                         .any(|what| reason.contains(what)),
                     "the reason names what is missing: {reason}"
@@ -109,7 +130,7 @@ mod tests {
 
     #[test]
     fn cuda_prover_commits_what_the_cpu_kernel_commits() {
-        let prover = match CudaProver::open() {
+        let prover = match CudaProver::open(machine_uuids()) {
             Ok(prover) => prover,
             Err(reason) => {
                 assert!(

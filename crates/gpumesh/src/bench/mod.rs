@@ -4,6 +4,7 @@ mod checker;
 mod ledger;
 mod load;
 mod matching;
+mod proof;
 mod restart;
 mod services;
 mod startup;
@@ -33,6 +34,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Checker(args) => checker::run(args),
         BenchCommand::Restart(args) => restart::run(args).await,
         BenchCommand::Load(args) => load::run(args).await,
+        BenchCommand::Proof(args) => proof::run(args),
     }
 }
 
