@@ -397,9 +397,19 @@ async fn commit(
     let Ok(_turn) = e.busy[usize::from(index)].acquire().await else {
         return gone();
     };
+    tracing::info!(
+        index,
+        rows = request.challenge.params.rows,
+        checker = %request.checker,
+        "proving capacity"
+    );
     let prover = e.prover.clone();
     let challenge = request.challenge;
     let proved = tokio::task::spawn_blocking(move || prover.prove(index, &challenge)).await;
+    // An agent that stopped while proving answers nothing, as a killed one would not.
+    if e.stopped.is_cancelled() {
+        return gone();
+    }
     let proved = match proved {
         Ok(Ok(p)) => Arc::new(p),
         Ok(Err(err)) => return e.signed_refusal(index, &seed, format!("the prover failed: {err}")),

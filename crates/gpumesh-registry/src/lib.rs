@@ -951,10 +951,12 @@ impl Registry {
                 }
                 let state = if let Some(Capacity::Rejected { .. }) = r.capacity.get(i) {
                     ContainerState::Rejected
+                } else if !host.online {
+                    // Offline before checking: a host that never proved and went away
+                    // is away, not being checked.
+                    ContainerState::Offline
                 } else if !Capacity::is_passed(r.capacity.get(i)) {
                     ContainerState::Checking
-                } else if !host.online {
-                    ContainerState::Offline
                 } else if !host.staked[i] {
                     ContainerState::AwaitingStake
                 } else if busy.contains(&(r.address, i as u16)) {

@@ -408,7 +408,11 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
             &refusal.reason,
         );
         assert_eq!(
-            refusal.signature.0.recover_address_from_msg(message).unwrap(),
+            refusal
+                .signature
+                .0
+                .recover_address_from_msg(message)
+                .unwrap(),
             mine.container.host
         );
     }

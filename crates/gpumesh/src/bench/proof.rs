@@ -158,10 +158,11 @@ pub fn run(args: ProofBenchArgs) -> anyhow::Result<ExitCode> {
     let rows_per_s = f64::from(params.rows) / total.as_secs_f64();
     let macs_per_s = params.macs() as f64 / total.as_secs_f64();
 
-    let (gpu, model, nvml) = match &multiplier {
-        Multiplier::Cpu => (None, None, None),
+    let (gpu, uuid, model, nvml) = match &multiplier {
+        Multiplier::Cpu => (None, None, None, None),
         Multiplier::Cuda(device) => (
             Some(device.ordinal()),
+            Some(device.uuid()),
             GpuModel::from_nvml_name(device.name()).map(GpuModel::name),
             Some(nvml_gpus()),
         ),
@@ -175,6 +176,7 @@ pub fn run(args: ProofBenchArgs) -> anyhow::Result<ExitCode> {
         "device": device,
         "device_name": device_name,
         "gpu": gpu,
+        "uuid": uuid,
         "model": model,
         "rows": params.rows,
         "inner": params.inner,
