@@ -703,16 +703,17 @@ impl Checking {
                 }
             }
             agreeing.sort_unstable();
-            // Evidence of a false proof needs a quorum of its own: a checker or two
-            // claiming a wrong row cannot make a host malicious.
+            // Evidence of a false proof needs a quorum of its own: N checkers claiming a
+            // wrong row cannot make a host malicious.
             let evident: usize = reasons
                 .iter()
                 .filter(|(r, _)| r.class() == gpumesh_types::FailureClass::Malicious)
                 .map(|(_, n)| n)
                 .sum();
-            if evident < need {
-                reasons.retain(|r, _| r.class() != gpumesh_types::FailureClass::Malicious);
-            }
+            // With a quorum of it, the evidence is the verdict.
+            let malicious = evident >= need;
+            reasons
+                .retain(|r, _| (r.class() == gpumesh_types::FailureClass::Malicious) == malicious);
             // The most common reason; on a tie the first in the code's order. Failing
             // results whose evidence fell short count as a failed opening.
             let reason = reasons

@@ -668,3 +668,48 @@ fn a_lease_no_quorum_decided_is_reported_unknown_and_a_decided_one_is_not() {
     assert_eq!(unknown, leases);
     assert!(out.delivery_unknown.iter().all(|u| u.1 > start));
 }
+
+/// A malicious verdict needs N+1 results that are evidence of a false proof: one checker
+/// claiming a wrong row beside one that saw a missed deadline makes an underperforming
+/// verdict, and beside one that could not reach the agent a down one.
+#[test]
+fn evidence_of_a_false_proof_needs_a_quorum_of_its_own() {
+    let capacity_reason = |answers: [FailReason; 3]| {
+        let mut w = World::new(params(1, 3, 0));
+        w.begin(targets(1, true));
+        let checkers = w.checking.eligible(w.start());
+        w.report_all(100, |c, t| match t.kind {
+            TaskKind::Capacity => CheckOutcome::Failed {
+                reason: answers[checkers.iter().position(|k| k == c).unwrap()],
+            },
+            _ => CheckOutcome::Up { rtt_us: 1 },
+        });
+        let verdict = w
+            .close()
+            .verdicts
+            .into_iter()
+            .find(|v| v.kind == TaskKind::Capacity)
+            .unwrap();
+        assert!(!verdict.passed);
+        verdict.reason.unwrap()
+    };
+    use FailReason::{BadPath, DeadlineMissed, Unreachable, WrongRow};
+    assert_eq!(capacity_reason([BadPath, BadPath, DeadlineMissed]), BadPath);
+    assert_eq!(
+        capacity_reason([WrongRow, BadPath, Unreachable]).class(),
+        gpumesh_types::FailureClass::Malicious
+    );
+    assert_eq!(
+        capacity_reason([WrongRow, DeadlineMissed, DeadlineMissed]),
+        DeadlineMissed
+    );
+    assert_eq!(
+        capacity_reason([WrongRow, Unreachable, Unreachable]),
+        Unreachable
+    );
+    assert_eq!(
+        capacity_reason([WrongRow, DeadlineMissed, Unreachable]).class(),
+        gpumesh_types::FailureClass::Down,
+        "without a quorum of evidence, a tie goes to the least severe"
+    );
+}

@@ -477,6 +477,11 @@ pub struct GenesisNewArgs {
     /// least three.
     #[arg(long = "checker", value_name = "ADDRESS")]
     pub checkers: Vec<String>,
+    /// The GPU catalog's reference proof rates: a JSON list of `{"model", "macs_per_s",
+    /// "measured"}` (docs/capacity-proof.md, "Reference proof rates"). A network with
+    /// checkers registers real GPUs only of models listed here.
+    #[arg(long, value_name = "FILE")]
+    pub proof_rates: Option<PathBuf>,
 }
 
 /// Where a host's real GPUs and their prover come from.

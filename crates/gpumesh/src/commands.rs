@@ -402,6 +402,32 @@ fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|c| address(c, "--checker"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Read before the protocol key is made, so that a bad file changes nothing.
+    let proof_rates: Vec<gpumesh_types::ProofRate> = match &args.proof_rates {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a list of reference proof rates ({{\"model\", \"macs_per_s\", \"measured\"}})",
+                    path.display()
+                )
+            })?
+        }
+    };
+    // The whole genesis is checked (with a stand-in protocol address) before the key is
+    // made: a bad allocation, licence list or rate file leaves nothing behind.
+    let mut trial = gpumesh_ledger::Genesis::network(
+        args.chain_id,
+        0,
+        Address::ZERO,
+        allocations.clone(),
+        checkers.clone(),
+    )
+    .context("the genesis is invalid")?;
+    trial.checking.sizing.proof_rates = proof_rates.clone();
+    trial.validate().context("the genesis is invalid")?;
     let protocol = if args.protocol_key.exists() {
         open_key(&args.protocol_key, args.password_file.as_deref())
             .with_context(|| format!("failed to load {}", args.protocol_key.display()))?
@@ -422,7 +448,7 @@ fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("failed to create {}", args.protocol_key.display()))?;
         wallet
     };
-    let genesis = gpumesh_ledger::Genesis::network(
+    let mut genesis = gpumesh_ledger::Genesis::network(
         args.chain_id,
         gpumesh_indexer::now_ms(),
         protocol.address(),
@@ -430,6 +456,10 @@ fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
         checkers,
     )
     .context("the genesis is invalid")?;
+    if !proof_rates.is_empty() {
+        genesis.checking.sizing.proof_rates = proof_rates;
+        genesis.validate().context("the genesis is invalid")?;
+    }
     let file = gpumesh_indexer::GenesisFile {
         genesis,
         params: gpumesh_registry::Params::network(),

@@ -168,3 +168,75 @@ fn a_public_network_starts_from_its_genesis_and_takes_only_real_gpus_in_containe
     ]);
     assert!(!ok && out.contains("but the genesis names"), "{out}");
 }
+
+#[test]
+fn a_genesis_lists_reference_proof_rates_and_a_bad_list_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let checkers: Vec<String> = (0..3)
+        .map(|_| Wallet::generate().address().to_string())
+        .collect();
+    let new = |rates: &str, out: &str| {
+        std::fs::write(path("rates.json"), rates).unwrap();
+        let mut args = vec![
+            "genesis".to_string(),
+            "new".into(),
+            "--out".into(),
+            path(out),
+            "--chain-id".into(),
+            "4242".into(),
+            "--protocol-key".into(),
+            path(&format!("{out}.key")),
+            "--proof-rates".into(),
+            path("rates.json"),
+        ];
+        for c in &checkers {
+            args.extend(["--checker".to_string(), c.clone()]);
+        }
+        gpumesh(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let entry = |model: &str, rate: u64| {
+        format!(
+            r#"{{"model": "{model}", "macs_per_s": {rate}, "measured": "a reviewer, on that card"}}"#
+        )
+    };
+    for (rates, why) in [
+        (
+            format!(
+                "[{}, {}]",
+                entry("H100", 40_000_000_000_000),
+                entry("h100", 1)
+            ),
+            "two reference proof rates",
+        ),
+        (format!("[{}]", entry("H100", 0)), "above zero"),
+        // A proof of the genesis size at 1 MAC/s would outlast a checker's slot.
+        (format!("[{}]", entry("T4", 1)), "slot"),
+        (
+            "{\"not\": \"a list\"}".to_string(),
+            "not a list of reference proof rates",
+        ),
+    ] {
+        let (ok, out) = new(&rates, "bad.json");
+        assert!(!ok && out.contains(why), "{rates}: {out}");
+        assert!(!dir.path().join("bad.json").exists());
+        assert!(
+            !dir.path().join("bad.json.key").exists(),
+            "no key left behind"
+        );
+    }
+    let (ok, out) = new(
+        &format!(
+            "[{}, {}]",
+            entry("H100", 40_000_000_000_000),
+            entry("L40S", 9_000_000_000_000)
+        ),
+        "genesis.json",
+    );
+    assert!(ok, "{out}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("genesis.json")).unwrap()).unwrap();
+    let rates = &written["genesis"]["checking"]["proof_rates"];
+    assert_eq!(rates[0]["model"], "H100", "{rates}");
+    assert_eq!(rates[1]["macs_per_s"], 9_000_000_000_000u64, "{rates}");
+}
