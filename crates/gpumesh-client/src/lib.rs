@@ -581,9 +581,11 @@ impl Client {
         &self,
         id: LeaseId,
         endpoints: &[gpumesh_types::Endpoint],
+        image_user: bool,
     ) -> Result<LeaseView, ClientError> {
         let started = LeaseStarted {
             endpoints: endpoints.to_vec(),
+            image_user,
         };
         self.post(&format!("/v1/leases/{id}/started"), &started)
             .await

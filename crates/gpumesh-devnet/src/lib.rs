@@ -322,6 +322,7 @@ impl Devnet {
                 public_address: "127.0.0.1".into(),
                 publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
                 claims: spec.claims,
+                image_user: false,
                 challenge: Some(gpumesh_host::ChallengeConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                     advertise: None,

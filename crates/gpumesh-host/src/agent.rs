@@ -15,7 +15,7 @@ use gpumesh_types::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{Output, Runtime, WorkloadSpec};
+use crate::runtime::{Output, Runtime, Workload, WorkloadSpec};
 
 /// How long one work poll waits at the indexer.
 const POLL_WAIT: Duration = Duration::from_secs(25);
@@ -50,6 +50,9 @@ pub struct HostConfig {
     pub publish_ip: std::net::IpAddr,
     /// What usage the agent claims: what it metered, always, on a real host.
     pub claims: UsageClaims,
+    /// Workloads run as their image's own user (root in most images) instead of an
+    /// unprivileged one: for hosts that accept root images.
+    pub image_user: bool,
 }
 
 /// What usage an agent claims. Anything but `Metered` exists only to show that the
@@ -230,6 +233,10 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let settle_every = Duration::from_millis(registered.settle_interval_ms);
     background.spawn(agent.clone().settle_loop(settle_every, shutdown.clone()));
     let mut runners = tokio::task::JoinSet::new();
+    // What an earlier run of this agent left on the engine: adopted if its lease still
+    // runs here, removed otherwise, before any new work.
+    agent.adopt_or_remove(&mut runners).await;
+    let mut first_poll = true;
     loop {
         let work = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -237,6 +244,13 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
         };
         match work {
             Ok(work) => {
+                // First what the network ended while this host was away (or thought
+                // lost): its workloads stop before new work starts.
+                agent.stop_not_live(&work.live);
+                // Then what an earlier run left running that this one did not find.
+                if std::mem::take(&mut first_poll) {
+                    agent.end_lost(&work).await;
+                }
                 for assignment in work.start {
                     if let Some(stop) = agent.admit(&assignment) {
                         runners.spawn(agent.clone().run_lease(assignment, stop));
@@ -451,7 +465,11 @@ impl Agent {
     ) -> Result<(), ClientError> {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.client.started(id, endpoints).await {
+            match self
+                .client
+                .started(id, endpoints, self.config.image_user)
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e @ ClientError::Api { .. }) => return Err(e),
                 Err(e) => {
@@ -476,6 +494,189 @@ impl Agent {
                 live.stop.cancel();
             }
         }
+    }
+
+    /// Stops the workloads of leases this agent runs that the network no longer holds
+    /// live here (ended while the host was away, or thought lost).
+    fn stop_not_live(&self, live: &[LeaseId]) {
+        let live: std::collections::HashSet<&LeaseId> = live.iter().collect();
+        for (id, l) in self.leases.lock().expect("lease table lock").iter() {
+            if !live.contains(id) && l.frozen_gpu_ms.is_none() && !l.stop.is_cancelled() {
+                tracing::warn!(lease = %id, "the network no longer runs this lease here; stopping its workload");
+                l.stop.cancel();
+            }
+        }
+    }
+
+    /// What the engine holds for this network and host from an earlier run of the agent:
+    /// a workload whose lease still runs here is adopted (its output, health checks and
+    /// metering taken up again, the workload itself untouched); every other is stopped and
+    /// removed. Leases still starting are removed too: the network assigns them again,
+    /// and they start afresh.
+    async fn adopt_or_remove(self: &Arc<Self>, runners: &mut tokio::task::JoinSet<()>) {
+        let me = self.config.wallet.address();
+        let found = match self.config.runtime.found(self.chain_id, me).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for workloads an earlier run left");
+                return;
+            }
+        };
+        for f in found {
+            let lease = match self.client.lease(f.lease).await {
+                Ok(view) => Some(view),
+                Err(ClientError::Api { error, .. }) if error.code == ErrorCode::UnknownLease => {
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %f.lease, error = %e, "could not read the lease of a workload found at start; left as it is");
+                    continue;
+                }
+            };
+            let adoptable = lease.as_ref().filter(|v| {
+                f.running
+                    && v.host == me
+                    && v.state == gpumesh_types::LeaseState::Running
+                    && v.settlement
+                        .as_ref()
+                        .is_some_and(|s| s.started_ms.is_some())
+            });
+            match adoptable {
+                Some(view) => {
+                    let view = view.clone();
+                    match self.adopt(&f, &view).await {
+                        Ok(run) => {
+                            tracing::info!(lease = %f.lease, container = %f.id, "adopted a running workload of an earlier run");
+                            runners.spawn(run);
+                        }
+                        Err(e) => {
+                            tracing::warn!(lease = %f.lease, error = %e, "could not adopt a workload; removing it");
+                            self.remove_found(&f).await;
+                        }
+                    }
+                }
+                None => self.remove_found(&f).await,
+            }
+        }
+    }
+
+    /// Reports the end of the leases the network holds running here whose workloads this
+    /// run of the agent neither found nor started (lost with the machine, or removed by
+    /// hand): failed, billed what was settled, the rest refunded.
+    async fn end_lost(&self, work: &gpumesh_types::HostWork) {
+        let lost: Vec<LeaseId> = {
+            let leases = self.leases.lock().expect("lease table lock");
+            work.live
+                .iter()
+                .filter(|id| {
+                    !leases.contains_key(id) && !work.start.iter().any(|a| a.lease == **id)
+                })
+                .copied()
+                .collect()
+        };
+        for id in lost {
+            let settled = match self.client.lease(id).await {
+                Ok(view) if view.state == gpumesh_types::LeaseState::Running => {
+                    view.settlement.map_or(0, |s| s.gpu_ms)
+                }
+                _ => continue,
+            };
+            tracing::warn!(lease = %id, "this lease's workload was lost before the agent started; reporting its end");
+            self.finish(
+                id,
+                settled,
+                None,
+                Some("the host's agent restarted and its workload was gone".into()),
+            )
+            .await;
+        }
+    }
+
+    async fn remove_found(&self, f: &crate::runtime::Found) {
+        match self.config.runtime.remove(f).await {
+            Ok(()) => {
+                tracing::warn!(lease = %f.lease, container = %f.id, "removed a workload an earlier run left, whose lease is not running here")
+            }
+            Err(e) => {
+                tracing::error!(lease = %f.lease, container = %f.id, error = %e, "could not remove a workload an earlier run left")
+            }
+        }
+    }
+
+    /// Takes a found workload of a running lease on; returns the task that runs it to its
+    /// end.
+    async fn adopt(
+        self: &Arc<Self>,
+        f: &crate::runtime::Found,
+        view: &gpumesh_types::LeaseView,
+    ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+        let id = view.id;
+        let settlement = view
+            .settlement
+            .as_ref()
+            .context("the lease has no escrow")?;
+        let started_ms = settlement.started_ms.context("the lease has not started")?;
+        let stop = CancellationToken::new();
+        {
+            let mut leases = self.leases.lock().expect("lease table lock");
+            if leases.contains_key(&id) {
+                anyhow::bail!("lease {id} is already running here");
+            }
+            // Billable time runs from the ledger's start, measured on this clock.
+            let since = now_ms().saturating_sub(started_ms);
+            let started = Instant::now()
+                .checked_sub(Duration::from_millis(since))
+                .unwrap_or_else(Instant::now);
+            leases.insert(
+                id,
+                Live {
+                    gpus: view.gpu_count,
+                    max_gpu_ms: view
+                        .max_duration_ms
+                        .saturating_mul(u64::from(view.gpu_count)),
+                    started: Some(started),
+                    frozen_gpu_ms: None,
+                    settled_gpu_ms: settlement.gpu_ms,
+                    stop: stop.clone(),
+                },
+            );
+        }
+        let (output, outputs) = mpsc::channel::<Output>(1024);
+        let workload = match self.config.runtime.adopt(f, output.clone()).await {
+            Ok(workload) => workload,
+            Err(e) => {
+                self.leases.lock().expect("lease table lock").remove(&id);
+                return Err(e);
+            }
+        };
+        let began = self.leases.lock().expect("lease table lock")[&id]
+            .started
+            .expect("set above");
+        let health = view.health_check.clone().and_then(|check| {
+            let port = check.port.or_else(|| f.ports.first().map(|(p, _)| *p))?;
+            let host_port = f.ports.iter().find(|(p, _)| *p == port)?.1;
+            Some((check, self.probe_address(host_port)))
+        });
+        let max = Duration::from_millis(view.max_duration_ms);
+        let agent = self.clone();
+        Ok(async move {
+            let shipper = tokio::spawn(ship_logs(agent.clone(), id, outputs));
+            agent.running_now(id, true);
+            let watcher = health.map(|(check, target)| {
+                let (agent, stop) = (agent.clone(), stop.clone());
+                tokio::spawn(async move {
+                    crate::health::watch(&agent.client, id, check, target, began, stop).await
+                })
+            });
+            let mut workload = workload;
+            let (exit_code, error) = agent
+                .supervise(id, workload.as_mut(), began, max, &stop, &output)
+                .await;
+            if let Some(watcher) = watcher {
+                watcher.abort();
+            }
+            agent.end(id, exit_code, error, output, shipper).await;
+        })
     }
 
     /// Takes an assignment on, unless it is already running. Returns its stop token.
@@ -548,6 +749,7 @@ impl Agent {
             nano_cpus: self.config.nano_cpus_per_gpu.map(|c| c * n),
             ports,
             publish_ip: self.config.publish_ip,
+            as_image_user: self.config.image_user,
             labels: vec![
                 ("gpumesh.network".to_string(), self.chain_id.to_string()),
                 (
@@ -606,7 +808,7 @@ impl Agent {
         let id = a.lease;
         let (output, outputs) = mpsc::channel::<Output>(1024);
         let shipper = tokio::spawn(ship_logs(self.clone(), id, outputs));
-        let mut max = Duration::from_millis(a.max_duration_ms);
+        let max = Duration::from_millis(a.max_duration_ms);
         let ports = match crate::runtime::free_host_ports(self.config.publish_ip, &a.ports) {
             Ok(ports) => ports,
             Err(e) => {
@@ -702,53 +904,82 @@ impl Agent {
                         }
                     })
                 };
-                let stopped = loop {
-                    let at_max = tokio::time::sleep_until((began + max).into());
-                    tokio::select! {
-                        code = workload.wait() => break Some(code),
-                        _ = at_max => {}
-                        _ = stop.cancelled() => break None,
-                    };
-                    // At the maximum duration: run on only if the escrow was topped up.
-                    match self.current_max_duration(id).await {
-                        Some(now_max) if now_max > max.as_millis() as u64 => {
-                            max = Duration::from_millis(now_max);
-                            if let Some(l) =
-                                self.leases.lock().expect("lease table lock").get_mut(&id)
-                            {
-                                l.max_gpu_ms = now_max.saturating_mul(l.gpus as u64);
-                            }
-                            tracing::info!(lease = %id, max_duration_ms = now_max, "the escrow was topped up; running on");
-                        }
-                        _ => break None,
-                    }
-                };
+                let ended = self
+                    .supervise(id, workload.as_mut(), began, max, &stop, &output)
+                    .await;
                 // The end is reported next; a start still unreported is moot.
                 reporter.abort();
-                match stopped {
-                    Some(Ok(code)) => (Some(code), None),
-                    Some(Err(e)) => (None, Some(format!("lost track of the workload: {e:#}"))),
-                    None => {
-                        let why = if began.elapsed() >= max {
-                            format!(
-                                "[gpumesh] stopped at the lease's maximum duration of {} s\n",
-                                max.as_secs()
-                            )
-                        } else {
-                            "[gpumesh] stopped: the lease was cancelled\n".to_string()
-                        };
-                        let _ = output.send((LogStream::System, why)).await;
-                        if let Err(e) = workload.kill().await {
-                            tracing::warn!(lease = %id, error = %e, "kill failed");
-                        }
-                        match workload.wait().await {
-                            Ok(code) => (Some(code), None),
-                            Err(e) => (None, Some(format!("lost track of the workload: {e:#}"))),
-                        }
-                    }
-                }
+                ended
             }
         };
+        self.end(id, exit_code, error, output, shipper).await;
+    }
+
+    /// Watches a started workload until it ends, its lease's maximum duration passes (and
+    /// no top-up lengthened it), or the lease is stopped; then kills it if it still runs.
+    /// Returns its exit code or why there is none.
+    async fn supervise(
+        &self,
+        id: LeaseId,
+        workload: &mut dyn Workload,
+        began: Instant,
+        mut max: Duration,
+        stop: &CancellationToken,
+        output: &mpsc::Sender<Output>,
+    ) -> (Option<i64>, Option<String>) {
+        let stopped = loop {
+            let at_max = tokio::time::sleep_until((began + max).into());
+            tokio::select! {
+                code = workload.wait() => break Some(code),
+                _ = at_max => {}
+                _ = stop.cancelled() => break None,
+            };
+            // At the maximum duration: run on only if the escrow was topped up.
+            match self.current_max_duration(id).await {
+                Some(now_max) if now_max > max.as_millis() as u64 => {
+                    max = Duration::from_millis(now_max);
+                    if let Some(l) = self.leases.lock().expect("lease table lock").get_mut(&id) {
+                        l.max_gpu_ms = now_max.saturating_mul(l.gpus as u64);
+                    }
+                    tracing::info!(lease = %id, max_duration_ms = now_max, "the escrow was topped up; running on");
+                }
+                _ => break None,
+            }
+        };
+        match stopped {
+            Some(Ok(code)) => (Some(code), None),
+            Some(Err(e)) => (None, Some(format!("lost track of the workload: {e:#}"))),
+            None => {
+                let why = if began.elapsed() >= max {
+                    format!(
+                        "[gpumesh] stopped at the lease's maximum duration of {} s\n",
+                        max.as_secs()
+                    )
+                } else {
+                    "[gpumesh] stopped: the lease was cancelled\n".to_string()
+                };
+                let _ = output.send((LogStream::System, why)).await;
+                if let Err(e) = workload.kill().await {
+                    tracing::warn!(lease = %id, error = %e, "kill failed");
+                }
+                match workload.wait().await {
+                    Ok(code) => (Some(code), None),
+                    Err(e) => (None, Some(format!("lost track of the workload: {e:#}"))),
+                }
+            }
+        }
+    }
+
+    /// Reports a lease's end with its final usage (frozen now), once its output is
+    /// shipped, and forgets it.
+    async fn end(
+        &self,
+        id: LeaseId,
+        exit_code: Option<i64>,
+        error: Option<String>,
+        output: mpsc::Sender<Output>,
+        shipper: tokio::task::JoinHandle<()>,
+    ) {
         let gpu_ms = {
             let mut leases = self.leases.lock().expect("lease table lock");
             let live = leases
@@ -837,6 +1068,13 @@ impl Agent {
         }
         tracing::error!(lease = %id, "gave up reporting the lease's end");
     }
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Keeps the network's checker licences, which the challenge endpoint answers proofs for,

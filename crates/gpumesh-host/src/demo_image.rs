@@ -1,7 +1,7 @@
 //! The demo workload image, built locally because no registry can be assumed.
 //!
 //! A root file system with one static busybox binary and links to its applets, imported
-//! into the container engine as `localhost/gpumesh-demo:2`. Enough for `sh -c '…'`
+//! into the container engine as `localhost/gpumesh-demo:3`. Enough for `sh -c '…'`
 //! workloads in devnet, examples and tests, and for a demo service: busybox's `httpd`
 //! ([`demo_service_command`]).
 
@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use crate::runtime::container::ContainerRuntime;
 
 /// The demo image's name.
-pub const DEMO_IMAGE: &str = "localhost/gpumesh-demo:2";
+pub const DEMO_IMAGE: &str = "localhost/gpumesh-demo:3";
 
 /// The demo service: an HTTP server on `port` whose page names its lease, so a request
 /// to an endpoint shows which replica answered. Under the process runtime it listens on
@@ -157,7 +157,12 @@ pub fn demo_rootfs_tar() -> anyhow::Result<Vec<u8>> {
     dir.set_mode(0o755);
     dir.set_size(0);
     for d in ["bin", "tmp", "proc", "dev", "sys", "etc"] {
-        tar.append_data(&mut dir.clone(), d, std::io::empty())
+        let mut header = dir.clone();
+        // Workloads run unprivileged: /tmp is everyone's, as in every distribution.
+        if d == "tmp" {
+            header.set_mode(0o1777);
+        }
+        tar.append_data(&mut header, d, std::io::empty())
             .context("failed to add a directory")?;
     }
     tar.append_path_with_name(&busybox, "bin/busybox")

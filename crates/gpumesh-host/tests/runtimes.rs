@@ -12,9 +12,16 @@ use gpumesh_host::runtime::{Output, Runtime, WorkloadSpec};
 use gpumesh_types::{LeaseId, LogStream};
 use tokio::sync::mpsc;
 
+/// A lease id of its own for every workload: containers are named by network, host and
+/// lease, and the tests of this file run at once on one engine.
+fn next_lease() -> LeaseId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    LeaseId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 fn spec(image: &str, script: &str) -> WorkloadSpec {
     WorkloadSpec {
-        lease: LeaseId(7),
+        lease: next_lease(),
         image: image.into(),
         command: vec!["sh".into(), "-c".into(), script.into()],
         env: vec![("GREETING".into(), "hello from the workload".into())],
@@ -23,7 +30,14 @@ fn spec(image: &str, script: &str) -> WorkloadSpec {
         nano_cpus: Some(500_000_000),
         ports: Vec::new(),
         publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-        labels: vec![("gpumesh.host".into(), "a test".into())],
+        labels: vec![
+            ("gpumesh.network".into(), "0".into()),
+            (
+                "gpumesh.host".into(),
+                format!("runtime-test-{}", std::process::id()),
+            ),
+        ],
+        as_image_user: false,
     }
 }
 
@@ -141,4 +155,51 @@ async fn container_runtime_isolates_and_limits() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("not on this host"), "{err}");
+}
+
+/// Workloads run as an unprivileged user unless their host allows the image's own, and
+/// the engine's own record says so; `/tmp` stays writable either way.
+#[tokio::test]
+async fn container_workloads_run_unprivileged_unless_the_host_allows_the_image_user() {
+    let Some(runtime) = engine().await else {
+        return;
+    };
+    let script = "id -u; id -g; echo written > /tmp/file && cat /tmp/file";
+    let (code, out) = run(&runtime, spec(DEMO_IMAGE, script), None).await;
+    let stdout = text(&out, LogStream::Stdout);
+    assert_eq!(code, 0, "{stdout} {}", text(&out, LogStream::Stderr));
+    assert_eq!(stdout, "65534\n65534\nwritten\n");
+    let mut as_root = spec(DEMO_IMAGE, script);
+    as_root.as_image_user = true;
+    let (code, out) = run(&runtime, as_root, None).await;
+    assert_eq!(code, 0);
+    assert_eq!(text(&out, LogStream::Stdout), "0\n0\nwritten\n");
+
+    // The engine's record of a running workload: `podman inspect` (or `docker inspect`).
+    let sleeper = spec(DEMO_IMAGE, "sleep 30");
+    let lease = sleeper.lease.to_string();
+    let (tx, _rx) = mpsc::channel(64);
+    let mut workload = runtime.start(sleeper, tx).await.unwrap();
+    let ids = runtime
+        .labelled(&[("gpumesh.lease", &lease)])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 1);
+    let cli = if runtime.describe().contains("Podman") {
+        "podman"
+    } else {
+        "docker"
+    };
+    let inspected = std::process::Command::new(cli)
+        .args(["inspect", "--format", "{{.Config.User}}", &ids[0]])
+        .output();
+    workload.kill().await.unwrap();
+    workload.wait().await.unwrap();
+    match inspected {
+        Ok(out) if out.status.success() => {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65534:65534");
+        }
+        // The engine's API is reachable but not its command line (another machine's socket).
+        other => eprintln!("no {cli} command to inspect with: {other:?}"),
+    }
 }

@@ -484,7 +484,7 @@ async fn started(
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
     let lease = state
-        .mutate(move |c, now, batch| c.started(req.signer, id, req.body.endpoints, now, batch))
+        .mutate(move |c, now, batch| c.started(req.signer, id, req.body, now, batch))
         .await?;
     Ok(Json(lease).into_response())
 }

@@ -449,35 +449,15 @@ impl Core {
         signer: Address,
         request: RegisterHost,
         now_ms: u64,
-        batch: &mut Batch,
+        _batch: &mut Batch,
     ) -> Result<HostRegistered, Failure> {
-        // A host that comes back with leases still live lost their workloads when it went away.
-        let orphaned: Vec<LeaseId> = self
-            .registry
-            .live_leases_of(&signer)
-            .filter(|l| matches!(l.state, LeaseState::Starting | LeaseState::Running))
-            .map(|l| l.id)
-            .collect();
+        // A host that registers again (its agent restarted) keeps its live leases: the agent
+        // adopts the workloads it finds still running and reports the end of those it
+        // lost; a lease still starting is assigned again.
         let registered = self.registry.register_host(signer, request, now_ms)?;
         for index in 0..registered.containers as u16 {
             self.sync_stake(signer, index);
         }
-        let mut effects = Vec::new();
-        for lease in orphaned {
-            // The registration succeeded, so the host is known and these leases are live.
-            let why = "host restarted and lost the workload; undelivered time is refunded";
-            if self
-                .registry
-                .finished(&signer, lease, None, Some(why.into()), now_ms)
-                .is_ok()
-            {
-                effects.push(Effect::CloseEscrow {
-                    lease,
-                    reason: gpumesh_types::CloseReason::HostLost,
-                });
-            }
-        }
-        self.close_escrows(effects, now_ms, batch);
         Ok(registered)
     }
 
@@ -974,7 +954,7 @@ impl Core {
         &mut self,
         host: Address,
         id: LeaseId,
-        endpoints: Vec<gpumesh_types::Endpoint>,
+        report: gpumesh_types::LeaseStarted,
         now_ms: u64,
         batch: &mut Batch,
     ) -> Result<LeaseView, Failure> {
@@ -996,7 +976,7 @@ impl Core {
         // Everything the ledger checks was checked above (an open escrow with no start),
         // so the start cannot be refused once the registry has moved; were it to be, the
         // host could bill nothing, the safe side.
-        if self.registry.started(&host, id, endpoints, now_ms)?
+        if self.registry.started(&host, id, report, now_ms)?
             && let Err(e) = self.protocol_tx(TxKind::StartLease { lease: id }, now_ms, batch)
         {
             tracing::error!(lease = %id, error = %e, "failed to record a lease's start in the ledger");

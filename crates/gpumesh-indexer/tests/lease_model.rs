@@ -251,7 +251,7 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         Op::Start(i) => {
             let Some(id) = pick(i) else { return };
             let host = w.host_wallet(id).address();
-            let _ = w.apply(|c, now, batch| c.started(host, id, Vec::new(), now, batch));
+            let _ = w.apply(|c, now, batch| c.started(host, id, Vec::new().into(), now, batch));
         }
         Op::Settle(i) => {
             let Some(id) = pick(i) else { return };

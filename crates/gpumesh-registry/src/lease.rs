@@ -65,6 +65,10 @@ pub struct LeaseRecord {
     /// the delivery window past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_ms: Option<u64>,
+    /// The workload runs as its image's own user, which its host allows (from the start
+    /// report).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_user: bool,
 }
 
 /// How long after its start a service without a health check has before checkers
@@ -259,9 +263,13 @@ impl Registry {
         &mut self,
         host: &Address,
         id: LeaseId,
-        endpoints: Vec<Endpoint>,
+        report: impl Into<gpumesh_types::LeaseStarted>,
         now_ms: u64,
     ) -> Result<bool, RegistryError> {
+        let gpumesh_types::LeaseStarted {
+            endpoints,
+            image_user,
+        } = report.into();
         let lease = self.lease_of_host(host, id)?;
         // Outside a local network a service must be served from the host checkers reach
         // (its challenge endpoint's host): otherwise a host could name any public server
@@ -303,6 +311,7 @@ impl Registry {
                 lease.started_ms = Some(now_ms);
                 lease.delivered_ms = self.params.checked.then_some(now_ms);
                 lease.endpoints = endpoints;
+                lease.image_user = image_user;
                 lease.health = lease.health_check.as_ref().map(|_| ServiceHealth::Pending);
                 let end_by = now_ms + lease.max_duration_ms + self.params.end_grace_ms;
                 self.dirty.push(Dirty::Lease(id));
@@ -603,6 +612,8 @@ impl Registry {
             env_names: l.env.iter().map(|v| v.name.clone()).collect(),
             health: l.health,
             health_detail: l.health_detail.clone(),
+            image_user: l.image_user,
+            health_check: l.health_check.clone(),
             deployment: l.deployment,
             delivered_ms: l.delivered_ms,
         })

@@ -1093,6 +1093,9 @@ impl Registry {
             .ok_or(RegistryError::UnknownHost(*host))?;
         let mut work = HostWork::default();
         for lease in self.live_leases_of(host) {
+            if matches!(lease.state, LeaseState::Starting | LeaseState::Running) {
+                work.live.push(lease.id);
+            }
             match lease.state {
                 LeaseState::Starting if !lease.cancel_requested => work.start.push(Assignment {
                     lease: lease.id,
@@ -1582,6 +1585,7 @@ impl Registry {
             health_detail: None,
             deployment: None,
             delivered_ms: None,
+            image_user: false,
         };
         self.dirty.push(Dirty::Lease(id));
         hold_unfunded(&mut self.unfunded, buyer, escrow);

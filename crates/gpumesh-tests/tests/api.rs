@@ -38,7 +38,7 @@ fn job_json(gpu: &str, count: u16, price: &str, lat: f64) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "gpu": gpu, "gpu_count": count, "near": { "lat": lat, "lon": 2.35 },
         "max_price_per_gpu_hour": price, "max_duration_ms": 60000,
-        "image": "localhost/gpumesh-demo:2", "command": ["true"],
+        "image": "localhost/gpumesh-demo:3", "command": ["true"],
     }))
     .unwrap()
 }

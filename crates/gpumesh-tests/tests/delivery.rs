@@ -155,7 +155,7 @@ async fn a_host_cannot_bill_time_the_indexer_did_not_observe() {
     // A start, then five minutes claimed one second later through the ledger route,
     // and ten through the finish: both refused, nothing changes.
     let lease = funded_lease(&buyer).await;
-    let running = host.client.started(lease.id, &[]).await.unwrap();
+    let running = host.client.started(lease.id, &[], false).await.unwrap();
     assert_eq!(running.state, LeaseState::Running);
     let started = running.settlement.as_ref().unwrap().started_ms;
     assert_eq!(started, running.started_ms, "the ledger records the start");

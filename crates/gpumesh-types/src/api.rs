@@ -93,6 +93,10 @@ pub struct WorkPoll {
 pub struct HostWork {
     pub start: Vec<Assignment>,
     pub stop: Vec<LeaseId>,
+    /// Every lease the network holds live on this host (starting or running): a host
+    /// that comes back after it was thought lost stops the workloads of any other.
+    #[serde(default)]
+    pub live: Vec<LeaseId>,
 }
 
 /// A funded lease the host must run.
@@ -124,6 +128,20 @@ pub struct LeaseStarted {
     /// Where each published port is reached.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// The workload runs as its image's own user (root in most images), which its host
+    /// allows; otherwise as an unprivileged user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_user: bool,
+}
+
+impl From<Vec<Endpoint>> for LeaseStarted {
+    /// A start with these endpoints, its workload unprivileged.
+    fn from(endpoints: Vec<Endpoint>) -> LeaseStarted {
+        LeaseStarted {
+            endpoints,
+            image_user: false,
+        }
+    }
 }
 
 /// `POST /v1/leases/{id}/logs`: output the workload printed, in order.
@@ -464,6 +482,13 @@ pub struct LeaseView {
     pub health: Option<ServiceHealth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_detail: Option<String>,
+    /// Once started: the workload runs as its image's own user (root in most images),
+    /// which its host allows; otherwise as an unprivileged user.
+    #[serde(default)]
+    pub image_user: bool,
+    /// The service's health check, as the buyer asked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     /// The deployment this lease is a replica of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<crate::DeploymentId>,

@@ -542,6 +542,10 @@ pub struct HostArgs {
     /// CPU limit per leased GPU, in CPUs.
     #[arg(long, default_value_t = 4)]
     pub cpus_per_gpu: i64,
+    /// Run workloads as their image's own user (root in most images) instead of an
+    /// unprivileged one (uid and gid 65534). Leases say which.
+    #[arg(long)]
+    pub allow_root_workloads: bool,
     /// Do not stake at start; by default the agent stakes, from the host's balance, what
     /// each GPU's requirement still lacks (a GPU serves only once staked).
     #[arg(long)]

@@ -596,6 +596,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         public_address,
         publish_ip: args.publish_ip,
         claims: gpumesh_host::UsageClaims::Metered,
+        image_user: args.allow_root_workloads,
         challenge: Some(gpumesh_host::ChallengeConfig {
             listen: args.challenge_listen,
             advertise: args.challenge_url.clone(),

@@ -292,6 +292,7 @@ async fn a_public_network_proves_real_devices_by_the_rule_and_judges_failures_by
             public_address: "127.0.0.1".into(),
             publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             claims: gpumesh_host::UsageClaims::Metered,
+            image_user: false,
             challenge: Some(gpumesh_host::ChallengeConfig {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 advertise: None,

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 const ENGINE_ANSWER: std::time::Duration = std::time::Duration::from_secs(10);
 use tokio::task::JoinHandle;
 
-use super::{Output, Runtime, Workload, WorkloadSpec};
+use super::{Found, Output, Runtime, WORKLOAD_USER, Workload, WorkloadSpec};
 
 /// Sockets tried, in order, when `DOCKER_HOST` is not set.
 const DEFAULT_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/podman/podman.sock"];
@@ -228,14 +228,8 @@ impl Runtime for ContainerRuntime {
                     spec.image
                 ));
             }
-            let device_requests = (!spec.gpu_uuids.is_empty()).then(|| {
-                vec![DeviceRequest {
-                    driver: Some("nvidia".into()),
-                    device_ids: Some(spec.gpu_uuids.clone()),
-                    capabilities: Some(vec![vec!["gpu".into()]]),
-                    ..Default::default()
-                }]
-            });
+            let device_requests = (!spec.gpu_uuids.is_empty())
+                .then(|| vec![gpu_request(&self.engine, &spec.gpu_uuids)]);
             let network = if spec.ports.is_empty() { &self.network } else { &self.service_network };
             if !spec.ports.is_empty() && network == "none" {
                 return Err(anyhow!(
@@ -265,10 +259,17 @@ impl Runtime for ContainerRuntime {
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 device_requests,
+                // Writable whatever user runs: an unprivileged workload cannot write to
+                // the image's own /tmp, which root owns.
+                tmpfs: Some(std::collections::HashMap::from([(
+                    "/tmp".to_string(),
+                    "rw,nosuid,nodev,size=256m,mode=1777".to_string(),
+                )])),
                 ..Default::default()
             };
             let body = ContainerCreateBody {
                 image: Some(spec.image.clone()),
+                user: (!spec.as_image_user).then(|| WORKLOAD_USER.to_string()),
                 cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
                 env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
                 labels: Some(
@@ -286,40 +287,124 @@ impl Runtime for ContainerRuntime {
                 host_config: Some(host_config),
                 ..Default::default()
             };
-            // Unique per engine even across agents and test runs that share it.
-            static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = format!("gpumesh-lease-{}-{}-{n}", spec.lease, std::process::id());
-            let created = self
-                .docker
-                .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
-                .await
-                .context("failed to create the container")?;
+            let name = container_name(&spec);
+            let create = || {
+                self.docker.create_container(
+                    Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }),
+                    body.clone(),
+                )
+            };
+            let created = match create().await {
+                // A container of this lease from an earlier run of this host's agent
+                // (one that died before removing it): the lease is starting again here,
+                // so the old one goes.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+                    tracing::warn!(container = %name, "removing an earlier container of this lease");
+                    self.docker
+                        .remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+                        .await
+                        .with_context(|| format!("failed to remove the earlier container {name}"))?;
+                    create().await
+                }
+                other => other,
+            }
+            .context("failed to create the container")?;
             let id = created.id;
             if let Err(e) = self.docker.start_container(&id, None).await {
                 let _ = self.docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
                 return Err(anyhow!(e).context("failed to start the container"));
             }
-            let logs = {
-                let docker = self.docker.clone();
-                let id = id.clone();
-                tokio::spawn(async move {
-                    let options = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-                    let mut stream = docker.logs(&id, Some(options));
-                    while let Some(Ok(item)) = stream.next().await {
-                        let (stream_kind, bytes) = match item {
-                            LogOutput::StdOut { message } | LogOutput::Console { message } => (LogStream::Stdout, message),
-                            LogOutput::StdErr { message } => (LogStream::Stderr, message),
-                            LogOutput::StdIn { .. } => continue,
-                        };
-                        let text = String::from_utf8_lossy(&bytes).into_owned();
-                        if output.send((stream_kind, text)).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-            };
+            let logs = forward_logs(self.docker.clone(), id.clone(), 0, output);
             Ok(Box::new(ContainerWorkload { docker: self.docker.clone(), id, logs: Some(logs) }) as Box<dyn Workload>)
+        }
+        .boxed()
+    }
+
+    fn found(
+        &self,
+        network: u64,
+        host: gpumesh_types::Address,
+    ) -> BoxFuture<'_, anyhow::Result<Vec<Found>>> {
+        async move {
+            let filters = std::collections::HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("gpumesh.network={network}"),
+                    format!("gpumesh.host={host}"),
+                ],
+            )]);
+            let containers = self
+                .docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+                .context("failed to list containers")?;
+            let mut found = Vec::new();
+            for c in containers {
+                let (Some(id), Some(labels)) = (c.id, c.labels) else {
+                    continue;
+                };
+                let Some(lease) = labels
+                    .get("gpumesh.lease")
+                    .and_then(|l| l.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let ports = c
+                    .ports
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|p| Some((p.private_port, p.public_port?)))
+                    .collect();
+                found.push(Found {
+                    id,
+                    lease: gpumesh_types::LeaseId(lease),
+                    running: c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+                    ports,
+                });
+            }
+            Ok(found)
+        }
+        .boxed()
+    }
+
+    fn adopt(
+        &self,
+        found: &Found,
+        output: mpsc::Sender<Output>,
+    ) -> BoxFuture<'_, anyhow::Result<Box<dyn Workload>>> {
+        let id = found.id.clone();
+        async move {
+            // Output from now on: what it printed while no agent watched is not sent again.
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i32);
+            let logs = forward_logs(self.docker.clone(), id.clone(), since, output);
+            Ok(Box::new(ContainerWorkload {
+                docker: self.docker.clone(),
+                id,
+                logs: Some(logs),
+            }) as Box<dyn Workload>)
+        }
+        .boxed()
+    }
+
+    fn remove(&self, found: &Found) -> BoxFuture<'_, anyhow::Result<()>> {
+        let id = found.id.clone();
+        async move {
+            self.docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .with_context(|| format!("failed to remove container {id}"))
         }
         .boxed()
     }
@@ -366,6 +451,90 @@ impl Runtime for ContainerRuntime {
         }
         .boxed()
     }
+}
+
+/// The request for a lease's GPUs, by UUID: CDI device names (`nvidia.com/gpu=UUID`)
+/// through the `cdi` driver for Podman, whose Docker-compatible API passes on no other;
+/// the `nvidia` driver's request for Docker (what `docker run --gpus` sends).
+fn gpu_request(engine: &str, uuids: &[String]) -> DeviceRequest {
+    if engine.starts_with("Podman") {
+        DeviceRequest {
+            driver: Some("cdi".into()),
+            device_ids: Some(
+                uuids
+                    .iter()
+                    .map(|u| format!("nvidia.com/gpu={u}"))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    } else {
+        DeviceRequest {
+            driver: Some("nvidia".into()),
+            device_ids: Some(uuids.to_vec()),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            ..Default::default()
+        }
+    }
+}
+
+/// A container's name: its network, host and lease, so that a restarted agent finds its
+/// own (and two agents never collide), whatever process made it.
+fn container_name(spec: &WorkloadSpec) -> String {
+    let label = |key: &str| {
+        spec.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("none", |(_, v)| v.as_str())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+    };
+    format!(
+        "gpumesh-{}-{}-lease-{}",
+        label("gpumesh.network"),
+        label("gpumesh.host"),
+        spec.lease
+    )
+}
+
+/// Forwards a container's output from `since` (seconds since the Unix epoch; 0 for all)
+/// to `output` until it ends.
+fn forward_logs(
+    docker: Docker,
+    id: String,
+    since: i32,
+    output: mpsc::Sender<Output>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            since,
+            ..Default::default()
+        };
+        let mut stream = docker.logs(&id, Some(options));
+        while let Some(Ok(item)) = stream.next().await {
+            let (stream_kind, bytes) = match item {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    (LogStream::Stdout, message)
+                }
+                LogOutput::StdErr { message } => (LogStream::Stderr, message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if output.send((stream_kind, text)).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// How long the output of an exited container may take to arrive.
@@ -466,5 +635,46 @@ impl Workload for ContainerWorkload {
                 .context("failed to kill the container")
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_asked_by_uuid_as_each_engine_takes_them() {
+        let uuids = vec!["GPU-aa".to_string(), "GPU-bb".to_string()];
+        let podman = gpu_request("Podman Engine 4.3.1", &uuids);
+        assert_eq!(podman.driver.as_deref(), Some("cdi"));
+        assert_eq!(
+            podman.device_ids.unwrap(),
+            ["nvidia.com/gpu=GPU-aa", "nvidia.com/gpu=GPU-bb"]
+        );
+        let docker = gpu_request("Docker Engine 27.1", &uuids);
+        assert_eq!(docker.driver.as_deref(), Some("nvidia"));
+        assert_eq!(docker.device_ids.unwrap(), uuids);
+        assert_eq!(docker.capabilities.unwrap(), vec![vec!["gpu".to_string()]]);
+    }
+
+    #[test]
+    fn names_say_whose_a_container_is_whatever_process_made_it() {
+        let spec = WorkloadSpec {
+            lease: gpumesh_types::LeaseId(12),
+            image: String::new(),
+            command: Vec::new(),
+            env: Vec::new(),
+            gpu_uuids: Vec::new(),
+            memory_bytes: None,
+            nano_cpus: None,
+            ports: Vec::new(),
+            publish_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            labels: vec![
+                ("gpumesh.network".into(), "1337".into()),
+                ("gpumesh.host".into(), "0xAbC".into()),
+            ],
+            as_image_user: false,
+        };
+        assert_eq!(container_name(&spec), "gpumesh-1337-0xabc-lease-12");
     }
 }

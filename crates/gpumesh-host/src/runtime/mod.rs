@@ -10,7 +10,7 @@ pub mod container;
 pub mod process;
 
 use futures_util::future::BoxFuture;
-use gpumesh_types::{LeaseId, LogStream, PortSpec, Protocol, RuntimeKind};
+use gpumesh_types::{Address, LeaseId, LogStream, PortSpec, Protocol, RuntimeKind};
 use tokio::sync::mpsc;
 
 /// What to run for one lease. Its `Debug` shows environment names only: values may be
@@ -37,6 +37,27 @@ pub struct WorkloadSpec {
     /// container runtime sets them as labels, so that what a host runs can be told
     /// apart from anything else on its engine.
     pub labels: Vec<(String, String)>,
+    /// Run as the image's own user (root in most images), which the host allowed;
+    /// otherwise as an unprivileged user ([`WORKLOAD_USER`]).
+    pub as_image_user: bool,
+}
+
+/// The user and group workloads run as unless their host allows the image's own (root,
+/// in most images): `nobody`, with no rights on the host or in the image's files beyond
+/// what all users have. Their `/tmp` is a fresh writable file system.
+pub const WORKLOAD_USER: &str = "65534:65534";
+
+/// A workload an agent found on its engine at start, labelled with its network and host
+/// (whoever started it: a previous run of the agent that crashed, or was killed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The engine's id of it.
+    pub id: String,
+    pub lease: LeaseId,
+    /// Whether it still runs.
+    pub running: bool,
+    /// The host ports it publishes, by container port (a service's).
+    pub ports: Vec<(u16, u16)>,
 }
 
 impl std::fmt::Debug for WorkloadSpec {
@@ -54,6 +75,7 @@ impl std::fmt::Debug for WorkloadSpec {
             .field("nano_cpus", &self.nano_cpus)
             .field("ports", &self.ports)
             .field("publish_ip", &self.publish_ip)
+            .field("as_image_user", &self.as_image_user)
             .finish()
     }
 }
@@ -114,6 +136,21 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// returns how many: what a local network does when it exits, so that the agents it
     /// killed on purpose (or a crash) leave nothing running.
     fn reap(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
+
+    /// The workloads labelled with this network and host, whoever started them: what an
+    /// agent adopts or removes when it starts. None for a runtime whose workloads do not
+    /// outlive their agent's handles.
+    fn found(&self, network: u64, host: Address) -> BoxFuture<'_, anyhow::Result<Vec<Found>>>;
+
+    /// Takes a found workload on: its output from now, and its end.
+    fn adopt(
+        &self,
+        found: &Found,
+        output: mpsc::Sender<Output>,
+    ) -> BoxFuture<'_, anyhow::Result<Box<dyn Workload>>>;
+
+    /// Stops and removes a found workload.
+    fn remove(&self, found: &Found) -> BoxFuture<'_, anyhow::Result<()>>;
 }
 
 /// A started workload.

@@ -34,6 +34,34 @@ impl Runtime for ProcessRuntime {
         async { Ok(0) }.boxed()
     }
 
+    /// Nothing is found: this runtime keeps no record of its process groups, so an agent
+    /// killed outright leaves them to the operator (local development networks only).
+    fn found(
+        &self,
+        _network: u64,
+        _host: gpumesh_types::Address,
+    ) -> BoxFuture<'_, anyhow::Result<Vec<super::Found>>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn adopt(
+        &self,
+        found: &super::Found,
+        _output: mpsc::Sender<Output>,
+    ) -> BoxFuture<'_, anyhow::Result<Box<dyn Workload>>> {
+        let lease = found.lease;
+        async move {
+            Err(anyhow::anyhow!(
+                "the process runtime cannot adopt lease {lease}'s workload"
+            ))
+        }
+        .boxed()
+    }
+
+    fn remove(&self, _found: &super::Found) -> BoxFuture<'_, anyhow::Result<()>> {
+        async { Ok(()) }.boxed()
+    }
+
     fn describe(&self) -> String {
         "process runtime (local development only: no isolation, images are ignored)".into()
     }
