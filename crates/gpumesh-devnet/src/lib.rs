@@ -185,9 +185,13 @@ fn key(path: &Path) -> anyhow::Result<Wallet> {
 async fn choose_runtime(
     choice: RuntimeChoice,
     socket: Option<&str>,
+    data_dir: &Path,
 ) -> anyhow::Result<(Arc<dyn Runtime>, String)> {
+    // Processes are recorded in the data directory: a devnet started again on it ends
+    // those its killed agents left.
+    let processes = || ProcessRuntime::recorded_in(data_dir).map(Arc::new);
     if choice == RuntimeChoice::Process {
-        return Ok((Arc::new(ProcessRuntime), "process runtime, as asked".into()));
+        return Ok((processes()?, "process runtime, as asked".into()));
     }
     // Jobs get no network at all; services get the bridge, to publish their ports.
     let engine = match ContainerRuntime::connect(socket, "none")
@@ -196,10 +200,7 @@ async fn choose_runtime(
     {
         Ok(engine) => engine,
         Err(e) if choice == RuntimeChoice::Auto => {
-            return Ok((
-                Arc::new(ProcessRuntime),
-                format!("process runtime, because {e}"),
-            ));
+            return Ok((processes()?, format!("process runtime, because {e}")));
         }
         Err(e) => return Err(e),
     };
@@ -213,7 +214,7 @@ async fn choose_runtime(
             Ok((Arc::new(engine), format!("container runtime; {note}")))
         }
         Err(e) if choice == RuntimeChoice::Auto => Ok((
-            Arc::new(ProcessRuntime),
+            processes()?,
             format!("process runtime, because the demo image could not be built: {e:#}"),
         )),
         Err(e) => Err(e),
@@ -265,7 +266,7 @@ impl Devnet {
         std::fs::create_dir_all(data_dir.join("keys"))
             .context("failed to create the key directory")?;
         let (runtime, runtime_note) =
-            choose_runtime(config.runtime, config.docker_socket.as_deref()).await?;
+            choose_runtime(config.runtime, config.docker_socket.as_deref(), &data_dir).await?;
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

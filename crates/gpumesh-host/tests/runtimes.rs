@@ -121,8 +121,8 @@ async fn check_kill(runtime: &dyn Runtime, image: &str) {
 
 #[tokio::test]
 async fn process_runtime_runs_and_kills() {
-    check_output_and_exit(&ProcessRuntime, "ignored").await;
-    check_kill(&ProcessRuntime, "ignored").await;
+    check_output_and_exit(&ProcessRuntime::default(), "ignored").await;
+    check_kill(&ProcessRuntime::default(), "ignored").await;
 }
 
 #[tokio::test]

@@ -526,6 +526,11 @@ pub struct HostArgs {
     /// Allow the process runtime (local development networks only).
     #[arg(long)]
     pub dev: bool,
+    /// Where the process runtime records the processes it starts, so that the agent,
+    /// started again after it was killed, ends those it left (default:
+    /// $XDG_STATE_HOME/gpumesh, else ~/.local/state/gpumesh).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// A Docker Engine API socket (default: $DOCKER_HOST, then the usual places).
     #[arg(long)]
     pub docker_socket: Option<String>,

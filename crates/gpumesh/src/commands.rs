@@ -481,6 +481,19 @@ fn genesis_new(args: GenesisNewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the process runtime records its workloads: `--state-dir`, else
+/// `$XDG_STATE_HOME/gpumesh`, else `~/.local/state/gpumesh`.
+fn state_dir(args: &HostArgs) -> std::path::PathBuf {
+    if let Some(dir) = &args.state_dir {
+        return dir.clone();
+    }
+    match (std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME")) {
+        (Some(state), _) => std::path::PathBuf::from(state).join("gpumesh"),
+        (None, Some(home)) => std::path::PathBuf::from(home).join(".local/state/gpumesh"),
+        (None, None) => std::path::PathBuf::from(".gpumesh-state"),
+    }
+}
+
 async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
     let wallet = load_key(&args.connection)?;
     let point: GeoPoint = args.location.parse()?;
@@ -551,7 +564,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
         RuntimeArg::Process if !args.dev => bail!(
             "the process runtime runs workloads without isolation; it needs --dev (local networks only)"
         ),
-        RuntimeArg::Process => Arc::new(ProcessRuntime),
+        RuntimeArg::Process => Arc::new(ProcessRuntime::recorded_in(&state_dir(&args))?),
         RuntimeArg::Container => Arc::new(
             ContainerRuntime::connect(args.docker_socket.as_deref(), &args.container_network)
                 .await
@@ -570,7 +583,7 @@ async fn host(args: HostArgs) -> anyhow::Result<ExitCode> {
                 Ok(engine) => Arc::new(engine),
                 Err(e) if args.dev => {
                     eprintln!("warning: {e}; using the process runtime (--dev)");
-                    Arc::new(ProcessRuntime)
+                    Arc::new(ProcessRuntime::recorded_in(&state_dir(&args))?)
                 }
                 Err(e) => bail!(
                     "{e}; a host runs workloads in containers (start Docker or Podman), or pass --dev for the process runtime on a local network"

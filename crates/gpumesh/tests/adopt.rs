@@ -296,3 +296,107 @@ async fn a_killed_agent_restarts_adopts_its_running_workload_and_removes_what_is
         }
     }
 }
+
+/// The process runtime (local networks) cannot take over a process whose output went to
+/// a dead agent, so a restarted agent ends it: the process group it recorded is killed,
+/// and the lease ends, billed what was settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_ends_the_processes_a_killed_one_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let (indexer, url) = common::start(&dir.path().join("data"));
+    let _indexer = Killed(indexer);
+    let host = Wallet::generate();
+    let host_key = dir.path().join("host.key");
+    host.save(&host_key, common::PASSWORD, Kdf::Light).unwrap();
+    let buyer = Wallet::generate();
+    for wallet in [&host, &buyer] {
+        Client::new(&url, Some(wallet.clone()))
+            .faucet(Amount::from_tokens(1_000))
+            .await
+            .unwrap();
+    }
+    let state = dir.path().join("state");
+    let start_agent = || {
+        Killed(
+            Command::new(common::BIN)
+                .args(["host", "--indexer", &url, "--key"])
+                .arg(&host_key)
+                .args([
+                    "--name",
+                    "processes",
+                    "--location",
+                    "52.37,4.90",
+                    "--country",
+                    "NL",
+                    "--price",
+                    "3.6",
+                    "--simulate-gpu",
+                    "H100:1",
+                    "--runtime",
+                    "process",
+                    "--dev",
+                    "--state-dir",
+                ])
+                .arg(&state)
+                .env("GPUMESH_PASSWORD", common::PASSWORD)
+                .env("GPUMESH_LOG", "warn,gpumesh_host=info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first_agent = Some(start_agent());
+    let client = Client::new(&url, Some(buyer.clone()));
+    let mut job = job("echo begin; exec sleep 60");
+    job.gpu = GpuModel::H100.into();
+    let lease = loop {
+        match client.submit_job(&job).await {
+            Ok(lease) => break lease,
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    };
+    client.fund(&lease).await.unwrap();
+    let began = Instant::now();
+    while client.lease(lease.id).await.unwrap().state != LeaseState::Running {
+        assert!(began.elapsed() < Duration::from_secs(30), "never running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("process-workloads.json")).unwrap())
+            .unwrap();
+    let group = recorded[0]["group"].as_i64().unwrap();
+    assert_eq!(recorded[0]["lease"], lease.id.0);
+    drop(first_agent.take());
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{group}"));
+    assert!(proc_dir.exists(), "the workload outlives its agent");
+
+    let _second = start_agent();
+    let began = Instant::now();
+    let view = loop {
+        let view = client.lease(lease.id).await.unwrap();
+        if view.state.is_terminal() {
+            break view;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "never ended: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view.state, LeaseState::Failed, "{view:?}");
+    assert!(
+        view.failure.as_deref().unwrap().contains("restarted"),
+        "{view:?}"
+    );
+    // Killed (a zombie until its parent, gone, is reaped: not running).
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "{stat}");
+    let s = view.settlement.unwrap();
+    assert!(s.closed);
+    assert_eq!(s.host_share.0 + s.treasury_share.0 + s.refund.0, s.escrow.0);
+    let left: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("process-workloads.json")).unwrap())
+            .unwrap();
+    assert_eq!(left, serde_json::json!([]));
+}
