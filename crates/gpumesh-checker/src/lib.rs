@@ -306,10 +306,12 @@ impl Checker {
         };
         let deadline = Duration::from_millis(deadline_ms);
         let began = Instant::now();
-        // No answer by the deadline is a missed deadline; a refusal signed by the host is
-        // its own word that it did not prove; anything else (no connection, a connection
-        // dropped mid-proof, an unsigned error) is an absent agent. None of these is
-        // evidence of a false proof (docs/checking.md, "Failed proofs and what they cost").
+        // No answer by the deadline from an agent that is there is a missed deadline; from
+        // one that no longer answers its liveness either (a host gone dark drops the
+        // connection silently) an absent agent. A refusal signed by the host is its own
+        // word that it did not prove; anything else (no connection, a connection dropped
+        // mid-proof, an unsigned error) is an absent agent. None of these is evidence of
+        // a false proof (docs/checking.md, "Failed proofs and what they cost").
         let commitment: ProofCommitment = match self
             .post(
                 task,
@@ -320,7 +322,14 @@ impl Checker {
             .await
         {
             Ok(c) => c,
-            Err(ProbeError::Timeout) => return failed(FailReason::DeadlineMissed),
+            Err(ProbeError::Timeout) => {
+                let there = self.liveness(task, Duration::from_secs(2)).await;
+                return failed(if matches!(there, CheckOutcome::Up { .. }) {
+                    FailReason::DeadlineMissed
+                } else {
+                    FailReason::Unreachable
+                });
+            }
             Err(ProbeError::Answered(body)) if self.signed_refusal(task, &seed, &body) => {
                 return failed(FailReason::Refused);
             }

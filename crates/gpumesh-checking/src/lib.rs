@@ -714,13 +714,12 @@ impl Checking {
             let malicious = evident >= need;
             reasons
                 .retain(|r, _| (r.class() == gpumesh_types::FailureClass::Malicious) == malicious);
-            // The most common reason; on a tie the first in the code's order. Failing
-            // results whose evidence fell short count as a failed opening.
+            // The most common reason; on a tie the first in the code's order (the least
+            // severe).
             let reason = reasons
                 .iter()
                 .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                .map(|(r, _)| *r)
-                .or((!passed).then_some(FailReason::BadOpening));
+                .map(|(r, _)| *r);
             outcome.verdicts.push(Verdict {
                 container,
                 kind,

@@ -154,6 +154,24 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
+    // What an earlier run of this agent left on the engine. Those running are stated
+    // running to checkers from the first moment: they are adopted below (or removed, and
+    // then no longer stated).
+    let found = match config
+        .runtime
+        .found(chain_id, config.wallet.address())
+        .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for workloads an earlier run left");
+            Vec::new()
+        }
+    };
+    running
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(found.iter().filter(|f| f.running).map(|f| f.lease));
     // Stops the challenge endpoint however `run` ends, a crash (the future dropped) too:
     // connections a checker still holds open must not outlive the agent.
     let challenge_stop = shutdown.child_token();
@@ -235,7 +253,7 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
     let mut runners = tokio::task::JoinSet::new();
     // What an earlier run of this agent left on the engine: adopted if its lease still
     // runs here, removed otherwise, before any new work.
-    agent.adopt_or_remove(&mut runners).await;
+    let untouched = agent.adopt_or_remove(found, &mut runners).await;
     let mut first_poll = true;
     loop {
         let work = tokio::select! {
@@ -246,10 +264,12 @@ pub async fn run(config: HostConfig, shutdown: CancellationToken) -> anyhow::Res
             Ok(work) => {
                 // First what the network ended while this host was away (or thought
                 // lost): its workloads stop before new work starts.
-                agent.stop_not_live(&work.live);
-                // Then what an earlier run left running that this one did not find.
-                if std::mem::take(&mut first_poll) {
-                    agent.end_lost(&work).await;
+                if let Some(live) = &work.live {
+                    agent.stop_not_live(live);
+                    // Then what an earlier run left running that this one did not find.
+                    if std::mem::take(&mut first_poll) {
+                        agent.end_lost(live, &work.start, &untouched).await;
+                    }
                 }
                 for assignment in work.start {
                     if let Some(stop) = agent.admit(&assignment) {
@@ -513,15 +533,15 @@ impl Agent {
     /// metering taken up again, the workload itself untouched); every other is stopped and
     /// removed. Leases still starting are removed too: the network assigns them again,
     /// and they start afresh.
-    async fn adopt_or_remove(self: &Arc<Self>, runners: &mut tokio::task::JoinSet<()>) {
+    /// Returns the leases of those it could not judge (their lease unreadable) and left
+    /// as they are.
+    async fn adopt_or_remove(
+        self: &Arc<Self>,
+        found: Vec<crate::runtime::Found>,
+        runners: &mut tokio::task::JoinSet<()>,
+    ) -> Vec<LeaseId> {
         let me = self.config.wallet.address();
-        let found = match self.config.runtime.found(self.chain_id, me).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not look for workloads an earlier run left");
-                return;
-            }
-        };
+        let mut untouched = Vec::new();
         for f in found {
             let lease = match self.client.lease(f.lease).await {
                 Ok(view) => Some(view),
@@ -530,12 +550,14 @@ impl Agent {
                 }
                 Err(e) => {
                     tracing::warn!(lease = %f.lease, error = %e, "could not read the lease of a workload found at start; left as it is");
+                    untouched.push(f.lease);
                     continue;
                 }
             };
+            // A workload that ended while no agent ran is adopted too: its end (and exit
+            // code) is reported, billed what was settled.
             let adoptable = lease.as_ref().filter(|v| {
-                f.running
-                    && v.host == me
+                v.host == me
                     && v.state == gpumesh_types::LeaseState::Running
                     && v.settlement
                         .as_ref()
@@ -558,18 +580,20 @@ impl Agent {
                 None => self.remove_found(&f).await,
             }
         }
+        untouched
     }
 
     /// Reports the end of the leases the network holds running here whose workloads this
     /// run of the agent neither found nor started (lost with the machine, or removed by
     /// hand): failed, billed what was settled, the rest refunded.
-    async fn end_lost(&self, work: &gpumesh_types::HostWork) {
+    async fn end_lost(&self, live: &[LeaseId], starting: &[Assignment], untouched: &[LeaseId]) {
         let lost: Vec<LeaseId> = {
             let leases = self.leases.lock().expect("lease table lock");
-            work.live
-                .iter()
+            live.iter()
                 .filter(|id| {
-                    !leases.contains_key(id) && !work.start.iter().any(|a| a.lease == **id)
+                    !leases.contains_key(id)
+                        && !untouched.contains(id)
+                        && !starting.iter().any(|a| a.lease == **id)
                 })
                 .copied()
                 .collect()
@@ -593,6 +617,7 @@ impl Agent {
     }
 
     async fn remove_found(&self, f: &crate::runtime::Found) {
+        self.running_now(f.lease, false);
         match self.config.runtime.remove(f).await {
             Ok(()) => {
                 tracing::warn!(lease = %f.lease, container = %f.id, "removed a workload an earlier run left, whose lease is not running here")
@@ -617,16 +642,16 @@ impl Agent {
             .context("the lease has no escrow")?;
         let started_ms = settlement.started_ms.context("the lease has not started")?;
         let stop = CancellationToken::new();
+        // Billable time runs from the ledger's start, measured on this clock.
+        let since = now_ms().saturating_sub(started_ms);
+        let began = Instant::now()
+            .checked_sub(Duration::from_millis(since))
+            .unwrap_or_else(Instant::now);
         {
             let mut leases = self.leases.lock().expect("lease table lock");
             if leases.contains_key(&id) {
                 anyhow::bail!("lease {id} is already running here");
             }
-            // Billable time runs from the ledger's start, measured on this clock.
-            let since = now_ms().saturating_sub(started_ms);
-            let started = Instant::now()
-                .checked_sub(Duration::from_millis(since))
-                .unwrap_or_else(Instant::now);
             leases.insert(
                 id,
                 Live {
@@ -634,8 +659,10 @@ impl Agent {
                     max_gpu_ms: view
                         .max_duration_ms
                         .saturating_mul(u64::from(view.gpu_count)),
-                    started: Some(started),
-                    frozen_gpu_ms: None,
+                    started: Some(began),
+                    // Ended while no agent watched: when is unknown here, so only what
+                    // was settled is claimed.
+                    frozen_gpu_ms: (!f.running).then_some(settlement.gpu_ms),
                     settled_gpu_ms: settlement.gpu_ms,
                     stop: stop.clone(),
                 },
@@ -649,9 +676,6 @@ impl Agent {
                 return Err(e);
             }
         };
-        let began = self.leases.lock().expect("lease table lock")[&id]
-            .started
-            .expect("set above");
         let health = view.health_check.clone().and_then(|check| {
             let port = check.port.or_else(|| f.ports.first().map(|(p, _)| *p))?;
             let host_port = f.ports.iter().find(|(p, _)| *p == port)?.1;

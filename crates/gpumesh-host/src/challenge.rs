@@ -370,13 +370,23 @@ async fn commit(
     State(e): State<Arc<Endpoint>>,
     Json(request): Json<ProofCommitRequest>,
 ) -> Response {
-    if let Some(refused) = e.refusal(request.index) {
-        return refused;
+    if e.stopped.is_cancelled() {
+        return gone();
     }
     if let Some(refused) = e.unauthorised(&request) {
         return refused;
     }
     let (index, seed) = (request.index, request.challenge.seed);
+    if usize::from(index) >= e.gpus.len() {
+        return e.signed_refusal(
+            index,
+            &seed,
+            format!(
+                "this host has {} GPUs; there is no GPU {index}",
+                e.gpus.len()
+            ),
+        );
+    }
     if let Err(err) = request.challenge.params.validate() {
         return e.signed_refusal(
             index,

@@ -696,10 +696,10 @@ impl Core {
                         .capacity_verdict(v.container, verdict, expected, now_ms)
                     {
                         Ok(CapacityDecision::Down(reason)) => {
-                            // No proof was made: a liveness failure, by the downtime rules.
-                            tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof not made: the host counts as down");
-                            self.epoch.container(v.container).down += 1;
-                            hosts_up.insert(v.container.host, false);
+                            // No proof was made: asked again next period. Whether the
+                            // host is there is for its liveness checks to say (a signed
+                            // refusal shows it is).
+                            tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof not made: proven again next period");
                         }
                         Ok(CapacityDecision::Retry(reason)) => {
                             tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof failed once: proven again next period");

@@ -222,7 +222,7 @@ pub enum Capacity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapacityDecision {
     Passed,
-    /// No proof was made: the host counts as down, and is asked again next period.
+    /// No proof was made: not offered until a proof passes, asked again next period.
     Down(gpumesh_types::FailReason),
     /// Failed once without evidence: asked again next period.
     Retry(gpumesh_types::FailReason),
@@ -1091,10 +1091,15 @@ impl Registry {
     pub fn work(&self, host: &Address) -> Result<HostWork, RegistryError> {
         self.host_by_address(host)
             .ok_or(RegistryError::UnknownHost(*host))?;
-        let mut work = HostWork::default();
+        let mut work = HostWork {
+            live: Some(Vec::new()),
+            ..HostWork::default()
+        };
         for lease in self.live_leases_of(host) {
-            if matches!(lease.state, LeaseState::Starting | LeaseState::Running) {
-                work.live.push(lease.id);
+            if matches!(lease.state, LeaseState::Starting | LeaseState::Running)
+                && let Some(live) = &mut work.live
+            {
+                live.push(lease.id);
             }
             match lease.state {
                 LeaseState::Starting if !lease.cancel_requested => work.start.push(Assignment {
@@ -1280,7 +1285,9 @@ impl Registry {
                             && !leased.contains(&(r.address, i as u16))
                     }
                     Some(Capacity::Pending | Capacity::Retry { .. }) | None => true,
-                };
+                    // An offline host is asked only its liveness: a proof it cannot make
+                    // would say nothing more.
+                } && host.online;
                 out.push(gpumesh_checking::Target {
                     container: gpumesh_types::ContainerRef {
                         host: r.address,
@@ -1299,9 +1306,9 @@ impl Registry {
 
     /// A quorum's capacity verdict on a container, judged by what its failure is
     /// evidence of (docs/checking.md, "Failed proofs and what they cost"): a proof that
-    /// was never made leaves the capacity as it was (the caller takes the host as down);
-    /// a missed deadline or a failed opening gets a second proof; a second such failure,
-    /// or a wrong row or path at once, rejects it for good.
+    /// was never made unproves a proven container until it proves again, and is asked
+    /// again next period; a missed deadline or a failed opening gets a second proof; a
+    /// second such failure, or a wrong row or path at once, rejects it for good.
     pub fn capacity_verdict(
         &mut self,
         c: gpumesh_types::ContainerRef,
@@ -1337,7 +1344,13 @@ impl Registry {
                 host.record.proof_ok = Some(host_ms <= expected_ms);
                 CapacityDecision::Passed
             }
+            // No proof was made: nothing is proven, so a container proven before is not
+            // offered until it proves again; nothing more (the host's liveness checks
+            // judge whether it is there).
             (_, Err(reason)) if reason.class() == FailureClass::Down => {
+                if matches!(state, Capacity::Passed { .. }) {
+                    *state = Capacity::Pending;
+                }
                 CapacityDecision::Down(reason)
             }
             (Capacity::Retry { .. }, Err(reason)) => {

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 
 use gpumesh_registry::{CapacityDecision, Dirty, Effect, Params, Registry, RegistryError};
 use gpumesh_types::{
-    Address, Amount, CloseReason, ErrorCode, GeoPoint, GpuModel, GpuOffer, Heartbeat, JobRequest,
-    LeaseId, LeaseState, Location, RegisterHost, RuntimeKind, TxKind,
+    Address, Amount, CloseReason, ErrorCode, GeoPoint, GpuModel, GpuOffer, Heartbeat, HostWork,
+    JobRequest, LeaseId, LeaseState, Location, RegisterHost, RuntimeKind, TxKind,
 };
 use proptest::prelude::*;
 
@@ -346,7 +346,14 @@ fn matches_expire_and_cancels_reach_the_host() {
             }]
         )
     );
-    assert_eq!(r.work(&addr(1)).unwrap(), Default::default());
+    assert_eq!(
+        r.work(&addr(1)).unwrap(),
+        HostWork {
+            live: Some(Vec::new()),
+            ..HostWork::default()
+        },
+        "nothing to start or stop, and nothing live"
+    );
     assert!(r.started(&addr(1), id, Vec::new(), 30_004).is_err());
 
     // Running: the host is asked to stop, and reports the end.
@@ -674,6 +681,23 @@ fn a_wrong_row_rejects_at_once_and_an_unprovable_model_is_not_registered() {
             model: GpuModel::H100,
             reason: FailReason::BadPath
         })
+    );
+    // A proven container whose agent refuses a later proof is not offered until it
+    // proves again; the host stays online.
+    let state_of_1 = |r: &Registry| r.containers()[1].state;
+    r.capacity_verdict(c(1, 1), Ok(50), 100, 20).unwrap();
+    assert_eq!(state_of_1(&r), gpumesh_types::ContainerState::Standby);
+    assert_eq!(
+        r.capacity_verdict(c(1, 1), Err(FailReason::Refused), 100, 80_000),
+        Ok(CapacityDecision::Down(FailReason::Refused))
+    );
+    assert_eq!(state_of_1(&r), gpumesh_types::ContainerState::Checking);
+    assert!(
+        r.check_targets(60_000, 80_010)
+            .iter()
+            .find(|t| t.container == c(1, 1))
+            .unwrap()
+            .capacity_due
     );
     // A passed container that fails a later proof once is suspended, not rejected.
     r.capacity_verdict(c(1, 1), Ok(50), 100, 20).unwrap();

@@ -388,13 +388,14 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
     // A challenge the sizing rule would never ask (a shape that is invalid, or not the
     // rule's for the GPU) is refused with the host's signature: a checker reports it as
     // the host's own refusal, never as a wrong proof.
-    for (rows, inner, why) in [
-        (8, 17, "size is invalid"),
-        (4_000_000, 1024, "the network's rule asks GPU 0"),
+    for (index, rows, inner, why) in [
+        (0, 8, 17, "size is invalid"),
+        (0, 4_000_000, 1024, "the network's rule asks GPU 0"),
+        (999, 8, 16, "there is no GPU 999"),
     ] {
         let response = http
             .post(format!("{endpoint}/proof/commit"))
-            .json(&commit(&idle, &idle, 0, rows, inner, 60_000))
+            .json(&commit(&idle, &idle, index, rows, inner, 60_000))
             .send()
             .await
             .unwrap();
@@ -417,11 +418,6 @@ async fn the_assignment_is_recomputed_from_public_data_and_bad_reports_change_no
         );
     }
     let bad = [
-        (
-            "proof/commit",
-            commit(&idle, &idle, 999, 8, 16, 60_000),
-            (400, ErrorCode::InvalidRequest),
-        ),
         (
             "proof/commit",
             commit(&stranger, &idle, 0, 64, 256, 60_000),

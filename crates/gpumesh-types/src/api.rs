@@ -95,8 +95,9 @@ pub struct HostWork {
     pub stop: Vec<LeaseId>,
     /// Every lease the network holds live on this host (starting or running): a host
     /// that comes back after it was thought lost stops the workloads of any other.
-    #[serde(default)]
-    pub live: Vec<LeaseId>,
+    /// Absent from an indexer that does not list them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<LeaseId>>,
 }
 
 /// A funded lease the host must run.

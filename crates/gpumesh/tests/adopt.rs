@@ -225,11 +225,20 @@ async fn a_killed_agent_restarts_adopts_its_running_workload_and_removes_what_is
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(running_agent.take());
-    assert_eq!(
-        containers_of(&engine, Some(&me), lease.id).await,
-        1,
-        "the workload outlives its agent"
-    );
+    let ids_of = |lease: LeaseId| {
+        let (engine, me) = (&engine, &me);
+        async move {
+            engine
+                .labelled(&[
+                    ("gpumesh.lease", lease.to_string().as_str()),
+                    ("gpumesh.host", me.as_str()),
+                ])
+                .await
+                .unwrap()
+        }
+    };
+    let before = ids_of(lease.id).await;
+    assert_eq!(before.len(), 1, "the workload outlives its agent");
 
     // What a dead agent of this host left for an ended lease is removed at the restart;
     // another host's and another network's are not touched.
@@ -245,6 +254,9 @@ async fn a_killed_agent_restarts_adopts_its_running_workload_and_removes_what_is
     assert_eq!(containers_of(&engine, Some(&me), first.id).await, 1);
 
     let _restarted = agent(&url, &host_key);
+    // Still the same container a few seconds on: adopted, not started again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ids_of(lease.id).await, before, "adopted, not restarted");
     let view = second.await.unwrap();
     assert_eq!(view.id, lease.id);
     assert_eq!(view.state, LeaseState::Completed, "{view:?}");

@@ -88,6 +88,13 @@ fn alive(entry: &Entry) -> bool {
     start_ticks(entry.group) == Some(entry.started)
 }
 
+/// Kills process group `group`; never 0, 1 or a negative id, which would name others.
+fn kill_group(group: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(group).filter(|_| group > 1) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
 fn label<'a>(spec: &'a WorkloadSpec, key: &str) -> &'a str {
     spec.labels
         .iter()
@@ -115,10 +122,25 @@ impl Runtime for ProcessRuntime {
         RuntimeKind::Process
     }
 
-    /// Nothing to do: each workload runs in its own process group, killed whole when its
-    /// handle is dropped, so none outlives the agent that started it in this process.
+    /// Kills every recorded group still running: each workload's group is killed when
+    /// its handle is dropped, but an agent in another process, killed outright, drops
+    /// nothing.
     fn reap(&self) -> BoxFuture<'_, anyhow::Result<usize>> {
-        async { Ok(0) }.boxed()
+        async move {
+            let Some(record) = &self.record else {
+                return Ok(0);
+            };
+            let mut killed = 0;
+            record.change(|entries| {
+                for e in entries.iter().filter(|e| alive(e)) {
+                    kill_group(e.group);
+                    killed += 1;
+                }
+                entries.clear();
+            })?;
+            Ok(killed)
+        }
+        .boxed()
     }
 
     /// The recorded groups of this network and host whose leaders still run (those that
@@ -174,12 +196,7 @@ impl Runtime for ProcessRuntime {
             };
             record.change(|entries| {
                 for e in entries.iter().filter(|e| e.group == group && alive(e)) {
-                    if let Some(pid) =
-                        rustix::process::Pid::from_raw(e.group).filter(|_| e.group > 1)
-                    {
-                        let _ =
-                            rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                    }
+                    kill_group(e.group);
                 }
                 entries.retain(|e| e.group != group);
             })
@@ -332,15 +349,9 @@ impl Workload for ProcessWorkload {
     fn kill(&mut self) -> BoxFuture<'_, anyhow::Result<()>> {
         async move {
             // The whole process group (the child leads it), so that children of a shell
-            // stop too. Guard against a pid that would name some other group.
-            if let Some(pid) = self
-                .child
-                .id()
-                .and_then(|p| i32::try_from(p).ok())
-                .filter(|p| *p > 1)
-                && let Some(group) = rustix::process::Pid::from_raw(pid)
-            {
-                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            // stop too.
+            if let Some(group) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+                kill_group(group);
             }
             let _ = self.child.start_kill();
             Ok(())
