@@ -677,8 +677,10 @@ impl Agent {
             }
         };
         let health = view.health_check.clone().and_then(|check| {
-            let port = check.port.or_else(|| f.ports.first().map(|(p, _)| *p))?;
-            let host_port = f.ports.iter().find(|(p, _)| *p == port)?.1;
+            let port = check
+                .port
+                .or_else(|| f.ports.first().map(|p| p.container))?;
+            let host_port = f.ports.iter().find(|p| p.container == port)?.host;
             Some((check, self.probe_address(host_port)))
         });
         let max = Duration::from_millis(view.max_duration_ms);

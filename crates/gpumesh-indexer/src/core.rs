@@ -704,9 +704,13 @@ impl Core {
                         Ok(CapacityDecision::Retry(reason)) => {
                             tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof failed once: proven again next period");
                         }
-                        Ok(CapacityDecision::Rejected { model, reason }) => {
+                        Ok(CapacityDecision::Rejected {
+                            model,
+                            reason,
+                            offence,
+                        }) => {
                             tracing::warn!(container = %v.container, reason = reason.describe(), "capacity proof rejected by quorum");
-                            self.slash_rejected(v, model, reason, now_ms, batch);
+                            self.slash_rejected(v, model, reason, offence, now_ms, batch);
                         }
                         Ok(CapacityDecision::Passed | CapacityDecision::Unchanged) => {}
                         Err(e) => {
@@ -775,6 +779,7 @@ impl Core {
         v: &gpumesh_checking::Verdict,
         model: gpumesh_types::GpuModel,
         reason: gpumesh_types::FailReason,
+        offence: gpumesh_types::Offence,
         now_ms: u64,
         batch: &mut Batch,
     ) {
@@ -787,13 +792,6 @@ impl Core {
         {
             return;
         }
-        let offence = match reason.class() {
-            gpumesh_types::FailureClass::Malicious => gpumesh_types::Offence::Malicious,
-            // A proof never made is downtime, and the registry does not reject for it.
-            gpumesh_types::FailureClass::Underperforming | gpumesh_types::FailureClass::Down => {
-                gpumesh_types::Offence::Underperformance
-            }
-        };
         let evidence = alloy_primitives::keccak256(format!(
             "capacity proof rejected by quorum: container {} reason {:?} checkers {:?} at {now_ms}",
             v.container, reason, v.agreeing

@@ -226,13 +226,26 @@ pub enum CapacityDecision {
     Down(gpumesh_types::FailReason),
     /// Failed once without evidence: asked again next period.
     Retry(gpumesh_types::FailReason),
-    /// Rejected now, for good: the caller slashes by the reason's class.
+    /// Rejected now, for good: the caller slashes K × the staking coefficient for
+    /// `offence`.
     Rejected {
         model: GpuModel,
         reason: gpumesh_types::FailReason,
+        offence: gpumesh_types::Offence,
     },
     /// Already rejected.
     Unchanged,
+}
+
+/// What a rejection is slashed for: a wrong row or path is malicious; two proofs not
+/// delivered, underperformance (a proof never made rejects nothing).
+fn offence_of(reason: gpumesh_types::FailReason) -> gpumesh_types::Offence {
+    match reason.class() {
+        gpumesh_types::FailureClass::Malicious => gpumesh_types::Offence::Malicious,
+        gpumesh_types::FailureClass::Underperforming | gpumesh_types::FailureClass::Down => {
+            gpumesh_types::Offence::Underperformance
+        }
+    }
 }
 
 impl Capacity {
@@ -1358,14 +1371,22 @@ impl Registry {
                     at_ms: now_ms,
                     reason,
                 };
-                CapacityDecision::Rejected { model, reason }
+                CapacityDecision::Rejected {
+                    model,
+                    reason,
+                    offence: offence_of(reason),
+                }
             }
             (_, Err(reason)) if reason.class() == FailureClass::Malicious => {
                 *state = Capacity::Rejected {
                     at_ms: now_ms,
                     reason,
                 };
-                CapacityDecision::Rejected { model, reason }
+                CapacityDecision::Rejected {
+                    model,
+                    reason,
+                    offence: offence_of(reason),
+                }
             }
             (_, Err(reason)) => {
                 *state = Capacity::Retry {

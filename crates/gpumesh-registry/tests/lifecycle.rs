@@ -634,7 +634,8 @@ fn containers_serve_once_their_proof_passes_and_a_rejection_stands() {
         r.capacity_verdict(c(1, 1), Err(FailReason::BadOpening), 100, 30),
         Ok(CapacityDecision::Rejected {
             model: GpuModel::H100,
-            reason: FailReason::BadOpening
+            reason: FailReason::BadOpening,
+            offence: gpumesh_types::Offence::Underperformance,
         }),
         "a second failure rejects and asks for a slash"
     );
@@ -679,7 +680,8 @@ fn a_wrong_row_rejects_at_once_and_an_unprovable_model_is_not_registered() {
         r.capacity_verdict(c(1, 0), Err(FailReason::BadPath), 100, 20),
         Ok(CapacityDecision::Rejected {
             model: GpuModel::H100,
-            reason: FailReason::BadPath
+            reason: FailReason::BadPath,
+            offence: gpumesh_types::Offence::Malicious,
         })
     );
     // A proven container whose agent refuses a later proof is not offered until it

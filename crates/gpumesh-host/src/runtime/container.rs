@@ -357,7 +357,12 @@ impl Runtime for ContainerRuntime {
                     .ports
                     .unwrap_or_default()
                     .into_iter()
-                    .filter_map(|p| Some((p.private_port, p.public_port?)))
+                    .filter_map(|p| {
+                        Some(super::Published {
+                            container: p.private_port,
+                            host: p.public_port?,
+                        })
+                    })
                     .collect();
                 found.push(Found {
                     id,

@@ -56,8 +56,15 @@ pub struct Found {
     pub lease: LeaseId,
     /// Whether it still runs.
     pub running: bool,
-    /// The host ports it publishes, by container port (a service's).
-    pub ports: Vec<(u16, u16)>,
+    /// The ports it publishes (a service's).
+    pub ports: Vec<Published>,
+}
+
+/// A container port and the host port it is published on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub container: u16,
+    pub host: u16,
 }
 
 impl std::fmt::Debug for WorkloadSpec {
