@@ -765,6 +765,7 @@ impl Agent {
         if !gpu_uuids.is_empty() {
             env.push(("NVIDIA_VISIBLE_DEVICES".to_string(), gpu_uuids.join(",")));
         }
+        let uuid_label = gpu_uuids.join(",");
         WorkloadSpec {
             lease: a.lease,
             image: a.image.clone(),
@@ -790,6 +791,8 @@ impl Agent {
                         .collect::<Vec<_>>()
                         .join(","),
                 ),
+                // The devices themselves, where there are real ones.
+                ("gpumesh.gpu-uuids".to_string(), uuid_label),
             ],
         }
     }
