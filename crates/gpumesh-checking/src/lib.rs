@@ -310,10 +310,11 @@ impl Checking {
             .flat_map(|p| p.targets.iter().filter(|t| t.capacity_due))
             .map(|t| t.container)
             .collect();
-        for t in targets
-            .iter_mut()
-            .filter(|t| proving.contains(&t.container))
-        {
+        // Nor for a GPU the network has no rate for, which cannot be asked a proof
+        // (registration refuses them on a checked network; this keeps the rule whole).
+        for t in targets.iter_mut().filter(|t| {
+            proving.contains(&t.container) || self.params.proof_for(t.gpu, t.simulated).is_none()
+        }) {
             t.capacity_due = false;
         }
         let draw = Draw::new(seed, self.eligible(start_ms));
@@ -462,14 +463,7 @@ impl Checking {
 
     fn kinds(&self, target: &Target) -> &'static [TaskKind] {
         use TaskKind::{Capacity, Delivery, Liveness};
-        // A GPU the network has no rate for cannot be asked a proof (registration
-        // refuses them on a checked network; this keeps the rule whole).
-        let capacity = target.capacity_due
-            && self
-                .params
-                .proof_for(target.gpu, target.simulated)
-                .is_some();
-        match (capacity, target.delivery.is_some()) {
+        match (target.capacity_due, target.delivery.is_some()) {
             (true, true) => &[Liveness, Capacity, Delivery],
             (true, false) => &[Liveness, Capacity],
             (false, true) => &[Liveness, Delivery],

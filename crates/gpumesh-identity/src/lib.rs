@@ -489,18 +489,23 @@ mod tests {
         );
     }
 
-    /// eth-account drops the IV's leading zero bytes (it writes it as an integer): a 15-byte
-    /// IV is the 16-byte one with a zero in front.
-    #[test]
-    fn an_iv_written_without_its_leading_zero_opens_as_the_padded_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = keystore::encrypt(
+    /// A light keystore of the secret 0x0707…07 under the password "pw".
+    fn sevens_keystore() -> String {
+        keystore::encrypt(
             &[7u8; 32],
             Wallet::from_secret_hex(&"07".repeat(32)).unwrap().address(),
             "pw",
             Kdf::Light,
             &mut rand::rngs::OsRng,
-        );
+        )
+    }
+
+    /// eth-account drops the IV's leading zero bytes (it writes it as an integer): a 15-byte
+    /// IV is the 16-byte one with a zero in front.
+    #[test]
+    fn an_iv_written_without_its_leading_zero_opens_as_the_padded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = sevens_keystore();
         let files = std::cell::Cell::new(0);
         let with_iv = |iv: String| {
             files.set(files.get() + 1);
@@ -553,13 +558,7 @@ mod tests {
     #[test]
     fn hostile_keystores_are_refused_not_obeyed() {
         let dir = tempfile::tempdir().unwrap();
-        let good = keystore::encrypt(
-            &[7u8; 32],
-            Wallet::from_secret_hex(&"07".repeat(32)).unwrap().address(),
-            "pw",
-            Kdf::Light,
-            &mut rand::rngs::OsRng,
-        );
+        let good = sevens_keystore();
         let mut cases = Vec::new();
         let mut edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
             let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();

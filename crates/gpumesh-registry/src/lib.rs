@@ -1366,18 +1366,11 @@ impl Registry {
                 }
                 CapacityDecision::Down(reason)
             }
-            (Capacity::Retry { .. }, Err(reason)) => {
-                *state = Capacity::Rejected {
-                    at_ms: now_ms,
-                    reason,
-                };
-                CapacityDecision::Rejected {
-                    model,
-                    reason,
-                    offence: offence_of(reason),
-                }
-            }
-            (_, Err(reason)) if reason.class() == FailureClass::Malicious => {
+            // A second failure in a row, or evidence at once.
+            (previous, Err(reason))
+                if matches!(previous, Capacity::Retry { .. })
+                    || reason.class() == FailureClass::Malicious =>
+            {
                 *state = Capacity::Rejected {
                     at_ms: now_ms,
                     reason,

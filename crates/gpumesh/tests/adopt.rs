@@ -8,7 +8,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::Killed;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use gpumesh_client::Client;
@@ -16,35 +18,18 @@ use gpumesh_client::buyer::JobOutcome;
 use gpumesh_host::demo_image::DEMO_IMAGE;
 use gpumesh_host::runtime::container::ContainerRuntime;
 use gpumesh_host::runtime::{Runtime, WorkloadSpec};
-use gpumesh_identity::{Kdf, Wallet};
+use gpumesh_identity::Wallet;
 use gpumesh_types::{Amount, GeoPoint, GpuModel, JobRequest, LeaseId, LeaseState, LeaseView};
 
 const CHAIN: u64 = 4545;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn agent(url: &str, key: &str) -> Killed {
     Killed(
-        Command::new(common::BIN)
-            .args([
-                "host",
-                "--indexer",
-                url,
-                "--key",
-                key,
-                "--name",
-                "restarts",
-                "--location",
-                "52.37,4.90",
-                "--country",
-                "NL",
+        common::host_command(
+            url,
+            key,
+            "restarts",
+            &[
                 "--price",
                 "3.6",
                 "--device",
@@ -57,13 +42,13 @@ fn agent(url: &str, key: &str) -> Killed {
                 "128",
                 "--cpus-per-gpu",
                 "1",
-            ])
-            .env("GPUMESH_PASSWORD", common::PASSWORD)
-            .env("GPUMESH_LOG", "warn,gpumesh_host=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+            ],
+        )
+        .env("GPUMESH_LOG", "warn,gpumesh_host=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap(),
     )
 }
 
@@ -140,14 +125,8 @@ async fn a_killed_agent_restarts_adopts_its_running_workload_and_removes_what_is
     // A network without checkers whose hosts may be on loopback and whose heartbeat
     // timer waits 15 s, longer than the restart takes.
     let dir = tempfile::tempdir().unwrap();
-    let save = |name: &str| {
-        let wallet = Wallet::generate();
-        let path = dir.path().join(format!("{name}.key"));
-        wallet.save(&path, common::PASSWORD, Kdf::Light).unwrap();
-        (wallet, path.to_str().unwrap().to_string())
-    };
-    let (protocol, protocol_key) = save("protocol");
-    let (host, host_key) = save("host");
+    let (protocol, protocol_key) = common::key(dir.path(), "protocol");
+    let (host, host_key) = common::key(dir.path(), "host");
     let buyer = Wallet::generate();
     let allocations = [&host, &buyer]
         .iter()
@@ -166,28 +145,13 @@ async fn a_killed_agent_restarts_adopts_its_running_workload_and_removes_what_is
     )
     .unwrap();
     genesis.checking.private_endpoints = true;
-    let genesis_path = dir.path().join("genesis.json");
-    gpumesh_indexer::GenesisFile {
-        genesis,
-        params: gpumesh_registry::Params {
-            heartbeat_interval_ms: 1_000,
-            missed_heartbeats: 15,
-            settle_interval_ms: 2_000,
-            ..gpumesh_registry::Params::network()
-        },
-    }
-    .create(&genesis_path)
-    .unwrap();
-    let data = dir.path().join("data");
-    let (indexer, url) = common::start_with(&[
-        "--genesis",
-        genesis_path.to_str().unwrap(),
-        "--protocol-key",
-        &protocol_key,
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    let _indexer = Killed(indexer);
+    let params = gpumesh_registry::Params {
+        heartbeat_interval_ms: 1_000,
+        missed_heartbeats: 15,
+        settle_interval_ms: 2_000,
+        ..gpumesh_registry::Params::network()
+    };
+    let (_indexer, url) = common::start_network(dir.path(), genesis, params, &protocol_key);
     let client = Client::new(&url, Some(buyer.clone()));
     let me = host.address().to_string();
     let mut running_agent = Some(agent(&url, &host_key));
@@ -317,9 +281,7 @@ async fn a_restarted_agent_ends_the_processes_a_killed_one_left() {
     let dir = tempfile::tempdir().unwrap();
     let (indexer, url) = common::start(&dir.path().join("data"));
     let _indexer = Killed(indexer);
-    let host = Wallet::generate();
-    let host_key = dir.path().join("host.key");
-    host.save(&host_key, common::PASSWORD, Kdf::Light).unwrap();
+    let (host, host_key) = common::key(dir.path(), "host");
     let buyer = Wallet::generate();
     for wallet in [&host, &buyer] {
         Client::new(&url, Some(wallet.clone()))
@@ -328,18 +290,14 @@ async fn a_restarted_agent_ends_the_processes_a_killed_one_left() {
             .unwrap();
     }
     let state = dir.path().join("state");
+    let state_dir = state.to_str().unwrap();
     let start_agent = || {
         Killed(
-            Command::new(common::BIN)
-                .args(["host", "--indexer", &url, "--key"])
-                .arg(&host_key)
-                .args([
-                    "--name",
-                    "processes",
-                    "--location",
-                    "52.37,4.90",
-                    "--country",
-                    "NL",
+            common::host_command(
+                &url,
+                &host_key,
+                "processes",
+                &[
                     "--price",
                     "3.6",
                     "--simulate-gpu",
@@ -348,14 +306,14 @@ async fn a_restarted_agent_ends_the_processes_a_killed_one_left() {
                     "process",
                     "--dev",
                     "--state-dir",
-                ])
-                .arg(&state)
-                .env("GPUMESH_PASSWORD", common::PASSWORD)
-                .env("GPUMESH_LOG", "warn,gpumesh_host=info")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap(),
+                    state_dir,
+                ],
+            )
+            .env("GPUMESH_LOG", "warn,gpumesh_host=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
         )
     };
     let mut first_agent = Some(start_agent());

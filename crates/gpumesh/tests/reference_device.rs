@@ -14,8 +14,10 @@
 
 mod common;
 
+use common::{Killed, key};
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,21 +25,12 @@ use gpumesh_client::Client;
 use gpumesh_host::challenge::{CpuProver, Prover};
 use gpumesh_host::discovery::{CpuReference, Devices, offers_from};
 use gpumesh_host::runtime::container::ContainerRuntime;
-use gpumesh_identity::{Kdf, Wallet};
+use gpumesh_identity::Wallet;
 use gpumesh_types::{
     Address, Amount, CheckingParams, ContainerState, ContainerView, GeoPoint, GpuModel, JobRequest,
     Location, ProofParams,
 };
 use tokio_util::sync::CancellationToken;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The reference rate this test's genesis gives `cpu-reference`: this machine's
 /// whole-proof rate on one core at the size the preset's rule asks (the median of three
@@ -109,13 +102,6 @@ impl Prover for HalfSpeed {
     }
 }
 
-fn key(dir: &std::path::Path, name: &str) -> (Wallet, String) {
-    let wallet = Wallet::generate();
-    let path = dir.join(format!("{name}.key"));
-    wallet.save(&path, common::PASSWORD, Kdf::Light).unwrap();
-    (wallet, path.to_str().unwrap().to_string())
-}
-
 /// `gpumesh host --device cpu-reference` on containers, its log lines sent to `lines`.
 fn host_process(
     url: &str,
@@ -123,19 +109,11 @@ fn host_process(
     name: &str,
     lines: std::sync::mpsc::Sender<String>,
 ) -> Killed {
-    let mut child = Command::new(common::BIN)
-        .args([
-            "host",
-            "--indexer",
-            url,
-            "--key",
-            key,
-            "--name",
-            name,
-            "--location",
-            "52.37,4.90",
-            "--country",
-            "NL",
+    let mut child = common::host_command(
+        url,
+        key,
+        name,
+        &[
             "--price",
             "1",
             "--device",
@@ -148,13 +126,13 @@ fn host_process(
             "256",
             "--cpus-per-gpu",
             "1",
-        ])
-        .env("GPUMESH_PASSWORD", common::PASSWORD)
-        .env("GPUMESH_LOG", "warn,gpumesh_host::challenge=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .env("GPUMESH_LOG", "warn,gpumesh_host::challenge=info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let name = name.to_string();
     std::thread::spawn(move || {
@@ -234,28 +212,12 @@ async fn a_public_network_proves_real_devices_by_the_rule_and_judges_failures_by
         format!("calibrated by this test on its machine: {rate}"),
     );
     genesis.validate().unwrap();
-    let genesis_path = dir.path().join("genesis.json");
-    gpumesh_indexer::GenesisFile {
-        genesis,
-        params: gpumesh_registry::Params {
-            heartbeat_interval_ms: 1_000,
-            settle_interval_ms: 2_000,
-            ..gpumesh_registry::Params::network()
-        },
-    }
-    .create(&genesis_path)
-    .unwrap();
-
-    let data = dir.path().join("data");
-    let (indexer, url) = common::start_with(&[
-        "--genesis",
-        genesis_path.to_str().unwrap(),
-        "--protocol-key",
-        &protocol_key,
-        "--data",
-        data.to_str().unwrap(),
-    ]);
-    let _indexer = Killed(indexer);
+    let params = gpumesh_registry::Params {
+        heartbeat_interval_ms: 1_000,
+        settle_interval_ms: 2_000,
+        ..gpumesh_registry::Params::network()
+    };
+    let (_indexer, url) = common::start_network(dir.path(), genesis, params, &protocol_key);
     let _checkers: Vec<Killed> = checkers
         .iter()
         .map(|(_, key)| {

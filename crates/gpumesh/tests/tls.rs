@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::Killed;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rcgen::{
@@ -64,15 +66,6 @@ fn ok(url: &str, ca: &str, args: &[&str]) -> String {
     let (success, out, err) = gpumesh(url, Some(ca), args);
     assert!(success, "gpumesh {args:?} failed: {err}");
     out
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -138,20 +138,31 @@ impl ContainerRuntime {
 
     /// The ids of the containers, running or not, carrying every one of `labels`.
     pub async fn labelled(&self, labels: &[(&str, &str)]) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .listed(labels)
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// The containers, running or not, carrying every one of `labels`.
+    async fn listed(
+        &self,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Vec<bollard::models::ContainerSummary>> {
         let filters = std::collections::HashMap::from([(
             "label".to_string(),
             labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         )]);
-        let containers = self
-            .docker
+        self.docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 filters: Some(filters),
                 ..Default::default()
             }))
             .await
-            .context("failed to list containers")?;
-        Ok(containers.into_iter().filter_map(|c| c.id).collect())
+            .context("failed to list containers")
     }
 
     pub async fn has_image(&self, image: &str) -> bool {
@@ -326,22 +337,10 @@ impl Runtime for ContainerRuntime {
         host: gpumesh_types::Address,
     ) -> BoxFuture<'_, anyhow::Result<Vec<Found>>> {
         async move {
-            let filters = std::collections::HashMap::from([(
-                "label".to_string(),
-                vec![
-                    format!("gpumesh.network={network}"),
-                    format!("gpumesh.host={host}"),
-                ],
-            )]);
+            let (network, host) = (network.to_string(), host.to_string());
             let containers = self
-                .docker
-                .list_containers(Some(ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                }))
-                .await
-                .context("failed to list containers")?;
+                .listed(&[("gpumesh.network", &network), ("gpumesh.host", &host)])
+                .await?;
             let mut found = Vec::new();
             for c in containers {
                 let (Some(id), Some(labels)) = (c.id, c.labels) else {

@@ -59,3 +59,59 @@ pub fn start_logged(args: &[&str]) -> (Child, String, Vec<String>) {
     });
     (child, url, before)
 }
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A new key saved as `DIR/NAME.key` under [`PASSWORD`], and its path.
+pub fn key(dir: &Path, name: &str) -> (gpumesh_identity::Wallet, String) {
+    let wallet = gpumesh_identity::Wallet::generate();
+    let path = dir.join(format!("{name}.key"));
+    wallet
+        .save(&path, PASSWORD, gpumesh_identity::Kdf::Light)
+        .unwrap();
+    (wallet, path.to_str().unwrap().to_string())
+}
+
+/// Writes `genesis` with `params` to `DIR/genesis.json` and starts an indexer on it
+/// (data in `DIR/data`), with the protocol key at `protocol_key`.
+pub fn start_network(
+    dir: &Path,
+    genesis: gpumesh_ledger::Genesis,
+    params: gpumesh_registry::Params,
+    protocol_key: &str,
+) -> (Killed, String) {
+    let genesis_path = dir.join("genesis.json");
+    gpumesh_indexer::GenesisFile { genesis, params }
+        .create(&genesis_path)
+        .unwrap();
+    let data = dir.join("data");
+    let (indexer, url) = start_with(&[
+        "--genesis",
+        genesis_path.to_str().unwrap(),
+        "--protocol-key",
+        protocol_key,
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    (Killed(indexer), url)
+}
+
+/// `gpumesh host` for `url` with `key`, named `name`, in Amsterdam; `rest` gives the
+/// price, the GPUs, the runtime and anything else.
+pub fn host_command(url: &str, key: &str, name: &str, rest: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["host", "--indexer", url, "--key", key, "--name", name])
+        .args(["--location", "52.37,4.90", "--country", "NL"])
+        .args(rest)
+        .env("GPUMESH_PASSWORD", PASSWORD);
+    command
+}
