@@ -111,6 +111,8 @@ pub struct DevnetConfig {
     pub lazy_checkers: u16,
     /// More checker licences in the genesis, with no node running (tests drive them).
     pub extra_licences: Vec<Address>,
+    /// How long the indexer keeps ended leases in memory before it archives them.
+    pub retention: Duration,
 }
 
 impl Default for DevnetConfig {
@@ -125,6 +127,7 @@ impl Default for DevnetConfig {
             checkers: 5,
             lazy_checkers: 0,
             extra_licences: Vec::new(),
+            retention: Duration::from_millis(gpumesh_indexer::core::RETENTION_MS),
         }
     }
 }
@@ -153,6 +156,7 @@ pub struct Devnet {
     pub buyer_key: PathBuf,
     temp: Option<tempfile::TempDir>,
     indexer: Option<Service>,
+    retention: Duration,
     hosts: Vec<(String, Service)>,
     checkers: Vec<(Address, Service)>,
 }
@@ -225,9 +229,11 @@ async fn start_indexer(
     data_dir: &Path,
     listener: tokio::net::TcpListener,
     checkers: Vec<Address>,
+    retention: Duration,
 ) -> anyhow::Result<Service> {
     let config = gpumesh_indexer::Config {
         local_checkers: checkers,
+        retention,
         ..gpumesh_indexer::Config::local(data_dir)
     };
     let indexer = Indexer::open(config)?;
@@ -283,7 +289,7 @@ impl Devnet {
             .map(Wallet::address)
             .chain(config.extra_licences.iter().copied())
             .collect();
-        let indexer = start_indexer(&data_dir, listener, licences).await?;
+        let indexer = start_indexer(&data_dir, listener, licences, config.retention).await?;
         let checking = gpumesh_types::CheckingParams::local(Vec::new());
 
         let mut hosts = Vec::new();
@@ -361,6 +367,7 @@ impl Devnet {
             buyer_key,
             temp,
             indexer: Some(indexer),
+            retention: config.retention,
             hosts,
             checkers,
         };
@@ -444,7 +451,8 @@ impl Devnet {
             .await
             .with_context(|| format!("failed to listen on {} again", self.addr))?;
         // The genesis is already in the store; its checker licences stand.
-        self.indexer = Some(start_indexer(&self.data_dir, listener, Vec::new()).await?);
+        self.indexer =
+            Some(start_indexer(&self.data_dir, listener, Vec::new(), self.retention).await?);
         Ok(())
     }
 

@@ -449,7 +449,7 @@ async fn leases(
         .map(|h| address("host", h))
         .transpose()?;
     let (after, limit) = page_query(&query)?;
-    let (items, next) = state.read(|c| c.leases_page(buyer, host, after.map(LeaseId), limit));
+    let (items, next) = state.leases_page(buyer, host, after.map(LeaseId), limit)?;
     Ok(Json(Page {
         items,
         next: next.map(|id| id.0.to_string()),
@@ -460,7 +460,7 @@ async fn leases(
 #[utoipa::path(get, path = "/v1/leases/{id}", tag = "leases", summary = "One lease", params(("id" = u64, Path, description = "the lease id")), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn lease(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
-    Ok(Json(state.read(|c| c.lease_view(id))?).into_response())
+    Ok(Json(state.lease_view(id)?).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/leases/{id}/cancel", tag = "leases", summary = "Cancel a lease (its buyer)", request_body = Object, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
@@ -539,7 +539,7 @@ async fn logs(
     req: Signed<serde_json::Value>,
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
-    state.read(|c| c.may_read_logs(&req.signer, id))?;
+    state.may_read_logs(&req.signer, id)?;
     let from = query_number(&query, "from")?.unwrap_or(0);
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
     struct Cursor {
@@ -562,7 +562,14 @@ async fn logs(
             }
             let bell = cur.waiting.bell();
             let rung = bell.notified();
-            let (entries, ended) = cur.state.read(|c| c.logs(id, cur.next));
+            let (entries, ended) = match cur.state.logs(id, cur.next) {
+                Ok(found) => found,
+                // The stream has begun: a failed read can only end it.
+                Err(e) => {
+                    tracing::error!(lease = %id, error = %e.message, "a log stream failed");
+                    return None;
+                }
+            };
             let mut out = Vec::new();
             for entry in entries {
                 cur.next = entry.seq + 1;
@@ -578,7 +585,7 @@ async fn logs(
             }
             if ended || !follow {
                 cur.done = true;
-                if let Ok(lease) = cur.state.read(|c| c.lease_view(id))
+                if let Ok(lease) = cur.state.lease_view(id)
                     && ended
                 {
                     serde_json::to_writer(

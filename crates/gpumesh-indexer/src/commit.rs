@@ -8,7 +8,7 @@
 //! signature) is checked before an operation is queued, on the async workers of every
 //! core; what runs here is the operations themselves, in memory, and the write.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -22,6 +22,33 @@ use crate::{Shared, now_ms, telemetry};
 
 /// The most operations written in one transaction; more wait for the next one.
 pub const MAX_GROUP: usize = 4096;
+
+/// Requests that may wait for the committer by default: two full groups. Past it a
+/// request is refused at once as `overloaded` rather than queued for a wait its caller
+/// would give up on.
+pub const QUEUE_LIMIT: usize = 2 * MAX_GROUP;
+
+/// A request's place in the bounded queue, given back when it leaves the queue (it runs,
+/// or is answered without running).
+pub(crate) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes a place if fewer than `limit` requests wait.
+    pub(crate) fn take(waiting: &Arc<AtomicUsize>, limit: usize) -> Option<Slot> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(waiting.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// An operation on the state, waiting for the committer.
 pub(crate) trait Operation: Send {
@@ -40,6 +67,8 @@ struct Pending<T, F> {
     f: Option<F>,
     result: Option<Result<T, Failure>>,
     answer: Answer<T>,
+    /// A request's place in the queue (background steps have none).
+    slot: Option<Slot>,
 }
 
 impl<T, F> Operation for Pending<T, F>
@@ -48,9 +77,21 @@ where
     F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send,
 {
     fn run(&mut self, core: &mut Core, now: u64, batch: &mut Batch) {
-        if let Some(f) = self.f.take() {
-            self.result = Some(f(core, now, batch));
+        self.slot = None;
+        let Some(f) = self.f.take() else {
+            return;
+        };
+        // Its caller gave up waiting (the connection closed, the request timed out):
+        // nobody would learn the outcome, so the change is not made.
+        if self.answer.is_closed() {
+            telemetry::abandoned();
+            self.result = Some(Err(Failure::new(
+                gpumesh_types::ErrorCode::TimedOut,
+                "the caller left before the request ran; nothing was changed",
+            )));
+            return;
         }
+        self.result = Some(f(core, now, batch));
     }
 
     fn answer(self: Box<Self>, failure: Option<Failure>) {
@@ -65,8 +106,11 @@ where
 }
 
 /// Wraps an operation returning `T` as an [`Op`] whose answer arrives on the returned
-/// channel.
-pub(crate) fn op<T, F>(f: F) -> (Op, tokio::sync::oneshot::Receiver<Result<T, Failure>>)
+/// channel; `slot` is a request's place in the queue.
+pub(crate) fn op<T, F>(
+    f: F,
+    slot: Option<Slot>,
+) -> (Op, tokio::sync::oneshot::Receiver<Result<T, Failure>>)
 where
     T: Send + 'static,
     F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
@@ -77,6 +121,7 @@ where
             f: Some(f),
             result: None,
             answer,
+            slot,
         }),
         answered,
     )

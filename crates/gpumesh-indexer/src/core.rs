@@ -59,6 +59,33 @@ pub struct Core {
     snapshot_every: u64,
     /// The transaction count at the newest snapshot (0: none).
     snapshot_seq: u64,
+    /// How long an ended lease (with its log) stays in memory before it moves to the
+    /// store's archive.
+    retention_ms: u64,
+}
+
+/// How long ended leases stay in memory by default: an hour.
+pub const RETENTION_MS: u64 = 3_600_000;
+
+/// The most ended leases one tick moves to the archive, so a tick after a long pause (or
+/// a burst of ends) holds the state lock for a bounded time; the rest go next tick.
+pub const MAX_ARCHIVED_PER_TICK: usize = 2_000;
+
+/// Whether `signer` may read the output of lease `id` of `buyer` on `host`: its buyer or its
+/// host.
+pub fn may_read(
+    signer: &Address,
+    id: LeaseId,
+    buyer: Address,
+    host: Address,
+) -> Result<(), Failure> {
+    if buyer != *signer && host != *signer {
+        return Err(Failure::new(
+            ErrorCode::NotYourLease,
+            format!("lease {id} belongs to another buyer"),
+        ));
+    }
+    Ok(())
 }
 
 /// Transactions between ledger snapshots by default: a restart replays at most about
@@ -166,6 +193,7 @@ impl Core {
             .filter(|&model| cp.proof_for(model, false).is_some())
             .collect();
         params.private_endpoints = cp.private_endpoints;
+        let snapshot_next_lease = snapshot.next_lease;
         let mut registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
         registry.restore_services(snapshot.deployments, snapshot.sessions);
         let canary_seed = alloy_primitives::keccak256(
@@ -200,7 +228,9 @@ impl Core {
             unclosed: Default::default(),
             snapshot_every: SNAPSHOT_EVERY,
             snapshot_seq,
+            retention_ms: RETENTION_MS,
         };
+        core.registry.reserve_lease_ids(snapshot_next_lease);
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
             core.sync_stake(host, index);
@@ -214,6 +244,7 @@ impl Core {
         let mut core = Core::restore(snapshot, self.protocol.clone(), self.faucet.clone(), now_ms)?;
         core.decoy_base = self.decoy_base.clone();
         core.snapshot_every = self.snapshot_every;
+        core.retention_ms = self.retention_ms;
         Ok(core)
     }
 
@@ -241,6 +272,38 @@ impl Core {
     /// the last one.
     pub fn set_snapshot_every(&mut self, every: u64) {
         self.snapshot_every = every.max(1);
+    }
+
+    /// How long ended leases stay in memory before they move to the store's archive.
+    pub fn set_retention(&mut self, retention_ms: u64) {
+        self.retention_ms = retention_ms;
+    }
+
+    /// Moves leases that ended longer ago than the retention, with their logs, out of
+    /// memory and into the store's archive as their final views (at most
+    /// [`MAX_ARCHIVED_PER_TICK`]). A lease whose escrow is still open stays until
+    /// reconciliation closes it: its settlement is not final.
+    fn archive_ended(&mut self, now_ms: u64, batch: &mut Batch) {
+        let before = now_ms.saturating_sub(self.retention_ms);
+        let due: Vec<LeaseId> = self
+            .registry
+            .ended_before(before)
+            .take(MAX_ARCHIVED_PER_TICK)
+            .collect();
+        for id in due {
+            let open = self.ledger.escrow(id).is_some_and(|e| !e.closed);
+            if open || self.unclosed.contains(&id) {
+                continue;
+            }
+            let Ok(view) = self.lease_view(id) else {
+                continue;
+            };
+            // Its record may be waiting to be written; the archive write follows it.
+            if self.registry.forget(id).is_some() {
+                self.logs.remove(&id);
+                batch.archived.push(view);
+            }
+        }
     }
 
     /// Where the indexer serves its decoy agent, for canary tasks.
@@ -306,12 +369,9 @@ impl Core {
         let busy = by_state.get("busy").copied().unwrap_or(0);
         let serving = busy + by_state.get("standby").copied().unwrap_or(0);
         let countries: HashSet<_> = containers.iter().map(|c| c.location.country).collect();
-        let (mut delivered, mut fees) = (0u64, 0u128);
-        for (_, e) in ledger.escrows() {
-            delivered = delivered.saturating_add(e.gpu_ms);
-            fees = fees.saturating_add(e.treasury_share.0);
-        }
         let totals = ledger.totals();
+        let activity = ledger.activity();
+        let (delivered, fees) = (activity.delivered_gpu_ms, activity.fees.0);
         let age_ms = now_ms.saturating_sub(ledger.genesis().time_ms).max(1);
         let year_ms = gpumesh_ledger::YEAR_MS as u128;
         let hosts = registry.host_count() as u32;
@@ -326,8 +386,8 @@ impl Core {
             utilization_bps: (u64::from(busy) * 10_000)
                 .checked_div(u64::from(serving))
                 .unwrap_or(0) as u32,
-            leases: registry.leases().count() as u64,
-            leases_live: registry.live_leases().count() as u64,
+            leases: registry.leases_made(),
+            leases_live: registry.live_lease_count() as u64,
             delivered_gpu_ms: delivered,
             rewards_distributed: Amount(
                 totals.provider_emitted.0 + totals.checker_emitted.0 + totals.bonus_emitted.0,
@@ -362,31 +422,21 @@ impl Core {
         })
     }
 
-    /// Leases in id order after `after`, of this buyer and host when given: up to `limit`,
-    /// and the id to continue after.
+    /// Leases in memory in id order after `after`, of this buyer and host when given: up
+    /// to `limit`. Archived leases are the store's to list
+    /// (`gpumesh_store::Store::archived_leases`); the service merges the two.
     pub fn leases_page(
         &self,
         buyer: Option<Address>,
         host: Option<Address>,
         after: Option<LeaseId>,
         limit: usize,
-    ) -> (Vec<LeaseView>, Option<LeaseId>) {
-        let mut matching = self
-            .registry
-            .leases_after(after)
-            .filter(|l| buyer.is_none_or(|b| l.buyer == b) && host.is_none_or(|h| l.host == h));
-        let page: Vec<LeaseId> = matching.by_ref().take(limit).map(|l| l.id).collect();
-        // The cursor is the last lease taken, shown or not, so a page is never cut short
-        // and the listing never ends early.
-        let next = match (page.last(), matching.next()) {
-            (Some(&last), Some(_)) => Some(last),
-            _ => None,
-        };
-        let items = page
-            .into_iter()
-            .filter_map(|id| self.lease_view(id).ok())
-            .collect();
-        (items, next)
+    ) -> Vec<LeaseView> {
+        self.registry
+            .leases_after(buyer, host, after)
+            .take(limit)
+            .filter_map(|l| self.lease_view(l.id).ok())
+            .collect()
     }
 
     pub fn account(&self, address: Address) -> AccountView {
@@ -413,35 +463,23 @@ impl Core {
         }
     }
 
-    /// Log entries of a lease from `from` on, and whether the lease has ended.
-    pub fn logs(&self, id: LeaseId, from: u64) -> (Vec<LogEntry>, bool) {
+    /// Log entries of a lease in memory from `from` on, and whether it has ended; `None`
+    /// for a lease not in memory (archived, or unknown).
+    pub fn logs(&self, id: LeaseId, from: u64) -> Option<(Vec<LogEntry>, bool)> {
+        let lease = self.registry.lease(id)?;
         let entries = self
             .logs
             .get(&id)
             .map(|log| log.entries.iter().skip(from as usize).cloned().collect())
             .unwrap_or_default();
-        let ended = self
-            .registry
-            .lease(id)
-            .is_none_or(|l| l.state.is_terminal());
-        (entries, ended)
+        Some((entries, lease.state.is_terminal()))
     }
 
-    /// Checks that `signer` may read the lease's output: its buyer or its host.
-    pub fn may_read_logs(&self, signer: &Address, id: LeaseId) -> Result<(), Failure> {
-        let lease = self.registry.lease(id).ok_or_else(|| {
-            Failure::new(
-                ErrorCode::UnknownLease,
-                format!("lease {id} does not exist"),
-            )
-        })?;
-        if lease.buyer != *signer && lease.host != *signer {
-            return Err(Failure::new(
-                ErrorCode::NotYourLease,
-                format!("lease {id} belongs to another buyer"),
-            ));
-        }
-        Ok(())
+    /// Checks that `signer` may read the lease's output: its buyer or its host. `None`
+    /// for a lease not in memory.
+    pub fn may_read_logs(&self, signer: &Address, id: LeaseId) -> Option<Result<(), Failure>> {
+        let lease = self.registry.lease(id)?;
+        Some(may_read(signer, id, lease.buyer, lease.host))
     }
 
     pub fn register_host(
@@ -1472,6 +1510,7 @@ impl Core {
         self.close_escrows(effects, now_ms, batch);
         self.advance_checking(now_ms, batch);
         self.maybe_close_epoch(now_ms, batch);
+        self.archive_ended(now_ms, batch);
     }
 
     /// Seals the transactions since the last block into a new block.

@@ -49,7 +49,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | NotAssigned
         | NotYourDeployment => StatusCode::FORBIDDEN,
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+        TimedOut | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         UnknownLease | UnknownHost | UnknownAccount | NotFound | UnknownDeployment
         | UnknownSession => StatusCode::NOT_FOUND,
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -84,6 +84,12 @@ impl IntoResponse for Failure {
         let mut response = (status_of(code), axum::Json(body)).into_response();
         // For the request metrics, which count refusals by code.
         response.extensions_mut().insert(code);
+        if code == ErrorCode::Overloaded {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         response
     }
 }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::openapi;
 pub use auth::MAX_BODY_BYTES;
+pub use commit::QUEUE_LIMIT;
 pub use error::{Failure, status_of};
 pub use limits::RateLimits;
 
@@ -50,6 +51,9 @@ pub const LOCAL_CHAIN_ID: u64 = 31337;
 /// File names inside a data directory.
 pub const PROTOCOL_KEY_FILE: &str = "protocol.key";
 pub const FAUCET_KEY_FILE: &str = "faucet.key";
+
+/// Log entries read from the store at a time, for a lease no longer in memory.
+const LOG_PAGE: usize = 1_000;
 
 /// The dashboard's history: a sample a minute, a day of them.
 const HISTORY_EVERY: Duration = Duration::from_secs(60);
@@ -138,6 +142,12 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Per-key limits on registrations, faucet requests and jobs.
     pub rate_limits: RateLimits,
+    /// How long an ended lease (with its log) stays in memory before it moves to the
+    /// store's archive, where reads still find it.
+    pub retention: Duration,
+    /// Requests that may wait for the committer; past it they are refused as
+    /// `overloaded`.
+    pub queue_limit: usize,
     /// Checker licences of a new local network.
     pub local_checkers: Vec<alloy_primitives::Address>,
     /// The base URL checkers reach this indexer at, for canary tasks; the listener's
@@ -159,6 +169,8 @@ impl Config {
             reconcile_interval: Duration::from_secs(60),
             snapshot_every: core::SNAPSHOT_EVERY,
             rate_limits: RateLimits::default(),
+            retention: Duration::from_millis(core::RETENTION_MS),
+            queue_limit: commit::QUEUE_LIMIT,
             local_checkers: Vec::new(),
             public_url: None,
         }
@@ -174,6 +186,9 @@ pub struct Shared {
     core: Mutex<Core>,
     /// Operations waiting for the committer thread (`commit`).
     queue: std::sync::mpsc::Sender<commit::Op>,
+    /// Requests waiting in `queue`, and how many may (background steps are not counted).
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    queue_limit: usize,
     store: Store,
     nonces: NonceBook,
     limits: limits::Limits,
@@ -251,19 +266,103 @@ impl AppState {
         stats
     }
 
+    /// A lease: from memory, or from the store's archive once it left memory.
+    pub(crate) fn lease_view(&self, id: LeaseId) -> Result<gpumesh_types::LeaseView, Failure> {
+        match self.read(|c| c.lease_view(id)) {
+            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownLease => {
+                self.archived(id)?.ok_or(unknown)
+            }
+            found => found,
+        }
+    }
+
+    fn archived(&self, id: LeaseId) -> Result<Option<gpumesh_types::LeaseView>, Failure> {
+        self.store
+            .archived_lease(id)
+            .map_err(|e| Failure::internal(format!("failed to read the archive: {e}")))
+    }
+
+    /// Leases in id order after `after`, of this buyer and host when given, from memory
+    /// and the archive: up to `limit`, and the id to continue after. Memory is read
+    /// first: a lease archived in between is then in both (and shown once), never in
+    /// neither, since archiving removes it from memory and writes it in one group.
+    pub(crate) fn leases_page(
+        &self,
+        buyer: Option<Address>,
+        host: Option<Address>,
+        after: Option<LeaseId>,
+        limit: usize,
+    ) -> Result<(Vec<gpumesh_types::LeaseView>, Option<LeaseId>), Failure> {
+        let mut items = self.read(|c| c.leases_page(buyer, host, after, limit + 1));
+        let archived = self
+            .store
+            .archived_leases(buyer, host, after, limit + 1)
+            .map_err(|e| Failure::internal(format!("failed to read the archive: {e}")))?;
+        items.extend(archived);
+        items.sort_by_key(|l| l.id);
+        items.dedup_by_key(|l| l.id);
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|l| l.id)
+        } else {
+            None
+        };
+        Ok((items, next))
+    }
+
+    /// A lease's log entries from `from` on, and whether it has ended: from memory, or
+    /// a page at a time from the store once the lease is archived.
+    pub(crate) fn logs(
+        &self,
+        id: LeaseId,
+        from: u64,
+    ) -> Result<(Vec<gpumesh_types::LogEntry>, bool), Failure> {
+        if let Some(found) = self.read(|c| c.logs(id, from)) {
+            return Ok(found);
+        }
+        let entries = self
+            .store
+            .logs(id, from, LOG_PAGE)
+            .map_err(|e| Failure::internal(format!("failed to read the logs: {e}")))?;
+        Ok((entries, true))
+    }
+
+    /// Checks that `signer` may read the lease's output: its buyer or its host.
+    pub(crate) fn may_read_logs(&self, signer: &Address, id: LeaseId) -> Result<(), Failure> {
+        if let Some(checked) = self.read(|c| c.may_read_logs(signer, id)) {
+            return checked;
+        }
+        let lease = self.lease_view(id)?;
+        core::may_read(signer, id, lease.buyer, lease.host)
+    }
+
     /// Reads the state.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Core) -> T) -> T {
         f(&self.core())
     }
 
-    /// Runs one operation on the state and answers once its changes are durable: the
-    /// committer runs it with whatever else is waiting and writes them together.
+    /// Runs a request's operation on the state and answers once its changes are
+    /// durable: the committer runs it with whatever else is waiting and writes them
+    /// together. Refused at once with `overloaded` when the queue is full; not run if
+    /// this future is dropped (its caller left) before its turn.
     pub(crate) async fn mutate<T, F>(&self, f: F) -> Result<T, Failure>
     where
         T: Send + 'static,
         F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
     {
-        self.enqueue(f)?
+        self.enqueue(f, true)?
+            .await
+            .map_err(|_| Failure::internal("the committer stopped before answering"))?
+    }
+
+    /// [`AppState::mutate`] for the indexer's own steps (ticks, seals): never refused
+    /// for a full queue, so time keeps passing under any load.
+    pub(crate) async fn step<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
+    {
+        self.enqueue(f, false)?
             .await
             .map_err(|_| Failure::internal("the committer stopped before answering"))?
     }
@@ -271,6 +370,7 @@ impl AppState {
     fn enqueue<T, F>(
         &self,
         f: F,
+        request: bool,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<T, Failure>>, Failure>
     where
         T: Send + 'static,
@@ -279,7 +379,22 @@ impl AppState {
         if self.failed.load(Ordering::SeqCst) {
             return Err(commit::stopped());
         }
-        let (op, answered) = commit::op(f);
+        let slot = if request {
+            let Some(slot) = commit::Slot::take(&self.waiting, self.queue_limit) else {
+                telemetry::overloaded();
+                return Err(Failure::new(
+                    gpumesh_types::ErrorCode::Overloaded,
+                    format!(
+                        "the indexer has {} requests waiting, the most it queues; retry shortly",
+                        self.queue_limit
+                    ),
+                ));
+            };
+            Some(slot)
+        } else {
+            None
+        };
+        let (op, answered) = commit::op(f, slot);
         self.queue
             .send(op)
             .map_err(|_| Failure::internal("the committer has stopped"))?;
@@ -293,7 +408,7 @@ impl AppState {
         T: Send + 'static,
         F: FnOnce(&mut Core, u64, &mut Batch) -> Result<T, Failure> + Send + 'static,
     {
-        self.enqueue(f)?
+        self.enqueue(f, true)?
             .blocking_recv()
             .map_err(|_| Failure::internal("the committer stopped before answering"))?
     }
@@ -430,12 +545,15 @@ impl Indexer {
         };
         let mut core = restore(&store, protocol, faucet, now)?;
         core.set_snapshot_every(config.snapshot_every);
+        core.set_retention(config.retention.as_millis() as u64);
         // The metrics recorder, before the first request.
         telemetry::handle();
         let (queue, queued) = std::sync::mpsc::channel();
         let state = AppState(Arc::new(Shared {
             core: Mutex::new(core),
             queue,
+            waiting: Arc::default(),
+            queue_limit: config.queue_limit.max(1),
             store,
             nonces: NonceBook::new(now),
             limits: limits::Limits::new(config.rate_limits),
@@ -557,7 +675,7 @@ impl Indexer {
         let _ = pruner.await;
         let _ = sampler.await;
         state
-            .mutate(|core, now, batch| {
+            .step(|core, now, batch| {
                 core.seal(now, batch);
                 Ok(())
             })
@@ -630,7 +748,7 @@ fn spawn_every(
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
                 _ = interval.tick() => {
-                    if let Err(e) = state.mutate(move |core, now, batch| { f(core, now, batch); Ok(()) }).await {
+                    if let Err(e) = state.step(move |core, now, batch| { f(core, now, batch); Ok(()) }).await {
                         tracing::error!(error = %e.message, "background step failed");
                     }
                 }
@@ -658,10 +776,13 @@ mod tests {
             .iter()
             .map(|&who| {
                 state
-                    .enqueue(move |core, now, batch| {
-                        let before = batch.txs.len();
-                        core.faucet(who, one, now, batch).map(|_| before)
-                    })
+                    .enqueue(
+                        move |core, now, batch| {
+                            let before = batch.txs.len();
+                            core.faucet(who, one, now, batch).map(|_| before)
+                        },
+                        true,
+                    )
                     .unwrap()
             })
             .collect();
@@ -678,6 +799,75 @@ mod tests {
         for who in &people {
             assert_eq!(restarted.state.read(|c| c.ledger().balance(who)), one);
         }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_a_request_whose_caller_left_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let indexer = Indexer::open(Config {
+            queue_limit: 3,
+            ..Config::local(dir.path())
+        })
+        .unwrap();
+        let state = &indexer.state;
+        let one = Amount::from_tokens(1);
+        let who = |b: u8| Address::with_last_byte(b);
+        // Hold the state, as a long group would, while requests queue.
+        let held = state.core();
+        let waiting: Vec<_> = (1..=2u8)
+            .map(|b| {
+                state
+                    .enqueue(
+                        move |core, now, batch| core.faucet(who(b), one, now, batch),
+                        true,
+                    )
+                    .unwrap()
+            })
+            .collect();
+        // The third caller gives up before its turn.
+        let gone = state
+            .enqueue(
+                move |core, now, batch| core.faucet(who(3), one, now, batch),
+                true,
+            )
+            .unwrap();
+        drop(gone);
+        // The queue is full: refused at once, with nothing queued.
+        let began = std::time::Instant::now();
+        let refused = state
+            .enqueue(
+                move |core, now, batch| core.faucet(who(4), one, now, batch),
+                true,
+            )
+            .unwrap_err();
+        assert!(began.elapsed() < Duration::from_millis(100));
+        assert_eq!(refused.code, ErrorCode::Overloaded);
+        assert_eq!(
+            status_of(refused.code),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let response = axum::response::IntoResponse::into_response(refused);
+        assert_eq!(response.headers()["retry-after"], "1");
+        // The indexer's own steps are never refused for a full queue.
+        let step = state
+            .enqueue(|_, _, _| Ok::<_, Failure>(()), false)
+            .unwrap();
+        drop(held);
+        for answer in waiting {
+            answer.blocking_recv().unwrap().unwrap();
+        }
+        step.blocking_recv().unwrap().unwrap();
+        let balances = state.read(|c| {
+            (1..=4u8)
+                .map(|b| c.ledger().balance(&who(b)))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(balances, [one, one, Amount::ZERO, Amount::ZERO]);
+        // Places are given back: the queue takes requests again.
+        state
+            .mutate_now(move |core, now, batch| core.faucet(who(4), one, now, batch))
+            .unwrap();
+        assert_eq!(state.read(|c| c.ledger().balance(&who(4))), one);
     }
 
     #[test]

@@ -88,6 +88,16 @@ pub fn lock_times(wait: Duration, hold: Duration) {
     metrics::histogram!("gpumesh_state_lock_hold_seconds").record(hold.as_secs_f64());
 }
 
+/// A request whose caller had left when its turn came, dropped unrun.
+pub fn abandoned() {
+    metrics::counter!("gpumesh_requests_abandoned_total").increment(1);
+}
+
+/// A request refused because the commit queue was full.
+pub fn overloaded() {
+    metrics::counter!("gpumesh_requests_overloaded_total").increment(1);
+}
+
 /// How many operations one durable write carried.
 pub fn group_commit(operations: usize) {
     metrics::histogram!("gpumesh_commit_group_operations").record(operations as f64);
@@ -139,23 +149,18 @@ pub fn observe(core: &Core, ready: bool, now_ms: u64) {
     for (state, n) in stats.containers_by_state {
         metrics::gauge!("gpumesh_containers", "state" => state).set(n as f64);
     }
-    // Every state gets its series, zero included, so a state that empties reads 0.
-    let mut leases: std::collections::BTreeMap<String, u64> = [
+    // Every state gets its series, zero included, so a state that empties reads 0. Live
+    // states count every live lease; ended ones, those still within the retention.
+    for state in [
         LeaseState::Matched,
         LeaseState::Starting,
         LeaseState::Running,
         LeaseState::Completed,
         LeaseState::Failed,
         LeaseState::Cancelled,
-    ]
-    .iter()
-    .map(|s| (wire_name(s), 0))
-    .collect();
-    for l in registry.leases() {
-        *leases.entry(wire_name(&l.state)).or_default() += 1;
-    }
-    for (state, n) in leases {
-        metrics::gauge!("gpumesh_leases", "state" => state).set(n as f64);
+    ] {
+        metrics::gauge!("gpumesh_leases", "state" => wire_name(&state))
+            .set(registry.leases_in(state) as f64);
     }
     let mut deployments: std::collections::BTreeMap<String, u64> = [
         gpumesh_types::DeploymentState::Active,
@@ -191,11 +196,6 @@ pub fn observe(core: &Core, ready: bool, now_ms: u64) {
     }
     metrics::gauge!("gpumesh_ledger_height").set(stats.blocks as f64);
     metrics::gauge!("gpumesh_ledger_transactions").set(stats.transactions as f64);
-    let held: u128 = ledger
-        .escrows()
-        .filter(|(_, e)| !e.closed)
-        .map(|(_, e)| e.held().0)
-        .sum();
-    metrics::gauge!("gpumesh_escrow_held_tokens").set(tokens(gpumesh_types::Amount(held)));
+    metrics::gauge!("gpumesh_escrow_held_tokens").set(tokens(ledger.activity().held));
     metrics::gauge!("gpumesh_treasury_tokens").set(tokens(stats.treasury_balance));
 }

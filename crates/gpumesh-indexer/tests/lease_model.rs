@@ -1,7 +1,8 @@
 //! Leases always end: random interleavings of everything that can happen to leases
 //! (match, fund, start, settle, finish, cancel, a final record sent the wrong way, a host
-//! going quiet, time passing, the indexer restarting from its store), checked after every
-//! step against the invariants the network promises buyers and hosts. And an epoch's
+//! going quiet, time passing, the indexer restarting from its store, ended leases moving
+//! to the store's archive), checked after every step against the invariants the network
+//! promises buyers and hosts. And an epoch's
 //! rewards do not depend on whether the indexer restarted during it.
 
 use std::collections::HashSet;
@@ -33,6 +34,9 @@ struct World {
     params: Params,
     now: u64,
 }
+
+/// Ended leases stay in memory this long, so that runs archive some of them.
+const RETENTION_MS: u64 = 20_000;
 
 fn params() -> Params {
     Params {
@@ -133,15 +137,15 @@ impl World {
         self.store = None;
         let store = Store::open(self.dir.path()).unwrap();
         let snapshot = store.load().unwrap();
-        self.core = Some(
-            Core::restore(
-                snapshot,
-                self.protocol.clone(),
-                Some(self.faucet.clone()),
-                self.now,
-            )
-            .unwrap(),
-        );
+        let mut core = Core::restore(
+            snapshot,
+            self.protocol.clone(),
+            Some(self.faucet.clone()),
+            self.now,
+        )
+        .unwrap();
+        core.set_retention(RETENTION_MS);
+        self.core = Some(core);
         self.store = Some(store);
     }
 
@@ -155,27 +159,24 @@ impl World {
         })
     }
 
-    fn host_wallet(&self, id: LeaseId) -> Wallet {
-        let host = self.core().registry().lease(id).unwrap().host;
-        self.hosts
-            .iter()
-            .find(|w| w.address() == host)
-            .unwrap()
-            .clone()
+    /// The lease's host, while the lease is in memory.
+    fn host_wallet(&self, id: LeaseId) -> Option<Wallet> {
+        let host = self.core().registry().lease(id)?.host;
+        self.hosts.iter().find(|w| w.address() == host).cloned()
     }
 
     /// The lease's host, and its usage record for the lease, signed.
-    fn usage_tx(&self, id: LeaseId, is_final: bool) -> (gpumesh_types::Address, SignedTx) {
-        let host = self.host_wallet(id);
+    fn usage_tx(&self, id: LeaseId, is_final: bool) -> Option<(gpumesh_types::Address, SignedTx)> {
+        let host = self.host_wallet(id)?;
         let records = vec![UsageRecord {
             lease: id,
             gpu_ms: self.usage(id),
             is_final,
         }];
-        (
+        Some((
             host.address(),
             self.signed(&host, TxKind::SettleUsage { records }),
-        )
+        ))
     }
 
     /// GPU-milliseconds a host could claim now: what elapsed since the start, capped.
@@ -183,6 +184,14 @@ impl World {
         let l = self.core().registry().lease(id).unwrap();
         let elapsed = self.now.saturating_sub(l.started_ms.unwrap_or(self.now));
         (elapsed * l.gpu_count as u64).min(l.max_duration_ms * l.gpu_count as u64)
+    }
+
+    /// A lease's view: from memory, or from the archive once it left memory.
+    fn view(&self, id: LeaseId) -> Option<gpumesh_types::LeaseView> {
+        match self.core().lease_view(id) {
+            Ok(view) => Some(view),
+            Err(_) => self.store.as_ref().unwrap().archived_lease(id).unwrap(),
+        }
     }
 }
 
@@ -229,12 +238,13 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
             );
             let buyer = w.buyer.address();
             if let Ok(l) = w.apply(|c, now, _| c.submit_job(buyer, job, now)) {
+                assert!(!ids.contains(&l.id), "lease id {} given twice", l.id);
                 ids.push(l.id);
             }
         }
         Op::Fund(i) => {
             let Some(id) = pick(i) else { return };
-            let view = w.core().lease_view(id).unwrap();
+            let view = w.view(id).unwrap();
             let stx = w.signed(
                 &w.buyer,
                 TxKind::OpenEscrow {
@@ -250,17 +260,24 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         }
         Op::Start(i) => {
             let Some(id) = pick(i) else { return };
-            let host = w.host_wallet(id).address();
+            let Some(host) = w.host_wallet(id) else {
+                return;
+            };
+            let host = host.address();
             let _ = w.apply(|c, now, batch| c.started(host, id, Vec::new().into(), now, batch));
         }
         Op::Settle(i) => {
             let Some(id) = pick(i) else { return };
-            let (_, stx) = w.usage_tx(id, false);
+            let Some((_, stx)) = w.usage_tx(id, false) else {
+                return;
+            };
             let _ = w.apply(|c, now, b| c.submit_tx(checked(stx), now, b));
         }
         Op::Finish(i) => {
             let Some(id) = pick(i) else { return };
-            let (host, usage) = w.usage_tx(id, true);
+            let Some((host, usage)) = w.usage_tx(id, true) else {
+                return;
+            };
             let finish = LeaseFinish {
                 exit_code: Some(0),
                 error: None,
@@ -270,7 +287,9 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
         }
         Op::FinalThroughLedger(i) => {
             let Some(id) = pick(i) else { return };
-            let (_, stx) = w.usage_tx(id, true);
+            let Some((_, stx)) = w.usage_tx(id, true) else {
+                return;
+            };
             let refused = w.apply(|c, now, b| c.submit_tx(checked(stx), now, b));
             assert!(refused.is_err(), "a final record through the ledger route");
         }
@@ -290,11 +309,42 @@ fn step(w: &mut World, ids: &mut Vec<LeaseId>, op: Op) {
 }
 
 /// What must hold after every step.
-fn check(w: &mut World) -> Result<(), TestCaseError> {
+fn check(w: &mut World, ids: &[LeaseId]) -> Result<(), TestCaseError> {
     let now = w.now;
     let params = w.params.clone();
     let core = w.core();
+    // Every lease is in memory or archived, never both and never lost; only a lease that
+    // ended longer ago than the retention, its escrow closed, is archived.
+    for &id in ids {
+        let archived = w.store.as_ref().unwrap().archived_lease(id).unwrap();
+        match (core.registry().lease(id), archived) {
+            (Some(_), None) => {}
+            (None, Some(view)) => {
+                let ended = view.ended_ms.expect("an archived lease has ended");
+                prop_assert!(ended + RETENTION_MS <= now, "lease {} archived early", id);
+                prop_assert!(view.settlement.is_none_or(|s| s.closed));
+                prop_assert!(
+                    core.logs(id, 0).is_none(),
+                    "lease {}'s log is still in memory",
+                    id
+                );
+            }
+            (memory, archive) => prop_assert!(
+                false,
+                "lease {} in memory: {}, archived: {}",
+                id,
+                memory.is_some(),
+                archive.is_some()
+            ),
+        }
+    }
     prop_assert!(core.ledger().supply_conserved(), "supply not conserved");
+    // The running sums the statistics read are the sums over every escrow.
+    let escrows = core.ledger().escrows().map(|(_, e)| e);
+    prop_assert_eq!(
+        core.ledger().activity(),
+        gpumesh_ledger::Activity::of(escrows)
+    );
     let mut held = HashSet::new();
     for l in core.registry().leases() {
         let escrow = core.ledger().escrow(l.id);
@@ -380,23 +430,29 @@ proptest! {
         let mut ids = Vec::new();
         for op in ops {
             step(&mut w, &mut ids, op);
-            check(&mut w)?;
+            check(&mut w, &ids)?;
         }
         // Then time alone ends everything that is left, refunding what was not delivered.
         let last = ids
             .iter()
-            .map(|&id| {
-                let l = w.core().registry().lease(id).unwrap();
-                l.created_ms + w.params.lease_bound_ms(l.max_duration_ms)
+            .filter_map(|&id| {
+                let l = w.core().registry().lease(id)?;
+                Some(l.created_ms + w.params.lease_bound_ms(l.max_duration_ms))
             })
             .max()
             .unwrap_or(0);
         while w.now <= last + 1_000 {
             step(&mut w, &mut ids, Op::Tick { advance_ms: 5_000, host0_beats: true });
-            check(&mut w)?;
+            check(&mut w, &ids)?;
         }
         prop_assert!(w.core().registry().leases().all(|l| l.state.is_terminal()));
         prop_assert!(w.core().ledger().escrows().all(|(_, e)| e.closed));
+        // And past the retention every lease is archived: memory holds no history.
+        step(&mut w, &mut ids, Op::Tick { advance_ms: RETENTION_MS, host0_beats: true });
+        check(&mut w, &ids)?;
+        prop_assert_eq!(w.core().registry().leases().count(), 0);
+        let activity = w.core().ledger().activity();
+        prop_assert_eq!(activity.held, Amount::ZERO);
     }
 }
 
@@ -437,11 +493,8 @@ fn scripted_epochs(restart_at: Option<u64>) -> (Vec<SignedTx>, Vec<gpumesh_types
     step(&mut w, &mut ids, Op::Finish(0));
     // Host 1 stays silent through the second epoch too.
     until(&mut w, 125_000, false);
+    assert_eq!(w.view(ids[0]).unwrap().state, LeaseState::Completed);
     let core = w.core();
-    assert_eq!(
-        core.registry().lease(ids[0]).unwrap().state,
-        LeaseState::Completed
-    );
     let epochs: Vec<&SignedTx> = core
         .ledger()
         .unsealed()

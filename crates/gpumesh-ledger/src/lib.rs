@@ -30,6 +30,6 @@ pub use rewards::{
 };
 pub use snapshot::LedgerSnapshot;
 pub use state::{
-    Account, Applied, CheckedTx, Escrow, Ledger, LedgerError, Stake, Totals, Verified, Vesting,
-    escrow_amount, fee_split, usage_cost,
+    Account, Activity, Applied, CheckedTx, Escrow, Ledger, LedgerError, Stake, Totals, Verified,
+    Vesting, escrow_amount, fee_split, usage_cost,
 };

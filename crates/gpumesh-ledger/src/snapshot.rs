@@ -102,6 +102,7 @@ impl Ledger {
         ledger.cumulative = snapshot.cumulative.into_iter().collect();
         ledger.totals = snapshot.totals;
         ledger.reward_root = snapshot.reward_root;
+        ledger.recount_activity();
         // Every entry is new to the commitment (genesis's accounts were touched already
         // and are either still here or rewritten as empty).
         let keys: Vec<Key> = (ledger.accounts.keys().map(|a| Key::Account(*a)))

@@ -331,6 +331,32 @@ pub struct Ledger {
     commitment: Commitment,
     /// Entries changed since the commitment last saw them.
     touched: Vec<Key>,
+    /// Running sums over every escrow, for statistics that must not walk them.
+    activity: Activity,
+}
+
+/// What every escrow together has settled, kept as they settle (not committed: it is
+/// derived from the escrows, and rebuilt from them when a snapshot loads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// GPU-milliseconds of usage settled.
+    pub delivered_gpu_ms: u64,
+    /// The treasury's fees out of that usage.
+    pub fees: Amount,
+    /// What open escrows still hold for their leases.
+    pub held: Amount,
+}
+
+impl Activity {
+    pub fn of<'a>(escrows: impl IntoIterator<Item = &'a Escrow>) -> Activity {
+        escrows
+            .into_iter()
+            .fold(Activity::default(), |a, e| Activity {
+                delivered_gpu_ms: a.delivered_gpu_ms.saturating_add(e.gpu_ms),
+                fees: Amount(a.fees.0.saturating_add(e.treasury_share.0)),
+                held: Amount(a.held.0 + if e.closed { 0 } else { e.held().0 }),
+            })
+    }
 }
 
 /// What escrow a lease needs: price × GPUs × maximum duration, rounded up to the base unit.
@@ -399,6 +425,7 @@ impl Ledger {
             unsealed: Vec::new(),
             unsealed_leaves: Vec::new(),
             commitment: Commitment::default(),
+            activity: Activity::default(),
         };
         ledger.head.state_root = ledger.state_root();
         Ok(ledger)
@@ -465,6 +492,15 @@ impl Ledger {
 
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// Usage and fees settled by every escrow so far.
+    pub fn activity(&self) -> Activity {
+        self.activity
+    }
+
+    pub(crate) fn recount_activity(&mut self) {
+        self.activity = Activity::of(self.escrows.values());
     }
 
     pub fn reward_root(&self) -> B256 {
@@ -779,6 +815,7 @@ impl Ledger {
         self.debit_check(buyer, amount)?;
         self.debit(buyer, amount.0);
         self.touch(Key::Escrow(lease));
+        self.activity.held.0 += amount.0;
         self.escrows.insert(
             lease,
             Escrow {
@@ -905,6 +942,7 @@ impl Ledger {
         self.debit(buyer, amount.0);
         self.spend_allowance(buyer, deployment, amount);
         let escrow = self.escrows.get_mut(&lease).expect("looked up above");
+        self.activity.held.0 += amount.0;
         escrow.amount = total;
         escrow.max_gpu_ms = max_gpu_ms;
         self.touch(Key::Escrow(lease));
@@ -1010,12 +1048,19 @@ impl Ledger {
             let escrow = self.escrows.get_mut(&r.lease).expect("checked above");
             let host_delta = host_share.0 - escrow.host_share.0;
             let treasury_delta = treasury_share.0 - escrow.treasury_share.0;
+            self.activity.delivered_gpu_ms = (self.activity.delivered_gpu_ms)
+                .saturating_add(r.gpu_ms.saturating_sub(escrow.gpu_ms));
+            self.activity.fees.0 = self.activity.fees.0.saturating_add(treasury_delta);
+            self.activity.held.0 -= escrow.held().0;
             escrow.gpu_ms = r.gpu_ms;
             escrow.charged = charged;
             escrow.host_share = host_share;
             escrow.treasury_share = treasury_share;
             escrow.refund = refund;
             escrow.closed = r.is_final;
+            if !escrow.closed {
+                self.activity.held.0 += escrow.held().0;
+            }
             let buyer = escrow.buyer;
             self.touch(Key::Escrow(r.lease));
             self.credit(host, host_delta);
@@ -1045,6 +1090,7 @@ impl Ledger {
         let refund = escrow.held();
         escrow.refund = refund;
         escrow.closed = true;
+        self.activity.held.0 -= refund.0;
         let buyer = escrow.buyer;
         self.touch(Key::Escrow(lease));
         self.credit(buyer, refund.0);

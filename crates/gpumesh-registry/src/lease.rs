@@ -243,6 +243,11 @@ impl Registry {
                 action: "fund its escrow",
             });
         }
+        crate::shift(
+            &mut self.in_state,
+            Some(lease.state),
+            Some(LeaseState::Starting),
+        );
         lease.state = LeaseState::Starting;
         lease.funded = true;
         crate::unfund(&mut self.unfunded, lease.buyer, lease.escrow);
@@ -307,6 +312,11 @@ impl Registry {
             LeaseState::Running => Ok(false),
             LeaseState::Starting => {
                 let lease = self.leases.get_mut(&id).expect("looked up above");
+                crate::shift(
+                    &mut self.in_state,
+                    Some(LeaseState::Starting),
+                    Some(LeaseState::Running),
+                );
                 lease.state = LeaseState::Running;
                 lease.started_ms = Some(now_ms);
                 lease.delivered_ms = self.params.checked.then_some(now_ms);

@@ -383,6 +383,18 @@ fn round_trip(rtt_ms: f64) -> Result<(), RegistryError> {
     }
 }
 
+/// One lease moved between states (`None`: into or out of memory).
+fn shift(counts: &mut HashMap<LeaseState, u64>, from: Option<LeaseState>, to: Option<LeaseState>) {
+    if let Some(from) = from
+        && let Some(n) = counts.get_mut(&from)
+    {
+        *n -= 1;
+    }
+    if let Some(to) = to {
+        *counts.entry(to).or_default() += 1;
+    }
+}
+
 /// What one buyer's matched, unfunded leases hold: how many, and the escrows they need.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Unfunded {
@@ -435,6 +447,14 @@ pub struct Registry {
     deadlines: BTreeSet<(u64, LeaseId)>,
     /// Each buyer's matched, unfunded leases.
     unfunded: HashMap<Address, Unfunded>,
+    /// The leases in memory of each buyer and of each host, for their listings.
+    by_buyer: HashMap<Address, BTreeSet<LeaseId>>,
+    by_host: HashMap<Address, BTreeSet<LeaseId>>,
+    /// Ended leases still in memory, by when they ended, so that those past the
+    /// retention are found without a scan ([`Registry::ended_before`]).
+    ended: BTreeSet<(u64, LeaseId)>,
+    /// How many leases in memory are in each state, kept as they move.
+    in_state: HashMap<LeaseState, u64>,
     /// Measuring points added (network coordinates are soft state, not stored).
     anchors: usize,
     next_lease: u64,
@@ -462,6 +482,10 @@ impl Registry {
             live_by_host: HashMap::new(),
             deadlines: BTreeSet::new(),
             unfunded: HashMap::new(),
+            by_buyer: HashMap::new(),
+            by_host: HashMap::new(),
+            ended: BTreeSet::new(),
+            in_state: HashMap::new(),
             anchors: 0,
             next_lease: 1,
             dirty: Vec::new(),
@@ -534,8 +558,12 @@ impl Registry {
             if lease.state == LeaseState::Matched {
                 hold_unfunded(&mut registry.unfunded, lease.buyer, lease.escrow);
             }
+            if lease.state.is_terminal() {
+                let at = lease.ended_ms.unwrap_or(lease.created_ms);
+                registry.ended.insert((at, lease.id));
+            }
             registry.next_lease = registry.next_lease.max(lease.id.0 + 1);
-            registry.leases.insert(lease.id, lease);
+            registry.keep(lease);
         }
         registry.dirty.clear();
         // Written with the next change, so the next restart keeps these deadlines.
@@ -547,6 +575,70 @@ impl Registry {
 
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// Gives new leases ids from `next` on at the least: the ids of leases no longer in
+    /// memory (archived) are never given again.
+    pub fn reserve_lease_ids(&mut self, next: u64) {
+        self.next_lease = self.next_lease.max(next);
+    }
+
+    /// How many leases in memory are in `state`: every live one, and those ended within
+    /// the caller's retention.
+    pub fn leases_in(&self, state: LeaseState) -> u64 {
+        self.in_state.get(&state).copied().unwrap_or(0)
+    }
+
+    /// How many leases hold GPUs now (matched, starting or running).
+    pub fn live_lease_count(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// How many leases were ever made (ids are given in sequence from 1).
+    pub fn leases_made(&self) -> u64 {
+        self.next_lease - 1
+    }
+
+    /// Puts a lease in memory with its buyer's and host's indexes.
+    fn keep(&mut self, lease: LeaseRecord) -> &mut LeaseRecord {
+        let id = lease.id;
+        shift(&mut self.in_state, None, Some(lease.state));
+        self.by_buyer.entry(lease.buyer).or_default().insert(id);
+        self.by_host.entry(lease.host).or_default().insert(id);
+        self.leases.entry(id).or_insert(lease)
+    }
+
+    /// Ended leases in memory that ended before `before_ms`, oldest first.
+    pub fn ended_before(&self, before_ms: u64) -> impl Iterator<Item = LeaseId> + '_ {
+        self.ended
+            .range(..(before_ms, LeaseId(0)))
+            .map(|&(_, id)| id)
+    }
+
+    /// Takes an ended lease out of memory (its record stays wherever the caller keeps
+    /// it); a live one, or one not in memory, stays as it is. Ended leases hold no GPUs,
+    /// deadline, unfunded match or session, so only the indexes point at them.
+    pub fn forget(&mut self, id: LeaseId) -> Option<LeaseRecord> {
+        if !self.leases.get(&id)?.state.is_terminal() {
+            return None;
+        }
+        let lease = self.leases.remove(&id)?;
+        shift(&mut self.in_state, Some(lease.state), None);
+        let at = lease.ended_ms.unwrap_or(lease.created_ms);
+        self.ended.remove(&(at, id));
+        for (index, who) in [
+            (&mut self.by_buyer, lease.buyer),
+            (&mut self.by_host, lease.host),
+        ] {
+            if let std::collections::hash_map::Entry::Occupied(mut ids) = index.entry(who) {
+                ids.get_mut().remove(&id);
+                if ids.get().is_empty() {
+                    ids.remove();
+                }
+            }
+        }
+        self.sessions_by_replica.remove(&id);
+        Some(lease)
     }
 
     /// Records changed since the last call.
@@ -586,12 +678,33 @@ impl Registry {
             .filter_map(|id| self.leases.get(id))
     }
 
-    /// Leases in id order, after `after` when given.
-    pub fn leases_after(&self, after: Option<LeaseId>) -> impl Iterator<Item = &LeaseRecord> {
+    /// Leases in memory in id order, after `after` when given, of this buyer and host
+    /// when given: through the buyer's or host's index, so a filtered page costs that
+    /// buyer's or host's leases, not everyone's.
+    pub fn leases_after(
+        &self,
+        buyer: Option<Address>,
+        host: Option<Address>,
+        after: Option<LeaseId>,
+    ) -> Box<dyn Iterator<Item = &LeaseRecord> + '_> {
         let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        self.leases
-            .range((from, std::ops::Bound::Unbounded))
-            .map(|(_, l)| l)
+        let range = (from, std::ops::Bound::Unbounded);
+        let indexed = match (buyer, host) {
+            (Some(b), _) => Some(self.by_buyer.get(&b)),
+            (None, Some(h)) => Some(self.by_host.get(&h)),
+            (None, None) => None,
+        };
+        match indexed {
+            Some(ids) => Box::new(
+                ids.into_iter()
+                    .flat_map(move |ids| ids.range(range))
+                    .filter_map(|id| self.leases.get(id))
+                    .filter(move |l| {
+                        buyer.is_none_or(|b| l.buyer == b) && host.is_none_or(|h| l.host == h)
+                    }),
+            ),
+            None => Box::new(self.leases.range(range).map(|(_, l)| l)),
+        }
     }
 
     pub fn leases(&self) -> impl Iterator<Item = &LeaseRecord> {
@@ -1472,11 +1585,13 @@ impl Registry {
         if lease.state == LeaseState::Matched {
             unfund(&mut self.unfunded, lease.buyer, lease.escrow);
         }
+        shift(&mut self.in_state, Some(lease.state), Some(state));
         lease.state = state;
         lease.exit_code = exit_code;
         // A host's `finish` error among them: cut to a bound before it is stored.
         lease.failure = failure.map(|f| validate::cut(f, validate::MAX_HOST_TEXT));
         lease.ended_ms = Some(now_ms);
+        self.ended.insert((now_ms, id));
         let deadline = std::mem::take(&mut lease.deadline_ms);
         self.deadlines.remove(&(deadline, id));
         self.dirty.push(Dirty::Lease(id));
@@ -1619,6 +1734,6 @@ impl Registry {
         self.reservations.insert(id, booking.reservation);
         self.reserved_for.insert(booking.reservation, id);
         self.live_by_host.entry(lease.host).or_default().insert(id);
-        Ok(self.leases.entry(id).or_insert(lease))
+        Ok(self.keep(lease))
     }
 }

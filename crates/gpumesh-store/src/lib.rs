@@ -14,7 +14,8 @@ use gpumesh_ledger::merkle::MerkleTree;
 use gpumesh_ledger::{Genesis, LedgerSnapshot};
 use gpumesh_registry::{DeploymentRecord, HostRecord, LeaseRecord, Params, SessionRecord};
 use gpumesh_types::{
-    Address, Amount, B256, BlockHeader, ContainerRef, LeaseId, LedgerEntry, LogEntry, RewardProof,
+    Address, Amount, B256, BlockHeader, ContainerRef, LeaseId, LeaseView, LedgerEntry, LogEntry,
+    RewardProof,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -42,6 +43,14 @@ const REWARD_NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("reward_n
 /// Ledger snapshots by block height (`gpumesh_ledger::LedgerSnapshot`); the newest two
 /// are kept.
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_snapshots");
+/// Leases that ended longer ago than the indexer keeps them in memory, each as its final
+/// view (`gpumesh_types::LeaseView`, its settlement included), by id; `leases` holds
+/// only the others, which a restart reads back.
+const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("archived_leases");
+/// The archive indexed by buyer and by host: (address, lease id).
+const ARCHIVE_BY_BUYER: TableDefinition<(&[u8], u64), ()> =
+    TableDefinition::new("archived_by_buyer");
+const ARCHIVE_BY_HOST: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("archived_by_host");
 /// How many snapshots are kept: the newest and the one before it.
 pub const SNAPSHOTS_KEPT: usize = 2;
 
@@ -58,7 +67,10 @@ const SCHEMA_KEY: &str = "schema_version";
 /// - 4: usage billable only from a lease's observed start (`StartLease`): a chain of an
 ///   earlier layout holds usage with no recorded start, which this version's replay
 ///   refuses, so earlier layouts are refused rather than migrated.
-pub const SCHEMA_VERSION: u32 = 4;
+/// - 5: leases ended longer ago than the retention move from `leases` to the archive,
+///   which an older version would not read (and would reuse their ids). Layout 4 is
+///   migrated by recording the version: its archive is empty.
+pub const SCHEMA_VERSION: u32 = 5;
 const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
 pub const STORE_FILE: &str = "gpumesh.redb";
@@ -96,8 +108,12 @@ pub struct Snapshot {
     pub genesis: Genesis,
     pub params: Params,
     pub hosts: Vec<HostRecord>,
+    /// The leases kept in memory: live ones and those ended within the retention.
     pub leases: Vec<LeaseRecord>,
+    /// The log lines of `leases`.
     pub logs: Vec<(LeaseId, LogEntry)>,
+    /// One past the highest lease id ever given, archived leases included.
+    pub next_lease: u64,
     /// The newest ledger snapshot that decodes, when one was asked for and there is one;
     /// `blocks` then start right after it.
     pub ledger: Option<LedgerSnapshot>,
@@ -168,6 +184,9 @@ pub struct Batch {
     pub epoch_containers: Vec<(ContainerRef, ContainerWork)>,
     pub deployments: Vec<DeploymentRecord>,
     pub sessions: Vec<SessionRecord>,
+    /// Ended leases leaving memory, as their final views: each moves from `leases` to the
+    /// archive, written after `leases`.
+    pub archived: Vec<LeaseView>,
     /// The reward trees of epochs closed by `txs`.
     pub rewards: Vec<EpochRewards>,
     /// The ledger's state after the last of `blocks`, to restart from; older snapshots
@@ -256,6 +275,7 @@ impl Batch {
             && self.blocks.is_empty()
             && self.deployments.is_empty()
             && self.sessions.is_empty()
+            && self.archived.is_empty()
             && self.rewards.is_empty()
             && self.snapshot.is_none()
     }
@@ -309,6 +329,11 @@ impl Store {
         if found == SCHEMA_VERSION {
             return Ok(());
         }
+        if found == 4 {
+            drop(meta);
+            drop(txn);
+            return self.migrate_4_to_5();
+        }
         Err(StoreError::Schema {
             path: self.path.clone(),
             found,
@@ -321,6 +346,17 @@ impl Store {
                 ": it was written by a newer gpumesh"
             },
         })
+    }
+
+    /// Layout 4 has every lease in `leases` and no archive: only the version changes.
+    fn migrate_4_to_5(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
+            meta.insert(SCHEMA_KEY, encode(&SCHEMA_VERSION).as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        txn.commit().map_err(|e| self.db_err(e))
     }
 
     /// Opens an existing store without creating anything.
@@ -423,6 +459,21 @@ impl Store {
             let mut leases = txn.open_table(LEASES).map_err(e)?;
             for l in &batch.leases {
                 leases.insert(l.id.0, encode(l).as_slice()).map_err(s)?;
+            }
+            let mut archive = txn.open_table(ARCHIVE).map_err(e)?;
+            let mut by_buyer = txn.open_table(ARCHIVE_BY_BUYER).map_err(e)?;
+            let mut by_host = txn.open_table(ARCHIVE_BY_HOST).map_err(e)?;
+            for view in &batch.archived {
+                leases.remove(view.id.0).map_err(s)?;
+                archive
+                    .insert(view.id.0, encode(view).as_slice())
+                    .map_err(s)?;
+                by_buyer
+                    .insert((view.buyer.as_slice(), view.id.0), ())
+                    .map_err(s)?;
+                by_host
+                    .insert((view.host.as_slice(), view.id.0), ())
+                    .map_err(s)?;
             }
             let mut logs = txn.open_table(LOGS).map_err(e)?;
             for (lease, entry) in &batch.logs {
@@ -547,20 +598,36 @@ impl Store {
             let (_, v) = row.map_err(s)?;
             hosts.push(self.decode(|| "host".into(), v.value())?);
         }
-        let mut leases = Vec::new();
+        let mut leases: Vec<LeaseRecord> = Vec::new();
         for row in txn.open_table(LEASES).map_err(e)?.iter().map_err(s)? {
             let (k, v) = row.map_err(s)?;
             leases.push(self.decode(|| format!("lease {}", k.value()), v.value())?);
         }
+        // Only the kept leases' lines: an archived lease's are read when asked for.
         let mut logs = Vec::new();
-        for row in txn.open_table(LOGS).map_err(e)?.iter().map_err(s)? {
-            let (k, v) = row.map_err(s)?;
-            let (lease, seq) = k.value();
-            logs.push((
-                LeaseId(lease),
-                self.decode(|| format!("log {lease}/{seq}"), v.value())?,
-            ));
+        let log_table = txn.open_table(LOGS).map_err(e)?;
+        for lease in &leases {
+            let id = lease.id.0;
+            for row in log_table.range((id, 0)..=(id, u64::MAX)).map_err(s)? {
+                let (k, v) = row.map_err(s)?;
+                let (_, seq) = k.value();
+                logs.push((
+                    lease.id,
+                    self.decode(|| format!("log {id}/{seq}"), v.value())?,
+                ));
+            }
         }
+        let archived_last = match txn.open_table(ARCHIVE).map_err(e)?.last().map_err(s)? {
+            Some((k, _)) => k.value(),
+            None => 0,
+        };
+        let next_lease = leases
+            .iter()
+            .map(|l| l.id.0)
+            .max()
+            .unwrap_or(0)
+            .max(archived_last)
+            + 1;
         let mut checkers = Vec::new();
         if let Ok(table) = txn.open_table(CHECKERS) {
             for row in table.iter().map_err(s)? {
@@ -637,6 +704,7 @@ impl Store {
             hosts,
             leases,
             logs,
+            next_lease,
             ledger,
             snapshots_skipped,
             blocks,
@@ -776,6 +844,95 @@ impl Store {
                         reason: format!("indexed transaction {seq} is missing"),
                     })?;
             out.push(self.decode(|| format!("transaction {seq}"), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// An archived lease's final view: one that ended longer ago than the indexer keeps
+    /// leases in memory.
+    pub fn archived_lease(&self, id: LeaseId) -> Result<Option<LeaseView>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(ARCHIVE).map_err(|e| self.db_err(e))?;
+        match table.get(id.0).map_err(|e| self.db_err(e))? {
+            Some(v) => Ok(Some(
+                self.decode(|| format!("archived lease {id}"), v.value())?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Archived leases in id order after `after`, of this buyer and host when given, at
+    /// most `limit`: read through the buyer's or the host's index when one is given, so
+    /// the cost is the page (and, with both, that buyer's leases on other hosts).
+    pub fn archived_leases(
+        &self,
+        buyer: Option<Address>,
+        host: Option<Address>,
+        after: Option<LeaseId>,
+        limit: usize,
+    ) -> Result<Vec<LeaseView>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(ARCHIVE).map_err(|e| self.db_err(e))?;
+        let from = after.map_or(0, |a| a.0.saturating_add(1));
+        let get =
+            |id: u64| -> Result<LeaseView, StoreError> {
+                let v = table.get(id).map_err(|e| self.db_err(e))?.ok_or_else(|| {
+                    StoreError::Corrupt {
+                        path: self.path.clone(),
+                        what: "archive index".into(),
+                        reason: format!("indexed lease {id} is not archived"),
+                    }
+                })?;
+                self.decode(|| format!("archived lease {id}"), v.value())
+            };
+        let wanted =
+            |v: &LeaseView| buyer.is_none_or(|b| v.buyer == b) && host.is_none_or(|h| v.host == h);
+        let mut out = Vec::new();
+        let index = match (buyer, host) {
+            (Some(b), _) => Some((ARCHIVE_BY_BUYER, b)),
+            (None, Some(h)) => Some((ARCHIVE_BY_HOST, h)),
+            (None, None) => None,
+        };
+        match index {
+            Some((index, who)) => {
+                let index = txn.open_table(index).map_err(|e| self.db_err(e))?;
+                let key = who.as_slice();
+                for row in index
+                    .range((key, from)..=(key, u64::MAX))
+                    .map_err(|e| self.db_err(e))?
+                {
+                    if out.len() == limit {
+                        break;
+                    }
+                    let (k, _) = row.map_err(|e| self.db_err(e))?;
+                    let view = get(k.value().1)?;
+                    if wanted(&view) {
+                        out.push(view);
+                    }
+                }
+            }
+            None => {
+                for row in table.range(from..).map_err(|e| self.db_err(e))?.take(limit) {
+                    let (k, v) = row.map_err(|e| self.db_err(e))?;
+                    out.push(self.decode(|| format!("archived lease {}", k.value()), v.value())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A lease's stored log lines from sequence `from` on, at most `limit`.
+    pub fn logs(&self, id: LeaseId, from: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(LOGS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in (table.range((id.0, from)..=(id.0, u64::MAX)))
+            .map_err(|e| self.db_err(e))?
+            .take(limit)
+        {
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let (_, seq) = k.value();
+            out.push(self.decode(|| format!("log {id}/{seq}"), v.value())?);
         }
         Ok(out)
     }

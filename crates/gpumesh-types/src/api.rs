@@ -714,6 +714,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The request took longer than the indexer allows for it.
     TimedOut,
+    /// The indexer has as many requests waiting as it queues; retry after the
+    /// `Retry-After` header's seconds.
+    Overloaded,
     /// The signer holds no checker licence.
     NotAChecker,
     /// The checker is banned from tasks and rewards.

@@ -157,6 +157,10 @@ pub struct LoadBenchArgs {
     /// Transfers between buyers per second, on schedule (0: none).
     #[arg(long, default_value_t = 200)]
     pub transfer_rate: u64,
+    /// How long the indexer keeps ended leases in memory (`gpumesh indexer --retention`),
+    /// in seconds: shorter than the run shows memory level off.
+    #[arg(long, value_name = "SECONDS", default_value_t = gpumesh_indexer::core::RETENTION_MS / 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention: u64,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -437,6 +441,14 @@ pub struct IndexerArgs {
     /// the blocks after it.
     #[arg(long, value_name = "TRANSACTIONS", default_value_t = gpumesh_indexer::core::SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
+    /// Keep an ended lease and its output in memory this long (seconds), then move it to
+    /// the store's archive, from which the API still serves it.
+    #[arg(long, value_name = "SECONDS", default_value_t = gpumesh_indexer::core::RETENTION_MS / 1_000, value_parser = clap::value_parser!(u64).range(1..=30 * 86_400))]
+    pub retention: u64,
+    /// Requests that may wait to be applied; past it they are refused at once with
+    /// `overloaded` (HTTP 503, Retry-After).
+    #[arg(long, value_name = "REQUESTS", default_value_t = gpumesh_indexer::QUEUE_LIMIT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub queue_limit: u64,
 }
 
 #[derive(Debug, Args)]

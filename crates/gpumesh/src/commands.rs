@@ -333,6 +333,8 @@ async fn indexer(args: IndexerArgs) -> anyhow::Result<ExitCode> {
     }
     config.public_url = args.public_url.clone();
     config.snapshot_every = args.snapshot_every;
+    config.retention = std::time::Duration::from_secs(args.retention);
+    config.queue_limit = args.queue_limit as usize;
     config.seal_interval = std::time::Duration::from_millis(args.block_ms);
     config.protocol_key = args.protocol_key.clone();
     // The indexer is a service: its password comes from a file or the environment, never

@@ -111,6 +111,7 @@ fn cpu_and_rss(pid: u32) -> anyhow::Result<(Duration, u64)> {
 fn start_indexer(
     genesis: &std::path::Path,
     data: &std::path::Path,
+    retention_s: u64,
 ) -> anyhow::Result<(Child, String, f64)> {
     let began = Instant::now();
     let mut child = std::process::Command::new(std::env::current_exe()?)
@@ -118,6 +119,7 @@ fn start_indexer(
         .arg(genesis)
         .arg("--data")
         .arg(data)
+        .arg(format!("--retention={retention_s}"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -194,7 +196,7 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     }
     .create(&genesis_path)?;
 
-    let (indexer, url, _) = start_indexer(&genesis_path, &data)?;
+    let (indexer, url, _) = start_indexer(&genesis_path, &data, args.retention)?;
     let pid = indexer.id();
     // The empty indexer's memory, so that what the hosts and their traffic add is apart.
     let (_, rss_empty) = cpu_and_rss(pid)?;
@@ -217,10 +219,33 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
         }
     });
     let (mut at_start, mut at_end, mut result) = (None, None, None);
-    while let Some(line) = events_rx.recv().await {
+    // The indexer's memory at the end of each minute of the run.
+    let mut rss_by_minute: Vec<u64> = Vec::new();
+    let mut minute: Option<tokio::time::Interval> = None;
+    loop {
+        let line = tokio::select! {
+            line = events_rx.recv() => line,
+            _ = async { minute.as_mut().expect("checked").tick().await }, if minute.is_some() => {
+                rss_by_minute.push(cpu_and_rss(pid)?.1);
+                continue;
+            }
+        };
+        let Some(line) = line else {
+            break;
+        };
         match line.as_str() {
-            "run started" => at_start = Some((Instant::now(), cpu_and_rss(pid)?)),
-            "run ended" => at_end = Some((Instant::now(), cpu_and_rss(pid)?)),
+            "run started" => {
+                at_start = Some((Instant::now(), cpu_and_rss(pid)?));
+                let every = Duration::from_secs(60);
+                minute = Some(tokio::time::interval_at(
+                    tokio::time::Instant::now() + every,
+                    every,
+                ));
+            }
+            "run ended" => {
+                at_end = Some((Instant::now(), cpu_and_rss(pid)?));
+                minute = None;
+            }
             other => {
                 if let Some(json) = other.strip_prefix("result ") {
                     result = Some(serde_json::from_str::<Value>(json)?);
@@ -234,13 +259,17 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
         bail!("the load generator stopped before it finished ({exit})");
     };
     let wall = (end.0 - start.0).as_secs_f64();
-    let server_cpu = (end.1.0.saturating_sub(start.1.0)).as_secs_f64() / wall;
+    let cpu_s = (end.1.0.saturating_sub(start.1.0)).as_secs_f64();
+    let server_cpu = cpu_s / wall;
     let rss = end.1.1;
+    let by_minute = rss_by_minute;
+    let at_minute5 = by_minute.get(4).or(by_minute.last()).copied();
+    let requests = report["requests"].as_u64().unwrap_or(0);
 
     eprintln!("stopping the indexer and starting it again on its data…");
     stop_indexer(indexer)?;
     let store_bytes = std::fs::metadata(data.join(gpumesh_store::STORE_FILE))?.len();
-    let (indexer, url, restart_s) = start_indexer(&genesis_path, &data)?;
+    let (indexer, url, restart_s) = start_indexer(&genesis_path, &data, args.retention)?;
     let proofs = proof_times(
         &url,
         report["stakers"].as_array().cloned().unwrap_or_default(),
@@ -252,6 +281,19 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     object.remove("stakers");
     object.insert("server_cpu_cores".into(), json!(round(server_cpu, 2)));
     object.insert("indexer_rss_bytes".into(), json!(rss));
+    object.insert(
+        "server_cpu_us_per_request".into(),
+        json!(round(cpu_s * 1e6 / requests.max(1) as f64, 1)),
+    );
+    object.insert(
+        "rss_mb_by_minute".into(),
+        json!(by_minute.iter().map(|b| b / (1 << 20)).collect::<Vec<_>>()),
+    );
+    object.insert(
+        "rss_last_vs_minute5".into(),
+        json!(at_minute5.map(|m| round(rss as f64 / m.max(1) as f64, 3))),
+    );
+    object.insert("retention_s".into(), json!(args.retention));
     object.insert("indexer_rss_bytes_empty".into(), json!(rss_empty));
     object.insert(
         "indexer_rss_bytes_per_host".into(),
@@ -793,6 +835,14 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let ms = |q: f64| round(job_us.value_at_quantile(q) as f64 / 1e3, 2);
+    let counters = [
+        &tally.heartbeats,
+        &tally.jobs,
+        &tally.unmatched,
+        &tally.cancels,
+        &tally.transfers,
+    ];
+    let requests: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
     let report = json!({
         "bench": "load",
         "hosts": args.hosts,
@@ -812,6 +862,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         "job_max_ms": ms(1.0),
         "cancels_per_s": per_s(&tally.cancels),
         "transfers_per_s": per_s(&tally.transfers),
+        "requests": requests,
         "errors": tally.errors.load(Ordering::Relaxed),
         "error_kinds": *tally.error_kinds.lock().unwrap_or_else(|p| p.into_inner()),
         "first_minute_vs_last_minute": if first == 0 { 0.0 } else { round(last as f64 / first as f64, 3) },
