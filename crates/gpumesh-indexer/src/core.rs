@@ -1385,9 +1385,10 @@ impl Core {
             }
             TxKind::Slash { host, index, .. } => self.sync_stake(*host, *index),
             // Stored with the epoch's transaction, so that proofs need no replay.
-            TxKind::Epoch(close) => batch
-                .rewards
-                .push(gpumesh_store::EpochRewards::of(&self.ledger, close.epoch)),
+            TxKind::Epoch(close) => batch.rewards.push(gpumesh_store::EpochRewards::of(
+                &mut self.ledger,
+                close.epoch,
+            )),
             _ => {}
         }
         Ok(applied)

@@ -433,7 +433,9 @@ impl Ledger {
         self.totals.checker_emitted.0 += chk_emitted;
         self.totals.bonus_emitted.0 += bonus_emitted;
         self.totals.next_epoch += 1;
-        self.reward_root = reward_tree(self.cumulative.iter().map(|(a, v)| (*a, *v))).root();
+        let tree = reward_tree(self.cumulative.iter().map(|(a, v)| (*a, *v)));
+        self.reward_root = tree.root();
+        self.reward_tree = Some(tree);
         self.touch(Key::Totals);
         Ok(())
     }

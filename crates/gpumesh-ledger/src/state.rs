@@ -333,6 +333,9 @@ pub struct Ledger {
     touched: Vec<Key>,
     /// Running sums over every escrow, for statistics that must not walk them.
     activity: Activity,
+    /// The reward tree the last epoch close built (for its root), until someone takes it
+    /// to store: so it is built once (not committed; rebuilt by nobody).
+    pub(crate) reward_tree: Option<crate::merkle::MerkleTree>,
 }
 
 /// What every escrow together has settled, kept as they settle (not committed: it is
@@ -426,6 +429,7 @@ impl Ledger {
             unsealed_leaves: Vec::new(),
             commitment: Commitment::default(),
             activity: Activity::default(),
+            reward_tree: None,
         };
         ledger.head.state_root = ledger.state_root();
         Ok(ledger)
@@ -492,6 +496,12 @@ impl Ledger {
 
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// The reward tree the last epoch close built, if nobody took it yet: the one whose
+    /// root is [`Ledger::reward_root`] when taken right after the close.
+    pub fn take_reward_tree(&mut self) -> Option<crate::merkle::MerkleTree> {
+        self.reward_tree.take()
     }
 
     /// Usage and fees settled by every escrow so far.

@@ -207,10 +207,14 @@ pub struct EpochRewards {
 }
 
 impl EpochRewards {
-    /// The tree the ledger holds right after it closed `epoch`.
-    pub fn of(ledger: &gpumesh_ledger::Ledger, epoch: u64) -> EpochRewards {
+    /// The tree the ledger holds right after it closed `epoch`: the one the close built,
+    /// taken from the ledger, or built again if it was taken already.
+    pub fn of(ledger: &mut gpumesh_ledger::Ledger, epoch: u64) -> EpochRewards {
         let leaves: Vec<(Address, Amount)> = ledger.cumulative_rewards().collect();
-        let tree = gpumesh_ledger::reward_tree(leaves.iter().copied());
+        let tree = ledger
+            .take_reward_tree()
+            .filter(|t| t.root() == ledger.reward_root())
+            .unwrap_or_else(|| gpumesh_ledger::reward_tree(leaves.iter().copied()));
         EpochRewards {
             epoch,
             root: ledger.reward_root(),
@@ -1145,7 +1149,13 @@ mod tests {
         assert_eq!(snapshot.blocks.len(), 1);
         assert_eq!(snapshot.blocks[0].1.len(), 1);
         assert_eq!(snapshot.unsealed.len(), 1);
-        assert_eq!(snapshot.logs[0].1.data, "hi\n");
+        // Lines are loaded with their kept lease (lease 3 has none here) and read by id.
+        assert!(snapshot.logs.is_empty());
+        let lines = store.logs(LeaseId(3), 0, 10).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].data, "hi\n");
+        assert!(store.logs(LeaseId(3), 1, 10).unwrap().is_empty());
+        assert_eq!(snapshot.next_lease, 1);
         let (mut replayed, report) =
             gpumesh_ledger::replay(genesis.clone(), snapshot.blocks, snapshot.unsealed).unwrap();
         assert_eq!(report.transactions, 2);
@@ -1195,6 +1205,21 @@ mod tests {
         drop(db);
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("newer gpumesh"), "{err}");
+        // Layout 4 (no archive yet) opens, and is recorded as this layout.
+        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(SCHEMA_KEY, encode(&4u32).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let store = Store::open(dir.path()).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let recorded: u32 =
+            serde_json::from_slice(meta.get(SCHEMA_KEY).unwrap().unwrap().value()).unwrap();
+        assert_eq!(recorded, SCHEMA_VERSION);
     }
 
     /// Writes `kind`, signed by `by`, as the indexer would: the transaction and, for an
@@ -1209,7 +1234,9 @@ mod tests {
         let applied = ledger.apply(&stx, now).unwrap();
         let mut batch = Batch::default();
         if let TxKind::Epoch(close) = &stx.tx.kind {
-            batch.rewards.push(EpochRewards::of(ledger, close.epoch));
+            batch
+                .rewards
+                .push(EpochRewards::of(&mut *ledger, close.epoch));
         }
         batch.txs.push(applied.entry);
         store.write(batch).unwrap();

@@ -226,7 +226,7 @@ fn fill(args: &RestartBenchArgs, data: &std::path::Path) -> anyhow::Result<Chain
         let mut rewards = Vec::new();
         if closes {
             let epoch = chain.rewarded.len() as u64 - 1;
-            let tree = EpochRewards::of(&ledger, epoch);
+            let tree = EpochRewards::of(&mut ledger, epoch);
             chain.last_leaves = tree.leaves.len();
             rewards.push(tree);
         }
