@@ -1034,7 +1034,7 @@ async fn session(
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let id = session_id(&id)?;
-    Ok(Json(state.read(|c| c.session_view(id))?).into_response())
+    Ok(Json(state.session_view(id)?).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/end", tag = "deployments", summary = "The player left: free the slot (the deployment's owner)", request_body = Object, params(("id" = u64, Path, description = "the session id"), SignatureHeaders), responses((status = 200, body = SessionView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]

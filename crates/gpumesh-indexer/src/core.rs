@@ -193,7 +193,8 @@ impl Core {
             .filter(|&model| cp.proof_for(model, false).is_some())
             .collect();
         params.private_endpoints = cp.private_endpoints;
-        let snapshot_next_lease = snapshot.next_lease;
+        let (snapshot_next_lease, snapshot_next_session) =
+            (snapshot.next_lease, snapshot.next_session);
         let mut registry = Registry::restore(params, snapshot.hosts, snapshot.leases, now_ms)?;
         registry.restore_services(snapshot.deployments, snapshot.sessions);
         let canary_seed = alloy_primitives::keccak256(
@@ -231,6 +232,7 @@ impl Core {
             retention_ms: RETENTION_MS,
         };
         core.registry.reserve_lease_ids(snapshot_next_lease);
+        core.registry.reserve_session_ids(snapshot_next_session);
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
             core.sync_stake(host, index);
@@ -279,9 +281,9 @@ impl Core {
         self.retention_ms = retention_ms;
     }
 
-    /// Moves leases that ended longer ago than the retention, with their logs, out of
-    /// memory and into the store's archive as their final views (at most
-    /// [`MAX_ARCHIVED_PER_TICK`]). A lease whose escrow is still open stays until
+    /// Moves leases and sessions that ended longer ago than the retention (leases with
+    /// their logs) out of memory and into the store's archives as their final views (at
+    /// most [`MAX_ARCHIVED_PER_TICK`] of each). A lease whose escrow is still open stays until
     /// reconciliation closes it: its settlement is not final.
     fn archive_ended(&mut self, now_ms: u64, batch: &mut Batch) {
         let before = now_ms.saturating_sub(self.retention_ms);
@@ -302,6 +304,19 @@ impl Core {
             if self.registry.forget(id).is_some() {
                 self.logs.remove(&id);
                 batch.archived.push(view);
+            }
+        }
+        let due: Vec<gpumesh_types::SessionId> = self
+            .registry
+            .sessions_ended_before(before)
+            .take(MAX_ARCHIVED_PER_TICK)
+            .collect();
+        for id in due {
+            let Some(view) = self.registry.session_view(id) else {
+                continue;
+            };
+            if self.registry.forget_session(id).is_some() {
+                batch.archived_sessions.push(view);
             }
         }
     }

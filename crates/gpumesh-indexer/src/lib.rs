@@ -276,6 +276,21 @@ impl AppState {
         }
     }
 
+    /// A session: from memory, or from the store's archive once it left memory.
+    pub(crate) fn session_view(
+        &self,
+        id: gpumesh_types::SessionId,
+    ) -> Result<gpumesh_types::SessionView, Failure> {
+        match self.read(|c| c.session_view(id)) {
+            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownSession => self
+                .store
+                .archived_session(id)
+                .map_err(|e| Failure::internal(format!("failed to read the archive: {e}")))?
+                .ok_or(unknown),
+            found => found,
+        }
+    }
+
     fn archived(&self, id: LeaseId) -> Result<Option<gpumesh_types::LeaseView>, Failure> {
         self.store
             .archived_lease(id)

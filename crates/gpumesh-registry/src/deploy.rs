@@ -1064,6 +1064,42 @@ impl Registry {
         self.sessions.get(&id)
     }
 
+    /// Gives new sessions ids from `next` on at the least: archived sessions' ids are
+    /// never given again.
+    pub fn reserve_session_ids(&mut self, next: u64) {
+        self.next_session = self.next_session.max(next);
+    }
+
+    /// Indexes a session by its end if it has ended.
+    pub(crate) fn note_if_ended(&mut self, id: SessionId) {
+        if let Some(s) = self.sessions.get(&id)
+            && s.state.is_terminal()
+            && let Some(at) = s.ended_ms
+        {
+            self.ended_sessions.insert((at, id));
+        }
+    }
+
+    /// Ended sessions in memory that ended before `before_ms`, oldest first.
+    pub fn sessions_ended_before(&self, before_ms: u64) -> impl Iterator<Item = SessionId> + '_ {
+        self.ended_sessions
+            .range(..(before_ms, SessionId(0)))
+            .map(|&(_, id)| id)
+    }
+
+    /// Takes an ended session out of memory; a live one, or one not in memory, stays.
+    /// An ended session is in no queue and on no replica's list.
+    pub fn forget_session(&mut self, id: SessionId) -> Option<SessionRecord> {
+        let s = self.sessions.get(&id)?;
+        if !s.state.is_terminal() {
+            return None;
+        }
+        if let Some(at) = s.ended_ms {
+            self.ended_sessions.remove(&(at, id));
+        }
+        self.sessions.remove(&id)
+    }
+
     /// Every deployment, in id order.
     pub fn deployments(&self) -> impl Iterator<Item = &DeploymentRecord> {
         self.deployments.values()
@@ -1168,6 +1204,9 @@ impl Registry {
         }
         for s in sessions {
             self.next_session = self.next_session.max(s.id.0 + 1);
+            if let Some(at) = s.ended_ms.filter(|_| s.state.is_terminal()) {
+                self.ended_sessions.insert((at, s.id));
+            }
             match (s.state, s.replica) {
                 (SessionState::Queued, _) => {
                     self.queued.insert((s.deployment, s.id));

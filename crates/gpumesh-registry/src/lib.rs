@@ -455,6 +455,8 @@ pub struct Registry {
     ended: BTreeSet<(u64, LeaseId)>,
     /// How many leases in memory are in each state, kept as they move.
     in_state: HashMap<LeaseState, u64>,
+    /// Ended sessions still in memory, by when they ended ([`Registry::sessions_ended_before`]).
+    ended_sessions: BTreeSet<(u64, gpumesh_types::SessionId)>,
     /// Measuring points added (network coordinates are soft state, not stored).
     anchors: usize,
     next_lease: u64,
@@ -486,6 +488,7 @@ impl Registry {
             by_host: HashMap::new(),
             ended: BTreeSet::new(),
             in_state: HashMap::new(),
+            ended_sessions: BTreeSet::new(),
             anchors: 0,
             next_lease: 1,
             dirty: Vec::new(),
@@ -641,10 +644,16 @@ impl Registry {
         Some(lease)
     }
 
-    /// Records changed since the last call.
+    /// Records changed since the last call. Sessions that ended among them join the
+    /// index of ended sessions, so that every way a session ends is seen in one place.
     pub fn take_dirty(&mut self) -> Vec<Dirty> {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.dedup();
+        for d in &dirty {
+            if let Dirty::Session(id) = d {
+                self.note_if_ended(*id);
+            }
+        }
         dirty
     }
 

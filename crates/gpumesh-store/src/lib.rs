@@ -15,7 +15,7 @@ use gpumesh_ledger::{Genesis, LedgerSnapshot};
 use gpumesh_registry::{DeploymentRecord, HostRecord, LeaseRecord, Params, SessionRecord};
 use gpumesh_types::{
     Address, Amount, B256, BlockHeader, ContainerRef, LeaseId, LeaseView, LedgerEntry, LogEntry,
-    RewardProof,
+    RewardProof, SessionId, SessionView,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -51,6 +51,9 @@ const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("archived_leas
 const ARCHIVE_BY_BUYER: TableDefinition<(&[u8], u64), ()> =
     TableDefinition::new("archived_by_buyer");
 const ARCHIVE_BY_HOST: TableDefinition<(&[u8], u64), ()> = TableDefinition::new("archived_by_host");
+/// Sessions that ended longer ago than the retention, as their final views
+/// (`gpumesh_types::SessionView`), by id; `sessions` holds only the others.
+const ARCHIVED_SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("archived_sessions");
 /// How many snapshots are kept: the newest and the one before it.
 pub const SNAPSHOTS_KEPT: usize = 2;
 
@@ -67,9 +70,9 @@ const SCHEMA_KEY: &str = "schema_version";
 /// - 4: usage billable only from a lease's observed start (`StartLease`): a chain of an
 ///   earlier layout holds usage with no recorded start, which this version's replay
 ///   refuses, so earlier layouts are refused rather than migrated.
-/// - 5: leases ended longer ago than the retention move from `leases` to the archive,
-///   which an older version would not read (and would reuse their ids). Layout 4 is
-///   migrated by recording the version: its archive is empty.
+/// - 5: leases and sessions ended longer ago than the retention move from `leases` and
+///   `sessions` to archives, which an older version would not read (and would reuse
+///   their ids). Layout 4 is migrated by recording the version: its archives are empty.
 pub const SCHEMA_VERSION: u32 = 5;
 const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
@@ -114,6 +117,8 @@ pub struct Snapshot {
     pub logs: Vec<(LeaseId, LogEntry)>,
     /// One past the highest lease id ever given, archived leases included.
     pub next_lease: u64,
+    /// One past the highest session id ever given, archived sessions included.
+    pub next_session: u64,
     /// The newest ledger snapshot that decodes, when one was asked for and there is one;
     /// `blocks` then start right after it.
     pub ledger: Option<LedgerSnapshot>,
@@ -187,6 +192,9 @@ pub struct Batch {
     /// Ended leases leaving memory, as their final views: each moves from `leases` to the
     /// archive, written after `leases`.
     pub archived: Vec<LeaseView>,
+    /// Ended sessions leaving memory, as their final views: each moves from `sessions`
+    /// to the session archive, written after `sessions`.
+    pub archived_sessions: Vec<SessionView>,
     /// The reward trees of epochs closed by `txs`.
     pub rewards: Vec<EpochRewards>,
     /// The ledger's state after the last of `blocks`, to restart from; older snapshots
@@ -280,6 +288,7 @@ impl Batch {
             && self.deployments.is_empty()
             && self.sessions.is_empty()
             && self.archived.is_empty()
+            && self.archived_sessions.is_empty()
             && self.rewards.is_empty()
             && self.snapshot.is_none()
     }
@@ -540,6 +549,13 @@ impl Store {
             for x in &batch.sessions {
                 sessions.insert(x.id.0, encode(x).as_slice()).map_err(s)?;
             }
+            let mut archived_sessions = txn.open_table(ARCHIVED_SESSIONS).map_err(e)?;
+            for view in &batch.archived_sessions {
+                sessions.remove(view.id.0).map_err(s)?;
+                archived_sessions
+                    .insert(view.id.0, encode(view).as_slice())
+                    .map_err(s)?;
+            }
         }
         txn.commit().map_err(|e| self.db_err(e))
     }
@@ -689,6 +705,17 @@ impl Store {
                 sessions.push(self.decode(|| format!("session {}", k.value()), v.value())?);
             }
         }
+        let last_archived_session = match open(ARCHIVED_SESSIONS)? {
+            Some(table) => table.last().map_err(s)?.map_or(0, |(k, _)| k.value()),
+            None => 0,
+        };
+        let next_session = sessions
+            .iter()
+            .map(|x: &SessionRecord| x.id.0)
+            .max()
+            .unwrap_or(0)
+            .max(last_archived_session)
+            + 1;
         let (ledger, snapshots_skipped) = if from_snapshot {
             self.newest_snapshot(&txn)?
         } else {
@@ -709,6 +736,7 @@ impl Store {
             leases,
             logs,
             next_lease,
+            next_session,
             ledger,
             snapshots_skipped,
             blocks,
@@ -923,6 +951,18 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// An archived session's final view.
+    pub fn archived_session(&self, id: SessionId) -> Result<Option<SessionView>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(ARCHIVED_SESSIONS).map_err(|e| self.db_err(e))?;
+        match table.get(id.0).map_err(|e| self.db_err(e))? {
+            Some(v) => Ok(Some(
+                self.decode(|| format!("archived session {id}"), v.value())?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// A lease's stored log lines from sequence `from` on, at most `limit`.

@@ -1,7 +1,8 @@
 //! Memory follows live work: a lease that ended longer ago than the indexer's retention
 //! leaves its memory (with its output) and is still served from the store, by id, in its
-//! buyer's and its host's listings and with its output, across a restart. In a test binary
-//! of its own: it reads a gauge, and the metrics recorder is one per process.
+//! buyer's and its host's listings and with its output, across a restart; so does an
+//! ended session. In a test binary of its own: it reads gauges, and the metrics recorder
+//! is one per process.
 
 use std::time::{Duration, Instant};
 
@@ -9,10 +10,18 @@ use futures_util::StreamExt;
 use gpumesh_client::buyer::{JobOutcome, run_job};
 use gpumesh_devnet::{Devnet, DevnetConfig, RuntimeChoice};
 use gpumesh_tests::{job, small_world};
-use gpumesh_types::{ErrorCode, GpuModel, LeaseId, LeaseState, LeaseView, LogEvent, Page};
+use gpumesh_types::{
+    Amount, DeploymentRequest, ErrorCode, GpuModel, GpuSelector, LeaseId, LeaseState, LeaseView,
+    LogEvent, Page, RegionSpec, SessionRequest, SessionState,
+};
 
 /// The `gpumesh_leases` gauge of `state`: leases of that state in the indexer's memory.
 async fn in_memory(http: &reqwest::Client, base: &str, state: &str) -> u64 {
+    gauge(http, base, "gpumesh_leases", state).await
+}
+
+/// A gauge's value for one `state` label.
+async fn gauge(http: &reqwest::Client, base: &str, name: &str, state: &str) -> u64 {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -21,7 +30,7 @@ async fn in_memory(http: &reqwest::Client, base: &str, state: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    let prefix = format!("gpumesh_leases{{state=\"{state}\"}} ");
+    let prefix = format!("{name}{{state=\"{state}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
@@ -127,5 +136,61 @@ async fn a_lease_past_the_retention_leaves_memory_and_is_still_served_from_the_s
     assert_eq!(page.next, Some(id.0.to_string()));
     let rest = listed(&http, &format!("{base}/v1/leases?buyer={buyer}&after={id}")).await;
     assert_eq!(rest, [next.id]);
+
+    // A session, once ended and past the retention, likewise.
+    let deployment = client
+        .create_deployment(&DeploymentRequest {
+            gpu: GpuSelector::Model(GpuModel::H100),
+            gpu_count: 1,
+            image: gpumesh_host::demo_image::DEMO_IMAGE.into(),
+            command: vec!["/bin/sh".into(), "-c".into(), "sleep 600".into()],
+            ports: Vec::new(),
+            env: Vec::new(),
+            health: None,
+            regions: vec![RegionSpec {
+                name: "eu".into(),
+                near: ended.host_location.point,
+                country: None,
+                min: 1,
+                max: 1,
+                max_rtt_ms: None,
+            }],
+            max_price_per_gpu_hour: Amount::from_tokens(5),
+            period_ms: 20_000,
+            sessions_per_replica: 2,
+        })
+        .await
+        .unwrap();
+    client
+        .allow(deployment.id, Amount::from_tokens(50))
+        .await
+        .unwrap();
+    let asked = SessionRequest {
+        deployment: deployment.id,
+        near: ended.host_location.point,
+        max_rtt_ms: 1_000,
+        queue_ms: 20_000,
+    };
+    let session = client.request_session(&asked).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.session(session.id).await.unwrap().state != SessionState::Active {
+        assert!(Instant::now() < deadline, "session {} never seated", session.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.end_session(session.id).await.unwrap();
+    let over = client.session(session.id).await.unwrap();
+    assert_eq!(over.state, SessionState::Ended);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gauge(&http, &base, "gpumesh_sessions", "ended").await > 0 {
+        assert!(Instant::now() < deadline, "session {} never left memory", session.id);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(client.session(session.id).await.unwrap(), over);
+    net.restart_indexer().await.expect("the indexer restarts");
+    assert_eq!(gauge(&http, &base, "gpumesh_sessions", "ended").await, 0);
+    assert_eq!(client.session(session.id).await.unwrap(), over);
+    let again = client.request_session(&asked).await.unwrap();
+    assert!(again.id > session.id, "{} after {}", again.id, session.id);
+    client.stop_deployment(deployment.id).await.unwrap();
     net.stop().await.unwrap();
 }

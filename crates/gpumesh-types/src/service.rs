@@ -390,6 +390,13 @@ pub enum SessionState {
     Rejected,
 }
 
+impl SessionState {
+    /// Ended or rejected: nothing more happens to it.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SessionState::Ended | SessionState::Rejected)
+    }
+}
+
 /// Why a session got no slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
