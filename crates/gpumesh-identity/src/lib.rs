@@ -135,12 +135,19 @@ impl Wallet {
 
     /// Signs a ledger transaction. The transaction's `from` must be this wallet.
     pub fn sign_tx(&self, tx: Tx) -> SignedTx {
+        self.sign_tx_hashed(tx).0
+    }
+
+    /// [`Wallet::sign_tx`], returning the hash it signed too, so that the signer need not
+    /// compute it again to check or apply the transaction.
+    pub fn sign_tx_hashed(&self, tx: Tx) -> (SignedTx, alloy_primitives::B256) {
         debug_assert_eq!(
             tx.from, self.address,
             "signing a transaction of another account"
         );
-        let signature = Sig(self.sign_prehash(&tx.hash()));
-        SignedTx { tx, signature }
+        let hash = tx.hash();
+        let signature = Sig(self.sign_prehash(&hash));
+        (SignedTx { tx, signature }, hash)
     }
 
     /// Writes the key as a new Ethereum keystore (version 3, scrypt, AES-128-CTR),

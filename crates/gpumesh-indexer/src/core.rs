@@ -1417,13 +1417,14 @@ impl Core {
     ) -> Result<Applied, Failure> {
         let from = self.protocol.address();
         let nonce = self.ledger.account(&from).nonce;
-        let stx = self.protocol.sign_tx(Tx {
+        let (stx, hash) = self.protocol.sign_tx_hashed(Tx {
             chain_id: self.chain_id(),
             from,
             nonce,
             kind,
         });
-        self.apply_tx(&stx, now_ms, batch)
+        // Hashed once: an epoch close's hash is the longest part of its close.
+        self.apply_verified(Verified::check_signed_here(&stx, hash)?, now_ms, batch)
     }
 
     /// Compares leases with their escrows and repairs where they disagree, so that the

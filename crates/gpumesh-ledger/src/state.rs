@@ -262,6 +262,16 @@ impl<'a> Verified<'a> {
         Ok(Verified { stx, hash })
     }
 
+    /// [`Verified::check`] for a transaction this process just signed, with the hash it
+    /// signed: the signature is checked, the hash not computed again
+    /// ([`SignedTx::verify_hashed`]).
+    pub fn check_signed_here(stx: &'a SignedTx, hash: B256) -> Result<Verified<'a>, LedgerError> {
+        let hash = stx
+            .verify_hashed(hash)
+            .map_err(|e| LedgerError::BadSignature(e.to_string()))?;
+        Ok(Verified { stx, hash })
+    }
+
     /// The transaction hash the signature covers.
     pub fn hash(&self) -> B256 {
         self.hash

@@ -956,7 +956,9 @@ impl Store {
     /// An archived session's final view.
     pub fn archived_session(&self, id: SessionId) -> Result<Option<SessionView>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(ARCHIVED_SESSIONS).map_err(|e| self.db_err(e))?;
+        let table = txn
+            .open_table(ARCHIVED_SESSIONS)
+            .map_err(|e| self.db_err(e))?;
         match table.get(id.0).map_err(|e| self.db_err(e))? {
             Some(v) => Ok(Some(
                 self.decode(|| format!("archived session {id}"), v.value())?,

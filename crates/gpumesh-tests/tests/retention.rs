@@ -174,7 +174,11 @@ async fn a_lease_past_the_retention_leaves_memory_and_is_still_served_from_the_s
     let session = client.request_session(&asked).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.session(session.id).await.unwrap().state != SessionState::Active {
-        assert!(Instant::now() < deadline, "session {} never seated", session.id);
+        assert!(
+            Instant::now() < deadline,
+            "session {} never seated",
+            session.id
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.end_session(session.id).await.unwrap();
@@ -182,7 +186,11 @@ async fn a_lease_past_the_retention_leaves_memory_and_is_still_served_from_the_s
     assert_eq!(over.state, SessionState::Ended);
     let deadline = Instant::now() + Duration::from_secs(15);
     while gauge(&http, &base, "gpumesh_sessions", "ended").await > 0 {
-        assert!(Instant::now() < deadline, "session {} never left memory", session.id);
+        assert!(
+            Instant::now() < deadline,
+            "session {} never left memory",
+            session.id
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(client.session(session.id).await.unwrap(), over);

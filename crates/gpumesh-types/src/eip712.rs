@@ -12,12 +12,15 @@
 //! Amounts are `uint256` in base units; enums (close reasons, offences) are their
 //! snake_case names as `string`.
 
+use std::sync::LazyLock;
+
 use alloy_dyn_abi::TypedData;
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, Keccak256, U256, keccak256};
 use alloy_sol_types::{Eip712Domain, SolStruct, eip712_domain, sol};
+use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::{Amount, CloseReason, Offence, Tx, TxKind};
+use crate::{Amount, CloseReason, EpochClose, Offence, Tx, TxKind};
 
 /// The EIP-712 struct types of ledger transactions, in Solidity syntax.
 pub mod types {
@@ -176,10 +179,127 @@ fn decimal_strings(value: &mut serde_json::Value) {
     }
 }
 
+/// The type hashes of an epoch close's structs, computed once: the generic path
+/// (`SolStruct::eip712_hash_struct`) builds the type string and hashes it again for every
+/// element, and an epoch at the network's size has about a million of them.
+struct EpochTypes {
+    epoch: B256,
+    host_capacity: B256,
+    gpu_capacity: B256,
+    host_delivery: B256,
+    gpu_delivery: B256,
+    checker: B256,
+}
+
+static EPOCH_TYPES: LazyLock<EpochTypes> = LazyLock::new(|| {
+    let of = |encoded: std::borrow::Cow<'static, str>| keccak256(encoded.as_bytes());
+    EpochTypes {
+        epoch: of(types::EpochClose::eip712_encode_type()),
+        host_capacity: of(types::HostCapacity::eip712_encode_type()),
+        gpu_capacity: of(types::GpuCapacity::eip712_encode_type()),
+        host_delivery: of(types::HostDelivery::eip712_encode_type()),
+        gpu_delivery: of(types::GpuDelivery::eip712_encode_type()),
+        checker: of(types::CheckerTasks::eip712_encode_type()),
+    }
+});
+
+/// An EIP-712 word: an unsigned integer (or a bool), big-endian in 32 bytes.
+fn uint(v: impl Into<u64>) -> [u8; 32] {
+    U256::from(v.into()).to_be_bytes()
+}
+
+/// An address as an EIP-712 word.
+fn address_word(a: &Address) -> [u8; 32] {
+    B256::left_padding_from(a.as_slice()).0
+}
+
+/// `keccak256(type hash ‖ words…)`: one struct's `hashStruct`.
+fn hash_struct(type_hash: &B256, words: &[&[u8]]) -> B256 {
+    let mut h = Keccak256::new();
+    h.update(type_hash);
+    for w in words {
+        h.update(w);
+    }
+    h.finalize()
+}
+
+/// An array's `encodeData`: the hash of its elements' hashes, in order.
+fn hash_array(hashes: impl IntoIterator<Item = B256>) -> B256 {
+    let mut h = Keccak256::new();
+    for x in hashes {
+        h.update(x);
+    }
+    h.finalize()
+}
+
+/// An epoch close's EIP-712 signing hash, as the generic path computes it (a test holds
+/// them equal) with each type hash computed once and the lists hashed on every core.
+fn epoch_signing_hash(from: Address, nonce: u64, e: &EpochClose, domain: &Eip712Domain) -> B256 {
+    let t = &*EPOCH_TYPES;
+    let capacity: Vec<B256> = e
+        .capacity
+        .par_iter()
+        .map(|(host, gpus)| {
+            let gpus = hash_array(
+                gpus.iter()
+                    .map(|&(index, k)| hash_struct(&t.gpu_capacity, &[&uint(index), &uint(k)])),
+            );
+            hash_struct(&t.host_capacity, &[&address_word(host), gpus.as_slice()])
+        })
+        .collect();
+    let delivery: Vec<B256> = e
+        .delivery
+        .par_iter()
+        .map(|(host, gpus)| {
+            let gpus = hash_array(gpus.iter().map(|d| {
+                let words: [&[u8]; 5] = [
+                    &uint(d.index),
+                    &uint(d.gpu_ms),
+                    &amount(d.paid).to_be_bytes::<32>(),
+                    &amount(d.fee).to_be_bytes::<32>(),
+                    &uint(d.tier),
+                ];
+                hash_struct(&t.gpu_delivery, &words)
+            }));
+            hash_struct(&t.host_delivery, &[&address_word(host), gpus.as_slice()])
+        })
+        .collect();
+    let checkers: Vec<B256> = e
+        .checkers
+        .par_iter()
+        .map(|(checker, correct, uptime)| {
+            let words: [&[u8]; 3] = [&address_word(checker), &uint(*correct), &uint(*uptime)];
+            hash_struct(&t.checker, &words)
+        })
+        .collect();
+    let words: [&[u8]; 9] = [
+        &address_word(&from),
+        &uint(nonce),
+        &uint(e.epoch),
+        &uint(e.end_ms),
+        e.evidence.as_slice(),
+        &hash_array(capacity).0,
+        &hash_array(delivery).0,
+        &hash_array(checkers).0,
+        &uint(e.quarter_bonus),
+    ];
+    let message = hash_struct(&t.epoch, &words);
+    let mut digest = Keccak256::new();
+    digest.update([0x19, 0x01]);
+    digest.update(domain.separator());
+    digest.update(message);
+    digest.finalize()
+}
+
 impl Tx {
     /// The EIP-712 signing hash: what the signature covers and the transaction's id.
     pub fn hash(&self) -> B256 {
-        self.typed(SigningHash)
+        match &self.kind {
+            TxKind::Epoch(e) => {
+                epoch_signing_hash(self.from, self.nonce, e, &domain(self.chain_id))
+            }
+            _ => self.typed(SigningHash),
+        }
     }
 
     /// The transaction as `eth_signTypedData_v4` JSON (`types`, `primaryType`, `domain`,
@@ -457,6 +577,69 @@ mod tests {
         digest.extend_from_slice(keccak256(domain_encoded).as_slice());
         digest.extend_from_slice(keccak256(encoded).as_slice());
         assert_eq!(keccak256(digest), tx.hash());
+    }
+
+    fn epoch_close() -> impl proptest::strategy::Strategy<Value = EpochClose> {
+        use proptest::prelude::*;
+        let address = any::<[u8; 20]>().prop_map(Address::from);
+        let delivery = (
+            any::<u16>(),
+            any::<u64>(),
+            any::<u128>(),
+            any::<u128>(),
+            any::<u8>(),
+        )
+            .prop_map(|(index, gpu_ms, paid, fee, tier)| crate::GpuDelivery {
+                index,
+                gpu_ms,
+                paid: Amount(paid),
+                fee: Amount(fee),
+                tier,
+            });
+        (
+            (any::<u64>(), any::<u64>(), any::<[u8; 32]>(), any::<bool>()),
+            prop::collection::vec(
+                (
+                    address.clone(),
+                    prop::collection::vec(any::<(u16, u32)>(), 0..4),
+                ),
+                0..6,
+            ),
+            prop::collection::vec(
+                (address.clone(), prop::collection::vec(delivery, 0..4)),
+                0..6,
+            ),
+            prop::collection::vec((address, any::<u32>(), any::<u16>()), 0..6),
+        )
+            .prop_map(
+                |((epoch, end_ms, evidence, quarter_bonus), capacity, delivery, checkers)| {
+                    EpochClose {
+                        epoch,
+                        end_ms,
+                        evidence: B256::from(evidence),
+                        capacity,
+                        delivery,
+                        checkers,
+                        quarter_bonus,
+                    }
+                },
+            )
+    }
+
+    proptest::proptest! {
+        /// The epoch close's own hashing (type hashes once, lists on every core) is the
+        /// generic EIP-712 path's, whatever the lists hold, empty ones included.
+        #[test]
+        fn an_epoch_close_hashes_as_the_generic_eip712_path(close in epoch_close(), nonce: u64) {
+            let tx = Tx {
+                chain_id: 31337,
+                from: Address::repeat_byte(9),
+                nonce,
+                kind: TxKind::Epoch(Box::new(close)),
+            };
+            proptest::prop_assert_eq!(tx.hash(), tx.typed(SigningHash));
+            proptest::prop_assert_eq!(tx.hash(), tx.typed_data().eip712_signing_hash().unwrap());
+        }
     }
 
     #[test]

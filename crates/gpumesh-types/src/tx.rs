@@ -248,7 +248,19 @@ impl SignedTx {
 
     /// Recovers the signer and checks that it is `tx.from`.
     pub fn verify(&self) -> Result<B256, SignatureCheck> {
-        let hash = self.tx.hash();
+        self.verify_hashed(self.tx.hash())
+    }
+
+    /// [`SignedTx::verify`] with the transaction's hash already at hand (its signer just
+    /// computed it to sign): the signer is recovered and checked all the same; only the
+    /// hash, which for an epoch close costs hundreds of milliseconds, is not computed
+    /// again (in debug builds it is, and must agree).
+    pub fn verify_hashed(&self, hash: B256) -> Result<B256, SignatureCheck> {
+        debug_assert_eq!(
+            hash,
+            self.tx.hash(),
+            "the hash given is not the transaction's"
+        );
         let recovered = self
             .signature
             .0
