@@ -52,6 +52,11 @@ impl ClientError {
     }
 }
 
+/// How many times a request refused as `overloaded` is sent in all, and the wait between
+/// (the indexer's `Retry-After`).
+pub const OVERLOADED_TRIES: u32 = 5;
+const OVERLOADED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A connection to one indexer, optionally with a wallet to sign with.
 #[derive(Debug)]
 pub struct Client {
@@ -277,7 +282,35 @@ impl Client {
         }
     }
 
+    /// Sends a request; one the indexer refused as `overloaded` (which changed nothing)
+    /// is sent again, signed anew, a second later (the indexer's `Retry-After`), up to
+    /// [`OVERLOADED_TRIES`] times in all.
     async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        sign: bool,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut tries = 1;
+        loop {
+            match self
+                .request_once(method.clone(), path, body.clone(), sign)
+                .await
+            {
+                Err(ClientError::Api { error, .. })
+                    if error.code == ErrorCode::Overloaded && tries < OVERLOADED_TRIES =>
+                {
+                    tries += 1;
+                    tracing::debug!(path, tries, "the indexer is overloaded; trying again");
+                    tokio::time::sleep(OVERLOADED_WAIT).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_once(
         &self,
         method: Method,
         path: &str,
@@ -853,5 +886,66 @@ impl Lines {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Answers each connection's request with the next of `answers` (status, body).
+    async fn serve(answers: Vec<(u16, &'static str)>) -> (String, tokio::task::JoinHandle<usize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut served = 0;
+            for (status, body) in answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(response.as_bytes()).await.unwrap();
+                served += 1;
+            }
+            served
+        });
+        (url, task)
+    }
+
+    const OVERLOADED: &str = r#"{"code":"overloaded","message":"busy"}"#;
+
+    #[tokio::test]
+    async fn a_request_refused_as_overloaded_is_sent_again() {
+        let (url, server) = serve(vec![
+            (503, OVERLOADED),
+            (503, OVERLOADED),
+            (200, r#"{"items":[],"next":null}"#),
+        ])
+        .await;
+        let client = Client::new(&url, None);
+        let containers = client
+            .containers()
+            .await
+            .expect("answered on the third try");
+        assert!(containers.is_empty());
+        assert_eq!(server.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn overloaded_is_tried_a_bounded_number_of_times() {
+        let answers = vec![(503, OVERLOADED); OVERLOADED_TRIES as usize];
+        let (url, server) = serve(answers).await;
+        let refused = Client::new(&url, None).containers().await.unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::Overloaded));
+        assert_eq!(server.await.unwrap(), OVERLOADED_TRIES as usize);
     }
 }
