@@ -449,7 +449,9 @@ async fn leases(
         .map(|h| address("host", h))
         .transpose()?;
     let (after, limit) = page_query(&query)?;
-    let (items, next) = state.leases_page(buyer, host, after.map(LeaseId), limit)?;
+    let (items, next) = state
+        .leases_page(buyer, host, after.map(LeaseId), limit)
+        .await?;
     Ok(Json(Page {
         items,
         next: next.map(|id| id.0.to_string()),
@@ -460,7 +462,7 @@ async fn leases(
 #[utoipa::path(get, path = "/v1/leases/{id}", tag = "leases", summary = "One lease", params(("id" = u64, Path, description = "the lease id")), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
 async fn lease(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
-    Ok(Json(state.lease_view(id)?).into_response())
+    Ok(Json(state.lease_view(id).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/leases/{id}/cancel", tag = "leases", summary = "Cancel a lease (its buyer)", request_body = Object, params(("id" = u64, Path, description = "the lease id"), SignatureHeaders), responses((status = 200, body = LeaseView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]
@@ -539,7 +541,7 @@ async fn logs(
     req: Signed<serde_json::Value>,
 ) -> Result<Response, Failure> {
     let id = lease_id(&id)?;
-    state.may_read_logs(&req.signer, id)?;
+    state.may_read_logs(&req.signer, id).await?;
     let from = query_number(&query, "from")?.unwrap_or(0);
     let follow = query.get("follow").is_some_and(|v| v == "true" || v == "1");
     struct Cursor {
@@ -562,7 +564,7 @@ async fn logs(
             }
             let bell = cur.waiting.bell();
             let rung = bell.notified();
-            let (entries, ended) = match cur.state.logs(id, cur.next) {
+            let (entries, ended) = match cur.state.logs(id, cur.next).await {
                 Ok(found) => found,
                 // The stream has begun: a failed read can only end it.
                 Err(e) => {
@@ -585,7 +587,7 @@ async fn logs(
             }
             if ended || !follow {
                 cur.done = true;
-                if let Ok(lease) = cur.state.lease_view(id)
+                if let Ok(lease) = cur.state.lease_view(id).await
                     && ended
                 {
                     serde_json::to_writer(
@@ -1034,7 +1036,7 @@ async fn session(
     Path(id): Path<String>,
 ) -> Result<Response, Failure> {
     let id = session_id(&id)?;
-    Ok(Json(state.session_view(id)?).into_response())
+    Ok(Json(state.session_view(id).await?).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/end", tag = "deployments", summary = "The player left: free the slot (the deployment's owner)", request_body = Object, params(("id" = u64, Path, description = "the session id"), SignatureHeaders), responses((status = 200, body = SessionView), (status = "4XX", description = "refused: the error code says why", body = ApiError), (status = "5XX", description = "the indexer failed", body = ApiError)))]

@@ -181,8 +181,11 @@ impl Core {
             None => Ledger::new(snapshot.genesis)
                 .map_err(|e| format!("the stored genesis is invalid: {e}"))?,
         };
-        let (ledger, _) = gpumesh_ledger::replay_from(start, snapshot.blocks, snapshot.unsealed)
-            .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
+        let (mut ledger, _) =
+            gpumesh_ledger::replay_from(start, snapshot.blocks, snapshot.unsealed)
+                .map_err(|e| format!("the stored ledger does not replay: {e}"))?;
+        // A replayed epoch's reward tree is stored already.
+        drop(ledger.take_reward_tree());
         let mut params = snapshot.params;
         params.checked = checking.enabled();
         let cp = checking.params();
@@ -287,25 +290,8 @@ impl Core {
     /// reconciliation closes it: its settlement is not final.
     fn archive_ended(&mut self, now_ms: u64, batch: &mut Batch) {
         let before = now_ms.saturating_sub(self.retention_ms);
-        let due: Vec<LeaseId> = self
-            .registry
-            .ended_before(before)
-            .take(MAX_ARCHIVED_PER_TICK)
-            .collect();
-        for id in due {
-            let open = self.ledger.escrow(id).is_some_and(|e| !e.closed);
-            if open || self.unclosed.contains(&id) {
-                continue;
-            }
-            let Ok(view) = self.lease_view(id) else {
-                continue;
-            };
-            // Its record may be waiting to be written; the archive write follows it.
-            if self.registry.forget(id).is_some() {
-                self.logs.remove(&id);
-                batch.archived.push(view);
-            }
-        }
+        // Sessions first: an ended session shows its replica's endpoints, read from the
+        // replica's lease while it is still in memory.
         let due: Vec<gpumesh_types::SessionId> = self
             .registry
             .sessions_ended_before(before)
@@ -317,6 +303,26 @@ impl Core {
             };
             if self.registry.forget_session(id).is_some() {
                 batch.archived_sessions.push(view);
+            }
+        }
+        // Leases that cannot move yet (escrow still open) are passed over, not counted, so
+        // they never hold back those behind them.
+        let ledger = &self.ledger;
+        let unclosed = &self.unclosed;
+        let due: Vec<LeaseId> = self
+            .registry
+            .ended_before(before)
+            .filter(|id| !unclosed.contains(id) && ledger.escrow(*id).is_none_or(|e| e.closed))
+            .take(MAX_ARCHIVED_PER_TICK)
+            .collect();
+        for id in due {
+            let Ok(view) = self.lease_view(id) else {
+                continue;
+            };
+            // Its record may be waiting to be written; the archive write follows it.
+            if self.registry.forget(id).is_some() {
+                self.logs.remove(&id);
+                batch.archived.push(view);
             }
         }
     }

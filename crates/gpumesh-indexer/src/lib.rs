@@ -266,42 +266,52 @@ impl AppState {
         stats
     }
 
-    /// A lease: from memory, or from the store's archive once it left memory.
-    pub(crate) fn lease_view(&self, id: LeaseId) -> Result<gpumesh_types::LeaseView, Failure> {
-        match self.read(|c| c.lease_view(id)) {
-            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownLease => {
-                self.archived(id)?.ok_or(unknown)
-            }
-            found => found,
-        }
+    /// Runs a store read on a blocking thread, never on an async worker.
+    pub(crate) async fn read_store<T, F>(&self, what: &'static str, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, gpumesh_store::StoreError> + Send + 'static,
+    {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || f(&state.store))
+            .await
+            .map_err(|e| Failure::internal(format!("a store read panicked: {e}")))?
+            .map_err(|e| Failure::internal(format!("failed to read {what}: {e}")))
     }
 
-    /// A session: from memory, or from the store's archive once it left memory.
-    pub(crate) fn session_view(
+    /// A lease: from memory, or from the store's archive once it left memory.
+    pub(crate) async fn lease_view(
         &self,
-        id: gpumesh_types::SessionId,
-    ) -> Result<gpumesh_types::SessionView, Failure> {
-        match self.read(|c| c.session_view(id)) {
-            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownSession => self
-                .store
-                .archived_session(id)
-                .map_err(|e| Failure::internal(format!("failed to read the archive: {e}")))?
+        id: LeaseId,
+    ) -> Result<gpumesh_types::LeaseView, Failure> {
+        match self.read(|c| c.lease_view(id)) {
+            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownLease => self
+                .read_store("the archive", move |s| s.archived_lease(id))
+                .await?
                 .ok_or(unknown),
             found => found,
         }
     }
 
-    fn archived(&self, id: LeaseId) -> Result<Option<gpumesh_types::LeaseView>, Failure> {
-        self.store
-            .archived_lease(id)
-            .map_err(|e| Failure::internal(format!("failed to read the archive: {e}")))
+    /// A session: from memory, or from the store's archive once it left memory.
+    pub(crate) async fn session_view(
+        &self,
+        id: gpumesh_types::SessionId,
+    ) -> Result<gpumesh_types::SessionView, Failure> {
+        match self.read(|c| c.session_view(id)) {
+            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownSession => self
+                .read_store("the archive", move |s| s.archived_session(id))
+                .await?
+                .ok_or(unknown),
+            found => found,
+        }
     }
 
     /// Leases in id order after `after`, of this buyer and host when given, from memory
     /// and the archive: up to `limit`, and the id to continue after. Memory is read
     /// first: a lease archived in between is then in both (and shown once), never in
     /// neither, since archiving removes it from memory and writes it in one group.
-    pub(crate) fn leases_page(
+    pub(crate) async fn leases_page(
         &self,
         buyer: Option<Address>,
         host: Option<Address>,
@@ -310,9 +320,10 @@ impl AppState {
     ) -> Result<(Vec<gpumesh_types::LeaseView>, Option<LeaseId>), Failure> {
         let mut items = self.read(|c| c.leases_page(buyer, host, after, limit + 1));
         let archived = self
-            .store
-            .archived_leases(buyer, host, after, limit + 1)
-            .map_err(|e| Failure::internal(format!("failed to read the archive: {e}")))?;
+            .read_store("the archive", move |s| {
+                s.archived_leases(buyer, host, after, limit + 1)
+            })
+            .await?;
         items.extend(archived);
         items.sort_by_key(|l| l.id);
         items.dedup_by_key(|l| l.id);
@@ -327,7 +338,7 @@ impl AppState {
 
     /// A lease's log entries from `from` on, and whether it has ended: from memory, or
     /// a page at a time from the store once the lease is archived.
-    pub(crate) fn logs(
+    pub(crate) async fn logs(
         &self,
         id: LeaseId,
         from: u64,
@@ -336,18 +347,17 @@ impl AppState {
             return Ok(found);
         }
         let entries = self
-            .store
-            .logs(id, from, LOG_PAGE)
-            .map_err(|e| Failure::internal(format!("failed to read the logs: {e}")))?;
+            .read_store("the logs", move |s| s.logs(id, from, LOG_PAGE))
+            .await?;
         Ok((entries, true))
     }
 
     /// Checks that `signer` may read the lease's output: its buyer or its host.
-    pub(crate) fn may_read_logs(&self, signer: &Address, id: LeaseId) -> Result<(), Failure> {
+    pub(crate) async fn may_read_logs(&self, signer: &Address, id: LeaseId) -> Result<(), Failure> {
         if let Some(checked) = self.read(|c| c.may_read_logs(signer, id)) {
             return checked;
         }
-        let lease = self.lease_view(id)?;
+        let lease = self.lease_view(id).await?;
         core::may_read(signer, id, lease.buyer, lease.host)
     }
 
@@ -697,8 +707,8 @@ impl Indexer {
             .await
             .map_err(|e| anyhow::anyhow!(e.message))
             .context("failed to seal the last block")?;
-        // An operation whose client went away still finishes on the committer thread,
-        // holding the state; wait for those, so the store is closed when this returns
+        // An operation that had begun when its client went away still finishes on the
+        // committer thread, holding the state; wait for those, so the store is closed when this returns
         // (a restart or `ledger verify` opens it next). Bounded, in case a reader lingers.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&state.0) > 1 && tokio::time::Instant::now() < deadline {

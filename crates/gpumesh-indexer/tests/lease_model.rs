@@ -339,6 +339,42 @@ fn check(w: &mut World, ids: &[LeaseId]) -> Result<(), TestCaseError> {
         }
     }
     prop_assert!(core.ledger().supply_conserved(), "supply not conserved");
+    // The registry's running counts and indexes are what a scan of its leases finds.
+    for state in [
+        LeaseState::Matched,
+        LeaseState::Starting,
+        LeaseState::Running,
+        LeaseState::Completed,
+        LeaseState::Failed,
+        LeaseState::Cancelled,
+    ] {
+        let counted = core
+            .registry()
+            .leases()
+            .filter(|l| l.state == state)
+            .count() as u64;
+        prop_assert_eq!(core.registry().leases_in(state), counted, "{:?}", state);
+    }
+    let buyer = w.buyer.address();
+    let of_buyer: Vec<LeaseId> = (core.registry().leases_after(Some(buyer), None, None))
+        .map(|l| l.id)
+        .collect();
+    let scanned: Vec<LeaseId> = (core.registry().leases())
+        .filter(|l| l.buyer == buyer)
+        .map(|l| l.id)
+        .collect();
+    prop_assert_eq!(of_buyer, scanned);
+    for host in &w.hosts {
+        let host = host.address();
+        let of_host: Vec<LeaseId> = (core.registry().leases_after(None, Some(host), None))
+            .map(|l| l.id)
+            .collect();
+        let scanned: Vec<LeaseId> = (core.registry().leases())
+            .filter(|l| l.host == host)
+            .map(|l| l.id)
+            .collect();
+        prop_assert_eq!(of_host, scanned);
+    }
     // The running sums the statistics read are the sums over every escrow.
     let escrows = core.ledger().escrows().map(|(_, e)| e);
     prop_assert_eq!(

@@ -385,10 +385,15 @@ fn round_trip(rtt_ms: f64) -> Result<(), RegistryError> {
 
 /// One lease moved between states (`None`: into or out of memory).
 fn shift(counts: &mut HashMap<LeaseState, u64>, from: Option<LeaseState>, to: Option<LeaseState>) {
-    if let Some(from) = from
-        && let Some(n) = counts.get_mut(&from)
-    {
-        *n -= 1;
+    if let Some(from) = from {
+        let n = counts.get_mut(&from);
+        debug_assert!(
+            n.as_ref().is_some_and(|n| **n > 0),
+            "no lease counted as {from:?}"
+        );
+        if let Some(n) = n {
+            *n = n.saturating_sub(1);
+        }
     }
     if let Some(to) = to {
         *counts.entry(to).or_default() += 1;
