@@ -313,7 +313,7 @@ async fn register_host(
     State(state): State<AppState>,
     req: Signed<RegisterHost>,
 ) -> Result<Response, Failure> {
-    state.limits.check(Limited::Registration, req.signer)?;
+    state.limit(Limited::Registration, req.signer)?;
     if let Some(url) = &req.body.challenge_url {
         let private = state.read(|c| c.info().private_endpoints);
         challenge_name(url, private).await?;
@@ -411,7 +411,7 @@ async fn submit_job(
     State(state): State<AppState>,
     req: Signed<JobRequest>,
 ) -> Result<Response, Failure> {
-    state.limits.check(Limited::Job, req.signer)?;
+    state.limit(Limited::Job, req.signer)?;
     let lease = state
         .mutate(move |c, now, _| {
             let began = std::time::Instant::now();
@@ -624,7 +624,7 @@ async fn submit_tx(
     // An allowance lets the protocol open escrows for a deployment: it costs what a
     // deployment does, so it counts against the same per-key rate.
     if let TxKind::Allow { .. } = checked.tx().tx.kind {
-        state.limits.check(Limited::Job, checked.tx().tx.from)?;
+        state.limit(Limited::Job, checked.tx().tx.from)?;
     }
     let accepted = state
         .mutate(move |c, now, batch| c.submit_tx(checked, now, batch))
@@ -801,7 +801,7 @@ async fn faucet(
     State(state): State<AppState>,
     req: Signed<FaucetRequest>,
 ) -> Result<Response, Failure> {
-    state.limits.check(Limited::Faucet, req.signer)?;
+    state.limit(Limited::Faucet, req.signer)?;
     let accepted = state
         .mutate(move |c, now, batch| c.faucet(req.signer, req.body.amount, now, batch))
         .await?;
@@ -964,7 +964,7 @@ async fn create_deployment(
     State(state): State<AppState>,
     req: Signed<DeploymentRequest>,
 ) -> Result<Response, Failure> {
-    state.limits.check(Limited::Job, req.signer)?;
+    state.limit(Limited::Job, req.signer)?;
     let view = state
         .mutate(move |c, now, _| c.create_deployment(req.signer, req.body, now))
         .await?;
@@ -1023,7 +1023,7 @@ async fn request_session(
     State(state): State<AppState>,
     req: Signed<SessionRequest>,
 ) -> Result<Response, Failure> {
-    state.limits.check(Limited::Job, req.signer)?;
+    state.limit(Limited::Job, req.signer)?;
     let view = state
         .mutate(move |c, now, _| c.request_session(req.signer, req.body, now))
         .await?;

@@ -380,6 +380,27 @@ impl AppState {
             .map_err(|_| Failure::internal("the committer stopped before answering"))?
     }
 
+    fn overloaded(&self) -> Failure {
+        telemetry::overloaded();
+        Failure::new(
+            gpumesh_types::ErrorCode::Overloaded,
+            format!(
+                "the indexer has {} requests waiting, the most it queues; retry shortly",
+                self.queue_limit
+            ),
+        )
+    }
+
+    /// Counts a request against its signer's rate limit, unless the queue is full: then
+    /// it is refused as `overloaded` without spending the signer's allowance, since a
+    /// client sends an overloaded request again.
+    pub(crate) fn limit(&self, kind: limits::Limited, signer: Address) -> Result<(), Failure> {
+        if self.waiting.load(Ordering::Acquire) >= self.queue_limit {
+            return Err(self.overloaded());
+        }
+        self.limits.check(kind, signer)
+    }
+
     /// [`AppState::mutate`] for the indexer's own steps (ticks, seals): never refused
     /// for a full queue, so time keeps passing under any load.
     pub(crate) async fn step<T, F>(&self, f: F) -> Result<T, Failure>
@@ -406,14 +427,7 @@ impl AppState {
         }
         let slot = if request {
             let Some(slot) = commit::Slot::take(&self.waiting, self.queue_limit) else {
-                telemetry::overloaded();
-                return Err(Failure::new(
-                    gpumesh_types::ErrorCode::Overloaded,
-                    format!(
-                        "the indexer has {} requests waiting, the most it queues; retry shortly",
-                        self.queue_limit
-                    ),
-                ));
+                return Err(self.overloaded());
             };
             Some(slot)
         } else {
@@ -831,6 +845,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let indexer = Indexer::open(Config {
             queue_limit: 3,
+            rate_limits: RateLimits {
+                jobs_per_second: 1,
+                job_burst: 1,
+                ..RateLimits::default()
+            },
             ..Config::local(dir.path())
         })
         .unwrap();
@@ -873,6 +892,12 @@ mod tests {
         );
         let response = axum::response::IntoResponse::into_response(refused);
         assert_eq!(response.headers()["retry-after"], "1");
+        // Refused for the full queue before its rate is counted: its one job a second
+        // is still there afterwards.
+        for _ in 0..3 {
+            let refused = state.limit(limits::Limited::Job, who(5)).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::Overloaded);
+        }
         // The indexer's own steps are never refused for a full queue.
         let step = state
             .enqueue(|_, _, _| Ok::<_, Failure>(()), false)
@@ -893,6 +918,9 @@ mod tests {
             .mutate_now(move |core, now, batch| core.faucet(who(4), one, now, batch))
             .unwrap();
         assert_eq!(state.read(|c| c.ledger().balance(&who(4))), one);
+        state.limit(limits::Limited::Job, who(5)).unwrap();
+        let limited = state.limit(limits::Limited::Job, who(5)).unwrap_err();
+        assert_eq!(limited.code, ErrorCode::RateLimited);
     }
 
     #[test]
