@@ -795,13 +795,12 @@ impl Registry {
     fn end_sessions_on(&mut self, lease: LeaseId, why: RejectReason, now_ms: u64) {
         let ids: Vec<SessionId> = self.sessions_by_replica.remove(&lease).unwrap_or_default();
         for s in ids {
-            if let Some(session) = self.sessions.get_mut(&s)
-                && session.state == SessionState::Active
+            if self
+                .sessions
+                .get(&s)
+                .is_some_and(|x| x.state == SessionState::Active)
             {
-                session.state = SessionState::Ended;
-                session.ended_ms = Some(now_ms);
-                session.rejected = Some(why);
-                self.dirty.push(Dirty::Session(s));
+                self.close_session(s, SessionState::Ended, Some(why), now_ms);
             }
         }
     }
@@ -969,11 +968,8 @@ impl Registry {
             return;
         };
         self.queued.remove(&(session.deployment, id));
-        session.state = SessionState::Rejected;
-        session.rejected = Some(why);
-        session.ended_ms = Some(now_ms);
         let deployment = session.deployment;
-        self.dirty.push(Dirty::Session(id));
+        self.close_session(id, SessionState::Rejected, Some(why), now_ms);
         if let Some(d) = self.deployments.get_mut(&deployment) {
             d.sessions_rejected += 1;
             *d.rejected_by_reason.entry(format!("{why:?}")).or_default() += 1;
@@ -1012,19 +1008,13 @@ impl Registry {
             SessionState::Active => {}
             SessionState::Queued => {
                 self.queued.remove(&(session.deployment, id));
-                let s = self.sessions.get_mut(&id).expect("looked up above");
-                s.state = SessionState::Ended;
-                s.ended_ms = Some(now_ms);
-                self.dirty.push(Dirty::Session(id));
+                self.close_session(id, SessionState::Ended, None, now_ms);
                 return Ok(());
             }
             _ => return Ok(()),
         }
         let (deployment, replica) = (session.deployment, session.replica);
-        let s = self.sessions.get_mut(&id).expect("looked up above");
-        s.state = SessionState::Ended;
-        s.ended_ms = Some(now_ms);
-        self.dirty.push(Dirty::Session(id));
+        self.close_session(id, SessionState::Ended, None, now_ms);
         if let Some(lease) = replica {
             if let Some(list) = self.sessions_by_replica.get_mut(&lease) {
                 list.retain(|s| *s != id);
@@ -1070,14 +1060,26 @@ impl Registry {
         self.next_session = self.next_session.max(next);
     }
 
-    /// Indexes a session by its end if it has ended.
-    pub(crate) fn note_if_ended(&mut self, id: SessionId) {
-        if let Some(s) = self.sessions.get(&id)
-            && s.state.is_terminal()
-            && let Some(at) = s.ended_ms
-        {
-            self.ended_sessions.insert((at, id));
+    /// Ends a session (`Ended` or `Rejected`, with why when given) at `now_ms`, and
+    /// indexes it by its end: every way a session ends comes through here.
+    fn close_session(
+        &mut self,
+        id: SessionId,
+        state: SessionState,
+        why: Option<RejectReason>,
+        now_ms: u64,
+    ) {
+        debug_assert!(state.is_terminal());
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.state = state;
+        session.ended_ms = Some(now_ms);
+        if why.is_some() {
+            session.rejected = why;
         }
+        self.ended_sessions.insert((now_ms, id));
+        self.dirty.push(Dirty::Session(id));
     }
 
     /// Ended sessions in memory that ended before `before_ms`, oldest first.

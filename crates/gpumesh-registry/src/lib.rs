@@ -649,16 +649,10 @@ impl Registry {
         Some(lease)
     }
 
-    /// Records changed since the last call. Sessions that ended among them join the
-    /// index of ended sessions, so that every way a session ends is seen in one place.
+    /// Records changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<Dirty> {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.dedup();
-        for d in &dirty {
-            if let Dirty::Session(id) = d {
-                self.note_if_ended(*id);
-            }
-        }
         dirty
     }
 
