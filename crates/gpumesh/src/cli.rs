@@ -161,6 +161,10 @@ pub struct LoadBenchArgs {
     /// in seconds: shorter than the run shows memory level off.
     #[arg(long, value_name = "SECONDS", default_value_t = gpumesh_indexer::core::RETENTION_MS / 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention: u64,
+    /// Pin the indexer to CPU 0 and the load generator to CPU 1 (with `taskset`), so that
+    /// the indexer's figures are one core's.
+    #[arg(long)]
+    pub pin: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -51,6 +51,16 @@ fn a_small_load_run_is_accepted_whole_and_reported() {
     let beats = report["heartbeats_per_s"].as_f64().unwrap();
     assert!((20.0..=61.0).contains(&beats), "{report}");
     assert!(report["job_p99_ms"].as_f64().unwrap() >= report["job_p50_ms"].as_f64().unwrap());
+    // Per route: heartbeats and transfers have their latencies too.
+    for route in ["heartbeat", "transfer"] {
+        let p50 = report[format!("{route}_p50_ms")].as_f64().unwrap();
+        let p99 = report[format!("{route}_p99_ms")].as_f64().unwrap();
+        assert!(0.0 < p50 && p50 <= p99, "{route}: {report}");
+    }
+    // Every request answered is counted, and the indexer's CPU is spread over them.
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["server_cpu_us_per_request"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["pinned"], false);
     assert!(
         report["server_cpu_cores"].as_f64().unwrap() > 0.0,
         "{report}"

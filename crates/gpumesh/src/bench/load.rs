@@ -108,13 +108,27 @@ fn cpu_and_rss(pid: u32) -> anyhow::Result<(Duration, u64)> {
 
 /// Starts `gpumesh indexer` on the bench's network and waits until it serves; returns it
 /// with its URL and how long it took.
+/// This binary as a command, pinned to CPU `pin` (through `taskset`) when given.
+fn this_binary(pin: Option<usize>) -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe()?;
+    Ok(match pin {
+        Some(cpu) => {
+            let mut command = std::process::Command::new("taskset");
+            command.args(["-c", &cpu.to_string()]).arg(exe);
+            command
+        }
+        None => std::process::Command::new(exe),
+    })
+}
+
 fn start_indexer(
     genesis: &std::path::Path,
     data: &std::path::Path,
     retention_s: u64,
+    pin: Option<usize>,
 ) -> anyhow::Result<(Child, String, f64)> {
     let began = Instant::now();
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = this_binary(pin)?
         .args(["indexer", "--listen", "127.0.0.1:0", "--genesis"])
         .arg(genesis)
         .arg("--data")
@@ -196,12 +210,14 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     }
     .create(&genesis_path)?;
 
-    let (indexer, url, _) = start_indexer(&genesis_path, &data, args.retention)?;
+    // Pinned: the indexer on CPU 0, the generator on CPU 1.
+    let pins = args.pin.then_some((0, 1));
+    let (indexer, url, _) = start_indexer(&genesis_path, &data, args.retention, pins.map(|p| p.0))?;
     let pid = indexer.id();
     // The empty indexer's memory, so that what the hosts and their traffic add is apart.
     let (_, rss_empty) = cpu_and_rss(pid)?;
     eprintln!("indexer serving {url} (pid {pid}); starting the load generator");
-    let mut generator = std::process::Command::new(std::env::current_exe()?)
+    let mut generator = this_binary(pins.map(|p| p.1))?
         .args(["bench", "load", "--drive", &url])
         .args(args.passed_on())
         .stdout(Stdio::piped())
@@ -269,7 +285,8 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("stopping the indexer and starting it again on its data…");
     stop_indexer(indexer)?;
     let store_bytes = std::fs::metadata(data.join(gpumesh_store::STORE_FILE))?.len();
-    let (indexer, url, restart_s) = start_indexer(&genesis_path, &data, args.retention)?;
+    let (indexer, url, restart_s) =
+        start_indexer(&genesis_path, &data, args.retention, pins.map(|p| p.0))?;
     let proofs = proof_times(
         &url,
         report["stakers"].as_array().cloned().unwrap_or_default(),
@@ -294,6 +311,7 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
         json!(at_minute5.map(|m| round(rss as f64 / m.max(1) as f64, 3))),
     );
     object.insert("retention_s".into(), json!(args.retention));
+    object.insert("pinned".into(), json!(args.pin));
     object.insert("indexer_rss_bytes_empty".into(), json!(rss_empty));
     object.insert(
         "indexer_rss_bytes_per_host".into(),
@@ -446,9 +464,25 @@ struct Tally {
     /// The first few distinct errors, with their counts.
     error_kinds: std::sync::Mutex<BTreeMap<String, u64>>,
     job_us: std::sync::Mutex<Histogram<u64>>,
+    heartbeat_us: std::sync::Mutex<Histogram<u64>>,
+    transfer_us: std::sync::Mutex<Histogram<u64>>,
 }
 
 impl Tally {
+    /// Records how long an accepted request of `kind` took, from its sending.
+    fn took(&self, kind: Kind, since: Instant) {
+        let histogram = match kind {
+            Kind::Job => &self.job_us,
+            Kind::Heartbeat => &self.heartbeat_us,
+            Kind::Transfer => &self.transfer_us,
+        };
+        let us = since.elapsed().as_micros() as u64;
+        let _ = histogram
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(us.max(1));
+    }
+
     fn ok(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
         let second = self.began.elapsed().as_secs() as usize;
@@ -774,6 +808,8 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         errors: AtomicU64::new(0),
         error_kinds: Default::default(),
         job_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        heartbeat_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        transfer_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
     });
     let _ = pace.started.set(tally.began);
     println!("run started");
@@ -835,6 +871,14 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let ms = |q: f64| round(job_us.value_at_quantile(q) as f64 / 1e3, 2);
+    let quantile_ms = |h: &std::sync::Mutex<Histogram<u64>>, q: f64| {
+        let h = h.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_empty() {
+            Value::Null
+        } else {
+            json!(round(h.value_at_quantile(q) as f64 / 1e3, 2))
+        }
+    };
     let counters = [
         &tally.heartbeats,
         &tally.jobs,
@@ -860,6 +904,10 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         "job_p50_ms": ms(0.5),
         "job_p99_ms": ms(0.99),
         "job_max_ms": ms(1.0),
+        "heartbeat_p50_ms": quantile_ms(&tally.heartbeat_us, 0.5),
+        "heartbeat_p99_ms": quantile_ms(&tally.heartbeat_us, 0.99),
+        "transfer_p50_ms": quantile_ms(&tally.transfer_us, 0.5),
+        "transfer_p99_ms": quantile_ms(&tally.transfer_us, 0.99),
         "cancels_per_s": per_s(&tally.cancels),
         "transfers_per_s": per_s(&tally.transfers),
         "requests": requests,
@@ -921,11 +969,18 @@ async fn on_schedule(sender: Sender, queue: Queue, kind: Kind) {
         };
         let (http, url, tally) = (http.clone(), url.clone(), tally.clone());
         tokio::spawn(async move {
+            let asked = Instant::now();
             let result = send(&http, &url, &request).await;
             drop(permit);
             match (result, kind) {
-                (Ok(_), Kind::Transfer) => tally.ok(&tally.transfers),
-                (Ok(_), _) => tally.ok(&tally.heartbeats),
+                (Ok(_), Kind::Transfer) => {
+                    tally.took(kind, asked);
+                    tally.ok(&tally.transfers)
+                }
+                (Ok(_), _) => {
+                    tally.took(kind, asked);
+                    tally.ok(&tally.heartbeats)
+                }
                 (Err(e), _) => tally.error(e),
             }
         });
@@ -956,12 +1011,7 @@ async fn closed_loop(sender: Sender, queue: Queue, kind: Kind) {
         }
         match (result, kind) {
             (Ok(body), Kind::Job) => {
-                let us = asked.elapsed().as_micros() as u64;
-                let _ = tally
-                    .job_us
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(us.max(1));
+                tally.took(kind, asked);
                 tally.ok(&tally.jobs);
                 if request.n % cancel_every == 0 {
                     let lease = serde_json::from_slice::<Value>(&body)
@@ -985,8 +1035,14 @@ async fn closed_loop(sender: Sender, queue: Queue, kind: Kind) {
                     }
                 }
             }
-            (Ok(_), Kind::Transfer) => tally.ok(&tally.transfers),
-            (Ok(_), Kind::Heartbeat) => tally.ok(&tally.heartbeats),
+            (Ok(_), Kind::Transfer) => {
+                tally.took(kind, asked);
+                tally.ok(&tally.transfers)
+            }
+            (Ok(_), Kind::Heartbeat) => {
+                tally.took(kind, asked);
+                tally.ok(&tally.heartbeats)
+            }
             (Err(e), Kind::Job) if e.ends_with(" no_match") => tally.ok(&tally.unmatched),
             (Err(e), _) => tally.error(e),
         }
