@@ -279,18 +279,37 @@ impl AppState {
             .map_err(|e| Failure::internal(format!("failed to read {what}: {e}")))
     }
 
+    /// What memory `found`, or, when memory does not know it (`unknown`), what the
+    /// store's archive holds.
+    async fn or_archived<T, F>(
+        &self,
+        found: Result<T, Failure>,
+        unknown: gpumesh_types::ErrorCode,
+        archived: F,
+    ) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<Option<T>, gpumesh_store::StoreError> + Send + 'static,
+    {
+        match found {
+            Err(missing) if missing.code == unknown => self
+                .read_store("the archive", archived)
+                .await?
+                .ok_or(missing),
+            found => found,
+        }
+    }
+
     /// A lease: from memory, or from the store's archive once it left memory.
     pub(crate) async fn lease_view(
         &self,
         id: LeaseId,
     ) -> Result<gpumesh_types::LeaseView, Failure> {
-        match self.read(|c| c.lease_view(id)) {
-            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownLease => self
-                .read_store("the archive", move |s| s.archived_lease(id))
-                .await?
-                .ok_or(unknown),
-            found => found,
-        }
+        let found = self.read(|c| c.lease_view(id));
+        self.or_archived(found, gpumesh_types::ErrorCode::UnknownLease, move |s| {
+            s.archived_lease(id)
+        })
+        .await
     }
 
     /// A session: from memory, or from the store's archive once it left memory.
@@ -298,13 +317,11 @@ impl AppState {
         &self,
         id: gpumesh_types::SessionId,
     ) -> Result<gpumesh_types::SessionView, Failure> {
-        match self.read(|c| c.session_view(id)) {
-            Err(unknown) if unknown.code == gpumesh_types::ErrorCode::UnknownSession => self
-                .read_store("the archive", move |s| s.archived_session(id))
-                .await?
-                .ok_or(unknown),
-            found => found,
-        }
+        let found = self.read(|c| c.session_view(id));
+        self.or_archived(found, gpumesh_types::ErrorCode::UnknownSession, move |s| {
+            s.archived_session(id)
+        })
+        .await
     }
 
     /// Leases in id order after `after`, of this buyer and host when given, from memory

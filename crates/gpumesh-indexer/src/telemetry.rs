@@ -151,14 +151,7 @@ pub fn observe(core: &Core, ready: bool, now_ms: u64) {
     }
     // Every state gets its series, zero included, so a state that empties reads 0. Live
     // states count every live lease; ended ones, those still within the retention.
-    for state in [
-        LeaseState::Matched,
-        LeaseState::Starting,
-        LeaseState::Running,
-        LeaseState::Completed,
-        LeaseState::Failed,
-        LeaseState::Cancelled,
-    ] {
+    for state in LeaseState::ALL {
         metrics::gauge!("gpumesh_leases", "state" => wire_name(&state))
             .set(registry.leases_in(state) as f64);
     }

@@ -340,14 +340,7 @@ fn check(w: &mut World, ids: &[LeaseId]) -> Result<(), TestCaseError> {
     }
     prop_assert!(core.ledger().supply_conserved(), "supply not conserved");
     // The registry's running counts and indexes are what a scan of its leases finds.
-    for state in [
-        LeaseState::Matched,
-        LeaseState::Starting,
-        LeaseState::Running,
-        LeaseState::Completed,
-        LeaseState::Failed,
-        LeaseState::Cancelled,
-    ] {
+    for state in LeaseState::ALL {
         let counted = core
             .registry()
             .leases()

@@ -367,6 +367,16 @@ pub enum LeaseState {
 }
 
 impl LeaseState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [LeaseState; 6] = [
+        LeaseState::Matched,
+        LeaseState::Starting,
+        LeaseState::Running,
+        LeaseState::Completed,
+        LeaseState::Failed,
+        LeaseState::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

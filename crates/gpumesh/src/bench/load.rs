@@ -278,8 +278,7 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     let cpu_s = (end.1.0.saturating_sub(start.1.0)).as_secs_f64();
     let server_cpu = cpu_s / wall;
     let rss = end.1.1;
-    let by_minute = rss_by_minute;
-    let at_minute5 = by_minute.get(4).or(by_minute.last()).copied();
+    let at_minute5 = rss_by_minute.get(4).or(rss_by_minute.last()).copied();
     let requests = report["requests"].as_u64().unwrap_or(0);
 
     eprintln!("stopping the indexer and starting it again on its data…");
@@ -304,7 +303,12 @@ async fn orchestrate(args: LoadBenchArgs) -> anyhow::Result<ExitCode> {
     );
     object.insert(
         "rss_mb_by_minute".into(),
-        json!(by_minute.iter().map(|b| b / (1 << 20)).collect::<Vec<_>>()),
+        json!(
+            rss_by_minute
+                .iter()
+                .map(|b| b / (1 << 20))
+                .collect::<Vec<_>>()
+        ),
     );
     object.insert(
         "rss_last_vs_minute5".into(),
