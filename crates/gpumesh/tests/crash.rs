@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gpumesh_client::Client;
+use gpumesh_client::{Client, ClientError};
 use gpumesh_identity::Wallet;
 use gpumesh_types::{
     Amount, B256, GeoPoint, GpuModel, GpuOffer, Heartbeat, JobRequest, LeaseId, Location,
@@ -85,23 +85,28 @@ async fn host_ready(url: &str, host: &Wallet) {
 }
 
 /// Matches jobs on the host and cancels them, as fast as the indexer answers, until it
-/// dies (keeping the host alive with heartbeats). Returns the leases it was given. A lease
-/// matched just before the last kill may still hold the GPU: it is cancelled first.
-async fn lease_until_killed(
-    url: String,
-    buyer: Wallet,
-    host: Wallet,
-    last: Option<LeaseId>,
-) -> Vec<LeaseId> {
+/// dies (keeping the host alive with heartbeats). Returns the leases it was given.
+///
+/// A kill can land after a match was committed and before its answer came back, or before
+/// its cancel: that lease holds the only GPU for its whole minute. So each round first
+/// cancels every lease of the buyer that has not ended, acknowledged or not.
+async fn lease_until_killed(url: String, buyer: Wallet, host: Wallet) -> Vec<LeaseId> {
+    let me = buyer.address();
     let buyer = Client::new(&url, Some(buyer));
     let host = Client::new(&url, Some(host));
     let mut given = Vec::new();
     if buyer.faucet(Amount::from_tokens(100)).await.is_err() {
         return given;
     }
-    if let Some(id) = last {
-        // Cancelled already, or matched when the indexer died: either way free now.
-        let _ = buyer.cancel(id).await;
+    let Ok(mine) = buyer.leases_of_buyer(me).await else {
+        return given;
+    };
+    for lease in mine.iter().filter(|l| !l.state.is_terminal()) {
+        match buyer.cancel(lease.id).await {
+            // Or it ended meanwhile (its match expired): the indexer said so.
+            Ok(_) | Err(ClientError::Api { .. }) => {}
+            Err(_) => return given,
+        }
     }
     loop {
         if host.heartbeat(&Heartbeat::default()).await.is_err() {
@@ -244,13 +249,7 @@ async fn acknowledged_transactions_survive_sigkill_at_many_points() {
                 tokio::spawn(write_until_killed(url.clone(), w.clone(), to))
             })
             .collect();
-        let last = leases.last().copied();
-        let leasing = tokio::spawn(lease_until_killed(
-            url.clone(),
-            buyer.clone(),
-            host.clone(),
-            last,
-        ));
+        let leasing = tokio::spawn(lease_until_killed(url.clone(), buyer.clone(), host.clone()));
         // Kill at a different moment each time: 30 to 400 ms into the load, so that
         // kills land in requests, in store commits and in block seals.
         rng = rng
