@@ -70,6 +70,22 @@ pub const RETENTION_MS: u64 = 3_600_000;
 /// The most ended leases one tick moves to the archive, so a tick after a long pause (or
 /// a burst of ends) holds the state lock for a bounded time; the rest go next tick.
 pub const MAX_ARCHIVED_PER_TICK: usize = 2_000;
+// One sweep's leases retire in one transaction.
+const _: () = assert!(MAX_ARCHIVED_PER_TICK as u64 <= gpumesh_ledger::MAX_RETIRED_PER_TX);
+
+/// Lease ids as sorted inclusive ranges of consecutive ids, as `RetireLeases` names them.
+fn id_ranges(mut ids: Vec<LeaseId>) -> Vec<(LeaseId, LeaseId)> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut ranges: Vec<(LeaseId, LeaseId)> = Vec::new();
+    for id in ids {
+        match ranges.last_mut() {
+            Some((_, last)) if last.0.checked_add(1) == Some(id.0) => *last = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    ranges
+}
 
 /// Whether `signer` may read the output of lease `id` of `buyer` on `host`: its buyer or its
 /// host.
@@ -287,7 +303,8 @@ impl Core {
     /// Moves leases and sessions that ended longer ago than the retention (leases with
     /// their logs) out of memory and into the store's archives as their final views (at
     /// most [`MAX_ARCHIVED_PER_TICK`] of each). A lease whose escrow is still open stays until
-    /// reconciliation closes it: its settlement is not final.
+    /// reconciliation closes it: its settlement is not final. The archived leases' ids
+    /// retire in the ledger, with their closed escrows.
     fn archive_ended(&mut self, now_ms: u64, batch: &mut Batch) {
         let before = now_ms.saturating_sub(self.retention_ms);
         // Sessions first: an ended session shows its replica's endpoints, read from the
@@ -315,6 +332,7 @@ impl Core {
             .filter(|id| !unclosed.contains(id) && ledger.escrow(*id).is_none_or(|e| e.closed))
             .take(MAX_ARCHIVED_PER_TICK)
             .collect();
+        let mut archived = Vec::with_capacity(due.len());
         for id in due {
             let Ok(view) = self.lease_view(id) else {
                 continue;
@@ -323,7 +341,16 @@ impl Core {
             if self.registry.forget(id).is_some() {
                 self.logs.remove(&id);
                 batch.archived.push(view);
+                archived.push(id);
             }
+        }
+        // Their ids retire in the ledger, in the same store transaction: their closed
+        // escrows leave its memory, and no escrow can be opened for them again.
+        let ranges = id_ranges(archived);
+        if !ranges.is_empty()
+            && let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch)
+        {
+            tracing::error!(error = %e, "failed to retire archived leases in the ledger");
         }
     }
 
@@ -1246,10 +1273,11 @@ impl Core {
             | TxKind::Slash { .. }
             | TxKind::OpenEscrowFor { .. }
             | TxKind::StartLease { .. }
+            | TxKind::RetireLeases { .. }
             | TxKind::ExtendEscrow { .. } => {
                 return Err(Failure::new(
                     ErrorCode::InvalidTransaction,
-                    "escrow closes and starts, replica escrows, epochs and slashes are the protocol's, not submitted through the API",
+                    "escrow closes and starts, replica escrows, retired leases, epochs and slashes are the protocol's, not submitted through the API",
                 ));
             }
             TxKind::SettleUsage { records } if records.iter().any(|r| r.is_final) => {
@@ -1502,6 +1530,9 @@ impl Core {
                 ));
             }
         }
+        if full {
+            self.retire_stale(now_ms, batch);
+        }
         let why = "the registry and the ledger disagreed about this lease; reconciliation ended it";
         for id in unbacked {
             self.registry.end_unbacked(id, why, now_ms);
@@ -1518,6 +1549,51 @@ impl Core {
             tracing::warn!(repair = %line, "reconciliation");
         }
         found
+    }
+
+    /// Retires the closed escrows of leases no longer in memory: those archived before
+    /// archiving retired ids (store layout 5) left their escrows in the ledger. None on a
+    /// store written since, where each sweep retires what it archives.
+    fn retire_stale(&mut self, now_ms: u64, batch: &mut Batch) {
+        let stale: Vec<LeaseId> = (self.ledger.escrows())
+            .filter(|(id, e)| e.closed && self.registry.lease(*id).is_none())
+            .map(|(id, _)| id)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let count = stale.len();
+        // Whole ranges while they fit in one transaction; a longer one is split.
+        let mut txs: Vec<Vec<(LeaseId, LeaseId)>> = vec![Vec::new()];
+        let mut room = gpumesh_ledger::MAX_RETIRED_PER_TX;
+        for (mut first, last) in id_ranges(stale) {
+            loop {
+                if room == 0 {
+                    txs.push(Vec::new());
+                    room = gpumesh_ledger::MAX_RETIRED_PER_TX;
+                }
+                let size = last.0 - first.0 + 1;
+                let tx = txs.last_mut().expect("one at least");
+                if size <= room {
+                    tx.push((first, last));
+                    room -= size;
+                    break;
+                }
+                tx.push((first, LeaseId(first.0 + room - 1)));
+                first = LeaseId(first.0 + room);
+                room = 0;
+            }
+        }
+        for ranges in txs {
+            if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
+                tracing::error!(error = %e, "failed to retire the escrows of archived leases");
+                return;
+            }
+        }
+        tracing::info!(
+            escrows = count,
+            "retired the closed escrows of leases archived before archiving retired them"
+        );
     }
 
     /// Time passes: lost hosts go offline and their leases fail with a refund; unfunded

@@ -121,7 +121,10 @@ impl From<LedgerError> for Failure {
             | NothingUnbonding { .. }
             | StillUnbonding { .. }
             | EpochOutOfOrder { .. }
-            | InvalidEpoch(_) => ErrorCode::InvalidTransaction,
+            | InvalidEpoch(_)
+            | LeaseRetired(_)
+            | RetiringOpenEscrow(_)
+            | RetireRanges(_) => ErrorCode::InvalidTransaction,
             BadSignature(_) => ErrorCode::BadSignature,
             Overflow(_) => ErrorCode::Overflow,
             UnknownAccount(_) => ErrorCode::UnknownAccount,

@@ -190,5 +190,7 @@ pub fn observe(core: &Core, ready: bool, now_ms: u64) {
     metrics::gauge!("gpumesh_ledger_height").set(stats.blocks as f64);
     metrics::gauge!("gpumesh_ledger_transactions").set(stats.transactions as f64);
     metrics::gauge!("gpumesh_escrow_held_tokens").set(tokens(ledger.activity().held));
+    metrics::gauge!("gpumesh_escrows").set(ledger.escrow_count() as f64);
+    metrics::gauge!("gpumesh_retired_lease_ranges").set(ledger.retired().range_count() as f64);
     metrics::gauge!("gpumesh_treasury_tokens").set(tokens(stats.treasury_balance));
 }

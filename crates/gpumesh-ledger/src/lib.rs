@@ -13,6 +13,7 @@ pub mod genesis;
 pub mod merkle;
 mod par;
 mod replay;
+pub mod retired;
 mod rewards;
 mod snapshot;
 mod state;
@@ -25,6 +26,7 @@ pub use replay::{
     ProofError, ReplayError, ReplayReport, prove_reward, prove_reward_in, replay, replay_from,
     reward_proof,
 };
+pub use retired::{MAX_RETIRED_PER_TX, Retired};
 pub use rewards::{
     DeliveryClaim, DeliveryPayout, delivery_cap, pay_delivery, reward_leaf, reward_tree,
 };

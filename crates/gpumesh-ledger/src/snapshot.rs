@@ -7,6 +7,9 @@
 //! that the reward root is the header's and that supply is conserved: a snapshot that
 //! does not match the block it names is refused, so trusting one is trusting the block.
 //! `replay` from genesis stays the audit (`gpumesh ledger verify`).
+//!
+//! Layout 2 appends the retired lease ids and their sums to layout 1's fields; layout 1,
+//! written before leases retired, is read as having retired nothing.
 
 use alloy_primitives::{Address, B256};
 use gpumesh_types::{Amount, BlockHeader, LeaseId};
@@ -14,10 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::genesis::Genesis;
 use crate::par::Map;
+use crate::retired::Retired;
 use crate::state::{Account, Escrow, Key, Ledger, Stake, Totals, Vesting};
 
 /// The first byte of an encoded snapshot: its layout.
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The layout before retired leases, still read.
+const FORMAT_1: u8 = 1;
 
 /// The ledger's state right after a sealed block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +38,9 @@ pub struct LedgerSnapshot {
     pub(crate) cumulative: Vec<(Address, Amount)>,
     pub(crate) totals: Totals,
     pub(crate) reward_root: B256,
+    /// Encoded after the fields above (layout 2), so that layout 1 still decodes.
+    #[serde(skip)]
+    pub(crate) retired: Retired,
 }
 
 impl LedgerSnapshot {
@@ -47,16 +56,22 @@ impl LedgerSnapshot {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![FORMAT];
         out.extend(postcard::to_stdvec(self).expect("a snapshot serialises"));
+        out.extend(postcard::to_stdvec(&self.retired).expect("a snapshot serialises"));
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LedgerSnapshot, String> {
+        let bad = |e: postcard::Error| format!("the snapshot does not decode: {e}");
         match bytes.split_first() {
             Some((&FORMAT, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| format!("the snapshot does not decode: {e}"))
+                let (mut snapshot, tail) =
+                    postcard::take_from_bytes::<LedgerSnapshot>(rest).map_err(bad)?;
+                snapshot.retired = postcard::from_bytes(tail).map_err(bad)?;
+                Ok(snapshot)
             }
+            Some((&FORMAT_1, rest)) => postcard::from_bytes(rest).map_err(bad),
             Some((other, _)) => Err(format!(
-                "snapshot layout {other} is not one this version reads ({FORMAT})"
+                "snapshot layout {other} is not one this version reads ({FORMAT_1} or {FORMAT})"
             )),
             None => Err("the snapshot is empty".into()),
         }
@@ -86,6 +101,7 @@ impl Ledger {
             cumulative: sorted(&self.cumulative),
             totals: self.totals,
             reward_root: self.reward_root,
+            retired: self.retired.clone(),
         })
     }
 
@@ -102,6 +118,7 @@ impl Ledger {
         ledger.cumulative = snapshot.cumulative.into_iter().collect();
         ledger.totals = snapshot.totals;
         ledger.reward_root = snapshot.reward_root;
+        ledger.retired = snapshot.retired;
         ledger.recount_activity();
         // Every entry is new to the commitment (genesis's accounts were touched already
         // and are either still here or rewritten as empty).
@@ -116,7 +133,13 @@ impl Ledger {
                     .keys()
                     .map(|(a, d)| Key::Allowance(*a, *d)),
             )
-            .chain([Key::Totals])
+            .chain(
+                ledger
+                    .retired
+                    .ranges()
+                    .map(|(first, _)| Key::Retired(first)),
+            )
+            .chain([Key::Totals, Key::RetiredSums])
             .collect();
         for key in keys {
             ledger.touch(key);

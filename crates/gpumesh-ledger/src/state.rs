@@ -17,6 +17,7 @@ use gpumesh_types::{
 use crate::commitment::Commitment;
 use crate::genesis::{Genesis, GenesisError};
 use crate::merkle;
+use crate::retired::Retired;
 
 /// A balance and the count of transactions the account has signed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,6 +110,10 @@ pub(crate) enum Key {
     Stake(Address, u16),
     Totals,
     Allowance(Address, u64),
+    /// A range of retired lease ids, by its first id.
+    Retired(u64),
+    /// What retired escrows settled.
+    RetiredSums,
 }
 
 impl Key {
@@ -144,6 +149,13 @@ impl Key {
                 b[3..23].copy_from_slice(a.as_slice());
                 b[23..31].copy_from_slice(&deployment.to_be_bytes());
             }
+            Key::Retired(first) => {
+                let spread = first.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48;
+                b[..2].copy_from_slice(&(spread as u16).to_be_bytes());
+                b[2] = 6;
+                b[3..11].copy_from_slice(&first.to_be_bytes());
+            }
+            Key::RetiredSums => b[2] = 7,
         }
         B256::new(b)
     }
@@ -235,6 +247,12 @@ pub enum LedgerError {
     EpochOutOfOrder { expected: u64, got: u64 },
     #[error("invalid epoch: {0}")]
     InvalidEpoch(String),
+    #[error("lease {0} is retired: its lease was archived, and no escrow can be opened for it")]
+    LeaseRetired(LeaseId),
+    #[error("escrow for lease {0} is still open; only closed escrows retire")]
+    RetiringOpenEscrow(LeaseId),
+    #[error("cannot retire these leases: {0}")]
+    RetireRanges(String),
     #[error("{owner} allows {allowed} base units for deployment {deployment}; {needed} are needed")]
     AllowanceExceeded {
         owner: Address,
@@ -345,6 +363,8 @@ pub struct Ledger {
     pub(crate) totals: Totals,
     /// The reward root after the last epoch.
     pub(crate) reward_root: B256,
+    /// The ids of archived leases, and what their escrows settled.
+    pub(crate) retired: Retired,
     next_seq: u64,
     head: BlockHeader,
     unsealed: Vec<LedgerEntry>,
@@ -361,7 +381,8 @@ pub struct Ledger {
 }
 
 /// What every escrow together has settled, kept as they settle (not committed: it is
-/// derived from the escrows, and rebuilt from them when a snapshot loads).
+/// derived from the escrows and the retired sums, and rebuilt from them when a snapshot
+/// loads).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
     /// GPU-milliseconds of usage settled.
@@ -447,6 +468,7 @@ impl Ledger {
             cumulative: Map::default(),
             totals: Totals::default(),
             reward_root: B256::ZERO,
+            retired: Retired::default(),
             next_seq: 0,
             unsealed: Vec::new(),
             unsealed_leaves: Vec::new(),
@@ -479,9 +501,15 @@ impl Ledger {
         self.account(address).balance
     }
 
-    /// Every escrow, open and closed, by lease.
+    /// Every escrow in the state, open and closed, by lease (those of retired leases have
+    /// left it).
     pub fn escrows(&self) -> impl Iterator<Item = (LeaseId, &Escrow)> + '_ {
         self.escrows.iter().map(|(&id, e)| (id, e))
+    }
+
+    /// How many escrows the state holds (open ones, and closed ones not yet retired).
+    pub fn escrow_count(&self) -> usize {
+        self.escrows.len()
     }
 
     pub fn escrow(&self, lease: LeaseId) -> Option<&Escrow> {
@@ -533,7 +561,23 @@ impl Ledger {
     }
 
     pub(crate) fn recount_activity(&mut self) {
-        self.activity = Activity::of(self.escrows.values());
+        self.activity = self.recount();
+    }
+
+    /// The running sums counted afresh, over the escrows in memory and the retired sums:
+    /// what [`Ledger::activity`] must equal.
+    pub fn recount(&self) -> Activity {
+        let live = Activity::of(self.escrows.values());
+        Activity {
+            delivered_gpu_ms: live.delivered_gpu_ms.saturating_add(self.retired.gpu_ms),
+            fees: Amount(live.fees.0.saturating_add(self.retired.fees.0)),
+            held: live.held,
+        }
+    }
+
+    /// The retired lease ids (archived leases), as ranges.
+    pub fn retired(&self) -> &Retired {
+        &self.retired
     }
 
     pub fn reward_root(&self) -> B256 {
@@ -652,6 +696,10 @@ impl Ledger {
             TxKind::Epoch(close) => {
                 self.only_protocol(tx.from)?;
                 self.close_epoch(close, time_ms)?
+            }
+            TxKind::RetireLeases { ranges } => {
+                self.only_protocol(tx.from)?;
+                self.retire(ranges)?
             }
             TxKind::Slash {
                 host,
@@ -823,6 +871,9 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         if self.escrows.contains_key(&lease) {
             return Err(LedgerError::EscrowExists(lease));
+        }
+        if self.retired.contains(lease) {
+            return Err(LedgerError::LeaseRetired(lease));
         }
         if gpus == 0 || max_duration_ms == 0 || price == Amount::ZERO {
             return Err(LedgerError::EscrowTerms(
@@ -1130,6 +1181,33 @@ impl Ledger {
         Ok(())
     }
 
+    /// Retires archived leases' ids: checks every range and that no escrow among them is
+    /// open, then drops their (closed) escrows, adding what they settled to the retired
+    /// sums, and adds the ranges to the retired set (docs/ledger.md, "Retired leases").
+    fn retire(&mut self, ranges: &[(LeaseId, LeaseId)]) -> Result<(), LedgerError> {
+        self.retired
+            .check(ranges)
+            .map_err(|e| LedgerError::RetireRanges(e.to_string()))?;
+        let ids = || ranges.iter().flat_map(|(f, l)| (f.0..=l.0).map(LeaseId));
+        if let Some(open) = ids().find(|id| self.escrows.get(id).is_some_and(|e| !e.closed)) {
+            return Err(LedgerError::RetiringOpenEscrow(open));
+        }
+        for id in ids() {
+            if let Some(escrow) = self.escrows.remove(&id) {
+                self.retired.gpu_ms = self.retired.gpu_ms.saturating_add(escrow.gpu_ms);
+                self.retired.fees.0 = self.retired.fees.0.saturating_add(escrow.treasury_share.0);
+                self.touch(Key::Escrow(id));
+            }
+        }
+        for &(first, last) in ranges {
+            for changed in self.retired.insert(first.0, last.0) {
+                self.touch(Key::Retired(changed));
+            }
+        }
+        self.touch(Key::RetiredSums);
+        Ok(())
+    }
+
     /// All funds: balances plus what escrows still hold. Equals the total supply always.
     pub fn supply_held(&self) -> u128 {
         let balances: u128 = self.accounts.values().map(|a| a.balance.0).sum();
@@ -1211,6 +1289,20 @@ impl Ledger {
                 bytes.extend_from_slice(owner.as_slice());
                 bytes.extend_from_slice(&deployment.to_be_bytes());
                 bytes.extend_from_slice(&left.0.to_be_bytes());
+            }
+            Key::Retired(first) => {
+                let last = self.retired.range_from(*first)?;
+                bytes.extend_from_slice(b"retired");
+                bytes.extend_from_slice(&first.to_be_bytes());
+                bytes.extend_from_slice(&last.to_be_bytes());
+            }
+            Key::RetiredSums => {
+                if self.retired.is_empty() {
+                    return None;
+                }
+                bytes.extend_from_slice(b"retired_sums");
+                bytes.extend_from_slice(&self.retired.gpu_ms.to_be_bytes());
+                bytes.extend_from_slice(&self.retired.fees.0.to_be_bytes());
             }
             Key::Totals => {
                 let t = &self.totals;

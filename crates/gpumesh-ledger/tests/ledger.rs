@@ -1216,3 +1216,121 @@ fn a_snapshot_that_does_not_match_its_block_is_refused() {
     );
     assert_eq!(LedgerSnapshot::decode(&honest).unwrap(), snapshot);
 }
+
+fn retire(ranges: &[(u64, u64)]) -> TxKind {
+    TxKind::RetireLeases {
+        ranges: (ranges.iter())
+            .map(|&(first, last)| (LeaseId(first), LeaseId(last)))
+            .collect(),
+    }
+}
+
+#[test]
+fn retired_leases_leave_the_state_and_can_never_be_funded_again() {
+    let mut w = World::new();
+    let (protocol, buyer) = (w.protocol.clone(), w.buyer.clone());
+    let price = Amount::from_tokens(1);
+    // Leases 1 and 2 deliver and close; 3 stays open; 4 is never funded.
+    for lease in 1..=3 {
+        w.open(lease, price, 1, 3_600_000).unwrap();
+    }
+    w.usage(1, 60_000, true).unwrap();
+    w.usage(2, 30_000, true).unwrap();
+    let settled = w.ledger.activity();
+    assert_eq!(settled.delivered_gpu_ms, 90_000);
+    let root = |w: &mut World| w.ledger.state_root();
+    let before = root(&mut w);
+
+    // Only the protocol retires, never an open escrow, only sorted disjoint ranges: each
+    // refused whole, changing nothing.
+    assert_eq!(
+        w.send(&buyer, retire(&[(1, 2)])),
+        Err(LedgerError::NotProtocol)
+    );
+    assert_eq!(
+        w.send(&protocol, retire(&[(1, 3)])),
+        Err(LedgerError::RetiringOpenEscrow(LeaseId(3)))
+    );
+    for bad in [&[(2, 2), (1, 1)][..], &[(2, 1)], &[], &[(5, 5 + 10_000)]] {
+        assert!(
+            matches!(
+                w.send(&protocol, retire(bad)),
+                Err(LedgerError::RetireRanges(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(w.ledger.escrow(LeaseId(1)).is_some());
+    assert_eq!(root(&mut w), before);
+
+    // 1, 2 and 4 retire: the closed escrows leave the state; what they settled still counts.
+    w.send(&protocol, retire(&[(1, 2), (4, 4)])).unwrap();
+    assert!(w.ledger.escrow(LeaseId(1)).is_none() && w.ledger.escrow(LeaseId(2)).is_none());
+    assert!(w.ledger.escrow(LeaseId(3)).is_some());
+    assert_eq!(w.ledger.activity(), settled);
+    assert_eq!(w.ledger.recount(), settled);
+    assert!(w.ledger.supply_conserved());
+    assert_ne!(root(&mut w), before);
+    // No escrow for a retired id again, whether it was funded or not, and no retiring
+    // twice.
+    for lease in [1, 4] {
+        assert_eq!(
+            w.open(lease, price, 1, 60_000),
+            Err(LedgerError::LeaseRetired(LeaseId(lease)))
+        );
+    }
+    assert!(matches!(
+        w.send(&protocol, retire(&[(4, 5)])),
+        Err(LedgerError::RetireRanges(_))
+    ));
+    // 3 closes and retires: the ranges merge into one.
+    w.usage(3, 1_000, true).unwrap();
+    w.send(&protocol, retire(&[(3, 3)])).unwrap();
+    assert_eq!(
+        w.ledger.retired().ranges().collect::<Vec<_>>(),
+        vec![(1, 4)]
+    );
+    assert_eq!(w.ledger.escrows().count(), 0);
+    assert_eq!(w.ledger.activity().delivered_gpu_ms, 91_000);
+
+    // A snapshot carries the retired ids and sums: restored, it has the block's root (checked
+    // as it loads), the same sums, and refuses a retired id; a replay from genesis agrees.
+    w.seal();
+    let genesis = w.ledger.genesis().clone();
+    let snapshot = w.ledger.snapshot().unwrap();
+    let decoded = LedgerSnapshot::decode(&snapshot.encode()).unwrap();
+    assert_eq!(decoded, snapshot);
+    let mut restored = Ledger::from_snapshot(genesis.clone(), decoded).unwrap();
+    assert_eq!(restored.activity(), w.ledger.activity());
+    assert_eq!(restored.retired(), w.ledger.retired());
+    let escrow = TxKind::OpenEscrow {
+        lease: LeaseId(2),
+        host: w.host.address(),
+        price_per_gpu_hour: price,
+        gpus: 1,
+        max_duration_ms: 60_000,
+        amount: escrow_amount(price, 1, 60_000).unwrap(),
+    };
+    let stx = w.sign(&buyer, escrow);
+    assert_eq!(
+        restored.apply(&stx, w.now).map(|_| ()),
+        Err(LedgerError::LeaseRetired(LeaseId(2)))
+    );
+    let (replayed, _) = replay(genesis, w.sealed.clone(), []).unwrap();
+    assert_eq!(replayed.head(), w.ledger.head());
+    assert_eq!(replayed.activity(), w.ledger.activity());
+}
+
+#[test]
+fn a_snapshot_of_the_layout_before_retired_leases_still_loads() {
+    let mut w = World::new();
+    w.open(1, Amount::from_tokens(1), 1, 3_600_000).unwrap();
+    w.seal();
+    let snapshot = w.ledger.snapshot().unwrap();
+    // Layout 1: the same fields, without the retired set after them.
+    let mut old = vec![1u8];
+    old.extend(postcard::to_stdvec(&snapshot).unwrap());
+    let decoded = LedgerSnapshot::decode(&old).unwrap();
+    assert_eq!(decoded, snapshot);
+    Ledger::from_snapshot(w.ledger.genesis().clone(), decoded).unwrap();
+}

@@ -73,7 +73,11 @@ const SCHEMA_KEY: &str = "schema_version";
 /// - 5: leases and sessions ended longer ago than the retention move from `leases` and
 ///   `sessions` to archives, which an older version would not read (and would reuse
 ///   their ids). Layout 4 is migrated by recording the version: its archives are empty.
-pub const SCHEMA_VERSION: u32 = 5;
+/// - 6: archived leases' ids retire in the ledger (`RetireLeases`; ledger snapshots of
+///   layout 2), which an older version cannot replay. Layouts 4 and 5 are migrated by
+///   recording the version: their transactions replay unchanged, and the indexer retires
+///   the closed escrows of leases archived under layout 5 when it starts.
+pub const SCHEMA_VERSION: u32 = 6;
 const EPOCH_KEY: &str = "epoch";
 /// The file inside a data directory.
 pub const STORE_FILE: &str = "gpumesh.redb";
@@ -342,10 +346,10 @@ impl Store {
         if found == SCHEMA_VERSION {
             return Ok(());
         }
-        if found == 4 {
+        if found == 4 || found == 5 {
             drop(meta);
             drop(txn);
-            return self.migrate_4_to_5();
+            return self.record_version();
         }
         Err(StoreError::Schema {
             path: self.path.clone(),
@@ -362,7 +366,8 @@ impl Store {
     }
 
     /// Layout 4 has every lease in `leases` and no archive: only the version changes.
-    fn migrate_4_to_5(&self) -> Result<(), StoreError> {
+    /// Migrates a store whose rows this version reads as they are (layouts 4 and 5).
+    fn record_version(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.db_err(e))?;
@@ -1247,21 +1252,24 @@ mod tests {
         drop(db);
         let err = Store::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("newer gpumesh"), "{err}");
-        // Layout 4 (no archive yet) opens, and is recorded as this layout.
-        let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert(SCHEMA_KEY, encode(&4u32).as_slice())
-            .unwrap();
-        txn.commit().unwrap();
-        drop(db);
-        let store = Store::open(dir.path()).unwrap();
-        let txn = store.db.begin_read().unwrap();
-        let meta = txn.open_table(META).unwrap();
-        let recorded: u32 =
-            serde_json::from_slice(meta.get(SCHEMA_KEY).unwrap().unwrap().value()).unwrap();
-        assert_eq!(recorded, SCHEMA_VERSION);
+        // Layouts 4 (no archive yet) and 5 (no retired leases yet) open, and are recorded
+        // as this layout.
+        for old in [4u32, 5] {
+            let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_KEY, encode(&old).as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+            drop(db);
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            let recorded: u32 =
+                serde_json::from_slice(meta.get(SCHEMA_KEY).unwrap().unwrap().value()).unwrap();
+            assert_eq!(recorded, SCHEMA_VERSION, "from layout {old}");
+        }
     }
 
     /// Writes `kind`, signed by `by`, as the indexer would: the transaction and, for an

@@ -12,7 +12,7 @@ use gpumesh_devnet::{Devnet, DevnetConfig, RuntimeChoice};
 use gpumesh_tests::{job, small_world};
 use gpumesh_types::{
     Amount, DeploymentRequest, ErrorCode, GpuModel, GpuSelector, LeaseId, LeaseState, LeaseView,
-    LogEvent, Page, RegionSpec, SessionRequest, SessionState,
+    LogEvent, NetworkStats, Page, RegionSpec, SessionRequest, SessionState,
 };
 
 /// The `gpumesh_leases` gauge of `state`: leases of that state in the indexer's memory.
@@ -20,7 +20,7 @@ async fn in_memory(http: &reqwest::Client, base: &str, state: &str) -> u64 {
     gauge(http, base, "gpumesh_leases", state).await
 }
 
-/// A gauge's value for one `state` label.
+/// A gauge's value for one `state` label (or, with `""`, of a gauge without labels).
 async fn gauge(http: &reqwest::Client, base: &str, name: &str, state: &str) -> u64 {
     let text = http
         .get(format!("{base}/metrics"))
@@ -30,7 +30,11 @@ async fn gauge(http: &reqwest::Client, base: &str, name: &str, state: &str) -> u
         .text()
         .await
         .unwrap();
-    let prefix = format!("{name}{{state=\"{state}\"}} ");
+    let prefix = if state.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{state=\"{state}\"}} ")
+    };
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
@@ -63,7 +67,7 @@ async fn a_lease_past_the_retention_leaves_memory_and_is_still_served_from_the_s
     let request = job(
         GpuModel::H100,
         1,
-        "echo kept-in-the-store",
+        "sleep 1; echo kept-in-the-store",
         Duration::from_secs(30),
     );
     let ended = match run_job(&client, &request, |_| {}).await.unwrap() {
@@ -80,12 +84,30 @@ async fn a_lease_past_the_retention_leaves_memory_and_is_still_served_from_the_s
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let settled = ended.settlement.clone().expect("run_job funds its lease");
+    assert!(settled.closed && settled.gpu_ms > 0, "{settled:?}");
     for restarted in [false, true] {
         if restarted {
             net.restart_indexer().await.expect("the indexer restarts");
             // A restart reads live work, not the archive.
             assert_eq!(in_memory(&http, &base, "completed").await, 0);
         }
+        // Its escrow left the ledger's memory with it: its id is retired, and what it
+        // settled still counts in the network's figures.
+        assert_eq!(gauge(&http, &base, "gpumesh_escrows", "").await, 0);
+        assert_eq!(
+            gauge(&http, &base, "gpumesh_retired_lease_ranges", "").await,
+            1
+        );
+        let stats: NetworkStats = (http.get(format!("{base}/v1/stats")).send().await)
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (stats.delivered_gpu_ms, stats.fees_collected),
+            (settled.gpu_ms, settled.treasury_share)
+        );
         // By id: the view it ended with, settlement included.
         let served = client.lease(id).await.expect("served from the archive");
         assert_eq!(served, *ended, "after a restart: {restarted}");

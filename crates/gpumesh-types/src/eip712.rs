@@ -102,6 +102,12 @@ pub mod types {
         }
 
         #[derive(Debug, serde::Serialize)]
+        struct LeaseRange { uint64 first; uint64 last; }
+
+        #[derive(Debug, serde::Serialize)]
+        struct RetireLeases { address from; uint64 nonce; LeaseRange[] ranges; }
+
+        #[derive(Debug, serde::Serialize)]
         struct Slash {
             address from; uint64 nonce; address host; uint16 index; uint32 kCenti;
             string offence; bytes32 evidence;
@@ -511,6 +517,20 @@ impl Tx {
                         })
                         .collect(),
                     quarterBonus: e.quarter_bonus,
+                },
+                domain,
+            ),
+            TxKind::RetireLeases { ranges } => v.visit(
+                t::RetireLeases {
+                    from,
+                    nonce,
+                    ranges: ranges
+                        .iter()
+                        .map(|(first, last)| t::LeaseRange {
+                            first: first.0,
+                            last: last.0,
+                        })
+                        .collect(),
                 },
                 domain,
             ),

@@ -82,6 +82,11 @@ pub enum TxKind {
     },
     /// The protocol closes an epoch and pays its rewards. Signed by the protocol key.
     Epoch(Box<EpochClose>),
+    /// The protocol retires the ids of leases it archived: their closed escrows leave the
+    /// ledger's state (what they settled stays in its running sums) and no escrow can be
+    /// opened for them again. Sorted, disjoint, inclusive ranges of lease ids. Signed by
+    /// the protocol key.
+    RetireLeases { ranges: Vec<(LeaseId, LeaseId)> },
     /// The protocol slashes a container, with the hash of the evidence. Signed by the
     /// protocol key.
     Slash {
@@ -210,6 +215,7 @@ impl Tx {
             TxKind::SettleUsage { .. }
             | TxKind::CloseEscrow { .. }
             | TxKind::StartLease { .. }
+            | TxKind::RetireLeases { .. }
             | TxKind::Stake { .. }
             | TxKind::StakeMany { .. }
             | TxKind::Unstake { .. }

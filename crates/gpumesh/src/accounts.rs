@@ -60,6 +60,12 @@ fn describe(entry: &LedgerEntry) -> String {
         TxKind::SettleUsage { records } => format!("usage of {} leases", records.len()),
         TxKind::CloseEscrow { lease, reason } => format!("close lease {lease} ({reason:?})"),
         TxKind::StartLease { lease } => format!("lease {lease} started: billable from now"),
+        TxKind::RetireLeases { ranges } => {
+            let leases = (ranges.iter()).fold(0u64, |n, (f, l)| {
+                n.saturating_add(l.0.saturating_sub(f.0) + 1)
+            });
+            format!("retire {leases} archived leases")
+        }
         TxKind::Allow { deployment, amount } => format!(
             "allow up to {} tokens for deployment {deployment}",
             amount.tokens()

@@ -126,6 +126,19 @@ pub enum BenchCommand {
     /// the INT8 product, hashing C's rows, the Merkle tree), with each phase's share; the
     /// figure a GPU model's reference proof rate is taken from (docs/capacity-proof.md).
     Proof(ProofBenchArgs),
+    /// What checking a signed request costs on one core, by part: the EIP-191 hash and the
+    /// signer's recovery through k256 and through libsecp256k1, on the same signatures.
+    Signatures(SignaturesBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignaturesBenchArgs {
+    /// Signed requests to check, each by its own key.
+    #[arg(long, default_value_t = 20_000)]
+    pub signatures: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -159,6 +159,9 @@ fn every_kind(from: Address) -> Vec<Tx> {
             checkers: vec![(buyer, 17, 9_950)],
             quarter_bonus: true,
         })),
+        TxKind::RetireLeases {
+            ranges: vec![(LeaseId(1), LeaseId(40)), (LeaseId(42), LeaseId(42))],
+        },
         TxKind::Slash {
             host,
             index: 1,

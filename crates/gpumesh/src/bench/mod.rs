@@ -7,6 +7,7 @@ mod matching;
 mod proof;
 mod restart;
 mod services;
+mod signatures;
 mod startup;
 
 use std::process::ExitCode;
@@ -35,6 +36,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Restart(args) => restart::run(args).await,
         BenchCommand::Load(args) => load::run(args).await,
         BenchCommand::Proof(args) => proof::run(args),
+        BenchCommand::Signatures(args) => signatures::run(args),
     }
 }
 
