@@ -73,20 +73,6 @@ pub const MAX_ARCHIVED_PER_TICK: usize = 2_000;
 // One sweep's leases retire in one transaction.
 const _: () = assert!(MAX_ARCHIVED_PER_TICK as u64 <= gpumesh_ledger::MAX_RETIRED_PER_TX);
 
-/// Lease ids as sorted inclusive ranges of consecutive ids, as `RetireLeases` names them.
-fn id_ranges(mut ids: Vec<LeaseId>) -> Vec<(LeaseId, LeaseId)> {
-    ids.sort_unstable();
-    ids.dedup();
-    let mut ranges: Vec<(LeaseId, LeaseId)> = Vec::new();
-    for id in ids {
-        match ranges.last_mut() {
-            Some((_, last)) if last.0.checked_add(1) == Some(id.0) => *last = id,
-            _ => ranges.push((id, id)),
-        }
-    }
-    ranges
-}
-
 /// Whether `signer` may read the output of lease `id` of `buyer` on `host`: its buyer or its
 /// host.
 pub fn may_read(
@@ -332,25 +318,28 @@ impl Core {
             .filter(|id| !unclosed.contains(id) && ledger.escrow(*id).is_none_or(|e| e.closed))
             .take(MAX_ARCHIVED_PER_TICK)
             .collect();
-        let mut archived = Vec::with_capacity(due.len());
-        for id in due {
-            let Ok(view) = self.lease_view(id) else {
-                continue;
-            };
-            // Its record may be waiting to be written; the archive write follows it.
-            if self.registry.forget(id).is_some() {
-                self.logs.remove(&id);
-                batch.archived.push(view);
-                archived.push(id);
-            }
+        // Their final views first, while their escrows (the settlement) are in the ledger.
+        let views: Vec<LeaseView> = due
+            .iter()
+            .filter_map(|&id| self.lease_view(id).ok())
+            .collect();
+        if views.is_empty() {
+            return;
         }
-        // Their ids retire in the ledger, in the same store transaction: their closed
-        // escrows leave its memory, and no escrow can be opened for them again.
-        let ranges = id_ranges(archived);
-        if !ranges.is_empty()
-            && let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch)
-        {
-            tracing::error!(error = %e, "failed to retire archived leases in the ledger");
+        // Their ids retire in the ledger, in the same store transaction as the archive:
+        // their closed escrows leave its memory, and no escrow can be opened for them
+        // again. Only once that is done do they leave the registry.
+        let ranges = gpumesh_ledger::ranges_of(views.iter().map(|v| v.id).collect());
+        if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
+            tracing::error!(error = %e, "failed to retire leases in the ledger; they stay in memory");
+            return;
+        }
+        for view in views {
+            // Its record may be waiting to be written; the archive write follows it.
+            if self.registry.forget(view.id).is_some() {
+                self.logs.remove(&view.id);
+                batch.archived.push(view);
+            }
         }
     }
 
@@ -1530,9 +1519,6 @@ impl Core {
                 ));
             }
         }
-        if full {
-            self.retire_stale(now_ms, batch);
-        }
         let why = "the registry and the ledger disagreed about this lease; reconciliation ended it";
         for id in unbacked {
             self.registry.end_unbacked(id, why, now_ms);
@@ -1545,54 +1531,41 @@ impl Core {
             })
             .collect();
         self.close_escrows(effects, now_ms, batch);
+        if full {
+            self.retire_stale(now_ms, batch);
+        }
         for line in &found {
             tracing::warn!(repair = %line, "reconciliation");
         }
         found
     }
 
-    /// Retires the closed escrows of leases no longer in memory: those archived before
-    /// archiving retired ids (store layout 5) left their escrows in the ledger. None on a
-    /// store written since, where each sweep retires what it archives.
+    /// Retires the ids of leases no longer in memory that are not retired yet: those a
+    /// store of layout 5 archived before archiving retired ids (their closed escrows were
+    /// left in the ledger), and ids given to no stored lease. It walks the gaps between
+    /// retired ranges, which after the first start are the leases in memory.
     fn retire_stale(&mut self, now_ms: u64, batch: &mut Batch) {
-        let stale: Vec<LeaseId> = (self.ledger.escrows())
-            .filter(|(id, e)| e.closed && self.registry.lease(*id).is_none())
-            .map(|(id, _)| id)
+        let until = self.registry.leases_made() + 1;
+        let stale: Vec<LeaseId> = (self.ledger.retired().gaps(1, until).iter())
+            .flat_map(|r| (r.first.0..=r.last.0).map(LeaseId))
+            .filter(|&id| {
+                self.registry.lease(id).is_none() && self.ledger.escrow(id).is_none_or(|e| e.closed)
+            })
             .collect();
         if stale.is_empty() {
             return;
         }
         let count = stale.len();
-        // Whole ranges while they fit in one transaction; a longer one is split.
-        let mut txs: Vec<Vec<(LeaseId, LeaseId)>> = vec![Vec::new()];
-        let mut room = gpumesh_ledger::MAX_RETIRED_PER_TX;
-        for (mut first, last) in id_ranges(stale) {
-            loop {
-                if room == 0 {
-                    txs.push(Vec::new());
-                    room = gpumesh_ledger::MAX_RETIRED_PER_TX;
-                }
-                let size = last.0 - first.0 + 1;
-                let tx = txs.last_mut().expect("one at least");
-                if size <= room {
-                    tx.push((first, last));
-                    room -= size;
-                    break;
-                }
-                tx.push((first, LeaseId(first.0 + room - 1)));
-                first = LeaseId(first.0 + room);
-                room = 0;
-            }
-        }
-        for ranges in txs {
+        let ranges = gpumesh_ledger::ranges_of(stale);
+        for ranges in gpumesh_ledger::into_transactions(ranges) {
             if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
-                tracing::error!(error = %e, "failed to retire the escrows of archived leases");
+                tracing::error!(error = %e, "failed to retire the ids of archived leases");
                 return;
             }
         }
         tracing::info!(
-            escrows = count,
-            "retired the closed escrows of leases archived before archiving retired them"
+            leases = count,
+            "retired the ids of leases archived before archiving retired them"
         );
     }
 

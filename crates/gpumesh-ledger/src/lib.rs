@@ -26,7 +26,7 @@ pub use replay::{
     ProofError, ReplayError, ReplayReport, prove_reward, prove_reward_in, replay, replay_from,
     reward_proof,
 };
-pub use retired::{MAX_RETIRED_PER_TX, Retired};
+pub use retired::{MAX_RETIRED_PER_TX, RangesError, Retired, into_transactions, ranges_of};
 pub use rewards::{
     DeliveryClaim, DeliveryPayout, delivery_cap, pay_delivery, reward_leaf, reward_tree,
 };

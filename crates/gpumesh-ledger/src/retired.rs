@@ -8,43 +8,27 @@
 
 use std::collections::BTreeMap;
 
-use gpumesh_types::{Amount, LeaseId};
+use gpumesh_types::{Amount, LeaseId, LeaseRange};
 use serde::{Deserialize, Serialize};
 
 /// The most lease ids one `RetireLeases` transaction may name: the ledger visits each.
 pub const MAX_RETIRED_PER_TX: u64 = 10_000;
 
 /// Why a set of ranges cannot be retired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RangesError {
+    /// A transaction that retires nothing.
+    #[error("no ranges to retire")]
     Empty,
-    /// A range whose last id comes before its first.
+    #[error("the range from lease {0} ends before it starts")]
     Backwards(LeaseId),
-    /// Ranges out of order, or overlapping one another.
+    #[error("the range from lease {0} is out of order or overlaps the one before it")]
     Unsorted(LeaseId),
+    /// More ids than the ledger visits in one transaction.
+    #[error("more than {MAX_RETIRED_PER_TX} lease ids in one transaction")]
     TooMany,
-    /// An id that is retired already.
+    #[error("lease {0} is retired already")]
     Retired(LeaseId),
-}
-
-impl std::fmt::Display for RangesError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RangesError::Empty => write!(f, "no ranges to retire"),
-            RangesError::Backwards(first) => {
-                write!(f, "the range from lease {first} ends before it starts")
-            }
-            RangesError::Unsorted(first) => write!(
-                f,
-                "the range from lease {first} is out of order or overlaps the one before it"
-            ),
-            RangesError::TooMany => write!(
-                f,
-                "more than {MAX_RETIRED_PER_TX} lease ids in one transaction"
-            ),
-            RangesError::Retired(id) => write!(f, "lease {id} is retired already"),
-        }
-    }
 }
 
 /// The retired ids, and what the escrows that left with them had settled.
@@ -91,32 +75,54 @@ impl Retired {
 
     /// Checks that `ranges` may be retired: some, each forwards, in order and apart from one
     /// another, at most [`MAX_RETIRED_PER_TX`] ids in all, none retired already.
-    pub fn check(&self, ranges: &[(LeaseId, LeaseId)]) -> Result<(), RangesError> {
+    pub fn check(&self, ranges: &[LeaseRange]) -> Result<(), RangesError> {
         if ranges.is_empty() {
             return Err(RangesError::Empty);
         }
         let mut ids: u64 = 0;
-        let mut after: Option<u64> = None;
-        for &(first, last) in ranges {
-            if last < first {
-                return Err(RangesError::Backwards(first));
+        let mut after: Option<LeaseId> = None;
+        for r in ranges {
+            if r.is_empty() {
+                return Err(RangesError::Backwards(r.first));
             }
-            if after.is_some_and(|a| first.0 <= a) {
-                return Err(RangesError::Unsorted(first));
+            if after.is_some_and(|a| r.first <= a) {
+                return Err(RangesError::Unsorted(r.first));
             }
-            after = Some(last.0);
-            ids = ids.saturating_add(last.0 - first.0).saturating_add(1);
+            after = Some(r.last);
+            ids = ids.saturating_add(r.len());
             if ids > MAX_RETIRED_PER_TX {
                 return Err(RangesError::TooMany);
             }
             // The nearest range at or before `last` is the only one that can overlap.
-            if let Some((&f, &l)) = self.ranges.range(..=last.0).next_back()
-                && l >= first.0
+            if let Some((&f, &l)) = self.ranges.range(..=r.last.0).next_back()
+                && l >= r.first.0
             {
-                return Err(RangesError::Retired(LeaseId(f.max(first.0))));
+                return Err(RangesError::Retired(LeaseId(f.max(r.first.0))));
             }
         }
         Ok(())
+    }
+
+    /// The ids from `from` up to `until` (excluded) that are not retired, as ranges.
+    pub fn gaps(&self, from: u64, until: u64) -> Vec<LeaseRange> {
+        let mut out = Vec::new();
+        let mut next = from;
+        for (&first, &last) in self.ranges.range(..until) {
+            if last < next {
+                continue;
+            }
+            if first > next {
+                out.push(range(next, first - 1));
+            }
+            next = last.saturating_add(1);
+            if last == u64::MAX {
+                return out;
+            }
+        }
+        if next < until {
+            out.push(range(next, until - 1));
+        }
+        out
     }
 
     /// Adds a checked range, merging it with the ranges it touches. Returns the first ids
@@ -143,13 +149,60 @@ impl Retired {
     }
 }
 
+fn range(first: u64, last: u64) -> LeaseRange {
+    LeaseRange {
+        first: LeaseId(first),
+        last: LeaseId(last),
+    }
+}
+
+/// Lease ids as sorted ranges of consecutive ids, as `RetireLeases` names them.
+pub fn ranges_of(mut ids: Vec<LeaseId>) -> Vec<LeaseRange> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out: Vec<LeaseRange> = Vec::new();
+    for id in ids {
+        match out.last_mut() {
+            Some(r) if r.last.0.checked_add(1) == Some(id.0) => r.last = id,
+            _ => out.push(range(id.0, id.0)),
+        }
+    }
+    out
+}
+
+/// Sorted, disjoint ranges cut into transactions of at most [`MAX_RETIRED_PER_TX`] ids
+/// each, a range that does not fit split where the transaction fills.
+pub fn into_transactions(ranges: Vec<LeaseRange>) -> Vec<Vec<LeaseRange>> {
+    let mut txs: Vec<Vec<LeaseRange>> = Vec::new();
+    let mut room = 0;
+    for mut r in ranges {
+        while !r.is_empty() {
+            if room == 0 {
+                txs.push(Vec::new());
+                room = MAX_RETIRED_PER_TX;
+            }
+            let tx = txs.last_mut().expect("one was just pushed");
+            if r.len() <= room {
+                room -= r.len();
+                tx.push(r);
+                break;
+            }
+            let cut = r.first.0 + room - 1;
+            tx.push(range(r.first.0, cut));
+            r.first = LeaseId(cut + 1);
+            room = 0;
+        }
+    }
+    txs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn r(first: u64, last: u64) -> (LeaseId, LeaseId) {
-        (LeaseId(first), LeaseId(last))
+    fn r(first: u64, last: u64) -> LeaseRange {
+        range(first, last)
     }
 
     #[test]
@@ -238,6 +291,48 @@ mod tests {
             let runs = sorted.windows(2).filter(|w| w[1] != w[0] + 1).count()
                 + usize::from(!sorted.is_empty());
             prop_assert_eq!(set.range_count(), runs);
+        }
+    }
+
+    proptest! {
+        /// Ids cut into transactions: each transaction passes the ledger's check, and
+        /// together they name exactly the ids, each once, in order.
+        #[test]
+        fn transactions_cover_exactly_the_ids_and_each_passes_the_check(
+            runs in proptest::collection::vec((1u64..30_000, 0u64..40), 0..12),
+        ) {
+            let mut ids = Vec::new();
+            let mut next = 0u64;
+            for (len, gap) in runs {
+                ids.extend((next..next + len).map(LeaseId));
+                next += len + gap;
+            }
+            let txs = into_transactions(ranges_of(ids.clone()));
+            let empty = Retired::default();
+            let mut named = Vec::new();
+            for tx in &txs {
+                prop_assert_eq!(empty.check(tx), Ok(()));
+                named.extend(tx.iter().flat_map(|r| (r.first.0..=r.last.0).map(LeaseId)));
+            }
+            prop_assert_eq!(named, ids);
+        }
+
+        /// The gaps between retired ranges are exactly the ids not retired.
+        #[test]
+        fn gaps_are_the_ids_not_retired(
+            ids in proptest::collection::btree_set(0u64..200, 0..150),
+            from in 0u64..50,
+            until in 150u64..250,
+        ) {
+            let mut set = Retired::default();
+            for r in ranges_of(ids.iter().copied().map(LeaseId).collect()) {
+                set.insert(r.first.0, r.last.0);
+            }
+            let gaps: Vec<u64> = (set.gaps(from, until).iter())
+                .flat_map(|r| r.first.0..=r.last.0)
+                .collect();
+            let expected: Vec<u64> = (from..until).filter(|i| !ids.contains(i)).collect();
+            prop_assert_eq!(gaps, expected);
         }
     }
 }

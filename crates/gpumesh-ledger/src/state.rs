@@ -10,8 +10,8 @@ use crate::par::{self, Map};
 
 use alloy_primitives::{Address, B256, keccak256};
 use gpumesh_types::{
-    Amount, BlockHeader, CloseReason, LeaseId, LedgerEntry, MS_PER_HOUR, SettlementView, SignedTx,
-    TxKind, UsageRecord,
+    Amount, BlockHeader, CloseReason, LeaseId, LeaseRange, LedgerEntry, MS_PER_HOUR,
+    SettlementView, SignedTx, TxKind, UsageRecord,
 };
 
 use crate::commitment::Commitment;
@@ -252,7 +252,7 @@ pub enum LedgerError {
     #[error("escrow for lease {0} is still open; only closed escrows retire")]
     RetiringOpenEscrow(LeaseId),
     #[error("cannot retire these leases: {0}")]
-    RetireRanges(String),
+    RetireRanges(#[from] crate::retired::RangesError),
     #[error("{owner} allows {allowed} base units for deployment {deployment}; {needed} are needed")]
     AllowanceExceeded {
         owner: Address,
@@ -1184,11 +1184,13 @@ impl Ledger {
     /// Retires archived leases' ids: checks every range and that no escrow among them is
     /// open, then drops their (closed) escrows, adding what they settled to the retired
     /// sums, and adds the ranges to the retired set (docs/ledger.md, "Retired leases").
-    fn retire(&mut self, ranges: &[(LeaseId, LeaseId)]) -> Result<(), LedgerError> {
-        self.retired
-            .check(ranges)
-            .map_err(|e| LedgerError::RetireRanges(e.to_string()))?;
-        let ids = || ranges.iter().flat_map(|(f, l)| (f.0..=l.0).map(LeaseId));
+    fn retire(&mut self, ranges: &[LeaseRange]) -> Result<(), LedgerError> {
+        self.retired.check(ranges)?;
+        let ids = || {
+            ranges
+                .iter()
+                .flat_map(|r| (r.first.0..=r.last.0).map(LeaseId))
+        };
         if let Some(open) = ids().find(|id| self.escrows.get(id).is_some_and(|e| !e.closed)) {
             return Err(LedgerError::RetiringOpenEscrow(open));
         }
@@ -1199,8 +1201,8 @@ impl Ledger {
                 self.touch(Key::Escrow(id));
             }
         }
-        for &(first, last) in ranges {
-            for changed in self.retired.insert(first.0, last.0) {
+        for r in ranges {
+            for changed in self.retired.insert(r.first.0, r.last.0) {
                 self.touch(Key::Retired(changed));
             }
         }
@@ -1297,7 +1299,8 @@ impl Ledger {
                 bytes.extend_from_slice(&last.to_be_bytes());
             }
             Key::RetiredSums => {
-                if self.retired.is_empty() {
+                let r = &self.retired;
+                if r.is_empty() && r.gpu_ms == 0 && r.fees.0 == 0 {
                     return None;
                 }
                 bytes.extend_from_slice(b"retired_sums");

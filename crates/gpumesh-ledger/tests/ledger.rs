@@ -2,12 +2,12 @@
 
 use gpumesh_identity::Wallet;
 use gpumesh_ledger::{
-    DEFAULT_FEE_BPS, Genesis, Ledger, LedgerError, LedgerSnapshot, escrow_amount, fee_split,
-    replay, replay_from,
+    DEFAULT_FEE_BPS, Genesis, Ledger, LedgerError, LedgerSnapshot, RangesError, escrow_amount,
+    fee_split, replay, replay_from,
 };
 use gpumesh_types::{
-    Address, Amount, B256, CloseReason, EpochClose, GpuDelivery, LeaseId, Offence, SignedTx, Tx,
-    TxKind, UsageRecord,
+    Address, Amount, B256, CloseReason, EpochClose, GpuDelivery, LeaseId, LeaseRange, Offence,
+    SignedTx, Tx, TxKind, UsageRecord,
 };
 use proptest::prelude::*;
 
@@ -1220,7 +1220,10 @@ fn a_snapshot_that_does_not_match_its_block_is_refused() {
 fn retire(ranges: &[(u64, u64)]) -> TxKind {
     TxKind::RetireLeases {
         ranges: (ranges.iter())
-            .map(|&(first, last)| (LeaseId(first), LeaseId(last)))
+            .map(|&(first, last)| LeaseRange {
+                first: LeaseId(first),
+                last: LeaseId(last),
+            })
             .collect(),
     }
 }
@@ -1251,13 +1254,16 @@ fn retired_leases_leave_the_state_and_can_never_be_funded_again() {
         w.send(&protocol, retire(&[(1, 3)])),
         Err(LedgerError::RetiringOpenEscrow(LeaseId(3)))
     );
-    for bad in [&[(2, 2), (1, 1)][..], &[(2, 1)], &[], &[(5, 5 + 10_000)]] {
-        assert!(
-            matches!(
-                w.send(&protocol, retire(bad)),
-                Err(LedgerError::RetireRanges(_))
-            ),
-            "{bad:?}"
+    let refusals = [
+        (&[(2, 2), (1, 1)][..], RangesError::Unsorted(LeaseId(1))),
+        (&[(2, 1)], RangesError::Backwards(LeaseId(2))),
+        (&[], RangesError::Empty),
+        (&[(5, 5 + 10_000)], RangesError::TooMany),
+    ];
+    for (bad, why) in refusals {
+        assert_eq!(
+            w.send(&protocol, retire(bad)),
+            Err(LedgerError::RetireRanges(why))
         );
     }
     assert!(w.ledger.escrow(LeaseId(1)).is_some());
@@ -1279,10 +1285,10 @@ fn retired_leases_leave_the_state_and_can_never_be_funded_again() {
             Err(LedgerError::LeaseRetired(LeaseId(lease)))
         );
     }
-    assert!(matches!(
+    assert_eq!(
         w.send(&protocol, retire(&[(4, 5)])),
-        Err(LedgerError::RetireRanges(_))
-    ));
+        Err(LedgerError::RetireRanges(RangesError::Retired(LeaseId(4))))
+    );
     // 3 closes and retires: the ranges merge into one.
     w.usage(3, 1_000, true).unwrap();
     w.send(&protocol, retire(&[(3, 3)])).unwrap();

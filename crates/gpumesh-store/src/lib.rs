@@ -365,7 +365,6 @@ impl Store {
         })
     }
 
-    /// Layout 4 has every lease in `leases` and no archive: only the version changes.
     /// Migrates a store whose rows this version reads as they are (layouts 4 and 5).
     fn record_version(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;

@@ -526,9 +526,9 @@ impl Tx {
                     nonce,
                     ranges: ranges
                         .iter()
-                        .map(|(first, last)| t::LeaseRange {
-                            first: first.0,
-                            last: last.0,
+                        .map(|r| t::LeaseRange {
+                            first: r.first.0,
+                            last: r.last.0,
                         })
                         .collect(),
                 },

@@ -52,7 +52,7 @@ pub use gpu::{CATALOG, GpuClass, GpuModel, GpuSpec, UnknownGpuModel};
 pub use service::*;
 pub use tx::{
     BlockHeader, CheckerTasks, CloseReason, EpochClose, GpuDelivery, HostCapacity, HostDelivery,
-    LedgerEntry, Offence, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,
+    LeaseRange, LedgerEntry, Offence, Sig, SignatureCheck, SignedTx, Tx, TxKind, UsageRecord,
 };
 
 /// Milliseconds in one hour, the unit prices are quoted in.

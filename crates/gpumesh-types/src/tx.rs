@@ -86,7 +86,7 @@ pub enum TxKind {
     /// ledger's state (what they settled stays in its running sums) and no escrow can be
     /// opened for them again. Sorted, disjoint, inclusive ranges of lease ids. Signed by
     /// the protocol key.
-    RetireLeases { ranges: Vec<(LeaseId, LeaseId)> },
+    RetireLeases { ranges: Vec<LeaseRange> },
     /// The protocol slashes a container, with the hash of the evidence. Signed by the
     /// protocol key.
     Slash {
@@ -97,6 +97,27 @@ pub enum TxKind {
         offence: Offence,
         evidence: B256,
     },
+}
+
+/// Lease ids from `first` to `last`, both included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LeaseRange {
+    pub first: LeaseId,
+    pub last: LeaseId,
+}
+
+impl LeaseRange {
+    /// How many ids the range holds (0 for one that ends before it starts).
+    pub fn len(&self) -> u64 {
+        if self.last < self.first {
+            return 0;
+        }
+        (self.last.0 - self.first.0).saturating_add(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What a container was slashed for (docs/protocol.md).

@@ -61,9 +61,7 @@ fn describe(entry: &LedgerEntry) -> String {
         TxKind::CloseEscrow { lease, reason } => format!("close lease {lease} ({reason:?})"),
         TxKind::StartLease { lease } => format!("lease {lease} started: billable from now"),
         TxKind::RetireLeases { ranges } => {
-            let leases = (ranges.iter()).fold(0u64, |n, (f, l)| {
-                n.saturating_add(l.0.saturating_sub(f.0) + 1)
-            });
+            let leases = (ranges.iter()).fold(0u64, |n, r| n.saturating_add(r.len()));
             format!("retire {leases} archived leases")
         }
         TxKind::Allow { deployment, amount } => format!(

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use gpumesh_identity::Wallet;
 use gpumesh_types::{
-    Address, Amount, B256, CloseReason, EpochClose, LeaseId, Offence, Sig, SignedTx, Tx, TxKind,
-    UsageRecord,
+    Address, Amount, B256, CloseReason, EpochClose, LeaseId, LeaseRange, Offence, Sig, SignedTx,
+    Tx, TxKind, UsageRecord,
 };
 use serde_json::{Value, json};
 
@@ -160,7 +160,16 @@ fn every_kind(from: Address) -> Vec<Tx> {
             quarter_bonus: true,
         })),
         TxKind::RetireLeases {
-            ranges: vec![(LeaseId(1), LeaseId(40)), (LeaseId(42), LeaseId(42))],
+            ranges: vec![
+                LeaseRange {
+                    first: LeaseId(1),
+                    last: LeaseId(40),
+                },
+                LeaseRange {
+                    first: LeaseId(42),
+                    last: LeaseId(42),
+                },
+            ],
         },
         TxKind::Slash {
             host,
