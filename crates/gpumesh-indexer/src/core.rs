@@ -62,16 +62,23 @@ pub struct Core {
     /// How long an ended lease (with its log) stays in memory before it moves to the
     /// store's archive.
     retention_ms: u64,
+    /// Archived leases whose ids have yet to retire in the ledger, and when ids last
+    /// retired: they retire together every [`Core::retire_every_ms`], not every tick.
+    retiring: Vec<LeaseId>,
+    retired_at_ms: u64,
 }
 
 /// How long ended leases stay in memory by default: an hour.
 pub const RETENTION_MS: u64 = 3_600_000;
 
+/// The longest archived leases' ids wait to retire in the ledger (unless the retention
+/// is shorter): one retirement transaction carries ten seconds of ended work, so the
+/// chain gains at most 8,640 of them a day however many leases end.
+pub const RETIRE_EVERY_MS: u64 = 10_000;
+
 /// The most ended leases one tick moves to the archive, so a tick after a long pause (or
 /// a burst of ends) holds the state lock for a bounded time; the rest go next tick.
 pub const MAX_ARCHIVED_PER_TICK: usize = 2_000;
-// One sweep's leases retire in one transaction.
-const _: () = assert!(MAX_ARCHIVED_PER_TICK as u64 <= gpumesh_ledger::MAX_RETIRED_PER_TX);
 
 /// Whether `signer` may read the output of lease `id` of `buyer` on `host`: its buyer or its
 /// host.
@@ -235,9 +242,14 @@ impl Core {
             snapshot_every: SNAPSHOT_EVERY,
             snapshot_seq,
             retention_ms: RETENTION_MS,
+            retiring: Vec::new(),
+            retired_at_ms: now_ms,
         };
         core.registry.reserve_lease_ids(snapshot_next_lease);
         core.registry.reserve_session_ids(snapshot_next_session);
+        // Leases archived before the stop whose ids had yet to retire wait for the next
+        // retirement as they did (the start's reconciliation retires them at once).
+        core.retiring = core.stale_ids();
         let stakes: Vec<(Address, u16)> = core.ledger.stakes().map(|(k, _)| k).collect();
         for (host, index) in stakes {
             core.sync_stake(host, index);
@@ -290,7 +302,7 @@ impl Core {
     /// their logs) out of memory and into the store's archives as their final views (at
     /// most [`MAX_ARCHIVED_PER_TICK`] of each). A lease whose escrow is still open stays until
     /// reconciliation closes it: its settlement is not final. The archived leases' ids
-    /// retire in the ledger, with their closed escrows.
+    /// retire in the ledger later, together ([`Core::retire_archived`]).
     fn archive_ended(&mut self, now_ms: u64, batch: &mut Batch) {
         let before = now_ms.saturating_sub(self.retention_ms);
         // Sessions first: an ended session shows its replica's endpoints, read from the
@@ -318,27 +330,57 @@ impl Core {
             .filter(|id| !unclosed.contains(id) && ledger.escrow(*id).is_none_or(|e| e.closed))
             .take(MAX_ARCHIVED_PER_TICK)
             .collect();
-        // Their final views first, while their escrows (the settlement) are in the ledger.
-        let views: Vec<LeaseView> = due
-            .iter()
-            .filter_map(|&id| self.lease_view(id).ok())
-            .collect();
-        if views.is_empty() {
-            return;
-        }
-        // Their ids retire in the ledger, in the same store transaction as the archive:
-        // their closed escrows leave its memory, and no escrow can be opened for them
-        // again. Only once that is done do they leave the registry.
-        let ranges = gpumesh_ledger::ranges_of(views.iter().map(|v| v.id).collect());
-        if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
-            tracing::error!(error = %e, "failed to retire leases in the ledger; they stay in memory");
-            return;
-        }
-        for view in views {
+        for id in due {
+            // Its final view, while its escrow (the settlement) is in the ledger.
+            let Ok(view) = self.lease_view(id) else {
+                continue;
+            };
             // Its record may be waiting to be written; the archive write follows it.
-            if self.registry.forget(view.id).is_some() {
-                self.logs.remove(&view.id);
+            if self.registry.forget(id).is_some() {
+                self.logs.remove(&id);
+                self.retiring.push(id);
                 batch.archived.push(view);
+            }
+        }
+    }
+
+    /// The archived leases whose ids wait to retire in the ledger.
+    pub fn retiring(&self) -> &[LeaseId] {
+        &self.retiring
+    }
+
+    /// How long archived leases' ids wait to retire: [`RETIRE_EVERY_MS`], or the
+    /// retention if it is shorter.
+    fn retire_every_ms(&self) -> u64 {
+        self.retention_ms.min(RETIRE_EVERY_MS)
+    }
+
+    /// Retires in the ledger the ids of the leases archived since the last retirement,
+    /// once [`Core::retire_every_ms`] has passed (or a transaction's worth is waiting):
+    /// their closed escrows leave its memory, and no escrow can be opened for them again.
+    ///
+    /// Until then an archived lease's closed escrow stays in the ledger, and nothing can
+    /// fund its id: an escrow opens only for a lease in the registry. A crash before they
+    /// retire loses nothing either: the start retires every id no longer in memory
+    /// ([`Core::retire_stale`]).
+    /// With `now`, whatever waits retires at once.
+    fn retire_archived(&mut self, now_ms: u64, batch: &mut Batch, now: bool) {
+        let due = now
+            || now_ms.saturating_sub(self.retired_at_ms) >= self.retire_every_ms()
+            || self.retiring.len() as u64 >= gpumesh_ledger::MAX_RETIRED_PER_TX;
+        if !due || self.retiring.is_empty() {
+            return;
+        }
+        self.retired_at_ms = now_ms;
+        // An id both archived and found stale at start is retired once.
+        let mut ids = std::mem::take(&mut self.retiring);
+        ids.retain(|&id| !self.ledger.retired().contains(id));
+        let ranges = gpumesh_ledger::ranges_of(ids);
+        for ranges in gpumesh_ledger::into_transactions(ranges) {
+            if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
+                // Left to the next start, which retires every archived id.
+                tracing::error!(error = %e, "failed to retire the ids of archived leases");
+                return;
             }
         }
     }
@@ -1540,33 +1582,34 @@ impl Core {
         found
     }
 
-    /// Retires the ids of leases no longer in memory that are not retired yet: those a
-    /// store of layout 5 archived before archiving retired ids (their closed escrows were
-    /// left in the ledger), and ids given to no stored lease. It walks the gaps between
-    /// retired ranges, which after the first start are the leases in memory.
-    fn retire_stale(&mut self, now_ms: u64, batch: &mut Batch) {
+    /// The ids of leases no longer in memory that are not retired yet and whose escrow,
+    /// if any, is closed.
+    fn stale_ids(&self) -> Vec<LeaseId> {
         let until = self.registry.leases_made() + 1;
-        let stale: Vec<LeaseId> = (self.ledger.retired().gaps(1, until).iter())
+        (self.ledger.retired().gaps(1, until).iter())
             .flat_map(|r| (r.first.0..=r.last.0).map(LeaseId))
             .filter(|&id| {
                 self.registry.lease(id).is_none() && self.ledger.escrow(id).is_none_or(|e| e.closed)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Retires the ids of leases no longer in memory that are not retired yet: those
+    /// archived before a crash or stop let them retire, those a store of layout 5 archived
+    /// before archiving retired ids (their closed escrows were left in the ledger), and
+    /// ids given to no stored lease. It walks the gaps between retired ranges, which after
+    /// the first start are the leases in memory.
+    fn retire_stale(&mut self, now_ms: u64, batch: &mut Batch) {
+        let stale = self.stale_ids();
         if stale.is_empty() {
             return;
         }
-        let count = stale.len();
-        let ranges = gpumesh_ledger::ranges_of(stale);
-        for ranges in gpumesh_ledger::into_transactions(ranges) {
-            if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
-                tracing::error!(error = %e, "failed to retire the ids of archived leases");
-                return;
-            }
-        }
         tracing::info!(
-            leases = count,
-            "retired the ids of leases archived before archiving retired them"
+            leases = stale.len(),
+            "retiring the ids of leases archived before a start"
         );
+        self.retiring.extend(stale);
+        self.retire_archived(now_ms, batch, true);
     }
 
     /// Time passes: lost hosts go offline and their leases fail with a refund; unfunded
@@ -1583,6 +1626,7 @@ impl Core {
         self.advance_checking(now_ms, batch);
         self.maybe_close_epoch(now_ms, batch);
         self.archive_ended(now_ms, batch);
+        self.retire_archived(now_ms, batch, false);
     }
 
     /// Seals the transactions since the last block into a new block.
