@@ -60,6 +60,32 @@ pub struct CheckerRecord {
     pub epoch_reported: u64,
 }
 
+/// One checker's epoch counters as an epoch close reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochCount {
+    pub checker: Address,
+    pub credited: u64,
+    pub periods: u64,
+    pub reported: u64,
+    /// Banned when the close read it: it earns nothing this epoch.
+    pub banned: bool,
+}
+
+/// The epoch's checker list from its counts: each checker not banned with credited tasks,
+/// its credits and its uptime (periods reported of periods with tasks, in basis points).
+pub fn epoch_tasks(counts: &[EpochCount]) -> Vec<CheckerTasks> {
+    counts
+        .iter()
+        .filter(|c| c.credited > 0 && !c.banned)
+        .map(|c| {
+            let uptime = (c.reported.min(c.periods) * 10_000)
+                .checked_div(c.periods)
+                .unwrap_or(10_000) as u16;
+            (c.checker, c.credited.min(u32::MAX as u64) as u32, uptime)
+        })
+        .collect()
+}
+
 impl CheckerRecord {
     pub fn banned(&self, now_ms: u64) -> bool {
         self.banned_until_ms.is_some_and(|t| now_ms < t)
@@ -806,36 +832,55 @@ impl Checking {
         Some(outcome)
     }
 
-    /// The epoch's checker list for the ledger: (address, credited tasks, uptime in basis
-    /// points) of every checker not banned with credited tasks, ascending. Changes
-    /// nothing: [`Checking::start_epoch`] resets the counters once the epoch is closed.
-    pub fn epoch_checkers(&self, now_ms: u64) -> Vec<CheckerTasks> {
+    /// Every checker's epoch counters that are not all zero, ascending by address, as they
+    /// stand at `now_ms`,
+    /// and whether it is banned then: what an epoch close counts ([`epoch_tasks`]) and
+    /// later takes away ([`Checking::end_epoch`]).
+    pub fn epoch_counts(&self, now_ms: u64) -> Vec<EpochCount> {
         self.checkers
             .values()
-            .filter(|r| r.epoch_credited > 0 && !r.banned(now_ms))
-            .map(|r| {
-                let uptime = (r.epoch_reported.min(r.epoch_periods) * 10_000)
-                    .checked_div(r.epoch_periods)
-                    .unwrap_or(10_000) as u16;
-                (
-                    r.address,
-                    r.epoch_credited.min(u32::MAX as u64) as u32,
-                    uptime,
-                )
+            .filter(|r| r.epoch_credited + r.epoch_periods + r.epoch_reported > 0)
+            .map(|r| EpochCount {
+                checker: r.address,
+                credited: r.epoch_credited,
+                periods: r.epoch_periods,
+                reported: r.epoch_reported,
+                banned: r.banned(now_ms),
             })
             .collect()
     }
 
+    /// The epoch's checker list for the ledger as it stands at `now_ms`: (address, credited
+    /// tasks, uptime in basis points) of every checker not banned with credited tasks,
+    /// ascending. Changes nothing.
+    pub fn epoch_checkers(&self, now_ms: u64) -> Vec<CheckerTasks> {
+        epoch_tasks(&self.epoch_counts(now_ms))
+    }
+
+    /// An epoch was closed with `counted`: those counts leave the checkers' epoch
+    /// counters, and whatever they gained since stays for the next epoch.
+    pub fn end_epoch(&mut self, counted: &[EpochCount]) {
+        for c in counted {
+            let Some(record) = self.checkers.get_mut(&c.checker) else {
+                continue;
+            };
+            debug_assert!(
+                record.epoch_credited >= c.credited
+                    && record.epoch_periods >= c.periods
+                    && record.epoch_reported >= c.reported,
+                "epoch counters only grow until the epoch closes"
+            );
+            record.epoch_credited = record.epoch_credited.saturating_sub(c.credited);
+            record.epoch_periods = record.epoch_periods.saturating_sub(c.periods);
+            record.epoch_reported = record.epoch_reported.saturating_sub(c.reported);
+            self.dirty.push(c.checker);
+        }
+    }
+
     /// A new epoch: every checker's epoch counters start again.
     pub fn start_epoch(&mut self) {
-        for record in self.checkers.values_mut() {
-            if record.epoch_credited + record.epoch_periods + record.epoch_reported > 0 {
-                record.epoch_credited = 0;
-                record.epoch_periods = 0;
-                record.epoch_reported = 0;
-                self.dirty.push(record.address);
-            }
-        }
+        let counted = self.epoch_counts(0);
+        self.end_epoch(&counted);
     }
 
     /// The assignment of an open period, with the block and seed it was drawn from.

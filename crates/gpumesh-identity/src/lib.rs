@@ -150,6 +150,20 @@ impl Wallet {
         (SignedTx { tx, signature }, hash)
     }
 
+    /// Signs an epoch close hashed ahead ([`gpumesh_types::eip712::HashedEpoch`]) as this
+    /// wallet's transaction at `nonce`, returning the hash it signed: only the close's
+    /// outer struct is hashed here.
+    pub fn sign_epoch(
+        &self,
+        epoch: gpumesh_types::eip712::HashedEpoch,
+        chain_id: u64,
+        nonce: u64,
+    ) -> (SignedTx, alloy_primitives::B256) {
+        let (tx, hash) = epoch.into_tx(chain_id, self.address, nonce);
+        let signature = Sig(self.sign_prehash(&hash));
+        (SignedTx { tx, signature }, hash)
+    }
+
     /// Writes the key as a new Ethereum keystore (version 3, scrypt, AES-128-CTR),
     /// encrypted with `password`; the file is readable by its owner only and never
     /// overwrites another.

@@ -23,6 +23,10 @@ use crate::{Shared, now_ms, telemetry};
 /// The most operations written in one transaction; more wait for the next one.
 pub const MAX_GROUP: usize = 4096;
 
+/// A group that holds the state lock this long is logged, with how long its operations
+/// ran and its write took.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Requests that may wait for the committer by default: two full groups. Past it a
 /// request is refused at once as `overloaded` rather than queued for a wait its caller
 /// would give up on.
@@ -192,6 +196,15 @@ fn commit_group(
         let writing = Instant::now();
         let written = shared.store.write(batch);
         telemetry::store_commit(writing.elapsed(), written.is_ok());
+        if locked.elapsed() >= SLOW_GROUP {
+            // What held every request up: the operations' run, or the write.
+            tracing::info!(
+                operations = ran.len(),
+                run_ms = (writing - locked).as_millis() as u64,
+                write_ms = writing.elapsed().as_millis() as u64,
+                "a slow group held the state lock"
+            );
+        }
         written.map(|()| woken)
     }));
     telemetry::group_commit(ran.len());

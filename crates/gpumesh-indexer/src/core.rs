@@ -20,6 +20,7 @@ use gpumesh_types::{
     NetworkInfo, RegisterHost, SignedTx, Tx, TxAccepted, TxKind,
 };
 
+use crate::closing::{EpochInputs, PreparedEpoch};
 use crate::error::Failure;
 
 /// Output kept per lease; beyond it the rest is dropped with a note.
@@ -66,7 +67,17 @@ pub struct Core {
     /// retired: they retire together every [`Core::retire_every_ms`], not every tick.
     retiring: Vec<LeaseId>,
     retired_at_ms: u64,
+    /// Whether an epoch close is being assembled ([`crate::closing`]); whether the tick
+    /// leaves a due close's inputs to be assembled off the lock, and those inputs; when a
+    /// refused close may be tried again.
+    closing: bool,
+    epoch_off_lock: bool,
+    epoch_ready: Option<EpochInputs>,
+    epoch_retry_at_ms: u64,
 }
+
+/// How long after a refused (or unassembled) epoch close it is tried again.
+const EPOCH_RETRY_MS: u64 = 60_000;
 
 /// How long ended leases stay in memory by default: an hour.
 pub const RETENTION_MS: u64 = 3_600_000;
@@ -126,6 +137,24 @@ impl EpochWork {
             reset: true,
             ..EpochWork::default()
         }
+    }
+
+    /// The next epoch, begun at `end_ms` where this one closed having counted `counted`:
+    /// it holds what was done since (stored anew, as the old epoch's rows go).
+    fn after_close(
+        &self,
+        counted: &HashMap<ContainerRef, ContainerWork>,
+        end_ms: u64,
+    ) -> EpochWork {
+        let mut next = EpochWork::begin(end_ms);
+        for (c, w) in &self.containers {
+            let rest = counted.get(c).map_or(*w, |counted| w.since(counted));
+            if rest != ContainerWork::default() {
+                next.containers.insert(*c, rest);
+                next.dirty.insert(*c);
+            }
+        }
+        next
     }
 
     fn container(&mut self, c: ContainerRef) -> &mut ContainerWork {
@@ -244,6 +273,10 @@ impl Core {
             retention_ms: RETENTION_MS,
             retiring: Vec::new(),
             retired_at_ms: now_ms,
+            closing: false,
+            epoch_off_lock: false,
+            epoch_ready: None,
+            epoch_retry_at_ms: 0,
         };
         core.registry.reserve_lease_ids(snapshot_next_lease);
         core.registry.reserve_session_ids(snapshot_next_session);
@@ -264,6 +297,7 @@ impl Core {
         core.decoy_base = self.decoy_base.clone();
         core.snapshot_every = self.snapshot_every;
         core.retention_ms = self.retention_ms;
+        core.epoch_off_lock = self.epoch_off_lock;
         Ok(core)
     }
 
@@ -681,23 +715,50 @@ impl Core {
         }
     }
 
-    /// Closes the epoch when its time is up: capacity rewards for verified, staked
-    /// containers that checkers found live (or, without checkers, that stayed online),
-    /// delivery by settled usage and tier, and checkers by credited tasks; signed by the
-    /// protocol key. What earns is decided by `gpumesh_checking::epoch`.
+    /// Closes the epoch when its time is up, in the three steps of [`crate::closing`] run
+    /// one after another: with [`Core::set_epoch_off_lock`] the tick only reads the inputs
+    /// and leaves them for [`Core::take_epoch_inputs`], and the service assembles the close
+    /// off the lock and brings it back to [`Core::close_epoch`].
     fn maybe_close_epoch(&mut self, now_ms: u64, batch: &mut Batch) {
-        let econ = self.ledger.genesis().economics.clone();
-        if now_ms < self.epoch.start.started_ms + econ.epoch_ms {
+        let Some(inputs) = self.epoch_inputs(now_ms) else {
             return;
+        };
+        if self.epoch_off_lock {
+            self.epoch_ready = Some(inputs);
+        } else {
+            self.close_epoch(Some(inputs.assemble()), now_ms, batch);
         }
-        let work = std::mem::replace(&mut self.epoch, EpochWork::begin(now_ms));
-        // Capacity is for hosts that stay online through an epoch: one offline as it
-        // begins has not. Stored with the epoch, so a restart (which gives every host a
-        // fresh heartbeat window) cannot make it look online.
-        for host in self.registry.offline_hosts().collect::<Vec<_>>() {
-            self.epoch.lost(host);
+    }
+
+    /// Whether the epoch's close is assembled off the state lock: the tick leaves the
+    /// inputs of a due close for [`Core::take_epoch_inputs`].
+    pub fn set_epoch_off_lock(&mut self, off_lock: bool) {
+        self.epoch_off_lock = off_lock;
+    }
+
+    /// The inputs of an epoch close a tick found due, for the caller to assemble
+    /// ([`crate::closing::EpochInputs::assemble`]) and bring back to [`Core::close_epoch`].
+    pub fn take_epoch_inputs(&mut self) -> Option<EpochInputs> {
+        self.epoch_ready.take()
+    }
+
+    /// Step 1 of an epoch close ([`crate::closing`]): once the epoch's time is up and no
+    /// close is being assembled, a copy of what the close reads. Capacity rewards go to
+    /// verified, staked containers that checkers found live (or, without checkers, that
+    /// stayed online), delivery by settled usage and tier, and checkers by credited tasks;
+    /// what earns is decided by `gpumesh_checking::epoch`.
+    pub fn epoch_inputs(&mut self, now_ms: u64) -> Option<EpochInputs> {
+        let econ = &self.ledger.genesis().economics;
+        if now_ms < self.epoch.start.started_ms + econ.epoch_ms
+            || self.closing
+            || now_ms < self.epoch_retry_at_ms
+        {
+            return None;
         }
-        let by_quorum = self.checking.enabled();
+        let epoch = self.ledger.totals().next_epoch;
+        let quarter = |e: u64| (e * econ.epoch_ms) / econ.quarter_ms;
+        let quarter_bonus = quarter(epoch + 1) > quarter(epoch);
+        let work = &self.epoch;
         let containers: Vec<ContainerEpoch> = self
             .registry
             .epoch_facts()
@@ -714,37 +775,73 @@ impl Core {
                 c
             })
             .collect();
-        let capacity = epoch::capacity_list(&containers, by_quorum);
-        let delivered = work.containers.iter().map(|(&c, w)| {
-            let d = epoch::Delivered {
-                gpu_ms: w.delivered_gpu_ms,
-                paid: w.paid,
-                fee: w.fee,
-            };
-            (c, d)
-        });
-        let delivery =
-            epoch::delivery_list(delivered, |h| self.registry.host(h).map_or(3, |r| r.tier));
-        let checkers = self.checking.epoch_checkers(now_ms);
-        let epoch = self.ledger.totals().next_epoch;
-        let quarter = |e: u64| (e * econ.epoch_ms) / econ.quarter_ms;
-        let mut evidence = b"gpumesh-epoch-evidence".to_vec();
-        serde_json::to_writer(&mut evidence, &(&capacity, &delivery, &checkers))
-            .expect("evidence serialises");
-        let close = gpumesh_types::EpochClose {
+        let tiers = (work.containers.iter())
+            .filter(|(_, w)| w.delivered_gpu_ms > 0 || w.paid.0 > 0 || w.fee.0 > 0)
+            .map(|(c, _)| (c.host, self.registry.host(&c.host).map_or(3, |r| r.tier)))
+            .collect();
+        self.closing = true;
+        Some(EpochInputs {
             epoch,
             end_ms: now_ms,
-            evidence: alloy_primitives::keccak256(evidence),
-            capacity,
-            delivery,
-            checkers,
-            quarter_bonus: quarter(epoch + 1) > quarter(epoch),
+            by_quorum: self.checking.enabled(),
+            quarter_bonus,
+            containers,
+            work: work.containers.clone(),
+            tiers,
+            checkers: self.checking.epoch_counts(now_ms),
+        })
+    }
+
+    /// Step 3 of an epoch close ([`crate::closing`]): signs the assembled close at the
+    /// protocol's current nonce and applies it; then what it counted leaves the epoch's
+    /// work and the checkers' epoch counters, and the next epoch begins where it ended,
+    /// with what arrived since. `None` (its assembly failed) and a refused close change
+    /// nothing but the time of the next try, a minute on: nobody's work is lost.
+    pub fn close_epoch(&mut self, prepared: Option<PreparedEpoch>, now_ms: u64, batch: &mut Batch) {
+        self.closing = false;
+        let Some(prepared) = prepared else {
+            self.epoch_retry_at_ms = now_ms + EPOCH_RETRY_MS;
+            return;
         };
-        match self.protocol_tx(TxKind::Epoch(Box::new(close)), now_ms, batch) {
-            Ok(_) => self.checking.start_epoch(),
-            // The checkers' credits carry over to the next epoch.
-            Err(e) => tracing::error!(epoch, error = %e, "failed to close the epoch"),
+        let epoch = prepared.epoch();
+        if epoch != self.ledger.totals().next_epoch {
+            tracing::error!(
+                epoch,
+                "an epoch close was assembled for an epoch already closed"
+            );
+            return;
         }
+        let end_ms = prepared.end_ms();
+        let PreparedEpoch {
+            close,
+            work,
+            checkers,
+        } = prepared;
+        let began = std::time::Instant::now();
+        let from = self.protocol.address();
+        let nonce = self.ledger.account(&from).nonce;
+        let (stx, hash) = self.protocol.sign_epoch(close, self.chain_id(), nonce);
+        let applied = Verified::check_signed_here(&stx, hash)
+            .map_err(Failure::from)
+            .and_then(|verified| self.apply_verified(verified, now_ms, batch));
+        if let Err(e) = applied {
+            tracing::error!(epoch, error = %e, "failed to close the epoch; it is tried again in a minute");
+            self.epoch_retry_at_ms = now_ms + EPOCH_RETRY_MS;
+            return;
+        }
+        self.epoch = self.epoch.after_close(&work, end_ms);
+        // Capacity is for hosts that stay online through an epoch: one offline as it
+        // begins has not. Stored with the epoch, so a restart (which gives every host a
+        // fresh heartbeat window) cannot make it look online.
+        for host in self.registry.offline_hosts().collect::<Vec<_>>() {
+            self.epoch.lost(host);
+        }
+        self.checking.end_epoch(&checkers);
+        tracing::info!(
+            epoch,
+            applied_ms = began.elapsed().as_secs_f64() * 1e3,
+            "closed the epoch"
+        );
     }
 
     /// Opens the checking period `now_ms` falls in, drawn from the ledger's head block,

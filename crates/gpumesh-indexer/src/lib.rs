@@ -10,6 +10,7 @@
 
 mod api;
 mod auth;
+pub mod closing;
 mod commit;
 pub mod core;
 mod dashboard;
@@ -650,12 +651,13 @@ impl Indexer {
         state.core().set_decoy_base(format!("{public}/v1/decoy"));
         let token = state.shutdown.clone();
         let tasks = [
-            spawn_every(config.tick_interval, state.clone(), |core, now, batch| {
-                core.tick(now, batch)
-            }),
-            spawn_every(config.seal_interval, state.clone(), |core, now, batch| {
-                core.seal(now, batch)
-            }),
+            spawn_ticks(config.tick_interval, state.clone()),
+            spawn_every(
+                config.seal_interval,
+                state.clone(),
+                |core, now, batch| core.seal(now, batch),
+                |_, ()| {},
+            ),
             // The first round runs at once: reconciliation at start, then on the timer.
             spawn_every(
                 config.reconcile_interval,
@@ -663,6 +665,7 @@ impl Indexer {
                 |core, now, batch| {
                     core.reconcile(now, batch);
                 },
+                |_, ()| {},
             ),
         ];
         let sampler = {
@@ -792,10 +795,52 @@ fn restore(
     Ok(core)
 }
 
-fn spawn_every(
+/// The tick, every `period`. An epoch close it finds due is assembled on a blocking
+/// thread, without the state lock, and applied in a step of its own (`crate::closing`);
+/// the ticks go on meanwhile.
+fn spawn_ticks(period: Duration, state: AppState) -> tokio::task::JoinHandle<()> {
+    state.core().set_epoch_off_lock(true);
+    spawn_every(
+        period,
+        state,
+        |core, now, batch| {
+            core.tick(now, batch);
+            core.take_epoch_inputs()
+        },
+        |state, inputs| {
+            if let Some(inputs) = inputs {
+                close_epoch(state.clone(), inputs)
+            }
+        },
+    )
+}
+
+/// Assembles an epoch close off the lock, then applies it (or, if the assembly failed,
+/// lets the epoch be read again later).
+fn close_epoch(state: AppState, inputs: closing::EpochInputs) {
+    tokio::spawn(async move {
+        let epoch = inputs.epoch();
+        let prepared = tokio::task::spawn_blocking(move || inputs.assemble()).await;
+        if let Err(e) = &prepared {
+            tracing::error!(epoch, error = %e, "assembling the epoch close failed");
+        }
+        let prepared = prepared.ok();
+        let closed = state.step(move |core, now, batch| {
+            core.close_epoch(prepared, now, batch);
+            Ok(())
+        });
+        if let Err(e) = closed.await {
+            tracing::error!(epoch, error = %e.message, "the epoch close could not be applied");
+        }
+    });
+}
+
+/// Runs `f` as a step of its own every `period`, and `then` with what it returned.
+fn spawn_every<T: Send + 'static>(
     period: Duration,
     state: AppState,
-    f: fn(&mut Core, u64, &mut Batch),
+    f: fn(&mut Core, u64, &mut Batch) -> T,
+    then: fn(&AppState, T),
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(period);
@@ -804,8 +849,9 @@ fn spawn_every(
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
                 _ = interval.tick() => {
-                    if let Err(e) = state.step(move |core, now, batch| { f(core, now, batch); Ok(()) }).await {
-                        tracing::error!(error = %e.message, "background step failed");
+                    match state.step(move |core, now, batch| Ok(f(core, now, batch))).await {
+                        Ok(done) => then(&state, done),
+                        Err(e) => tracing::error!(error = %e.message, "background step failed"),
                     }
                 }
             }
@@ -815,9 +861,78 @@ fn spawn_every(
 
 #[cfg(test)]
 mod tests {
-    use gpumesh_types::{Amount, ErrorCode};
+    use gpumesh_types::{Amount, ErrorCode, TxKind};
 
     use super::*;
+
+    /// The service closes each epoch the tick finds due, assembled off the state lock and
+    /// applied in a step of its own: with two-second epochs, epochs 0, 1, 2… close one
+    /// after another, each once, each ending where the last one ended or later, and the
+    /// supply holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_service_closes_each_epoch_once_assembled_off_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("net");
+        std::fs::create_dir_all(&data).unwrap();
+        let (protocol, faucet) = (Wallet::generate(), Wallet::generate());
+        let light = gpumesh_identity::Kdf::Light;
+        protocol
+            .save(&data.join(PROTOCOL_KEY_FILE), "", light)
+            .unwrap();
+        faucet.save(&data.join(FAUCET_KEY_FILE), "", light).unwrap();
+        let mut genesis = Genesis::local(
+            LOCAL_CHAIN_ID,
+            now_ms(),
+            protocol.address(),
+            faucet.address(),
+        );
+        genesis.economics.epoch_ms = 2_000;
+        let path = dir.path().join("genesis.json");
+        (GenesisFile {
+            genesis,
+            params: Params::local(),
+        })
+        .create(&path)
+        .unwrap();
+        let config = Config {
+            create_local: None,
+            genesis: Some(GenesisFile::read(&path).unwrap()),
+            ..Config::local(&data)
+        };
+        let indexer = Indexer::open(config).unwrap();
+        let state = indexer.state.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(indexer.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while state.core().ledger().totals().next_epoch < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "three epochs did not close in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop.send(());
+        served.await.unwrap().unwrap();
+        let store = &state.store;
+        let mut closes: Vec<(u64, u64)> = (store.history(&protocol.address(), 1_000).unwrap())
+            .into_iter()
+            .filter_map(|e| match &e.tx.tx.kind {
+                TxKind::Epoch(close) => Some((close.epoch, close.end_ms)),
+                _ => None,
+            })
+            .collect();
+        closes.sort_unstable();
+        let epochs: Vec<u64> = closes.iter().map(|c| c.0).collect();
+        assert_eq!(epochs, (0..epochs.len() as u64).collect::<Vec<_>>());
+        assert!(epochs.len() >= 3);
+        for pair in closes.windows(2) {
+            assert!(pair[1].1 >= pair[0].1 + 2_000, "{closes:?}");
+        }
+        assert!(state.core().ledger().supply_conserved());
+    }
 
     #[test]
     fn operations_queued_while_a_group_writes_are_written_together_and_all_answered() {

@@ -783,3 +783,118 @@ fn archived_leases_retire_together_every_ten_seconds() {
             .all(|&id| w.core().ledger().retired().contains(id))
     );
 }
+
+/// The epochs' closes among the ledger's unsealed transactions.
+fn epoch_closes(w: &World) -> Vec<gpumesh_types::EpochClose> {
+    (w.core().ledger().unsealed().iter())
+        .filter_map(|e| match &e.tx.tx.kind {
+            TxKind::Epoch(close) => Some((**close).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What the buyer paid for delivery in a close.
+fn paid(close: &gpumesh_types::EpochClose) -> u128 {
+    (close.delivery.iter())
+        .flat_map(|(_, gpus)| gpus.iter().map(|g| g.paid.0))
+        .sum()
+}
+
+/// As the service closes epochs: the tick reads the close's inputs and leaves them; the
+/// close is assembled apart and applied later. What was settled before the inputs were
+/// read is paid in that epoch, what was settled after in the next, and nothing twice; a
+/// close that never came back changes nothing and the epoch is read again a minute on.
+#[test]
+fn an_epoch_assembled_off_the_lock_pays_what_it_read_and_leaves_the_rest_to_the_next() {
+    let mut w = World::new();
+    w.core.as_mut().unwrap().set_epoch_off_lock(true);
+    let mut ids = Vec::new();
+    let until = |w: &mut World, t: u64| {
+        while w.now < t {
+            w.advance(500, |_| true);
+        }
+    };
+    until(&mut w, 2_000);
+    step(
+        &mut w,
+        &mut ids,
+        Op::Submit {
+            count: 2,
+            seconds: 300,
+        },
+    );
+    step(&mut w, &mut ids, Op::Fund(0));
+    step(&mut w, &mut ids, Op::Start(0));
+    until(&mut w, 12_000);
+    step(&mut w, &mut ids, Op::Settle(0));
+    let lease = ids[0];
+    let charged = |w: &World| w.core().ledger().escrow(lease).unwrap().charged.0;
+    let before = charged(&w);
+    assert!(before > 0);
+
+    // The epoch ends: the tick leaves its inputs, and reads no other while they are out.
+    let mut inputs = None;
+    while inputs.is_none() {
+        w.advance(500, |_| true);
+        inputs = w.core.as_mut().unwrap().take_epoch_inputs();
+        assert!(w.now < 62_000, "the epoch was never due");
+    }
+    let inputs = inputs.unwrap();
+    w.advance(500, |_| true);
+    assert!(w.core.as_mut().unwrap().take_epoch_inputs().is_none());
+    // Settled while the close is assembled.
+    step(&mut w, &mut ids, Op::Settle(0));
+    let after = charged(&w);
+    assert!(after > before);
+    let prepared = inputs.assemble();
+    w.apply(|c, now, b| {
+        c.close_epoch(Some(prepared), now, b);
+        Ok(())
+    })
+    .unwrap();
+    let closes = epoch_closes(&w);
+    assert_eq!(closes.len(), 1);
+    assert_eq!(paid(&closes[0]), before, "the close pays what it read");
+
+    // The next epoch's close never comes back: nothing changes, and it is read again a
+    // minute later, with everything settled since the last close.
+    until(&mut w, closes[0].end_ms + 60_000);
+    let mut lost = None;
+    while lost.is_none() {
+        w.advance(500, |_| true);
+        lost = w.core.as_mut().unwrap().take_epoch_inputs();
+    }
+    drop(lost);
+    w.apply(|c, now, b| {
+        c.close_epoch(None, now, b);
+        Ok(())
+    })
+    .unwrap();
+    let failed_at = w.now;
+    let mut again = None;
+    while again.is_none() {
+        w.advance(500, |_| true);
+        again = w.core.as_mut().unwrap().take_epoch_inputs();
+    }
+    assert!(
+        w.now >= failed_at + 60_000,
+        "tried again after {} ms",
+        w.now - failed_at
+    );
+    let prepared = again.unwrap().assemble();
+    w.apply(|c, now, b| {
+        c.close_epoch(Some(prepared), now, b);
+        Ok(())
+    })
+    .unwrap();
+    let closes = epoch_closes(&w);
+    assert_eq!(closes.len(), 2);
+    assert_eq!(closes[1].epoch, 1);
+    assert_eq!(
+        paid(&closes[1]),
+        after - before,
+        "the next close pays what was settled after the last one read"
+    );
+    assert!(w.core().ledger().supply_conserved());
+}

@@ -170,6 +170,30 @@ pub struct ContainerWork {
     pub down: u32,
 }
 
+impl ContainerWork {
+    /// The work done since `counted`, an earlier reading of the same container in the same
+    /// epoch (every field only grows within an epoch).
+    pub fn since(&self, counted: &ContainerWork) -> ContainerWork {
+        debug_assert!(
+            self.delivered_gpu_ms >= counted.delivered_gpu_ms
+                && self.paid >= counted.paid
+                && self.fee >= counted.fee
+                && self.up >= counted.up
+                && self.down >= counted.down,
+            "a container's epoch work only grows"
+        );
+        ContainerWork {
+            delivered_gpu_ms: self
+                .delivered_gpu_ms
+                .saturating_sub(counted.delivered_gpu_ms),
+            paid: Amount(self.paid.0.saturating_sub(counted.paid.0)),
+            fee: Amount(self.fee.0.saturating_sub(counted.fee.0)),
+            up: self.up.saturating_sub(counted.up),
+            down: self.down.saturating_sub(counted.down),
+        }
+    }
+}
+
 fn container_key(c: &ContainerRef) -> [u8; 22] {
     let mut key = [0u8; 22];
     key[..20].copy_from_slice(c.host.as_slice());

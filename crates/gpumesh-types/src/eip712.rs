@@ -238,58 +238,120 @@ fn hash_array(hashes: impl IntoIterator<Item = B256>) -> B256 {
     h.finalize()
 }
 
+/// An epoch close with its lists hashed: ready to be signed by any account at any nonce
+/// in microseconds, where hashing the lists takes hundreds of milliseconds at the
+/// network's size. The close cannot change once hashed, so the hash always is its own.
+#[derive(Clone, Debug)]
+pub struct HashedEpoch {
+    close: EpochClose,
+    lists: EpochListHashes,
+}
+
+impl HashedEpoch {
+    /// Hashes the close's lists (on every core).
+    pub fn new(close: EpochClose) -> HashedEpoch {
+        let lists = EpochListHashes::of(&close);
+        HashedEpoch { close, lists }
+    }
+
+    pub fn close(&self) -> &EpochClose {
+        &self.close
+    }
+
+    /// The close as a transaction from `from` at `nonce`, with its signing hash (what
+    /// [`Tx::hash`] computes, without hashing the lists again).
+    pub fn into_tx(self, chain_id: u64, from: Address, nonce: u64) -> (Tx, B256) {
+        let hash = epoch_signing_hash(from, nonce, &self.close, &self.lists, &domain(chain_id));
+        let tx = Tx {
+            chain_id,
+            from,
+            nonce,
+            kind: TxKind::Epoch(Box::new(self.close)),
+        };
+        debug_assert_eq!(hash, tx.hash(), "a hashed epoch's hash is not its own");
+        (tx, hash)
+    }
+}
+
+/// The `encodeData` of an epoch close's three lists: all of its EIP-712 hash that does not
+/// depend on who signs it or with which nonce, and nearly all of its cost (about a million
+/// structs at the network's size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EpochListHashes {
+    capacity: B256,
+    delivery: B256,
+    checkers: B256,
+}
+
+impl EpochListHashes {
+    /// Hashes the close's capacity, delivery and checker lists, each on every core.
+    fn of(e: &EpochClose) -> EpochListHashes {
+        let t = &*EPOCH_TYPES;
+        let capacity: Vec<B256> =
+            e.capacity
+                .par_iter()
+                .map(|(host, gpus)| {
+                    let gpus = hash_array(gpus.iter().map(|&(index, k)| {
+                        hash_struct(&t.gpu_capacity, &[&uint(index), &uint(k)])
+                    }));
+                    hash_struct(&t.host_capacity, &[&address_word(host), gpus.as_slice()])
+                })
+                .collect();
+        let delivery: Vec<B256> = e
+            .delivery
+            .par_iter()
+            .map(|(host, gpus)| {
+                let gpus = hash_array(gpus.iter().map(|d| {
+                    let words: [&[u8]; 5] = [
+                        &uint(d.index),
+                        &uint(d.gpu_ms),
+                        &amount(d.paid).to_be_bytes::<32>(),
+                        &amount(d.fee).to_be_bytes::<32>(),
+                        &uint(d.tier),
+                    ];
+                    hash_struct(&t.gpu_delivery, &words)
+                }));
+                hash_struct(&t.host_delivery, &[&address_word(host), gpus.as_slice()])
+            })
+            .collect();
+        let checkers: Vec<B256> = e
+            .checkers
+            .par_iter()
+            .map(|(checker, correct, uptime)| {
+                let words: [&[u8]; 3] = [&address_word(checker), &uint(*correct), &uint(*uptime)];
+                hash_struct(&t.checker, &words)
+            })
+            .collect();
+        EpochListHashes {
+            capacity: hash_array(capacity),
+            delivery: hash_array(delivery),
+            checkers: hash_array(checkers),
+        }
+    }
+}
+
 /// An epoch close's EIP-712 signing hash, as the generic path computes it (a test holds
-/// them equal) with each type hash computed once and the lists hashed on every core.
-fn epoch_signing_hash(from: Address, nonce: u64, e: &EpochClose, domain: &Eip712Domain) -> B256 {
-    let t = &*EPOCH_TYPES;
-    let capacity: Vec<B256> = e
-        .capacity
-        .par_iter()
-        .map(|(host, gpus)| {
-            let gpus = hash_array(
-                gpus.iter()
-                    .map(|&(index, k)| hash_struct(&t.gpu_capacity, &[&uint(index), &uint(k)])),
-            );
-            hash_struct(&t.host_capacity, &[&address_word(host), gpus.as_slice()])
-        })
-        .collect();
-    let delivery: Vec<B256> = e
-        .delivery
-        .par_iter()
-        .map(|(host, gpus)| {
-            let gpus = hash_array(gpus.iter().map(|d| {
-                let words: [&[u8]; 5] = [
-                    &uint(d.index),
-                    &uint(d.gpu_ms),
-                    &amount(d.paid).to_be_bytes::<32>(),
-                    &amount(d.fee).to_be_bytes::<32>(),
-                    &uint(d.tier),
-                ];
-                hash_struct(&t.gpu_delivery, &words)
-            }));
-            hash_struct(&t.host_delivery, &[&address_word(host), gpus.as_slice()])
-        })
-        .collect();
-    let checkers: Vec<B256> = e
-        .checkers
-        .par_iter()
-        .map(|(checker, correct, uptime)| {
-            let words: [&[u8]; 3] = [&address_word(checker), &uint(*correct), &uint(*uptime)];
-            hash_struct(&t.checker, &words)
-        })
-        .collect();
+/// them equal), from its lists' hashes: each type hash computed once and the lists hashed
+/// on every core.
+fn epoch_signing_hash(
+    from: Address,
+    nonce: u64,
+    e: &EpochClose,
+    lists: &EpochListHashes,
+    domain: &Eip712Domain,
+) -> B256 {
     let words: [&[u8]; 9] = [
         &address_word(&from),
         &uint(nonce),
         &uint(e.epoch),
         &uint(e.end_ms),
         e.evidence.as_slice(),
-        &hash_array(capacity).0,
-        &hash_array(delivery).0,
-        &hash_array(checkers).0,
+        lists.capacity.as_slice(),
+        lists.delivery.as_slice(),
+        lists.checkers.as_slice(),
         &uint(e.quarter_bonus),
     ];
-    let message = hash_struct(&t.epoch, &words);
+    let message = hash_struct(&EPOCH_TYPES.epoch, &words);
     let mut digest = Keccak256::new();
     digest.update([0x19, 0x01]);
     digest.update(domain.separator());
@@ -301,9 +363,13 @@ impl Tx {
     /// The EIP-712 signing hash: what the signature covers and the transaction's id.
     pub fn hash(&self) -> B256 {
         match &self.kind {
-            TxKind::Epoch(e) => {
-                epoch_signing_hash(self.from, self.nonce, e, &domain(self.chain_id))
-            }
+            TxKind::Epoch(e) => epoch_signing_hash(
+                self.from,
+                self.nonce,
+                e,
+                &EpochListHashes::of(e),
+                &domain(self.chain_id),
+            ),
             _ => self.typed(SigningHash),
         }
     }
@@ -659,6 +725,21 @@ mod tests {
             };
             proptest::prop_assert_eq!(tx.hash(), tx.typed(SigningHash));
             proptest::prop_assert_eq!(tx.hash(), tx.typed_data().eip712_signing_hash().unwrap());
+        }
+
+        /// A close hashed ahead is signed as the same transaction with the same hash,
+        /// whoever signs it at whatever nonce: the lists' part of the hash holds neither.
+        #[test]
+        fn a_close_hashed_ahead_has_the_hash_of_the_same_transaction(
+            close in epoch_close(),
+            nonce: u64,
+            from: [u8; 20],
+        ) {
+            let from = Address::from(from);
+            let (tx, hash) = HashedEpoch::new(close.clone()).into_tx(31337, from, nonce);
+            let same = Tx { chain_id: 31337, from, nonce, kind: TxKind::Epoch(Box::new(close)) };
+            proptest::prop_assert_eq!(&tx, &same);
+            proptest::prop_assert_eq!(hash, same.typed(SigningHash));
         }
     }
 

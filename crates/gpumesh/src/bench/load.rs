@@ -470,7 +470,15 @@ struct Tally {
     job_us: std::sync::Mutex<Histogram<u64>>,
     heartbeat_us: std::sync::Mutex<Histogram<u64>>,
     transfer_us: std::sync::Mutex<Histogram<u64>>,
+    /// The second of the run (when sent) of each job slower than [`SLOW_JOB_US`], with
+    /// the slowest that second: when the worst cases happened, to set beside the
+    /// indexer's log (an epoch close, a snapshot).
+    slow_jobs: std::sync::Mutex<BTreeMap<u64, f64>>,
 }
+
+/// A job slower than this is listed by the second it was sent (the bound on the
+/// worst case).
+const SLOW_JOB_US: u64 = 250_000;
 
 impl Tally {
     /// Records how long an accepted request of `kind` took, from its sending.
@@ -481,6 +489,12 @@ impl Tally {
             Kind::Transfer => &self.transfer_us,
         };
         let us = since.elapsed().as_micros() as u64;
+        if kind == Kind::Job && us > SLOW_JOB_US {
+            let second = since.saturating_duration_since(self.began).as_secs();
+            let mut slow = self.slow_jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let worst = slow.entry(second).or_default();
+            *worst = worst.max(round(us as f64 / 1e3, 1));
+        }
         let _ = histogram
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -814,6 +828,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         job_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         heartbeat_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         transfer_us: std::sync::Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        slow_jobs: Default::default(),
     });
     let _ = pace.started.set(tally.began);
     println!("run started");
@@ -908,6 +923,7 @@ async fn drive(args: LoadBenchArgs, url: String) -> anyhow::Result<ExitCode> {
         "job_p50_ms": ms(0.5),
         "job_p99_ms": ms(0.99),
         "job_max_ms": ms(1.0),
+        "slow_jobs_by_second": *tally.slow_jobs.lock().unwrap_or_else(|p| p.into_inner()),
         "heartbeat_p50_ms": quantile_ms(&tally.heartbeat_us, 0.5),
         "heartbeat_p99_ms": quantile_ms(&tally.heartbeat_us, 0.99),
         "transfer_p50_ms": quantile_ms(&tally.transfer_us, 0.5),
