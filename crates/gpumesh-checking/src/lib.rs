@@ -833,9 +833,8 @@ impl Checking {
     }
 
     /// Every checker's epoch counters that are not all zero, ascending by address, as they
-    /// stand at `now_ms`,
-    /// and whether it is banned then: what an epoch close counts ([`epoch_tasks`]) and
-    /// later takes away ([`Checking::end_epoch`]).
+    /// stand at `now_ms`, and whether it is banned then: what an epoch close counts
+    /// ([`epoch_tasks`]) and later takes away ([`Checking::end_epoch`]).
     pub fn epoch_counts(&self, now_ms: u64) -> Vec<EpochCount> {
         self.checkers
             .values()
@@ -875,12 +874,6 @@ impl Checking {
             record.epoch_reported = record.epoch_reported.saturating_sub(c.reported);
             self.dirty.push(c.checker);
         }
-    }
-
-    /// A new epoch: every checker's epoch counters start again.
-    pub fn start_epoch(&mut self) {
-        let counted = self.epoch_counts(0);
-        self.end_epoch(&counted);
     }
 
     /// The assignment of an open period, with the block and seed it was drawn from.

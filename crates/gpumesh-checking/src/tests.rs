@@ -517,9 +517,28 @@ fn epoch_lists_credited_tasks_and_uptime() {
             assert_eq!((*credited, *uptime), (8, 10_000));
         }
     }
-    // Reading the list changes nothing; a new epoch starts the counters again.
+    // Reading the list changes nothing.
     assert_eq!(w.checking.epoch_checkers(w.start()), epoch);
-    w.checking.start_epoch();
+    // A close takes out what it counted; what a checker earned after the close read the
+    // counters (here: one task and one period of the first) stays for the next epoch.
+    let mut counted = w.checking.epoch_counts(w.start());
+    let first = counted[0].checker;
+    counted[0].credited -= 1;
+    counted[0].periods -= 1;
+    counted[0].reported -= 1;
+    w.checking.end_epoch(&counted);
+    assert_eq!(
+        w.checking.epoch_counts(w.start()),
+        vec![EpochCount {
+            checker: first,
+            credited: 1,
+            periods: 1,
+            reported: 1,
+            banned: false,
+        }]
+    );
+    let rest = w.checking.epoch_counts(w.start());
+    w.checking.end_epoch(&rest);
     assert!(w.checking.epoch_checkers(w.start()).is_empty());
 }
 

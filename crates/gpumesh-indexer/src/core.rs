@@ -67,24 +67,35 @@ pub struct Core {
     /// retired: they retire together every [`Core::retire_every_ms`], not every tick.
     retiring: Vec<LeaseId>,
     retired_at_ms: u64,
-    /// Whether an epoch close is being assembled ([`crate::closing`]); whether the tick
-    /// leaves a due close's inputs to be assembled off the lock, and those inputs; when a
-    /// refused close may be tried again.
-    closing: bool,
+    /// Where the epoch's close stands ([`crate::closing`]).
+    closing: Closing,
+    /// Whether the tick leaves a due close's inputs to be assembled off the lock, and
+    /// those inputs until they are taken.
     epoch_off_lock: bool,
     epoch_ready: Option<EpochInputs>,
-    epoch_retry_at_ms: u64,
 }
 
-/// How long after a refused (or unassembled) epoch close it is tried again.
+/// Where the epoch's close stands.
+#[derive(Debug)]
+enum Closing {
+    /// None is under way; a refused or abandoned one is read again from `retry_at_ms`.
+    Idle { retry_at_ms: u64 },
+    /// Its inputs were read; being assembled. The next epoch begins where they were read,
+    /// so the hosts offline then, and those that went offline since, are lost in it.
+    Assembling { lost: HashSet<Address> },
+}
+
+/// The longest a refused (or abandoned) epoch close waits to be tried again: a minute, or
+/// an epoch if that is shorter.
 const EPOCH_RETRY_MS: u64 = 60_000;
 
 /// How long ended leases stay in memory by default: an hour.
 pub const RETENTION_MS: u64 = 3_600_000;
 
 /// The longest archived leases' ids wait to retire in the ledger (unless the retention
-/// is shorter): one retirement transaction carries ten seconds of ended work, so the
-/// chain gains at most 8,640 of them a day however many leases end.
+/// is shorter, or 10,000 wait): one retirement carries up to ten seconds of ended work,
+/// so the chain gains 8,640 of them a day, or one per 10,000 leases archived where more
+/// end than that.
 pub const RETIRE_EVERY_MS: u64 = 10_000;
 
 /// The most ended leases one tick moves to the archive, so a tick after a long pause (or
@@ -273,10 +284,9 @@ impl Core {
             retention_ms: RETENTION_MS,
             retiring: Vec::new(),
             retired_at_ms: now_ms,
-            closing: false,
+            closing: Closing::Idle { retry_at_ms: 0 },
             epoch_off_lock: false,
             epoch_ready: None,
-            epoch_retry_at_ms: 0,
         };
         core.registry.reserve_lease_ids(snapshot_next_lease);
         core.registry.reserve_session_ids(snapshot_next_session);
@@ -406,14 +416,20 @@ impl Core {
             return;
         }
         self.retired_at_ms = now_ms;
-        // An id both archived and found stale at start is retired once.
         let mut ids = std::mem::take(&mut self.retiring);
         ids.retain(|&id| !self.ledger.retired().contains(id));
-        let ranges = gpumesh_ledger::ranges_of(ids);
-        for ranges in gpumesh_ledger::into_transactions(ranges) {
-            if let Err(e) = self.protocol_tx(TxKind::RetireLeases { ranges }, now_ms, batch) {
-                // Left to the next start, which retires every archived id.
+        let mut txs = gpumesh_ledger::into_transactions(gpumesh_ledger::ranges_of(ids)).into_iter();
+        while let Some(ranges) = txs.next() {
+            let kind = TxKind::RetireLeases {
+                ranges: ranges.clone(),
+            };
+            if let Err(e) = self.protocol_tx(kind, now_ms, batch) {
+                // They wait for the next retirement (a bug, if it comes to that: the
+                // ledger refuses only ids retired already or with an open escrow).
                 tracing::error!(error = %e, "failed to retire the ids of archived leases");
+                self.retiring = (std::iter::once(ranges).chain(txs).flatten())
+                    .flat_map(|r| (r.first.0..=r.last.0).map(LeaseId))
+                    .collect();
                 return;
             }
         }
@@ -627,6 +643,9 @@ impl Core {
                 }
                 Effect::HostOffline { host, .. } => {
                     self.epoch.lost(host);
+                    if let Closing::Assembling { lost } = &mut self.closing {
+                        lost.insert(host);
+                    }
                 }
                 Effect::FundReplica {
                     deployment,
@@ -726,7 +745,7 @@ impl Core {
         if self.epoch_off_lock {
             self.epoch_ready = Some(inputs);
         } else {
-            self.close_epoch(Some(inputs.assemble()), now_ms, batch);
+            self.close_epoch(inputs.assemble(), now_ms, batch);
         }
     }
 
@@ -737,7 +756,9 @@ impl Core {
     }
 
     /// The inputs of an epoch close a tick found due, for the caller to assemble
-    /// ([`crate::closing::EpochInputs::assemble`]) and bring back to [`Core::close_epoch`].
+    /// ([`crate::closing::EpochInputs::assemble`]) and bring back to [`Core::close_epoch`]
+    /// (or, if that fails, to [`Core::abandon_epoch_close`]): until then no other close
+    /// is read.
     pub fn take_epoch_inputs(&mut self) -> Option<EpochInputs> {
         self.epoch_ready.take()
     }
@@ -747,12 +768,13 @@ impl Core {
     /// verified, staked containers that checkers found live (or, without checkers, that
     /// stayed online), delivery by settled usage and tier, and checkers by credited tasks;
     /// what earns is decided by `gpumesh_checking::epoch`.
-    pub fn epoch_inputs(&mut self, now_ms: u64) -> Option<EpochInputs> {
+    fn epoch_inputs(&mut self, now_ms: u64) -> Option<EpochInputs> {
         let econ = &self.ledger.genesis().economics;
-        if now_ms < self.epoch.start.started_ms + econ.epoch_ms
-            || self.closing
-            || now_ms < self.epoch_retry_at_ms
-        {
+        let retry_at_ms = match self.closing {
+            Closing::Idle { retry_at_ms } => retry_at_ms,
+            Closing::Assembling { .. } => return None,
+        };
+        if now_ms < self.epoch.start.started_ms + econ.epoch_ms || now_ms < retry_at_ms {
             return None;
         }
         let epoch = self.ledger.totals().next_epoch;
@@ -779,7 +801,11 @@ impl Core {
             .filter(|(_, w)| w.delivered_gpu_ms > 0 || w.paid.0 > 0 || w.fee.0 > 0)
             .map(|(c, _)| (c.host, self.registry.host(&c.host).map_or(3, |r| r.tier)))
             .collect();
-        self.closing = true;
+        // Capacity is for hosts that stay online through an epoch: one offline as the
+        // next one begins (here) has not.
+        self.closing = Closing::Assembling {
+            lost: self.registry.offline_hosts().collect(),
+        };
         Some(EpochInputs {
             epoch,
             end_ms: now_ms,
@@ -792,16 +818,33 @@ impl Core {
         })
     }
 
+    /// Gives up the close being assembled (its assembly failed): nothing changed, and the
+    /// epoch is read again later.
+    pub fn abandon_epoch_close(&mut self, now_ms: u64) {
+        self.closing = Closing::Idle {
+            retry_at_ms: now_ms + self.epoch_retry_ms(),
+        };
+    }
+
+    fn epoch_retry_ms(&self) -> u64 {
+        EPOCH_RETRY_MS.min(self.ledger.genesis().economics.epoch_ms)
+    }
+
     /// Step 3 of an epoch close ([`crate::closing`]): signs the assembled close at the
     /// protocol's current nonce and applies it; then what it counted leaves the epoch's
     /// work and the checkers' epoch counters, and the next epoch begins where it ended,
-    /// with what arrived since. `None` (its assembly failed) and a refused close change
-    /// nothing but the time of the next try, a minute on: nobody's work is lost.
-    pub fn close_epoch(&mut self, prepared: Option<PreparedEpoch>, now_ms: u64, batch: &mut Batch) {
-        self.closing = false;
-        let Some(prepared) = prepared else {
-            self.epoch_retry_at_ms = now_ms + EPOCH_RETRY_MS;
-            return;
+    /// with what arrived since. A refused close changes nothing but the time of the next
+    /// try: nobody's work is lost.
+    pub fn close_epoch(&mut self, prepared: PreparedEpoch, now_ms: u64, batch: &mut Batch) {
+        let lost = match std::mem::replace(&mut self.closing, Closing::Idle { retry_at_ms: 0 }) {
+            Closing::Assembling { lost } => lost,
+            Closing::Idle { .. } => {
+                tracing::error!(
+                    epoch = prepared.epoch(),
+                    "an epoch close came back that was not being assembled"
+                );
+                return;
+            }
         };
         let epoch = prepared.epoch();
         if epoch != self.ledger.totals().next_epoch {
@@ -817,7 +860,6 @@ impl Core {
             work,
             checkers,
         } = prepared;
-        let began = std::time::Instant::now();
         let from = self.protocol.address();
         let nonce = self.ledger.account(&from).nonce;
         let (stx, hash) = self.protocol.sign_epoch(close, self.chain_id(), nonce);
@@ -825,23 +867,18 @@ impl Core {
             .map_err(Failure::from)
             .and_then(|verified| self.apply_verified(verified, now_ms, batch));
         if let Err(e) = applied {
-            tracing::error!(epoch, error = %e, "failed to close the epoch; it is tried again in a minute");
-            self.epoch_retry_at_ms = now_ms + EPOCH_RETRY_MS;
+            tracing::error!(epoch, error = %e, "failed to close the epoch; it is tried again later");
+            self.abandon_epoch_close(now_ms);
             return;
         }
         self.epoch = self.epoch.after_close(&work, end_ms);
-        // Capacity is for hosts that stay online through an epoch: one offline as it
-        // begins has not. Stored with the epoch, so a restart (which gives every host a
-        // fresh heartbeat window) cannot make it look online.
-        for host in self.registry.offline_hosts().collect::<Vec<_>>() {
+        // Stored with the epoch, so a restart (which gives every host a fresh heartbeat
+        // window) cannot make a lost host look online.
+        for host in lost {
             self.epoch.lost(host);
         }
         self.checking.end_epoch(&checkers);
-        tracing::info!(
-            epoch,
-            applied_ms = began.elapsed().as_secs_f64() * 1e3,
-            "closed the epoch"
-        );
+        tracing::info!(epoch, "closed the epoch");
     }
 
     /// Opens the checking period `now_ms` falls in, drawn from the ledger's head block,
@@ -1705,7 +1742,8 @@ impl Core {
             leases = stale.len(),
             "retiring the ids of leases archived before a start"
         );
-        self.retiring.extend(stale);
+        // Every id waiting is among them.
+        self.retiring = stale;
         self.retire_archived(now_ms, batch, true);
     }
 

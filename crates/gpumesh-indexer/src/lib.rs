@@ -824,9 +824,11 @@ fn close_epoch(state: AppState, inputs: closing::EpochInputs) {
         if let Err(e) = &prepared {
             tracing::error!(epoch, error = %e, "assembling the epoch close failed");
         }
-        let prepared = prepared.ok();
         let closed = state.step(move |core, now, batch| {
-            core.close_epoch(prepared, now, batch);
+            match prepared {
+                Ok(prepared) => core.close_epoch(prepared, now, batch),
+                Err(_) => core.abandon_epoch_close(now),
+            }
             Ok(())
         });
         if let Err(e) = closed.await {

@@ -803,8 +803,9 @@ fn paid(close: &gpumesh_types::EpochClose) -> u128 {
 
 /// As the service closes epochs: the tick reads the close's inputs and leaves them; the
 /// close is assembled apart and applied later. What was settled before the inputs were
-/// read is paid in that epoch, what was settled after in the next, and nothing twice; a
-/// close that never came back changes nothing and the epoch is read again a minute on.
+/// read is paid in that epoch, what was settled after in the next (across a restart), and
+/// nothing twice; a host offline for a moment while the close was assembled is lost in the
+/// next epoch; a close abandoned changes nothing and the epoch is read again later.
 #[test]
 fn an_epoch_assembled_off_the_lock_pays_what_it_read_and_leaves_the_rest_to_the_next() {
     let mut w = World::new();
@@ -847,15 +848,27 @@ fn an_epoch_assembled_off_the_lock_pays_what_it_read_and_leaves_the_rest_to_the_
     step(&mut w, &mut ids, Op::Settle(0));
     let after = charged(&w);
     assert!(after > before);
+    // And host 1 goes offline and comes back, after the next epoch began.
+    let quiet = w.hosts[1].address();
+    let offline = |w: &World| w.core().registry().offline_hosts().any(|h| h == quiet);
+    while !offline(&w) {
+        w.advance(500, |i| i == 0);
+        assert!(w.now < 75_000, "host 1 never went offline");
+    }
+    w.advance(500, |_| true);
+    assert!(!offline(&w));
     let prepared = inputs.assemble();
     w.apply(|c, now, b| {
-        c.close_epoch(Some(prepared), now, b);
+        c.close_epoch(prepared, now, b);
         Ok(())
     })
     .unwrap();
     let closes = epoch_closes(&w);
     assert_eq!(closes.len(), 1);
     assert_eq!(paid(&closes[0]), before, "the close pays what it read");
+    // What the close left for the next epoch is stored.
+    w.restart();
+    w.core.as_mut().unwrap().set_epoch_off_lock(true);
 
     // The next epoch's close never comes back: nothing changes, and it is read again a
     // minute later, with everything settled since the last close.
@@ -866,8 +879,8 @@ fn an_epoch_assembled_off_the_lock_pays_what_it_read_and_leaves_the_rest_to_the_
         lost = w.core.as_mut().unwrap().take_epoch_inputs();
     }
     drop(lost);
-    w.apply(|c, now, b| {
-        c.close_epoch(None, now, b);
+    w.apply(|c, now, _| {
+        c.abandon_epoch_close(now);
         Ok(())
     })
     .unwrap();
@@ -884,7 +897,7 @@ fn an_epoch_assembled_off_the_lock_pays_what_it_read_and_leaves_the_rest_to_the_
     );
     let prepared = again.unwrap().assemble();
     w.apply(|c, now, b| {
-        c.close_epoch(Some(prepared), now, b);
+        c.close_epoch(prepared, now, b);
         Ok(())
     })
     .unwrap();
@@ -895,6 +908,12 @@ fn an_epoch_assembled_off_the_lock_pays_what_it_read_and_leaves_the_rest_to_the_
         paid(&closes[1]),
         after - before,
         "the next close pays what was settled after the last one read"
+    );
+    let earning: Vec<gpumesh_types::Address> = closes[1].capacity.iter().map(|c| c.0).collect();
+    assert_eq!(
+        earning,
+        vec![w.hosts[0].address()],
+        "host 1 was lost in epoch 1"
     );
     assert!(w.core().ledger().supply_conserved());
 }
