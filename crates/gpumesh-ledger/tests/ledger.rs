@@ -1325,6 +1325,17 @@ fn retired_leases_leave_the_state_and_can_never_be_funded_again() {
     let (replayed, _) = replay(genesis, w.sealed.clone(), []).unwrap();
     assert_eq!(replayed.head(), w.ledger.head());
     assert_eq!(replayed.activity(), w.ledger.activity());
+    // A retirement after the snapshot merges with the restored ranges exactly as with the
+    // original's: the same set, the same state root.
+    let stx = w.sign(&protocol, retire(&[(5, 5)]));
+    w.ledger.apply(&stx, w.now).unwrap();
+    restored.apply(&stx, w.now).unwrap();
+    assert_eq!(
+        restored.retired().ranges().collect::<Vec<_>>(),
+        vec![(1, 5)]
+    );
+    assert_eq!(restored.retired(), w.ledger.retired());
+    assert_eq!(restored.state_root(), w.ledger.state_root());
 }
 
 #[test]

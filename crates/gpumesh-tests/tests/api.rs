@@ -160,6 +160,18 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
         nonce: 0,
         kind: TxKind::StartLease { lease: id },
     });
+    // Retiring lease ids is the protocol's too, whoever signs it.
+    let retire_tx = buyer.sign_tx(Tx {
+        chain_id,
+        from: buyer.address(),
+        nonce: 0,
+        kind: TxKind::RetireLeases {
+            ranges: vec![gpumesh_types::LeaseRange {
+                first: id,
+                last: id,
+            }],
+        },
+    });
 
     let cases: Vec<Case> = vec![
         (
@@ -543,6 +555,16 @@ async fn bad_requests_get_a_stable_code_and_change_nothing() {
             Method::POST,
             "/v1/ledger/txs".into(),
             serde_json::to_vec(&start_tx).unwrap(),
+            Signing::Good,
+            400,
+            ErrorCode::InvalidTransaction,
+        ),
+        (
+            "a retirement of lease ids submitted by a buyer (the protocol retires archived leases)",
+            &buyer,
+            Method::POST,
+            "/v1/ledger/txs".into(),
+            serde_json::to_vec(&retire_tx).unwrap(),
             Signing::Good,
             400,
             ErrorCode::InvalidTransaction,
